@@ -1,0 +1,25 @@
+//! # bus-api — the REST contract's wire types
+//!
+//! The container-runner REST API (`/api/v1/...`) speaks JSON; this crate is its vocabulary,
+//! shared by the runner (which serves it) and busd (which calls it). It does no I/O.
+//!
+//! # Layout
+//! - [`runs`]: run requests and records, list pages, log frames.
+//! - [`status`]: the runner's status document.
+//! - [`problem`]: RFC 9457 problem documents and the stable error codes.
+//! - [`auth`]: scope names and the JWT claims the runner issues.
+
+pub mod auth;
+pub mod problem;
+pub mod runs;
+pub mod status;
+
+pub use problem::{Problem, ProblemCode};
+pub use runs::{CreateRun, LogFrame, Run, RunPage, RunState, Stream};
+pub use status::RunnerStatus;
+
+/// The path prefix every endpoint hangs below; an API URL is the origin only.
+pub const API_PREFIX: &str = "/api/v1";
+
+/// The media type of a log stream: one JSON [`LogFrame`] per line.
+pub const NDJSON: &str = "application/x-ndjson";

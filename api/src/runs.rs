@@ -1,0 +1,235 @@
+//! Runs: `POST/GET /api/v1/containers/runs`, `GET/DELETE /api/v1/containers/runs/{id}` and
+//! `GET /api/v1/containers/runs/{id}/logs`.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Most argv entries a run may have.
+pub const MAX_ARGV: usize = 256;
+/// Most bytes in all of a run's argv, env and labels together.
+pub const MAX_SPEC_BYTES: usize = 64 * 1024;
+/// Longest timeout a run may ask for, in seconds (one day).
+pub const MAX_TIMEOUT_SECONDS: u32 = 24 * 60 * 60;
+/// Largest page a list call returns.
+pub const MAX_PAGE_SIZE: u32 = 200;
+/// Page size when the caller gives none.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+
+/// The body of `POST /api/v1/containers/runs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRun {
+    /// A run profile (image, limits, timeout) defined by the deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// An image reference; overrides the profile's image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The command; empty means the image's default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub argv: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory inside the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// A human name for the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Labels to find the run by.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Seconds before the run is killed; `None` means the profile's timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u32>,
+}
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Accepted, not yet given to the engine.
+    Queued,
+    /// The container is being created and started.
+    Starting,
+    /// The container is running.
+    Running,
+    /// The command exited; `exit_code` says how.
+    Exited,
+    /// The run could not be started or was lost.
+    Failed,
+    /// Stopped on request.
+    Stopped,
+    /// Killed when its timeout passed.
+    TimedOut,
+}
+
+impl RunState {
+    /// Whether the run has ended for good.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Exited | Self::Failed | Self::Stopped | Self::TimedOut)
+    }
+
+    /// The state's name on the wire, e.g. `timed_out`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Exited => "exited",
+            Self::Failed => "failed",
+            Self::Stopped => "stopped",
+            Self::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// A run as the runner records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    /// `run_` followed by an unguessable id.
+    pub id: String,
+    /// Where the run is in its life.
+    pub state: RunState,
+    /// Set once the command has exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The profile the run was started from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// The image the container runs.
+    pub image: String,
+    /// The command.
+    #[serde(default)]
+    pub argv: Vec<String>,
+    /// The run's human name, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Labels given at creation.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// When the run was accepted.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When the container started.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    /// When the run ended.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    /// Why the run ended when it did not simply exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A page of `GET /api/v1/containers/runs`, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunPage {
+    /// The runs on this page.
+    pub runs: Vec<Run>,
+    /// Pass as `page_token` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page_token: Option<String>,
+}
+
+/// Which of a container's output streams a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// One line of a run's NDJSON log stream.
+///
+/// Output frames carry a `seq` that is dense per run (1, 2, 3, ...); a reader that lost its
+/// connection asks again with `after_seq` set to the last one it saw. The `exit` frame comes
+/// exactly once, after the last output frame, and only once the run has ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LogFrame {
+    /// A chunk of output.
+    Output {
+        /// Dense per-run sequence number, from 1.
+        seq: u64,
+        /// The stream it was written to.
+        stream: Stream,
+        /// The bytes, base64 (standard alphabet, padded).
+        data: String,
+        /// When the runner read it.
+        #[serde(with = "time::serde::rfc3339")]
+        time: OffsetDateTime,
+    },
+    /// The run has ended.
+    Exit {
+        /// The final state.
+        state: RunState,
+        /// The command's exit code, when it exited.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        /// Why it ended, when it did not simply exit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// The seq of the last output frame (0 when there was none).
+        last_seq: u64,
+        /// When it ended.
+        #[serde(default, with = "time::serde::rfc3339::option")]
+        finished_at: Option<OffsetDateTime>,
+    },
+}
+
+impl LogFrame {
+    /// An output frame carrying `bytes`.
+    pub fn output(seq: u64, stream: Stream, bytes: &[u8], time: OffsetDateTime) -> Self {
+        LogFrame::Output { seq, stream, data: STANDARD.encode(bytes), time }
+    }
+
+    /// Decodes the bytes of an output frame; `None` for an exit frame.
+    pub fn output_bytes(&self) -> Option<Result<Vec<u8>, base64::DecodeError>> {
+        match self {
+            LogFrame::Output { data, .. } => Some(STANDARD.decode(data)),
+            LogFrame::Exit { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_run_refuses_unknown_fields() {
+        let err = serde_json::from_str::<CreateRun>(r#"{"argv":["true"],"imgae":"x"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `imgae`"), "{err}");
+    }
+
+    #[test]
+    fn log_frames_round_trip() {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let frame = LogFrame::output(7, Stream::Stderr, b"err\n", now);
+        let line = serde_json::to_string(&frame).unwrap();
+        assert_eq!(
+            line,
+            r#"{"type":"output","seq":7,"stream":"stderr","data":"ZXJyCg==","time":"2023-11-14T22:13:20Z"}"#
+        );
+        let back: LogFrame = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.output_bytes().unwrap().unwrap(), b"err\n");
+
+        let exit = LogFrame::Exit {
+            state: RunState::Exited,
+            exit_code: Some(3),
+            reason: None,
+            last_seq: 7,
+            finished_at: Some(now),
+        };
+        let line = serde_json::to_string(&exit).unwrap();
+        assert_eq!(serde_json::from_str::<LogFrame>(&line).unwrap(), exit);
+    }
+}

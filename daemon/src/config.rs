@@ -1,0 +1,156 @@
+//! busd's settings and their precedence; pure functions, unit-tested.
+
+use std::path::PathBuf;
+
+use crate::credentials::TokenSource;
+
+/// Environment variables that may name the API origin, first wins.
+pub const API_URL_ENV_VARS: [&str; 2] = ["BUS_AI_API_URL", "BUS_API_BASE_URL"];
+
+/// The origin used when nothing else names one: the local runner's default address.
+pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8650";
+
+/// What busd was started with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The socket busd serves on.
+    pub socket: PathBuf,
+    /// The default upstream origin (a call may name another).
+    pub api_origin: ApiOrigin,
+    /// The default token source (a call may name another).
+    pub token_source: TokenSource,
+}
+
+/// A validated API origin such as `https://runner.example.com` or `http://127.0.0.1:8650`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ApiOrigin(url::Url);
+
+/// Why an API URL was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ApiUrlError {
+    /// Not a URL at all.
+    #[error("the API URL {0:?} is not a valid URL: {1}")]
+    Unparsable(String, String),
+    /// A scheme other than http or https.
+    #[error("the API URL {0:?} must start with http:// or https://")]
+    Scheme(String),
+    /// The URL includes the API path, which busd appends itself.
+    #[error("the API URL {given:?} includes the API path; busd appends /api/v1/... itself")]
+    HasApiPath {
+        /// What was given.
+        given: String,
+        /// The origin to use instead.
+        origin: String,
+    },
+    /// Some other path, a query or a fragment.
+    #[error("the API URL {0:?} must be an origin only (scheme, host and port), without a path, query or credentials")]
+    NotAnOrigin(String),
+}
+
+impl ApiUrlError {
+    /// What the user can do about it.
+    pub fn guidance(&self) -> String {
+        match self {
+            ApiUrlError::HasApiPath { origin, .. } => format!("use --api-url {origin}"),
+            _ => format!("pass an origin such as --api-url {DEFAULT_API_URL}"),
+        }
+    }
+}
+
+impl ApiOrigin {
+    /// Parses and validates an origin.
+    pub fn parse(given: &str) -> Result<Self, ApiUrlError> {
+        let trimmed = given.trim();
+        let url = url::Url::parse(trimmed)
+            .map_err(|e| ApiUrlError::Unparsable(given.to_owned(), e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(ApiUrlError::Scheme(given.to_owned()));
+        }
+        let path = url.path().trim_end_matches('/');
+        if path.ends_with("/api/v1/containers") || path.ends_with("/api/v1") {
+            let mut origin = url.clone();
+            origin.set_path("");
+            return Err(ApiUrlError::HasApiPath {
+                given: given.to_owned(),
+                origin: origin.as_str().trim_end_matches('/').to_owned(),
+            });
+        }
+        if !path.is_empty()
+            || url.query().is_some()
+            || url.fragment().is_some()
+            || !url.username().is_empty()
+            || url.password().is_some()
+        {
+            return Err(ApiUrlError::NotAnOrigin(given.to_owned()));
+        }
+        Ok(ApiOrigin(url))
+    }
+
+    /// The URL of `path` (which starts with `/api/v1/`) below this origin.
+    pub fn join(&self, path: &str) -> String {
+        format!("{}{}", self.as_str(), path)
+    }
+
+    /// The origin as text, without a trailing slash.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str().trim_end_matches('/')
+    }
+}
+
+impl std::fmt::Display for ApiOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Resolves the API origin: flag > `BUS_AI_API_URL` > `BUS_API_BASE_URL` > default.
+pub fn resolve_api_url(flag: Option<&str>, env: impl Fn(&str) -> Option<String>) -> String {
+    if let Some(url) = flag {
+        return url.to_owned();
+    }
+    API_URL_ENV_VARS
+        .iter()
+        .find_map(|name| env(name).filter(|v| !v.trim().is_empty()))
+        .unwrap_or_else(|| DEFAULT_API_URL.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_accepted_with_or_without_a_slash() {
+        for good in ["http://127.0.0.1:8650", "https://runner.example.com/", "http://[::1]:80"] {
+            ApiOrigin::parse(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        assert_eq!(
+            ApiOrigin::parse("http://h:1/").unwrap().join("/api/v1/containers/status"),
+            "http://h:1/api/v1/containers/status"
+        );
+    }
+
+    #[test]
+    fn a_url_with_the_api_path_is_refused_with_its_origin() {
+        let err = ApiOrigin::parse("https://h.example/api/v1/containers/").unwrap_err();
+        assert_eq!(err.guidance(), "use --api-url https://h.example");
+    }
+
+    #[test]
+    fn other_bad_urls_are_refused() {
+        assert!(matches!(ApiOrigin::parse("ftp://h"), Err(ApiUrlError::Scheme(_))));
+        assert!(matches!(ApiOrigin::parse("localhost:8650"), Err(ApiUrlError::Scheme(_))));
+        assert!(matches!(ApiOrigin::parse("no url"), Err(ApiUrlError::Unparsable(..))));
+        assert!(matches!(ApiOrigin::parse("http://h/x"), Err(ApiUrlError::NotAnOrigin(_))));
+        assert!(matches!(ApiOrigin::parse("http://u:p@h"), Err(ApiUrlError::NotAnOrigin(_))));
+    }
+
+    #[test]
+    fn api_url_precedence() {
+        let env = |name: &str| Some(format!("http://{}", name.to_lowercase()));
+        assert_eq!(resolve_api_url(Some("http://flag"), env), "http://flag");
+        assert_eq!(resolve_api_url(None, env), "http://bus_ai_api_url");
+        let base_only = |name: &str| (name == "BUS_API_BASE_URL").then(|| "http://b".to_owned());
+        assert_eq!(resolve_api_url(None, base_only), "http://b");
+        assert_eq!(resolve_api_url(None, |_| None), DEFAULT_API_URL);
+    }
+}

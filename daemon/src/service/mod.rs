@@ -1,0 +1,61 @@
+//! The gRPC services: thin adapters between proto types and the upstream REST client.
+//! This is the only module of busd that sees proto types.
+
+pub mod containers;
+pub mod daemon;
+
+use std::time::Instant;
+
+use tonic::metadata::MetadataMap;
+
+use crate::config::{ApiOrigin, Config};
+use crate::credentials::{self, Token, TokenSource};
+use crate::status::Error;
+use crate::upstream::{Upstream, Upstreams};
+
+/// Metadata key: an API origin the caller wants instead of busd's default.
+pub const META_API_URL: &str = "bus-api-url";
+/// Metadata key: a token file the caller wants instead of busd's default.
+pub const META_TOKEN_FILE: &str = "bus-token-file";
+/// Metadata key: a token from the caller's environment (`BUS_AI_TOKEN`/`BUS_API_TOKEN`).
+pub const META_TOKEN: &str = "bus-token";
+
+/// What every service shares: configuration, the upstream pool and the start time.
+pub struct DaemonState {
+    config: Config,
+    upstreams: Upstreams,
+    started: Instant,
+}
+
+impl DaemonState {
+    /// State for a daemon started with `config`.
+    pub fn new(config: Config) -> Self {
+        DaemonState { config, upstreams: Upstreams::default(), started: Instant::now() }
+    }
+
+    /// The upstream for one call, honouring the caller's per-call overrides.
+    pub(crate) fn upstream(&self, metadata: &MetadataMap) -> Result<Upstream, Error> {
+        let origin = match metadata.get(META_API_URL).and_then(|v| v.to_str().ok()) {
+            Some(url) => ApiOrigin::parse(url)?,
+            None => self.config.api_origin.clone(),
+        };
+        let token = self.token(metadata)?;
+        Ok(self.upstreams.client(&origin, token))
+    }
+
+    fn token(&self, metadata: &MetadataMap) -> Result<Token, Error> {
+        if let Some(path) = metadata.get(META_TOKEN_FILE).and_then(|v| v.to_str().ok()) {
+            let source = TokenSource::File(path.into());
+            return Ok(credentials::load(&source, env_var)?);
+        }
+        if let Some(token) = metadata.get(META_TOKEN).and_then(|v| v.to_str().ok()) {
+            let from_caller = |_: &str| Some(token.to_owned());
+            return Ok(credentials::load(&TokenSource::Env("BUS_AI_TOKEN"), from_caller)?);
+        }
+        Ok(credentials::load(&self.config.token_source, env_var)?)
+    }
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
