@@ -43,7 +43,9 @@ pub enum ApiUrlError {
         origin: String,
     },
     /// Some other path, a query or a fragment.
-    #[error("the API URL {0:?} must be an origin only (scheme, host and port), without a path, query or credentials")]
+    #[error(
+        "the API URL {0:?} must be an origin only (scheme, host and port), without a path, query or credentials"
+    )]
     NotAnOrigin(String),
 }
 
@@ -120,11 +122,17 @@ mod tests {
 
     #[test]
     fn origins_are_accepted_with_or_without_a_slash() {
-        for good in ["http://127.0.0.1:8650", "https://runner.example.com/", "http://[::1]:80"] {
+        for good in [
+            "http://127.0.0.1:8650",
+            "https://runner.example.com/",
+            "http://[::1]:80",
+        ] {
             ApiOrigin::parse(good).unwrap_or_else(|e| panic!("{good}: {e}"));
         }
         assert_eq!(
-            ApiOrigin::parse("http://h:1/").unwrap().join("/api/v1/containers/status"),
+            ApiOrigin::parse("http://h:1/")
+                .unwrap()
+                .join("/api/v1/containers/status"),
             "http://h:1/api/v1/containers/status"
         );
     }
@@ -137,11 +145,26 @@ mod tests {
 
     #[test]
     fn other_bad_urls_are_refused() {
-        assert!(matches!(ApiOrigin::parse("ftp://h"), Err(ApiUrlError::Scheme(_))));
-        assert!(matches!(ApiOrigin::parse("localhost:8650"), Err(ApiUrlError::Scheme(_))));
-        assert!(matches!(ApiOrigin::parse("no url"), Err(ApiUrlError::Unparsable(..))));
-        assert!(matches!(ApiOrigin::parse("http://h/x"), Err(ApiUrlError::NotAnOrigin(_))));
-        assert!(matches!(ApiOrigin::parse("http://u:p@h"), Err(ApiUrlError::NotAnOrigin(_))));
+        assert!(matches!(
+            ApiOrigin::parse("ftp://h"),
+            Err(ApiUrlError::Scheme(_))
+        ));
+        assert!(matches!(
+            ApiOrigin::parse("localhost:8650"),
+            Err(ApiUrlError::Scheme(_))
+        ));
+        assert!(matches!(
+            ApiOrigin::parse("no url"),
+            Err(ApiUrlError::Unparsable(..))
+        ));
+        assert!(matches!(
+            ApiOrigin::parse("http://h/x"),
+            Err(ApiUrlError::NotAnOrigin(_))
+        ));
+        assert!(matches!(
+            ApiOrigin::parse("http://u:p@h"),
+            Err(ApiUrlError::NotAnOrigin(_))
+        ));
     }
 
     #[test]

@@ -153,7 +153,11 @@ pub fn load(
     let token = match source {
         TokenSource::Env(name) => match env(name) {
             Some(value) if !value.trim().is_empty() => Token::new(&value),
-            _ => return Err(CredentialError::Missing { looked: format!("${name}") }),
+            _ => {
+                return Err(CredentialError::Missing {
+                    looked: format!("${name}"),
+                });
+            }
         },
         TokenSource::File(path) => read_token_file(path)?,
     };
@@ -169,11 +173,19 @@ fn read_token_file(path: &Path) -> Result<Token, CredentialError> {
                 looked: format!("{}, $BUS_AI_TOKEN, $BUS_API_TOKEN", path.display()),
             });
         }
-        Err(source) => return Err(CredentialError::Unreadable { path: path.into(), source }),
+        Err(source) => {
+            return Err(CredentialError::Unreadable {
+                path: path.into(),
+                source,
+            });
+        }
     };
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(CredentialError::Insecure { path: path.into(), mode });
+        return Err(CredentialError::Insecure {
+            path: path.into(),
+            mode,
+        });
     }
     if meta.len() > MAX_TOKEN_BYTES {
         return Err(CredentialError::Malformed {
@@ -181,10 +193,14 @@ fn read_token_file(path: &Path) -> Result<Token, CredentialError> {
             why: "the file is larger than any token",
         });
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| CredentialError::Unreadable { path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| CredentialError::Unreadable {
+        path: path.into(),
+        source,
+    })?;
     if text.trim().is_empty() {
-        return Err(CredentialError::Missing { looked: format!("{} (empty)", path.display()) });
+        return Err(CredentialError::Missing {
+            looked: format!("{} (empty)", path.display()),
+        });
     }
     Ok(Token::new(&text))
 }
@@ -192,7 +208,9 @@ fn read_token_file(path: &Path) -> Result<Token, CredentialError> {
 fn check_shape(token: &Token, source: &TokenSource) -> Result<(), CredentialError> {
     let raw = token.expose();
     let well_formed = raw.split('.').count() == 3
-        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if well_formed {
         Ok(())
     } else {
@@ -222,9 +240,15 @@ mod tests {
             resolve_source(Some(Path::new("/t")), both, dir),
             TokenSource::File("/t".into())
         );
-        assert_eq!(resolve_source(None, both, dir), TokenSource::Env("BUS_AI_TOKEN"));
+        assert_eq!(
+            resolve_source(None, both, dir),
+            TokenSource::Env("BUS_AI_TOKEN")
+        );
         let api_only = |name: &str| (name == "BUS_API_TOKEN").then(|| "x".to_owned());
-        assert_eq!(resolve_source(None, api_only, dir), TokenSource::Env("BUS_API_TOKEN"));
+        assert_eq!(
+            resolve_source(None, api_only, dir),
+            TokenSource::Env("BUS_API_TOKEN")
+        );
         assert_eq!(
             resolve_source(None, no_env, dir),
             TokenSource::File("/cfg/auth/api-token".into())
@@ -235,14 +259,26 @@ mod tests {
     fn group_readable_file_is_refused_with_the_chmod() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tok");
-        std::fs::File::create(&path).unwrap().write_all(JWT.as_bytes()).unwrap();
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(JWT.as_bytes())
+            .unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         let err = load(&TokenSource::File(path.clone()), no_env).unwrap_err();
-        assert!(matches!(err, CredentialError::Insecure { mode: 0o640, .. }), "{err}");
-        assert_eq!(err.guidance(), format!("run `chmod 600 {}` and try again", path.display()));
+        assert!(
+            matches!(err, CredentialError::Insecure { mode: 0o640, .. }),
+            "{err}"
+        );
+        assert_eq!(
+            err.guidance(),
+            format!("run `chmod 600 {}` and try again", path.display())
+        );
 
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(load(&TokenSource::File(path), no_env).unwrap().expose(), JWT);
+        assert_eq!(
+            load(&TokenSource::File(path), no_env).unwrap().expose(),
+            JWT
+        );
     }
 
     #[test]

@@ -42,8 +42,12 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let state = Arc::new(DaemonState::new(config));
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<ContainersServer<ContainersService>>().await;
-    health_reporter.set_serving::<DaemonServer<DaemonService>>().await;
+    health_reporter
+        .set_serving::<ContainersServer<ContainersService>>()
+        .await;
+    health_reporter
+        .set_serving::<DaemonServer<DaemonService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(bus::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -82,12 +82,15 @@ fn main() -> ExitCode {
 fn configure(args: Args) -> Result<Config, String> {
     let env = |name: &str| std::env::var(name).ok();
     let api_url = config::resolve_api_url(args.api_url.as_deref(), env);
-    let api_origin =
-        ApiOrigin::parse(&api_url).map_err(|e| format!("{e}; {}", e.guidance()))?;
+    let api_origin = ApiOrigin::parse(&api_url).map_err(|e| format!("{e}; {}", e.guidance()))?;
     let token_source =
         credentials::resolve_source(args.token_file.as_deref(), env, &bus::config_dir());
     let socket = args.socket.unwrap_or_else(bus::default_socket_path);
-    Ok(Config { socket, api_origin, token_source })
+    Ok(Config {
+        socket,
+        api_origin,
+        token_source,
+    })
 }
 
 fn fail(notify: Option<&Path>, message: &str) -> ExitCode {

@@ -28,10 +28,17 @@ pub enum BindError {
 /// Binds the socket at `path`, creating its directory (0700) if needed and leaving the
 /// socket 0600.
 pub async fn bind(path: &Path) -> Result<UnixListener, BindError> {
-    let io_err = |source| BindError::Io { path: path.display().to_string(), source };
+    let io_err = |source| BindError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err)?;
         }
     }
     if path.exists() {
@@ -50,16 +57,17 @@ pub async fn bind(path: &Path) -> Result<UnixListener, BindError> {
 }
 
 /// Accepted connections from processes of this user only; others are closed at once.
-pub fn same_uid_incoming(
-    listener: UnixListener,
-) -> impl Stream<Item = io::Result<UnixStream>> {
+pub fn same_uid_incoming(listener: UnixListener) -> impl Stream<Item = io::Result<UnixStream>> {
     let uid = rustix::process::getuid().as_raw();
     UnixListenerStream::new(listener).filter_map(move |conn| async move {
         match conn {
             Ok(stream) => match stream.peer_cred() {
                 Ok(cred) if cred.uid() == uid => Some(Ok(stream)),
                 Ok(cred) => {
-                    tracing::warn!(peer_uid = cred.uid(), "refused a connection from another user");
+                    tracing::warn!(
+                        peer_uid = cred.uid(),
+                        "refused a connection from another user"
+                    );
                     None
                 }
                 Err(e) => {
@@ -83,7 +91,10 @@ mod tests {
         let path = dir.path().join("run").join("busd.sock");
         let listener = bind(&path).await.unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
-        assert_eq!(std::fs::metadata(path.parent().unwrap()).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(path.parent().unwrap()).unwrap().mode() & 0o777,
+            0o700
+        );
 
         // A live socket is not taken over.
         assert!(matches!(bind(&path).await, Err(BindError::InUse(_))));

@@ -56,12 +56,25 @@ pub fn to_status(error: &Error) -> Status {
                 CredentialError::Unreadable { .. } => "TOKEN_FILE_UNREADABLE",
                 CredentialError::Malformed { .. } => "TOKEN_INVALID",
             };
-            (Code::Unauthenticated, reason.to_owned(), Some(e.guidance()), None)
+            (
+                Code::Unauthenticated,
+                reason.to_owned(),
+                Some(e.guidance()),
+                None,
+            )
         }
-        Error::ApiUrl(e) => (Code::InvalidArgument, "API_URL_INVALID".into(), Some(e.guidance()), None),
-        Error::InvalidArgument { guidance, .. } => {
-            (Code::InvalidArgument, "INVALID_ARGUMENT".into(), Some(guidance.clone()), None)
-        }
+        Error::ApiUrl(e) => (
+            Code::InvalidArgument,
+            "API_URL_INVALID".into(),
+            Some(e.guidance()),
+            None,
+        ),
+        Error::InvalidArgument { guidance, .. } => (
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT".into(),
+            Some(guidance.clone()),
+            None,
+        ),
         Error::Upstream(UpstreamError::Problem(problem)) => (
             code_for_http(problem.status, problem.code),
             problem.code.as_str().to_ascii_uppercase(),
@@ -120,15 +133,23 @@ mod tests {
 
     #[test]
     fn problems_keep_their_code_reason_and_guidance() {
-        let problem = Problem::new(ProblemCode::ScopeMissing, 403, "Forbidden", "needs container:run")
-            .with_guidance("mint a token with container:run");
+        let problem = Problem::new(
+            ProblemCode::ScopeMissing,
+            403,
+            "Forbidden",
+            "needs container:run",
+        )
+        .with_guidance("mint a token with container:run");
         let status = to_status(&Error::Upstream(UpstreamError::Problem(Box::new(problem))));
         assert_eq!(status.code(), Code::PermissionDenied);
         assert_eq!(status.message(), "needs container:run");
         let details = status.get_error_details();
         assert_eq!(details.error_info().unwrap().reason, "SCOPE_MISSING");
         assert_eq!(details.error_info().unwrap().domain, DOMAIN);
-        assert_eq!(details.localized_message().unwrap().message, "mint a token with container:run");
+        assert_eq!(
+            details.localized_message().unwrap().message,
+            "mint a token with container:run"
+        );
     }
 
     #[test]

@@ -66,7 +66,11 @@ impl Upstreams {
                     .expect("the TLS backend initialises")
             })
             .clone();
-        Upstream { http, origin: origin.clone(), token }
+        Upstream {
+            http,
+            origin: origin.clone(),
+            token,
+        }
     }
 }
 
@@ -80,17 +84,23 @@ pub struct Upstream {
 impl Upstream {
     /// `GET /api/v1/containers/status`.
     pub async fn status(&self) -> Result<RunnerStatus, UpstreamError> {
-        self.json(self.request(Method::GET, "/api/v1/containers/status")).await
+        self.json(self.request(Method::GET, "/api/v1/containers/status"))
+            .await
     }
 
     /// `POST /api/v1/containers/runs`.
     pub async fn create_run(&self, spec: &CreateRun) -> Result<Run, UpstreamError> {
-        self.json(self.request(Method::POST, "/api/v1/containers/runs").json(spec)).await
+        self.json(
+            self.request(Method::POST, "/api/v1/containers/runs")
+                .json(spec),
+        )
+        .await
     }
 
     /// `GET /api/v1/containers/runs/{id}`.
     pub async fn get_run(&self, id: &str) -> Result<Run, UpstreamError> {
-        self.json(self.request(Method::GET, &run_path(id, ""))).await
+        self.json(self.request(Method::GET, &run_path(id, "")))
+            .await
     }
 
     /// `GET /api/v1/containers/runs?page_size&page_token`.
@@ -106,12 +116,18 @@ impl Upstream {
         if !page_token.is_empty() {
             query.push(("page_token", page_token.to_owned()));
         }
-        self.json(self.request(Method::GET, "/api/v1/containers/runs").query(&query)).await
+        self.json(
+            self.request(Method::GET, "/api/v1/containers/runs")
+                .query(&query),
+        )
+        .await
     }
 
     /// `DELETE /api/v1/containers/runs/{id}`.
     pub async fn delete_run(&self, id: &str) -> Result<(), UpstreamError> {
-        self.send(self.request(Method::DELETE, &run_path(id, ""))).await.map(drop)
+        self.send(self.request(Method::DELETE, &run_path(id, "")))
+            .await
+            .map(drop)
     }
 
     /// `GET /api/v1/containers/runs/{id}/logs?follow&after_seq`: the run's frames after
@@ -122,20 +138,26 @@ impl Upstream {
         after_seq: u64,
         follow: bool,
     ) -> Result<impl Stream<Item = Result<LogFrame, UpstreamError>> + use<>, UpstreamError> {
-        let request = self
-            .request(Method::GET, &run_path(id, "/logs"))
-            .query(&[("follow", follow.to_string()), ("after_seq", after_seq.to_string())]);
+        let request = self.request(Method::GET, &run_path(id, "/logs")).query(&[
+            ("follow", follow.to_string()),
+            ("after_seq", after_seq.to_string()),
+        ]);
         let response = self.send(request).await?;
         let origin = self.origin.to_string();
         let bytes = response.bytes_stream().map_err({
             let origin = origin.clone();
-            move |e| UpstreamError::Unreachable { origin: origin.clone(), reason: e.to_string() }
+            move |e| UpstreamError::Unreachable {
+                origin: origin.clone(),
+                reason: e.to_string(),
+            }
         });
         Ok(ndjson_frames(bytes, origin))
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http.request(method, self.origin.join(path)).bearer_auth(self.token.expose())
+        self.http
+            .request(method, self.origin.join(path))
+            .bearer_auth(self.token.expose())
     }
 
     async fn send(&self, request: RequestBuilder) -> Result<Response, UpstreamError> {
@@ -161,11 +183,17 @@ impl Upstream {
     }
 
     fn unreachable(&self, e: &reqwest::Error) -> UpstreamError {
-        UpstreamError::Unreachable { origin: self.origin.to_string(), reason: transport_reason(e) }
+        UpstreamError::Unreachable {
+            origin: self.origin.to_string(),
+            reason: transport_reason(e),
+        }
     }
 
     fn protocol(&self, reason: String) -> UpstreamError {
-        UpstreamError::Protocol { origin: self.origin.to_string(), reason }
+        UpstreamError::Protocol {
+            origin: self.origin.to_string(),
+            reason,
+        }
     }
 }
 
@@ -189,7 +217,11 @@ fn transport_reason(e: &reqwest::Error) -> String {
     while let Some(next) = source.source() {
         source = next;
     }
-    if e.is_timeout() { "timed out".to_owned() } else { source.to_string() }
+    if e.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        source.to_string()
+    }
 }
 
 /// Splits an NDJSON byte stream into frames.
@@ -249,7 +281,9 @@ mod tests {
 
     fn frames_of(chunks: Vec<&'static [u8]>) -> Vec<Result<LogFrame, String>> {
         let bytes = futures::stream::iter(
-            chunks.into_iter().map(|c| Ok::<_, UpstreamError>(bytes::Bytes::from_static(c))),
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, UpstreamError>(bytes::Bytes::from_static(c))),
         );
         let frames = ndjson_frames(bytes, "http://o".into()).map(|r| r.map_err(|e| e.to_string()));
         futures::executor::block_on(frames.collect())
@@ -263,8 +297,18 @@ mod tests {
             b"\"exit_code\":0,\"last_seq\":1}\n",
         ]);
         assert_eq!(got.len(), 2, "{got:?}");
-        assert_eq!(got[0].as_ref().unwrap().output_bytes().unwrap().unwrap(), b"OK");
-        assert!(matches!(got[1], Ok(LogFrame::Exit { exit_code: Some(0), last_seq: 1, .. })));
+        assert_eq!(
+            got[0].as_ref().unwrap().output_bytes().unwrap().unwrap(),
+            b"OK"
+        );
+        assert!(matches!(
+            got[1],
+            Ok(LogFrame::Exit {
+                exit_code: Some(0),
+                last_seq: 1,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -282,6 +326,9 @@ mod tests {
 
     #[test]
     fn run_ids_cannot_change_the_path() {
-        assert_eq!(run_path("../x", "/logs"), "/api/v1/containers/runs/..%2Fx/logs");
+        assert_eq!(
+            run_path("../x", "/logs"),
+            "/api/v1/containers/runs/..%2Fx/logs"
+        );
     }
 }

@@ -75,7 +75,10 @@ impl Containers for ContainersService {
         Ok(Response::new(run_to_proto(run)))
     }
 
-    async fn get_run(&self, request: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
+    async fn get_run(
+        &self,
+        request: Request<pb::GetRunRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
         let upstream = self.state.upstream(request.metadata())?;
         let id = run_id(&request.get_ref().run_id)?;
         let run = upstream.get_run(id).await.map_err(Error::from)?;
@@ -87,8 +90,14 @@ impl Containers for ContainersService {
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
         let upstream = self.state.upstream(request.metadata())?;
-        let pb::ListRunsRequest { page_size, page_token } = request.into_inner();
-        let page = upstream.list_runs(page_size, &page_token).await.map_err(Error::from)?;
+        let pb::ListRunsRequest {
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let page = upstream
+            .list_runs(page_size, &page_token)
+            .await
+            .map_err(Error::from)?;
         Ok(Response::new(pb::ListRunsResponse {
             runs: page.runs.into_iter().map(run_to_proto).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -113,7 +122,10 @@ impl Containers for ContainersService {
 /// itself goes on.
 async fn follow_run(upstream: Upstream, run: Run, tx: mpsc::Sender<Result<pb::RunEvent, Status>>) {
     let id = run.id.clone();
-    if send(&tx, pb::run_event::Event::Accepted(run_to_proto(run))).await.is_err() {
+    if send(&tx, pb::run_event::Event::Accepted(run_to_proto(run)))
+        .await
+        .is_err()
+    {
         return;
     }
     let mut after_seq = 0;
@@ -138,7 +150,13 @@ async fn follow_run(upstream: Upstream, run: Run, tx: mpsc::Sender<Result<pb::Ru
                                 }
                             }
                         }
-                        Ok(LogFrame::Exit { state, exit_code, reason, last_seq, finished_at }) => {
+                        Ok(LogFrame::Exit {
+                            state,
+                            exit_code,
+                            reason,
+                            last_seq,
+                            finished_at,
+                        }) => {
                             let exited = pb::RunExited {
                                 exit_code: exit_code.unwrap_or_default(),
                                 state: state_to_proto(state) as i32,
@@ -180,7 +198,9 @@ async fn send(
     tx: &mpsc::Sender<Result<pb::RunEvent, Status>>,
     event: pb::run_event::Event,
 ) -> Result<(), ()> {
-    tx.send(Ok(pb::RunEvent { event: Some(event) })).await.map_err(drop)
+    tx.send(Ok(pb::RunEvent { event: Some(event) }))
+        .await
+        .map_err(drop)
 }
 
 fn run_id(id: &str) -> Result<&str, Error> {
@@ -209,7 +229,10 @@ fn create_run(spec: Option<pb::RunSpec>) -> Result<CreateRun, Error> {
 }
 
 fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.unix_timestamp(), nanos: t.nanosecond() as i32 }
+    prost_types::Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: t.nanosecond() as i32,
+    }
 }
 
 fn state_to_proto(state: RunState) -> pb::RunState {
@@ -242,7 +265,10 @@ fn run_to_proto(run: Run) -> pb::Run {
 }
 
 fn chunk_to_proto(frame: &LogFrame) -> Result<pb::LogChunk, UpstreamError> {
-    let LogFrame::Output { seq, stream, time, .. } = frame else {
+    let LogFrame::Output {
+        seq, stream, time, ..
+    } = frame
+    else {
         unreachable!("only output frames are chunks");
     };
     let data = match frame.output_bytes() {
@@ -258,5 +284,10 @@ fn chunk_to_proto(frame: &LogFrame) -> Result<pb::LogChunk, UpstreamError> {
         StdStream::Stdout => pb::StdStream::Stdout,
         StdStream::Stderr => pb::StdStream::Stderr,
     };
-    Ok(pb::LogChunk { seq: *seq, stream: stream as i32, data, time: Some(timestamp(*time)) })
+    Ok(pb::LogChunk {
+        seq: *seq,
+        stream: stream as i32,
+        data,
+        time: Some(timestamp(*time)),
+    })
 }

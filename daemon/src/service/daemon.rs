@@ -36,9 +36,10 @@ impl Daemon for DaemonService {
                 .as_ref()
                 .map(|c| c.scopes().map(str::to_owned).collect())
                 .unwrap_or_default(),
-            token_expires_at: claims
-                .as_ref()
-                .map(|c| prost_types::Timestamp { seconds: c.exp, nanos: 0 }),
+            token_expires_at: claims.as_ref().map(|c| prost_types::Timestamp {
+                seconds: c.exp,
+                nanos: 0,
+            }),
             token_source: config.token_source.to_string(),
             uptime_seconds: self.state.started.elapsed().as_secs(),
             pid: std::process::id(),

@@ -30,7 +30,11 @@ pub struct DaemonState {
 impl DaemonState {
     /// State for a daemon started with `config`.
     pub fn new(config: Config) -> Self {
-        DaemonState { config, upstreams: Upstreams::default(), started: Instant::now() }
+        DaemonState {
+            config,
+            upstreams: Upstreams::default(),
+            started: Instant::now(),
+        }
     }
 
     /// The upstream for one call, honouring the caller's per-call overrides.
@@ -50,7 +54,10 @@ impl DaemonState {
         }
         if let Some(token) = metadata.get(META_TOKEN).and_then(|v| v.to_str().ok()) {
             let from_caller = |_: &str| Some(token.to_owned());
-            return Ok(credentials::load(&TokenSource::Env("BUS_AI_TOKEN"), from_caller)?);
+            return Ok(credentials::load(
+                &TokenSource::Env("BUS_AI_TOKEN"),
+                from_caller,
+            )?);
         }
         Ok(credentials::load(&self.config.token_source, env_var)?)
     }

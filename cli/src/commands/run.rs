@@ -1,0 +1,132 @@
+//! `bus containers run [--profile P] [--image I] [-d] -- CMD...`: start a run and stream its
+//! output, exiting with the command's exit code; or, with `-d`, print its id and return.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use bus::proto::containers::v1::{
+    CreateRunRequest, RunExited, RunRequest, RunSpec, RunState, StdStream, run_event::Event,
+};
+use futures::StreamExt;
+
+use crate::context::Ctx;
+use crate::error::CliError;
+use crate::render;
+
+/// Exit code when the run was killed at its timeout (as `timeout(1)`).
+const EXIT_TIMED_OUT: u8 = 124;
+/// Exit code when the run could not be started or ended without an exit code (as `docker run`).
+const EXIT_RUN_FAILED: u8 = 125;
+
+/// Starts a run.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The run profile (image, limits, timeout) to start from.
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+    /// The image to run; overrides the profile's.
+    #[arg(long, value_name = "REF")]
+    image: Option<String>,
+    /// Start the run and print its id instead of following it.
+    #[arg(short, long)]
+    detach: bool,
+    /// Set an environment variable in the container (repeatable).
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    env: Vec<(String, String)>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long, value_name = "DIR")]
+    workdir: Option<String>,
+    /// A name for the run.
+    #[arg(long)]
+    name: Option<String>,
+    /// Seconds after which the run is killed [default: the profile's].
+    #[arg(long, value_name = "SECONDS")]
+    run_timeout: Option<u32>,
+    /// The command and its arguments.
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+impl Args {
+    /// Runs the command; returns the exit code (the container's, when it exited).
+    pub async fn run(self, ctx: &Ctx) -> Result<u8, CliError> {
+        let detach = self.detach;
+        let spec = RunSpec {
+            profile: self.profile.unwrap_or_default(),
+            image: self.image.unwrap_or_default(),
+            argv: self.command,
+            env: self.env.into_iter().collect::<HashMap<_, _>>(),
+            workdir: self.workdir.unwrap_or_default(),
+            name: self.name.unwrap_or_default(),
+            labels: HashMap::new(),
+            timeout_seconds: self.run_timeout.unwrap_or(0),
+        };
+        if detach {
+            let request = ctx.request(CreateRunRequest { spec: Some(spec) });
+            let run = ctx.containers().create_run(request).await?.into_inner();
+            println!("{}", run.id);
+            return Ok(0);
+        }
+        let request = ctx.request(RunRequest { spec: Some(spec) });
+        let mut events = ctx.containers().run(request).await?.into_inner();
+        let mut run_id = String::new();
+        let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
+        while let Some(event) = events.next().await {
+            match event?.event {
+                Some(Event::Accepted(run)) => run_id = run.id,
+                Some(Event::Output(chunk)) => {
+                    let out: &mut dyn Write = if chunk.stream == StdStream::Stderr as i32 {
+                        &mut stderr
+                    } else {
+                        &mut stdout
+                    };
+                    out.write_all(&chunk.data)?;
+                    out.flush()?;
+                }
+                Some(Event::Exited(exited)) => return Ok(exit_code(&run_id, &exited)),
+                None => {}
+            }
+        }
+        Err(CliError::StreamCut(run_id))
+    }
+}
+
+/// The process exit code for a finished run; explains on stderr when it did not just exit.
+fn exit_code(run_id: &str, exited: &RunExited) -> u8 {
+    let state = RunState::try_from(exited.state).unwrap_or(RunState::Unspecified);
+    let reason = if exited.reason.is_empty() {
+        ""
+    } else {
+        exited.reason.as_str()
+    };
+    match state {
+        RunState::Exited => exited.exit_code.clamp(0, 255) as u8,
+        RunState::TimedOut => {
+            eprintln!("bus: run {run_id} timed out{}", with_reason(reason));
+            EXIT_TIMED_OUT
+        }
+        other => {
+            eprintln!(
+                "bus: run {run_id} ended {}{}",
+                render::state_name(other as i32),
+                with_reason(reason)
+            );
+            EXIT_RUN_FAILED
+        }
+    }
+}
+
+fn with_reason(reason: &str) -> String {
+    if reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {reason}")
+    }
+}

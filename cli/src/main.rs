@@ -1,0 +1,121 @@
+//! `bus`: the command-line client of busd. Thin: it parses arguments, reaches busd over its
+//! Unix socket (starting it when absent), makes gRPC calls and renders the answers. It
+//! never speaks HTTP and never holds more of a token than it forwards from its environment.
+
+mod commands;
+mod context;
+mod daemon;
+mod error;
+mod guard;
+mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::context::{Ctx, Overrides};
+use crate::error::CliError;
+
+/// bus: run containers through the local busd daemon.
+#[derive(Debug, Parser)]
+#[command(name = "bus", version, about, propagate_version = true)]
+struct Cli {
+    /// The API origin busd should call, e.g. https://runner.example.com
+    /// [env: BUS_AI_API_URL, BUS_API_BASE_URL]
+    #[arg(long, global = true, value_name = "URL")]
+    api_url: Option<String>,
+    /// Read the bearer token from this file (mode 0600). Tokens are never accepted as
+    /// arguments [default: $BUS_AI_TOKEN, $BUS_API_TOKEN, ~/.config/bus/auth/api-token]
+    #[arg(long, global = true, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// Give up on a call after this long, e.g. 30s or 2m
+    #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// busd's socket [env: BUS_SOCKET] [default: $XDG_RUNTIME_DIR/bus/busd.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs and the runner.
+    #[command(subcommand)]
+    Containers(Containers),
+    /// The local daemon.
+    #[command(subcommand)]
+    Daemon(Daemon),
+}
+
+#[derive(Debug, Subcommand)]
+enum Containers {
+    /// Show the runner's state, engine and profiles.
+    Status(commands::status::Args),
+    /// Start a run and stream its output (or detach with -d).
+    Run(commands::run::Args),
+    /// List the account's runs, newest first.
+    Runs(commands::runs::Args),
+    /// Delete runs.
+    Delete(commands::delete::Args),
+}
+
+#[derive(Debug, Subcommand)]
+enum Daemon {
+    /// Show busd's version, upstream and identity.
+    Info(commands::info::Args),
+}
+
+fn main() -> ExitCode {
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    if guard::has_token_argument(&args) {
+        eprintln!("bus: error: {}", guard::TOKEN_ON_COMMAND_LINE);
+        return ExitCode::from(2);
+    }
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("bus: error: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("bus: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, CliError> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let token_file = match cli.token_file {
+        Some(path) if path.is_relative() => Some(std::env::current_dir()?.join(path)),
+        other => other,
+    };
+    let overrides = Overrides {
+        api_url: cli
+            .api_url
+            .or_else(|| env("BUS_AI_API_URL"))
+            .or_else(|| env("BUS_API_BASE_URL")),
+        token: env("BUS_AI_TOKEN").or_else(|| env("BUS_API_TOKEN")),
+        token_file,
+        timeout: cli.timeout,
+    };
+    let socket = cli.socket.unwrap_or_else(bus::default_socket_path);
+    let ctx = Ctx::new(daemon::connect_or_start(&socket).await?, overrides);
+    match cli.command {
+        Command::Containers(Containers::Status(args)) => args.run(&ctx).await,
+        Command::Containers(Containers::Run(args)) => args.run(&ctx).await,
+        Command::Containers(Containers::Runs(args)) => args.run(&ctx).await,
+        Command::Containers(Containers::Delete(args)) => args.run(&ctx).await,
+        Command::Daemon(Daemon::Info(args)) => args.run(&ctx).await,
+    }
+}
