@@ -1,0 +1,286 @@
+//! The end-to-end harness: a real Podman API service, a real bus-runner, and the real `bus`
+//! and `busd` binaries, each on temporary sockets and directories, stopped by PID on drop.
+//!
+//! The binaries come from the same target directory as this test (`cargo build --workspace
+//! --bins` first; the README's test command does).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Every scope a skeleton token can carry.
+pub const ALL_SCOPES: &str = "container:read container:run container:delete";
+
+/// The directory holding the workspace's binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+/// A workspace binary, checked to exist.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(path.is_file(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Waits until `ready` holds, checking every few milliseconds, for at most `limit`.
+fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    while !ready() {
+        assert!(start.elapsed() < limit, "{what} was not ready within {limit:?}");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Sends SIGTERM to `pid`, then SIGKILL if it has not gone within a few seconds.
+pub fn stop_pid(pid: u32) {
+    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else { return };
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    let gone = || !Path::new(&format!("/proc/{}", pid.as_raw_nonzero())).exists()
+        || std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero()))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true);
+    let start = Instant::now();
+    while !gone() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if !gone() {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// `podman system service` on a temporary socket.
+pub struct Engine {
+    child: Child,
+    pub socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Engine {
+    pub fn start() -> Engine {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("podman.sock");
+        let child = Command::new("podman")
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()))
+            .env("CONTAINERS_CONF", repo_root().join("deploy/containers.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("podman is installed (scripts/setup-engine installs it)");
+        let engine = Engine { child, socket, _dir: dir };
+        wait_until("podman's API service", Duration::from_secs(20), || {
+            UnixStream::connect(&engine.socket).is_ok()
+        });
+        engine
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        stop_pid(self.child.id());
+        let _ = self.child.wait();
+    }
+}
+
+/// `bus-runner serve` on 127.0.0.1 and an ephemeral port, on its own state dir.
+pub struct Runner {
+    child: Child,
+    pub origin: String,
+    pub state_dir: tempfile::TempDir,
+    pub engine: Engine,
+}
+
+impl Runner {
+    pub fn start() -> Runner {
+        let engine = Engine::start();
+        let state_dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(bin("bus-runner"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--engine"])
+            .arg(format!("unix://{}", engine.socket.display()))
+            .arg("--state-dir")
+            .arg(state_dir.path())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("bus-runner printed {line:?} instead of its address"))
+            .to_owned();
+        Runner { child, origin: format!("http://{addr}"), state_dir, engine }
+    }
+
+    /// Mints a token for `account` with `resources`, through `bus-runner token`.
+    pub fn token(&self, account: &str, resources: &str) -> String {
+        mint(self.state_dir.path(), account, resources, &[])
+    }
+
+    /// A token that expired before it was minted.
+    pub fn expired_token(&self, account: &str) -> String {
+        mint(self.state_dir.path(), account, ALL_SCOPES, &["--expired"])
+    }
+
+    /// A raw HTTP/1.1 GET against the runner; returns the status code and body.
+    pub fn get(&self, path: &str, token: &str) -> (u16, String) {
+        let addr = self.origin.trim_start_matches("http://");
+        let mut stream = TcpStream::connect(addr).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, body)
+    }
+}
+
+/// Mints a token with the signing key in `state_dir`.
+pub fn mint(state_dir: &Path, account: &str, resources: &str, extra: &[&str]) -> String {
+    let out = Command::new(bin("bus-runner"))
+        .args(["token", "--state-dir"])
+        .arg(state_dir)
+        .args(["--account", account, "--resources", resources])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bus-runner token failed: {}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(token.lines().count(), 1, "the token is printed alone");
+    token.trim().to_owned()
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        stop_pid(self.child.id());
+        let _ = self.child.wait();
+    }
+}
+
+/// A user's view: a runner, a config dir with a token, and the `bus` CLI pointed at a busd
+/// socket of its own. busd is started by the CLI itself, and stopped by PID on drop.
+pub struct Stack {
+    pub runner: Runner,
+    pub home: tempfile::TempDir,
+    pub socket: PathBuf,
+}
+
+impl Stack {
+    /// A stack whose default token file holds a full-scope token for `alice`.
+    pub fn start() -> Stack {
+        let stack = Stack::without_token();
+        let token = stack.runner.token("alice", ALL_SCOPES);
+        stack.write_token(&token);
+        stack
+    }
+
+    /// A stack with no token anywhere.
+    pub fn without_token() -> Stack {
+        let runner = Runner::start();
+        let home = tempfile::tempdir().unwrap();
+        let socket = home.path().join("run").join("busd.sock");
+        Stack { runner, home, socket }
+    }
+
+    pub fn config_dir(&self) -> PathBuf {
+        self.home.path().join("config")
+    }
+
+    /// Writes `token` to the default token file, mode 0600.
+    pub fn write_token(&self, token: &str) {
+        let path = self.config_dir().join("auth").join("api-token");
+        write_secret(&path, token);
+    }
+
+    /// Writes `token` to a file of its own, mode 0600, and returns its path.
+    pub fn token_file(&self, name: &str, token: &str) -> PathBuf {
+        let path = self.home.path().join(name);
+        write_secret(&path, token);
+        path
+    }
+
+    /// `bus` with this stack's environment and nothing of the caller's.
+    pub fn bus(&self) -> Command {
+        let mut cmd = Command::new(bin("bus"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.home.path())
+            .env("BUS_CONFIG_DIR", self.config_dir())
+            .env("BUS_SOCKET", &self.socket)
+            .env("BUS_AI_API_URL", &self.runner.origin)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `bus ARGS...` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.bus().args(args).output().unwrap()
+    }
+
+    /// The log file busd writes when the CLI starts it.
+    pub fn busd_log(&self) -> String {
+        std::fs::read_to_string(self.socket.with_file_name("busd.log")).unwrap_or_default()
+    }
+
+    /// busd's PID, from `bus daemon info`, if one is running.
+    pub fn busd_pid(&self) -> Option<u32> {
+        if !self.socket.exists() {
+            return None;
+        }
+        let out = self.run(&["daemon", "info"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("pid:").map(|p| p.trim().parse().unwrap()))
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(pid) = self.busd_pid() {
+            stop_pid(pid);
+        }
+    }
+}
+
+fn write_secret(path: &Path, content: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Asserts the command failed with exactly one line on stderr, and returns that line.
+pub fn one_line_error(out: &Output) -> String {
+    assert!(!out.status.success(), "expected a failure; stdout: {}", String::from_utf8_lossy(&out.stdout));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(stderr.lines().count(), 1, "expected one line on stderr, got: {stderr}");
+    assert!(stderr.starts_with("bus: error: "), "{stderr}");
+    stderr.trim_end().to_owned()
+}
+
+/// stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
