@@ -30,7 +30,7 @@ pub mod proto {
     /// `bus.containers.*`
     pub mod containers {
         /// `bus.containers.v1`: runs, their output and the runner's status.
-        #[allow(missing_docs)]
+        #[allow(missing_docs, clippy::large_enum_variant)]
         pub mod v1 {
             tonic::include_proto!("bus.containers.v1");
         }
@@ -38,7 +38,7 @@ pub mod proto {
     /// `bus.daemon.*`
     pub mod daemon {
         /// `bus.daemon.v1`: the daemon's own info.
-        #[allow(missing_docs)]
+        #[allow(missing_docs, clippy::large_enum_variant)]
         pub mod v1 {
             tonic::include_proto!("bus.daemon.v1");
         }
@@ -86,7 +86,9 @@ pub fn config_dir_from(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Path
     if let Some(dir) = env("XDG_CONFIG_HOME") {
         return PathBuf::from(dir).join("bus");
     }
-    let home = env("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+    let home = env("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"));
     home.join(".config").join("bus")
 }
 
@@ -112,19 +114,31 @@ mod tests {
     use std::ffi::OsString;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
-        let map: HashMap<String, OsString> =
-            pairs.iter().map(|(k, v)| (k.to_string(), OsString::from(v))).collect();
+        let map: HashMap<String, OsString> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), OsString::from(v)))
+            .collect();
         move |name| map.get(name).cloned()
     }
 
     #[test]
     fn socket_path_precedence() {
-        let all = env(&[("BUS_SOCKET", "/s/x.sock"), ("XDG_RUNTIME_DIR", "/run/user/7"), ("HOME", "/h")]);
+        let all = env(&[
+            ("BUS_SOCKET", "/s/x.sock"),
+            ("XDG_RUNTIME_DIR", "/run/user/7"),
+            ("HOME", "/h"),
+        ]);
         assert_eq!(socket_path_from(all), PathBuf::from("/s/x.sock"));
         let runtime = env(&[("XDG_RUNTIME_DIR", "/run/user/7"), ("HOME", "/h")]);
-        assert_eq!(socket_path_from(runtime), PathBuf::from("/run/user/7/bus/busd.sock"));
+        assert_eq!(
+            socket_path_from(runtime),
+            PathBuf::from("/run/user/7/bus/busd.sock")
+        );
         let home = env(&[("HOME", "/h")]);
-        assert_eq!(socket_path_from(home), PathBuf::from("/h/.config/bus/run/busd.sock"));
+        assert_eq!(
+            socket_path_from(home),
+            PathBuf::from("/h/.config/bus/run/busd.sock")
+        );
         let config = env(&[("BUS_CONFIG_DIR", "/c"), ("HOME", "/h")]);
         assert_eq!(socket_path_from(config), PathBuf::from("/c/run/busd.sock"));
     }

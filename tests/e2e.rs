@@ -14,8 +14,22 @@ use common::{ALL_SCOPES, Stack, one_line_error, stdout};
 #[test]
 fn run_prints_exactly_what_the_container_printed() {
     let stack = Stack::start();
-    let out = stack.run(&["containers", "run", "--profile", "codex", "--", "sh", "-c", "printf OK"]);
-    assert_eq!(stdout(&out), "OK", "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "--profile",
+        "codex",
+        "--",
+        "sh",
+        "-c",
+        "printf OK",
+    ]);
+    assert_eq!(
+        stdout(&out),
+        "OK",
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stderr, b"");
     assert_eq!(out.status.code(), Some(0));
 }
@@ -35,14 +49,23 @@ fn run_stream_orders_output_by_seq_and_ends_with_one_exit() {
     let stack = Stack::start();
     // Start busd through the CLI, then talk to it as an SDK user would.
     assert!(stack.run(&["containers", "status"]).status.success());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let events = rt.block_on(async {
         let mut client = ContainersClient::new(bus::connect(&stack.socket).await.unwrap());
         let spec = RunSpec {
-            argv: ["sh", "-c", "echo out; echo err >&2; exit 3"].map(String::from).to_vec(),
+            argv: ["sh", "-c", "echo out; echo err >&2; exit 3"]
+                .map(String::from)
+                .to_vec(),
             ..Default::default()
         };
-        let mut stream = client.run(RunRequest { spec: Some(spec) }).await.unwrap().into_inner();
+        let mut stream = client
+            .run(RunRequest { spec: Some(spec) })
+            .await
+            .unwrap()
+            .into_inner();
         let mut events = Vec::new();
         while let Some(event) = stream.message().await.unwrap() {
             events.push(event.event.unwrap());
@@ -64,9 +87,14 @@ fn run_stream_orders_output_by_seq_and_ends_with_one_exit() {
             (2, StdStream::Stderr as i32, b"err\n".to_vec())
         ]
     );
-    let exits: Vec<_> = events.iter().filter(|e| matches!(e, Event::Exited(_))).collect();
+    let exits: Vec<_> = events
+        .iter()
+        .filter(|e| matches!(e, Event::Exited(_)))
+        .collect();
     assert_eq!(exits.len(), 1);
-    let Some(Event::Exited(exited)) = events.last() else { panic!("exit is not last: {events:?}") };
+    let Some(Event::Exited(exited)) = events.last() else {
+        panic!("exit is not last: {events:?}")
+    };
     assert_eq!((exited.exit_code, exited.last_seq), (3, 2));
 }
 
@@ -74,7 +102,11 @@ fn run_stream_orders_output_by_seq_and_ends_with_one_exit() {
 fn detached_runs_are_listed_and_deleted() {
     let stack = Stack::start();
     let out = stack.run(&["containers", "run", "-d", "--", "sh", "-c", "echo hi"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let id = stdout(&out).trim().to_owned();
     assert!(id.starts_with("run_") && id.len() >= 24, "{id:?}");
 
@@ -84,7 +116,11 @@ fn detached_runs_are_listed_and_deleted() {
     assert_eq!(stdout(&stack.run(&["containers", "runs", "-q"])).trim(), id);
 
     let out = stack.run(&["containers", "delete", &id]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(stdout(&out).trim(), id);
     assert_eq!(stdout(&stack.run(&["containers", "runs", "-q"])), "");
 
@@ -95,11 +131,19 @@ fn detached_runs_are_listed_and_deleted() {
 #[test]
 fn another_account_cannot_see_read_or_delete_a_run() {
     let stack = Stack::start();
-    let id = stdout(&stack.run(&["containers", "run", "-d", "--", "echo", "secret"])).trim().to_owned();
+    let id = stdout(&stack.run(&["containers", "run", "-d", "--", "echo", "secret"]))
+        .trim()
+        .to_owned();
     let bob = stack.runner.token("bob", ALL_SCOPES);
     let bob_file = stack.token_file("bob-token", &bob);
     let as_bob = |args: &[&str]| {
-        stack.bus().arg("--token-file").arg(&bob_file).args(args).output().unwrap()
+        stack
+            .bus()
+            .arg("--token-file")
+            .arg(&bob_file)
+            .args(args)
+            .output()
+            .unwrap()
     };
 
     assert_eq!(stdout(&as_bob(&["containers", "runs", "-q"])), "");
@@ -107,17 +151,28 @@ fn another_account_cannot_see_read_or_delete_a_run() {
     let unknown_id = "run_00000000000000000000000000";
     let unknown = one_line_error(&as_bob(&["containers", "delete", unknown_id]));
     // The same answer as for an id that never existed: no leak of existence.
-    assert_eq!(foreign.replace(&id, "ID"), unknown.replace(unknown_id, "ID"));
+    assert_eq!(
+        foreign.replace(&id, "ID"),
+        unknown.replace(unknown_id, "ID")
+    );
 
-    let (status, body) = stack.runner.get(&format!("/api/v1/containers/runs/{id}/logs"), &bob);
+    let (status, body) = stack
+        .runner
+        .get(&format!("/api/v1/containers/runs/{id}/logs"), &bob);
     assert_eq!(status, 404, "{body}");
     assert!(!body.contains("secret"));
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let code = rt.block_on(async {
         let mut client = ContainersClient::new(bus::connect(&stack.socket).await.unwrap());
         let mut request = tonic::Request::new(GetRunRequest { run_id: id.clone() });
-        request.metadata_mut().insert("bus-token-file", bob_file.to_str().unwrap().parse().unwrap());
+        request.metadata_mut().insert(
+            "bus-token-file",
+            bob_file.to_str().unwrap().parse().unwrap(),
+        );
         client.get_run(request).await.unwrap_err().code()
     });
     assert_eq!(code, tonic::Code::NotFound);
@@ -131,7 +186,10 @@ fn no_token_says_where_to_put_one() {
     let stack = Stack::without_token();
     let line = one_line_error(&stack.run(&["containers", "status"]));
     assert!(line.contains("no API token found"), "{line}");
-    assert!(line.contains("--token-file") && line.contains("BUS_AI_TOKEN"), "{line}");
+    assert!(
+        line.contains("--token-file") && line.contains("BUS_AI_TOKEN"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -165,7 +223,10 @@ fn a_token_on_the_command_line_is_refused_before_busd() {
         let out = stack.run(&args);
         assert_eq!(out.status.code(), Some(2));
         let line = one_line_error(&out);
-        assert!(line.contains("--token-file") && line.contains("BUS_AI_TOKEN"), "{line}");
+        assert!(
+            line.contains("--token-file") && line.contains("BUS_AI_TOKEN"),
+            "{line}"
+        );
         assert!(!line.contains(&token));
     }
     assert!(!stack.socket.exists(), "busd must not have been started");
@@ -193,8 +254,17 @@ fn the_token_never_reaches_logs_or_arguments() {
 fn busd_socket_is_private() {
     let stack = Stack::start();
     assert!(stack.run(&["containers", "status"]).status.success());
-    assert_eq!(std::fs::metadata(&stack.socket).unwrap().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::metadata(stack.socket.parent().unwrap()).unwrap().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(&stack.socket).unwrap().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(stack.socket.parent().unwrap())
+            .unwrap()
+            .mode()
+            & 0o777,
+        0o700
+    );
 }
 
 #[test]
@@ -212,12 +282,19 @@ fn an_api_url_with_the_api_path_is_refused_with_the_fix() {
     let stack = Stack::start();
     let bad = format!("{}/api/v1/containers", stack.runner.origin);
     let line = one_line_error(&stack.run(&["--api-url", &bad, "containers", "status"]));
-    assert!(line.contains(&format!("use --api-url {}", stack.runner.origin)), "{line}");
+    assert!(
+        line.contains(&format!("use --api-url {}", stack.runner.origin)),
+        "{line}"
+    );
 }
 
 #[test]
 fn an_unreachable_runner_says_which_origin() {
     let stack = Stack::start();
-    let line = one_line_error(&stack.run(&["--api-url", "http://127.0.0.1:9", "containers", "runs"]));
-    assert!(line.contains("cannot reach the container runner at http://127.0.0.1:9"), "{line}");
+    let line =
+        one_line_error(&stack.run(&["--api-url", "http://127.0.0.1:9", "containers", "runs"]));
+    assert!(
+        line.contains("cannot reach the container runner at http://127.0.0.1:9"),
+        "{line}"
+    );
 }

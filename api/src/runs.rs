@@ -72,7 +72,10 @@ pub enum RunState {
 impl RunState {
     /// Whether the run has ended for good.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Exited | Self::Failed | Self::Stopped | Self::TimedOut)
+        matches!(
+            self,
+            Self::Exited | Self::Failed | Self::Stopped | Self::TimedOut
+        )
     }
 
     /// The state's name on the wire, e.g. `timed_out`.
@@ -188,7 +191,12 @@ pub enum LogFrame {
 impl LogFrame {
     /// An output frame carrying `bytes`.
     pub fn output(seq: u64, stream: Stream, bytes: &[u8], time: OffsetDateTime) -> Self {
-        LogFrame::Output { seq, stream, data: STANDARD.encode(bytes), time }
+        LogFrame::Output {
+            seq,
+            stream,
+            data: STANDARD.encode(bytes),
+            time,
+        }
     }
 
     /// Decodes the bytes of an output frame; `None` for an exit frame.
@@ -206,7 +214,8 @@ mod tests {
 
     #[test]
     fn create_run_refuses_unknown_fields() {
-        let err = serde_json::from_str::<CreateRun>(r#"{"argv":["true"],"imgae":"x"}"#).unwrap_err();
+        let err =
+            serde_json::from_str::<CreateRun>(r#"{"argv":["true"],"imgae":"x"}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `imgae`"), "{err}");
     }
 

@@ -21,13 +21,20 @@ pub const ALL_SCOPES: &str = "container:read container:run container:delete";
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 /// A workspace binary, checked to exist.
 pub fn bin(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
-    assert!(path.is_file(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
     path
 }
 
@@ -40,7 +47,10 @@ fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
     let mut pause = Duration::from_millis(5);
     while !ready() {
-        assert!(start.elapsed() < limit, "{what} was not ready within {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "{what} was not ready within {limit:?}"
+        );
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(100));
     }
@@ -48,12 +58,16 @@ fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
 
 /// Sends SIGTERM to `pid`, then SIGKILL if it has not gone within a few seconds.
 pub fn stop_pid(pid: u32) {
-    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else { return };
+    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
+        return;
+    };
     let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-    let gone = || !Path::new(&format!("/proc/{}", pid.as_raw_nonzero())).exists()
-        || std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero()))
-            .map(|s| s.contains(") Z "))
-            .unwrap_or(true);
+    let gone = || {
+        !Path::new(&format!("/proc/{}", pid.as_raw_nonzero())).exists()
+            || std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero()))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true)
+    };
     let start = Instant::now();
     while !gone() && start.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(10));
@@ -77,13 +91,20 @@ impl Engine {
         let child = Command::new("podman")
             .args(["system", "service", "--time=0"])
             .arg(format!("unix://{}", socket.display()))
-            .env("CONTAINERS_CONF", repo_root().join("deploy/containers.conf"))
+            .env(
+                "CONTAINERS_CONF",
+                repo_root().join("deploy/containers.conf"),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("podman is installed (scripts/setup-engine installs it)");
-        let engine = Engine { child, socket, _dir: dir };
+        let engine = Engine {
+            child,
+            socket,
+            _dir: dir,
+        };
         wait_until("podman's API service", Duration::from_secs(20), || {
             UnixStream::connect(&engine.socket).is_ok()
         });
@@ -122,13 +143,20 @@ impl Runner {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let addr = line
             .trim()
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("bus-runner printed {line:?} instead of its address"))
             .to_owned();
-        Runner { child, origin: format!("http://{addr}"), state_dir, engine }
+        Runner {
+            child,
+            origin: format!("http://{addr}"),
+            state_dir,
+            engine,
+        }
     }
 
     /// Mints a token for `account` with `resources`, through `bus-runner token`.
@@ -152,8 +180,15 @@ impl Runner {
         .unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
-        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         (status, body)
     }
 }
@@ -167,7 +202,11 @@ pub fn mint(state_dir: &Path, account: &str, resources: &str, extra: &[&str]) ->
         .args(extra)
         .output()
         .unwrap();
-    assert!(out.status.success(), "bus-runner token failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bus-runner token failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = String::from_utf8(out.stdout).unwrap();
     assert_eq!(token.lines().count(), 1, "the token is printed alone");
     token.trim().to_owned()
@@ -202,7 +241,11 @@ impl Stack {
         let runner = Runner::start();
         let home = tempfile::tempdir().unwrap();
         let socket = home.path().join("run").join("busd.sock");
-        Stack { runner, home, socket }
+        Stack {
+            runner,
+            home,
+            socket,
+        }
     }
 
     pub fn config_dir(&self) -> PathBuf {
@@ -273,9 +316,17 @@ fn write_secret(path: &Path, content: &str) {
 
 /// Asserts the command failed with exactly one line on stderr, and returns that line.
 pub fn one_line_error(out: &Output) -> String {
-    assert!(!out.status.success(), "expected a failure; stdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "expected a failure; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(stderr.lines().count(), 1, "expected one line on stderr, got: {stderr}");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "expected one line on stderr, got: {stderr}"
+    );
     assert!(stderr.starts_with("bus: error: "), "{stderr}");
     stderr.trim_end().to_owned()
 }

@@ -1,0 +1,200 @@
+//! The container engine: a Docker Engine API client (bollard), here usually Podman's
+//! docker-compatible socket. This module only speaks to the engine; [`crate::executor`] decides
+//! what to ask.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::errors::Error as EngineError;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    AttachContainerOptions, CreateContainerOptionsBuilder, KillContainerOptions,
+    RemoveContainerOptions,
+};
+use futures::{Stream, StreamExt as _};
+use tokio::sync::OnceCell;
+
+use crate::spec::RunSpec;
+
+/// Seconds before an engine request is abandoned.
+const REQUEST_TIMEOUT_SECONDS: u64 = 120;
+/// How long a liveness ping may take.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The engine's name and API version, read once (Podman's `GET /version` takes ~0.5 s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineInfo {
+    /// E.g. `podman 4.3.1` or `docker 27.3.1`.
+    pub engine: String,
+    /// E.g. `1.41`.
+    pub api_version: String,
+}
+
+/// A connection to the engine.
+#[derive(Debug)]
+pub struct Engine {
+    docker: Docker,
+    info: OnceCell<EngineInfo>,
+}
+
+/// Output from a container, as the attach stream delivers it.
+pub type Output = std::pin::Pin<Box<dyn Stream<Item = Result<LogOutput, EngineError>> + Send>>;
+
+/// A container was created and attached to, but not started.
+pub struct Attached {
+    /// The engine's container id.
+    pub id: String,
+    /// Its stdout and stderr, multiplexed in the order they were written.
+    pub output: Output,
+}
+
+impl Engine {
+    /// Connects to `unix:///path/to/engine.sock` (or a bare path). Fails when the socket does
+    /// not exist; nothing is sent yet.
+    pub fn connect(url: &str) -> Result<Engine, EngineError> {
+        let path = url.strip_prefix("unix://").unwrap_or(url);
+        let docker =
+            Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECONDS, bollard::API_DEFAULT_VERSION)?;
+        Ok(Engine {
+            docker,
+            info: OnceCell::new(),
+        })
+    }
+
+    /// The engine's name and version, asked once and then cached.
+    pub async fn info(&self) -> Result<&EngineInfo, EngineError> {
+        self.info
+            .get_or_try_init(|| async {
+                let v = self.docker.version().await?;
+                let components = v.components.unwrap_or_default();
+                let podman = components
+                    .iter()
+                    .find(|c| c.name.to_lowercase().contains("podman"));
+                let engine = match (podman, v.version) {
+                    (Some(p), _) => format!("podman {}", p.version),
+                    (None, Some(version)) => format!("docker {version}"),
+                    (None, None) => "unknown".to_owned(),
+                };
+                Ok(EngineInfo {
+                    engine,
+                    api_version: v.api_version.unwrap_or_default(),
+                })
+            })
+            .await
+    }
+
+    /// The cached engine info, if it was read.
+    pub fn cached_info(&self) -> Option<&EngineInfo> {
+        self.info.get()
+    }
+
+    /// Whether the engine answers `GET /_ping` promptly.
+    pub async fn ping(&self) -> bool {
+        matches!(
+            tokio::time::timeout(PING_TIMEOUT, self.docker.ping()).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Creates the run's container and attaches to its output, without starting it, so no
+    /// output is lost.
+    pub async fn create(
+        &self,
+        run_id: &str,
+        owner: &str,
+        spec: &RunSpec,
+    ) -> Result<Attached, EngineError> {
+        let mut labels: HashMap<String, String> = spec
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.insert("bus.run-id".to_owned(), run_id.to_owned());
+        labels.insert("bus.owner".to_owned(), owner.to_owned());
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: (!spec.argv.is_empty()).then(|| spec.argv.clone()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            working_dir: spec.workdir.clone(),
+            labels: Some(labels),
+            tty: Some(false),
+            open_stdin: Some(false),
+            attach_stdin: Some(false),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            host_config: Some(HostConfig {
+                network_mode: Some(spec.network.mode().to_owned()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new()
+            .name(&format!("bus-{run_id}"))
+            .build();
+        let created = self.docker.create_container(Some(options), body).await?;
+        let attach = AttachContainerOptions {
+            stream: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        match self
+            .docker
+            .attach_container(&created.id, Some(attach))
+            .await
+        {
+            Ok(results) => Ok(Attached {
+                id: created.id,
+                output: results.output,
+            }),
+            Err(e) => {
+                let _ = self.remove(&created.id).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts a created container.
+    pub async fn start(&self, id: &str) -> Result<(), EngineError> {
+        self.docker.start_container(id, None).await
+    }
+
+    /// Waits until the container has stopped and returns its exit code.
+    pub async fn wait(&self, id: &str) -> Result<i64, EngineError> {
+        let mut stream = self.docker.wait_container(id, None);
+        match stream.next().await {
+            Some(Ok(response)) => Ok(response.status_code),
+            // bollard reports non-zero exits as an error carrying the code.
+            Some(Err(EngineError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(e),
+            None => Err(EngineError::DockerStreamError {
+                error: "the engine closed the wait stream without an exit code".to_owned(),
+            }),
+        }
+    }
+
+    /// Kills the container (SIGKILL).
+    pub async fn kill(&self, id: &str) -> Result<(), EngineError> {
+        let options = KillContainerOptions {
+            signal: "SIGKILL".to_owned(),
+        };
+        self.docker.kill_container(id, Some(options)).await
+    }
+
+    /// Force-removes the container; a container already gone is fine.
+    pub async fn remove(&self, id: &str) -> Result<(), EngineError> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(id, Some(options)).await {
+            Err(EngineError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            other => other,
+        }
+    }
+}

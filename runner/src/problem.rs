@@ -1,0 +1,351 @@
+//! The one place errors become HTTP responses: [`ApiError`] renders as an RFC 9457
+//! `application/problem+json` document carrying a stable [`ProblemCode`] and, where a person can
+//! act, guidance.
+//!
+//! Also the extractors whose rejections must be problem documents too ([`ApiJson`],
+//! [`ApiQuery`]) and the fallbacks for unknown routes and methods.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header, request::Parts};
+use axum::response::{IntoResponse, Response};
+use bus_api::auth::Scope;
+use bus_api::problem::PROBLEM_JSON;
+use bus_api::{Problem, ProblemCode};
+use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// How to get a token, for people who have none or a bad one.
+pub const MINT_HINT: &str = "bus-runner token --state-dir DIR --account ID --resources \"container:read container:run container:delete\"";
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No `Authorization: Bearer` header, or a blank one.
+    #[error("no bearer token")]
+    TokenMissing,
+    /// The token is malformed, signed by another key, or for another audience or issuer.
+    #[error("invalid token: {0}")]
+    TokenInvalid(String),
+    /// The token's `exp` has passed.
+    #[error("token expired")]
+    TokenExpired {
+        /// When it expired.
+        at: OffsetDateTime,
+    },
+    /// The token lacks the scope the endpoint needs.
+    #[error("scope {missing} missing")]
+    ScopeMissing {
+        /// The scope the endpoint needs.
+        missing: Scope,
+        /// The scopes the token has, to build the fix from.
+        held: Vec<String>,
+    },
+    /// No such run for this account (or it is another account's: the two look the same).
+    #[error("no run {0} in this account")]
+    RunNotFound(String),
+    /// No such route.
+    #[error("no route {method} {path}")]
+    RouteNotFound {
+        /// The request's method.
+        method: Method,
+        /// The request's path.
+        path: String,
+    },
+    /// The route exists but not with this method.
+    #[error("method {method} not allowed on {path}")]
+    MethodNotAllowed {
+        /// The request's method.
+        method: Method,
+        /// The request's path.
+        path: String,
+    },
+    /// The request is malformed or a field is out of bounds; the text names which.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The body is larger than the endpoint accepts.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// The named profile does not exist.
+    #[error("no profile {name}")]
+    UnknownProfile {
+        /// The name asked for.
+        name: String,
+        /// The profiles that exist.
+        valid: Vec<String>,
+    },
+    /// The container engine failed or cannot be reached.
+    #[error("engine: {0}")]
+    Engine(#[from] bollard::errors::Error),
+}
+
+impl ApiError {
+    /// The problem document this error renders as.
+    pub fn problem(&self) -> Problem {
+        use ProblemCode as C;
+        let p = |code, status: StatusCode, title: &str, detail: String| {
+            Problem::new(code, status.as_u16(), title, detail)
+        };
+        match self {
+            ApiError::TokenMissing => p(
+                C::TokenMissing,
+                StatusCode::UNAUTHORIZED,
+                "Token missing",
+                "this endpoint needs an `Authorization: Bearer <token>` header".to_owned(),
+            )
+            .with_guidance(format!(
+                "mint one with `{MINT_HINT}` and save it to ~/.config/bus/auth/api-token (mode 0600), \
+                 or point --token-file / BUS_AI_TOKEN at it"
+            )),
+            ApiError::TokenInvalid(why) => p(
+                C::TokenInvalid,
+                StatusCode::UNAUTHORIZED,
+                "Token invalid",
+                why.clone(),
+            )
+            .with_guidance(format!(
+                "mint a new token for this runner with `{MINT_HINT}` and save it to \
+                 ~/.config/bus/auth/api-token (mode 0600)"
+            )),
+            ApiError::TokenExpired { at } => p(
+                C::TokenExpired,
+                StatusCode::UNAUTHORIZED,
+                "Token expired",
+                format!("the token expired at {}", rfc3339(*at)),
+            )
+            .with_guidance(format!(
+                "mint a fresh token with `{MINT_HINT} --ttl 24h` and save it to \
+                 ~/.config/bus/auth/api-token (mode 0600); busd picks it up without a restart"
+            )),
+            ApiError::ScopeMissing { missing, held } => {
+                let mut scopes: Vec<&str> = held.iter().map(String::as_str).collect();
+                if !scopes.contains(&missing.as_str()) {
+                    scopes.push(missing.as_str());
+                }
+                p(
+                    C::ScopeMissing,
+                    StatusCode::FORBIDDEN,
+                    "Scope missing",
+                    format!("this token lacks the scope `{missing}`, which this endpoint needs"),
+                )
+                .with_guidance(format!(
+                    "mint a token that includes it: `bus-runner token --state-dir DIR --account ID \
+                     --resources \"{}\"`",
+                    scopes.join(" ")
+                ))
+            }
+            ApiError::RunNotFound(id) => p(
+                C::NotFound,
+                StatusCode::NOT_FOUND,
+                "Not found",
+                format!("no run {id} in this account"),
+            ),
+            ApiError::RouteNotFound { method, path } => p(
+                C::NotFound,
+                StatusCode::NOT_FOUND,
+                "Not found",
+                format!("no endpoint {method} {path}"),
+            )
+            .with_guidance("every endpoint hangs below /api/v1; --api-url is the origin only"),
+            ApiError::MethodNotAllowed { method, path } => p(
+                C::InvalidRequest,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method not allowed",
+                format!("{path} does not accept {method}"),
+            ),
+            ApiError::InvalidRequest(detail) => p(
+                C::InvalidRequest,
+                StatusCode::BAD_REQUEST,
+                "Invalid request",
+                detail.clone(),
+            ),
+            ApiError::PayloadTooLarge(detail) => p(
+                C::PayloadTooLarge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Payload too large",
+                detail.clone(),
+            ),
+            ApiError::UnknownProfile { name, valid } => p(
+                C::UnknownProfile,
+                StatusCode::BAD_REQUEST,
+                "Unknown profile",
+                format!("there is no run profile \"{name}\"; valid profiles: {}", valid.join(", ")),
+            )
+            .with_guidance("name one of the valid profiles, or leave `profile` out for the default"),
+            ApiError::Engine(err) => p(
+                C::EngineUnavailable,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Engine unavailable",
+                format!("the container engine failed: {}", engine_message(err)),
+            )
+            .with_guidance("check that the engine (podman system service) is running, then retry"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = self.problem();
+        if problem.status >= 500 {
+            tracing::warn!(code = problem.code.as_str(), detail = %problem.detail, "request failed");
+        }
+        let status =
+            StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, Json(problem)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        let challenge = match self {
+            ApiError::TokenMissing => Some("Bearer realm=\"bus\""),
+            ApiError::TokenInvalid(_) | ApiError::TokenExpired { .. } => {
+                Some("Bearer realm=\"bus\", error=\"invalid_token\"")
+            }
+            _ => None,
+        };
+        if let Some(challenge) = challenge {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        response
+    }
+}
+
+/// A short, Debug-free description of an engine error.
+pub fn engine_message(err: &bollard::errors::Error) -> String {
+    use bollard::errors::Error as E;
+    match err {
+        E::DockerResponseServerError {
+            status_code,
+            message,
+        } => {
+            format!("{} (HTTP {status_code})", message.trim())
+        }
+        E::SocketNotFoundError(path) => format!("the engine socket {path} does not exist"),
+        E::RequestTimeoutError => "the engine did not answer in time".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Formats a time as RFC 3339, for messages.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// A JSON body whose rejections are problem documents (400, or 413 when too large).
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::PayloadTooLarge(format!(
+            "the request body is larger than the {} KiB this endpoint accepts",
+            crate::routes::runs::BODY_LIMIT / 1024
+        ));
+    }
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => ApiError::InvalidRequest(
+            "the request body must be JSON sent with `Content-Type: application/json`".to_owned(),
+        ),
+        JsonRejection::JsonDataError(e) => ApiError::InvalidRequest(format!(
+            "the request body does not fit: {}",
+            source_text(&e)
+        )),
+        JsonRejection::JsonSyntaxError(e) => ApiError::InvalidRequest(format!(
+            "the request body is not valid JSON: {}",
+            source_text(&e)
+        )),
+        other => ApiError::InvalidRequest(other.body_text()),
+    }
+}
+
+/// The innermost message of an error chain (serde's own words, without axum's prefix).
+fn source_text(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = err;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// A query string whose rejections are 400 problem documents.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
+                Err(ApiError::InvalidRequest(format!(
+                    "the query string does not fit: {}",
+                    source_text(&e)
+                )))
+            }
+            Err(other) => Err(ApiError::InvalidRequest(other.body_text())),
+        }
+    }
+}
+
+/// The fallback for paths no route matches: a 404 problem.
+pub async fn route_not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::RouteNotFound {
+        method,
+        path: uri.path().to_owned(),
+    }
+}
+
+/// The fallback for known paths asked with the wrong method: a 405 problem.
+pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method,
+        path: uri.path().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_guidance_names_the_missing_scope() {
+        let e = ApiError::ScopeMissing {
+            missing: Scope::Run,
+            held: vec!["container:read".into()],
+        };
+        let p = e.problem();
+        assert_eq!(p.status, 403);
+        assert_eq!(p.code, ProblemCode::ScopeMissing);
+        assert!(p.detail.contains("`container:run`"), "{}", p.detail);
+        assert!(
+            p.guidance
+                .unwrap()
+                .contains("--resources \"container:read container:run\""),
+            "guidance names the fix"
+        );
+    }
+
+    #[test]
+    fn problems_are_problem_json() {
+        let r = ApiError::TokenMissing.into_response();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
+    }
+}

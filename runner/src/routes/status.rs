@@ -1,0 +1,35 @@
+//! `GET /api/v1/containers/status`.
+
+use axum::Json;
+use axum::extract::State;
+use bus_api::RunnerStatus;
+
+use crate::AppState;
+use crate::auth::{Caller, Read};
+
+/// The runner's state: `ready` when the engine answers, else `degraded`; the engine's version
+/// is read once and cached.
+pub async fn get(State(state): State<AppState>, _caller: Caller<Read>) -> Json<RunnerStatus> {
+    let engine = state.engine();
+    let alive = engine.ping().await;
+    let info = if alive {
+        engine.info().await.ok()
+    } else {
+        engine.cached_info()
+    };
+    let (name, api_version) = match info {
+        Some(info) => (info.engine.clone(), info.api_version.clone()),
+        None => ("unreachable".to_owned(), String::new()),
+    };
+    Json(RunnerStatus {
+        state: if alive && info.is_some() {
+            "ready"
+        } else {
+            "degraded"
+        }
+        .to_owned(),
+        engine: name,
+        engine_api_version: api_version,
+        profiles: state.config().profile_names(),
+    })
+}

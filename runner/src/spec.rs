@@ -1,0 +1,357 @@
+//! Parse, then act: a [`CreateRun`] request becomes a validated [`RunSpec`] before the store or
+//! the engine is touched. Every violation is one sentence naming the field and its bound.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bus_api::CreateRun;
+use bus_api::runs::{MAX_ARGV, MAX_SPEC_BYTES, MAX_TIMEOUT_SECONDS};
+
+use crate::config::{Config, Network};
+use crate::problem::ApiError;
+
+/// Longest image reference.
+pub const MAX_IMAGE_BYTES: usize = 512;
+/// Longest run name.
+pub const MAX_NAME_CHARS: usize = 128;
+/// Most labels on a run.
+pub const MAX_LABELS: usize = 64;
+/// Longest label key.
+pub const MAX_LABEL_KEY_BYTES: usize = 256;
+/// Longest working directory.
+pub const MAX_WORKDIR_BYTES: usize = 4096;
+/// Label keys with this prefix are the runner's own.
+pub const RESERVED_LABEL_PREFIX: &str = "bus.";
+
+/// A run request that has passed every check, with its profile applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSpec {
+    /// The profile the run uses.
+    pub profile: String,
+    /// The image to run.
+    pub image: String,
+    /// The command; empty means the image's default.
+    pub argv: Vec<String>,
+    /// The environment: the profile's, overridden by the request's.
+    pub env: BTreeMap<String, String>,
+    /// The working directory, if given.
+    pub workdir: Option<String>,
+    /// The human name, if given.
+    pub name: Option<String>,
+    /// The caller's labels.
+    pub labels: BTreeMap<String, String>,
+    /// When to kill the run.
+    pub timeout: Duration,
+    /// The container's network.
+    pub network: Network,
+}
+
+fn invalid(msg: impl Into<String>) -> ApiError {
+    ApiError::InvalidRequest(msg.into())
+}
+
+fn no_nul(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.contains('\0') {
+        return Err(invalid(format!("{field} must not contain NUL bytes")));
+    }
+    Ok(())
+}
+
+impl RunSpec {
+    /// Validates `req` against the bounds and `config`'s profiles.
+    pub fn parse(req: CreateRun, config: &Config) -> Result<RunSpec, ApiError> {
+        let profile_name = req
+            .profile
+            .unwrap_or_else(|| config.default_profile.clone());
+        let profile = config
+            .profile(&profile_name)
+            .ok_or_else(|| ApiError::UnknownProfile {
+                name: profile_name.clone(),
+                valid: config.profile_names(),
+            })?;
+
+        let image = match req.image {
+            Some(image) => {
+                if image.trim().is_empty() {
+                    return Err(invalid(
+                        "image must not be empty; leave it out to use the profile's",
+                    ));
+                }
+                if image.len() > MAX_IMAGE_BYTES {
+                    return Err(invalid(format!(
+                        "image must be at most {MAX_IMAGE_BYTES} bytes"
+                    )));
+                }
+                if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(invalid(
+                        "image must not contain spaces or control characters",
+                    ));
+                }
+                image
+            }
+            None => profile.image.clone(),
+        };
+
+        if req.argv.len() > MAX_ARGV {
+            return Err(invalid(format!(
+                "argv has {} entries; at most {MAX_ARGV} are allowed",
+                req.argv.len()
+            )));
+        }
+        for (i, arg) in req.argv.iter().enumerate() {
+            no_nul(&format!("argv[{i}]"), arg)?;
+        }
+
+        for (key, value) in &req.env {
+            if key.is_empty() {
+                return Err(invalid("env keys must not be empty"));
+            }
+            if key.contains('=') {
+                return Err(invalid(format!(
+                    "env key \"{}\" must not contain '='",
+                    key.escape_debug()
+                )));
+            }
+            no_nul("env keys", key)?;
+            no_nul(&format!("env[\"{key}\"]"), value)?;
+        }
+
+        if req.labels.len() > MAX_LABELS {
+            return Err(invalid(format!(
+                "labels has {} entries; at most {MAX_LABELS} are allowed",
+                req.labels.len()
+            )));
+        }
+        for (key, value) in &req.labels {
+            if key.is_empty() || key.len() > MAX_LABEL_KEY_BYTES {
+                return Err(invalid(format!(
+                    "label keys must be 1 to {MAX_LABEL_KEY_BYTES} bytes long"
+                )));
+            }
+            if key.starts_with(RESERVED_LABEL_PREFIX) {
+                return Err(invalid(format!(
+                    "label key \"{}\" uses the reserved prefix \"{RESERVED_LABEL_PREFIX}\"",
+                    key.escape_debug()
+                )));
+            }
+            no_nul("label keys", key)?;
+            no_nul(&format!("labels[\"{key}\"]"), value)?;
+        }
+
+        let spec_bytes: usize = req.argv.iter().map(String::len).sum::<usize>()
+            + req
+                .env
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+            + req
+                .labels
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if spec_bytes > MAX_SPEC_BYTES {
+            return Err(invalid(format!(
+                "argv, env and labels total {spec_bytes} bytes; at most {MAX_SPEC_BYTES} are allowed"
+            )));
+        }
+
+        if let Some(workdir) = &req.workdir {
+            if !workdir.starts_with('/') {
+                return Err(invalid("workdir must be an absolute path"));
+            }
+            if workdir.len() > MAX_WORKDIR_BYTES {
+                return Err(invalid(format!(
+                    "workdir must be at most {MAX_WORKDIR_BYTES} bytes"
+                )));
+            }
+            no_nul("workdir", workdir)?;
+        }
+
+        if let Some(name) = &req.name {
+            if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+                return Err(invalid(format!(
+                    "name must be 1 to {MAX_NAME_CHARS} characters long"
+                )));
+            }
+            if name.chars().any(char::is_control) {
+                return Err(invalid("name must not contain control characters"));
+            }
+        }
+
+        let timeout = match req.timeout_seconds {
+            Some(0) => return Err(invalid("timeout_seconds must be at least 1")),
+            Some(t) if t > MAX_TIMEOUT_SECONDS => {
+                return Err(invalid(format!(
+                    "timeout_seconds is {t}; at most {MAX_TIMEOUT_SECONDS} (one day) is allowed"
+                )));
+            }
+            Some(t) => Duration::from_secs(t.into()),
+            None => profile.timeout(),
+        };
+
+        let mut env = profile.env.clone();
+        env.extend(req.env);
+        Ok(RunSpec {
+            profile: profile_name,
+            image,
+            argv: req.argv,
+            env,
+            workdir: req.workdir,
+            name: req.name,
+            labels: req.labels,
+            timeout,
+            network: profile.network,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(req: CreateRun) -> Result<RunSpec, String> {
+        RunSpec::parse(req, &Config::builtin()).map_err(|e| {
+            let p = e.problem();
+            format!("{}: {}", p.code.as_str(), p.detail)
+        })
+    }
+
+    fn argv(args: &[&str]) -> CreateRun {
+        CreateRun {
+            argv: args.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_come_from_the_profile() {
+        let spec = parse(argv(&["true"])).unwrap();
+        assert_eq!(spec.profile, "codex");
+        assert_eq!(spec.image, "localhost/busybox:latest");
+        assert_eq!(spec.timeout, Duration::from_secs(600));
+        assert_eq!(spec.network, Network::None);
+        let spec = parse(CreateRun {
+            image: Some("localhost/x".into()),
+            timeout_seconds: Some(5),
+            ..argv(&["true"])
+        })
+        .unwrap();
+        assert_eq!(
+            (spec.image.as_str(), spec.timeout),
+            ("localhost/x", Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn unknown_profile_lists_the_valid_ones() {
+        let err = parse(CreateRun {
+            profile: Some("nope".into()),
+            ..argv(&["true"])
+        })
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "unknown_profile: there is no run profile \"nope\"; valid profiles: codex"
+        );
+    }
+
+    #[test]
+    fn bounds_are_named() {
+        let cases: Vec<(CreateRun, &str)> = vec![
+            (
+                argv(&vec!["x"; MAX_ARGV + 1]),
+                "argv has 257 entries; at most 256",
+            ),
+            (argv(&["a\0b"]), "argv[0] must not contain NUL"),
+            (
+                argv(&[&"x".repeat(MAX_SPEC_BYTES + 1)]),
+                "at most 65536 are allowed",
+            ),
+            (
+                CreateRun {
+                    timeout_seconds: Some(0),
+                    ..argv(&[])
+                },
+                "timeout_seconds must be at least 1",
+            ),
+            (
+                CreateRun {
+                    timeout_seconds: Some(MAX_TIMEOUT_SECONDS + 1),
+                    ..argv(&[])
+                },
+                "at most 86400",
+            ),
+            (
+                CreateRun {
+                    env: [("".into(), "v".into())].into(),
+                    ..argv(&[])
+                },
+                "env keys must not be empty",
+            ),
+            (
+                CreateRun {
+                    env: [("A=B".into(), "v".into())].into(),
+                    ..argv(&[])
+                },
+                "must not contain '='",
+            ),
+            (
+                CreateRun {
+                    env: [("A".into(), "v\0".into())].into(),
+                    ..argv(&[])
+                },
+                "env[\"A\"] must not contain NUL",
+            ),
+            (
+                CreateRun {
+                    labels: [("bus.owner".into(), "x".into())].into(),
+                    ..argv(&[])
+                },
+                "reserved prefix",
+            ),
+            (
+                CreateRun {
+                    name: Some("n".repeat(MAX_NAME_CHARS + 1)),
+                    ..argv(&[])
+                },
+                "name must be 1 to 128",
+            ),
+            (
+                CreateRun {
+                    workdir: Some("rel".into()),
+                    ..argv(&[])
+                },
+                "workdir must be an absolute path",
+            ),
+            (
+                CreateRun {
+                    image: Some(" ".into()),
+                    ..argv(&[])
+                },
+                "image must not be empty",
+            ),
+        ];
+        for (req, want) in cases {
+            let err = parse(req).unwrap_err();
+            assert!(err.starts_with("invalid_request: "), "{err}");
+            assert!(err.contains(want), "{err} should contain {want}");
+        }
+    }
+
+    #[test]
+    fn request_env_overrides_profile_env() {
+        let mut config = Config::builtin();
+        config.profiles.get_mut("codex").unwrap().env = [
+            ("A".to_owned(), "1".to_owned()),
+            ("B".to_owned(), "2".to_owned()),
+        ]
+        .into();
+        let req = CreateRun {
+            env: [("B".into(), "3".into())].into(),
+            ..argv(&["env"])
+        };
+        let spec = RunSpec::parse(req, &config).unwrap();
+        assert_eq!(spec.env["A"], "1");
+        assert_eq!(spec.env["B"], "3");
+    }
+}
