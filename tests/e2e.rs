@@ -298,3 +298,61 @@ fn an_unreachable_runner_says_which_origin() {
         "{line}"
     );
 }
+
+#[test]
+fn busd_speaks_standard_health_and_reflection() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+
+    let stack = Stack::start();
+    assert!(stack.run(&["daemon", "info"]).status.success());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, services) = rt.block_on(async {
+        let channel = bus::connect(&stack.socket).await.unwrap();
+        let check = HealthCheckRequest {
+            service: "bus.containers.v1.Containers".into(),
+        };
+        let status = HealthClient::new(channel.clone())
+            .check(check)
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        let list = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::iter([list]))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = answers.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+            panic!("unexpected reflection answer: {answer:?}");
+        };
+        (
+            status,
+            list.service.into_iter().map(|s| s.name).collect::<Vec<_>>(),
+        )
+    });
+    assert_eq!(status, ServingStatus::Serving as i32);
+    for name in [
+        "bus.containers.v1.Containers",
+        "bus.daemon.v1.Daemon",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            services.iter().any(|s| s == name),
+            "{name} missing from {services:?}"
+        );
+    }
+}
