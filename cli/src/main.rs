@@ -60,6 +60,14 @@ enum Containers {
     Runs(commands::runs::Args),
     /// Delete runs.
     Delete(commands::delete::Args),
+    /// Show one run.
+    Get(commands::get::Args),
+    /// Print a run's output; -f follows it until the run ends.
+    Logs(commands::logs::Args),
+    /// Wait for a run to end and exit with its exit code.
+    Wait(commands::wait::Args),
+    /// Stop runs (SIGTERM, then SIGKILL after a grace period).
+    Stop(commands::stop::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +124,10 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Containers(Containers::Run(args)) => args.run(&ctx).await,
         Command::Containers(Containers::Runs(args)) => args.run(&ctx).await,
         Command::Containers(Containers::Delete(args)) => args.run(&ctx).await,
+        Command::Containers(Containers::Get(args)) => args.run(&ctx).await,
+        Command::Containers(Containers::Logs(args)) => args.run(&ctx).await,
+        Command::Containers(Containers::Wait(args)) => args.run(&ctx).await,
+        Command::Containers(Containers::Stop(args)) => args.run(&ctx).await,
         Command::Daemon(Daemon::Info(args)) => args.run(&ctx).await,
     }
 }

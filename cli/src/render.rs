@@ -68,6 +68,50 @@ pub fn runs_table(runs: &[Run], now: OffsetDateTime) -> String {
     out
 }
 
+/// `bus containers get`: one field per line.
+pub fn run_details(run: &Run, now: OffsetDateTime) -> String {
+    let time = |t: Option<&prost_types::Timestamp>| {
+        t.and_then(|t| OffsetDateTime::from_unix_timestamp(t.seconds).ok())
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| "-".to_owned())
+    };
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<10} {v}\n"));
+    line("id:", run.id.clone());
+    line("state:", state_name(run.state).to_owned());
+    line(
+        "exit:",
+        run.exit_code
+            .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+    );
+    line("reason:", dash(&run.reason));
+    line("image:", run.image.clone());
+    line("profile:", dash(&run.profile));
+    line("command:", run.argv.join(" "));
+    line("name:", dash(&run.name));
+    line(
+        "created:",
+        format!(
+            "{} ({})",
+            time(run.created_at.as_ref()),
+            ago(run.created_at.as_ref(), now)
+        ),
+    );
+    line("started:", time(run.started_at.as_ref()));
+    line("finished:", time(run.finished_at.as_ref()));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@
 //! - [`config`]: settings and their precedence (socket, API origin, token source).
 //! - [`credentials`]: reading the token safely; never logs or echoes it.
 //! - [`upstream`]: the REST client, the only module that speaks HTTP.
+//! - [`fanout`]: one upstream log stream per run, shared by all its local followers.
 //! - [`service`]: the gRPC services, the only module that sees proto types.
 //! - [`status`]: the one place errors become gRPC statuses with rich details.
 //! - [`socket`]: binding the socket with the right modes; same-uid peers only.
@@ -16,6 +17,7 @@
 
 pub mod config;
 pub mod credentials;
+pub mod fanout;
 pub mod service;
 pub mod socket;
 pub mod status;

@@ -21,7 +21,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_FRAME_LINE: usize = 256 * 1024;
 
 /// What went wrong talking to the upstream.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     /// The upstream answered with a problem document.
     #[error("{}", .0.detail)]
@@ -42,6 +42,34 @@ pub enum UpstreamError {
         /// What was wrong.
         reason: String,
     },
+}
+
+/// The options of a logs request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogsQuery {
+    /// Keep the stream open until the run's exit frame.
+    pub follow: bool,
+    /// Only frames with a greater seq.
+    pub after_seq: u64,
+    /// Only the last N output frames that exist now.
+    pub tail: Option<u64>,
+    /// Include stdout frames.
+    pub stdout: bool,
+    /// Include stderr frames.
+    pub stderr: bool,
+}
+
+impl LogsQuery {
+    /// Everything after `after_seq`, followed or not.
+    pub fn after(after_seq: u64, follow: bool) -> Self {
+        LogsQuery {
+            follow,
+            after_seq,
+            tail: None,
+            stdout: true,
+            stderr: true,
+        }
+    }
 }
 
 /// A pool of REST clients, one per origin.
@@ -75,6 +103,7 @@ impl Upstreams {
 }
 
 /// One call context: a pooled client, an origin and a token.
+#[derive(Clone)]
 pub struct Upstream {
     http: reqwest::Client,
     origin: ApiOrigin,
@@ -82,6 +111,23 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// The origin this context calls.
+    pub fn origin(&self) -> &ApiOrigin {
+        &self.origin
+    }
+
+    /// A key for the account this context speaks for: its token's subject, or the token
+    /// itself when it has none, hashed. Never the token in clear.
+    pub fn identity_key(&self) -> u64 {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut hasher = DefaultHasher::new();
+        match self.token.claims() {
+            Some(claims) => claims.sub.hash(&mut hasher),
+            None => self.token.expose().hash(&mut hasher),
+        }
+        hasher.finish()
+    }
+
     /// `GET /api/v1/containers/status`.
     pub async fn status(&self) -> Result<RunnerStatus, UpstreamError> {
         self.json(self.request(Method::GET, "/api/v1/containers/status"))
@@ -138,10 +184,32 @@ impl Upstream {
         after_seq: u64,
         follow: bool,
     ) -> Result<impl Stream<Item = Result<LogFrame, UpstreamError>> + use<>, UpstreamError> {
-        let request = self.request(Method::GET, &run_path(id, "/logs")).query(&[
-            ("follow", follow.to_string()),
-            ("after_seq", after_seq.to_string()),
-        ]);
+        self.logs_with(id, &LogsQuery::after(after_seq, follow))
+            .await
+    }
+
+    /// `GET /api/v1/containers/runs/{id}/logs` with every option of [`LogsQuery`].
+    pub async fn logs_with(
+        &self,
+        id: &str,
+        query: &LogsQuery,
+    ) -> Result<impl Stream<Item = Result<LogFrame, UpstreamError>> + use<>, UpstreamError> {
+        let mut params = vec![
+            ("follow", query.follow.to_string()),
+            ("after_seq", query.after_seq.to_string()),
+        ];
+        // Both streams are the default; name one only to leave it out.
+        for (name, wanted) in [("stdout", query.stdout), ("stderr", query.stderr)] {
+            if !wanted {
+                params.push((name, "false".to_owned()));
+            }
+        }
+        if let Some(tail) = query.tail {
+            params.push(("tail", tail.to_string()));
+        }
+        let request = self
+            .request(Method::GET, &run_path(id, "/logs"))
+            .query(&params);
         let response = self.send(request).await?;
         let origin = self.origin.to_string();
         let bytes = response.bytes_stream().map_err({
@@ -152,6 +220,21 @@ impl Upstream {
             }
         });
         Ok(ndjson_frames(bytes, origin))
+    }
+
+    /// `POST /api/v1/containers/runs/{id}/stop`.
+    pub async fn stop_run(
+        &self,
+        id: &str,
+        grace_seconds: Option<u32>,
+        force: bool,
+    ) -> Result<Run, UpstreamError> {
+        let body = serde_json::json!({ "grace_seconds": grace_seconds, "force": force });
+        self.json(
+            self.request(Method::POST, &run_path(id, "/stop"))
+                .json(&body),
+        )
+        .await
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {

@@ -1,7 +1,11 @@
 //! One module per subcommand: an `Args` struct and `run()`.
 
 pub mod delete;
+pub mod get;
 pub mod info;
+pub mod logs;
 pub mod run;
 pub mod runs;
 pub mod status;
+pub mod stop;
+pub mod wait;

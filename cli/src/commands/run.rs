@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use bus::proto::containers::v1::{
-    CreateRunRequest, RunExited, RunRequest, RunSpec, RunState, StdStream, run_event::Event,
+    CreateRunRequest, RunRequest, RunSpec, RunState, StdStream, run_event::Event,
 };
 use futures::StreamExt;
 
@@ -90,7 +90,14 @@ impl Args {
                     out.write_all(&chunk.data)?;
                     out.flush()?;
                 }
-                Some(Event::Exited(exited)) => return Ok(exit_code(&run_id, &exited)),
+                Some(Event::Exited(exited)) => {
+                    return Ok(exit_code(
+                        &run_id,
+                        exited.state,
+                        exited.exit_code,
+                        &exited.reason,
+                    ));
+                }
                 None => {}
             }
         }
@@ -99,15 +106,9 @@ impl Args {
 }
 
 /// The process exit code for a finished run; explains on stderr when it did not just exit.
-fn exit_code(run_id: &str, exited: &RunExited) -> u8 {
-    let state = RunState::try_from(exited.state).unwrap_or(RunState::Unspecified);
-    let reason = if exited.reason.is_empty() {
-        ""
-    } else {
-        exited.reason.as_str()
-    };
-    match state {
-        RunState::Exited => exited.exit_code.clamp(0, 255) as u8,
+pub fn exit_code(run_id: &str, state: i32, code: i32, reason: &str) -> u8 {
+    match RunState::try_from(state).unwrap_or(RunState::Unspecified) {
+        RunState::Exited => code.clamp(0, 255) as u8,
         RunState::TimedOut => {
             eprintln!("bus: run {run_id} timed out{}", with_reason(reason));
             EXIT_TIMED_OUT

@@ -5,21 +5,17 @@ use std::time::Duration;
 
 use bus::proto::containers::v1 as pb;
 use bus::proto::containers::v1::containers_server::Containers;
-use bus_api::{CreateRun, LogFrame, Run, RunState, Stream as StdStream};
+use bus_api::{CreateRun, Run, RunState, Stream as StdStream};
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::DaemonState;
+use crate::fanout::{self, Chunk, Event as FanEvent, Exit, Follow};
 use crate::status::Error;
-use crate::upstream::{Upstream, UpstreamError};
-
-/// How many times a broken log stream is resumed in a row before the call fails.
-const MAX_RESUMES: u32 = 5;
-/// Events buffered per `Run` stream before the upstream reader waits for the client.
-const STREAM_BUFFER: usize = 64;
+use crate::upstream::{LogsQuery, Upstream};
 
 /// The Containers service.
 pub struct ContainersService {
@@ -33,7 +29,39 @@ impl ContainersService {
     }
 }
 
-type RunEvents = ReceiverStream<Result<pb::RunEvent, Status>>;
+type RunEvents = BoxStream<'static, Result<pb::RunEvent, Status>>;
+type LogEvents = BoxStream<'static, Result<pb::LogEvent, Status>>;
+
+impl ContainersService {
+    /// A follower of the run's fan-out group, as proto events.
+    fn follow_logs(
+        &self,
+        upstream: Upstream,
+        run_id: &str,
+        follow: Follow,
+    ) -> impl futures::Stream<Item = Result<pb::LogEvent, Status>> + Send + 'static {
+        let events = self.state.fanout.follow(upstream, run_id, follow);
+        ReceiverStream::new(events).map(|event| {
+            let event = match event.map_err(Error::from)? {
+                FanEvent::Chunk(chunk) => pb::log_event::Event::Output(chunk_to_proto(chunk)),
+                FanEvent::Exit(exit) => pb::log_event::Event::Exited(exit_to_proto(exit)),
+                FanEvent::Keepalive => pb::log_event::Event::Keepalive(pb::KeepAlive {}),
+                FanEvent::Gap {
+                    first_available_seq,
+                    reason,
+                } => pb::log_event::Event::Gap(pb::StreamGap {
+                    first_available_seq,
+                    reason,
+                }),
+            };
+            Ok(log_event(event))
+        })
+    }
+}
+
+fn log_event(event: pb::log_event::Event) -> pb::LogEvent {
+    pb::LogEvent { event: Some(event) }
+}
 
 #[tonic::async_trait]
 impl Containers for ContainersService {
@@ -60,9 +88,25 @@ impl Containers for ContainersService {
         let upstream = self.state.upstream(request.metadata())?;
         let spec = create_run(request.into_inner().spec)?;
         let run = upstream.create_run(&spec).await.map_err(Error::from)?;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(follow_run(upstream, run, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let accepted = pb::RunEvent {
+            event: Some(pb::run_event::Event::Accepted(run_to_proto(run.clone()))),
+        };
+        let events = self
+            .state
+            .fanout
+            .follow(upstream, &run.id, Follow::after(0));
+        let events = ReceiverStream::new(events).filter_map(|event| async move {
+            let event = match event {
+                Ok(FanEvent::Chunk(chunk)) => pb::run_event::Event::Output(chunk_to_proto(chunk)),
+                Ok(FanEvent::Exit(exit)) => pb::run_event::Event::Exited(exit_to_proto(exit)),
+                Ok(FanEvent::Keepalive | FanEvent::Gap { .. }) => return None,
+                Err(e) => return Some(Err(Status::from(Error::from(e)))),
+            };
+            Some(Ok(pb::RunEvent { event: Some(event) }))
+        });
+        Ok(Response::new(Box::pin(
+            futures::stream::once(async { Ok(accepted) }).chain(events),
+        )))
     }
 
     async fn create_run(
@@ -113,94 +157,120 @@ impl Containers for ContainersService {
         upstream.delete_run(id).await.map_err(Error::from)?;
         Ok(Response::new(pb::DeleteRunResponse {}))
     }
-}
 
-/// Streams a run's events to `tx`: accepted, output in seq order, exited exactly once.
-///
-/// A broken upstream stream is resumed after the last seq seen, so the client sees neither a
-/// gap nor a duplicate. If the client goes away the upstream request is dropped; the run
-/// itself goes on.
-async fn follow_run(upstream: Upstream, run: Run, tx: mpsc::Sender<Result<pb::RunEvent, Status>>) {
-    let id = run.id.clone();
-    if send(&tx, pb::run_event::Event::Accepted(run_to_proto(run)))
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let mut after_seq = 0;
-    let mut resumes = 0;
-    loop {
-        let failure = match upstream.logs(&id, after_seq, true).await {
-            Ok(frames) => {
-                let mut frames = std::pin::pin!(frames);
-                let mut failure = None;
-                while let Some(frame) = frames.next().await {
-                    let event = match frame {
-                        Ok(LogFrame::Output { seq, .. }) if seq <= after_seq => continue,
-                        Ok(frame @ LogFrame::Output { .. }) => {
-                            resumes = 0;
-                            let chunk = chunk_to_proto(&frame);
-                            after_seq = chunk.as_ref().map_or(after_seq, |c| c.seq);
-                            match chunk {
-                                Ok(chunk) => pb::run_event::Event::Output(chunk),
-                                Err(e) => {
-                                    let _ = tx.send(Err(Error::from(e).into())).await;
-                                    return;
-                                }
-                            }
-                        }
-                        Ok(LogFrame::Exit {
-                            state,
-                            exit_code,
-                            reason,
-                            last_seq,
-                            finished_at,
-                        }) => {
-                            let exited = pb::RunExited {
-                                exit_code: exit_code.unwrap_or_default(),
-                                state: state_to_proto(state) as i32,
-                                reason: reason.unwrap_or_default(),
-                                last_seq,
-                                finished_at: finished_at.map(timestamp),
-                            };
-                            let _ = send(&tx, pb::run_event::Event::Exited(exited)).await;
-                            return;
-                        }
-                        Err(e) => {
-                            failure = Some(e);
-                            break;
-                        }
-                    };
-                    if send(&tx, event).await.is_err() {
-                        return;
+    type StreamLogsStream = LogEvents;
+
+    async fn stream_logs(
+        &self,
+        request: Request<pb::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        let upstream = self.state.upstream(request.metadata())?;
+        let req = request.into_inner();
+        let run_id = run_id(&req.run_id)?.to_owned();
+        let wanted = |s: pb::StdStream| req.streams.is_empty() || req.streams.contains(&(s as i32));
+        let follow = Follow {
+            after_seq: req.after_seq,
+            stdout: wanted(pb::StdStream::Stdout),
+            stderr: wanted(pb::StdStream::Stderr),
+            keepalive: (req.keepalive_seconds > 0)
+                .then(|| Duration::from_secs(req.keepalive_seconds.into())),
+        };
+        let tail = (req.tail > 0 && req.after_seq == 0).then_some(u64::from(req.tail));
+        if !req.follow || tail.is_some() {
+            // What exists now, straight from the runner's store.
+            let query = LogsQuery {
+                follow: false,
+                after_seq: req.after_seq,
+                tail,
+                stdout: follow.stdout,
+                stderr: follow.stderr,
+            };
+            let frames = upstream
+                .logs_with(&run_id, &query)
+                .await
+                .map_err(Error::from)?;
+            let snapshot: Vec<_> = frames.collect().await;
+            let mut events = Vec::new();
+            let mut last_seq = req.after_seq;
+            let mut ended = false;
+            for frame in snapshot {
+                let frame = frame.and_then(|f| fanout::decode(f, upstream.origin().as_str()));
+                match frame.map_err(Error::from)? {
+                    fanout::Decoded::Chunk(chunk) => {
+                        last_seq = chunk.seq;
+                        events.push(Ok(log_event(pb::log_event::Event::Output(chunk_to_proto(
+                            chunk,
+                        )))));
+                    }
+                    fanout::Decoded::Exit(exit) => {
+                        ended = true;
+                        events.push(Ok(log_event(pb::log_event::Event::Exited(exit_to_proto(
+                            exit,
+                        )))));
                     }
                 }
-                failure.unwrap_or_else(|| UpstreamError::Unreachable {
-                    origin: String::from("the runner"),
-                    reason: "the log stream closed before the run's exit frame".into(),
-                })
             }
-            Err(e) => e,
-        };
-        let retryable = matches!(failure, UpstreamError::Unreachable { .. });
-        resumes += 1;
-        if !retryable || resumes > MAX_RESUMES {
-            let _ = tx.send(Err(Error::from(failure).into())).await;
-            return;
+            let snapshot = futures::stream::iter(events);
+            if !req.follow || ended {
+                return Ok(Response::new(Box::pin(snapshot)));
+            }
+            let live = self.follow_logs(
+                upstream,
+                &run_id,
+                Follow {
+                    after_seq: last_seq,
+                    ..follow
+                },
+            );
+            return Ok(Response::new(Box::pin(snapshot.chain(live))));
         }
-        tracing::warn!(run = %id, after_seq, resumes, "log stream broke; resuming");
-        tokio::time::sleep(Duration::from_millis(100 << resumes)).await;
+        Ok(Response::new(Box::pin(
+            self.follow_logs(upstream, &run_id, follow),
+        )))
     }
-}
 
-async fn send(
-    tx: &mpsc::Sender<Result<pb::RunEvent, Status>>,
-    event: pb::run_event::Event,
-) -> Result<(), ()> {
-    tx.send(Ok(pb::RunEvent { event: Some(event) }))
-        .await
-        .map_err(drop)
+    async fn wait_run(
+        &self,
+        request: Request<pb::WaitRunRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
+        let upstream = self.state.upstream(request.metadata())?;
+        let id = run_id(&request.get_ref().run_id)?.to_owned();
+        let follow = Follow {
+            after_seq: 0,
+            stdout: false,
+            stderr: false,
+            keepalive: None,
+        };
+        let mut events = self.state.fanout.follow(upstream.clone(), &id, follow);
+        while let Some(event) = events.recv().await {
+            match event {
+                Ok(FanEvent::Exit(_)) => break,
+                Ok(_) => {}
+                Err(e) => return Err(Error::from(e).into()),
+            }
+        }
+        let run = upstream.get_run(&id).await.map_err(Error::from)?;
+        Ok(Response::new(run_to_proto(run)))
+    }
+
+    async fn stop_run(
+        &self,
+        request: Request<pb::StopRunRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
+        let upstream = self.state.upstream(request.metadata())?;
+        let pb::StopRunRequest {
+            run_id: id,
+            grace_seconds,
+            force,
+        } = request.into_inner();
+        let id = run_id(&id)?;
+        let grace = (grace_seconds > 0).then_some(grace_seconds);
+        let run = upstream
+            .stop_run(id, grace, force)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(run_to_proto(run)))
+    }
 }
 
 fn run_id(id: &str) -> Result<&str, Error> {
@@ -264,30 +334,25 @@ fn run_to_proto(run: Run) -> pb::Run {
     }
 }
 
-fn chunk_to_proto(frame: &LogFrame) -> Result<pb::LogChunk, UpstreamError> {
-    let LogFrame::Output {
-        seq, stream, time, ..
-    } = frame
-    else {
-        unreachable!("only output frames are chunks");
-    };
-    let data = match frame.output_bytes() {
-        Some(Ok(data)) => data,
-        _ => {
-            return Err(UpstreamError::Protocol {
-                origin: "the runner".into(),
-                reason: format!("log frame {seq} has invalid base64 data"),
-            });
-        }
-    };
-    let stream = match stream {
+fn chunk_to_proto(chunk: Chunk) -> pb::LogChunk {
+    let stream = match chunk.stream {
         StdStream::Stdout => pb::StdStream::Stdout,
         StdStream::Stderr => pb::StdStream::Stderr,
     };
-    Ok(pb::LogChunk {
-        seq: *seq,
+    pb::LogChunk {
+        seq: chunk.seq,
         stream: stream as i32,
-        data,
-        time: Some(timestamp(*time)),
-    })
+        data: chunk.data.to_vec(),
+        time: Some(timestamp(chunk.time)),
+    }
+}
+
+fn exit_to_proto(exit: Exit) -> pb::RunExited {
+    pb::RunExited {
+        exit_code: exit.exit_code.unwrap_or_default(),
+        state: state_to_proto(exit.state) as i32,
+        reason: exit.reason.unwrap_or_default(),
+        last_seq: exit.last_seq,
+        finished_at: exit.finished_at.map(timestamp),
+    }
 }

@@ -4,12 +4,14 @@
 pub mod containers;
 pub mod daemon;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tonic::metadata::MetadataMap;
 
 use crate::config::{ApiOrigin, Config};
 use crate::credentials::{self, Token, TokenSource};
+use crate::fanout::Fanout;
 use crate::status::Error;
 use crate::upstream::{Upstream, Upstreams};
 
@@ -24,6 +26,7 @@ pub const META_TOKEN: &str = "bus-token";
 pub struct DaemonState {
     config: Config,
     upstreams: Upstreams,
+    fanout: Arc<Fanout>,
     started: Instant,
 }
 
@@ -33,6 +36,7 @@ impl DaemonState {
         DaemonState {
             config,
             upstreams: Upstreams::default(),
+            fanout: Arc::default(),
             started: Instant::now(),
         }
     }

@@ -1,0 +1,36 @@
+//! `bus containers stop [--force] [--grace SECONDS] RUN...`: stop runs.
+
+use bus::proto::containers::v1::StopRunRequest;
+
+use crate::context::Ctx;
+use crate::error::CliError;
+
+/// Stops runs: SIGTERM, then SIGKILL after the grace period.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The runs to stop.
+    #[arg(required = true, value_name = "RUN_ID")]
+    run_ids: Vec<String>,
+    /// Seconds between SIGTERM and SIGKILL [default: the runner's, 10].
+    #[arg(long, value_name = "SECONDS")]
+    grace: Option<u32>,
+    /// Kill at once.
+    #[arg(short, long)]
+    force: bool,
+}
+
+impl Args {
+    /// Runs the command; returns the exit code. Stops at the first failure.
+    pub async fn run(self, ctx: &Ctx) -> Result<u8, CliError> {
+        for run_id in self.run_ids {
+            let request = ctx.request(StopRunRequest {
+                run_id: run_id.clone(),
+                grace_seconds: self.grace.unwrap_or(0),
+                force: self.force,
+            });
+            ctx.containers().stop_run(request).await?;
+            println!("{run_id}");
+        }
+        Ok(0)
+    }
+}

@@ -1,0 +1,548 @@
+//! One upstream log stream per run, shared by every local follower of that run.
+//!
+//! A [`Group`] follows `GET .../runs/{id}/logs?follow=true` once and keeps the frames it has
+//! seen in a bounded buffer; each follower reads that buffer through its own cursor (the seq
+//! of the last chunk it was given), so a slow follower never holds up the others. A follower
+//! whose cursor falls behind what the buffer still holds re-reads the missing seqs from the
+//! runner's store with a request of its own, or, if that fails, is told of an explicit gap.
+//!
+//! A broken upstream stream is resumed by the group with `after_seq` = the last seq it holds,
+//! so followers see neither a duplicate nor a hole. Groups are keyed by origin, identity and
+//! run id (two accounts never share one) and end when their last follower leaves.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bus_api::{LogFrame, RunState, Stream as StdStream};
+use bytes::Bytes;
+use futures::StreamExt;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+
+use crate::upstream::{LogsQuery, Upstream, UpstreamError};
+
+/// Output bytes a group keeps for late or slow followers before dropping the oldest.
+const MAX_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+/// Consecutive failed resumes before a group gives up.
+const MAX_RESUMES: u32 = 5;
+/// Events queued per follower before its reader waits for the client.
+const FOLLOWER_BUFFER: usize = 64;
+
+/// One chunk of a run's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// Dense per-run sequence number.
+    pub seq: u64,
+    /// stdout or stderr.
+    pub stream: StdStream,
+    /// The bytes.
+    pub data: Bytes,
+    /// When the runner read them.
+    pub time: OffsetDateTime,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    /// The final state.
+    pub state: RunState,
+    /// The exit code, when the command exited.
+    pub exit_code: Option<i32>,
+    /// Why, when it did not simply exit.
+    pub reason: Option<String>,
+    /// The seq of the last chunk.
+    pub last_seq: u64,
+    /// When it ended.
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+/// What a follower receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Output, in seq order.
+    Chunk(Chunk),
+    /// Output from `after` up to `first_available - 1` could not be delivered.
+    Gap {
+        /// The next seq the follower will see.
+        first_available_seq: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Nothing happened for the requested keepalive interval.
+    Keepalive,
+    /// The run ended; the last event.
+    Exit(Exit),
+}
+
+/// What a follower asks for.
+#[derive(Debug, Clone)]
+pub struct Follow {
+    /// Deliver chunks with a seq above this.
+    pub after_seq: u64,
+    /// Deliver stdout chunks.
+    pub stdout: bool,
+    /// Deliver stderr chunks.
+    pub stderr: bool,
+    /// Send [`Event::Keepalive`] after this long without an event.
+    pub keepalive: Option<Duration>,
+}
+
+impl Follow {
+    /// Everything after `after_seq`, both streams, no keepalives.
+    pub fn after(after_seq: u64) -> Self {
+        Follow {
+            after_seq,
+            stdout: true,
+            stderr: true,
+            keepalive: None,
+        }
+    }
+
+    fn wants(&self, stream: StdStream) -> bool {
+        match stream {
+            StdStream::Stdout => self.stdout,
+            StdStream::Stderr => self.stderr,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct GroupKey {
+    origin: String,
+    identity: u64,
+    run_id: String,
+}
+
+/// Every live group of this daemon.
+#[derive(Default)]
+pub struct Fanout {
+    groups: Mutex<HashMap<GroupKey, Arc<Group>>>,
+    upstream_streams: AtomicU64,
+}
+
+/// The buffer and state one group shares with its followers.
+struct Group {
+    key: GroupKey,
+    buffer: Mutex<Buffer>,
+    changed: watch::Sender<()>,
+    followers: AtomicU64,
+    task: Mutex<Option<AbortHandle>>,
+}
+
+#[derive(Default)]
+struct Buffer {
+    chunks: VecDeque<Chunk>,
+    bytes: usize,
+    /// The seq of the last chunk the group has received (0 before any).
+    last_seq: u64,
+    /// How the run ended, once it has (or why following it failed).
+    end: Option<Result<Exit, UpstreamError>>,
+}
+
+/// A read of a group's buffer after a cursor.
+enum Read {
+    Chunks(Vec<Chunk>),
+    /// Seqs after the cursor up to `first_held - 1` are no longer held.
+    Behind {
+        first_held: u64,
+    },
+    End(Result<Exit, UpstreamError>),
+    Nothing,
+}
+
+impl Buffer {
+    fn first_held(&self) -> u64 {
+        self.chunks.front().map_or(self.last_seq + 1, |c| c.seq)
+    }
+
+    fn read_after(&self, cursor: u64, max: usize) -> Read {
+        if cursor < self.last_seq {
+            let first_held = self.first_held();
+            if cursor + 1 < first_held {
+                return Read::Behind { first_held };
+            }
+            let start = (cursor + 1 - first_held) as usize;
+            return Read::Chunks(self.chunks.iter().skip(start).take(max).cloned().collect());
+        }
+        match &self.end {
+            Some(end) => Read::End(end.clone()),
+            None => Read::Nothing,
+        }
+    }
+
+    fn push(&mut self, chunk: Chunk) {
+        self.bytes += chunk.data.len();
+        self.last_seq = chunk.seq;
+        self.chunks.push_back(chunk);
+        while self.bytes > MAX_BUFFER_BYTES && self.chunks.len() > 1 {
+            let dropped = self.chunks.pop_front().expect("more than one chunk");
+            self.bytes -= dropped.data.len();
+        }
+    }
+}
+
+impl Fanout {
+    /// How many upstream log streams this daemon has opened so far.
+    pub fn upstream_streams(&self) -> u64 {
+        self.upstream_streams.load(Ordering::Relaxed)
+    }
+
+    /// How many groups (runs being followed) are live.
+    pub fn groups(&self) -> usize {
+        self.groups.lock().expect("fanout lock").len()
+    }
+
+    /// Follows `run_id` through its group, creating the group (and its one upstream stream)
+    /// if this is the first follower. `upstream` is this caller's; it opens the group's
+    /// stream when the group is new, and fills this follower's gaps.
+    pub fn follow(
+        self: &Arc<Self>,
+        upstream: Upstream,
+        run_id: &str,
+        follow: Follow,
+    ) -> mpsc::Receiver<Result<Event, UpstreamError>> {
+        let key = GroupKey {
+            origin: upstream.origin().to_string(),
+            identity: upstream.identity_key(),
+            run_id: run_id.to_owned(),
+        };
+        let group = self.join(key, &upstream, follow.after_seq);
+        let (tx, rx) = mpsc::channel(FOLLOWER_BUFFER);
+        let fanout = self.clone();
+        tokio::spawn(async move {
+            let guard = Membership {
+                fanout,
+                group: group.clone(),
+            };
+            deliver(&group, &upstream, follow, &tx).await;
+            drop(guard);
+        });
+        rx
+    }
+
+    fn join(self: &Arc<Self>, key: GroupKey, upstream: &Upstream, after_seq: u64) -> Arc<Group> {
+        let mut groups = self.groups.lock().expect("fanout lock");
+        if let Some(group) = groups.get(&key) {
+            group.followers.fetch_add(1, Ordering::SeqCst);
+            return group.clone();
+        }
+        let group = Arc::new(Group {
+            key: key.clone(),
+            buffer: Mutex::new(Buffer {
+                last_seq: after_seq,
+                ..Buffer::default()
+            }),
+            changed: watch::channel(()).0,
+            followers: AtomicU64::new(1),
+            task: Mutex::new(None),
+        });
+        self.upstream_streams.fetch_add(1, Ordering::Relaxed);
+        let task = tokio::spawn(pump(group.clone(), upstream.clone(), after_seq));
+        *group.task.lock().expect("group task lock") = Some(task.abort_handle());
+        groups.insert(key, group.clone());
+        group
+    }
+
+    fn leave(&self, group: &Arc<Group>) {
+        let mut groups = self.groups.lock().expect("fanout lock");
+        if group.followers.fetch_sub(1, Ordering::SeqCst) == 1 {
+            if let Some(task) = group.task.lock().expect("group task lock").take() {
+                task.abort();
+            }
+            if groups
+                .get(&group.key)
+                .is_some_and(|g| Arc::ptr_eq(g, group))
+            {
+                groups.remove(&group.key);
+            }
+        }
+    }
+}
+
+/// Leaves the group when a follower's task ends, however it ends.
+struct Membership {
+    fanout: Arc<Fanout>,
+    group: Arc<Group>,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.fanout.leave(&self.group);
+    }
+}
+
+/// The group's one upstream stream: frames into the buffer until the exit frame, resuming
+/// after the last seq held when the stream breaks.
+async fn pump(group: Arc<Group>, upstream: Upstream, mut after_seq: u64) {
+    let run_id = group.key.run_id.clone();
+    let mut resumes = 0;
+    let failure = loop {
+        let failure = match upstream.logs(&run_id, after_seq, true).await {
+            Ok(frames) => {
+                let mut frames = std::pin::pin!(frames);
+                let mut failure = None;
+                while let Some(frame) = frames.next().await {
+                    match frame.and_then(|f| decode(f, upstream.origin().as_str())) {
+                        Ok(Decoded::Chunk(chunk)) if chunk.seq <= after_seq => {}
+                        Ok(Decoded::Chunk(chunk)) => {
+                            resumes = 0;
+                            after_seq = chunk.seq;
+                            group.buffer.lock().expect("buffer lock").push(chunk);
+                            group.changed.send_replace(());
+                        }
+                        Ok(Decoded::Exit(exit)) => {
+                            group.buffer.lock().expect("buffer lock").end = Some(Ok(exit));
+                            group.changed.send_replace(());
+                            return;
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                }
+                failure.unwrap_or_else(|| UpstreamError::Unreachable {
+                    origin: upstream.origin().to_string(),
+                    reason: "the log stream closed before the run's exit frame".into(),
+                })
+            }
+            Err(e) => e,
+        };
+        resumes += 1;
+        if !matches!(failure, UpstreamError::Unreachable { .. }) || resumes > MAX_RESUMES {
+            break failure;
+        }
+        tracing::warn!(run = %run_id, after_seq, resumes, "log stream broke; resuming");
+        tokio::time::sleep(Duration::from_millis(100 << resumes)).await;
+    };
+    group.buffer.lock().expect("buffer lock").end = Some(Err(failure));
+    group.changed.send_replace(());
+}
+
+/// One follower: everything after its cursor from the group's buffer, gaps filled from the
+/// runner, keepalives when idle, the exit last.
+async fn deliver(
+    group: &Group,
+    upstream: &Upstream,
+    follow: Follow,
+    tx: &mpsc::Sender<Result<Event, UpstreamError>>,
+) {
+    let mut changed = group.changed.subscribe();
+    let mut cursor = follow.after_seq;
+    loop {
+        changed.borrow_and_update();
+        let read = group
+            .buffer
+            .lock()
+            .expect("buffer lock")
+            .read_after(cursor, FOLLOWER_BUFFER);
+        match read {
+            Read::Chunks(chunks) => {
+                for chunk in chunks {
+                    cursor = chunk.seq;
+                    if follow.wants(chunk.stream) && tx.send(Ok(Event::Chunk(chunk))).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            Read::Behind { first_held } => {
+                match refill(upstream, &group.key.run_id, cursor, first_held, &follow, tx).await {
+                    Ok(true) => cursor = first_held - 1,
+                    Ok(false) => return,
+                    Err(e) => {
+                        let gap = Event::Gap {
+                            first_available_seq: first_held,
+                            reason: format!(
+                                "output {}..{} could not be re-read: {e}",
+                                cursor + 1,
+                                first_held - 1
+                            ),
+                        };
+                        if tx.send(Ok(gap)).await.is_err() {
+                            return;
+                        }
+                        cursor = first_held - 1;
+                    }
+                }
+            }
+            Read::End(end) => {
+                let _ = tx.send(end.map(Event::Exit)).await;
+                return;
+            }
+            Read::Nothing => {
+                let idle = async {
+                    match follow.keepalive {
+                        Some(every) => tokio::time::sleep(every).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = changed.changed() => {}
+                    () = idle => {
+                        if tx.send(Ok(Event::Keepalive)).await.is_err() {
+                            return;
+                        }
+                    }
+                    () = tx.closed() => return,
+                }
+            }
+        }
+    }
+}
+
+/// Re-reads seqs `after + 1 .. until - 1` from the runner's store for one follower.
+/// `Ok(false)` means the client went away.
+async fn refill(
+    upstream: &Upstream,
+    run_id: &str,
+    after: u64,
+    until: u64,
+    follow: &Follow,
+    tx: &mpsc::Sender<Result<Event, UpstreamError>>,
+) -> Result<bool, UpstreamError> {
+    let frames = upstream
+        .logs_with(run_id, &LogsQuery::after(after, false))
+        .await?;
+    let mut frames = std::pin::pin!(frames);
+    while let Some(frame) = frames.next().await {
+        match decode(frame?, upstream.origin().as_str())? {
+            Decoded::Chunk(chunk) if chunk.seq >= until => return Ok(true),
+            Decoded::Chunk(chunk) if chunk.seq <= after || !follow.wants(chunk.stream) => {}
+            Decoded::Chunk(chunk) => {
+                if tx.send(Ok(Event::Chunk(chunk))).await.is_err() {
+                    return Ok(false);
+                }
+            }
+            Decoded::Exit(_) => return Ok(true),
+        }
+    }
+    Ok(true)
+}
+
+/// A log frame with its bytes decoded.
+pub enum Decoded {
+    /// Output.
+    Chunk(Chunk),
+    /// The end.
+    Exit(Exit),
+}
+
+/// Decodes a frame's base64 payload.
+pub fn decode(frame: LogFrame, origin: &str) -> Result<Decoded, UpstreamError> {
+    match frame {
+        LogFrame::Output {
+            seq,
+            stream,
+            ref data,
+            time,
+        } => {
+            let bytes = base64_decode(data).ok_or_else(|| UpstreamError::Protocol {
+                origin: origin.to_owned(),
+                reason: format!("log frame {seq} has invalid base64 data"),
+            })?;
+            Ok(Decoded::Chunk(Chunk {
+                seq,
+                stream,
+                data: Bytes::from(bytes),
+                time,
+            }))
+        }
+        LogFrame::Exit {
+            state,
+            exit_code,
+            reason,
+            last_seq,
+            finished_at,
+        } => Ok(Decoded::Exit(Exit {
+            state,
+            exit_code,
+            reason,
+            last_seq,
+            finished_at,
+        })),
+    }
+}
+
+fn base64_decode(data: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(data).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(seq: u64, len: usize) -> Chunk {
+        Chunk {
+            seq,
+            stream: StdStream::Stdout,
+            data: Bytes::from(vec![b'x'; len]),
+            time: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn seqs(read: Read) -> Vec<u64> {
+        match read {
+            Read::Chunks(chunks) => chunks.iter().map(|c| c.seq).collect(),
+            _ => panic!("expected chunks"),
+        }
+    }
+
+    #[test]
+    fn readers_resume_after_their_own_cursor() {
+        let mut buffer = Buffer::default();
+        for seq in 1..=5 {
+            buffer.push(chunk(seq, 10));
+        }
+        assert_eq!(seqs(buffer.read_after(0, 64)), [1, 2, 3, 4, 5]);
+        assert_eq!(seqs(buffer.read_after(3, 64)), [4, 5]);
+        assert_eq!(seqs(buffer.read_after(0, 2)), [1, 2]);
+        assert!(matches!(buffer.read_after(5, 64), Read::Nothing));
+        buffer.end = Some(Ok(Exit {
+            state: RunState::Exited,
+            exit_code: Some(0),
+            reason: None,
+            last_seq: 5,
+            finished_at: None,
+        }));
+        assert!(matches!(buffer.read_after(5, 64), Read::End(Ok(_))));
+        // The end comes only after every chunk.
+        assert_eq!(seqs(buffer.read_after(4, 64)), [5]);
+    }
+
+    #[test]
+    fn a_full_buffer_drops_the_oldest_and_reports_readers_behind() {
+        let mut buffer = Buffer::default();
+        let size = MAX_BUFFER_BYTES / 4 + 1;
+        for seq in 1..=5 {
+            buffer.push(chunk(seq, size));
+        }
+        assert!(buffer.bytes <= MAX_BUFFER_BYTES);
+        let first_held = buffer.first_held();
+        assert!(first_held > 1);
+        assert!(
+            matches!(buffer.read_after(0, 64), Read::Behind { first_held: f } if f == first_held)
+        );
+        assert_eq!(
+            seqs(buffer.read_after(first_held - 1, 64)).first(),
+            Some(&first_held)
+        );
+    }
+
+    #[test]
+    fn a_group_started_mid_run_holds_nothing_before_its_start() {
+        let buffer = Buffer {
+            last_seq: 7,
+            ..Buffer::default()
+        };
+        assert!(matches!(buffer.read_after(7, 64), Read::Nothing));
+        assert!(matches!(
+            buffer.read_after(3, 64),
+            Read::Behind { first_held: 8 }
+        ));
+    }
+}
