@@ -7,15 +7,18 @@
 //! - [`runs`]: run requests and records, list pages, log frames.
 //! - [`status`]: the runner's status document.
 //! - [`problem`]: RFC 9457 problem documents and the stable error codes.
-//! - [`auth`]: scope names and the JWT claims the runner issues.
+//! - [`auth`]: scope names, the JWT claims (and grant) the runner issues, token exchange.
+//! - [`billing`]: the billing status document.
 
 pub mod auth;
+pub mod billing;
 pub mod problem;
 pub mod runs;
 pub mod status;
 
+pub use billing::BillingStatus;
 pub use problem::{Problem, ProblemCode};
-pub use runs::{CreateRun, LogFrame, Run, RunPage, RunState, Stream};
+pub use runs::{CreateRun, LogFrame, Run, RunPage, RunState, StopRun, Stream};
 pub use status::RunnerStatus;
 
 /// The path prefix every endpoint hangs below; an API URL is the origin only.

@@ -29,6 +29,20 @@ pub enum ProblemCode {
     EngineUnavailable,
     /// Anything else; a bug.
     Internal,
+    /// The API key given to `POST /api/v1/auth/token` is missing or belongs to no account.
+    ApiKeyInvalid,
+    /// A token request asks for a resource the account may not hold.
+    ScopeNotAllowed,
+    /// The token's grant does not cover the run's image.
+    ImageNotAllowed,
+    /// The token's grant switches off log streaming.
+    LogsDisabled,
+    /// The account must set up billing before it can start runs.
+    BillingRequired,
+    /// The account's plan limit (concurrent runs or run-seconds per period) is reached.
+    QuotaExhausted,
+    /// An `Idempotency-Key` was reused with a different request body.
+    IdempotencyKeyReused,
     /// A code this client version does not know.
     #[serde(other)]
     Unknown,
@@ -48,6 +62,13 @@ impl ProblemCode {
             Self::UnknownProfile => "unknown_profile",
             Self::EngineUnavailable => "engine_unavailable",
             Self::Internal => "internal",
+            Self::ApiKeyInvalid => "api_key_invalid",
+            Self::ScopeNotAllowed => "scope_not_allowed",
+            Self::ImageNotAllowed => "image_not_allowed",
+            Self::LogsDisabled => "logs_disabled",
+            Self::BillingRequired => "billing_required",
+            Self::QuotaExhausted => "quota_exhausted",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::Unknown => "unknown",
         }
     }
@@ -97,6 +118,12 @@ impl Problem {
     /// Adds what a person can do about it.
     pub fn with_guidance(mut self, guidance: impl Into<String>) -> Self {
         self.guidance = Some(guidance.into());
+        self
+    }
+
+    /// Adds a page that explains the fix.
+    pub fn with_guidance_url(mut self, url: impl Into<String>) -> Self {
+        self.guidance_url = Some(url.into());
         self
     }
 }

@@ -1,5 +1,5 @@
-//! Runs: `POST/GET /api/v1/containers/runs`, `GET/DELETE /api/v1/containers/runs/{id}` and
-//! `GET /api/v1/containers/runs/{id}/logs`.
+//! Runs: `POST/GET /api/v1/containers/runs`, `GET/DELETE /api/v1/containers/runs/{id}`,
+//! `GET /api/v1/containers/runs/{id}/logs` and `POST /api/v1/containers/runs/{id}/stop`.
 
 use std::collections::BTreeMap;
 
@@ -20,8 +20,12 @@ pub const MAX_PAGE_SIZE: u32 = 200;
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 
 /// The body of `POST /api/v1/containers/runs`.
+///
+/// Unknown fields are refused, except `owner` and `account_id`: those are accepted and
+/// ignored, because a run always belongs to the token's account (`sub`), never to what the
+/// body claims (see `CreateRunBody`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "CreateRunBody")]
 pub struct CreateRun {
     /// A run profile (image, limits, timeout) defined by the deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -47,6 +51,51 @@ pub struct CreateRun {
     /// Seconds before the run is killed; `None` means the profile's timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u32>,
+}
+
+/// The wire form of [`CreateRun`]: its fields, plus `owner` and `account_id`, which are read
+/// and dropped so that a client that sends them gets its run (owned by the token's account)
+/// instead of a 400. Every other unknown field is refused.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRunBody {
+    #[serde(default)]
+    profile: Option<String>,
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
+    argv: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    workdir: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    timeout_seconds: Option<u32>,
+    /// Ignored: the owner is the token's account.
+    #[serde(default, rename = "owner")]
+    _owner: Option<serde::de::IgnoredAny>,
+    /// Ignored: the owner is the token's account.
+    #[serde(default, rename = "account_id")]
+    _account_id: Option<serde::de::IgnoredAny>,
+}
+
+impl From<CreateRunBody> for CreateRun {
+    fn from(body: CreateRunBody) -> CreateRun {
+        CreateRun {
+            profile: body.profile,
+            image: body.image,
+            argv: body.argv,
+            env: body.env,
+            workdir: body.workdir,
+            name: body.name,
+            labels: body.labels,
+            timeout_seconds: body.timeout_seconds,
+        }
+    }
 }
 
 /// Where a run is in its life.
@@ -128,7 +177,28 @@ pub struct Run {
     /// Why the run ended when it did not simply exit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Usage: whole seconds from `started_at` to `finished_at`, rounded up; set once a run
+    /// that started has ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_seconds: Option<u64>,
 }
+
+/// The body of `POST /api/v1/containers/runs/{id}/stop`; an empty body means the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopRun {
+    /// Seconds between SIGTERM and SIGKILL; `None` means [`DEFAULT_STOP_GRACE_SECONDS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_seconds: Option<u32>,
+    /// Kill (SIGKILL) at once, without a grace period.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+}
+
+/// Grace period of a stop request that names none, in seconds.
+pub const DEFAULT_STOP_GRACE_SECONDS: u32 = 10;
+/// Longest grace period a stop request may ask for, in seconds.
+pub const MAX_STOP_GRACE_SECONDS: u32 = 3600;
 
 /// A page of `GET /api/v1/containers/runs`, newest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,6 +287,27 @@ mod tests {
         let err =
             serde_json::from_str::<CreateRun>(r#"{"argv":["true"],"imgae":"x"}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `imgae`"), "{err}");
+    }
+
+    #[test]
+    fn create_run_ignores_owner_and_account_id() {
+        let req: CreateRun = serde_json::from_str(
+            r#"{"argv":["true"],"owner":"bob","account_id":{"id":"bob"},"image":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            req,
+            CreateRun {
+                argv: vec!["true".into()],
+                image: Some("x".into()),
+                ..CreateRun::default()
+            }
+        );
+        let text = serde_json::to_string(&req).unwrap();
+        assert!(
+            !text.contains("owner") && !text.contains("account_id"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,8 +1,13 @@
-//! Tokens: the runner's Ed25519 signing key, minting JWTs, and verifying them on every request.
+//! Tokens: the runner's Ed25519 signing key, minting JWTs, and verifying them on every request;
+//! API keys, which accounts exchange for tokens.
 //!
 //! The key lives in the state dir as `signing-key.pk8` (PKCS#8 DER, mode 0600), generated on
 //! first use. Tokens are EdDSA JWTs with [`Claims`]; nothing else is accepted (no `alg: none`,
-//! no HMAC). The token itself never reaches a message or a log line.
+//! no HMAC, so a token signed with HS256 using the public key as the secret is refused). The
+//! token itself never reaches a message or a log line.
+//!
+//! API keys are never stored: the config holds their SHA-256, and a presented key is hashed
+//! and compared in constant time against every account's hash.
 
 use std::fs;
 use std::io::{self, Write as _};
@@ -11,18 +16,21 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, MatchedPath};
 use axum::http::{header, request::Parts};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bus_api::auth::{AUDIENCE, Claims, Scope};
+use bus_api::auth::{AUDIENCE, Claims, Grant, Scope};
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
 use time::OffsetDateTime;
 
 use crate::AppState;
+use crate::config::{Account, Config};
 use crate::problem::{ApiError, rfc3339};
 
 /// The `iss` of every token a runner mints and requires.
@@ -33,6 +41,8 @@ pub const KEY_FILE: &str = "signing-key.pk8";
 pub const LEEWAY_SECONDS: i64 = 5;
 /// The longest TTL `mint` accepts.
 pub const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+/// The route whose output a grant with `logs: false` refuses (as routes/mod.rs spells it).
+pub const LOGS_ROUTE: &str = "/api/v1/containers/runs/{id}/logs";
 
 /// The signing key cannot be loaded or created.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +85,7 @@ pub enum KeyError {
 pub struct Keys {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    public: [u8; 32],
 }
 
 impl std::fmt::Debug for Keys {
@@ -175,7 +186,30 @@ impl Keys {
             encoding: EncodingKey::from_ed_der(der.as_bytes()),
             decoding: DecodingKey::from_ed_components(&x)
                 .expect("base64url of 32 bytes always decodes"),
+            public: key.verifying_key().to_bytes(),
         }
+    }
+
+    /// The public (verifying) key's 32 bytes. Not a secret; tests use it to forge tokens
+    /// that must be refused.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.public
+    }
+
+    /// Mints a token for `account` with `scopes` and `grant`, valid for `ttl` from now;
+    /// returns it with its claims.
+    pub fn mint_with_grant(
+        &self,
+        account: &str,
+        scopes: &[Scope],
+        ttl: Duration,
+        grant: Option<Grant>,
+    ) -> (String, Claims) {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+        let mut c = claims(account, scopes, now, now.saturating_add(ttl));
+        c.grant = grant;
+        (self.sign(&c), c)
     }
 
     /// Mints a token for `account` with `scopes`, valid for `ttl` from now.
@@ -297,7 +331,31 @@ pub fn claims(account: &str, scopes: &[Scope], now: i64, exp: i64) -> Claims {
             .collect::<Vec<_>>()
             .join(" "),
         jti,
+        grant: None,
     }
+}
+
+/// SHA-256 of an API key, as the config's `api_key_sha256` holds it.
+pub fn sha256(key: &[u8]) -> [u8; 32] {
+    Sha256::digest(key).into()
+}
+
+/// Lower-case hex of bytes.
+pub fn to_hex(bytes: &[u8]) -> String {
+    hex(bytes)
+}
+
+/// The account whose API key is `key`: its SHA-256 is compared in constant time against
+/// every account's hash (all of them, so the time says nothing about which matched).
+pub fn account_for_api_key<'c>(config: &'c Config, key: &str) -> Option<&'c Account> {
+    let digest = sha256(key.as_bytes());
+    let mut found = None;
+    for account in &config.accounts {
+        if bool::from(account.api_key_sha256.ct_eq(&digest)) {
+            found = Some(account);
+        }
+    }
+    found
 }
 
 /// Parses space-separated scope names; unknown names are refused with the valid ones listed.
@@ -360,7 +418,7 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
-/// A scope an endpoint requires, as a type: [`Read`], [`Run`] or [`Delete`].
+/// A scope an endpoint requires, as a type: [`Read`], [`Run`], [`Delete`] or [`BillingRead`].
 pub trait Needs {
     /// The scope.
     const SCOPE: Scope;
@@ -386,10 +444,20 @@ impl Needs for Delete {
     const SCOPE: Scope = Scope::Delete;
 }
 
+/// Requires `billing:read`.
+#[derive(Debug)]
+pub struct BillingRead;
+
+impl Needs for BillingRead {
+    const SCOPE: Scope = Scope::BillingRead;
+}
+
 /// The verified caller of a request whose token carries scope `S::SCOPE`.
 ///
 /// As an extractor it rejects with `token_missing`, `token_invalid`, `token_expired` or
-/// `scope_missing` before any other extractor (such as the body) runs.
+/// `scope_missing` before any other extractor (such as the body) runs; on [`LOGS_ROUTE`] it
+/// also rejects with `logs_disabled` when the token's grant switches logs off (whether or not
+/// the run exists, so the answer says nothing about other accounts' runs).
 #[derive(Debug)]
 pub struct Caller<S> {
     /// The token's verified claims; `claims.sub` owns what the request creates.
@@ -447,6 +515,13 @@ impl<S: Needs> FromRequestParts<AppState> for Caller<S> {
             .get(header::AUTHORIZATION)
             .map(|v| v.as_bytes());
         let claims = authorize(state.keys(), header, S::SCOPE)?;
+        let on_logs = parts
+            .extensions
+            .get::<MatchedPath>()
+            .is_some_and(|p| p.as_str() == LOGS_ROUTE);
+        if on_logs && claims.grant.as_ref().is_some_and(|g| !g.allows_logs()) {
+            return Err(ApiError::LogsDisabled);
+        }
         Ok(Caller {
             claims,
             _scope: PhantomData,
@@ -589,6 +664,71 @@ mod tests {
         }
     }
 
+    /// Algorithm confusion: an HS256 token whose HMAC secret is the public key, in every form
+    /// an attacker might guess (raw, base64url, hex), is refused even though its MAC is valid.
+    #[test]
+    fn hs256_with_the_public_key_as_secret_refused() {
+        let (_d, k) = keys();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let c = claims("mallory", &Scope::ALL, now, now + 60);
+        let public = k.public_key();
+        let secrets = [
+            public.to_vec(),
+            URL_SAFE_NO_PAD.encode(public).into_bytes(),
+            hex(&public).into_bytes(),
+        ];
+        for secret in secrets {
+            let forged = jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &c,
+                &EncodingKey::from_secret(&secret),
+            )
+            .unwrap();
+            let err = k.verify(&forged).unwrap_err();
+            let detail = err.problem().detail;
+            assert_eq!(code(err), "token_invalid");
+            assert!(detail.contains("\"HS256\" is not accepted"), "{detail}");
+        }
+    }
+
+    #[test]
+    fn grants_ride_in_the_token() {
+        let (_d, k) = keys();
+        let grant = Grant {
+            images: Some(vec!["localhost/busybox".into()]),
+            logs: Some(false),
+        };
+        let (token, c) = k.mint_with_grant(
+            "a",
+            &[Scope::Run],
+            Duration::from_secs(60),
+            Some(grant.clone()),
+        );
+        assert_eq!(c.grant.as_ref(), Some(&grant));
+        assert_eq!(k.verify(&token).unwrap().grant, Some(grant));
+    }
+
+    #[test]
+    fn api_keys_match_by_hash() {
+        let hash = to_hex(&sha256(b"k-alice"));
+        let config = Config::parse(&format!(
+            "[[accounts]]\nid = \"alice\"\napi_key_sha256 = \"{}\"\nplan = \"local\"\nresources = \"container:read\"\n",
+            hash.to_uppercase()
+        ))
+        .unwrap();
+        assert_eq!(
+            account_for_api_key(&config, "k-alice").map(|a| a.id.as_str()),
+            Some("alice")
+        );
+        assert!(account_for_api_key(&config, "k-alic").is_none());
+        assert!(account_for_api_key(&config, "").is_none());
+        assert!(account_for_api_key(&Config::builtin(), "k-alice").is_none());
+        assert_eq!(
+            to_hex(&sha256(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
     #[test]
     fn tampered_payload_refused() {
         let (_d, k) = keys();
@@ -641,10 +781,11 @@ mod tests {
             parse_scopes("container:read  container:run container:read").unwrap(),
             [Scope::Read, Scope::Run]
         );
-        let err = parse_scopes("container:read billing:read").unwrap_err();
+        assert_eq!(parse_scopes("billing:read").unwrap(), [Scope::BillingRead]);
+        let err = parse_scopes("container:read billing:write").unwrap_err();
         assert_eq!(
             err,
-            "unknown resource \"billing:read\"; valid resources: container:read, container:run, container:delete"
+            "unknown resource \"billing:write\"; valid resources: container:read, container:run, container:delete, billing:read"
         );
         assert!(parse_scopes(" ").is_err());
     }

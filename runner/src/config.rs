@@ -1,4 +1,5 @@
-//! Run profiles: the built-in ones and those a deployment's TOML config file adds.
+//! The deployment's configuration: run profiles, plans and accounts, from built-in defaults
+//! and an optional TOML file (`bus-runner serve --config FILE`).
 //!
 //! ```toml
 //! default_profile = "codex"
@@ -8,20 +9,99 @@
 //! network = "none"
 //! timeout_seconds = 600
 //! env = { LANG = "C.UTF-8" }
+//!
+//! [plans.team]
+//! max_concurrent_runs = 4          # absent: no limit
+//! run_seconds_per_period = 36000   # absent: no limit
+//! period = "30d"                   # s, m, h or d; default 30d
+//!
+//! [[accounts]]
+//! id = "alice"
+//! api_key_sha256 = "<64 hex digits>"   # `bus-runner hash-key < key-file`
+//! plan = "team"
+//! billing = "active"                   # or "required": no run starts (402)
+//! resources = ["container:read", "container:run", "container:delete", "billing:read"]
+//! images = ["localhost/busybox", "docker.io/library/*"]   # optional grant
+//! logs = false                                            # optional grant: no log streaming
 //! ```
 //!
-//! Profiles in the file are added to the built-in ones; a file profile with a built-in's name
-//! replaces it.
+//! Profiles and plans in the file are added to the built-in ones; one with a built-in's name
+//! replaces it. The built-in plan `local` has no limits; it is the plan of every account the
+//! file does not list, such as those `bus-runner token --account ID` mints for (with billing
+//! `active`), so a runner without a config keeps working for local use. A `[plans.local]`
+//! table limits those accounts too.
+//!
+//! Periods are aligned to the Unix epoch: a `30d` period starts at a multiple of 30 days
+//! since 1970-01-01T00:00:00Z.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use bus_api::auth::{Grant, Scope};
+use bus_api::billing::BillingState;
 use bus_api::runs::MAX_TIMEOUT_SECONDS;
 use serde::Deserialize;
 
 /// The profile a run gets when it names none.
 pub const DEFAULT_PROFILE: &str = "codex";
+/// The plan of accounts the config does not list (built in: no limits).
+pub const LOCAL_PLAN: &str = "local";
+/// A plan's period when it names none.
+pub const DEFAULT_PERIOD: Duration = Duration::from_secs(30 * 86400);
+/// The longest period a plan may have.
+pub const MAX_PERIOD: Duration = Duration::from_secs(366 * 86400);
+
+/// A plan: how much an account on it may run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Most runs live at once; `None` means no limit.
+    pub max_concurrent_runs: Option<u32>,
+    /// Most run-seconds per period; `None` means no limit.
+    pub run_seconds_per_period: Option<u64>,
+    /// The period's length (whole seconds, at least one).
+    pub period: Duration,
+}
+
+impl Plan {
+    /// The built-in `local` plan: no limits, 30-day periods.
+    pub fn unlimited() -> Plan {
+        Plan {
+            max_concurrent_runs: None,
+            run_seconds_per_period: None,
+            period: DEFAULT_PERIOD,
+        }
+    }
+}
+
+/// An account that may exchange its API key for tokens.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Account {
+    /// The account id: every token it gets has this `sub`.
+    pub id: String,
+    /// SHA-256 of its API key.
+    pub api_key_sha256: [u8; 32],
+    /// Its plan's name (a key of [`Config::plans`]).
+    pub plan: String,
+    /// Whether billing is set up.
+    pub billing: BillingState,
+    /// The scopes its tokens may carry.
+    pub resources: Vec<Scope>,
+    /// The grant its tokens carry, when the config narrows images or logs.
+    pub grant: Option<Grant>,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("id", &self.id)
+            .field("plan", &self.plan)
+            .field("billing", &self.billing)
+            .field("resources", &self.resources)
+            .field("grant", &self.grant)
+            .finish_non_exhaustive()
+    }
+}
 
 /// How a run's container reaches the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -71,6 +151,10 @@ pub struct Config {
     pub profiles: BTreeMap<String, Profile>,
     /// The profile a run gets when it names none.
     pub default_profile: String,
+    /// Plans by name (always holds [`LOCAL_PLAN`]).
+    pub plans: BTreeMap<String, Plan>,
+    /// Accounts that may exchange API keys for tokens; empty without a config file.
+    pub accounts: Vec<Account>,
 }
 
 /// A config file that cannot be used.
@@ -109,6 +193,44 @@ struct File {
     default_profile: Option<String>,
     #[serde(default)]
     profiles: BTreeMap<String, Profile>,
+    #[serde(default)]
+    plans: BTreeMap<String, PlanFile>,
+    #[serde(default)]
+    accounts: Vec<AccountFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanFile {
+    #[serde(default)]
+    max_concurrent_runs: Option<u32>,
+    #[serde(default)]
+    run_seconds_per_period: Option<u64>,
+    #[serde(default)]
+    period: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountFile {
+    id: String,
+    api_key_sha256: String,
+    plan: String,
+    #[serde(default)]
+    billing: BillingState,
+    resources: Resources,
+    #[serde(default)]
+    images: Option<Vec<String>>,
+    #[serde(default)]
+    logs: Option<bool>,
+}
+
+/// Resources as a list (`["container:read", ...]`) or one space-separated string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Resources {
+    List(Vec<String>),
+    Text(String),
 }
 
 impl Config {
@@ -123,6 +245,8 @@ impl Config {
         Config {
             profiles: BTreeMap::from([(DEFAULT_PROFILE.to_owned(), codex)]),
             default_profile: DEFAULT_PROFILE.to_owned(),
+            plans: BTreeMap::from([(LOCAL_PLAN.to_owned(), Plan::unlimited())]),
+            accounts: Vec::new(),
         }
     }
 
@@ -152,15 +276,24 @@ impl Config {
             path: String::new(),
             message: e.message().to_owned(),
         })?;
+        let invalid = |message| ConfigError::Invalid {
+            path: String::new(),
+            message,
+        };
         let mut config = Config::builtin();
         config.profiles.extend(file.profiles);
         if let Some(default) = file.default_profile {
             config.default_profile = default;
         }
-        config.check().map_err(|message| ConfigError::Invalid {
-            path: String::new(),
-            message,
-        })?;
+        for (name, plan) in file.plans {
+            let plan = plan_from_file(&name, plan).map_err(invalid)?;
+            config.plans.insert(name, plan);
+        }
+        for (i, account) in file.accounts.into_iter().enumerate() {
+            let account = account_from_file(i, account).map_err(invalid)?;
+            config.accounts.push(account);
+        }
+        config.check().map_err(invalid)?;
         Ok(config)
     }
 
@@ -187,7 +320,49 @@ impl Config {
                 ));
             }
         }
+        for name in self.plans.keys() {
+            if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(format!(
+                    "plan name \"{name}\" must be non-empty without spaces"
+                ));
+            }
+        }
+        for (i, a) in self.accounts.iter().enumerate() {
+            if !self.plans.contains_key(&a.plan) {
+                return Err(format!(
+                    "accounts[{i}] (\"{}\"): plan \"{}\" is not defined; defined plans: {}",
+                    a.id,
+                    a.plan,
+                    self.plans.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+            if let Some(other) = self.accounts[..i].iter().find(|b| b.id == a.id) {
+                return Err(format!(
+                    "accounts[{i}]: the id \"{}\" is used twice",
+                    other.id
+                ));
+            }
+            if let Some(other) = self.accounts[..i]
+                .iter()
+                .find(|b| b.api_key_sha256 == a.api_key_sha256)
+            {
+                return Err(format!(
+                    "accounts[{i}] (\"{}\"): api_key_sha256 is also the key of \"{}\"; give each account its own key",
+                    a.id, other.id
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The account `id` lists, if the config has it.
+    pub fn account(&self, id: &str) -> Option<&Account> {
+        self.accounts.iter().find(|a| a.id == id)
+    }
+
+    /// The plan called `name`.
+    pub fn plan(&self, name: &str) -> Option<&Plan> {
+        self.plans.get(name)
     }
 
     /// The profile called `name`.
@@ -207,9 +382,251 @@ impl Default for Config {
     }
 }
 
+fn plan_from_file(name: &str, file: PlanFile) -> Result<Plan, String> {
+    let period = match &file.period {
+        None => DEFAULT_PERIOD,
+        Some(text) => parse_period(text).map_err(|e| format!("plans.{name}.period: {e}"))?,
+    };
+    Ok(Plan {
+        max_concurrent_runs: file.max_concurrent_runs,
+        run_seconds_per_period: file.run_seconds_per_period,
+        period,
+    })
+}
+
+/// Parses a period such as `3600s`, `90m`, `24h` or `30d` (at most 366 days).
+pub fn parse_period(text: &str) -> Result<Duration, String> {
+    let usage = "write it as a positive number with a unit, like 3600s, 90m, 24h or 30d";
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("\"{text}\" is not a period; {usage}"))?;
+    let unit_secs: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("\"{text}\" is not a period; {usage}")),
+    };
+    let period = n
+        .checked_mul(unit_secs)
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::MAX);
+    if period > MAX_PERIOD {
+        return Err(format!(
+            "\"{text}\" is longer than the 366 days a period may last"
+        ));
+    }
+    Ok(period)
+}
+
+fn account_from_file(i: usize, file: AccountFile) -> Result<Account, String> {
+    let id = file.id.trim().to_owned();
+    let at = format!("accounts[{i}] (\"{id}\")");
+    if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "accounts[{i}].id must be 1 to 128 characters without spaces"
+        ));
+    }
+    let api_key_sha256 = parse_sha256(&file.api_key_sha256).ok_or_else(|| {
+        format!(
+            "{at}: api_key_sha256 must be 64 hex digits, the SHA-256 of the API key; \
+             compute it with `bus-runner hash-key < KEY_FILE`"
+        )
+    })?;
+    if file.billing == BillingState::Unknown {
+        return Err(format!("{at}: billing must be \"active\" or \"required\""));
+    }
+    let text = match file.resources {
+        Resources::List(list) => list.join(" "),
+        Resources::Text(text) => text,
+    };
+    let resources =
+        crate::auth::parse_scopes(&text).map_err(|e| format!("{at}: resources: {e}"))?;
+    if let Some(images) = &file.images {
+        for image in images {
+            let bad_star = image.find('*').is_some_and(|p| p + 1 != image.len());
+            if image.trim().is_empty()
+                || image.chars().any(|c| c.is_whitespace() || c.is_control())
+                || bad_star
+            {
+                return Err(format!(
+                    "{at}: images entry \"{image}\" must be an image name, a repository, or a \
+                     prefix ending in `*`, without spaces"
+                ));
+            }
+        }
+    }
+    let grant = (file.images.is_some() || file.logs.is_some()).then_some(Grant {
+        images: file.images,
+        logs: file.logs,
+    });
+    Ok(Account {
+        id,
+        api_key_sha256,
+        plan: file.plan,
+        billing: file.billing,
+        resources,
+        grant,
+    })
+}
+
+/// Parses 64 hex digits (either case) into 32 bytes.
+pub fn parse_sha256(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim().as_bytes();
+    if text.len() != 64 {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; 32];
+    for (i, pair) in text.chunks(2).enumerate() {
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const HASH_A: &str = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
+    const HASH_B: &str = "0000000000000000000000000000000000000000000000000000000000000001";
+
+    #[test]
+    fn accounts_and_plans() {
+        let c = Config::parse(&format!(
+            r#"
+[plans.team]
+max_concurrent_runs = 2
+run_seconds_per_period = 600
+period = "7d"
+
+[plans.free]
+
+[[accounts]]
+id = "alice"
+api_key_sha256 = "{HASH_A}"
+plan = "team"
+resources = ["container:read", "container:run", "billing:read"]
+images = ["localhost/busybox", "docker.io/library/*"]
+logs = false
+
+[[accounts]]
+id = "bob"
+api_key_sha256 = "{HASH_B}"
+plan = "free"
+billing = "required"
+resources = "container:read"
+"#
+        ))
+        .unwrap();
+        let names: Vec<_> = c.plans.keys().map(String::as_str).collect();
+        assert_eq!(names, ["free", "local", "team"]);
+        assert_eq!(
+            c.plan("team").unwrap(),
+            &Plan {
+                max_concurrent_runs: Some(2),
+                run_seconds_per_period: Some(600),
+                period: Duration::from_secs(7 * 86400),
+            }
+        );
+        assert_eq!(c.plan("free").unwrap(), &Plan::unlimited());
+        let alice = c.account("alice").unwrap();
+        assert_eq!(alice.billing, BillingState::Active);
+        assert_eq!(
+            alice.resources,
+            [Scope::Read, Scope::Run, Scope::BillingRead]
+        );
+        assert_eq!(alice.api_key_sha256, parse_sha256(HASH_A).unwrap());
+        let grant = alice.grant.as_ref().unwrap();
+        assert_eq!(grant.logs, Some(false));
+        assert!(grant.allows_image("localhost/busybox:latest"));
+        let bob = c.account("bob").unwrap();
+        assert_eq!(bob.billing, BillingState::Required);
+        assert_eq!(bob.grant, None);
+        assert!(
+            !format!("{bob:?}").contains("0000"),
+            "Debug leaves the hash out"
+        );
+        assert!(c.account("carol").is_none());
+        assert!(Config::builtin().accounts.is_empty());
+    }
+
+    #[test]
+    fn account_errors_name_the_field() {
+        let account = |extra: &str| {
+            format!(
+                "[[accounts]]\nid = \"a\"\napi_key_sha256 = \"{HASH_A}\"\nplan = \"local\"\nresources = \"container:read\"\n{extra}"
+            )
+        };
+        let cases = [
+            ("billing = \"maybe\"".to_owned(), "billing must be"),
+            ("images = [\"a*b\"]".to_owned(), "prefix ending in `*`"),
+            ("images = [\"\"]".to_owned(), "images entry"),
+            ("color = 1".to_owned(), "color"),
+            ("[plans.x]\nperiod = \"1w\"".to_owned(), "plans.x.period"),
+            (
+                format!(
+                    "[[accounts]]\nid = \"a\"\napi_key_sha256 = \"{HASH_B}\"\nplan = \"local\"\nresources = \"container:read\""
+                ),
+                "used twice",
+            ),
+            (
+                format!(
+                    "[[accounts]]\nid = \"b\"\napi_key_sha256 = \"{HASH_A}\"\nplan = \"local\"\nresources = \"container:read\""
+                ),
+                "also the key of",
+            ),
+        ];
+        for (extra, needle) in cases {
+            let err = Config::parse(&account(&extra)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{extra}: {err}");
+        }
+        for (text, needle) in [
+            (
+                account("").replace("plan = \"local\"", "plan = \"gold\""),
+                "plan \"gold\" is not defined",
+            ),
+            (account("").replace(HASH_A, "abc"), "bus-runner hash-key"),
+            (
+                account("").replace("container:read", "container:fly"),
+                "unknown resource \"container:fly\"",
+            ),
+            (
+                account("").replace("id = \"a\"", "id = \"a b\""),
+                "accounts[0].id",
+            ),
+        ] {
+            let err = Config::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn periods_parse() {
+        assert_eq!(
+            parse_period("30d").unwrap(),
+            Duration::from_secs(30 * 86400)
+        );
+        assert_eq!(parse_period("90m").unwrap(), Duration::from_secs(5400));
+        for bad in [
+            "0d",
+            "d",
+            "30",
+            "1w",
+            "-1d",
+            "400d",
+            "99999999999999999999s",
+        ] {
+            assert!(parse_period(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn builtin_has_codex() {

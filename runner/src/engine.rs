@@ -10,8 +10,8 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as EngineError;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptionsBuilder, KillContainerOptions,
-    RemoveContainerOptions,
+    AttachContainerOptions, CreateContainerOptionsBuilder, InspectContainerOptions,
+    KillContainerOptions, ListContainersOptions, RemoveContainerOptions,
 };
 use futures::{Stream, StreamExt as _};
 use tokio::sync::OnceCell;
@@ -41,6 +41,33 @@ pub struct Engine {
 
 /// Output from a container, as the attach stream delivers it.
 pub type Output = std::pin::Pin<Box<dyn Stream<Item = Result<LogOutput, EngineError>> + Send>>;
+
+/// The label naming a container's run.
+pub const RUN_LABEL: &str = "bus.run-id";
+/// The label naming the run's owner.
+pub const OWNER_LABEL: &str = "bus.owner";
+/// The label naming the runner (its store's `runner_id`) that owns the container.
+pub const RUNNER_LABEL: &str = "bus.runner";
+
+/// A container this runner owns, as listed by the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owned {
+    /// The engine's container id.
+    pub id: String,
+    /// Its `bus.run-id` label.
+    pub run_id: Option<String>,
+}
+
+/// Where a container is, as far as re-adopting it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerStatus {
+    /// Created but never started.
+    Created,
+    /// Running (or paused, or restarting).
+    Running,
+    /// Stopped, with its exit code when the engine knows it.
+    Exited(Option<i64>),
+}
 
 /// A container was created and attached to, but not started.
 pub struct Attached {
@@ -104,6 +131,7 @@ impl Engine {
         &self,
         run_id: &str,
         owner: &str,
+        runner_id: &str,
         spec: &RunSpec,
     ) -> Result<Attached, EngineError> {
         let mut labels: HashMap<String, String> = spec
@@ -111,8 +139,9 @@ impl Engine {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        labels.insert("bus.run-id".to_owned(), run_id.to_owned());
-        labels.insert("bus.owner".to_owned(), owner.to_owned());
+        labels.insert(RUN_LABEL.to_owned(), run_id.to_owned());
+        labels.insert(OWNER_LABEL.to_owned(), owner.to_owned());
+        labels.insert(RUNNER_LABEL.to_owned(), runner_id.to_owned());
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: (!spec.argv.is_empty()).then(|| spec.argv.clone()),
@@ -154,6 +183,82 @@ impl Engine {
                 Err(e)
             }
         }
+    }
+
+    /// Attaches to a running container's output from now on (no replay of earlier output).
+    pub async fn attach(&self, id: &str) -> Result<Output, EngineError> {
+        let attach = AttachContainerOptions {
+            stream: true,
+            logs: false,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        Ok(self.docker.attach_container(id, Some(attach)).await?.output)
+    }
+
+    /// Every container (running or not) labelled as owned by `runner_id`.
+    pub async fn list_owned(&self, runner_id: &str) -> Result<Vec<Owned>, EngineError> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{RUNNER_LABEL}={runner_id}")],
+        )]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let list = self.docker.list_containers(Some(options)).await?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                Some(Owned {
+                    id: c.id?,
+                    run_id: c.labels.and_then(|mut l| l.remove(RUN_LABEL)),
+                })
+            })
+            .collect())
+    }
+
+    /// The container's status; `None` when it does not exist.
+    pub async fn status(&self, id: &str) -> Result<Option<ContainerStatus>, EngineError> {
+        match self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(inspect) => {
+                let state = inspect.state.unwrap_or_default();
+                let status = state
+                    .status
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+                    .to_lowercase();
+                Ok(Some(
+                    if state.running == Some(true)
+                        || matches!(status.as_str(), "running" | "paused" | "restarting")
+                    {
+                        ContainerStatus::Running
+                    } else if matches!(status.as_str(), "created" | "configured" | "") {
+                        ContainerStatus::Created
+                    } else {
+                        ContainerStatus::Exited(state.exit_code)
+                    },
+                ))
+            }
+            Err(EngineError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends `signal` (e.g. `SIGTERM`) to the container's main process.
+    pub async fn signal(&self, id: &str, signal: &str) -> Result<(), EngineError> {
+        let options = KillContainerOptions {
+            signal: signal.to_owned(),
+        };
+        self.docker.kill_container(id, Some(options)).await
     }
 
     /// Starts a created container.

@@ -1,7 +1,15 @@
 //! Drives one run from `queued` to its end, detached from the HTTP request that created it:
 //! create and attach (so no output is lost), start, capture output into the store as it
-//! arrives, wait for the exit (or kill at the timeout), remove the container, record the end.
+//! arrives, wait for the exit (or kill at the timeout, or stop on request), remove the
+//! container, record the end.
+//!
+//! Runs outlive the runner process: on shutdown (or a crash) their containers keep running,
+//! and on start [`readopt`] picks them up again from the store: it re-attaches to each
+//! running container (output from then on continues the run's `seq`), waits for its exit as
+//! usual, ends the runs whose containers vanished, and removes containers of runs it does not
+//! know.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,9 +17,10 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as EngineError;
 use bus_api::{RunState, Stream};
 use futures::StreamExt as _;
+use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
-use crate::engine::{Engine, Output};
+use crate::engine::{ContainerStatus, Engine, Output};
 use crate::problem::engine_message;
 use crate::spec::RunSpec;
 use crate::store::{Entry, Store};
@@ -20,89 +29,108 @@ use crate::store::{Entry, Store};
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the exit code may take to arrive after a kill.
 const KILL_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest pause between attempts to re-adopt when the engine does not answer.
+const READOPT_MAX_PAUSE: Duration = Duration::from_secs(30);
 
-/// Reason recorded for runs the runner stopped before they ended.
-pub const STOPPED_BY_SHUTDOWN: &str = "the runner shut down before the run ended";
-
-/// Ends every unfinished run as `failed` and force-removes its container: the store lives in
-/// memory, so nothing could re-adopt them after a restart. Bounded by `limit`.
-pub async fn abandon_all(engine: &Engine, store: &Store, limit: Duration) {
-    let runs = store.unfinished();
-    if runs.is_empty() {
-        return;
-    }
-    tracing::info!(
-        runs = runs.len(),
-        "removing the containers of unfinished runs"
-    );
-    let removals = runs.iter().map(|entry| async move {
-        entry.finish(RunState::Failed, None, Some(STOPPED_BY_SHUTDOWN.to_owned()));
-        if let Some(container) = entry.container() {
-            remove(engine, &container).await;
-        }
-    });
-    if tokio::time::timeout(limit, futures::future::join_all(removals))
-        .await
-        .is_err()
-    {
-        tracing::warn!("some containers of unfinished runs may be left behind");
-    }
-}
+/// Reason recorded for runs stopped through `POST .../stop`.
+pub const STOPPED_ON_REQUEST: &str = "stopped on request";
+/// Reason recorded for a run whose container disappeared while the runner was down.
+pub const VANISHED: &str = "the container vanished while the runner was down";
+/// Reason recorded for a run the runner stopped before its container started.
+pub const NOT_STARTED: &str = "the runner stopped before the run started";
+/// Reason recorded for a run whose container exited while the runner was down.
+pub const EXITED_WHILE_DOWN: &str =
+    "the container exited while the runner was down; output written meanwhile was not captured";
 
 /// Starts executing `spec` as the run `entry` on a task of its own.
 pub fn spawn(engine: Arc<Engine>, entry: Arc<Entry>, spec: RunSpec) -> JoinHandle<()> {
     tokio::spawn(async move {
         execute(&engine, &entry, &spec).await;
-        let run = entry.snapshot();
-        tracing::info!(
-            run = %entry.id,
-            state = run.state.as_str(),
-            exit_code = run.exit_code,
-            reason = run.reason.as_deref().unwrap_or(""),
-            "run ended"
-        );
+        log_end(&entry);
     })
+}
+
+fn log_end(entry: &Entry) {
+    let run = entry.snapshot();
+    tracing::info!(
+        run = %entry.id,
+        state = run.state.as_str(),
+        exit_code = run.exit_code,
+        reason = run.reason.as_deref().unwrap_or(""),
+        "run ended"
+    );
 }
 
 async fn execute(engine: &Engine, entry: &Arc<Entry>, spec: &RunSpec) {
     entry.set_state(RunState::Starting);
-    let attached = match engine.create(&entry.id, &entry.owner, spec).await {
+    let attached = match engine
+        .create(&entry.id, &entry.owner, entry.runner_id(), spec)
+        .await
+    {
         Ok(attached) => attached,
         Err(e) => {
-            entry.finish(
-                RunState::Failed,
-                None,
-                Some(create_failure(&spec.image, &e)),
-            );
+            entry
+                .finish(
+                    RunState::Failed,
+                    None,
+                    Some(create_failure(&spec.image, &e)),
+                )
+                .await;
             return;
         }
     };
     let container = attached.id;
     if !entry.set_container(&container) {
         remove(engine, &container).await;
-        entry.finish(
-            RunState::Failed,
-            None,
-            Some("the run was deleted or stopped before it started".to_owned()),
-        );
+        if entry.stop_requested() && !entry.is_deleted() {
+            entry
+                .finish(RunState::Stopped, None, Some(STOPPED_ON_REQUEST.to_owned()))
+                .await;
+        } else {
+            entry
+                .finish(
+                    RunState::Failed,
+                    None,
+                    Some("the run was deleted or stopped before it started".to_owned()),
+                )
+                .await;
+        }
         return;
     }
     let pump = tokio::spawn(pump(attached.output, entry.clone()));
-    let abort = pump.abort_handle();
 
+    if entry.stop_requested() {
+        pump.abort();
+        remove(engine, &container).await;
+        entry
+            .finish(RunState::Stopped, None, Some(STOPPED_ON_REQUEST.to_owned()))
+            .await;
+        return;
+    }
     if let Err(e) = engine.start(&container).await {
-        abort.abort();
+        pump.abort();
         let reason = format!(
             "the engine could not start the container: {}",
             engine_message(&e)
         );
-        entry.finish(RunState::Failed, None, Some(reason));
         remove(engine, &container).await;
+        entry.finish(RunState::Failed, None, Some(reason)).await;
         return;
     }
     entry.set_state(RunState::Running);
+    supervise(engine, entry, &container, Some(pump), spec.timeout).await;
+}
 
-    let waited = tokio::time::timeout(spec.timeout, engine.wait(&container)).await;
+/// Waits for the container to stop (killing it at the timeout, `remaining` from now), lets the
+/// output drain, removes the container and records the end.
+async fn supervise(
+    engine: &Engine,
+    entry: &Arc<Entry>,
+    container: &str,
+    pump: Option<JoinHandle<()>>,
+    remaining: Duration,
+) {
+    let waited = tokio::time::timeout(remaining, engine.wait(container)).await;
     let (state, exit_code, reason) = match waited {
         // A deleted run's container was force-removed: whatever the engine says, it did not
         // simply exit.
@@ -110,6 +138,11 @@ async fn execute(engine: &Engine, entry: &Arc<Entry>, spec: &RunSpec) {
             RunState::Failed,
             None,
             Some("the run was deleted while it ran".to_owned()),
+        ),
+        Ok(result) if entry.stop_requested() => (
+            RunState::Stopped,
+            result.ok().map(exit_code),
+            Some(STOPPED_ON_REQUEST.to_owned()),
         ),
         Ok(Ok(code)) => (RunState::Exited, Some(exit_code(code)), None),
         Ok(Err(e)) => (
@@ -121,13 +154,13 @@ async fn execute(engine: &Engine, entry: &Arc<Entry>, spec: &RunSpec) {
             )),
         ),
         Err(_elapsed) => {
-            if let Err(e) = engine.kill(&container).await {
+            if let Err(e) = engine.kill(container).await {
                 tracing::warn!(run = %entry.id, error = %engine_message(&e), "kill after timeout failed");
             }
-            let code = tokio::time::timeout(KILL_WAIT_TIMEOUT, engine.wait(&container)).await;
+            let code = tokio::time::timeout(KILL_WAIT_TIMEOUT, engine.wait(container)).await;
             let reason = format!(
                 "the run exceeded its timeout of {} s and was killed",
-                spec.timeout.as_secs()
+                entry.timeout.as_secs()
             );
             (
                 RunState::TimedOut,
@@ -139,13 +172,16 @@ async fn execute(engine: &Engine, entry: &Arc<Entry>, spec: &RunSpec) {
 
     // The attach stream closes once the container has stopped; let it deliver the last output
     // so the exit frame comes after every output frame.
-    if tokio::time::timeout(DRAIN_TIMEOUT, pump).await.is_err() {
-        tracing::warn!(run = %entry.id, "output stream did not close after the container stopped");
-        abort.abort();
+    if let Some(pump) = pump {
+        let abort = pump.abort_handle();
+        if tokio::time::timeout(DRAIN_TIMEOUT, pump).await.is_err() {
+            tracing::warn!(run = %entry.id, "output stream did not close after the container stopped");
+            abort.abort();
+        }
     }
     // Remove first: once a client sees the exit frame, the container is gone.
-    remove(engine, &container).await;
-    entry.finish(state, exit_code, reason);
+    remove(engine, container).await;
+    entry.finish(state, exit_code, reason).await;
 }
 
 /// Copies attach output into the store until the stream ends.
@@ -153,15 +189,200 @@ async fn pump(mut output: Output, entry: Arc<Entry>) {
     while let Some(item) = output.next().await {
         match item {
             Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
-                entry.push_output(Stream::Stdout, message)
+                entry.push_output(Stream::Stdout, message).await
             }
-            Ok(LogOutput::StdErr { message }) => entry.push_output(Stream::Stderr, message),
+            Ok(LogOutput::StdErr { message }) => entry.push_output(Stream::Stderr, message).await,
             Ok(LogOutput::StdIn { .. }) => {}
             Err(e) => {
                 tracing::warn!(run = %entry.id, error = %engine_message(&e), "output stream failed");
                 break;
             }
         }
+    }
+}
+
+/// What [`readopt`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Readopted {
+    /// Runs whose containers still ran: attached again and supervised.
+    pub adopted: usize,
+    /// Runs ended because their containers had exited, vanished or never started.
+    pub ended: usize,
+    /// Containers removed because their runs are unknown or over.
+    pub removed: usize,
+}
+
+/// Picks up the runs that had not ended when the store was opened (see the module docs).
+/// Fails only when the engine cannot list containers; then nothing was changed.
+pub async fn readopt(engine: &Arc<Engine>, store: &Store) -> Result<Readopted, EngineError> {
+    let owned = engine.list_owned(store.runner_id()).await?;
+    let mut by_run: HashMap<String, String> = HashMap::new();
+    let mut strays = Vec::new();
+    for container in owned {
+        match container.run_id {
+            Some(run) if !by_run.contains_key(&run) => {
+                by_run.insert(run, container.id);
+            }
+            _ => strays.push(container.id),
+        }
+    }
+    let mut done = Readopted::default();
+    for entry in store.take_orphans() {
+        let container = by_run.remove(&entry.id).or_else(|| entry.container());
+        let status = match &container {
+            Some(c) => match engine.status(c).await {
+                Ok(status) => status,
+                Err(e) => {
+                    // The engine answered the listing; treat a failed inspect as a lost run
+                    // rather than leaving it unfinished for ever.
+                    tracing::warn!(run = %entry.id, error = %engine_message(&e), "cannot inspect the container of an unfinished run");
+                    None
+                }
+            },
+            None => None,
+        };
+        let had_container = container.is_some() || entry.snapshot().state == RunState::Running;
+        match (container, status) {
+            (Some(container), Some(ContainerStatus::Running)) => {
+                adopt(engine.clone(), entry, container);
+                done.adopted += 1;
+            }
+            (Some(container), Some(ContainerStatus::Exited(code))) => {
+                remove(engine, &container).await;
+                match code {
+                    Some(code) => {
+                        entry
+                            .finish(
+                                RunState::Exited,
+                                Some(exit_code(code)),
+                                Some(EXITED_WHILE_DOWN.to_owned()),
+                            )
+                            .await
+                    }
+                    None => {
+                        entry
+                            .finish(RunState::Failed, None, Some(VANISHED.to_owned()))
+                            .await
+                    }
+                }
+                done.ended += 1;
+            }
+            (Some(container), Some(ContainerStatus::Created)) => {
+                remove(engine, &container).await;
+                entry
+                    .finish(RunState::Failed, None, Some(NOT_STARTED.to_owned()))
+                    .await;
+                done.ended += 1;
+            }
+            _ => {
+                let reason = if had_container { VANISHED } else { NOT_STARTED };
+                entry
+                    .finish(RunState::Failed, None, Some(reason.to_owned()))
+                    .await;
+                done.ended += 1;
+            }
+        }
+    }
+    // Containers of runs this runner does not know (deleted meanwhile, or retained away) or
+    // that are over. Runs created since this runner started are known and not over.
+    for (run, container) in by_run {
+        let known = store
+            .get_any(&run)
+            .is_some_and(|e| !e.snapshot().state.is_terminal());
+        if !known {
+            strays.push(container);
+        }
+    }
+    for container in strays {
+        remove(engine, &container).await;
+        done.removed += 1;
+    }
+    Ok(done)
+}
+
+/// [`readopt`], retried with a growing pause until the engine answers.
+pub fn spawn_readopt(engine: Arc<Engine>, store: Store) -> JoinHandle<Readopted> {
+    tokio::spawn(async move {
+        let mut pause = Duration::from_millis(500);
+        loop {
+            match readopt(&engine, &store).await {
+                Ok(done) => {
+                    if done != Readopted::default() {
+                        tracing::info!(
+                            adopted = done.adopted,
+                            ended = done.ended,
+                            removed = done.removed,
+                            "re-adopted the runs of the previous runner process"
+                        );
+                    }
+                    return done;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %engine_message(&e), "cannot list containers to re-adopt runs; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(READOPT_MAX_PAUSE);
+                }
+            }
+        }
+    })
+}
+
+/// Attaches to a running container of an earlier runner process and supervises it; its timeout
+/// still counts from `started_at`.
+fn adopt(engine: Arc<Engine>, entry: Arc<Entry>, container: String) {
+    if entry.container().is_none() && !entry.set_container(&container) {
+        tracing::warn!(run = %entry.id, "the run ended before it could be re-adopted");
+    }
+    entry.set_state(RunState::Running);
+    let elapsed = entry
+        .snapshot()
+        .started_at
+        .map(|t| (OffsetDateTime::now_utc() - t).unsigned_abs())
+        .unwrap_or_default();
+    let remaining = entry.timeout.saturating_sub(elapsed);
+    tracing::info!(run = %entry.id, container, "re-adopting a running container");
+    tokio::spawn(async move {
+        let pump = match engine.attach(&container).await {
+            Ok(output) => Some(tokio::spawn(pump(output, entry.clone()))),
+            Err(e) => {
+                tracing::warn!(run = %entry.id, error = %engine_message(&e), "cannot attach to a re-adopted container; its further output is lost");
+                None
+            }
+        };
+        supervise(&engine, &entry, &container, pump, remaining).await;
+        log_end(&entry);
+    });
+}
+
+/// Stops a live run: SIGTERM, then SIGKILL after `grace` (at once with `force`); returns once
+/// the run has ended or `limit` has passed. A run without a container yet is stopped by its
+/// executor as soon as the container exists.
+pub async fn stop(
+    engine: &Engine,
+    entry: &Arc<Entry>,
+    grace: Duration,
+    force: bool,
+    limit: Duration,
+) {
+    if !entry.request_stop() {
+        return;
+    }
+    let signal = |signal: &'static str| async move {
+        if let Some(container) = entry.container() {
+            if let Err(e) = engine.signal(&container, signal).await {
+                tracing::debug!(run = %entry.id, signal, error = %engine_message(&e), "signal failed");
+            }
+        }
+    };
+    if !force {
+        signal("SIGTERM").await;
+        if entry.wait_ended(grace).await {
+            return;
+        }
+    }
+    signal("SIGKILL").await;
+    if !entry.wait_ended(limit).await {
+        tracing::warn!(run = %entry.id, "the run has not ended after SIGKILL");
     }
 }
 

@@ -10,19 +10,23 @@
 //! - [`auth`]: the Ed25519 signing key, minting and verifying JWTs, the scope extractor.
 //! - [`problem`]: the one place errors become `application/problem+json` responses.
 //! - [`spec`]: a `CreateRun` request validated into a `RunSpec`.
-//! - [`config`]: run profiles (built-in `codex`, plus an optional TOML file).
-//! - [`store`]: run records and output frames (in memory for now; SQLite later).
-//! - [`engine`]: the bollard client; [`executor`]: drives one run from create to removal.
+//! - [`config`]: run profiles (built-in `codex`), plans and accounts, from an optional TOML file.
+//! - [`billing`]: plans, billing state and quotas, checked before a create reaches the engine.
+//! - [`store`]: run records and output frames, persisted in SQLite (`runs.db` in the state
+//!   dir), with idempotency keys and retention.
+//! - [`engine`]: the bollard client; [`executor`]: drives one run from create to removal, and
+//!   re-adopts the runs of an earlier runner process on start.
 //!
 //! # Invariants
 //! - The token never reaches a message or a log line.
 //! - Another account's run and a missing run get the same 404.
 //! - Output is captured from the attach stream and replayed from the store, never from the
 //!   engine's log endpoint.
-//! - On shutdown the server stops accepting, ends runs still in flight as `failed` and
-//!   force-removes their containers (the store is in memory, so nothing could re-adopt them;
-//!   with persistence, later work re-adopts instead), and drops connections still open after
-//!   a short grace period.
+//! - A frame a log reader sees is already stored; `seq` is dense per run across restarts.
+//! - On shutdown the server stops accepting, ends log followers' streams (clients resume with
+//!   `after_seq`), stores what is queued and drops connections still open after a short
+//!   grace period. Runs in flight are left running: their containers carry this runner's
+//!   label, and the next start re-adopts them ([`executor::readopt`]).
 
 use std::future::{Future, IntoFuture as _};
 use std::io;
@@ -34,6 +38,7 @@ use axum::serve::ListenerExt as _;
 use futures::FutureExt as _;
 
 pub mod auth;
+pub mod billing;
 pub mod config;
 pub mod engine;
 pub mod executor;
@@ -60,17 +65,31 @@ struct Shared {
     config: Config,
     store: Store,
     engine: Arc<Engine>,
+    billing: billing::Billing,
 }
 
 impl AppState {
-    /// State from its parts, with an empty store.
+    /// State from its parts, with an empty store in a temporary directory (removed with the
+    /// state). Panics if that directory cannot be made; [`AppState::with_store`] does not.
     pub fn new(keys: Keys, config: Config, engine: Engine) -> AppState {
+        let store = Store::temporary().expect("a temporary run store");
+        AppState::with_store(keys, config, engine, store)
+    }
+
+    /// State from its parts and an opened store.
+    pub fn with_store(keys: Keys, config: Config, engine: Engine, store: Store) -> AppState {
         AppState(Arc::new(Shared {
             keys,
             config,
-            store: Store::new(),
+            store,
             engine: Arc::new(engine),
+            billing: billing::Billing::new(),
         }))
+    }
+
+    /// Admission locks for quota checks.
+    pub fn billing(&self) -> &billing::Billing {
+        &self.0.billing
     }
 
     /// The token keys.
@@ -117,12 +136,13 @@ pub async fn serve(
     });
     let shutdown = shutdown.boxed().shared();
     let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(shutdown.clone());
-    // Ending the runs also ends their log followers, so open connections close promptly.
-    let abandon = tokio::spawn({
+    // Runs go on (the next start re-adopts them); ending their log followers lets open
+    // connections close promptly.
+    let closing = tokio::spawn({
         let (state, shutdown) = (state.clone(), shutdown.clone());
         async move {
             shutdown.await;
-            executor::abandon_all(state.engine(), state.store(), SHUTDOWN_GRACE).await;
+            state.store().close_followers();
         }
     });
     let result = tokio::select! {
@@ -133,9 +153,10 @@ pub async fn serve(
         }
     };
     if shutdown.peek().is_some() {
-        let _ = abandon.await;
+        let _ = closing.await;
     } else {
-        abandon.abort();
+        closing.abort();
     }
+    state.store().flush().await;
     result
 }

@@ -4,13 +4,19 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use bus_runner::AppState;
 use bus_runner::auth::{self, Keys};
 use bus_runner::config::Config;
 use bus_runner::engine::Engine;
+use bus_runner::executor;
 use bus_runner::problem::engine_message;
+use bus_runner::store::{self, Retention, Store};
 use clap::{Parser, Subcommand};
+
+/// How often retention looks for runs to delete.
+const RETENTION_EVERY: Duration = Duration::from_secs(10 * 60);
 
 /// The container-runner REST API, served locally on the Docker Engine API.
 #[derive(Debug, Parser)]
@@ -25,7 +31,14 @@ enum Command {
     /// Serve the REST API until SIGINT or SIGTERM.
     Serve(ServeArgs),
     /// Mint a token with the state dir's signing key and print it on stdout.
+    ///
+    /// For local use: it needs no config, and an account the config does not list gets the
+    /// built-in `local` plan (billing active, no limits) and no grant.
     Token(TokenArgs),
+    /// Read an API key on stdin and print its SHA-256 (hex), for `api_key_sha256` in the config.
+    ///
+    /// The key is read from stdin, never from the command line: `bus-runner hash-key < KEY_FILE`.
+    HashKey,
 }
 
 #[derive(Debug, clap::Args)]
@@ -37,10 +50,17 @@ struct ServeArgs {
     /// The container engine's Docker-compatible API socket, e.g. unix:///run/podman/podman.sock.
     #[arg(long, env = "BUS_RUNNER_ENGINE")]
     engine: String,
-    /// Directory for the signing key (created 0700).
+    /// Directory for the signing key and the run database `runs.db` (created 0700).
     #[arg(long, env = "BUS_RUNNER_STATE_DIR")]
     state_dir: PathBuf,
-    /// A TOML file with run profiles, added to the built-in `codex` profile.
+    /// Delete ended runs (with their output) this long after they finished: 12h, 7d ...
+    #[arg(long, env = "BUS_RUNNER_RETAIN_RUNS_FOR", default_value = "7d", value_parser = store::parse_age)]
+    retain_runs_for: Duration,
+    /// Keep at most this many runs per account; older ended runs are deleted.
+    #[arg(long, env = "BUS_RUNNER_RETAIN_RUNS_PER_ACCOUNT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    retain_runs_per_account: u64,
+    /// A TOML file with run profiles (added to the built-in `codex` profile), plans and
+    /// accounts; without one the runner has no accounts, and tokens come from `bus-runner token`.
     #[arg(long, env = "BUS_RUNNER_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -53,7 +73,7 @@ struct TokenArgs {
     /// The account the token speaks for (owner of the runs it creates).
     #[arg(long)]
     account: String,
-    /// Space-separated resources: container:read container:run container:delete.
+    /// Space-separated resources: container:read container:run container:delete billing:read.
     #[arg(long)]
     resources: String,
     /// How long the token lives: 30s, 15m, 1h, 2d ...
@@ -69,6 +89,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
+        Command::HashKey => hash_key(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -101,6 +122,31 @@ fn token(args: TokenArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot write the token: {e}"))
 }
 
+fn hash_key() -> Result<(), String> {
+    use std::io::{IsTerminal as _, Read as _};
+    let mut stdin = std::io::stdin().lock();
+    if stdin.is_terminal() {
+        eprintln!(
+            "bus-runner: type the API key, then Enter and Ctrl-D (or pipe it: `bus-runner hash-key < KEY_FILE`)"
+        );
+    }
+    let mut key = String::new();
+    stdin
+        .read_to_string(&mut key)
+        .map_err(|e| format!("cannot read the API key from stdin (it must be UTF-8 text): {e}"))?;
+    // The runner trims the key it is sent the same way.
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(
+            "stdin held no API key; pipe one in: `bus-runner hash-key < KEY_FILE`".to_owned(),
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", auth::to_hex(&auth::sha256(key.as_bytes())))
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("cannot write the hash: {e}"))
+}
+
 fn serve(args: ServeArgs) -> Result<(), String> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -122,6 +168,7 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
         None => Config::builtin(),
     };
     let keys = Keys::load_or_create(&args.state_dir).map_err(|e| e.to_string())?;
+    let store = Store::open(&args.state_dir).map_err(|e| e.to_string())?;
     let engine = Engine::connect(&args.engine).map_err(|e| {
         format!(
             "cannot use the engine at {}: {}; start one with `podman system service --time=0 {}`",
@@ -150,7 +197,14 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
             .map_err(|e| format!("cannot write to stdout: {e}"))?;
     }
     tracing::info!(%addr, profiles = ?config.profile_names(), "serving");
-    let state = AppState::new(keys, config, engine);
+    let state = AppState::with_store(keys, config, engine, store);
+    // Runs left by an earlier runner process: their containers may still run.
+    executor::spawn_readopt(state.engine().clone(), state.store().clone());
+    let retention = Retention {
+        max_age: args.retain_runs_for,
+        per_account: usize::try_from(args.retain_runs_per_account).unwrap_or(usize::MAX),
+    };
+    state.store().spawn_retention(retention, RETENTION_EVERY);
     bus_runner::serve(listener, state, shutdown_signal())
         .await
         .map_err(|e| format!("the server failed: {e}"))?;

@@ -76,9 +76,53 @@ pub enum ApiError {
         /// The profiles that exist.
         valid: Vec<String>,
     },
+    /// The `Idempotency-Key` was used before with a different request body.
+    #[error("Idempotency-Key reused with a different request")]
+    IdempotencyKeyReused,
+    /// The run store failed.
+    #[error("store: {0}")]
+    Store(crate::store::StoreError),
     /// The container engine failed or cannot be reached.
     #[error("engine: {0}")]
     Engine(#[from] bollard::errors::Error),
+    /// `POST /auth/token` got no API key, or one that matches no account; the text says which.
+    #[error("API key invalid: {0}")]
+    ApiKeyInvalid(String),
+    /// A token request asks for resources the account may not hold.
+    #[error("resources not allowed: {not_allowed:?}")]
+    ScopeNotAllowed {
+        /// The requested resources the account may not hold.
+        not_allowed: Vec<Scope>,
+        /// What it may hold.
+        allowed: Vec<Scope>,
+    },
+    /// The token's grant does not cover the run's image.
+    #[error("image {image} not allowed")]
+    ImageNotAllowed {
+        /// The image the run would use.
+        image: String,
+        /// The grant's image names and prefixes.
+        allowed: Vec<String>,
+    },
+    /// The token's grant switches off log streaming.
+    #[error("logs disabled")]
+    LogsDisabled,
+    /// The account must set up billing before runs start.
+    #[error("billing required for {account}")]
+    BillingRequired {
+        /// The account.
+        account: String,
+    },
+    /// A plan limit is reached; built by [`crate::billing`].
+    #[error("{detail}")]
+    QuotaExhausted {
+        /// Which limit, and the usage.
+        detail: String,
+        /// What to do.
+        guidance: String,
+        /// Seconds until a retry may succeed (the `Retry-After` header).
+        retry_after: u64,
+    },
 }
 
 impl ApiError {
@@ -174,6 +218,25 @@ impl ApiError {
                 format!("there is no run profile \"{name}\"; valid profiles: {}", valid.join(", ")),
             )
             .with_guidance("name one of the valid profiles, or leave `profile` out for the default"),
+            ApiError::IdempotencyKeyReused => p(
+                C::IdempotencyKeyReused,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Idempotency key reused",
+                "this Idempotency-Key was already used, within the last 24 hours, with a \
+                 different request body"
+                    .to_owned(),
+            )
+            .with_guidance(
+                "send a new Idempotency-Key for a new request; retry a request only with its \
+                 original body",
+            ),
+            ApiError::Store(err) => p(
+                C::Internal,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Storage failed",
+                format!("the runner could not store the run: {err}"),
+            )
+            .with_guidance("retry; if it persists, check the runner's disk and its log"),
             ApiError::Engine(err) => p(
                 C::EngineUnavailable,
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -181,6 +244,91 @@ impl ApiError {
                 format!("the container engine failed: {}", engine_message(err)),
             )
             .with_guidance("check that the engine (podman system service) is running, then retry"),
+            ApiError::ApiKeyInvalid(detail) => p(
+                C::ApiKeyInvalid,
+                StatusCode::UNAUTHORIZED,
+                "API key invalid",
+                detail.clone(),
+            )
+            .with_guidance(
+                "send your account's API key as `Authorization: Bearer <API key>`; the runner's \
+                 operator lists accounts in its config file ([[accounts]] with api_key_sha256 from \
+                 `bus-runner hash-key`). On a local runner without accounts, mint a token with \
+                 `bus-runner token` instead",
+            ),
+            ApiError::ScopeNotAllowed {
+                not_allowed,
+                allowed,
+            } => {
+                let names = |s: &[Scope]| s.iter().map(|s| s.as_str()).collect::<Vec<_>>();
+                p(
+                    C::ScopeNotAllowed,
+                    StatusCode::FORBIDDEN,
+                    "Resource not allowed",
+                    format!(
+                        "this account may not hold {}; it may hold: {}",
+                        names(not_allowed)
+                            .iter()
+                            .map(|n| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        names(allowed).join(" ")
+                    ),
+                )
+                .with_guidance(format!(
+                    "ask for a subset, e.g. {{\"resources\": \"{}\"}}, or ask the runner's operator \
+                     to add the resource to the account's `resources`",
+                    names(allowed).join(" ")
+                ))
+            }
+            ApiError::ImageNotAllowed { image, allowed } => p(
+                C::ImageNotAllowed,
+                StatusCode::FORBIDDEN,
+                "Image not allowed",
+                format!(
+                    "this account may not run the image \"{image}\"; allowed images: {}",
+                    if allowed.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        allowed.join(", ")
+                    }
+                ),
+            )
+            .with_guidance(
+                "name an allowed image (or a profile that uses one), or ask the runner's operator \
+                 to add it to the account's `images`",
+            ),
+            ApiError::LogsDisabled => p(
+                C::LogsDisabled,
+                StatusCode::FORBIDDEN,
+                "Logs disabled",
+                "log streaming is switched off for this account".to_owned(),
+            )
+            .with_guidance(
+                "read the run's state and exit code with GET /api/v1/containers/runs/{id}, or ask \
+                 the runner's operator to set `logs = true` for the account",
+            ),
+            ApiError::BillingRequired { account } => p(
+                C::BillingRequired,
+                StatusCode::PAYMENT_REQUIRED,
+                "Billing required",
+                format!("the account \"{account}\" has no billing set up, so no run can start"),
+            )
+            .with_guidance(format!(
+                "set up billing at {}, then retry; GET /api/v1/billing/status shows the account's state",
+                crate::billing::SETUP_URL
+            ))
+            .with_guidance_url(crate::billing::SETUP_URL),
+            ApiError::QuotaExhausted {
+                detail, guidance, ..
+            } => p(
+                C::QuotaExhausted,
+                StatusCode::TOO_MANY_REQUESTS,
+                "Quota exhausted",
+                detail.clone(),
+            )
+            .with_guidance(guidance.clone())
+            .with_guidance_url(crate::billing::UPGRADE_URL),
         }
     }
 }
@@ -196,11 +344,14 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(problem)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let ApiError::QuotaExhausted { retry_after, .. } = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
         let challenge = match self {
             ApiError::TokenMissing => Some("Bearer realm=\"bus\""),
-            ApiError::TokenInvalid(_) | ApiError::TokenExpired { .. } => {
-                Some("Bearer realm=\"bus\", error=\"invalid_token\"")
-            }
+            ApiError::TokenInvalid(_)
+            | ApiError::TokenExpired { .. }
+            | ApiError::ApiKeyInvalid(_) => Some("Bearer realm=\"bus\", error=\"invalid_token\""),
             _ => None,
         };
         if let Some(challenge) = challenge {
@@ -210,6 +361,15 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(err: crate::store::StoreError) -> ApiError {
+        match err {
+            crate::store::StoreError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+            other => ApiError::Store(other),
+        }
     }
 }
 

@@ -1,121 +1,384 @@
-//! Run records and their output, in memory.
+//! Run records and their output, persisted in SQLite (`runs.db` in the state dir, WAL mode).
 //!
-//! Each run is an [`Entry`]: its owner, its [`Run`] record, its output chunks (with a dense
-//! `seq` from 1) and a watch channel that wakes log followers on every change. Lookups are per
-//! owner, so another account's run is indistinguishable from a missing one.
+//! Each run is an [`Entry`] held in memory: its owner, its [`Run`] record, the `seq` of the last
+//! output frame stored, and a watch channel that wakes log followers on every change. Output
+//! frames live only in the database; followers read them from there.
 //!
-//! Everything is lost when the runner stops; persistence (SQLite) comes later.
+//! One writer thread owns the database's write connection ([`db`]). Everything that changes a
+//! run is a command to it, in one FIFO queue; it applies whatever has queued up in one
+//! transaction (group commit), assigns each output frame its dense `seq` (merging small chunks
+//! of the same stream that arrived together), and only after the commit tells the entries, so
+//! a frame a follower can see is already stored, and the exit frame (the record turning
+//! terminal) comes after every output frame. Output in flight is bounded by a byte budget, so a
+//! fast producer waits for the disk instead of filling memory.
+//!
+//! Lookups are per owner, so another account's run is indistinguishable from a missing one.
+
+mod db;
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bus_api::{LogFrame, Run, RunState, Stream};
 use bytes::Bytes;
 use time::OffsetDateTime;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use db::Cmd;
+pub use db::StoreError;
 
 /// Largest payload of one output frame.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// The database's file name inside the state dir.
+pub const DB_FILE: &str = "runs.db";
+/// A file in the state dir naming the runner id (the `bus.runner` label of its containers),
+/// for operators and test harnesses; the database holds the id itself.
+pub const RUNNER_ID_FILE: &str = "runner-id";
+/// How long an `Idempotency-Key` names the run it created.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+/// Output bytes read from containers but not yet committed, at most (all runs together).
+const OUTPUT_BUDGET: usize = 16 * 1024 * 1024;
 
 /// Makes a new run id: `run_` and 32 hex digits (128 random bits).
 pub fn new_run_id() -> String {
-    let bytes = crate::auth::random_bytes::<16>().expect("the system has randomness");
-    let mut id = String::with_capacity(36);
-    id.push_str("run_");
-    for b in bytes {
-        id.push_str(&format!("{b:02x}"));
-    }
-    id
+    format!("run_{}", random_hex::<16>())
 }
 
-/// All runs.
-#[derive(Debug, Default)]
+fn random_hex<const N: usize>() -> String {
+    let bytes = crate::auth::random_bytes::<N>().expect("the system has randomness");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// All runs: the in-memory index over the database.
+#[derive(Clone)]
 pub struct Store {
-    inner: Mutex<Inner>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.shared.path)
+            .field("runner_id", &self.shared.link.runner_id)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    path: PathBuf,
+    runs: Mutex<Runs>,
+    link: Arc<Link>,
+    readers: db::Readers,
+    closing: watch::Sender<bool>,
+    orphans: Mutex<Vec<Arc<Entry>>>,
+    _temp: Option<TempDir>,
+}
+
+/// What an entry needs to persist itself: the writer's queue and the output budget.
+#[derive(Debug)]
+struct Link {
+    tx: mpsc::UnboundedSender<Cmd>,
+    budget: Arc<Semaphore>,
+    runner_id: String,
+}
+
+impl Link {
+    fn send(&self, cmd: Cmd) {
+        if self.tx.send(cmd).is_err() {
+            tracing::error!("the run store's writer has stopped; a change was not stored");
+        }
+    }
 }
 
 #[derive(Debug, Default)]
-struct Inner {
+struct Runs {
     by_id: HashMap<String, Arc<Entry>>,
     by_serial: BTreeMap<u64, Arc<Entry>>,
     next_serial: u64,
 }
 
-/// One run: record, output and the channel that announces changes.
+/// One run: record, output cursor and the channel that announces changes.
 #[derive(Debug)]
 pub struct Entry {
     /// The run's id.
     pub id: String,
     /// The account that owns it.
     pub owner: String,
-    /// Creation order, for newest-first listing.
+    /// Creation order, for newest-first listing (stable across restarts).
     pub serial: u64,
+    /// The run's timeout, counted from `started_at`.
+    pub timeout: Duration,
     data: Mutex<Data>,
     changed: watch::Sender<()>,
+    link: Arc<Link>,
 }
 
 #[derive(Debug)]
 struct Data {
+    /// Non-terminal changes apply at once; the terminal record only once it is stored.
     record: Run,
-    chunks: Vec<Chunk>,
     container: Option<String>,
+    /// The seq of the last output frame stored (and so visible to readers).
+    committed_seq: u64,
     deleted: bool,
     deleting: bool,
+    /// `finish` was called (the terminal record is on its way to the disk).
+    ending: bool,
+    stop_requested: bool,
 }
 
-/// A piece of output as read from the engine.
-#[derive(Debug, Clone)]
-pub struct Chunk {
-    /// Which stream.
-    pub stream: Stream,
-    /// The bytes, at most [`MAX_FRAME_BYTES`].
-    pub bytes: Bytes,
-    /// When the runner read them.
-    pub time: OffsetDateTime,
+/// A new run for [`Store::insert`].
+#[derive(Debug)]
+pub struct NewRun {
+    /// The record, `queued`, with a fresh id (see [`new_run_id`]).
+    pub record: Run,
+    /// The run's timeout (kept for re-adoption after a restart).
+    pub timeout: Duration,
+    /// The request's `Idempotency-Key`, if it had one.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// An `Idempotency-Key` and the request it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    /// The key, as the client sent it.
+    pub key: String,
+    /// The request body in canonical form (re-serialized), to tell a retry from a reuse.
+    pub request: String,
+}
+
+/// What [`Store::insert`] did.
+#[derive(Debug)]
+pub enum Inserted {
+    /// A new run.
+    Created(Arc<Entry>),
+    /// The key was used before with the same request: the original response.
+    Replayed(Replay),
+}
+
+/// The original response to a request with the same `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    /// The run that request created.
+    pub run_id: String,
+    /// The JSON body it was answered with.
+    pub response: String,
+}
+
+/// Which output streams a log reader wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamFilter {
+    /// Include stdout frames.
+    pub stdout: bool,
+    /// Include stderr frames.
+    pub stderr: bool,
+}
+
+impl StreamFilter {
+    /// Both streams.
+    pub const ALL: StreamFilter = StreamFilter {
+        stdout: true,
+        stderr: true,
+    };
+
+    fn none(self) -> bool {
+        !self.stdout && !self.stderr
+    }
 }
 
 /// What a log reader gets: frames after its cursor, and the exit frame once the run has ended.
 #[derive(Debug)]
 pub struct LogRead {
-    /// Output frames, in `seq` order.
+    /// Output frames, in `seq` order (only the streams asked for).
     pub frames: Vec<LogFrame>,
-    /// The `seq` of the last frame returned (the cursor to read after next).
+    /// The cursor to read after next: every frame up to it was returned or filtered out.
     pub last_seq: u64,
-    /// The exit frame, when the run has ended and `frames` reaches its last output.
+    /// The exit frame, when the run has ended and the cursor reached its last output.
     pub exit: Option<LogFrame>,
 }
 
+/// How long ended runs are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Ended runs that finished longer ago than this are deleted with their output.
+    pub max_age: Duration,
+    /// Beyond this many runs of one account (newest first), ended runs are deleted.
+    pub per_account: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_age: Duration::from_secs(7 * 24 * 60 * 60),
+            per_account: 1000,
+        }
+    }
+}
+
 impl Store {
-    /// An empty store.
-    pub fn new() -> Store {
-        Store::default()
+    /// Opens (creating if needed) `runs.db` in `state_dir` (created 0700), loads every run and
+    /// starts the writer thread. Runs that had not ended are kept for [`Store::take_orphans`].
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        if !state_dir.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(state_dir)
+                .map_err(|e| StoreError::Io {
+                    path: state_dir.to_owned(),
+                    source: e,
+                })?;
+        }
+        let store = Store::open_file(&state_dir.join(DB_FILE), None)?;
+        let id_file = state_dir.join(RUNNER_ID_FILE);
+        if std::fs::read_to_string(&id_file)
+            .ok()
+            .as_deref()
+            .map(str::trim)
+            != Some(store.runner_id())
+        {
+            std::fs::write(&id_file, format!("{}\n", store.runner_id())).map_err(|e| {
+                StoreError::Io {
+                    path: id_file,
+                    source: e,
+                }
+            })?;
+        }
+        Ok(store)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    /// A store in a fresh temporary directory, removed when the store is dropped (for tests
+    /// and for an [`crate::AppState`] built without a state dir).
+    pub fn temporary() -> Result<Store, StoreError> {
+        let temp = TempDir::new()?;
+        let path = temp.0.join(DB_FILE);
+        Store::open_file(&path, Some(temp))
     }
 
-    /// Adds a run for `owner`; `record.id` must be fresh (see [`new_run_id`]).
-    pub fn insert(&self, owner: &str, record: Run) -> Arc<Entry> {
-        let mut inner = self.lock();
-        let serial = inner.next_serial;
-        inner.next_serial += 1;
-        let entry = Arc::new(Entry {
-            id: record.id.clone(),
-            owner: owner.to_owned(),
-            serial,
-            data: Mutex::new(Data {
-                record,
-                chunks: Vec::new(),
-                container: None,
-                deleted: false,
-                deleting: false,
-            }),
-            changed: watch::Sender::new(()),
+    fn open_file(path: &Path, temp: Option<TempDir>) -> Result<Store, StoreError> {
+        let opened = db::open(path)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let link = Arc::new(Link {
+            tx,
+            budget: Arc::new(Semaphore::new(OUTPUT_BUDGET)),
+            runner_id: opened.runner_id.clone(),
         });
-        inner.by_id.insert(entry.id.clone(), entry.clone());
-        inner.by_serial.insert(serial, entry.clone());
-        entry
+        let mut runs = Runs::default();
+        let mut orphans = Vec::new();
+        for loaded in opened.runs {
+            let terminal = loaded.record.state.is_terminal();
+            let entry = Arc::new(Entry::new(
+                loaded.serial,
+                &loaded.owner,
+                loaded.record,
+                loaded.timeout,
+                loaded.container,
+                loaded.last_seq,
+                link.clone(),
+            ));
+            runs.next_serial = runs.next_serial.max(entry.serial + 1);
+            runs.by_id.insert(entry.id.clone(), entry.clone());
+            runs.by_serial.insert(entry.serial, entry.clone());
+            if !terminal {
+                orphans.push(entry);
+            }
+        }
+        runs.next_serial = runs.next_serial.max(1);
+        opened.writer.spawn(rx)?;
+        Ok(Store {
+            shared: Arc::new(Shared {
+                path: path.to_owned(),
+                runs: Mutex::new(runs),
+                link,
+                readers: db::Readers::new(path),
+                closing: watch::Sender::new(false),
+                orphans: Mutex::new(orphans),
+                _temp: temp,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Runs> {
+        self.shared.runs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This runner's id: its containers carry it as the label `bus.runner`, so that runners
+    /// sharing an engine never touch each other's containers.
+    pub fn runner_id(&self) -> &str {
+        &self.shared.link.runner_id
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Adds a run for `owner`, stored before this returns. With an idempotency key that
+    /// `owner` used within [`IDEMPOTENCY_WINDOW`]: the original response when the request is
+    /// the same, [`StoreError::IdempotencyKeyReused`] when it is not; no new run either way.
+    pub async fn insert(&self, owner: &str, new: NewRun) -> Result<Inserted, StoreError> {
+        let (entry, done) = {
+            let mut runs = self.lock();
+            let serial = runs.next_serial;
+            runs.next_serial += 1;
+            let entry = Arc::new(Entry::new(
+                serial,
+                owner,
+                new.record,
+                new.timeout,
+                None,
+                0,
+                self.shared.link.clone(),
+            ));
+            let (ack, done) = oneshot::channel();
+            self.shared.link.send(Cmd::Insert {
+                entry: entry.clone(),
+                idempotency: new.idempotency,
+                ack,
+            });
+            (entry, done)
+        };
+        match done.await.map_err(|_| StoreError::WriterGone)?? {
+            db::InsertOutcome::Created => {
+                let mut runs = self.lock();
+                runs.by_id.insert(entry.id.clone(), entry.clone());
+                runs.by_serial.insert(entry.serial, entry.clone());
+                Ok(Inserted::Created(entry))
+            }
+            db::InsertOutcome::Replayed(replay) => Ok(Inserted::Replayed(replay)),
+        }
+    }
+
+    /// The original response for `owner`'s `idempotency` key, if the key is in use: a quick
+    /// check before any other work ([`Store::insert`] decides for good).
+    pub async fn find_replay(
+        &self,
+        owner: &str,
+        idempotency: &Idempotency,
+    ) -> Result<Option<Replay>, StoreError> {
+        let shared = self.shared.clone();
+        let (owner, key) = (owner.to_owned(), idempotency.key.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            shared.readers.with(|conn| {
+                db::find_key(
+                    conn,
+                    &owner,
+                    &key,
+                    OffsetDateTime::now_utc() - IDEMPOTENCY_WINDOW,
+                )
+            })
+        })
+        .await
+        .map_err(|_| StoreError::WriterGone)??;
+        match found {
+            None => Ok(None),
+            Some(found) if found.request == idempotency.request => Ok(Some(found.replay)),
+            Some(_) => Err(StoreError::IdempotencyKeyReused),
+        }
     }
 
     /// The run `id` if `owner` owns it.
@@ -127,49 +390,230 @@ impl Store {
             .cloned()
     }
 
-    /// Removes the run `id` if `owner` owns it; returns it so its container can be removed.
+    /// The run `id` of any owner.
+    pub fn get_any(&self, id: &str) -> Option<Arc<Entry>> {
+        self.lock().by_id.get(id).cloned()
+    }
+
+    /// Removes the run `id` if `owner` owns it, with its output; returns it so its container
+    /// can be removed.
     pub fn remove(&self, owner: &str, id: &str) -> Option<Arc<Entry>> {
         let entry = {
-            let mut inner = self.lock();
-            let entry = inner.by_id.get(id).filter(|e| e.owner == owner).cloned()?;
-            inner.by_id.remove(id);
-            inner.by_serial.remove(&entry.serial);
+            let mut runs = self.lock();
+            let entry = runs.by_id.get(id).filter(|e| e.owner == owner).cloned()?;
+            runs.by_id.remove(id);
+            runs.by_serial.remove(&entry.serial);
+            // Queued under the index lock, so nothing about this run can follow it.
+            self.shared.link.send(Cmd::Delete {
+                serial: entry.serial,
+            });
             entry
         };
         entry.data().deleted = true;
-        entry.changed.send_replace(());
+        entry.notify();
         Some(entry)
     }
 
     /// Every run that has not ended, of all owners.
     pub fn unfinished(&self) -> Vec<Arc<Entry>> {
-        let inner = self.lock();
-        inner
-            .by_serial
+        let runs = self.lock();
+        runs.by_serial
             .values()
             .filter(|e| !e.snapshot().state.is_terminal())
             .cloned()
             .collect()
     }
 
+    /// The runs that had not ended when the store was opened (their containers may still
+    /// run): handed out once, to re-adopt them.
+    pub fn take_orphans(&self) -> Vec<Arc<Entry>> {
+        std::mem::take(
+            &mut *self
+                .shared
+                .orphans
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
     /// Up to `limit` of `owner`'s runs created before `before` (a serial), newest first, and
     /// the serial to continue from when there may be more.
     pub fn list(&self, owner: &str, before: Option<u64>, limit: usize) -> (Vec<Run>, Option<u64>) {
-        let inner = self.lock();
-        let mut runs = Vec::with_capacity(limit.min(64));
+        let runs = self.lock();
+        let mut page = Vec::with_capacity(limit.min(64));
         let mut last = None;
-        let range = inner.by_serial.range(..before.unwrap_or(u64::MAX));
+        let range = runs.by_serial.range(..before.unwrap_or(u64::MAX));
         let mut iter = range.rev().filter(|(_, e)| e.owner == owner);
         for (serial, entry) in iter.by_ref().take(limit) {
-            runs.push(entry.snapshot());
+            page.push(entry.snapshot());
             last = Some(*serial);
         }
         let more = iter.next().is_some();
-        (runs, if more { last } else { None })
+        (page, if more { last } else { None })
+    }
+
+    /// Output frames of `entry` with `seq > after_seq` of the streams in `filter`, about
+    /// `max_bytes` of payload at most (at least one frame when there is one), then the exit
+    /// frame if the run has ended and nothing is left. Only stored frames are returned.
+    pub async fn read(
+        &self,
+        entry: &Arc<Entry>,
+        after_seq: u64,
+        filter: StreamFilter,
+        max_bytes: usize,
+    ) -> Result<LogRead, StoreError> {
+        let (committed, exit) = entry.read_state();
+        let mut read = LogRead {
+            frames: Vec::new(),
+            last_seq: after_seq.max(committed),
+            exit: None,
+        };
+        if after_seq < committed && !filter.none() {
+            let shared = self.shared.clone();
+            let serial = entry.serial;
+            let (frames, complete) = tokio::task::spawn_blocking(move || {
+                shared.readers.with(|conn| {
+                    db::read_frames(conn, serial, after_seq, committed, filter, max_bytes)
+                })
+            })
+            .await
+            .map_err(|_| StoreError::WriterGone)??;
+            if !complete {
+                read.last_seq = frames.last().map_or(committed, frame_seq);
+            }
+            read.frames = frames;
+        }
+        if read.last_seq >= committed {
+            read.exit = exit;
+        }
+        Ok(read)
+    }
+
+    /// The cursor that makes [`Store::read`] start at the last `n` output frames (of the
+    /// streams in `filter`) stored so far.
+    pub async fn tail_cursor(
+        &self,
+        entry: &Arc<Entry>,
+        n: u64,
+        filter: StreamFilter,
+    ) -> Result<u64, StoreError> {
+        let (committed, _) = entry.read_state();
+        if n == 0 || committed == 0 || filter.none() {
+            return Ok(committed);
+        }
+        let shared = self.shared.clone();
+        let serial = entry.serial;
+        tokio::task::spawn_blocking(move || {
+            shared
+                .readers
+                .with(|conn| db::tail_cursor(conn, serial, committed, n, filter))
+        })
+        .await
+        .map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Deletes ended runs (with their output) past `policy` as of `now`, and idempotency keys
+    /// older than [`IDEMPOTENCY_WINDOW`]; returns how many runs it deleted.
+    pub fn apply_retention(&self, now: OffsetDateTime, policy: &Retention) -> usize {
+        let cutoff = now - policy.max_age;
+        let victims: Vec<(String, String)> = {
+            let runs = self.lock();
+            let mut per_owner: HashMap<&str, usize> = HashMap::new();
+            let mut victims = Vec::new();
+            for entry in runs.by_serial.values().rev() {
+                let rank = per_owner.entry(entry.owner.as_str()).or_default();
+                *rank += 1;
+                let run = entry.snapshot();
+                if !run.state.is_terminal() {
+                    continue;
+                }
+                let old = run.finished_at.unwrap_or(run.created_at) < cutoff;
+                if old || *rank > policy.per_account {
+                    victims.push((entry.owner.clone(), entry.id.clone()));
+                }
+            }
+            victims
+        };
+        for (owner, id) in &victims {
+            self.remove(owner, id);
+        }
+        self.shared.link.send(Cmd::Maintain {
+            keys_before: now - IDEMPOTENCY_WINDOW,
+        });
+        if !victims.is_empty() {
+            tracing::info!(runs = victims.len(), "retention deleted ended runs");
+        }
+        victims.len()
+    }
+
+    /// Applies `policy` now and then every `every`, on a task of its own.
+    pub fn spawn_retention(&self, policy: Retention, every: Duration) -> JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                store.apply_retention(OffsetDateTime::now_utc(), &policy);
+            }
+        })
+    }
+
+    /// Waits until every change queued so far is stored.
+    pub async fn flush(&self) {
+        let (ack, done) = oneshot::channel();
+        self.shared.link.send(Cmd::Flush { ack });
+        let _ = done.await;
+    }
+
+    /// Ends every log follower's stream (without an exit frame: the runs go on), for shutdown;
+    /// clients resume with `after_seq` from the next runner.
+    pub fn close_followers(&self) {
+        self.shared.closing.send_replace(true);
+    }
+
+    /// A receiver that turns `true` when followers must end.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.shared.closing.subscribe()
+    }
+}
+
+fn frame_seq(frame: &LogFrame) -> u64 {
+    match frame {
+        LogFrame::Output { seq, .. } => *seq,
+        LogFrame::Exit { last_seq, .. } => *last_seq,
     }
 }
 
 impl Entry {
+    fn new(
+        serial: u64,
+        owner: &str,
+        record: Run,
+        timeout: Duration,
+        container: Option<String>,
+        committed_seq: u64,
+        link: Arc<Link>,
+    ) -> Entry {
+        Entry {
+            id: record.id.clone(),
+            owner: owner.to_owned(),
+            serial,
+            timeout,
+            data: Mutex::new(Data {
+                record,
+                container,
+                committed_seq,
+                deleted: false,
+                deleting: false,
+                ending: false,
+                stop_requested: false,
+            }),
+            changed: watch::Sender::new(()),
+            link,
+        }
+    }
+
     fn data(&self) -> MutexGuard<'_, Data> {
         self.data.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -181,6 +625,11 @@ impl Entry {
     /// The current record.
     pub fn snapshot(&self) -> Run {
         self.data().record.clone()
+    }
+
+    /// The label value of the runner that owns this run's container.
+    pub fn runner_id(&self) -> &str {
+        &self.link.runner_id
     }
 
     /// Whether the run was deleted or is being deleted.
@@ -200,29 +649,41 @@ impl Entry {
         self.changed.subscribe()
     }
 
-    /// Moves a live run to `state`; no-op once the run has ended.
+    /// Queues the current record for storage (called with the data lock held, so the queue
+    /// sees the changes in the order they were made).
+    fn save(&self, data: &Data) {
+        self.link.send(Cmd::Save {
+            serial: self.serial,
+            record: data.record.clone(),
+            container: data.container.clone(),
+        });
+    }
+
+    /// Moves a live run to `state`; no-op once the run is ending.
     pub fn set_state(&self, state: RunState) {
         {
             let mut data = self.data();
-            if data.record.state.is_terminal() {
+            if data.ending || data.record.state.is_terminal() {
                 return;
             }
             data.record.state = state;
             if state == RunState::Running && data.record.started_at.is_none() {
                 data.record.started_at = Some(OffsetDateTime::now_utc());
             }
+            self.save(&data);
         }
         self.notify();
     }
 
-    /// Records the engine's container id; `false` if the run was deleted or ended meanwhile
-    /// (then the caller removes the container itself).
+    /// Records the engine's container id; `false` if the run was deleted, stopped or ended
+    /// meanwhile (then the caller removes the container itself and ends the run).
     pub fn set_container(&self, container: &str) -> bool {
         let mut data = self.data();
-        if data.deleted || data.record.state.is_terminal() {
+        if data.deleted || data.ending || data.stop_requested || data.record.state.is_terminal() {
             return false;
         }
         data.container = Some(container.to_owned());
+        self.save(&data);
         true
     }
 
@@ -231,163 +692,166 @@ impl Entry {
         self.data().container.clone()
     }
 
-    /// Appends output, split into frames of at most [`MAX_FRAME_BYTES`].
-    pub fn push_output(&self, stream: Stream, bytes: Bytes) {
-        if bytes.is_empty() {
-            return;
+    /// Asks the run to stop; `false` when it has already ended (or is ending).
+    pub fn request_stop(&self) -> bool {
+        let mut data = self.data();
+        if data.ending || data.record.state.is_terminal() {
+            return false;
         }
-        let time = OffsetDateTime::now_utc();
-        {
-            let mut data = self.data();
-            let mut rest = bytes;
-            while !rest.is_empty() {
-                let piece = rest.split_to(rest.len().min(MAX_FRAME_BYTES));
-                data.chunks.push(Chunk {
-                    stream,
-                    bytes: piece,
-                    time,
-                });
-            }
-        }
-        self.notify();
+        data.stop_requested = true;
+        true
     }
 
-    /// Ends the run: final state, exit code and reason. Only the first call counts.
-    pub fn finish(&self, state: RunState, exit_code: Option<i32>, reason: Option<String>) {
-        {
+    /// Whether a stop was asked for.
+    pub fn stop_requested(&self) -> bool {
+        self.data().stop_requested
+    }
+
+    /// The seq of the last stored output frame.
+    pub fn last_seq(&self) -> u64 {
+        self.data().committed_seq
+    }
+
+    /// Waits until the run has ended (its terminal record is stored), at most `limit`.
+    pub async fn wait_ended(&self, limit: Duration) -> bool {
+        let mut rx = self.subscribe();
+        let ended = async {
+            loop {
+                rx.borrow_and_update();
+                if self.data().record.state.is_terminal() {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(limit, ended).await.is_ok()
+    }
+
+    /// Appends output, split into frames of at most [`MAX_FRAME_BYTES`]; waits while too much
+    /// output is on its way to the disk.
+    pub async fn push_output(self: &Arc<Self>, stream: Stream, bytes: Bytes) {
+        let time = OffsetDateTime::now_utc();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let piece = rest.split_to(rest.len().min(MAX_FRAME_BYTES));
+            let permit = self
+                .link
+                .budget
+                .clone()
+                .acquire_many_owned(piece.len() as u32)
+                .await
+                .expect("the output budget is never closed");
+            self.link.send(Cmd::Output {
+                entry: self.clone(),
+                stream,
+                bytes: piece,
+                time,
+                permit,
+            });
+        }
+    }
+
+    /// Ends the run: final state, exit code and reason, `finished_at` and `wall_seconds`.
+    /// Only the first call counts; returns once the record is stored, after every output
+    /// frame queued before it.
+    pub async fn finish(
+        self: &Arc<Self>,
+        state: RunState,
+        exit_code: Option<i32>,
+        reason: Option<String>,
+    ) {
+        let done = {
             let mut data = self.data();
-            if data.record.state.is_terminal() {
+            if data.ending || data.record.state.is_terminal() {
                 return;
             }
-            data.record.state = state;
-            data.record.exit_code = exit_code;
-            data.record.reason = reason;
-            data.record.finished_at = Some(OffsetDateTime::now_utc());
-        }
-        self.notify();
+            data.ending = true;
+            let mut record = data.record.clone();
+            let now = OffsetDateTime::now_utc();
+            record.state = state;
+            record.exit_code = exit_code;
+            record.reason = reason;
+            record.finished_at = Some(now);
+            record.wall_seconds = record.started_at.map(|started| wall_seconds(started, now));
+            let (ack, done) = oneshot::channel();
+            self.link.send(Cmd::Finish {
+                entry: self.clone(),
+                record,
+                ack,
+            });
+            done
+        };
+        let _ = done.await;
     }
 
-    /// Frames with `seq > after_seq`, at most about `max_bytes` of payload (always at least one
-    /// frame when there is one), then the exit frame if the run has ended and nothing is left.
-    pub fn read(&self, after_seq: u64, max_bytes: usize) -> LogRead {
+    /// The stored output's last seq and, when the run has ended, its exit frame (read
+    /// together, so the exit frame never precedes output).
+    fn read_state(&self) -> (u64, Option<LogFrame>) {
         let data = self.data();
-        let total = data.chunks.len() as u64;
-        let start = after_seq.min(total) as usize;
-        let mut frames = Vec::new();
-        let mut bytes = 0;
-        let mut seq = start as u64;
-        for chunk in &data.chunks[start..] {
-            if !frames.is_empty() && bytes + chunk.bytes.len() > max_bytes {
-                break;
-            }
-            seq += 1;
-            bytes += chunk.bytes.len();
-            frames.push(LogFrame::output(
-                seq,
-                chunk.stream,
-                &chunk.bytes,
-                chunk.time,
-            ));
-        }
         let record = &data.record;
-        let exit = (record.state.is_terminal() && seq == total).then(|| LogFrame::Exit {
+        let exit = record.state.is_terminal().then(|| LogFrame::Exit {
             state: record.state,
             exit_code: record.exit_code,
             reason: record.reason.clone(),
-            last_seq: total,
+            last_seq: data.committed_seq,
             finished_at: record.finished_at,
         });
-        LogRead {
-            frames,
-            last_seq: seq,
-            exit,
-        }
+        (data.committed_seq, exit)
+    }
+}
+
+/// Parses a retention age like `90m`, `12h` or `7d` (units s, m, h, d).
+pub fn parse_age(text: &str) -> Result<Duration, String> {
+    let usage =
+        || format!("invalid age \"{text}\": write a positive number with a unit, like 12h or 7d");
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| usage())?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(usage()),
+    };
+    match n.checked_mul(unit) {
+        Some(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        _ => Err(usage()),
+    }
+}
+
+/// Whole seconds from `started` to `finished`, rounded up.
+pub fn wall_seconds(started: OffsetDateTime, finished: OffsetDateTime) -> u64 {
+    let ms = (finished - started).whole_milliseconds().max(0) as u64;
+    ms.div_ceil(1000)
+}
+
+/// A directory removed on drop.
+#[derive(Debug)]
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<TempDir, StoreError> {
+        let path = std::env::temp_dir().join(format!("bus-runner-{}", random_hex::<8>()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| StoreError::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::BTreeMap;
-
-    fn record(id: &str) -> Run {
-        Run {
-            id: id.to_owned(),
-            state: RunState::Queued,
-            exit_code: None,
-            profile: None,
-            image: "img".to_owned(),
-            argv: vec![],
-            name: None,
-            labels: BTreeMap::new(),
-            created_at: OffsetDateTime::now_utc(),
-            started_at: None,
-            finished_at: None,
-            reason: None,
-        }
-    }
-
-    #[test]
-    fn ids_are_unguessable_shape() {
-        let a = new_run_id();
-        assert!(a.starts_with("run_") && a.len() == 36, "{a}");
-        assert_ne!(a, new_run_id());
-    }
-
-    #[test]
-    fn owners_see_only_their_runs() {
-        let s = Store::new();
-        s.insert("a", record("run_1"));
-        assert!(s.get("a", "run_1").is_some());
-        assert!(s.get("b", "run_1").is_none());
-        assert!(s.remove("b", "run_1").is_none());
-        assert!(s.remove("a", "run_1").unwrap().is_deleted());
-        assert!(s.get("a", "run_1").is_none());
-    }
-
-    #[test]
-    fn list_pages_newest_first() {
-        let s = Store::new();
-        for i in 0..5 {
-            s.insert(if i == 2 { "b" } else { "a" }, record(&format!("run_{i}")));
-        }
-        let (page, next) = s.list("a", None, 2);
-        let ids: Vec<_> = page.iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(ids, ["run_4", "run_3"]);
-        let (page, next) = s.list("a", next, 2);
-        let ids: Vec<_> = page.iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(ids, ["run_1", "run_0"]);
-        assert_eq!(next, None);
-    }
-
-    #[test]
-    fn frames_split_and_resume() {
-        let s = Store::new();
-        let e = s.insert("a", record("run_1"));
-        e.push_output(
-            Stream::Stdout,
-            Bytes::from(vec![b'x'; MAX_FRAME_BYTES + 10]),
-        );
-        e.push_output(Stream::Stderr, Bytes::from_static(b"err\n"));
-        let r = e.read(0, usize::MAX);
-        assert_eq!(r.frames.len(), 3);
-        assert_eq!(r.last_seq, 3);
-        assert!(r.exit.is_none(), "not ended yet");
-        let r = e.read(2, usize::MAX);
-        assert_eq!(r.frames.len(), 1);
-        assert_eq!(r.frames[0].output_bytes().unwrap().unwrap(), b"err\n");
-        e.finish(RunState::Exited, Some(3), None);
-        let r = e.read(1, 1);
-        assert_eq!(r.frames.len(), 1, "the byte budget stops after one frame");
-        assert!(r.exit.is_none(), "exit only after the last output frame");
-        let r = e.read(3, usize::MAX);
-        assert!(matches!(
-            r.exit,
-            Some(LogFrame::Exit {
-                exit_code: Some(3),
-                last_seq: 3,
-                ..
-            })
-        ));
-    }
-}
+mod tests;

@@ -2,13 +2,17 @@
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::AppState;
 
+pub mod auth;
+pub mod billing;
+pub mod idempotency;
 pub mod logs;
 pub mod runs;
 pub mod status;
+pub mod stop;
 
 /// Every route below `/api/v1/containers`.
 pub fn router() -> Router<AppState> {
@@ -25,4 +29,10 @@ pub fn router() -> Router<AppState> {
             get(runs::get).delete(runs::delete),
         )
         .route("/api/v1/containers/runs/{id}/logs", get(logs::get))
+        .route(
+            "/api/v1/containers/runs/{id}/stop",
+            post(stop::stop).layer(DefaultBodyLimit::max(stop::BODY_LIMIT)),
+        )
+        .route("/api/v1/auth/token", post(auth::token))
+        .route("/api/v1/billing/status", get(billing::status))
 }

@@ -2,8 +2,8 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bus_api::runs::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
@@ -15,19 +15,31 @@ use crate::AppState;
 use crate::auth::{self, Caller};
 use crate::executor;
 use crate::problem::{ApiError, ApiJson, ApiQuery, engine_message};
+use crate::routes::idempotency;
 use crate::spec::RunSpec;
-use crate::store::new_run_id;
+use crate::store::{Inserted, NewRun, new_run_id};
 
 /// Largest request body `POST /runs` accepts.
 pub const BODY_LIMIT: usize = 256 * 1024;
 
 /// Starts a run: validates the request, records it as `queued`, and hands it to the executor.
+/// With an `Idempotency-Key` already used by this account (24 h), answers with the original
+/// response instead (see [`idempotency`]).
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller<auth::Run>,
+    headers: HeaderMap,
     ApiJson(request): ApiJson<CreateRun>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
+    let idempotency = idempotency::from_request(&headers, &request)?;
+    if let Some(key) = &idempotency {
+        if let Some(replay) = state.store().find_replay(caller.account(), key).await? {
+            return Ok(idempotency::replay(replay));
+        }
+    }
     let spec = RunSpec::parse(request, state.config())?;
+    // Grant, billing and quota, before any engine call; held until the run is recorded.
+    let _admission = crate::billing::admit(&state, &caller.claims, &spec.image).await?;
     let record = Run {
         id: new_run_id(),
         state: RunState::Queued,
@@ -41,8 +53,17 @@ pub async fn create(
         started_at: None,
         finished_at: None,
         reason: None,
+        wall_seconds: None,
     };
-    let entry = state.store().insert(caller.account(), record);
+    let new = NewRun {
+        record,
+        timeout: spec.timeout,
+        idempotency,
+    };
+    let entry = match state.store().insert(caller.account(), new).await? {
+        Inserted::Created(entry) => entry,
+        Inserted::Replayed(replay) => return Ok(idempotency::replay(replay)),
+    };
     let run = entry.snapshot();
     tracing::info!(run = %run.id, owner = caller.account(), image = %run.image, "run accepted");
     executor::spawn(state.engine().clone(), entry, spec);
@@ -51,7 +72,8 @@ pub async fn create(
         StatusCode::CREATED,
         [(header::LOCATION, location)],
         Json(run),
-    ))
+    )
+        .into_response())
 }
 
 /// The query of `GET /runs`.

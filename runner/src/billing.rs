@@ -1,0 +1,360 @@
+//! Plans, billing state and quotas: what an account may start, checked before any engine call.
+//!
+//! An account's terms come from the config ([`crate::config`]): its plan and billing state;
+//! accounts the config does not list get the plan [`LOCAL_PLAN`] with billing active. Usage is
+//! counted from the run store: runs that have not ended are concurrent, and the seconds runs
+//! spent running inside the current period (each run's started second counts in full) are its
+//! run-seconds. Periods are aligned to the Unix epoch.
+//!
+//! [`admit`] is the one check a create makes, in this order: the token's image grant (403
+//! `image_not_allowed`), billing (402 `billing_required`), run-seconds (429
+//! `quota_exhausted`, `Retry-After` = until the period ends), concurrency (429, `Retry-After`
+//! [`CONCURRENCY_RETRY_SECONDS`]). It holds a per-account lock until the create has recorded
+//! its run, so two creates racing for the last slot cannot both win.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bus_api::Run;
+use bus_api::auth::Claims;
+use bus_api::billing::{BillingState, BillingStatus, Limits, Usage};
+use time::OffsetDateTime;
+use tokio::sync::OwnedMutexGuard;
+
+use crate::AppState;
+use crate::config::{Config, LOCAL_PLAN, Plan};
+use crate::problem::{ApiError, rfc3339};
+use crate::store::Store;
+
+/// Where an account sets up billing.
+pub const SETUP_URL: &str = "https://bus.dev/billing/setup";
+/// Where an account upgrades its plan.
+pub const UPGRADE_URL: &str = "https://bus.dev/billing/upgrade";
+/// `Retry-After` when the account's concurrent runs are at the plan's limit.
+pub const CONCURRENCY_RETRY_SECONDS: u64 = 5;
+
+/// Per-account locks that serialize admission checks with the creates they admit.
+#[derive(Debug, Default)]
+pub struct Billing {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Billing {
+    /// No locks yet.
+    pub fn new() -> Billing {
+        Billing::default()
+    }
+
+    async fn lock(&self, account: &str) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            locks.entry(account.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+}
+
+/// Proof that a create passed [`admit`]; keep it until the run is recorded in the store.
+#[derive(Debug)]
+pub struct Admission {
+    _guard: OwnedMutexGuard<()>,
+}
+
+/// An account's plan and billing state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terms {
+    /// The plan's name.
+    pub plan_name: String,
+    /// The plan.
+    pub plan: Plan,
+    /// Whether billing is set up.
+    pub billing: BillingState,
+}
+
+/// The terms of `account`: from the config when it lists the account, else the `local` plan
+/// with billing active.
+pub fn terms(config: &Config, account: &str) -> Terms {
+    let (plan_name, billing) = match config.account(account) {
+        Some(a) => (a.plan.as_str(), a.billing),
+        None => (LOCAL_PLAN, BillingState::Active),
+    };
+    Terms {
+        plan_name: plan_name.to_owned(),
+        plan: config
+            .plan(plan_name)
+            .cloned()
+            .unwrap_or_else(Plan::unlimited),
+        billing,
+    }
+}
+
+/// The period containing `now`: `[start, end)`, aligned to the Unix epoch.
+pub fn period(plan: &Plan, now: OffsetDateTime) -> (OffsetDateTime, OffsetDateTime) {
+    let len = i64::try_from(plan.period.as_secs())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    let t = now.unix_timestamp();
+    let start = t - t.rem_euclid(len);
+    let at = |s: i64| OffsetDateTime::from_unix_timestamp(s).unwrap_or(now);
+    (at(start), at(start.saturating_add(len)))
+}
+
+/// The account's usage from `since` to `now`: live runs, and whole run-seconds.
+pub fn usage(store: &Store, account: &str, since: OffsetDateTime, now: OffsetDateTime) -> Usage {
+    let (runs, _) = store.list(account, None, usize::MAX);
+    usage_of(&runs, since, now)
+}
+
+/// [`usage`] over given run records.
+pub fn usage_of(runs: &[Run], since: OffsetDateTime, now: OffsetDateTime) -> Usage {
+    let mut concurrent = 0u32;
+    let mut seconds = 0u64;
+    for run in runs {
+        if !run.state.is_terminal() {
+            concurrent = concurrent.saturating_add(1);
+        }
+        let Some(started) = run.started_at else {
+            continue;
+        };
+        let end = match run.finished_at {
+            Some(finished) => finished.min(now),
+            None if !run.state.is_terminal() => now,
+            None => started,
+        };
+        let begin = started.max(since);
+        if end > begin {
+            let ms = (end - begin).whole_milliseconds().max(0) as u64;
+            seconds = seconds.saturating_add(ms.div_ceil(1000));
+        }
+    }
+    Usage {
+        run_seconds: seconds,
+        concurrent_runs: concurrent,
+    }
+}
+
+/// Checks that the caller may start a run of `image` now: grant, billing, then quotas.
+pub async fn admit(state: &AppState, claims: &Claims, image: &str) -> Result<Admission, ApiError> {
+    if let Some(grant) = &claims.grant {
+        if !grant.allows_image(image) {
+            return Err(ApiError::ImageNotAllowed {
+                image: image.to_owned(),
+                allowed: grant.images.clone().unwrap_or_default(),
+            });
+        }
+    }
+    let account = claims.sub.as_str();
+    let terms = terms(state.config(), account);
+    if terms.billing != BillingState::Active {
+        return Err(ApiError::BillingRequired {
+            account: account.to_owned(),
+        });
+    }
+    let guard = state.billing().lock(account).await;
+    let now = OffsetDateTime::now_utc();
+    let (start, end) = period(&terms.plan, now);
+    let used = usage(state.store(), account, start, now);
+    check_quota(&terms, &used, now, end)?;
+    Ok(Admission { _guard: guard })
+}
+
+fn check_quota(
+    terms: &Terms,
+    used: &Usage,
+    now: OffsetDateTime,
+    period_end: OffsetDateTime,
+) -> Result<(), ApiError> {
+    let plan = &terms.plan_name;
+    if let Some(limit) = terms.plan.run_seconds_per_period {
+        if used.run_seconds >= limit {
+            let wait = (period_end - now).whole_seconds().max(1) as u64;
+            return Err(ApiError::QuotaExhausted {
+                detail: format!(
+                    "the plan \"{plan}\" allows {limit} run-seconds per {} period and {} are used; \
+                     the period ends at {}",
+                    describe(terms.plan.period),
+                    used.run_seconds,
+                    rfc3339(period_end)
+                ),
+                guidance: format!(
+                    "upgrade the plan at {UPGRADE_URL}, or retry after the period ends \
+                     (Retry-After: {wait} s)"
+                ),
+                retry_after: wait,
+            });
+        }
+    }
+    if let Some(limit) = terms.plan.max_concurrent_runs {
+        if used.concurrent_runs >= limit {
+            return Err(ApiError::QuotaExhausted {
+                detail: format!(
+                    "the plan \"{plan}\" allows {limit} concurrent run{} and {} {} live",
+                    if limit == 1 { "" } else { "s" },
+                    used.concurrent_runs,
+                    if used.concurrent_runs == 1 {
+                        "is"
+                    } else {
+                        "are"
+                    },
+                ),
+                guidance: format!(
+                    "wait for a run to end (or stop or delete one), then retry; or upgrade the \
+                     plan at {UPGRADE_URL}"
+                ),
+                retry_after: CONCURRENCY_RETRY_SECONDS,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The account's billing status now.
+pub fn status(state: &AppState, account: &str) -> BillingStatus {
+    let terms = terms(state.config(), account);
+    let now = OffsetDateTime::now_utc();
+    let (start, end) = period(&terms.plan, now);
+    let used = usage(state.store(), account, start, now);
+    let guidance_url = if terms.billing != BillingState::Active {
+        Some(SETUP_URL.to_owned())
+    } else if check_quota(&terms, &used, now, end).is_err() {
+        Some(UPGRADE_URL.to_owned())
+    } else {
+        None
+    };
+    BillingStatus {
+        account: account.to_owned(),
+        plan: terms.plan_name,
+        billing: terms.billing,
+        period_start: start,
+        period_end: end,
+        usage: used,
+        limits: Limits {
+            max_concurrent_runs: terms.plan.max_concurrent_runs,
+            run_seconds_per_period: terms.plan.run_seconds_per_period,
+            period_seconds: terms.plan.period.as_secs(),
+        },
+        guidance_url,
+    }
+}
+
+/// A period's length as shown to people, e.g. `30d` or `90m`.
+pub fn describe(period: Duration) -> String {
+    let s = period.as_secs();
+    match s {
+        _ if s % 86400 == 0 => format!("{}d", s / 86400),
+        _ if s % 3600 == 0 => format!("{}h", s / 3600),
+        _ if s % 60 == 0 => format!("{}m", s / 60),
+        _ => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use bus_api::RunState;
+
+    use super::*;
+
+    fn at(s: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(s).unwrap()
+    }
+
+    fn run(state: RunState, started: Option<i64>, finished: Option<i64>) -> Run {
+        Run {
+            id: "run_x".into(),
+            state,
+            exit_code: None,
+            profile: None,
+            image: "img".into(),
+            argv: vec![],
+            name: None,
+            labels: BTreeMap::new(),
+            created_at: at(0),
+            started_at: started.map(at),
+            finished_at: finished.map(at),
+            reason: None,
+            wall_seconds: None,
+        }
+    }
+
+    #[test]
+    fn periods_align_to_the_epoch() {
+        let plan = Plan {
+            period: Duration::from_secs(100),
+            ..Plan::unlimited()
+        };
+        assert_eq!(period(&plan, at(250)), (at(200), at(300)));
+        assert_eq!(period(&plan, at(200)), (at(200), at(300)));
+        assert_eq!(describe(Duration::from_secs(30 * 86400)), "30d");
+        assert_eq!(describe(Duration::from_secs(5400)), "90m");
+    }
+
+    #[test]
+    fn usage_counts_live_runs_and_seconds_in_the_period() {
+        let runs = [
+            run(RunState::Running, Some(90), None), // 10 s in the period, live
+            run(RunState::Queued, None, None),      // live, no seconds
+            run(RunState::Exited, Some(50), Some(120)), // 20 s in the period
+            run(RunState::Exited, Some(10), Some(20)), // before the period
+            run(RunState::Failed, None, Some(110)), // never started
+        ];
+        let u = usage_of(&runs, at(100), at(100 + 10));
+        assert_eq!(u.concurrent_runs, 2);
+        assert_eq!(u.run_seconds, 10 + 10);
+        let u = usage_of(&runs, at(100), at(130));
+        assert_eq!(u.run_seconds, 30 + 20);
+    }
+
+    #[test]
+    fn quotas_say_what_to_do() {
+        let terms = Terms {
+            plan_name: "free".into(),
+            plan: Plan {
+                max_concurrent_runs: Some(1),
+                run_seconds_per_period: Some(60),
+                period: Duration::from_secs(3600),
+            },
+            billing: BillingState::Active,
+        };
+        let used = |run_seconds, concurrent_runs| Usage {
+            run_seconds,
+            concurrent_runs,
+        };
+        assert!(check_quota(&terms, &used(59, 0), at(0), at(3600)).is_ok());
+        let err = check_quota(&terms, &used(60, 0), at(600), at(3600)).unwrap_err();
+        let p = err.problem();
+        assert_eq!((p.status, p.code.as_str()), (429, "quota_exhausted"));
+        assert!(p.detail.contains("60 run-seconds"), "{}", p.detail);
+        assert_eq!(p.guidance_url.as_deref(), Some(UPGRADE_URL));
+        assert!(matches!(
+            err,
+            ApiError::QuotaExhausted {
+                retry_after: 3000,
+                ..
+            }
+        ));
+        let err = check_quota(&terms, &used(0, 1), at(0), at(3600)).unwrap_err();
+        assert!(
+            err.problem()
+                .detail
+                .contains("1 concurrent run and 1 is live")
+        );
+        assert!(matches!(
+            err,
+            ApiError::QuotaExhausted {
+                retry_after: CONCURRENCY_RETRY_SECONDS,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn unlisted_accounts_get_the_local_plan() {
+        let t = terms(&Config::builtin(), "anyone");
+        assert_eq!(t.plan_name, "local");
+        assert_eq!(t.plan, Plan::unlimited());
+        assert_eq!(t.billing, BillingState::Active);
+    }
+}

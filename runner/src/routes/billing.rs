@@ -1,0 +1,17 @@
+//! `GET /api/v1/billing/status`: the caller's plan, usage in the current period and limits.
+
+use axum::Json;
+use axum::extract::State;
+use bus_api::BillingStatus;
+
+use crate::AppState;
+use crate::auth::{BillingRead, Caller};
+use crate::billing;
+
+/// The caller's billing status.
+pub async fn status(
+    State(state): State<AppState>,
+    caller: Caller<BillingRead>,
+) -> Json<BillingStatus> {
+    Json(billing::status(&state, caller.account()))
+}

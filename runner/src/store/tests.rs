@@ -1,0 +1,501 @@
+use std::collections::BTreeMap;
+
+use super::*;
+
+fn record(id: &str) -> Run {
+    Run {
+        id: id.to_owned(),
+        state: RunState::Queued,
+        exit_code: None,
+        profile: None,
+        image: "img".to_owned(),
+        argv: vec!["sh".into(), "-c".into(), "echo hi".into()],
+        name: None,
+        labels: BTreeMap::from([("k".into(), "v".into())]),
+        created_at: OffsetDateTime::now_utc(),
+        started_at: None,
+        finished_at: None,
+        reason: None,
+        wall_seconds: None,
+    }
+}
+
+fn new_run(id: &str) -> NewRun {
+    NewRun {
+        record: record(id),
+        timeout: Duration::from_secs(600),
+        idempotency: None,
+    }
+}
+
+async fn insert(s: &Store, owner: &str, id: &str) -> Arc<Entry> {
+    match s.insert(owner, new_run(id)).await.unwrap() {
+        Inserted::Created(entry) => entry,
+        other => panic!("expected a new run, got {other:?}"),
+    }
+}
+
+/// (seq, stream, bytes) of every output frame, and the exit frame's last_seq if any.
+async fn read_all(
+    s: &Store,
+    e: &Arc<Entry>,
+    after: u64,
+    filter: StreamFilter,
+) -> (Vec<(u64, Stream, Vec<u8>)>, Option<u64>) {
+    let mut cursor = after;
+    let mut out = Vec::new();
+    loop {
+        let read = s.read(e, cursor, filter, 10).await.unwrap();
+        for f in &read.frames {
+            if let LogFrame::Output { seq, stream, .. } = f {
+                out.push((*seq, *stream, f.output_bytes().unwrap().unwrap()));
+            }
+        }
+        let progressed = read.last_seq > cursor;
+        cursor = read.last_seq;
+        if let Some(LogFrame::Exit { last_seq, .. }) = read.exit {
+            return (out, Some(last_seq));
+        }
+        if !progressed {
+            return (out, None);
+        }
+    }
+}
+
+#[test]
+fn ids_are_unguessable_shape() {
+    let a = new_run_id();
+    assert!(a.starts_with("run_") && a.len() == 36, "{a}");
+    assert_ne!(a, new_run_id());
+}
+
+#[test]
+fn ages_parse() {
+    assert_eq!(parse_age("7d").unwrap(), Duration::from_secs(7 * 86400));
+    assert_eq!(parse_age("90m").unwrap(), Duration::from_secs(5400));
+    for bad in ["", "0d", "7", "1w", "-1h", "d"] {
+        assert!(parse_age(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn wall_seconds_round_up() {
+    let t = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+    assert_eq!(wall_seconds(t, t), 0);
+    assert_eq!(wall_seconds(t, t + time::Duration::milliseconds(1)), 1);
+    assert_eq!(wall_seconds(t, t + time::Duration::seconds(3)), 3);
+    assert_eq!(wall_seconds(t, t - time::Duration::seconds(3)), 0);
+}
+
+#[tokio::test]
+async fn owners_see_only_their_runs() {
+    let s = Store::temporary().unwrap();
+    insert(&s, "a", "run_1").await;
+    assert!(s.get("a", "run_1").is_some());
+    assert!(s.get("b", "run_1").is_none());
+    assert!(s.remove("b", "run_1").is_none());
+    assert!(s.remove("a", "run_1").unwrap().is_deleted());
+    assert!(s.get("a", "run_1").is_none());
+}
+
+#[tokio::test]
+async fn list_pages_newest_first() {
+    let s = Store::temporary().unwrap();
+    for i in 0..5 {
+        insert(&s, if i == 2 { "b" } else { "a" }, &format!("run_{i}")).await;
+    }
+    let (page, next) = s.list("a", None, 2);
+    let ids: Vec<_> = page.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["run_4", "run_3"]);
+    let (page, next) = s.list("a", next, 2);
+    let ids: Vec<_> = page.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["run_1", "run_0"]);
+    assert_eq!(next, None);
+}
+
+#[tokio::test]
+async fn seq_is_dense_and_frames_split_merge_and_resume() {
+    let s = Store::temporary().unwrap();
+    let e = insert(&s, "a", "run_1").await;
+    e.push_output(
+        Stream::Stdout,
+        Bytes::from(vec![b'x'; MAX_FRAME_BYTES + 10]),
+    )
+    .await;
+    e.push_output(Stream::Stderr, Bytes::from_static(b"err\n"))
+        .await;
+    s.flush().await;
+    for i in 0..100 {
+        e.push_output(Stream::Stdout, Bytes::from(format!("line {i}\n")))
+            .await;
+    }
+    s.flush().await;
+    let (frames, exit) = read_all(&s, &e, 0, StreamFilter::ALL).await;
+    assert_eq!(exit, None, "not ended yet");
+    let seqs: Vec<u64> = frames.iter().map(|f| f.0).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "dense");
+    assert_eq!(e.last_seq(), seqs.len() as u64);
+    // The oversized chunk was split; its tail may have merged with nothing else (the stream
+    // changed), and every byte is there in order.
+    assert_eq!(frames[0].2.len(), MAX_FRAME_BYTES);
+    assert!(frames.iter().all(|f| f.2.len() <= MAX_FRAME_BYTES));
+    let stdout: Vec<u8> = frames
+        .iter()
+        .filter(|f| f.1 == Stream::Stdout)
+        .flat_map(|f| f.2.clone())
+        .collect();
+    let mut want = vec![b'x'; MAX_FRAME_BYTES + 10];
+    for i in 0..100 {
+        want.extend_from_slice(format!("line {i}\n").as_bytes());
+    }
+    assert_eq!(stdout, want);
+    let err_at = frames.iter().position(|f| f.1 == Stream::Stderr).unwrap();
+    assert_eq!(frames[err_at].2, b"err\n");
+    assert_eq!(
+        err_at, 2,
+        "stderr comes between the stdout chunks it was written between"
+    );
+
+    // Resume after any seq: exactly the rest.
+    let (rest, _) = read_all(&s, &e, 2, StreamFilter::ALL).await;
+    assert_eq!(rest, frames[2..]);
+
+    e.finish(RunState::Exited, Some(3), None).await;
+    let last = frames.len() as u64;
+    let read = s.read(&e, 1, StreamFilter::ALL, 1).await.unwrap();
+    assert_eq!(
+        read.frames.len(),
+        1,
+        "the byte budget stops after one frame"
+    );
+    assert!(read.exit.is_none(), "exit only after the last output frame");
+    let read = s.read(&e, last, StreamFilter::ALL, 1).await.unwrap();
+    assert!(matches!(
+        read.exit,
+        Some(LogFrame::Exit { exit_code: Some(3), last_seq, .. }) if last_seq == last
+    ));
+    // Output after the end is dropped.
+    e.push_output(Stream::Stdout, Bytes::from_static(b"late"))
+        .await;
+    s.flush().await;
+    assert_eq!(e.last_seq(), last);
+}
+
+#[tokio::test]
+async fn stream_filter_keeps_seq_and_exit_comes_last() {
+    let s = Store::temporary().unwrap();
+    let e = insert(&s, "a", "run_1").await;
+    for i in 0..6 {
+        let stream = if i % 2 == 0 {
+            Stream::Stdout
+        } else {
+            Stream::Stderr
+        };
+        e.push_output(stream, Bytes::from(format!("{i}"))).await;
+        s.flush().await; // one frame each (no merging across flushes)
+    }
+    e.finish(RunState::Exited, Some(0), None).await;
+    let out = StreamFilter {
+        stdout: true,
+        stderr: false,
+    };
+    let err = StreamFilter {
+        stdout: false,
+        stderr: true,
+    };
+    let none = StreamFilter {
+        stdout: false,
+        stderr: false,
+    };
+    let (frames, exit) = read_all(&s, &e, 0, out).await;
+    let seqs: Vec<u64> = frames.iter().map(|f| f.0).collect();
+    assert_eq!(seqs, [1, 3, 5]);
+    assert!(frames.iter().all(|f| f.1 == Stream::Stdout));
+    assert_eq!(exit, Some(6), "the exit frame names the run's last seq");
+    let (frames, exit) = read_all(&s, &e, 2, err).await;
+    assert_eq!(frames.iter().map(|f| f.0).collect::<Vec<_>>(), [4, 6]);
+    assert_eq!(exit, Some(6));
+    let (frames, exit) = read_all(&s, &e, 0, none).await;
+    assert!(frames.is_empty());
+    assert_eq!(exit, Some(6));
+}
+
+#[tokio::test]
+async fn tail_starts_at_the_last_n_frames() {
+    let s = Store::temporary().unwrap();
+    let e = insert(&s, "a", "run_1").await;
+    assert_eq!(s.tail_cursor(&e, 3, StreamFilter::ALL).await.unwrap(), 0);
+    for i in 0..10 {
+        let stream = if i < 8 {
+            Stream::Stdout
+        } else {
+            Stream::Stderr
+        };
+        e.push_output(stream, Bytes::from(format!("{i}"))).await;
+        s.flush().await;
+    }
+    let tail = |n, filter| {
+        let (s, e) = (s.clone(), e.clone());
+        async move { s.tail_cursor(&e, n, filter).await.unwrap() }
+    };
+    assert_eq!(tail(3, StreamFilter::ALL).await, 7);
+    assert_eq!(
+        tail(0, StreamFilter::ALL).await,
+        10,
+        "tail=0: only new frames"
+    );
+    assert_eq!(tail(50, StreamFilter::ALL).await, 0, "fewer than n: all");
+    let stdout = StreamFilter {
+        stdout: true,
+        stderr: false,
+    };
+    // The last 2 stdout frames are seq 7 and 8.
+    assert_eq!(tail(2, stdout).await, 6);
+    let (frames, _) = read_all(&s, &e, 6, stdout).await;
+    assert_eq!(frames.iter().map(|f| f.0).collect::<Vec<_>>(), [7, 8]);
+}
+
+#[tokio::test]
+async fn records_and_frames_survive_a_reopen_and_seq_continues() {
+    let dir = TempDir::new().unwrap();
+    let (id_live, id_done);
+    {
+        let s = Store::open(&dir.0).unwrap();
+        let live = insert(&s, "a", "run_live").await;
+        live.set_state(RunState::Starting);
+        assert!(live.set_container("c123"));
+        live.set_state(RunState::Running);
+        live.push_output(Stream::Stdout, Bytes::from_static(b"one"))
+            .await;
+        s.flush().await;
+        live.push_output(Stream::Stderr, Bytes::from_static(b"two"))
+            .await;
+        let done = insert(&s, "b", "run_done").await;
+        done.set_state(RunState::Running);
+        done.finish(RunState::Exited, Some(4), None).await;
+        s.flush().await;
+        id_live = live.id.clone();
+        id_done = done.id.clone();
+    }
+    let s = Store::open(&dir.0).unwrap();
+    let orphans = s.take_orphans();
+    assert_eq!(
+        orphans.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        [id_live.as_str()]
+    );
+    assert!(s.take_orphans().is_empty(), "handed out once");
+    let live = s.get("a", &id_live).unwrap();
+    let run = live.snapshot();
+    assert_eq!(run.state, RunState::Running);
+    assert!(run.started_at.is_some());
+    assert_eq!(run.labels["k"], "v");
+    assert_eq!(run.argv, ["sh", "-c", "echo hi"]);
+    assert_eq!(live.container().as_deref(), Some("c123"));
+    assert_eq!(live.timeout, Duration::from_secs(600));
+    assert_eq!(live.last_seq(), 2);
+    live.push_output(Stream::Stdout, Bytes::from_static(b"three"))
+        .await;
+    live.finish(
+        RunState::Stopped,
+        Some(143),
+        Some("stopped on request".into()),
+    )
+    .await;
+    let (frames, exit) = read_all(&s, &live, 0, StreamFilter::ALL).await;
+    assert_eq!(
+        frames,
+        [
+            (1, Stream::Stdout, b"one".to_vec()),
+            (2, Stream::Stderr, b"two".to_vec()),
+            (3, Stream::Stdout, b"three".to_vec()),
+        ]
+    );
+    assert_eq!(exit, Some(3));
+    let done = s.get("b", &id_done).unwrap().snapshot();
+    assert_eq!((done.state, done.exit_code), (RunState::Exited, Some(4)));
+    assert!(done.wall_seconds.is_some() && done.finished_at.is_some());
+    // A new run after the reopen lists first.
+    insert(&s, "b", "run_new").await;
+    assert_eq!(s.list("b", None, 1).0[0].id, "run_new");
+    assert_eq!(s.runner_id().len(), 16);
+    let runner_id = s.runner_id().to_owned();
+    drop(s);
+    assert_eq!(
+        Store::open(&dir.0).unwrap().runner_id(),
+        runner_id,
+        "stable"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.0.join(RUNNER_ID_FILE)).unwrap(),
+        format!("{runner_id}\n")
+    );
+}
+
+#[tokio::test]
+async fn readers_see_only_stored_frames_and_wake_on_change() {
+    let s = Store::temporary().unwrap();
+    let e = insert(&s, "a", "run_1").await;
+    let mut rx = e.subscribe();
+    rx.borrow_and_update();
+    e.push_output(Stream::Stdout, Bytes::from_static(b"x"))
+        .await;
+    rx.changed().await.unwrap();
+    // Woken only after the commit, so the frame is there.
+    let read = s.read(&e, 0, StreamFilter::ALL, 1024).await.unwrap();
+    assert_eq!(read.frames.len(), 1);
+    assert_eq!(read.last_seq, 1);
+}
+
+#[tokio::test]
+async fn deleting_removes_the_output_and_still_ends_followers() {
+    let s = Store::temporary().unwrap();
+    let e = insert(&s, "a", "run_1").await;
+    e.push_output(Stream::Stdout, Bytes::from_static(b"x"))
+        .await;
+    s.flush().await;
+    s.remove("a", "run_1").unwrap();
+    e.push_output(Stream::Stdout, Bytes::from_static(b"y"))
+        .await;
+    e.finish(RunState::Failed, None, Some("deleted".into()))
+        .await;
+    let read = s.read(&e, 0, StreamFilter::ALL, 1024).await.unwrap();
+    assert!(read.frames.is_empty(), "the output is gone");
+    assert!(matches!(read.exit, Some(LogFrame::Exit { .. })));
+}
+
+#[tokio::test]
+async fn retention_deletes_old_and_excess_ended_runs_only() {
+    let s = Store::temporary().unwrap();
+    let policy = Retention {
+        max_age: Duration::from_secs(3600),
+        per_account: 3,
+    };
+    // a: 5 runs; the oldest two ended, one of them is also live-excess.
+    let mut a = Vec::new();
+    for i in 0..5 {
+        let e = insert(&s, "a", &format!("run_a{i}")).await;
+        e.push_output(Stream::Stdout, Bytes::from_static(b"out"))
+            .await;
+        a.push(e);
+    }
+    a[0].finish(RunState::Exited, Some(0), None).await;
+    // a[1] stays live: never deleted, even past the per-account limit.
+    a[4].finish(RunState::Exited, Some(0), None).await;
+    let b = insert(&s, "b", "run_b0").await;
+    b.finish(RunState::Exited, Some(0), None).await;
+
+    let now = OffsetDateTime::now_utc();
+    assert_eq!(
+        s.apply_retention(now, &policy),
+        1,
+        "a0 is beyond a's newest 3"
+    );
+    assert!(s.get("a", "run_a0").is_none());
+    assert!(s.get("a", "run_a1").is_some(), "live runs stay");
+    assert!(s.get("b", "run_b0").is_some());
+
+    // Two hours later, every ended run is too old.
+    let later = now + time::Duration::hours(2);
+    assert_eq!(s.apply_retention(later, &policy), 2);
+    assert!(s.get("a", "run_a4").is_none() && s.get("b", "run_b0").is_none());
+    assert_eq!(s.list("a", None, 10).0.len(), 3, "a1..a3 are live");
+    s.flush().await;
+
+    // The database holds no frames of deleted runs.
+    let shared = s.shared.clone();
+    let left: i64 = shared
+        .readers
+        .with(|c| Ok(c.query_row("SELECT COUNT(*) FROM frames", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(left, 3);
+    let runs: i64 = shared
+        .readers
+        .with(|c| Ok(c.query_row("SELECT COUNT(*) FROM runs", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(runs, 3);
+}
+
+#[tokio::test]
+async fn idempotency_keys_replay_or_refuse() {
+    let s = Store::temporary().unwrap();
+    let key = |key: &str, request: &str| Idempotency {
+        key: key.into(),
+        request: request.into(),
+    };
+    let with = |id: &str, k: Idempotency| NewRun {
+        idempotency: Some(k),
+        ..new_run(id)
+    };
+    let Inserted::Created(first) = s
+        .insert("a", with("run_1", key("k1", "{1}")))
+        .await
+        .unwrap()
+    else {
+        panic!("first use creates")
+    };
+    let original = serde_json::to_string(&first.snapshot()).unwrap();
+    first.set_state(RunState::Running);
+
+    // Same key, same body: the original response, no new run.
+    match s
+        .insert("a", with("run_2", key("k1", "{1}")))
+        .await
+        .unwrap()
+    {
+        Inserted::Replayed(r) => {
+            assert_eq!(r.run_id, "run_1");
+            assert_eq!(r.response, original, "the original body, not today's state");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(s.get("a", "run_2").is_none());
+    let found = s.find_replay("a", &key("k1", "{1}")).await.unwrap();
+    assert_eq!(found.unwrap().run_id, "run_1");
+
+    // Same key, other body: refused.
+    assert!(matches!(
+        s.insert("a", with("run_3", key("k1", "{2}"))).await,
+        Err(StoreError::IdempotencyKeyReused)
+    ));
+    assert!(matches!(
+        s.find_replay("a", &key("k1", "{2}")).await,
+        Err(StoreError::IdempotencyKeyReused)
+    ));
+    // Keys are per account.
+    assert!(matches!(
+        s.insert("b", with("run_4", key("k1", "{2}")))
+            .await
+            .unwrap(),
+        Inserted::Created(_)
+    ));
+    assert!(
+        s.find_replay("a", &key("k2", "{1}"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Concurrent first uses of one key: exactly one run.
+    let (x, y) = tokio::join!(
+        s.insert("c", with("run_5", key("k", "{}"))),
+        s.insert("c", with("run_6", key("k", "{}")))
+    );
+    let created = [x.unwrap(), y.unwrap()]
+        .iter()
+        .filter(|i| matches!(i, Inserted::Created(_)))
+        .count();
+    assert_eq!(created, 1);
+
+    // After 24 hours the key is forgotten.
+    s.apply_retention(
+        OffsetDateTime::now_utc() + time::Duration::hours(25),
+        &Retention::default(),
+    );
+    s.flush().await;
+    assert!(
+        s.find_replay("a", &key("k1", "{2}"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

@@ -1,0 +1,715 @@
+//! Durability against a real Podman engine: runs and their output survive a runner killed with
+//! SIGKILL, running containers are re-adopted, vanished ones end as `failed`; plus stop,
+//! idempotency keys and the logs endpoint's tail and stream filters.
+
+mod common;
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use bus_api::auth::Scope;
+use bus_api::{LogFrame, RunState, Stream};
+use common::{ALL, Podman, Reply, call, frames, runner};
+use futures::StreamExt as _;
+use http_body_util::BodyExt as _;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bus-runner");
+const RUNS: &str = "/api/v1/containers/runs";
+const VANISHED: &str = "the container vanished while the runner was down";
+
+/// Removes the runs' containers (by name) when the test ends, in case a failure (or the
+/// in-process app going away mid-run) left them behind.
+struct Cleanup<'a>(&'a Podman, Vec<String>);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for name in &self.1 {
+            self.0.remove_container(name);
+        }
+    }
+}
+
+/// A `bus-runner serve` process on port 0; SIGKILLed (by its PID) on drop if still running.
+struct RunnerProcess {
+    child: Child,
+    base: String,
+}
+
+impl RunnerProcess {
+    fn start(podman: &Podman, state: &Path, log: &Path) -> RunnerProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--engine",
+                &podman.url(),
+            ])
+            .arg("--state-dir")
+            .arg(state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        // Readiness: the runner prints its bound address once it listens.
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        RunnerProcess {
+            child,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    fn kill9(&mut self) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for RunnerProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill9();
+        }
+    }
+}
+
+fn mint(state: &Path, account: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["token", "--state-dir"])
+        .arg(state)
+        .args([
+            "--account",
+            account,
+            "--resources",
+            "container:read container:run container:delete",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A minimal REST client for a runner process.
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    fn new(base: &str, token: &str) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            base: base.to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    async fn create(&self, body: Value) -> String {
+        let reply = self
+            .http
+            .post(format!("{}{RUNS}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 201);
+        let run: Value = reply.json().await.unwrap();
+        run["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn run(&self, id: &str) -> (u16, Value) {
+        let reply = self
+            .http
+            .get(format!("{}{RUNS}/{id}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        (reply.status().as_u16(), reply.json().await.unwrap())
+    }
+
+    /// Waits (polling, bounded) until the run's state satisfies `done`.
+    async fn wait_state(&self, id: &str, what: &str, done: impl Fn(&str) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, run) = self.run(id).await;
+            assert_eq!(status, 200, "{run}");
+            if done(run["state"].as_str().unwrap()) {
+                return run;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {id} never got {what}: {run}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Follows the run's logs after `after_seq`, calling `each` on every frame until it says
+    /// stop or the stream ends.
+    async fn follow(&self, id: &str, after_seq: u64, mut each: impl FnMut(&LogFrame) -> bool) {
+        let reply = self
+            .http
+            .get(format!(
+                "{}{RUNS}/{id}/logs?follow=true&after_seq={after_seq}",
+                self.base
+            ))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200);
+        let mut body = reply.bytes_stream();
+        let mut pending = Vec::new();
+        while let Some(chunk) = tokio::time::timeout(Duration::from_secs(60), body.next())
+            .await
+            .expect("no log frame within 60 s")
+        {
+            pending.extend_from_slice(&chunk.unwrap());
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let frame: LogFrame = serde_json::from_slice(&line).unwrap();
+                if !each(&frame) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The numbers of the `line N` lines in `text`.
+fn line_numbers(text: &str) -> Vec<u32> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("line ")?.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_survives_a_runner_killed_with_sigkill() {
+    let podman = Podman::start();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let log = dir.path().join("runner.log");
+    let mut first = RunnerProcess::start(&podman, &state, &log);
+    let token = mint(&state, "alice");
+    let client = Client::new(&first.base, &token);
+
+    const LINES: u32 = 300;
+    let id = client
+        .create(json!({"argv": ["sh", "-c", format!(
+            "i=0; while [ $i -lt {LINES} ]; do i=$((i+1)); echo line $i; sleep 0.02; done"
+        )]}))
+        .await;
+    let _cleanup = Cleanup(&podman, vec![format!("bus-{id}")]);
+
+    // Follow until at least 20 lines have arrived.
+    let mut last_seq = 0;
+    let mut seen = String::new();
+    client
+        .follow(&id, 0, |frame| {
+            let LogFrame::Output { seq, stream, .. } = frame else {
+                panic!("the run ended too early: {frame:?}")
+            };
+            assert_eq!(*seq, last_seq + 1, "dense seq");
+            assert_eq!(*stream, Stream::Stdout);
+            last_seq = *seq;
+            seen.push_str(std::str::from_utf8(&frame.output_bytes().unwrap().unwrap()).unwrap());
+            line_numbers(&seen).len() < 20
+        })
+        .await;
+
+    first.kill9();
+    assert!(
+        podman.container_exists(&format!("bus-{id}")),
+        "the container outlives the runner"
+    );
+
+    let second = RunnerProcess::start(&podman, &state, &log);
+    let client = Client::new(&second.base, &token);
+    let (status, run) = client.run(&id).await;
+    assert_eq!(status, 200, "the run record survived: {run}");
+    assert_eq!(run["state"], "running", "{run}");
+
+    // Resume after the last seq seen: every later seq exactly once, then the exit frame.
+    let resumed_from = last_seq;
+    let mut exit = None;
+    client
+        .follow(&id, resumed_from, |frame| match frame {
+            LogFrame::Output { seq, .. } => {
+                assert_eq!(*seq, last_seq + 1, "no duplicate, no gap");
+                last_seq = *seq;
+                seen.push_str(
+                    std::str::from_utf8(&frame.output_bytes().unwrap().unwrap()).unwrap(),
+                );
+                true
+            }
+            LogFrame::Exit { .. } => {
+                exit = Some(frame.clone());
+                false
+            }
+        })
+        .await;
+    match exit {
+        Some(LogFrame::Exit {
+            state,
+            exit_code,
+            last_seq: exit_last,
+            ..
+        }) => {
+            assert_eq!((state, exit_code), (RunState::Exited, Some(0)));
+            assert_eq!(exit_last, last_seq);
+        }
+        other => panic!("expected the exit frame, got {other:?}"),
+    }
+    assert!(
+        last_seq > resumed_from,
+        "output after the restart was captured"
+    );
+    // Lines only go up (nothing repeated) and the re-adopted container's last line is there;
+    // lines written while no runner was attached are missing, by design.
+    let numbers = line_numbers(&seen);
+    eprintln!(
+        "resumed after seq {resumed_from}; {last_seq} frames; {} of {LINES} lines captured",
+        numbers.len()
+    );
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
+    assert_eq!(numbers.last(), Some(&LINES));
+    let (_, run) = client.run(&id).await;
+    assert_eq!(run["state"], "exited");
+    assert!(run["wall_seconds"].as_u64().unwrap() >= 1, "{run}");
+    assert!(
+        !podman.container_exists(&format!("bus-{id}")),
+        "the re-adopted container is removed after its exit"
+    );
+
+    // A replay from the start gives exactly the frames followed, densely.
+    let reply = client
+        .http
+        .get(format!("{}{RUNS}/{id}/logs", second.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let all = frames(&reply.bytes().await.unwrap());
+    let mut replayed = String::new();
+    for (i, frame) in all.iter().enumerate() {
+        match frame {
+            LogFrame::Output { seq, .. } => {
+                assert_eq!(*seq, i as u64 + 1);
+                replayed.push_str(
+                    std::str::from_utf8(&frame.output_bytes().unwrap().unwrap()).unwrap(),
+                );
+            }
+            LogFrame::Exit { .. } => assert_eq!(i, all.len() - 1),
+        }
+    }
+    assert_eq!(replayed, seen);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_removed_while_the_runner_was_down_fails_the_run() {
+    let podman = Podman::start();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let log = dir.path().join("runner.log");
+    let mut first = RunnerProcess::start(&podman, &state, &log);
+    let token = mint(&state, "alice");
+    let client = Client::new(&first.base, &token);
+    let id = client.create(json!({"argv": ["sleep", "60"]})).await;
+    let name = format!("bus-{id}");
+    let stray = format!("bus-stray-{}", std::process::id());
+    let _cleanup = Cleanup(&podman, vec![name.clone(), stray.clone()]);
+    client.wait_state(&id, "running", |s| s == "running").await;
+    let runner_label = podman_output(
+        &podman,
+        &[
+            "inspect",
+            "--format",
+            "{{index .Config.Labels \"bus.runner\"}}",
+            &name,
+        ],
+    );
+    first.kill9();
+
+    // While it is down: its container vanishes, and a container with its label but a run id
+    // it does not know appears.
+    podman.remove_container(&name);
+    podman_output(
+        &podman,
+        &[
+            "create",
+            "--name",
+            &stray,
+            "--label",
+            &format!("bus.runner={runner_label}"),
+            "--label",
+            "bus.run-id=run_00000000000000000000000000000000",
+            "localhost/busybox",
+            "sleep",
+            "60",
+        ],
+    );
+    assert!(podman.container_exists(&stray));
+
+    let second = RunnerProcess::start(&podman, &state, &log);
+    let client = Client::new(&second.base, &token);
+    let run = client.wait_state(&id, "an end", |s| s != "running").await;
+    assert_eq!(run["state"], "failed", "{run}");
+    assert_eq!(run["reason"], VANISHED);
+    let mut exit = None;
+    client
+        .follow(&id, 0, |frame| {
+            exit = Some(frame.clone());
+            false
+        })
+        .await;
+    assert!(
+        matches!(&exit, Some(LogFrame::Exit { state: RunState::Failed, reason: Some(r), .. }) if r == VANISHED),
+        "{exit:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while podman.container_exists(&stray) {
+        assert!(
+            Instant::now() < deadline,
+            "the unknown run's container was not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn podman_output(podman: &Podman, args: &[&str]) -> String {
+    let out = Command::new("podman")
+        .arg("--url")
+        .arg(podman.url())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "podman {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Sends a request with extra headers through the in-process app.
+async fn send(app: &Router, req: Request<Body>) -> Reply {
+    let response = app.clone().oneshot(req).await.unwrap();
+    let (parts, body) = response.into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+async fn create(app: &Router, token: &str, body: Value) -> String {
+    let reply = call(app, Method::POST, RUNS, Some(token), Some(body)).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()["id"].as_str().unwrap().to_owned()
+}
+
+/// Follows the run's logs (in-process) until a frame's output contains `text`.
+async fn follow_until(app: &Router, token: &str, id: &str, text: &str) {
+    let req = Request::get(format!("{RUNS}/{id}/logs?follow=true"))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    let mut body = app.clone().oneshot(req).await.unwrap().into_body();
+    let mut seen = Vec::new();
+    loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), body.frame())
+            .await
+            .expect("output within 30 s")
+            .expect("the stream ended before the text")
+            .unwrap();
+        for frame in frames(&chunk.into_data().unwrap()) {
+            if let Some(bytes) = frame.output_bytes() {
+                seen.extend(bytes.unwrap());
+            }
+        }
+        if String::from_utf8_lossy(&seen).contains(text) {
+            return;
+        }
+    }
+}
+
+async fn stop(app: &Router, token: &str, id: &str, body: Option<Value>) -> Reply {
+    call(
+        app,
+        Method::POST,
+        &format!("{RUNS}/{id}/stop"),
+        Some(token),
+        body,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_gracefully_or_at_once_twice_and_only_ones_own() {
+    let podman = Podman::start();
+    let (_dir, keys, app) = runner(&podman.url());
+    let alice = keys.mint("alice", &ALL, Duration::from_secs(300));
+    let bob = keys.mint("bob", &ALL, Duration::from_secs(300));
+    let reader = keys.mint("alice", &[Scope::Read], Duration::from_secs(300));
+    let mut cleanup = Cleanup(&podman, vec![]);
+
+    // Graceful: SIGTERM reaches the trap, which says bye and exits 7.
+    let graceful = create(
+        &app,
+        &alice,
+        json!({"argv": ["sh", "-c", "trap 'echo bye; exit 7' TERM; echo ready; while true; do sleep 0.1; done"]}),
+    )
+    .await;
+    cleanup.1.push(format!("bus-{graceful}"));
+    follow_until(&app, &alice, &graceful, "ready").await;
+
+    let reply = stop(&app, &bob, &graceful, None).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "another account's run");
+    assert_eq!(reply.problem_code(), "not_found");
+    assert_eq!(
+        reply.json()["detail"],
+        format!("no run {graceful} in this account")
+    );
+    let reply = stop(&app, &reader, &graceful, None).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(reply.problem_code(), "scope_missing");
+    let reply = stop(&app, &alice, &graceful, Some(json!({"grace_seconds": "x"}))).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+
+    let reply = stop(&app, &alice, &graceful, Some(json!({"grace_seconds": 20}))).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let run = reply.json();
+    assert_eq!(run["state"], "stopped", "{run}");
+    assert_eq!(run["exit_code"], 7);
+    assert_eq!(run["reason"], "stopped on request");
+    assert!(run["wall_seconds"].is_u64(), "{run}");
+    assert!(!podman.container_exists(&format!("bus-{graceful}")));
+    let logs = call(
+        &app,
+        Method::GET,
+        &format!("{RUNS}/{graceful}/logs"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    let got = frames(&logs.body);
+    let text: Vec<u8> = got
+        .iter()
+        .filter_map(|f| f.output_bytes())
+        .flat_map(Result::unwrap)
+        .collect();
+    assert_eq!(text, b"ready\nbye\n");
+    assert!(matches!(
+        got.last(),
+        Some(LogFrame::Exit {
+            state: RunState::Stopped,
+            exit_code: Some(7),
+            ..
+        })
+    ));
+
+    // Twice: the ended run comes back unchanged.
+    let again = stop(&app, &alice, &graceful, Some(json!({"force": true}))).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.json(), run);
+
+    // Force: SIGKILL at once.
+    let forced = create(&app, &alice, json!({"argv": ["sleep", "60"]})).await;
+    cleanup.1.push(format!("bus-{forced}"));
+    let started = Instant::now();
+    let reply = stop(&app, &alice, &forced, Some(json!({"force": true}))).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let run = reply.json();
+    assert_eq!(run["state"], "stopped", "{run}");
+    assert_eq!(run["reason"], "stopped on request");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(!podman.container_exists(&format!("bus-{forced}")));
+
+    // A process that ignores SIGTERM (a shell as PID 1 without a trap) is killed after the grace.
+    let stubborn = create(
+        &app,
+        &alice,
+        json!({"argv": ["sh", "-c", "echo ready; while true; do sleep 0.1; done"]}),
+    )
+    .await;
+    cleanup.1.push(format!("bus-{stubborn}"));
+    follow_until(&app, &alice, &stubborn, "ready").await;
+    let reply = stop(&app, &alice, &stubborn, Some(json!({"grace_seconds": 1}))).await;
+    let run = reply.json();
+    assert_eq!(run["state"], "stopped", "{run}");
+    assert_eq!(run["exit_code"], 137, "SIGKILL after the grace: {run}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotency_key_replays_the_original_run() {
+    let podman = Podman::start();
+    let (_dir, keys, app) = runner(&podman.url());
+    let alice = keys.mint("alice", &ALL, Duration::from_secs(300));
+    let bob = keys.mint("bob", &ALL, Duration::from_secs(300));
+    let mut cleanup = Cleanup(&podman, vec![]);
+    let post = |token: &str, key: &str, body: Value| {
+        Request::post(RUNS)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", key)
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let body = json!({"argv": ["sh", "-c", "echo once"]});
+    let first = send(&app, post(&alice, "key-1", body.clone())).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    cleanup.1.push(format!("bus-{id}"));
+    follow_until(&app, &alice, &id, "once").await;
+
+    let again = send(&app, post(&alice, "key-1", body.clone())).await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.body, first.body, "the same body");
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.headers[header::LOCATION], format!("{RUNS}/{id}"));
+    let page = call(&app, Method::GET, RUNS, Some(&alice), None)
+        .await
+        .json();
+    assert_eq!(page["runs"].as_array().unwrap().len(), 1, "no second run");
+
+    let other = send(
+        &app,
+        post(&alice, "key-1", json!({"argv": ["sh", "-c", "echo twice"]})),
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(other.problem_code(), "idempotency_key_reused");
+
+    let bobs = send(&app, post(&bob, "key-1", body.clone())).await;
+    assert_eq!(bobs.status, StatusCode::CREATED, "keys are per account");
+    let bob_id = bobs.json()["id"].as_str().unwrap().to_owned();
+    cleanup.1.push(format!("bus-{bob_id}"));
+    assert_ne!(bob_id, id);
+
+    let bad = send(&app, post(&alice, "two words", body)).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.problem_code(), "invalid_request");
+    // Let both runs end (and their containers go) before the app does.
+    for (token, id) in [(&alice, &id), (&bob, &bob_id)] {
+        let logs = call(
+            &app,
+            Method::GET,
+            &format!("{RUNS}/{id}/logs?follow=true"),
+            Some(token),
+            None,
+        )
+        .await;
+        assert!(matches!(
+            frames(&logs.body).last(),
+            Some(LogFrame::Exit { .. })
+        ));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_tail_and_stream_filters() {
+    let podman = Podman::start();
+    let (_dir, keys, app) = runner(&podman.url());
+    let alice = keys.mint("alice", &ALL, Duration::from_secs(300));
+    let mut cleanup = Cleanup(&podman, vec![]);
+    // Pauses keep the chunks apart, so each line is a frame of its own.
+    let id = create(
+        &app,
+        &alice,
+        json!({"argv": ["sh", "-c", "for i in 1 2 3; do echo out$i; sleep 0.05; echo err$i >&2; sleep 0.05; done"]}),
+    )
+    .await;
+    cleanup.1.push(format!("bus-{id}"));
+    let all = call(
+        &app,
+        Method::GET,
+        &format!("{RUNS}/{id}/logs?follow=true"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    let all = frames(&all.body);
+    let outputs: Vec<(u64, Stream, Vec<u8>)> = all
+        .iter()
+        .filter_map(|f| match f {
+            LogFrame::Output { seq, stream, .. } => {
+                Some((*seq, *stream, f.output_bytes().unwrap().unwrap()))
+            }
+            LogFrame::Exit { .. } => None,
+        })
+        .collect();
+    assert_eq!(outputs.len(), 6, "{all:?}");
+    let get = |query: &str| {
+        let (app, alice) = (app.clone(), alice.clone());
+        let uri = format!("{RUNS}/{id}/logs?{query}");
+        async move { frames(&call(&app, Method::GET, &uri, Some(&alice), None).await.body) }
+    };
+    let seqs = |frames: &[LogFrame]| -> Vec<u64> {
+        frames
+            .iter()
+            .map(|f| match f {
+                LogFrame::Output { seq, .. } => *seq,
+                LogFrame::Exit { .. } => 0,
+            })
+            .collect()
+    };
+    // tail: the last N output frames, then the exit frame (0 here).
+    assert_eq!(seqs(&get("tail=2").await), [5, 6, 0]);
+    assert_eq!(seqs(&get("tail=0").await), [0]);
+    assert_eq!(seqs(&get("tail=100").await), [1, 2, 3, 4, 5, 6, 0]);
+    // Filters keep the original seq; the exit frame still comes last.
+    let stdout = get("stderr=false").await;
+    assert_eq!(seqs(&stdout), [1, 3, 5, 0]);
+    assert!(matches!(
+        stdout.last(),
+        Some(LogFrame::Exit { last_seq: 6, .. })
+    ));
+    assert_eq!(seqs(&get("stdout=false&follow=true").await), [2, 4, 6, 0]);
+    assert_eq!(seqs(&get("stdout=false&stderr=false").await), [0]);
+    // tail counts within the filter; after_seq and tail: the later start wins.
+    assert_eq!(seqs(&get("stdout=false&tail=1").await), [6, 0]);
+    assert_eq!(seqs(&get("tail=5&after_seq=4").await), [5, 6, 0]);
+    let reply = call(
+        &app,
+        Method::GET,
+        &format!("{RUNS}/{id}/logs?tail=x"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+}
