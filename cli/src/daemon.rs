@@ -2,7 +2,8 @@
 //!
 //! Start-up is serialised by a lock file beside the socket, so two CLIs started at once
 //! spawn one daemon. busd reports `ready` (or its start-up error) on a notify socket the CLI
-//! bound before spawning it: no sleeps, no polling.
+//! bound before spawning it: no sleeps, no polling. busd's stderr (its log) goes to
+//! [`log_path`], `${XDG_STATE_HOME:-~/.local/state}/bus/busd.log`.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -70,7 +71,16 @@ async fn start(socket: &Path, dir: &Path) -> Result<(), CliError> {
     })?;
     let _cleanup = RemoveOnDrop(notify_path.clone());
 
-    let log_path = dir.join("busd.log");
+    let log_path = log_path();
+    if let Some(log_dir) = log_path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(log_dir)
+            .map_err(|e| {
+                CliError::DaemonStart(format!("cannot create {}: {e}", log_dir.display()))
+            })?;
+    }
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -116,6 +126,70 @@ async fn start(socket: &Path, dir: &Path) -> Result<(), CliError> {
     }
 }
 
+/// Where busd logs when the CLI starts it: `${XDG_STATE_HOME:-~/.local/state}/bus/busd.log`.
+pub fn log_path() -> PathBuf {
+    log_path_from(|name| std::env::var_os(name).filter(|v| !v.is_empty()))
+}
+
+/// [`log_path`] with the environment supplied by `env`; pure, for tests.
+fn log_path_from(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+    let state = env("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| {
+            env("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/"))
+                .join(".local")
+                .join("state")
+        });
+    state.join("bus").join("busd.log")
+}
+
+/// A channel to the busd serving on `socket`, or `None` when none answers (no socket, or a
+/// stale one). Never starts busd.
+pub async fn connect_existing(socket: &Path) -> Result<Option<Channel>, CliError> {
+    match bus::connect(socket).await {
+        Ok(channel) => Ok(Some(channel)),
+        Err(e) if daemon_absent(&e) => Ok(None),
+        Err(e) => Err(CliError::connect(socket, &e)),
+    }
+}
+
+/// Waits until the busd with `pid` has exited and, unless it was socket-activated, removed
+/// `socket`; `false` when that did not happen within `limit`.
+pub async fn wait_stopped(
+    socket: &Path,
+    pid: u32,
+    socket_activated: bool,
+    limit: Duration,
+) -> bool {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let socket_gone = socket_activated || !socket.exists();
+        if socket_gone && process_gone(pid) {
+            return true;
+        }
+        if started.elapsed() >= limit {
+            return false;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Whether `pid` has exited (a zombie waiting for its parent counts as exited).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name: "pid (comm) S ...".
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
 /// `busd` beside this executable, else the one on `PATH`.
 fn busd_binary() -> PathBuf {
     std::env::current_exe()
@@ -150,5 +224,42 @@ struct RemoveOnDrop(PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    #[test]
+    fn the_log_lives_in_the_state_dir() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        assert_eq!(
+            log_path_from(env(&[("HOME", "/h")])),
+            PathBuf::from("/h/.local/state/bus/busd.log")
+        );
+        assert_eq!(
+            log_path_from(env(&[("HOME", "/h"), ("XDG_STATE_HOME", "/s")])),
+            PathBuf::from("/s/bus/busd.log")
+        );
+        // The XDG spec ignores relative paths.
+        assert_eq!(
+            log_path_from(env(&[("HOME", "/h"), ("XDG_STATE_HOME", "rel")])),
+            PathBuf::from("/h/.local/state/bus/busd.log")
+        );
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_free_pid_is_gone() {
+        assert!(!process_gone(std::process::id()));
+        assert!(process_gone(u32::MAX / 2));
     }
 }

@@ -27,6 +27,12 @@ pub enum CliError {
         "the output stream of run {0} ended before the run did; it may still be running: see `bus containers runs`"
     )]
     StreamCut(String),
+    /// busd did not stop when asked.
+    #[error("{0}")]
+    DaemonStop(String),
+    /// A local precondition failed (a file, the environment); the message says what to do.
+    #[error("{0}")]
+    Local(String),
     /// Writing output failed.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),

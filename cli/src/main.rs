@@ -48,6 +48,9 @@ enum Command {
     /// The local daemon.
     #[command(subcommand)]
     Daemon(Daemon),
+    /// Credentials: whom the token speaks for; a new token from an API key.
+    #[command(subcommand)]
+    Auth(commands::auth::Auth),
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,8 +75,10 @@ enum Containers {
 
 #[derive(Debug, Subcommand)]
 enum Daemon {
-    /// Show busd's version, upstream and identity.
+    /// Show busd's version, upstream and identity (starting it if needed).
     Info(commands::info::Args),
+    #[command(flatten)]
+    Lifecycle(commands::daemon::Lifecycle),
 }
 
 fn main() -> ExitCode {
@@ -118,6 +123,11 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         timeout: cli.timeout,
     };
     let socket = cli.socket.unwrap_or_else(bus::default_socket_path);
+    // start/stop/status/restart decide themselves whether to start busd.
+    if let Command::Daemon(Daemon::Lifecycle(command)) = cli.command {
+        return command.run(&socket, overrides).await;
+    }
+    let token_file = overrides.token_file.clone();
     let ctx = Ctx::new(daemon::connect_or_start(&socket).await?, overrides);
     match cli.command {
         Command::Containers(Containers::Status(args)) => args.run(&ctx).await,
@@ -129,5 +139,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Containers(Containers::Wait(args)) => args.run(&ctx).await,
         Command::Containers(Containers::Stop(args)) => args.run(&ctx).await,
         Command::Daemon(Daemon::Info(args)) => args.run(&ctx).await,
+        Command::Daemon(Daemon::Lifecycle(_)) => unreachable!("handled before connecting"),
+        Command::Auth(command) => command.run(&ctx, token_file.as_deref()).await,
     }
 }

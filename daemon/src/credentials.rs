@@ -98,6 +98,20 @@ pub enum CredentialError {
         /// What is wrong with it (never the content).
         why: &'static str,
     },
+    /// The token's `exp` claim has passed (decoded, not verified: the runner would refuse it).
+    #[error("the token from {source_name} expired at {expired_at}")]
+    Expired {
+        /// Where it came from.
+        source_name: String,
+        /// A token file to name in the renewal command, when the token came from one.
+        token_file: Option<PathBuf>,
+        /// When it expired, RFC 3339.
+        expired_at: String,
+        /// The account it was for.
+        subject: String,
+        /// The scopes it carried, space-separated.
+        scopes: String,
+    },
 }
 
 impl CredentialError {
@@ -118,8 +132,62 @@ impl CredentialError {
                 "replace it with a token from `bus-runner token` (a JWT: three dot-separated parts)"
                     .to_owned()
             }
+            CredentialError::Expired {
+                token_file,
+                subject,
+                scopes,
+                ..
+            } => {
+                let scopes = if scopes.is_empty() {
+                    "container:read container:run container:delete"
+                } else {
+                    scopes
+                };
+                let file = token_file
+                    .as_ref()
+                    .map(|p| format!(" --token-file {}", p.display()))
+                    .unwrap_or_default();
+                let account = if subject.is_empty() { "ID" } else { subject };
+                format!(
+                    "renew it with `bus auth token --resources \"{scopes}\"{file}` (API key in \
+                     BUS_API_KEY), or for a local runner with `bus-runner token --state-dir DIR \
+                     --account {account} --resources \"{scopes}\"`"
+                )
+            }
         }
     }
+}
+
+/// Fails with [`CredentialError::Expired`] when the token's (unverified) `exp` is at or before
+/// `now`; a token whose claims do not decode is left for the runner to judge.
+pub fn check_expiry(
+    token: &Token,
+    source: &TokenSource,
+    now: time::OffsetDateTime,
+) -> Result<(), CredentialError> {
+    let Some(claims) = token.claims() else {
+        return Ok(());
+    };
+    if claims.exp > now.unix_timestamp() {
+        return Ok(());
+    }
+    let expired_at = time::OffsetDateTime::from_unix_timestamp(claims.exp)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| claims.exp.to_string());
+    Err(CredentialError::Expired {
+        source_name: source.to_string(),
+        token_file: match source {
+            TokenSource::File(path) => Some(path.clone()),
+            TokenSource::Env(_) => None,
+        },
+        expired_at,
+        subject: claims.sub.clone(),
+        scopes: claims.scopes().collect::<Vec<_>>().join(" "),
+    })
 }
 
 /// Resolves the token source: `--token-file` > `BUS_AI_TOKEN` > `BUS_API_TOKEN` > the
@@ -287,6 +355,48 @@ mod tests {
         let err = load(&TokenSource::Env("BUS_AI_TOKEN"), env).unwrap_err();
         assert!(!err.to_string().contains("not a token at all"));
         assert!(matches!(err, CredentialError::Malformed { .. }));
+    }
+
+    fn jwt_with(claims: &str) -> Token {
+        let payload = URL_SAFE_NO_PAD.encode(claims);
+        Token::new(&format!("eyJhbGciOiJFZERTQSJ9.{payload}.c2ln"))
+    }
+
+    fn claims_json(exp: i64) -> String {
+        format!(
+            r#"{{"sub":"alice","iss":"i","aud":"bus-containers","exp":{exp},"nbf":0,"iat":0,"scope":"container:read container:run","jti":"j"}}"#
+        )
+    }
+
+    #[test]
+    fn an_expired_token_is_refused_with_its_expiry_and_the_renewal() {
+        let now = time::OffsetDateTime::from_unix_timestamp(2_000_000_000).unwrap();
+        let source = TokenSource::File("/home/a/tok".into());
+        let fresh = jwt_with(&claims_json(2_000_000_060));
+        check_expiry(&fresh, &source, now).unwrap();
+
+        let stale = jwt_with(&claims_json(1_700_000_000));
+        let err = check_expiry(&stale, &source, now).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the token from /home/a/tok expired at 2023-11-14T22:13:20Z"
+        );
+        let guidance = err.guidance();
+        assert!(
+            guidance.contains(
+                "bus auth token --resources \"container:read container:run\" --token-file /home/a/tok"
+            ),
+            "{guidance}"
+        );
+        assert!(
+            guidance.contains("bus-runner token --state-dir DIR --account alice"),
+            "{guidance}"
+        );
+        assert!(!guidance.contains(stale.expose()) && !err.to_string().contains(stale.expose()));
+
+        // Exactly at exp is expired; a token without decodable claims is the runner's to judge.
+        assert!(check_expiry(&jwt_with(&claims_json(2_000_000_000)), &source, now).is_err());
+        check_expiry(&Token::new(JWT), &source, now).unwrap();
     }
 
     #[test]

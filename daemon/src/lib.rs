@@ -10,14 +10,19 @@
 //! - [`fanout`]: one upstream log stream per run, shared by all its local followers.
 //! - [`service`]: the gRPC services, the only module that sees proto types.
 //! - [`status`]: the one place errors become gRPC statuses with rich details.
-//! - [`socket`]: binding the socket with the right modes; same-uid peers only.
+//! - [`socket`]: binding the socket with the right modes; same-uid peers only; the instance
+//!   lock; systemd socket activation.
+//! - [`lifecycle`]: call and stream counts, shutdown (signal, RPC, idle exit) and the drain.
+//! - [`deadline`]: a call's gRPC deadline, which bounds its REST call.
 //!
 //! [`serve`] takes a bound listener and a shutdown future, so tests and the binary run it
 //! the same way.
 
 pub mod config;
 pub mod credentials;
+pub mod deadline;
 pub mod fanout;
+pub mod lifecycle;
 pub mod service;
 pub mod socket;
 pub mod status;
@@ -31,6 +36,7 @@ use bus::proto::daemon::v1::daemon_server::DaemonServer;
 use tokio::net::UnixListener;
 
 use crate::config::Config;
+use crate::lifecycle::{ServeOptions, StopReason, TrackLayer};
 use crate::service::DaemonState;
 use crate::service::containers::ContainersService;
 use crate::service::daemon::DaemonService;
@@ -42,7 +48,21 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    serve_with(listener, config, ServeOptions::default(), shutdown).await
+}
+
+/// [`serve`] with [`ServeOptions`]. busd stops when `shutdown` completes, when a `Shutdown`
+/// call asks, or after `idle_exit` without calls; it then accepts nothing new and lets open
+/// calls finish for at most the drain bound before it returns.
+pub async fn serve_with(
+    listener: UnixListener,
+    config: Config,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
     let state = Arc::new(DaemonState::new(config));
+    let lifecycle = state.lifecycle().clone();
+    lifecycle.set_options(options.clone());
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<ContainersServer<ContainersService>>()
@@ -56,11 +76,46 @@ pub async fn serve(
         .build_v1()
         .expect("the embedded descriptor sets are valid");
 
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
+        .layer(TrackLayer::new(lifecycle.clone()))
         .add_service(health)
         .add_service(reflection)
         .add_service(ContainersServer::new(ContainersService::new(state.clone())))
         .add_service(DaemonServer::new(DaemonService::new(state)))
-        .serve_with_incoming_shutdown(socket::same_uid_incoming(listener), shutdown)
-        .await
+        // On stop the incoming stream drops the listener and ends, which starts tonic's
+        // graceful shutdown (the never-ending signal only switches graceful mode on).
+        .serve_with_incoming_shutdown(
+            lifecycle::close_on_stop(socket::same_uid_incoming(listener), lifecycle.clone()),
+            std::future::pending::<()>(),
+        );
+    let mut server = std::pin::pin!(server);
+    let idle = async {
+        match options.idle_exit {
+            Some(limit) => lifecycle.idle_for(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        served = &mut server => return served,
+        () = shutdown => lifecycle.request_stop(StopReason::Signal, options.drain),
+        () = idle => lifecycle.request_stop(StopReason::Idle, options.drain),
+        _ = lifecycle.stop_requested() => {}
+    }
+    let (reason, drain) = lifecycle.stop_requested().await;
+    tracing::info!(
+        ?reason,
+        open_streams = lifecycle.open_streams(),
+        drain_seconds = drain.as_secs_f32(),
+        "stopping: accepting no new connections, draining open calls"
+    );
+    match tokio::time::timeout(drain, &mut server).await {
+        Ok(served) => served,
+        Err(_) => {
+            tracing::warn!(
+                open_streams = lifecycle.open_streams(),
+                "open calls did not finish within the drain bound; closing them"
+            );
+            Ok(())
+        }
+    }
 }

@@ -1,12 +1,15 @@
-//! `busd`: parse arguments, set up logging, bind the socket, serve until a signal.
+//! `busd`: parse arguments, set up logging, take the instance lock, bind the socket (or take
+//! systemd's), serve until a signal, a `Shutdown` call or idle exit, drain, remove the socket.
 
 use std::io::Write as _;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use busd::config::{self, ApiOrigin, Config};
 use busd::credentials;
+use busd::lifecycle::{DEFAULT_DRAIN, ServeOptions};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -28,35 +31,94 @@ struct Args {
     /// $BUS_API_TOKEN, then ~/.config/bus/auth/api-token]
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
+    /// Exit after this long without any call, e.g. 30m (the CLI starts busd again on demand)
+    /// [default: never]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    idle_exit: Option<Duration>,
+    /// How long open streams may take to finish when busd is asked to stop
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
+          default_value = "5s")]
+    drain: Duration,
+}
+
+/// The log filter: `BUS_LOG`, else `BUSD_LOG` (the older name), else `info`.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    ["BUS_LOG", "BUSD_LOG"]
+        .iter()
+        .find_map(|name| {
+            let value = std::env::var(name).ok().filter(|v| !v.trim().is_empty())?;
+            tracing_subscriber::EnvFilter::try_new(value).ok()
+        })
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"))
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BUSD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter())
+        // Colour only on a terminal: the CLI points stderr at a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let notify = std::env::var_os(NOTIFY_ENV).map(PathBuf::from);
+    // Before any other thread exists: taking systemd's listener edits the environment.
+    let env = |name: &str| std::env::var(name).ok();
+    let activated = match busd::socket::activation_requested(env, std::process::id()) {
+        Ok(false) => None,
+        Ok(true) => match busd::socket::take_activated_listener() {
+            Ok(listener) => Some(listener),
+            Err(e) => return fail(notify.as_deref(), &e.to_string()),
+        },
+        Err(message) => return fail(notify.as_deref(), &message),
+    };
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => return fail(notify.as_deref(), &format!("cannot start the runtime: {e}")),
     };
     runtime.block_on(async move {
-        let config = match configure(args) {
+        let options = ServeOptions {
+            idle_exit: args.idle_exit,
+            drain: if args.drain.is_zero() {
+                DEFAULT_DRAIN
+            } else {
+                args.drain
+            },
+            socket_activated: activated.is_some(),
+        };
+        let mut config = match configure(args) {
             Ok(config) => config,
             Err(message) => return fail(notify.as_deref(), &message),
         };
-        let listener = match busd::socket::bind(&config.socket).await {
-            Ok(listener) => listener,
+        if let Some(path) = activated
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+        {
+            config.socket = path;
+        }
+        if let Err(e) = busd::socket::ensure_dir(&config.socket) {
+            return fail(notify.as_deref(), &e.to_string());
+        }
+        let _lock = match busd::socket::InstanceLock::acquire(&config.socket).await {
+            Ok(lock) => lock,
             Err(e) => return fail(notify.as_deref(), &e.to_string()),
+        };
+        let listener = match activated {
+            Some(listener) => match tokio::net::UnixListener::from_std(listener) {
+                Ok(listener) => listener,
+                Err(e) => return fail(notify.as_deref(), &format!("socket activation: {e}")),
+            },
+            None => match busd::socket::bind(&config.socket).await {
+                Ok(listener) => listener,
+                Err(e) => return fail(notify.as_deref(), &e.to_string()),
+            },
         };
         let socket = config.socket.clone();
         tracing::info!(
             socket = %socket.display(),
+            socket_activated = options.socket_activated,
+            idle_exit = ?options.idle_exit,
             upstream = %config.api_origin,
             token_source = %config.token_source,
             "busd listening"
@@ -64,8 +126,12 @@ fn main() -> ExitCode {
         if let Some(path) = &notify {
             report(path, "ready");
         }
-        let served = busd::serve(listener, config, shutdown_signal()).await;
-        let _ = std::fs::remove_file(&socket);
+        let socket_activated = options.socket_activated;
+        let served = busd::serve_with(listener, config, options, shutdown_signal()).await;
+        // systemd owns an activated socket; ours goes before the lock does (on return).
+        if !socket_activated {
+            let _ = std::fs::remove_file(&socket);
+        }
         match served {
             Ok(()) => {
                 tracing::info!("busd stopped");
@@ -94,7 +160,8 @@ fn configure(args: Args) -> Result<Config, String> {
 }
 
 fn fail(notify: Option<&Path>, message: &str) -> ExitCode {
-    tracing::error!("{message}");
+    // One plain line, whoever reads stderr: a terminal, the CLI's log file, journald.
+    eprintln!("busd: error: {message}");
     if let Some(path) = notify {
         report(path, &format!("error: {message}"));
     }
@@ -110,8 +177,7 @@ fn report(path: &Path, line: &str) {
 async fn shutdown_signal() {
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
     }
-    tracing::info!("shutting down");
 }

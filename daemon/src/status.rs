@@ -2,7 +2,9 @@
 //!
 //! Each status carries google.rpc details so every client, not only the CLI, can act on it:
 //! `ErrorInfo{reason, domain}` with a stable UPPER_SNAKE reason, `LocalizedMessage` with the
-//! guidance (what to do next) and `Help` links when the upstream gave one.
+//! guidance (what to do next) and `Help` links when the upstream gave one. Retryable errors add
+//! `RetryInfo` (from `Retry-After`), quota problems `QuotaFailure`, billing problems
+//! `PreconditionFailure`.
 
 use std::collections::HashMap;
 
@@ -48,6 +50,7 @@ impl From<Error> for Status {
 /// Maps an error to a status with rich details.
 pub fn to_status(error: &Error) -> Status {
     let message = error.to_string();
+    let mut metadata = HashMap::new();
     let (code, reason, guidance, help_url) = match error {
         Error::Credentials(e) => {
             let reason = match e {
@@ -55,6 +58,15 @@ pub fn to_status(error: &Error) -> Status {
                 CredentialError::Insecure { .. } => "TOKEN_FILE_INSECURE",
                 CredentialError::Unreadable { .. } => "TOKEN_FILE_UNREADABLE",
                 CredentialError::Malformed { .. } => "TOKEN_INVALID",
+                CredentialError::Expired {
+                    source_name,
+                    expired_at,
+                    ..
+                } => {
+                    metadata.insert("token_source".to_owned(), source_name.clone());
+                    metadata.insert("expired_at".to_owned(), expired_at.clone());
+                    "TOKEN_EXPIRED"
+                }
             };
             (
                 Code::Unauthenticated,
@@ -75,11 +87,21 @@ pub fn to_status(error: &Error) -> Status {
             Some(guidance.clone()),
             None,
         ),
-        Error::Upstream(UpstreamError::Problem(problem)) => (
+        Error::Upstream(
+            UpstreamError::Problem(problem) | UpstreamError::RetryLater { problem, .. },
+        ) => (
             code_for_http(problem.status, problem.code),
             problem.code.as_str().to_ascii_uppercase(),
             problem.guidance.clone(),
             problem.guidance_url.clone(),
+        ),
+        Error::Upstream(UpstreamError::Timeout { origin }) => (
+            Code::DeadlineExceeded,
+            "UPSTREAM_TIMEOUT".into(),
+            Some(format!(
+                "raise --timeout, or check that the runner at {origin} is not overloaded"
+            )),
+            None,
         ),
         Error::Upstream(UpstreamError::Unreachable { origin, .. }) => (
             Code::Unavailable,
@@ -97,14 +119,40 @@ pub fn to_status(error: &Error) -> Status {
         ),
     };
     let mut details = ErrorDetails::new();
-    details.set_error_info(reason, DOMAIN, HashMap::new());
+    details.set_error_info(reason, DOMAIN, metadata);
     if let Some(guidance) = guidance {
         details.set_localized_message("en-US", guidance);
     }
     if let Some(url) = help_url {
         details.add_help_link("how to fix this", url);
     }
+    if let Error::Upstream(upstream) = error {
+        add_upstream_details(&mut details, upstream);
+    }
     Status::with_error_details(code, message, details)
+}
+
+/// The typed details of an upstream refusal: when to retry, which quota, which precondition.
+fn add_upstream_details(details: &mut ErrorDetails, error: &UpstreamError) {
+    if let UpstreamError::RetryLater { retry_after, .. } = error {
+        details.set_retry_info(Some(*retry_after));
+    }
+    let Some(problem) = error.problem() else {
+        return;
+    };
+    match problem.code {
+        ProblemCode::QuotaExhausted => {
+            details.add_quota_failure_violation("account", problem.detail.clone());
+        }
+        ProblemCode::BillingRequired => {
+            details.add_precondition_failure_violation(
+                "BILLING",
+                "account",
+                problem.detail.clone(),
+            );
+        }
+        _ => {}
+    }
 }
 
 /// REST status → gRPC code.
@@ -149,6 +197,88 @@ mod tests {
         assert_eq!(
             details.localized_message().unwrap().message,
             "mint a token with container:run"
+        );
+    }
+
+    #[test]
+    fn quota_problems_carry_retry_info_and_quota_failure() {
+        let problem = Problem::new(
+            ProblemCode::QuotaExhausted,
+            429,
+            "Too Many Requests",
+            "the plan allows 2 concurrent runs",
+        );
+        let status = to_status(&Error::Upstream(UpstreamError::RetryLater {
+            problem: Box::new(problem),
+            retry_after: std::time::Duration::from_secs(30),
+        }));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "QUOTA_EXHAUSTED");
+        assert_eq!(
+            details.retry_info().unwrap().retry_delay,
+            Some(std::time::Duration::from_secs(30))
+        );
+        let quota = details.quota_failure().unwrap();
+        assert_eq!(quota.violations[0].subject, "account");
+        assert_eq!(
+            quota.violations[0].description,
+            "the plan allows 2 concurrent runs"
+        );
+        assert!(details.precondition_failure().is_none());
+    }
+
+    #[test]
+    fn billing_problems_carry_a_precondition_and_the_help_link() {
+        let problem = Problem::new(
+            ProblemCode::BillingRequired,
+            402,
+            "Payment Required",
+            "set up billing to start runs",
+        )
+        .with_guidance_url("https://bus.example/billing");
+        let status = to_status(&Error::Upstream(UpstreamError::Problem(Box::new(problem))));
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let details = status.get_error_details();
+        let precondition = details.precondition_failure().unwrap();
+        assert_eq!(precondition.violations[0].r#type, "BILLING");
+        assert_eq!(precondition.violations[0].subject, "account");
+        assert_eq!(
+            details.help().unwrap().links[0].url,
+            "https://bus.example/billing"
+        );
+        assert!(details.retry_info().is_none() && details.quota_failure().is_none());
+    }
+
+    #[test]
+    fn an_expired_token_is_unauthenticated_with_its_source() {
+        let err = CredentialError::Expired {
+            source_name: "/t".into(),
+            token_file: Some("/t".into()),
+            expired_at: "2023-11-14T22:13:20Z".into(),
+            subject: "alice".into(),
+            scopes: "container:read".into(),
+        };
+        let status = to_status(&Error::Credentials(err));
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert_eq!(
+            status.message(),
+            "the token from /t expired at 2023-11-14T22:13:20Z"
+        );
+        let info = status.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(info.reason, "TOKEN_EXPIRED");
+        assert_eq!(info.metadata["expired_at"], "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn an_upstream_timeout_is_deadline_exceeded() {
+        let status = to_status(&Error::Upstream(UpstreamError::Timeout {
+            origin: "http://o".into(),
+        }));
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert_eq!(
+            status.get_error_details().error_info().unwrap().reason,
+            "UPSTREAM_TIMEOUT"
         );
     }
 

@@ -2,11 +2,17 @@
 //!
 //! One pooled `reqwest::Client` per origin (keep-alive, HTTP/2 when offered, rustls). Every
 //! call carries the bearer token; every non-2xx answer is parsed as an RFC 9457 problem.
+//!
+//! Robustness: a unary call is bounded by the caller's gRPC deadline (a reqwest timeout of the
+//! time left); idempotent calls (GET, DELETE) and creates that carry an `Idempotency-Key` are
+//! retried on connect errors and 502/503/504, [`MAX_TRIES`] times in all, with jittered
+//! exponential backoff that never sleeps past the deadline. `Retry-After` is kept on the error.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
+use bus_api::auth::{TokenRequest, TokenResponse};
 use bus_api::{CreateRun, LogFrame, Problem, Run, RunPage, RunnerStatus};
 use futures::{Stream, StreamExt, TryStreamExt};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -19,6 +25,17 @@ use crate::credentials::Token;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest NDJSON line busd accepts (a 64 KiB chunk in base64 plus its envelope).
 const MAX_FRAME_LINE: usize = 256 * 1024;
+/// How many times a retryable call is tried in all.
+pub const MAX_TRIES: u32 = 3;
+/// The first retry's backoff ceiling; each further retry doubles it, up to [`MAX_BACKOFF`].
+const BASE_BACKOFF: Duration = Duration::from_millis(100);
+/// The largest backoff between two tries.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// A `Retry-After` longer than this is not waited for: the error goes back to the caller with
+/// the delay in its `RetryInfo`.
+const MAX_HONOURED_RETRY_AFTER: Duration = Duration::from_secs(2);
+/// The header that makes a create safe to retry.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// What went wrong talking to the upstream.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -26,6 +43,20 @@ pub enum UpstreamError {
     /// The upstream answered with a problem document.
     #[error("{}", .0.detail)]
     Problem(Box<Problem>),
+    /// The upstream answered with a problem document and a `Retry-After` header.
+    #[error("{}", .problem.detail)]
+    RetryLater {
+        /// The problem.
+        problem: Box<Problem>,
+        /// How long to wait before trying again.
+        retry_after: Duration,
+    },
+    /// The call's deadline passed before the upstream answered.
+    #[error("the container runner at {origin} did not answer within the call's deadline")]
+    Timeout {
+        /// The origin that was called.
+        origin: String,
+    },
     /// No connection could be made, or it broke.
     #[error("cannot reach the container runner at {origin}: {reason}")]
     Unreachable {
@@ -72,6 +103,18 @@ impl LogsQuery {
     }
 }
 
+impl UpstreamError {
+    /// The problem document, if the upstream sent one.
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            UpstreamError::Problem(problem) | UpstreamError::RetryLater { problem, .. } => {
+                Some(problem)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A pool of REST clients, one per origin.
 #[derive(Clone, Default)]
 pub struct Upstreams {
@@ -79,6 +122,19 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
+    /// How many origins have a warm client.
+    pub fn len(&self) -> usize {
+        self.clients
+            .lock()
+            .expect("upstream pool lock poisoned")
+            .len()
+    }
+
+    /// Whether no client has been made yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The client for `origin`, made on first use and kept warm afterwards.
     pub fn client(&self, origin: &ApiOrigin, token: Token) -> Upstream {
         let mut clients = self.clients.lock().expect("upstream pool lock poisoned");
@@ -98,6 +154,7 @@ impl Upstreams {
             http,
             origin: origin.clone(),
             token,
+            deadline: None,
         }
     }
 }
@@ -108,9 +165,18 @@ pub struct Upstream {
     http: reqwest::Client,
     origin: ApiOrigin,
     token: Token,
+    /// When the caller gives up: bounds unary calls (not streams, which may outlive it).
+    deadline: Option<Instant>,
 }
 
 impl Upstream {
+    /// This context with unary calls bounded by `timeout` from now (the caller's gRPC
+    /// deadline); `None` leaves them unbounded.
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.deadline = timeout.map(|t| Instant::now() + t);
+        self
+    }
+
     /// The origin this context calls.
     pub fn origin(&self) -> &ApiOrigin {
         &self.origin
@@ -134,13 +200,30 @@ impl Upstream {
             .await
     }
 
-    /// `POST /api/v1/containers/runs`.
+    /// `POST /api/v1/containers/runs` with a fresh `Idempotency-Key`, so the create is retried
+    /// safely (the runner answers a repeated key with the run it already made).
     pub async fn create_run(&self, spec: &CreateRun) -> Result<Run, UpstreamError> {
         self.json(
             self.request(Method::POST, "/api/v1/containers/runs")
+                .header(IDEMPOTENCY_KEY, new_idempotency_key())
                 .json(spec),
         )
         .await
+    }
+
+    /// `POST /api/v1/auth/token`: exchanges the API key this context carries (in place of a
+    /// token) for a token. Not retried: it has no idempotency key.
+    pub async fn create_token(
+        &self,
+        resources: &str,
+        ttl_seconds: Option<u64>,
+    ) -> Result<TokenResponse, UpstreamError> {
+        let body = TokenRequest {
+            resources: resources.to_owned(),
+            ttl_seconds,
+        };
+        self.json(self.request(Method::POST, "/api/v1/auth/token").json(&body))
+            .await
     }
 
     /// `GET /api/v1/containers/runs/{id}`.
@@ -171,7 +254,7 @@ impl Upstream {
 
     /// `DELETE /api/v1/containers/runs/{id}`.
     pub async fn delete_run(&self, id: &str) -> Result<(), UpstreamError> {
-        self.send(self.request(Method::DELETE, &run_path(id, "")))
+        self.json::<serde::de::IgnoredAny>(self.request(Method::DELETE, &run_path(id, "")))
             .await
             .map(drop)
     }
@@ -243,29 +326,127 @@ impl Upstream {
             .bearer_auth(self.token.expose())
     }
 
+    /// Sends `request` (retried when [`retry_policy`] allows) and returns a successful
+    /// response with its body unread. Not bounded by the deadline: a stream's body may
+    /// outlive the call that opened it.
     async fn send(&self, request: RequestBuilder) -> Result<Response, UpstreamError> {
-        let response = request.send().await.map_err(|e| self.unreachable(&e))?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        let status = response.status();
-        let body = response.bytes().await.map_err(|e| self.unreachable(&e))?;
-        match serde_json::from_slice::<Problem>(&body) {
-            Ok(problem) => Err(UpstreamError::Problem(Box::new(problem))),
-            Err(_) => Err(self.protocol(format!(
-                "HTTP {status} without a problem document{}",
-                hint_for_status(status)
-            ))),
+        self.send_until(request, None).await
+    }
+
+    async fn send_until(
+        &self,
+        request: RequestBuilder,
+        deadline: Option<Instant>,
+    ) -> Result<Response, UpstreamError> {
+        let request = request
+            .build()
+            .map_err(|e| self.protocol(format!("cannot build the request: {e}")))?;
+        let retryable = retry_policy(
+            request.method(),
+            request.headers().contains_key(IDEMPOTENCY_KEY),
+        );
+        let mut next = Some(request);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let current = next.take().expect("a request for every try");
+            if retryable && tries < MAX_TRIES {
+                next = current.try_clone();
+            }
+            let (error, retry_after) = match self.http.execute(current).await {
+                Ok(response) if response.status().is_success() => return Ok(response),
+                Ok(response) => {
+                    let status = response.status();
+                    let retry_after = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                    let error = self.problem_of(response, retry_after).await;
+                    if !retryable_status(status) {
+                        return Err(error);
+                    }
+                    (error, retry_after)
+                }
+                Err(e) if e.is_timeout() => return Err(self.timeout()),
+                Err(e) if e.is_connect() => (self.unreachable(&e), None),
+                Err(e) => return Err(self.unreachable(&e)),
+            };
+            if next.is_none() || retry_after.is_some_and(|d| d > MAX_HONOURED_RETRY_AFTER) {
+                return Err(error);
+            }
+            let pause = backoff(tries, fastrand::f64()).max(retry_after.unwrap_or_default());
+            if deadline.is_some_and(|d| Instant::now() + pause >= d) {
+                return Err(error);
+            }
+            tracing::debug!(origin = %self.origin, tries, ?pause, error = %error, "retrying");
+            tokio::time::sleep(pause).await;
         }
     }
 
+    async fn problem_of(&self, response: Response, retry_after: Option<Duration>) -> UpstreamError {
+        let status = response.status();
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            Err(e) => return self.unreachable(&e),
+        };
+        match serde_json::from_slice::<Problem>(&body) {
+            Ok(problem) => match retry_after {
+                Some(retry_after) => UpstreamError::RetryLater {
+                    problem: Box::new(problem),
+                    retry_after,
+                },
+                None => UpstreamError::Problem(Box::new(problem)),
+            },
+            Err(_) => self.protocol(format!(
+                "HTTP {status} without a problem document{}",
+                hint_for_status(status)
+            )),
+        }
+    }
+
+    /// A unary call: sent, retried and read within the deadline, the body parsed as JSON.
     async fn json<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T, UpstreamError> {
-        let response = self.send(request).await?;
-        let body = response.bytes().await.map_err(|e| self.unreachable(&e))?;
-        serde_json::from_slice(&body).map_err(|e| self.protocol(format!("invalid JSON: {e}")))
+        let call = async {
+            let request = match self.time_left() {
+                Some(left) => request.timeout(left),
+                None => request,
+            };
+            let response = self.send_until(request, self.deadline).await?;
+            let body = response.bytes().await.map_err(|e| self.unreachable(&e))?;
+            if body.is_empty() {
+                // 204 and friends: `IgnoredAny` (and `()`-like targets) accept `null`.
+                return serde_json::from_slice(b"null")
+                    .map_err(|e| self.protocol(format!("invalid JSON: {e}")));
+            }
+            serde_json::from_slice(&body).map_err(|e| self.protocol(format!("invalid JSON: {e}")))
+        };
+        match self.time_left() {
+            // A belt to reqwest's braces: the backoff sleeps are bounded too.
+            Some(left) => tokio::time::timeout(left, call)
+                .await
+                .unwrap_or_else(|_| Err(self.timeout())),
+            None => call.await,
+        }
+    }
+
+    /// Time left before the deadline, less a small margin so busd's own DEADLINE_EXCEEDED
+    /// (with its details) reaches the caller before the caller's timer fires.
+    fn time_left(&self) -> Option<Duration> {
+        let left = self.deadline?.saturating_duration_since(Instant::now());
+        Some(left.saturating_sub((left / 10).min(Duration::from_millis(100))))
+    }
+
+    fn timeout(&self) -> UpstreamError {
+        UpstreamError::Timeout {
+            origin: self.origin.to_string(),
+        }
     }
 
     fn unreachable(&self, e: &reqwest::Error) -> UpstreamError {
+        if e.is_timeout() {
+            return self.timeout();
+        }
         UpstreamError::Unreachable {
             origin: self.origin.to_string(),
             reason: transport_reason(e),
@@ -278,6 +459,57 @@ impl Upstream {
             reason,
         }
     }
+}
+
+/// Whether a request may be sent again after a failure that may or may not have reached the
+/// runner: reads and deletes always, a create only with an `Idempotency-Key`.
+pub fn retry_policy(method: &Method, has_idempotency_key: bool) -> bool {
+    match *method {
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::PUT => true,
+        Method::POST => has_idempotency_key,
+        _ => false,
+    }
+}
+
+/// The statuses worth another try: the gateway or the runner is briefly unavailable.
+pub fn retryable_status(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// The pause after try number `tries` (1-based): "equal jitter" — half the exponential step
+/// plus a random part of the other half (`random` in `[0, 1)`), the step capped at
+/// [`MAX_BACKOFF`].
+pub fn backoff(tries: u32, random: f64) -> Duration {
+    let step = BASE_BACKOFF
+        .saturating_mul(1u32 << tries.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF);
+    step / 2 + (step / 2).mul_f64(random.clamp(0.0, 1.0))
+}
+
+/// `Retry-After`: delay-seconds or an HTTP-date (RFC 9110 §10.2.3); a date in the past is 0.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date =
+        time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
+    let at = SystemTime::from(date);
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
+/// A fresh, random `Idempotency-Key` for one logical create (reused by its retries).
+fn new_idempotency_key() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness: fall back to a seeded generator (still unique per process run).
+        bytes = fastrand::u128(..).to_le_bytes();
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("busd-{hex}")
 }
 
 fn run_path(id: &str, suffix: &str) -> String {
@@ -405,6 +637,278 @@ mod tests {
     fn garbage_is_a_protocol_error() {
         let got = frames_of(vec![b"<html>\n"]);
         assert!(got[0].as_ref().unwrap_err().contains("invalid log frame"));
+    }
+
+    #[test]
+    fn only_idempotent_calls_and_keyed_creates_are_retried() {
+        assert!(retry_policy(&Method::GET, false));
+        assert!(retry_policy(&Method::DELETE, false));
+        assert!(retry_policy(&Method::POST, true));
+        assert!(!retry_policy(&Method::POST, false));
+        assert!(!retry_policy(&Method::PATCH, false));
+        for code in [502, 503, 504] {
+            assert!(
+                retryable_status(StatusCode::from_u16(code).unwrap()),
+                "{code}"
+            );
+        }
+        for code in [400, 401, 402, 403, 404, 409, 429, 500, 501] {
+            assert!(
+                !retryable_status(StatusCode::from_u16(code).unwrap()),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_within_bounds() {
+        for tries in 1..=8 {
+            let step = (BASE_BACKOFF * (1 << (tries - 1))).min(MAX_BACKOFF);
+            let low = backoff(tries, 0.0);
+            let high = backoff(tries, 0.999_999);
+            assert_eq!(low, step / 2, "try {tries}");
+            assert!(
+                high <= step && high > step * 9 / 10,
+                "try {tries}: {high:?}"
+            );
+        }
+        assert_eq!(backoff(1, 0.0), Duration::from_millis(50));
+        assert_eq!(backoff(u32::MAX, 1.0), MAX_BACKOFF);
+        assert_eq!(backoff(1, 7.0), BASE_BACKOFF, "random is clamped");
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_767); // 1994-11-06T08:49:27Z
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+    }
+
+    #[test]
+    fn idempotency_keys_are_fresh_and_header_safe() {
+        let (a, b) = (new_idempotency_key(), new_idempotency_key());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), "busd-".len() + 32);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'));
+    }
+
+    /// A scripted HTTP/1.1 upstream for fault injection: answers each request with the next
+    /// scripted reply (the last one repeats) and records method, path and idempotency key.
+    struct Fake {
+        origin: ApiOrigin,
+        seen: Arc<Mutex<Vec<Seen>>>,
+    }
+
+    /// A request the fake saw: method, path and `Idempotency-Key`.
+    type Seen = (String, String, Option<String>);
+
+    /// One scripted reply: status, extra headers, body; `None` status = accept and never answer.
+    type Reply = (Option<u16>, &'static str, &'static str);
+
+    async fn fake(replies: Vec<Reply>) -> Fake {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin =
+            ApiOrigin::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let (status, headers, body) = replies[n.min(replies.len() - 1)];
+                n += 1;
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if conn.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    let mut lines = head.lines();
+                    let mut first = lines.next().unwrap().split(' ');
+                    let (method, path) = (first.next().unwrap(), first.next().unwrap());
+                    let header = |name: &str| {
+                        head.lines().find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+                        })
+                    };
+                    let length: usize = header("content-length").map_or(0, |v| v.parse().unwrap());
+                    let mut rest = vec![0u8; length];
+                    conn.read_exact(&mut rest).await.unwrap();
+                    log.lock().unwrap().push((
+                        method.to_owned(),
+                        path.to_owned(),
+                        header("idempotency-key"),
+                    ));
+                    let Some(status) = status else {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        return;
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        Fake { origin, seen }
+    }
+
+    fn upstream_for(fake: &Fake) -> Upstream {
+        Upstreams::default().client(&fake.origin, Token::new("eyJ.a.b"))
+    }
+
+    const UNAVAILABLE: Reply = (
+        Some(503),
+        "",
+        r#"{"title":"t","status":503,"detail":"engine down","code":"engine_unavailable"}"#,
+    );
+    const STATUS_OK: Reply = (
+        Some(200),
+        "",
+        r#"{"state":"ready","engine":"podman","engine_api_version":"1.41","profiles":[]}"#,
+    );
+
+    #[tokio::test]
+    async fn a_read_is_retried_through_brief_unavailability() {
+        let fake = fake(vec![UNAVAILABLE, UNAVAILABLE, STATUS_OK]).await;
+        let status = upstream_for(&fake).status().await.unwrap();
+        assert_eq!(status.state, "ready");
+        assert_eq!(fake.seen.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_read_gives_up_after_three_tries() {
+        let fake = fake(vec![UNAVAILABLE]).await;
+        let err = upstream_for(&fake).status().await.unwrap_err();
+        assert_eq!(err.problem().unwrap().detail, "engine down");
+        assert_eq!(fake.seen.lock().unwrap().len(), MAX_TRIES as usize);
+    }
+
+    #[tokio::test]
+    async fn a_create_is_retried_with_one_idempotency_key() {
+        let created = (
+            Some(201),
+            "",
+            r#"{"id":"run_1","state":"queued","image":"i","argv":[],"created_at":"2024-01-01T00:00:00Z"}"#,
+        );
+        let fake = fake(vec![UNAVAILABLE, created]).await;
+        let run = upstream_for(&fake)
+            .create_run(&CreateRun::default())
+            .await
+            .unwrap();
+        assert_eq!(run.id, "run_1");
+        let seen = fake.seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2);
+        let key = seen[0]
+            .2
+            .clone()
+            .expect("the create carries an Idempotency-Key");
+        assert_eq!(
+            seen[1].2.as_deref(),
+            Some(key.as_str()),
+            "the retry reuses it"
+        );
+
+        // The next logical create gets a key of its own.
+        let second = upstream_for(&fake).create_run(&CreateRun::default()).await;
+        assert!(second.is_ok());
+        assert_ne!(
+            fake.seen.lock().unwrap()[2].2.as_deref(),
+            Some(key.as_str())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_post_without_a_key_is_not_retried() {
+        let fake = fake(vec![UNAVAILABLE]).await;
+        let err = upstream_for(&fake)
+            .create_token("container:read", None)
+            .await;
+        assert!(err.is_err());
+        assert_eq!(fake.seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn client_errors_are_not_retried_and_retry_after_is_kept() {
+        let quota = (
+            Some(429),
+            "retry-after: 30\r\n",
+            r#"{"title":"t","status":429,"detail":"plan limit","code":"quota_exhausted"}"#,
+        );
+        let fake = fake(vec![quota]).await;
+        let err = upstream_for(&fake).status().await.unwrap_err();
+        assert!(
+            matches!(&err, UpstreamError::RetryLater { retry_after, .. } if *retry_after == Duration::from_secs(30)),
+            "{err:?}"
+        );
+        assert_eq!(fake.seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_long_retry_after_is_not_waited_for() {
+        let busy = (Some(503), "retry-after: 120\r\n", UNAVAILABLE.2);
+        let fake = fake(vec![busy, STATUS_OK]).await;
+        let err = upstream_for(&fake).status().await.unwrap_err();
+        assert!(matches!(err, UpstreamError::RetryLater { .. }), "{err:?}");
+        assert_eq!(fake.seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_deadline_bounds_a_unary_call() {
+        let fake = fake(vec![(None, "", "")]).await;
+        let started = Instant::now();
+        let err = upstream_for(&fake)
+            .with_timeout(Some(Duration::from_millis(300)))
+            .status()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, UpstreamError::Timeout { .. }), "{err:?}");
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(300),
+            "gave up before the caller: {took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn connect_errors_are_retried_then_reported() {
+        // A port nothing listens on: bind, note it, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let origin = ApiOrigin::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let started = Instant::now();
+        let err = Upstreams::default()
+            .client(&origin, Token::new("eyJ.a.b"))
+            .status()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, UpstreamError::Unreachable { .. }), "{err:?}");
+        // Two pauses of at least 50 ms and 100 ms: it was tried three times.
+        assert!(started.elapsed() >= Duration::from_millis(150));
     }
 
     #[test]

@@ -129,10 +129,27 @@ pub struct Runner {
 
 impl Runner {
     pub fn start() -> Runner {
+        Runner::start_with(None)
+    }
+
+    /// A runner with a TOML config (accounts, API keys, plans), written to its state dir.
+    pub fn start_with_config(config: &str) -> Runner {
+        Runner::start_with(Some(config))
+    }
+
+    fn start_with(config: Option<&str>) -> Runner {
         let engine = Engine::start();
         let state_dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(bin("bus-runner"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--engine"])
+        let mut command = Command::new(bin("bus-runner"));
+        if let Some(config) = config {
+            let path = state_dir.path().join("runner.toml");
+            std::fs::write(&path, config).unwrap();
+            command.arg("serve").arg("--config").arg(path);
+        } else {
+            command.arg("serve");
+        }
+        let mut child = command
+            .args(["--listen", "127.0.0.1:0", "--engine"])
             .arg(format!("unix://{}", engine.socket.display()))
             .arg("--state-dir")
             .arg(state_dir.path())
@@ -193,6 +210,25 @@ impl Runner {
     }
 }
 
+/// The SHA-256 (hex) of an API key, for `api_key_sha256` in a runner config.
+pub fn hash_key(key: &str) -> String {
+    let mut child = Command::new(bin("bus-runner"))
+        .arg("hash-key")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(key.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "bus-runner hash-key failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// Mints a token with the signing key in `state_dir`.
 pub fn mint(state_dir: &Path, account: &str, resources: &str, extra: &[&str]) -> String {
     let out = Command::new(bin("bus-runner"))
@@ -216,6 +252,33 @@ impl Drop for Runner {
     fn drop(&mut self) {
         stop_pid(self.child.id());
         let _ = self.child.wait();
+        // A stopped runner leaves its unfinished runs' containers for its next start to
+        // re-adopt; there is no next start here, so remove them (by id, by this runner's label).
+        let Ok(id) = std::fs::read_to_string(self.state_dir.path().join("runner-id")) else {
+            return;
+        };
+        let podman = || {
+            let mut command = Command::new("podman");
+            command
+                .arg("--url")
+                .arg(format!("unix://{}", self.engine.socket.display()))
+                .stdin(Stdio::null())
+                .stderr(Stdio::null());
+            command
+        };
+        let Ok(listed) = podman()
+            .args(["ps", "-a", "-q", "--no-trunc", "--filter"])
+            .arg(format!("label=bus.runner={}", id.trim()))
+            .output()
+        else {
+            return;
+        };
+        for container in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
+            let _ = podman()
+                .args(["rm", "-f", "--ignore", container])
+                .stdout(Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -238,7 +301,11 @@ impl Stack {
 
     /// A stack with no token anywhere.
     pub fn without_token() -> Stack {
-        let runner = Runner::start();
+        Stack::on(Runner::start())
+    }
+
+    /// A stack with no token anywhere, in front of `runner`.
+    pub fn on(runner: Runner) -> Stack {
         let home = tempfile::tempdir().unwrap();
         let socket = home.path().join("run").join("busd.sock");
         Stack {
@@ -283,9 +350,29 @@ impl Stack {
         self.bus().args(args).output().unwrap()
     }
 
-    /// The log file busd writes when the CLI starts it.
+    /// The log file busd writes when the CLI starts it:
+    /// `${XDG_STATE_HOME:-~/.local/state}/bus/busd.log` (the harness sets only HOME).
+    pub fn busd_log_path(&self) -> PathBuf {
+        self.home.path().join(".local/state/bus/busd.log")
+    }
+
+    /// The log busd wrote when the CLI started it.
     pub fn busd_log(&self) -> String {
-        std::fs::read_to_string(self.socket.with_file_name("busd.log")).unwrap_or_default()
+        std::fs::read_to_string(self.busd_log_path()).unwrap_or_default()
+    }
+
+    /// `busd` itself with this stack's environment, on this stack's socket.
+    pub fn busd(&self) -> Command {
+        let mut cmd = Command::new(bin("busd"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.home.path())
+            .env("BUS_CONFIG_DIR", self.config_dir())
+            .env("BUS_AI_API_URL", &self.runner.origin)
+            .arg("--socket")
+            .arg(&self.socket)
+            .stdin(Stdio::null());
+        cmd
     }
 
     /// busd's PID, from `bus daemon info`, if one is running.

@@ -1,5 +1,7 @@
 //! One module per subcommand: an `Args` struct and `run()`.
 
+pub mod auth;
+pub mod daemon;
 pub mod delete;
 pub mod get;
 pub mod info;

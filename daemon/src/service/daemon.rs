@@ -1,12 +1,35 @@
-//! `bus.daemon.v1.Daemon`: what this daemon is and whom it speaks for.
+//! `bus.daemon.v1.Daemon`: what this daemon is and whom it speaks for; its credentials; its
+//! shutdown.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use bus::proto::daemon::v1::{DaemonInfo, GetInfoRequest, daemon_server::Daemon};
+use bus::proto::daemon::v1::{
+    CreateTokenRequest, CreateTokenResponse, DaemonInfo, GetInfoRequest, ReloadCredentialsRequest,
+    ReloadCredentialsResponse, ShutdownRequest, ShutdownResponse, daemon_server::Daemon,
+};
 use tonic::{Request, Response, Status};
 
-use super::DaemonState;
-use crate::credentials;
+use super::{DaemonState, META_API_URL};
+use crate::config::ApiOrigin;
+use crate::credentials::{self, Token};
+use crate::lifecycle::StopReason;
+use crate::status::Error;
+
+/// Metadata key: the account's API key, for `CreateToken` only. Never a message field, so it
+/// cannot end up in a logged request.
+pub const META_API_KEY: &str = "bus-api-key";
+
+/// What this busd can do beyond v1's first calls (`DaemonInfo.features`).
+pub const FEATURES: &[&str] = &[
+    "shutdown",
+    "reload-credentials",
+    "create-token",
+    "idle-exit",
+    "socket-activation",
+    "upstream-retries",
+    "idempotent-creates",
+];
 
 /// The Daemon service.
 pub struct DaemonService {
@@ -20,29 +43,152 @@ impl DaemonService {
     }
 }
 
+fn timestamp(seconds: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds, nanos: 0 }
+}
+
 #[tonic::async_trait]
 impl Daemon for DaemonService {
-    async fn get_info(&self, _: Request<GetInfoRequest>) -> Result<Response<DaemonInfo>, Status> {
+    async fn get_info(
+        &self,
+        request: Request<GetInfoRequest>,
+    ) -> Result<Response<DaemonInfo>, Status> {
         let config = &self.state.config;
-        let claims = credentials::load(&config.token_source, super::env_var)
-            .ok()
-            .and_then(|token| token.claims());
+        let lifecycle = self.state.lifecycle();
+        let (source, token) = self.state.load_token(request.metadata());
+        let describe = |e: &credentials::CredentialError| format!("{e}; {}", e.guidance());
+        let token_error = match &token {
+            Ok(token) => credentials::check_expiry(token, &source, time::OffsetDateTime::now_utc())
+                .err()
+                .map(|e| describe(&e)),
+            Err(e) => Some(describe(e)),
+        }
+        .unwrap_or_default();
+        let claims = token.ok().and_then(|token| token.claims());
         Ok(Response::new(DaemonInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol: bus::PROTOCOL,
-            upstream_origin: config.api_origin.to_string(),
+            upstream_origin: match request.metadata().get(META_API_URL) {
+                Some(url) => url.to_str().unwrap_or_default().to_owned(),
+                None => config.api_origin.to_string(),
+            },
             identity: claims.as_ref().map(|c| c.sub.clone()).unwrap_or_default(),
             scopes: claims
                 .as_ref()
                 .map(|c| c.scopes().map(str::to_owned).collect())
                 .unwrap_or_default(),
-            token_expires_at: claims.as_ref().map(|c| prost_types::Timestamp {
-                seconds: c.exp,
-                nanos: 0,
-            }),
-            token_source: config.token_source.to_string(),
+            token_expires_at: claims.as_ref().map(|c| timestamp(c.exp)),
+            token_source: source.to_string(),
             uptime_seconds: self.state.started.elapsed().as_secs(),
             pid: std::process::id(),
+            upstream_clients: self.state.upstreams.len() as u32,
+            open_streams: lifecycle.open_streams() as u32,
+            fanout_groups: self.state.fanout.groups() as u32,
+            upstream_log_streams: self.state.fanout.upstream_streams(),
+            features: FEATURES.iter().map(|f| (*f).to_owned()).collect(),
+            token_error,
+            socket_activated: lifecycle.options().socket_activated,
+        }))
+    }
+
+    async fn reload_credentials(
+        &self,
+        request: Request<ReloadCredentialsRequest>,
+    ) -> Result<Response<ReloadCredentialsResponse>, Status> {
+        let (source, token) = self.state.load_token(request.metadata());
+        let token = token.map_err(Error::from)?;
+        credentials::check_expiry(&token, &source, time::OffsetDateTime::now_utc())
+            .map_err(Error::from)?;
+        let claims = token.claims();
+        tracing::info!(
+            token_source = %source,
+            identity = claims.as_ref().map_or("", |c| c.sub.as_str()),
+            "credentials reloaded"
+        );
+        Ok(Response::new(ReloadCredentialsResponse {
+            identity: claims.as_ref().map(|c| c.sub.clone()).unwrap_or_default(),
+            scopes: claims
+                .as_ref()
+                .map(|c| c.scopes().map(str::to_owned).collect())
+                .unwrap_or_default(),
+            token_expires_at: claims.as_ref().map(|c| timestamp(c.exp)),
+            token_source: source.to_string(),
+        }))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        let metadata = request.metadata();
+        let api_key = metadata
+            .get(META_API_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(Token::new)
+            .ok_or_else(|| Error::InvalidArgument {
+                message: "no API key came with the call".into(),
+                guidance: "set BUS_API_KEY, or pass --api-key-file PATH (mode 0600)".into(),
+            })?;
+        let origin = match metadata.get(META_API_URL).and_then(|v| v.to_str().ok()) {
+            Some(url) => ApiOrigin::parse(url).map_err(Error::from)?,
+            None => self.state.config.api_origin.clone(),
+        };
+        let timeout = crate::deadline::from_metadata(metadata);
+        let CreateTokenRequest {
+            resources,
+            ttl_seconds,
+        } = request.into_inner();
+        if resources.split_whitespace().next().is_none() {
+            return Err(Error::InvalidArgument {
+                message: "no resources requested".into(),
+                guidance: "pass --resources \"container:read container:run container:delete\""
+                    .into(),
+            }
+            .into());
+        }
+        let upstream = self
+            .state
+            .upstreams
+            .client(&origin, api_key)
+            .with_timeout(timeout);
+        let issued = upstream
+            .create_token(&resources, (ttl_seconds > 0).then_some(ttl_seconds))
+            .await
+            .map_err(Error::from)?;
+        tracing::info!(upstream = %origin, scope = %issued.scope, "token issued");
+        Ok(Response::new(CreateTokenResponse {
+            token: issued.token,
+            expires_at: Some(prost_types::Timestamp {
+                seconds: issued.expires_at.unix_timestamp(),
+                nanos: 0,
+            }),
+            scope: issued.scope,
+        }))
+    }
+
+    async fn shutdown(
+        &self,
+        request: Request<ShutdownRequest>,
+    ) -> Result<Response<ShutdownResponse>, Status> {
+        let lifecycle = self.state.lifecycle();
+        let options = lifecycle.options();
+        let drain = match request.get_ref().drain_seconds {
+            0 => options.drain,
+            seconds => Duration::from_secs(seconds.into()),
+        };
+        let open_streams = lifecycle.open_streams() as u32;
+        tracing::info!(open_streams, "shutdown requested");
+        lifecycle.request_stop(StopReason::Requested, drain);
+        Ok(Response::new(ShutdownResponse {
+            pid: std::process::id(),
+            open_streams,
+            socket: if options.socket_activated {
+                String::new()
+            } else {
+                self.state.config.socket.display().to_string()
+            },
         }))
     }
 }

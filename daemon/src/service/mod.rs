@@ -12,6 +12,7 @@ use tonic::metadata::MetadataMap;
 use crate::config::{ApiOrigin, Config};
 use crate::credentials::{self, Token, TokenSource};
 use crate::fanout::Fanout;
+use crate::lifecycle::Lifecycle;
 use crate::status::Error;
 use crate::upstream::{Upstream, Upstreams};
 
@@ -28,6 +29,7 @@ pub struct DaemonState {
     upstreams: Upstreams,
     fanout: Arc<Fanout>,
     started: Instant,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl DaemonState {
@@ -38,7 +40,13 @@ impl DaemonState {
             upstreams: Upstreams::default(),
             fanout: Arc::default(),
             started: Instant::now(),
+            lifecycle: Arc::default(),
         }
+    }
+
+    /// Call and stream counts, and the stop switch.
+    pub fn lifecycle(&self) -> &Arc<Lifecycle> {
+        &self.lifecycle
     }
 
     /// The upstream for one call, honouring the caller's per-call overrides.
@@ -48,22 +56,38 @@ impl DaemonState {
             None => self.config.api_origin.clone(),
         };
         let token = self.token(metadata)?;
-        Ok(self.upstreams.client(&origin, token))
+        let timeout = crate::deadline::from_metadata(metadata);
+        Ok(self.upstreams.client(&origin, token).with_timeout(timeout))
     }
 
+    /// The caller's token, refused before any upstream call when its `exp` has passed.
     fn token(&self, metadata: &MetadataMap) -> Result<Token, Error> {
+        let (source, token) = self.load_token(metadata);
+        let token = token?;
+        credentials::check_expiry(&token, &source, time::OffsetDateTime::now_utc())?;
+        Ok(token)
+    }
+
+    /// Reads the token the caller's overrides name (a token file, a token from its
+    /// environment), else busd's own source; with the source, for reports.
+    pub(crate) fn load_token(
+        &self,
+        metadata: &MetadataMap,
+    ) -> (TokenSource, Result<Token, credentials::CredentialError>) {
         if let Some(path) = metadata.get(META_TOKEN_FILE).and_then(|v| v.to_str().ok()) {
             let source = TokenSource::File(path.into());
-            return Ok(credentials::load(&source, env_var)?);
+            let token = credentials::load(&source, env_var);
+            return (source, token);
         }
         if let Some(token) = metadata.get(META_TOKEN).and_then(|v| v.to_str().ok()) {
             let from_caller = |_: &str| Some(token.to_owned());
-            return Ok(credentials::load(
-                &TokenSource::Env("BUS_AI_TOKEN"),
-                from_caller,
-            )?);
+            let source = TokenSource::Env("BUS_AI_TOKEN");
+            let token = credentials::load(&source, from_caller);
+            return (source, token);
         }
-        Ok(credentials::load(&self.config.token_source, env_var)?)
+        let source = self.config.token_source.clone();
+        let token = credentials::load(&source, env_var);
+        (source, token)
     }
 }
 
