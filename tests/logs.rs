@@ -1,0 +1,140 @@
+//! End to end: reading, resuming, filtering and following a run's output through busd, and
+//! several followers of one live run sharing busd's single upstream stream.
+
+mod common;
+
+use bus::proto::containers::v1::{
+    StreamLogsRequest, containers_client::ContainersClient, log_event::Event,
+};
+use bus::proto::daemon::v1::{GetInfoRequest, daemon_client::DaemonClient};
+use common::{Stack, stdout};
+
+fn detached(stack: &Stack, script: &str) -> String {
+    let out = stack.run(&["containers", "run", "-d", "--", "sh", "-c", script]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout(&out).trim().to_owned()
+}
+
+#[test]
+fn logs_of_an_ended_run_can_be_resumed_tailed_and_filtered() {
+    let stack = Stack::start();
+    // Pauses keep the three writes apart, so each is one chunk: a = 1, b = 2, c = 3.
+    let id = detached(&stack, "echo a; sleep 0.2; echo b >&2; sleep 0.2; echo c");
+    assert_eq!(
+        stack.run(&["containers", "wait", &id]).status.code(),
+        Some(0)
+    );
+
+    let all = stack.run(&["containers", "logs", &id]);
+    assert_eq!(stdout(&all), "a\nc\n");
+    assert_eq!(String::from_utf8_lossy(&all.stderr), "b\n");
+    assert_eq!(
+        stdout(&stack.run(&["containers", "logs", "--since-seq", "2", &id])),
+        "c\n"
+    );
+    assert_eq!(
+        stdout(&stack.run(&["containers", "logs", "--tail", "1", &id])),
+        "c\n"
+    );
+    let errs = stack.run(&["containers", "logs", "--stderr", &id]);
+    assert_eq!(
+        (
+            stdout(&errs).as_str(),
+            String::from_utf8_lossy(&errs.stderr).as_ref()
+        ),
+        ("", "b\n")
+    );
+    // Following an ended run prints everything and ends.
+    assert_eq!(
+        stdout(&stack.run(&["containers", "logs", "-f", "--since-seq", "1", &id])),
+        "c\n"
+    );
+}
+
+#[test]
+fn wait_exits_with_the_runs_exit_code_and_get_shows_it() {
+    let stack = Stack::start();
+    let id = detached(&stack, "exit 7");
+    assert_eq!(
+        stack.run(&["containers", "wait", &id]).status.code(),
+        Some(7)
+    );
+    let details = stdout(&stack.run(&["containers", "get", &id]));
+    assert!(details.contains("state:     exited"), "{details}");
+    assert!(details.contains("exit:      7"), "{details}");
+}
+
+#[test]
+fn followers_of_one_live_run_each_get_every_chunk_once() {
+    let stack = Stack::start();
+    let id = detached(
+        &stack,
+        "i=0; while [ $i -lt 60 ]; do i=$((i+1)); echo line $i; sleep 0.01; done",
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (sequences, upstream_streams) = rt.block_on(async {
+        let channel = bus::connect(&stack.socket).await.unwrap();
+        let daemon = DaemonClient::new(channel.clone());
+        let info = |mut d: DaemonClient<_>| async move {
+            d.get_info(GetInfoRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .upstream_log_streams
+        };
+        let before = info(daemon.clone()).await;
+        let followers = (0..3).map(|_| {
+            let mut client = ContainersClient::new(channel.clone());
+            let id = id.clone();
+            tokio::spawn(async move {
+                let request = StreamLogsRequest {
+                    run_id: id,
+                    follow: true,
+                    ..Default::default()
+                };
+                let mut stream = client.stream_logs(request).await.unwrap().into_inner();
+                let mut seen = Vec::new();
+                let mut text = Vec::new();
+                while let Some(event) = stream.message().await.unwrap() {
+                    match event.event.unwrap() {
+                        Event::Output(chunk) => {
+                            seen.push(chunk.seq);
+                            text.extend(chunk.data);
+                        }
+                        Event::Exited(exit) => {
+                            assert_eq!(exit.last_seq, *seen.last().unwrap());
+                            break;
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                (seen, String::from_utf8(text).unwrap())
+            })
+        });
+        let mut sequences = Vec::new();
+        for follower in followers.collect::<Vec<_>>() {
+            sequences.push(follower.await.unwrap());
+        }
+        let after = info(daemon).await;
+        (sequences, after - before)
+    });
+    assert_eq!(
+        upstream_streams, 1,
+        "three followers share one upstream log stream"
+    );
+    let expected: String = (1..=60).map(|i| format!("line {i}\n")).collect();
+    for (seqs, text) in &sequences {
+        assert_eq!(text, &expected);
+        let dense: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs, &dense, "every seq exactly once, in order");
+    }
+    assert_eq!(sequences[0], sequences[1]);
+    assert_eq!(sequences[1], sequences[2]);
+}
