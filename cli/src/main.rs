@@ -83,8 +83,8 @@ enum Daemon {
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
-    if guard::has_token_argument(&args) {
-        eprintln!("bus: error: {}", guard::TOKEN_ON_COMMAND_LINE);
+    if let Some(refusal) = guard::secret_argument(&args) {
+        eprintln!("bus: error: {refusal}");
         return ExitCode::from(2);
     }
     let cli = Cli::parse();
