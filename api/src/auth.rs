@@ -129,17 +129,26 @@ pub const DEFAULT_TOKEN_TTL_SECONDS: u64 = 60 * 60;
 /// The body of `POST /api/v1/auth/token` (sent with `Authorization: Bearer <API key>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenRequest {
     /// Space-separated scope names, a subset of what the account may hold.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            pattern = r"^\s*(container:read|container:run|container:delete|billing:read)(\s+(container:read|container:run|container:delete|billing:read))*\s*$"
+        )
+    )]
     pub resources: String,
-    /// How long the token lives; at most [`MAX_TOKEN_TTL_SECONDS`], default
-    /// [`DEFAULT_TOKEN_TTL_SECONDS`].
+    /// How long the token lives, in seconds: at most 86400 ([`MAX_TOKEN_TTL_SECONDS`]);
+    /// absent means 3600 ([`DEFAULT_TOKEN_TTL_SECONDS`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 86400))]
     pub ttl_seconds: Option<u64>,
 }
 
 /// The reply of `POST /api/v1/auth/token`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenResponse {
     /// The JWT, for `Authorization: Bearer` on every other call.
     pub token: String,

@@ -6,6 +6,7 @@ use time::OffsetDateTime;
 /// Whether an account may start runs as far as billing goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum BillingState {
     /// Billing is set up; runs may start (within the plan's limits).
     #[default]
@@ -30,6 +31,7 @@ impl BillingState {
 
 /// What the account used in the current period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Usage {
     /// Seconds runs spent running inside the period (live runs count up to now).
     pub run_seconds: u64,
@@ -39,6 +41,7 @@ pub struct Usage {
 
 /// The plan's limits; an absent limit means none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Limits {
     /// Most runs that may be live at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -52,6 +55,7 @@ pub struct Limits {
 
 /// The reply of `GET /api/v1/billing/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BillingStatus {
     /// The account (the token's `sub`).
     pub account: String,

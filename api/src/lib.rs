@@ -18,7 +18,10 @@ pub mod status;
 
 pub use billing::BillingStatus;
 pub use problem::{Problem, ProblemCode};
-pub use runs::{CreateRun, LogFrame, Run, RunPage, RunState, StopRun, Stream};
+pub use runs::{
+    CreateRun, LogFrame, Port, Protocol, Run, RunOptions, RunPage, RunState, StopRun, StorageMount,
+    Stream,
+};
 pub use status::RunnerStatus;
 
 /// The path prefix every endpoint hangs below; an API URL is the origin only.

@@ -8,6 +8,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 /// Stable, machine-readable error codes. Clients branch on these, never on `detail` text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ProblemCode {
     /// No `Authorization: Bearer` header.
     TokenMissing,
@@ -76,6 +77,7 @@ impl ProblemCode {
 
 /// An error response body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Problem {
     /// A URI naming the problem type.
     #[serde(rename = "type", default = "about_blank")]

@@ -18,6 +18,12 @@ pub const MAX_TIMEOUT_SECONDS: u32 = 24 * 60 * 60;
 pub const MAX_PAGE_SIZE: u32 = 200;
 /// Page size when the caller gives none.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// Most ports a run may publish.
+pub const MAX_PORTS: usize = 16;
+/// Longest storage `mount_path` or `subpath`, in bytes.
+pub const MAX_STORAGE_PATH_BYTES: usize = 1024;
+/// The host address a published port binds when the request names none.
+pub const DEFAULT_HOST_IP: &str = "127.0.0.1";
 
 /// The body of `POST /api/v1/containers/runs`.
 ///
@@ -26,6 +32,7 @@ pub const DEFAULT_PAGE_SIZE: u32 = 50;
 /// body claims (see `CreateRunBody`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "CreateRunBody")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateRun {
     /// A run profile (image, limits, timeout) defined by the deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -50,7 +57,82 @@ pub struct CreateRun {
     pub labels: BTreeMap<String, String>,
     /// Seconds before the run is killed; `None` means the profile's timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 86400))]
     pub timeout_seconds: Option<u32>,
+    /// Container ports to publish on the host (at most 16, [`MAX_PORTS`]); only profiles
+    /// whose `network` is `bridge` allow them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(max_items = 16))]
+    pub ports: Vec<Port>,
+    /// Give the command a terminal: the engine merges stderr into stdout, so all output comes
+    /// as `stdout` frames.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// Mount the account's persistent storage; overrides the profile's storage mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageMount>,
+}
+
+/// A container port published on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Port {
+    /// The port inside the container.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
+    pub container_port: u16,
+    /// The host port; absent means the engine picks a free one (the run record then shows
+    /// it once the run is running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
+    pub host_port: Option<u16>,
+    /// `tcp` (the default) or `udp`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// The host address to bind; default 127.0.0.1 (loopback only).
+    #[serde(default = "default_host_ip")]
+    #[cfg_attr(feature = "openapi", schema(default = "127.0.0.1"))]
+    pub host_ip: String,
+}
+
+fn default_host_ip() -> String {
+    DEFAULT_HOST_IP.to_owned()
+}
+
+/// A published port's transport protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Protocol {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// The protocol's name on the wire and in the engine's port keys (`8080/tcp`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// Where a run mounts its account's persistent storage (one volume per account, created on
+/// first use; files written there outlive the run).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StorageMount {
+    /// An absolute path inside the container, e.g. `/data`.
+    pub mount_path: String,
+    /// A directory inside the storage to mount instead of its root: relative, without `..`
+    /// (created when missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subpath: Option<String>,
 }
 
 /// The wire form of [`CreateRun`]: its fields, plus `owner` and `account_id`, which are read
@@ -75,6 +157,12 @@ struct CreateRunBody {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     timeout_seconds: Option<u32>,
+    #[serde(default)]
+    ports: Vec<Port>,
+    #[serde(default)]
+    tty: bool,
+    #[serde(default)]
+    storage: Option<StorageMount>,
     /// Ignored: the owner is the token's account.
     #[serde(default, rename = "owner")]
     _owner: Option<serde::de::IgnoredAny>,
@@ -94,6 +182,9 @@ impl From<CreateRunBody> for CreateRun {
             name: body.name,
             labels: body.labels,
             timeout_seconds: body.timeout_seconds,
+            ports: body.ports,
+            tty: body.tty,
+            storage: body.storage,
         }
     }
 }
@@ -101,6 +192,7 @@ impl From<CreateRunBody> for CreateRun {
 /// Where a run is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RunState {
     /// Accepted, not yet given to the engine.
     Queued,
@@ -143,6 +235,7 @@ impl RunState {
 
 /// A run as the runner records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Run {
     /// `run_` followed by an unguessable id.
     pub id: String,
@@ -181,14 +274,38 @@ pub struct Run {
     /// that started has ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wall_seconds: Option<u64>,
+    /// How the container is set up: ports, terminal, storage, memory limit.
+    #[serde(flatten)]
+    pub options: RunOptions,
+}
+
+/// The container settings a run was created with (part of [`Run`], flattened).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RunOptions {
+    /// Published ports; a `host_port` the engine picked is filled in once the run runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
+    /// Whether the command has a terminal (all output is then `stdout`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// Where the account's storage is mounted, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageMount>,
+    /// The container's memory limit in MiB, from the profile; absent means none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u32>,
 }
 
 /// The body of `POST /api/v1/containers/runs/{id}/stop`; an empty body means the defaults.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StopRun {
-    /// Seconds between SIGTERM and SIGKILL; `None` means [`DEFAULT_STOP_GRACE_SECONDS`].
+    /// Seconds between SIGTERM and SIGKILL (at most 3600); absent means 10
+    /// ([`DEFAULT_STOP_GRACE_SECONDS`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 3600))]
     pub grace_seconds: Option<u32>,
     /// Kill (SIGKILL) at once, without a grace period.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -202,6 +319,7 @@ pub const MAX_STOP_GRACE_SECONDS: u32 = 3600;
 
 /// A page of `GET /api/v1/containers/runs`, newest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunPage {
     /// The runs on this page.
     pub runs: Vec<Run>,
@@ -213,6 +331,7 @@ pub struct RunPage {
 /// Which of a container's output streams a chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Stream {
     /// Standard output.
     Stdout,
@@ -227,6 +346,7 @@ pub enum Stream {
 /// exactly once, after the last output frame, and only once the run has ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum LogFrame {
     /// A chunk of output.
     Output {
@@ -256,6 +376,12 @@ pub enum LogFrame {
         #[serde(default, with = "time::serde::rfc3339::option")]
         finished_at: Option<OffsetDateTime>,
     },
+    /// Sent on an idle follow stream every 15 s (or every `keepalive_seconds`, 1 to 300, when
+    /// the request names it); carries nothing. It only proves the connection is alive: a
+    /// reader ignores it, and may treat a stream that sent one and then went silent for a few
+    /// intervals as broken (and resume it with `after_seq`). Never stored, never counted in
+    /// `seq`; a stream that is not followed never carries one.
+    Keepalive,
 }
 
 impl LogFrame {
@@ -269,11 +395,11 @@ impl LogFrame {
         }
     }
 
-    /// Decodes the bytes of an output frame; `None` for an exit frame.
+    /// Decodes the bytes of an output frame; `None` for an exit or keepalive frame.
     pub fn output_bytes(&self) -> Option<Result<Vec<u8>, base64::DecodeError>> {
         match self {
             LogFrame::Output { data, .. } => Some(STANDARD.decode(data)),
-            LogFrame::Exit { .. } => None,
+            LogFrame::Exit { .. } | LogFrame::Keepalive => None,
         }
     }
 }
@@ -331,5 +457,13 @@ mod tests {
         };
         let line = serde_json::to_string(&exit).unwrap();
         assert_eq!(serde_json::from_str::<LogFrame>(&line).unwrap(), exit);
+
+        let keepalive = serde_json::to_string(&LogFrame::Keepalive).unwrap();
+        assert_eq!(keepalive, r#"{"type":"keepalive"}"#);
+        assert_eq!(
+            serde_json::from_str::<LogFrame>(&keepalive).unwrap(),
+            LogFrame::Keepalive
+        );
+        assert!(LogFrame::Keepalive.output_bytes().is_none());
     }
 }

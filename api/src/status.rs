@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// The runner's state and the engine behind it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunnerStatus {
     /// `ready`, `starting` or `degraded`.
     pub state: String,

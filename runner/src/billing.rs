@@ -276,6 +276,7 @@ mod tests {
             finished_at: finished.map(at),
             reason: None,
             wall_seconds: None,
+            options: Default::default(),
         }
     }
 

@@ -6,9 +6,16 @@
 //!
 //! [profiles.codex]
 //! image = "localhost/busybox:latest"
-//! network = "none"
+//! network = "none"                 # or "bridge": runs may publish ports
 //! timeout_seconds = 600
+//! memory_mb = 512                  # the container's memory limit; 0: none (default 512)
 //! env = { LANG = "C.UTF-8" }
+//!
+//! [profiles.agent]                 # built in like this
+//! image = "localhost/busybox:latest"
+//! timeout_seconds = 600
+//! storage = { mount_path = "/data" }   # the account's storage; optional subpath = "dir"
+//! env = { AGENT_HOME = "/data" }
 //!
 //! [plans.team]
 //! max_concurrent_runs = 4          # absent: no limit
@@ -38,6 +45,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use bus_api::StorageMount;
 use bus_api::auth::{Grant, Scope};
 use bus_api::billing::BillingState;
 use bus_api::runs::MAX_TIMEOUT_SECONDS;
@@ -45,6 +53,14 @@ use serde::Deserialize;
 
 /// The profile a run gets when it names none.
 pub const DEFAULT_PROFILE: &str = "codex";
+/// The built-in profile that mounts the account's storage at `/data`.
+pub const AGENT_PROFILE: &str = "agent";
+/// A profile's memory limit when it names none, in MiB.
+pub const DEFAULT_MEMORY_MB: u32 = 512;
+/// The smallest memory limit the engines accept, in MiB.
+pub const MIN_MEMORY_MB: u32 = 6;
+/// The largest memory limit a profile may set, in MiB (1 TiB).
+pub const MAX_MEMORY_MB: u32 = 1024 * 1024;
 /// The plan of accounts the config does not list (built in: no limits).
 pub const LOCAL_PLAN: &str = "local";
 /// A plan's period when it names none.
@@ -107,16 +123,19 @@ impl std::fmt::Debug for Account {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Network {
-    /// No network at all, only loopback.
+    /// No network at all, only loopback; runs cannot publish ports.
     #[default]
     None,
+    /// The engine's default bridge network: outbound access, and runs may publish ports.
+    Bridge,
 }
 
 impl Network {
-    /// The engine's `NetworkMode` value.
+    /// The engine's `NetworkMode` value, which is also the name in the config.
     pub fn mode(self) -> &'static str {
         match self {
             Network::None => "none",
+            Network::Bridge => "bridge",
         }
     }
 }
@@ -132,15 +151,31 @@ pub struct Profile {
     pub network: Network,
     /// Seconds before a run is killed, unless the request asks for fewer or more.
     pub timeout_seconds: u32,
+    /// The container's memory limit in MiB (swap included, so it is a hard limit); 0 means
+    /// none. Default [`DEFAULT_MEMORY_MB`].
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u32,
+    /// Mount the account's storage here unless the request names its own mount.
+    #[serde(default)]
+    pub storage: Option<StorageMount>,
     /// Environment every run of the profile gets; a request's env wins on conflicts.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+}
+
+fn default_memory_mb() -> u32 {
+    DEFAULT_MEMORY_MB
 }
 
 impl Profile {
     /// The profile's timeout.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_seconds.into())
+    }
+
+    /// The memory limit in MiB, if there is one.
+    pub fn memory_limit_mb(&self) -> Option<u32> {
+        (self.memory_mb > 0).then_some(self.memory_mb)
     }
 }
 
@@ -234,16 +269,31 @@ enum Resources {
 }
 
 impl Config {
-    /// The configuration when no file is given: the `codex` profile on the local busybox image.
+    /// The configuration when no file is given: the `codex` profile on the local busybox
+    /// image, and `agent`, which also mounts the account's storage at `/data` (and says so in
+    /// `AGENT_HOME`).
     pub fn builtin() -> Config {
         let codex = Profile {
             image: "localhost/busybox:latest".to_owned(),
             network: Network::None,
             timeout_seconds: 600,
+            memory_mb: DEFAULT_MEMORY_MB,
+            storage: None,
             env: BTreeMap::new(),
         };
+        let agent = Profile {
+            storage: Some(StorageMount {
+                mount_path: "/data".to_owned(),
+                subpath: None,
+            }),
+            env: BTreeMap::from([("AGENT_HOME".to_owned(), "/data".to_owned())]),
+            ..codex.clone()
+        };
         Config {
-            profiles: BTreeMap::from([(DEFAULT_PROFILE.to_owned(), codex)]),
+            profiles: BTreeMap::from([
+                (DEFAULT_PROFILE.to_owned(), codex),
+                (AGENT_PROFILE.to_owned(), agent),
+            ]),
             default_profile: DEFAULT_PROFILE.to_owned(),
             plans: BTreeMap::from([(LOCAL_PLAN.to_owned(), Plan::unlimited())]),
             accounts: Vec::new(),
@@ -318,6 +368,16 @@ impl Config {
                 return Err(format!(
                     "profiles.{name}.timeout_seconds must be between 1 and {MAX_TIMEOUT_SECONDS}"
                 ));
+            }
+            if p.memory_mb != 0 && !(MIN_MEMORY_MB..=MAX_MEMORY_MB).contains(&p.memory_mb) {
+                return Err(format!(
+                    "profiles.{name}.memory_mb must be 0 (no limit) or between {MIN_MEMORY_MB} \
+                     and {MAX_MEMORY_MB}"
+                ));
+            }
+            if let Some(storage) = &p.storage {
+                crate::spec::check_storage(storage)
+                    .map_err(|e| format!("profiles.{name}.storage: {e}"))?;
             }
         }
         for name in self.plans.keys() {
@@ -629,6 +689,40 @@ resources = "container:read"
     }
 
     #[test]
+    fn profile_limits_network_and_storage() {
+        let c = Config::parse(
+            "[profiles.web]\nimage = \"x\"\ntimeout_seconds = 5\nnetwork = \"bridge\"\nmemory_mb = 0\nstorage = { mount_path = \"/w\", subpath = \"a/b\" }\n",
+        )
+        .unwrap();
+        let web = c.profile("web").unwrap();
+        assert_eq!(web.network, Network::Bridge);
+        assert_eq!(web.memory_limit_mb(), None);
+        assert_eq!(
+            web.storage.as_ref().unwrap().subpath.as_deref(),
+            Some("a/b")
+        );
+        let agent = c.profile("agent").unwrap();
+        assert_eq!(agent.storage.as_ref().unwrap().mount_path, "/data");
+        assert_eq!(agent.env["AGENT_HOME"], "/data");
+        assert_eq!(agent.memory_limit_mb(), Some(512));
+        for (extra, needle) in [
+            ("memory_mb = 3", "profiles.p.memory_mb"),
+            (
+                "storage = { mount_path = \"data\" }",
+                "profiles.p.storage: mount_path",
+            ),
+            (
+                "storage = { mount_path = \"/d\", subpath = \"../x\" }",
+                "profiles.p.storage: subpath",
+            ),
+        ] {
+            let text = format!("[profiles.p]\nimage = \"x\"\ntimeout_seconds = 5\n{extra}\n");
+            let err = Config::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{extra}: {err}");
+        }
+    }
+
+    #[test]
     fn builtin_has_codex() {
         let c = Config::builtin();
         assert_eq!(c.default_profile, "codex");
@@ -640,6 +734,7 @@ resources = "container:read"
             c.profile("codex").unwrap().timeout(),
             Duration::from_secs(600)
         );
+        assert_eq!(c.profile("codex").unwrap().memory_limit_mb(), Some(512));
     }
 
     #[test]
@@ -648,7 +743,7 @@ resources = "container:read"
             "default_profile = \"quick\"\n[profiles.quick]\nimage = \"localhost/x\"\ntimeout_seconds = 5\nenv = { A = \"1\" }\n",
         )
         .unwrap();
-        assert_eq!(c.profile_names(), ["codex", "quick"]);
+        assert_eq!(c.profile_names(), ["agent", "codex", "quick"]);
         assert_eq!(c.default_profile, "quick");
         assert_eq!(c.profile("quick").unwrap().env["A"], "1");
     }

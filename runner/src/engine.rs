@@ -8,11 +8,14 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as EngineError;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Mount, PortBinding, PortMap, VolumeCreateRequest,
+};
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptionsBuilder, InspectContainerOptions,
     KillContainerOptions, ListContainersOptions, RemoveContainerOptions,
 };
+use bus_api::Port;
 use futures::{Stream, StreamExt as _};
 use tokio::sync::OnceCell;
 
@@ -48,6 +51,8 @@ pub const RUN_LABEL: &str = "bus.run-id";
 pub const OWNER_LABEL: &str = "bus.owner";
 /// The label naming the runner (its store's `runner_id`) that owns the container.
 pub const RUNNER_LABEL: &str = "bus.runner";
+/// The label marking an account's storage volume (its value is `true`).
+pub const STORAGE_LABEL: &str = "bus.storage";
 
 /// A container this runner owns, as listed by the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,13 +131,14 @@ impl Engine {
     }
 
     /// Creates the run's container and attaches to its output, without starting it, so no
-    /// output is lost.
+    /// output is lost. `storage` is the account's storage mount, when the run has one.
     pub async fn create(
         &self,
         run_id: &str,
         owner: &str,
         runner_id: &str,
         spec: &RunSpec,
+        storage: Option<Mount>,
     ) -> Result<Attached, EngineError> {
         let mut labels: HashMap<String, String> = spec
             .labels
@@ -148,13 +154,21 @@ impl Engine {
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             working_dir: spec.workdir.clone(),
             labels: Some(labels),
-            tty: Some(false),
+            tty: Some(spec.tty),
             open_stdin: Some(false),
             attach_stdin: Some(false),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
+            exposed_ports: (!spec.ports.is_empty())
+                .then(|| spec.ports.iter().map(port_key).collect()),
             host_config: Some(HostConfig {
                 network_mode: Some(spec.network.mode().to_owned()),
+                // Swap counts against the limit too, so the limit is hard and an allocation
+                // beyond it ends in the OOM killer rather than in swapping.
+                memory: spec.memory_mb.map(mib),
+                memory_swap: spec.memory_mb.map(mib),
+                port_bindings: (!spec.ports.is_empty()).then(|| port_bindings(&spec.ports)),
+                mounts: storage.map(|m| vec![m]),
                 ..Default::default()
             }),
             ..Default::default()
@@ -253,6 +267,95 @@ impl Engine {
         }
     }
 
+    /// Whether the engine says the kernel's OOM killer ended the container; `None` when the
+    /// container cannot be inspected. (Podman 4 with runc on cgroup v1 never says so.)
+    pub async fn oom_killed(&self, id: &str) -> Option<bool> {
+        let inspect = self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .ok()?;
+        Some(inspect.state?.oom_killed == Some(true))
+    }
+
+    /// `ports` with the host ports the engine bound filled in (it picks one where the request
+    /// named none); `ports` unchanged when the engine does not say.
+    pub async fn published_ports(&self, id: &str, ports: &[Port]) -> Vec<Port> {
+        let bound: PortMap = match self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(inspect) => inspect
+                .network_settings
+                .and_then(|n| n.ports)
+                .unwrap_or_default(),
+            Err(_) => return ports.to_vec(),
+        };
+        ports
+            .iter()
+            .map(|port| {
+                let host_port = bound
+                    .get(&port_key(port))
+                    .and_then(|b| b.as_ref())
+                    .and_then(|b| {
+                        b.iter()
+                            .find(|b| b.host_ip.as_deref().is_none_or(|ip| ip == port.host_ip))
+                            .or(b.first())
+                    })
+                    .and_then(|b| b.host_port.as_deref()?.parse().ok())
+                    .filter(|p: &u16| *p != 0);
+                Port {
+                    host_port: host_port.or(port.host_port),
+                    ..port.clone()
+                }
+            })
+            .collect()
+    }
+
+    /// The account's storage volume `name`, created (labelled with its owner) on first use;
+    /// returns its mountpoint on the engine's host. A volume of that name that is labelled for
+    /// another owner is refused.
+    pub async fn ensure_volume(&self, name: &str, owner: &str) -> Result<String, VolumeError> {
+        let volume = match self.docker.inspect_volume(name).await {
+            Ok(volume) => volume,
+            Err(EngineError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                let labels = HashMap::from([
+                    (OWNER_LABEL.to_owned(), owner.to_owned()),
+                    (STORAGE_LABEL.to_owned(), "true".to_owned()),
+                ]);
+                let request = VolumeCreateRequest {
+                    name: Some(name.to_owned()),
+                    labels: Some(labels),
+                    ..Default::default()
+                };
+                match self.docker.create_volume(request).await {
+                    Ok(volume) => volume,
+                    // Created meanwhile by a concurrent run of the same account.
+                    Err(_) => self.docker.inspect_volume(name).await?,
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match volume.labels.get(OWNER_LABEL) {
+            Some(o) if o == owner => Ok(volume.mountpoint),
+            _ => Err(VolumeError::NotOwned(name.to_owned())),
+        }
+    }
+
+    /// Removes a volume (and its files); one already gone is fine.
+    pub async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {
+        let options = bollard::query_parameters::RemoveVolumeOptions { force: true };
+        match self.docker.remove_volume(name, Some(options)).await {
+            Err(EngineError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            other => other,
+        }
+    }
+
     /// Sends `signal` (e.g. `SIGTERM`) to the container's main process.
     pub async fn signal(&self, id: &str, signal: &str) -> Result<(), EngineError> {
         let options = KillContainerOptions {
@@ -302,4 +405,39 @@ impl Engine {
             other => other,
         }
     }
+}
+
+/// Why an account's storage volume cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// The engine failed.
+    #[error("{}", crate::problem::engine_message(.0))]
+    Engine(#[from] EngineError),
+    /// A volume of that name exists but is not labelled as this account's.
+    #[error("the volume {0} exists but is not labelled as this account's storage")]
+    NotOwned(String),
+}
+
+/// `8080/tcp`: how the engine keys a container port.
+fn port_key(port: &Port) -> String {
+    format!("{}/{}", port.container_port, port.protocol.as_str())
+}
+
+fn port_bindings(ports: &[Port]) -> PortMap {
+    let mut map: PortMap = HashMap::new();
+    for port in ports {
+        map.entry(port_key(port))
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(PortBinding {
+                host_ip: Some(port.host_ip.clone()),
+                // Empty: the engine picks a free port.
+                host_port: Some(port.host_port.map(|p| p.to_string()).unwrap_or_default()),
+            });
+    }
+    map
+}
+
+fn mib(mb: u32) -> i64 {
+    i64::from(mb) * 1024 * 1024
 }

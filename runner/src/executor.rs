@@ -10,6 +10,7 @@
 //! know.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use tokio::task::JoinHandle;
 use crate::engine::{ContainerStatus, Engine, Output};
 use crate::problem::engine_message;
 use crate::spec::RunSpec;
+use crate::storage;
 use crate::store::{Entry, Store};
 
 /// How long the output stream may take to close once the container has stopped.
@@ -38,14 +40,22 @@ pub const STOPPED_ON_REQUEST: &str = "stopped on request";
 pub const VANISHED: &str = "the container vanished while the runner was down";
 /// Reason recorded for a run the runner stopped before its container started.
 pub const NOT_STARTED: &str = "the runner stopped before the run started";
+/// How the reason of a run the kernel's OOM killer ended begins.
+pub const OOM_KILLED: &str = "out of memory (OOM-killed)";
 /// Reason recorded for a run whose container exited while the runner was down.
 pub const EXITED_WHILE_DOWN: &str =
     "the container exited while the runner was down; output written meanwhile was not captured";
 
-/// Starts executing `spec` as the run `entry` on a task of its own.
-pub fn spawn(engine: Arc<Engine>, entry: Arc<Entry>, spec: RunSpec) -> JoinHandle<()> {
+/// Starts executing `spec` as the run `entry` on a task of its own; a storage subpath is
+/// staged below `mounts_dir` (see [`storage`]).
+pub fn spawn(
+    engine: Arc<Engine>,
+    entry: Arc<Entry>,
+    spec: RunSpec,
+    mounts_dir: PathBuf,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
-        execute(&engine, &entry, &spec).await;
+        execute(&engine, &entry, &spec, &mounts_dir).await;
         log_end(&entry);
     })
 }
@@ -61,10 +71,24 @@ fn log_end(entry: &Entry) {
     );
 }
 
-async fn execute(engine: &Engine, entry: &Arc<Entry>, spec: &RunSpec) {
+async fn execute(engine: &Engine, entry: &Arc<Entry>, spec: &RunSpec, mounts_dir: &Path) {
     entry.set_state(RunState::Starting);
+    // Held until the container has started: it keeps a subpath's staging mount alive.
+    let storage = match &spec.storage {
+        Some(mount) => {
+            match storage::prepare(engine, &entry.owner, &entry.id, mount, mounts_dir).await {
+                Ok(prepared) => Some(prepared),
+                Err(reason) => {
+                    entry.finish(RunState::Failed, None, Some(reason)).await;
+                    return;
+                }
+            }
+        }
+        None => None,
+    };
+    let mount = storage.as_ref().map(|s| s.mount.clone());
     let attached = match engine
-        .create(&entry.id, &entry.owner, entry.runner_id(), spec)
+        .create(&entry.id, &entry.owner, entry.runner_id(), spec, mount)
         .await
     {
         Ok(attached) => attached,
@@ -117,8 +141,34 @@ async fn execute(engine: &Engine, entry: &Arc<Entry>, spec: &RunSpec) {
         entry.finish(RunState::Failed, None, Some(reason)).await;
         return;
     }
+    drop(storage);
+    if !spec.ports.is_empty() {
+        entry.set_ports(engine.published_ports(&container, &spec.ports).await);
+    }
     entry.set_state(RunState::Running);
     supervise(engine, entry, &container, Some(pump), spec.timeout).await;
+}
+
+/// Why a container that exited with `code` ended, when the OOM killer ended it: the engine
+/// says so, or (Podman 4 with runc on cgroup v1 never says so) it died of SIGKILL (137) under
+/// a memory limit, which the runner did not send. The OOM killer always sends SIGKILL, so other
+/// exits cost no engine call.
+async fn oom_reason(engine: &Engine, entry: &Entry, container: &str, code: i64) -> Option<String> {
+    if code != 137 {
+        return None;
+    }
+    let memory_mb = entry.snapshot().options.memory_mb;
+    let limit = memory_mb
+        .map(|mb| format!("its {mb} MiB memory limit"))
+        .unwrap_or_else(|| "the memory available".to_owned());
+    match engine.oom_killed(container).await {
+        Some(true) => Some(format!("{OOM_KILLED}: the container exceeded {limit}")),
+        _ if memory_mb.is_some() => Some(format!(
+            "{OOM_KILLED}: the container was killed by SIGKILL (exit 137) under {limit}; the \
+             engine does not report OOM kills, so this is inferred"
+        )),
+        _ => None,
+    }
 }
 
 /// Waits for the container to stop (killing it at the timeout, `remaining` from now), lets the
@@ -144,7 +194,10 @@ async fn supervise(
             result.ok().map(exit_code),
             Some(STOPPED_ON_REQUEST.to_owned()),
         ),
-        Ok(Ok(code)) => (RunState::Exited, Some(exit_code(code)), None),
+        Ok(Ok(code)) => match oom_reason(engine, entry, container, code).await {
+            Some(reason) => (RunState::Failed, Some(exit_code(code)), Some(reason)),
+            None => (RunState::Exited, Some(exit_code(code)), None),
+        },
         Ok(Err(e)) => (
             RunState::Failed,
             None,

@@ -9,8 +9,12 @@
 //! - [`routes`]: one module per resource (`status`, `runs`, `logs`); handlers parse, then act.
 //! - [`auth`]: the Ed25519 signing key, minting and verifying JWTs, the scope extractor.
 //! - [`problem`]: the one place errors become `application/problem+json` responses.
-//! - [`spec`]: a `CreateRun` request validated into a `RunSpec`.
-//! - [`config`]: run profiles (built-in `codex`), plans and accounts, from an optional TOML file.
+//! - [`spec`]: a `CreateRun` request validated into a `RunSpec` (ports, tty, storage, limits).
+//! - [`openapi`]: the OpenAPI 3.1 document of every route, served at `/api/v1/openapi.json`
+//!   and checked in as `api/openapi.json`.
+//! - [`storage`]: each account's persistent volume, and how runs mount it.
+//! - [`config`]: run profiles (built-in `codex` and `agent`), plans and accounts, from an
+//!   optional TOML file.
 //! - [`billing`]: plans, billing state and quotas, checked before a create reaches the engine.
 //! - [`store`]: run records and output frames, persisted in SQLite (`runs.db` in the state
 //!   dir), with idempotency keys and retention.
@@ -42,9 +46,11 @@ pub mod billing;
 pub mod config;
 pub mod engine;
 pub mod executor;
+pub mod openapi;
 pub mod problem;
 pub mod routes;
 pub mod spec;
+pub mod storage;
 pub mod store;
 
 use auth::Keys;

@@ -39,6 +39,10 @@ enum Command {
     ///
     /// The key is read from stdin, never from the command line: `bus-runner hash-key < KEY_FILE`.
     HashKey,
+    /// Print the REST API's OpenAPI 3.1 document (what `GET /api/v1/openapi.json` serves).
+    ///
+    /// `bus-runner openapi > api/openapi.json` regenerates the checked-in copy.
+    Openapi,
 }
 
 #[derive(Debug, clap::Args)]
@@ -90,6 +94,12 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
         Command::HashKey => hash_key(),
+        Command::Openapi => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bus_runner::openapi::document().as_bytes())
+                .and_then(|()| out.flush())
+                .map_err(|e| format!("cannot write the document: {e}"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -169,6 +179,8 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
     };
     let keys = Keys::load_or_create(&args.state_dir).map_err(|e| e.to_string())?;
     let store = Store::open(&args.state_dir).map_err(|e| e.to_string())?;
+    // Staging mounts of storage subpaths left by a runner process that died mid-start.
+    bus_runner::storage::clean_stale(&bus_runner::storage::mounts_dir(&store));
     let engine = Engine::connect(&args.engine).map_err(|e| {
         format!(
             "cannot use the engine at {}: {}; start one with `podman system service --time=0 {}`",

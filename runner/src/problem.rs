@@ -175,8 +175,10 @@ impl ApiError {
                     format!("this token lacks the scope `{missing}`, which this endpoint needs"),
                 )
                 .with_guidance(format!(
-                    "mint a token that includes it: `bus-runner token --state-dir DIR --account ID \
-                     --resources \"{}\"`",
+                    "get a token that includes it: `bus auth token --resources \"{}\"` (with the \
+                     account's API key in BUS_API_KEY); on a local runner without accounts, \
+                     `bus-runner token --state-dir DIR --account ID --resources \"{}\"`",
+                    scopes.join(" "),
                     scopes.join(" ")
                 ))
             }
@@ -395,7 +397,8 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
-/// A JSON body whose rejections are problem documents (400, or 413 when too large).
+/// A JSON object body whose rejections are problem documents (400, or 413 when too large).
+/// Only an object is accepted: serde would also read a struct from an array of its fields.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
@@ -403,10 +406,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        let value = match Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(Json(value)) => value,
+            Err(rejection) => return Err(json_rejection(rejection)),
+        };
+        if !value.is_object() {
+            return Err(ApiError::InvalidRequest(
+                "the request body must be a JSON object".to_owned(),
+            ));
         }
+        serde_json::from_value(value)
+            .map(ApiJson)
+            .map_err(|e| ApiError::InvalidRequest(format!("the request body does not fit: {e}")))
     }
 }
 
@@ -493,12 +504,46 @@ mod tests {
         assert_eq!(p.status, 403);
         assert_eq!(p.code, ProblemCode::ScopeMissing);
         assert!(p.detail.contains("`container:run`"), "{}", p.detail);
+        let guidance = p.guidance.unwrap();
         assert!(
-            p.guidance
-                .unwrap()
-                .contains("--resources \"container:read container:run\""),
-            "guidance names the fix"
+            guidance.contains("`bus auth token --resources \"container:read container:run\"`"),
+            "guidance names the fix: {guidance}"
         );
+    }
+
+    #[tokio::test]
+    async fn json_bodies_must_be_objects() {
+        let request = |body: &'static str| {
+            Request::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(axum::body::Body::from(body))
+                .unwrap()
+        };
+        // serde alone would read `[null, null]` as a CreateRun of two absent fields.
+        for body in ["[null, null]", "null", "3"] {
+            let err = ApiJson::<bus_api::CreateRun>::from_request(request(body), &())
+                .await
+                .unwrap_err();
+            assert_eq!(
+                err.problem().detail,
+                "the request body must be a JSON object"
+            );
+        }
+        let err = ApiJson::<bus_api::CreateRun>::from_request(request(r#"{"imgae": "x"}"#), &())
+            .await
+            .unwrap_err();
+        assert!(
+            err.problem()
+                .detail
+                .starts_with("the request body does not fit: unknown field `imgae`"),
+            "{}",
+            err.problem().detail
+        );
+        let ApiJson(run) =
+            ApiJson::<bus_api::CreateRun>::from_request(request(r#"{"argv": ["true"]}"#), &())
+                .await
+                .unwrap();
+        assert_eq!(run.argv, ["true"]);
     }
 
     #[test]

@@ -4,8 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bus_api::CreateRun;
-use bus_api::runs::{MAX_ARGV, MAX_SPEC_BYTES, MAX_TIMEOUT_SECONDS};
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use bus_api::runs::{
+    MAX_ARGV, MAX_PORTS, MAX_SPEC_BYTES, MAX_STORAGE_PATH_BYTES, MAX_TIMEOUT_SECONDS,
+};
+use bus_api::{CreateRun, Port, StorageMount};
 
 use crate::config::{Config, Network};
 use crate::problem::ApiError;
@@ -44,6 +49,14 @@ pub struct RunSpec {
     pub timeout: Duration,
     /// The container's network.
     pub network: Network,
+    /// Ports to publish (only with [`Network::Bridge`]).
+    pub ports: Vec<Port>,
+    /// Whether the command gets a terminal (stderr is merged into stdout).
+    pub tty: bool,
+    /// Where to mount the account's storage, normalized (`/data`, subpath `a/b`).
+    pub storage: Option<StorageMount>,
+    /// The memory limit in MiB, if any.
+    pub memory_mb: Option<u32>,
 }
 
 fn invalid(msg: impl Into<String>) -> ApiError {
@@ -189,6 +202,34 @@ impl RunSpec {
             None => profile.timeout(),
         };
 
+        check_ports(&req.ports)?;
+        if !req.ports.is_empty() && profile.network == Network::None {
+            let allowing: Vec<&str> = config
+                .profiles
+                .iter()
+                .filter(|(_, p)| p.network != Network::None)
+                .map(|(name, _)| name.as_str())
+                .collect();
+            return Err(invalid(format!(
+                "ports cannot be published: the profile \"{profile_name}\" has network \"none\"; {}",
+                if allowing.is_empty() {
+                    "no profile of this runner allows a network (its operator can set \
+                     network = \"bridge\" on one)"
+                        .to_owned()
+                } else {
+                    format!(
+                        "use a profile whose network allows them: {}",
+                        allowing.join(", ")
+                    )
+                }
+            )));
+        }
+
+        let storage = match req.storage.or_else(|| profile.storage.clone()) {
+            Some(storage) => Some(check_storage(&storage).map_err(invalid)?),
+            None => None,
+        };
+
         let mut env = profile.env.clone();
         env.extend(req.env);
         Ok(RunSpec {
@@ -201,8 +242,120 @@ impl RunSpec {
             labels: req.labels,
             timeout,
             network: profile.network,
+            ports: req.ports,
+            tty: req.tty,
+            storage,
+            memory_mb: profile.memory_limit_mb(),
         })
     }
+}
+
+fn check_ports(ports: &[Port]) -> Result<(), ApiError> {
+    if ports.len() > MAX_PORTS {
+        return Err(invalid(format!(
+            "ports has {} entries; at most {MAX_PORTS} are allowed",
+            ports.len()
+        )));
+    }
+    let mut inside = HashSet::new();
+    let mut outside = HashSet::new();
+    for (i, port) in ports.iter().enumerate() {
+        if port.container_port == 0 {
+            return Err(invalid(format!(
+                "ports[{i}].container_port must be between 1 and 65535"
+            )));
+        }
+        if port.host_port == Some(0) {
+            return Err(invalid(format!(
+                "ports[{i}].host_port must be between 1 and 65535; leave it out to let the \
+                 engine pick a free port"
+            )));
+        }
+        let ip: IpAddr = port.host_ip.parse().map_err(|_| {
+            invalid(format!(
+                "ports[{i}].host_ip \"{}\" is not an IP address; leave it out for 127.0.0.1",
+                port.host_ip.escape_debug()
+            ))
+        })?;
+        if !inside.insert((port.container_port, port.protocol)) {
+            return Err(invalid(format!(
+                "ports[{i}] publishes {}/{} a second time",
+                port.container_port,
+                port.protocol.as_str()
+            )));
+        }
+        if let Some(host_port) = port.host_port {
+            if !outside.insert((ip, host_port, port.protocol)) {
+                return Err(invalid(format!(
+                    "ports[{i}] binds {}:{host_port}/{} a second time",
+                    port.host_ip,
+                    port.protocol.as_str()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks a storage mount (from a request or a profile) and returns it normalized: an absolute
+/// `mount_path` other than `/` and a relative `subpath`, both without `.`, `..`, empty
+/// components or control characters, each at most [`MAX_STORAGE_PATH_BYTES`] bytes.
+pub fn check_storage(storage: &StorageMount) -> Result<StorageMount, String> {
+    let components = |field: &str, path: &str| -> Result<Vec<String>, String> {
+        if path.len() > MAX_STORAGE_PATH_BYTES {
+            return Err(format!(
+                "{field} must be at most {MAX_STORAGE_PATH_BYTES} bytes"
+            ));
+        }
+        if path.chars().any(char::is_control) {
+            return Err(format!("{field} must not contain control characters"));
+        }
+        let parts: Vec<String> = path
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if let Some(bad) = parts.iter().find(|c| *c == "." || *c == "..") {
+            return Err(format!("{field} must not contain \"{bad}\" components"));
+        }
+        if let Some(long) = parts.iter().find(|c| c.len() > 255) {
+            return Err(format!(
+                "{field} has a component of {} bytes; at most 255 are allowed",
+                long.len()
+            ));
+        }
+        Ok(parts)
+    };
+    if !storage.mount_path.starts_with('/') {
+        return Err("mount_path must be an absolute path, e.g. /data".to_owned());
+    }
+    let mount = components("mount_path", &storage.mount_path)?;
+    if mount.is_empty() {
+        return Err("mount_path must not be /; name a directory such as /data".to_owned());
+    }
+    let subpath = match &storage.subpath {
+        None => None,
+        Some(sub) => {
+            if sub.starts_with('/') {
+                return Err(format!(
+                    "subpath \"{}\" must be relative to the storage root, e.g. \"projects/a\"",
+                    sub.escape_debug()
+                ));
+            }
+            let parts = components("subpath", sub)?;
+            if parts.is_empty() {
+                return Err(
+                    "subpath must name a directory; leave it out to mount the storage root"
+                        .to_owned(),
+                );
+            }
+            Some(parts.join("/"))
+        }
+    };
+    Ok(StorageMount {
+        mount_path: format!("/{}", mount.join("/")),
+        subpath,
+    })
 }
 
 #[cfg(test)]
@@ -227,6 +380,8 @@ mod tests {
     fn defaults_come_from_the_profile() {
         let spec = parse(argv(&["true"])).unwrap();
         assert_eq!(spec.profile, "codex");
+        assert_eq!(spec.memory_mb, Some(512));
+        assert_eq!((spec.tty, spec.storage.as_ref()), (false, None));
         assert_eq!(spec.image, "localhost/busybox:latest");
         assert_eq!(spec.timeout, Duration::from_secs(600));
         assert_eq!(spec.network, Network::None);
@@ -251,7 +406,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err,
-            "unknown_profile: there is no run profile \"nope\"; valid profiles: codex"
+            "unknown_profile: there is no run profile \"nope\"; valid profiles: agent, codex"
         );
     }
 
@@ -336,6 +491,164 @@ mod tests {
             assert!(err.starts_with("invalid_request: "), "{err}");
             assert!(err.contains(want), "{err} should contain {want}");
         }
+    }
+
+    fn port(container_port: u16) -> Port {
+        Port {
+            container_port,
+            host_port: None,
+            protocol: Default::default(),
+            host_ip: "127.0.0.1".into(),
+        }
+    }
+
+    #[test]
+    fn ports_need_a_network() {
+        let req = CreateRun {
+            ports: vec![port(8080)],
+            ..argv(&["true"])
+        };
+        let err = parse(req.clone()).unwrap_err();
+        assert!(
+            err.starts_with("invalid_request: ports cannot be published: the profile \"codex\" has network \"none\""),
+            "{err}"
+        );
+        assert!(err.contains("network = \"bridge\""), "{err}");
+
+        let mut config = Config::builtin();
+        let mut web = config.profiles["codex"].clone();
+        web.network = Network::Bridge;
+        config.profiles.insert("web".into(), web);
+        let err = RunSpec::parse(req.clone(), &config).unwrap_err();
+        assert!(
+            err.problem().detail.contains("allows them: web"),
+            "{}",
+            err.problem().detail
+        );
+        let spec = RunSpec::parse(
+            CreateRun {
+                profile: Some("web".into()),
+                ..req
+            },
+            &config,
+        )
+        .unwrap();
+        assert_eq!(spec.ports, [port(8080)]);
+        assert_eq!(spec.network, Network::Bridge);
+
+        let bad: Vec<(Vec<Port>, &str)> = vec![
+            (
+                vec![port(0)],
+                "ports[0].container_port must be between 1 and 65535",
+            ),
+            (
+                vec![Port {
+                    host_port: Some(0),
+                    ..port(1)
+                }],
+                "ports[0].host_port must be between 1",
+            ),
+            (
+                vec![Port {
+                    host_ip: "localhost".into(),
+                    ..port(1)
+                }],
+                "ports[0].host_ip \"localhost\" is not an IP address",
+            ),
+            (
+                vec![port(1), port(1)],
+                "ports[1] publishes 1/tcp a second time",
+            ),
+            (
+                vec![
+                    Port {
+                        host_port: Some(9000),
+                        ..port(1)
+                    },
+                    Port {
+                        host_port: Some(9000),
+                        ..port(2)
+                    },
+                ],
+                "ports[1] binds 127.0.0.1:9000/tcp a second time",
+            ),
+            (
+                (1..=17).map(port).collect(),
+                "ports has 17 entries; at most 16",
+            ),
+        ];
+        for (ports, want) in bad {
+            let err = RunSpec::parse(
+                CreateRun {
+                    profile: Some("web".into()),
+                    ports,
+                    ..argv(&[])
+                },
+                &config,
+            )
+            .unwrap_err();
+            let detail = err.problem().detail;
+            assert!(detail.contains(want), "{detail} should contain {want}");
+        }
+    }
+
+    #[test]
+    fn storage_is_checked_and_normalized() {
+        let mount = |mount_path: &str, subpath: Option<&str>| StorageMount {
+            mount_path: mount_path.into(),
+            subpath: subpath.map(Into::into),
+        };
+        assert_eq!(
+            check_storage(&mount("/data//x/", Some("a//b/"))).unwrap(),
+            mount("/data/x", Some("a/b"))
+        );
+        for (bad, want) in [
+            (mount("data", None), "mount_path must be an absolute path"),
+            (mount("/", None), "mount_path must not be /"),
+            (mount("/a/../b", None), "mount_path must not contain \"..\""),
+            (mount("/a", Some("/abs")), "must be relative"),
+            (
+                mount("/a", Some("x/../../y")),
+                "subpath must not contain \"..\"",
+            ),
+            (mount("/a", Some("./x")), "subpath must not contain \".\""),
+            (mount("/a", Some("")), "subpath must name a directory"),
+            (mount("/a", Some("x\ny")), "control characters"),
+            (mount("/a", Some(&"x".repeat(1025))), "at most 1024 bytes"),
+            (
+                mount("/a", Some(&"x".repeat(256))),
+                "at most 255 are allowed",
+            ),
+        ] {
+            let err = check_storage(&bad).unwrap_err();
+            assert!(err.contains(want), "{err} should contain {want}");
+        }
+        // The agent profile mounts storage at /data; a request's mount wins.
+        let spec = parse(CreateRun {
+            profile: Some("agent".into()),
+            ..argv(&["true"])
+        })
+        .unwrap();
+        assert_eq!(spec.storage, Some(mount("/data", None)));
+        assert_eq!(spec.env["AGENT_HOME"], "/data");
+        let spec = parse(CreateRun {
+            profile: Some("agent".into()),
+            storage: Some(mount("/work", Some("p"))),
+            tty: true,
+            ..argv(&["true"])
+        })
+        .unwrap();
+        assert_eq!(spec.storage, Some(mount("/work", Some("p"))));
+        assert!(spec.tty);
+        let err = parse(CreateRun {
+            storage: Some(mount("/a", Some(".."))),
+            ..argv(&["true"])
+        })
+        .unwrap_err();
+        assert!(
+            err.starts_with("invalid_request: subpath must not"),
+            "{err}"
+        );
     }
 
     #[test]

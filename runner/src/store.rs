@@ -582,6 +582,8 @@ fn frame_seq(frame: &LogFrame) -> u64 {
     match frame {
         LogFrame::Output { seq, .. } => *seq,
         LogFrame::Exit { last_seq, .. } => *last_seq,
+        // Keepalives are made by the logs route and never stored.
+        LogFrame::Keepalive => 0,
     }
 }
 
@@ -685,6 +687,21 @@ impl Entry {
         data.container = Some(container.to_owned());
         self.save(&data);
         true
+    }
+
+    /// Records the ports as the engine published them (with the host ports it picked); no-op
+    /// once the run is ending.
+    pub fn set_ports(&self, ports: Vec<bus_api::Port>) {
+        {
+            let mut data = self.data();
+            if data.ending || data.record.state.is_terminal() || data.record.options.ports == ports
+            {
+                return;
+            }
+            data.record.options.ports = ports;
+            self.save(&data);
+        }
+        self.notify();
     }
 
     /// The engine's container id, once created.

@@ -275,6 +275,7 @@ async fn a_run_survives_a_runner_killed_with_sigkill() {
                 exit = Some(frame.clone());
                 false
             }
+            LogFrame::Keepalive => true,
         })
         .await;
     match exit {
@@ -329,6 +330,7 @@ async fn a_run_survives_a_runner_killed_with_sigkill() {
                 );
             }
             LogFrame::Exit { .. } => assert_eq!(i, all.len() - 1),
+            LogFrame::Keepalive => panic!("a keepalive in a stream that is not followed"),
         }
     }
     assert_eq!(replayed, seen);
@@ -669,7 +671,7 @@ async fn logs_tail_and_stream_filters() {
             LogFrame::Output { seq, stream, .. } => {
                 Some((*seq, *stream, f.output_bytes().unwrap().unwrap()))
             }
-            LogFrame::Exit { .. } => None,
+            LogFrame::Exit { .. } | LogFrame::Keepalive => None,
         })
         .collect();
     assert_eq!(outputs.len(), 6, "{all:?}");
@@ -684,6 +686,7 @@ async fn logs_tail_and_stream_filters() {
             .map(|f| match f {
                 LogFrame::Output { seq, .. } => *seq,
                 LogFrame::Exit { .. } => 0,
+                LogFrame::Keepalive => panic!("a keepalive in a stream that is not followed"),
             })
             .collect()
     };

@@ -14,7 +14,7 @@ pub mod runs;
 pub mod status;
 pub mod stop;
 
-/// Every route below `/api/v1/containers`.
+/// Every route below `/api/v1` (each documented in [`crate::openapi`]).
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/containers/status", get(status::get))
@@ -35,4 +35,5 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/v1/auth/token", post(auth::token))
         .route("/api/v1/billing/status", get(billing::status))
+        .route(crate::openapi::PATH, get(crate::openapi::serve))
 }

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bus_api::runs::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
-use bus_api::{CreateRun, Run, RunPage, RunState};
+use bus_api::{CreateRun, Run, RunOptions, RunPage, RunState};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
@@ -54,6 +54,12 @@ pub async fn create(
         finished_at: None,
         reason: None,
         wall_seconds: None,
+        options: RunOptions {
+            ports: spec.ports.clone(),
+            tty: spec.tty,
+            storage: spec.storage.clone(),
+            memory_mb: spec.memory_mb,
+        },
     };
     let new = NewRun {
         record,
@@ -66,7 +72,8 @@ pub async fn create(
     };
     let run = entry.snapshot();
     tracing::info!(run = %run.id, owner = caller.account(), image = %run.image, "run accepted");
-    executor::spawn(state.engine().clone(), entry, spec);
+    let mounts_dir = crate::storage::mounts_dir(state.store());
+    executor::spawn(state.engine().clone(), entry, spec, mounts_dir);
     let location = format!("/api/v1/containers/runs/{}", run.id);
     Ok((
         StatusCode::CREATED,

@@ -1,10 +1,11 @@
 //! The SQLite side of the store: schema, loading, the writer thread and the reads.
 //!
-//! Schema (`PRAGMA user_version = 1`):
+//! Schema (`PRAGMA user_version = 2`):
 //! - `meta(key, value)`: `runner_id`, the label value of this runner's containers.
 //! - `runs`: one row per run; `serial` is the creation order (and the listing cursor), the
 //!   `bus_api::Run` fields as columns (`argv` and `labels` as JSON), plus `owner`,
-//!   `container`, `timeout_seconds`, `wall_seconds` and `last_seq` (the last stored frame).
+//!   `container`, `timeout_seconds`, `wall_seconds` and `last_seq` (the last stored frame);
+//!   `options` (added in version 2) holds `bus_api::RunOptions` as JSON, NULL for none.
 //! - `frames(run, seq, stream, time, data)`: every output frame, `run` = `runs.serial`,
 //!   primary key `(run, seq)`; `stream` 1 = stdout, 2 = stderr; times are Unix nanoseconds.
 //! - `idempotency(owner, key, request, run_id, response, created_at)`.
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bus_api::{LogFrame, Run, RunState, Stream};
+use bus_api::{LogFrame, Run, RunOptions, RunState, Stream};
 use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 use time::OffsetDateTime;
@@ -169,7 +170,7 @@ pub(super) fn open(path: &Path) -> Result<Opened, StoreError> {
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version > 1 {
+    if version > 2 {
         return Err(StoreError::TooNew(version));
     }
     if version == 0 {
@@ -220,7 +221,22 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         )?;
         tx.commit()?;
     }
+    if version < 2 {
+        // Version 2: the run's container settings (ports, tty, storage, memory limit) as
+        // JSON; NULL means none of them.
+        let tx = conn.transaction()?;
+        tx.execute_batch(
+            "ALTER TABLE runs ADD COLUMN options TEXT;
+             PRAGMA user_version = 2;",
+        )?;
+        tx.commit()?;
+    }
     Ok(())
+}
+
+fn options_json(options: &RunOptions) -> Option<String> {
+    (*options != RunOptions::default())
+        .then(|| serde_json::to_string(options).expect("run options serialize"))
 }
 
 fn nanos(t: OffsetDateTime) -> i64 {
@@ -248,7 +264,7 @@ fn load(conn: &Connection) -> Result<Vec<Loaded>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT serial, id, owner, state, exit_code, profile, image, argv, name, labels,
                 created_at, started_at, finished_at, reason, wall_seconds, container,
-                timeout_seconds, last_seq
+                timeout_seconds, last_seq, options
          FROM runs ORDER BY serial",
     )?;
     let mut rows = stmt.query([])?;
@@ -274,6 +290,12 @@ fn load(conn: &Connection) -> Result<Vec<Loaded>, StoreError> {
             finished_at: time(12)?,
             reason: row.get(13)?,
             wall_seconds: row.get::<_, Option<i64>>(14)?.map(|s| s.max(0) as u64),
+            options: match row.get::<_, Option<String>>(18)? {
+                Some(text) => {
+                    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))?
+                }
+                None => RunOptions::default(),
+            },
         };
         runs.push(Loaded {
             serial: row.get::<_, i64>(0)? as u64,
@@ -340,7 +362,7 @@ enum Effect {
     },
     Finish {
         entry: Arc<Entry>,
-        record: Run,
+        record: Box<Run>,
         ack: oneshot::Sender<()>,
     },
     Flush(oneshot::Sender<()>),
@@ -533,7 +555,11 @@ impl Writer {
                             container,
                         });
                     }
-                    effects.push(Effect::Finish { entry, record, ack });
+                    effects.push(Effect::Finish {
+                        entry,
+                        record: Box::new(record),
+                        ack,
+                    });
                 }
                 Cmd::Delete { serial } => {
                     if let Some(run) = self.runs.remove(&serial) {
@@ -589,7 +615,7 @@ impl Writer {
                     // Even when the write failed: the run has ended for everyone watching.
                     {
                         let mut data = entry.data();
-                        data.record = record;
+                        data.record = *record;
                         if let Some(run) = self.runs.get(&entry.serial) {
                             data.committed_seq = run.last_seq;
                         }
@@ -621,9 +647,9 @@ impl Writer {
                     tx.prepare_cached(
                         "INSERT INTO runs (serial, id, owner, state, exit_code, profile, image,
                              argv, name, labels, created_at, started_at, finished_at, reason,
-                             wall_seconds, container, timeout_seconds, last_seq)
+                             wall_seconds, container, timeout_seconds, last_seq, options)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
-                             ?15, NULL, ?16, 0)",
+                             ?15, NULL, ?16, 0, ?17)",
                     )?
                     .execute(params![
                         entry.serial as i64,
@@ -642,6 +668,7 @@ impl Writer {
                         record.reason,
                         record.wall_seconds.map(|s| s as i64),
                         entry.timeout.as_secs() as i64,
+                        options_json(&record.options),
                     ])?;
                 }
                 Op::InsertKey {
@@ -673,7 +700,8 @@ impl Writer {
                 } => {
                     tx.prepare_cached(
                         "UPDATE runs SET state = ?2, exit_code = ?3, started_at = ?4,
-                             finished_at = ?5, reason = ?6, wall_seconds = ?7, container = ?8
+                             finished_at = ?5, reason = ?6, wall_seconds = ?7, container = ?8,
+                             options = ?9
                          WHERE serial = ?1",
                     )?
                     .execute(params![
@@ -685,6 +713,7 @@ impl Writer {
                         record.reason,
                         record.wall_seconds.map(|s| s as i64),
                         container,
+                        options_json(&record.options),
                     ])?;
                 }
                 Op::DeleteRun(serial) => {

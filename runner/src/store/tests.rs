@@ -17,6 +17,7 @@ fn record(id: &str) -> Run {
         finished_at: None,
         reason: None,
         wall_seconds: None,
+        options: Default::default(),
     }
 }
 
@@ -329,6 +330,60 @@ async fn records_and_frames_survive_a_reopen_and_seq_continues() {
         std::fs::read_to_string(dir.0.join(RUNNER_ID_FILE)).unwrap(),
         format!("{runner_id}\n")
     );
+}
+
+#[tokio::test]
+async fn run_options_survive_a_reopen_and_a_version_1_database_opens() {
+    let dir = TempDir::new().unwrap();
+    let options = bus_api::RunOptions {
+        ports: vec![bus_api::Port {
+            container_port: 8080,
+            host_port: None,
+            protocol: bus_api::Protocol::Udp,
+            host_ip: "127.0.0.1".into(),
+        }],
+        tty: true,
+        storage: Some(bus_api::StorageMount {
+            mount_path: "/data".into(),
+            subpath: Some("a/b".into()),
+        }),
+        memory_mb: Some(64),
+    };
+    {
+        let s = Store::open(&dir.0).unwrap();
+        let mut new = new_run("run_opts");
+        new.record.options = options.clone();
+        let Inserted::Created(e) = s.insert("a", new).await.unwrap() else {
+            panic!("a new run")
+        };
+        e.set_state(RunState::Starting);
+        let mut bound = options.ports.clone();
+        bound[0].host_port = Some(40000);
+        e.set_ports(bound);
+        insert(&s, "a", "run_plain").await;
+        s.flush().await;
+    }
+    let s = Store::open(&dir.0).unwrap();
+    let run = s.get("a", "run_opts").unwrap().snapshot();
+    assert_eq!(run.options.ports[0].host_port, Some(40000));
+    assert_eq!(
+        (run.options.tty, &run.options.storage, run.options.memory_mb),
+        (true, &options.storage, Some(64))
+    );
+    let plain = s.get("a", "run_plain").unwrap().snapshot();
+    assert_eq!(plain.options, bus_api::RunOptions::default());
+    drop(s);
+
+    // A database from before the options column (version 1) gains it on open.
+    {
+        let conn = rusqlite::Connection::open(dir.0.join(DB_FILE)).unwrap();
+        conn.execute_batch("ALTER TABLE runs DROP COLUMN options; PRAGMA user_version = 1;")
+            .unwrap();
+    }
+    let s = Store::open(&dir.0).unwrap();
+    let run = s.get("a", "run_opts").unwrap().snapshot();
+    assert_eq!(run.options, bus_api::RunOptions::default());
+    assert_eq!(run.argv, ["sh", "-c", "echo hi"]);
 }
 
 #[tokio::test]

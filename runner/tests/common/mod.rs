@@ -38,7 +38,10 @@ impl Podman {
         let socket = dir.path().join("podman.sock");
         let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/containers.conf");
         let log = std::fs::File::create(dir.path().join("podman.log")).unwrap();
+        // conmon writes an `oom` file into the service's working directory when the OOM
+        // killer strikes: keep it in the temp dir, out of the source tree.
         let child = Command::new("podman")
+            .current_dir(dir.path())
             .env("CONTAINERS_CONF", &conf)
             .args(["system", "service", "--time=0"])
             .arg(format!("unix://{}", socket.display()))
@@ -126,10 +129,21 @@ pub fn runner(engine_url: &str) -> (tempfile::TempDir, Keys, Router) {
 }
 
 fn runner_in(dir: &Path, engine_url: &str) -> (Keys, Router) {
+    runner_in_with(dir, engine_url, Config::builtin())
+}
+
+fn runner_in_with(dir: &Path, engine_url: &str, config: Config) -> (Keys, Router) {
     let keys = Keys::load_or_create(&dir.join("state")).unwrap();
     let engine = Engine::connect(engine_url).unwrap();
-    let app = bus_runner::app(AppState::new(keys.clone(), Config::builtin(), engine));
+    let app = bus_runner::app(AppState::new(keys.clone(), config, engine));
     (keys, app)
+}
+
+/// A runner app with `config` (profiles, plans, accounts) on `engine_url`.
+pub fn runner_with(engine_url: &str, config: Config) -> (tempfile::TempDir, Keys, Router) {
+    let dir = tempfile::tempdir().unwrap();
+    let (keys, app) = runner_in_with(dir.path(), engine_url, config);
+    (dir, keys, app)
 }
 
 /// A runner whose engine is never called: its "socket" is an ordinary file.

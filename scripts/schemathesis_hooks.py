@@ -1,0 +1,31 @@
+"""schemathesis hooks for scripts/schemathesis: validate NDJSON log streams.
+
+The logs endpoint answers `application/x-ndjson`, one `LogFrame` per line, which schemathesis
+cannot read by itself. This deserializer checks every line against the document's `LogFrame`
+schema and hands the last one to schemathesis' own response-schema check.
+"""
+
+import json
+
+import jsonschema_rs
+import schemathesis
+
+
+@schemathesis.deserializer("application/x-ndjson")
+def ndjson_log_frames(ctx, response):
+    root = ctx.operation.schema.raw_schema
+    validator = jsonschema_rs.Draft202012Validator(
+        {**root, "$ref": "#/components/schemas/LogFrame"}
+    )
+    frames = []
+    for number, line in enumerate(response.content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        frame = json.loads(line)
+        errors = [e.message for e in validator.iter_errors(frame)]
+        if errors:
+            raise ValueError(f"line {number} is not a LogFrame: {'; '.join(errors)}")
+        frames.append(frame)
+    if not frames:
+        raise ValueError("the log stream is empty; it always ends with an exit frame")
+    return frames[-1]
