@@ -9,6 +9,13 @@
 //! A broken upstream stream is resumed by the group with `after_seq` = the last seq it holds,
 //! so followers see neither a duplicate nor a hole. Groups are keyed by origin, identity and
 //! run id (two accounts never share one) and end when their last follower leaves.
+//!
+//! A silent upstream is a broken one: the runner's keepalive frames are dropped by
+//! [`Upstream::follow_logs`], which cuts a stream that goes without a byte for
+//! [`crate::upstream::SILENCE_INTERVALS`] keepalive intervals once the group has seen the
+//! runner send keepalives (on this stream or an earlier one of the group; see
+//! [`KeepalivesSeen`]). The cut is resumed like any break; after [`MAX_RESUMES`] consecutive
+//! failed resumes the followers get the last error (`UNAVAILABLE`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +29,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
-use crate::upstream::{LogsQuery, Upstream, UpstreamError};
+use crate::upstream::{KeepalivesSeen, LogsQuery, Upstream, UpstreamError};
 
 /// Output bytes a group keeps for late or slow followers before dropping the oldest.
 const MAX_BUFFER_BYTES: usize = 8 * 1024 * 1024;
@@ -275,12 +282,14 @@ impl Drop for Membership {
 }
 
 /// The group's one upstream stream: frames into the buffer until the exit frame, resuming
-/// after the last seq held when the stream breaks.
+/// after the last seq held when the stream breaks or goes silent (once the runner has shown
+/// it sends keepalives, which tell a quiet run from a dead connection).
 async fn pump(group: Arc<Group>, upstream: Upstream, mut after_seq: u64) {
     let run_id = group.key.run_id.clone();
+    let keepalives = KeepalivesSeen::default();
     let mut resumes = 0;
     let failure = loop {
-        let failure = match upstream.logs(&run_id, after_seq, true).await {
+        let failure = match upstream.follow_logs(&run_id, after_seq, &keepalives).await {
             Ok(frames) => {
                 let mut frames = std::pin::pin!(frames);
                 let mut failure = None;
@@ -315,7 +324,7 @@ async fn pump(group: Arc<Group>, upstream: Upstream, mut after_seq: u64) {
         if !matches!(failure, UpstreamError::Unreachable { .. }) || resumes > MAX_RESUMES {
             break failure;
         }
-        tracing::warn!(run = %run_id, after_seq, resumes, "log stream broke; resuming");
+        tracing::warn!(run = %run_id, after_seq, resumes, error = %failure, "log stream broke; resuming");
         tokio::time::sleep(Duration::from_millis(100 << resumes)).await;
     };
     group.buffer.lock().expect("buffer lock").end = Some(Err(failure));
@@ -395,7 +404,8 @@ async fn deliver(
 }
 
 /// Re-reads seqs `after + 1 .. until - 1` from the runner's store for one follower.
-/// `Ok(false)` means the client went away.
+/// `Ok(false)` means the client went away. The read is not followed, so the runner never
+/// pauses it: its silence is always bounded (see [`Upstream::logs_with`]).
 async fn refill(
     upstream: &Upstream,
     run_id: &str,
@@ -464,6 +474,11 @@ pub fn decode(frame: LogFrame, origin: &str) -> Result<Decoded, UpstreamError> {
             last_seq,
             finished_at,
         })),
+        // The upstream's frame reader drops keepalives; one here is out of place.
+        LogFrame::Keepalive => Err(UpstreamError::Protocol {
+            origin: origin.to_owned(),
+            reason: "a keepalive frame reached the log decoder".to_owned(),
+        }),
     }
 }
 
@@ -475,6 +490,7 @@ fn base64_decode(data: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ApiOrigin;
 
     fn chunk(seq: u64, len: usize) -> Chunk {
         Chunk {
@@ -531,6 +547,198 @@ mod tests {
             seqs(buffer.read_after(first_held - 1, 64)).first(),
             Some(&first_held)
         );
+    }
+
+    /// How a scripted runner answers one logs request: these NDJSON lines, then either
+    /// silence on an open connection (`hang`) or the end of the body.
+    #[derive(Clone)]
+    struct Reply {
+        lines: Vec<String>,
+        hang: bool,
+    }
+
+    fn output(seq: u64) -> String {
+        format!(
+            r#"{{"type":"output","seq":{seq},"stream":"stdout","data":"eA==","time":"2024-01-01T00:00:00Z"}}"#
+        )
+    }
+
+    fn exit(last_seq: u64) -> String {
+        format!(r#"{{"type":"exit","state":"exited","exit_code":0,"last_seq":{last_seq}}}"#)
+    }
+
+    const KEEPALIVE: &str = r#"{"type":"keepalive"}"#;
+
+    /// A runner that answers the n-th logs request with `replies[n]` (the last repeats) and
+    /// records the request paths.
+    async fn scripted_runner(replies: Vec<Reply>) -> (ApiOrigin, Arc<Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin =
+            ApiOrigin::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let seen = paths.clone();
+        tokio::spawn(async move {
+            for n in 0.. {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let reply = replies[n.min(replies.len() - 1)].clone();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if conn.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+                    seen.lock().unwrap().push(path);
+                    let mut out = String::from(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n",
+                    );
+                    for line in &reply.lines {
+                        out.push_str(line);
+                        out.push('\n');
+                    }
+                    if conn.write_all(out.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if reply.hang {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    }
+                });
+            }
+        });
+        (origin, paths)
+    }
+
+    fn upstream_to(origin: &ApiOrigin, keepalive: Duration) -> Upstream {
+        crate::upstream::Upstreams::with_keepalive(keepalive)
+            .client(origin, crate::credentials::Token::new("eyJ.a.b"))
+    }
+
+    /// Every event a follower gets until its channel ends, or until `limit`.
+    async fn events(
+        mut rx: mpsc::Receiver<Result<Event, UpstreamError>>,
+        limit: Duration,
+    ) -> (Vec<Result<Event, UpstreamError>>, bool) {
+        let mut got = Vec::new();
+        let ended = tokio::time::timeout(limit, async {
+            while let Some(event) = rx.recv().await {
+                got.push(event);
+            }
+        })
+        .await
+        .is_ok();
+        (got, ended)
+    }
+
+    fn chunk_seqs(events: &[Result<Event, UpstreamError>]) -> Vec<u64> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Ok(Event::Chunk(c)) => Some(c.seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_stream_gone_silent_after_a_keepalive_is_resumed_after_its_last_seq() {
+        let (origin, paths) = scripted_runner(vec![
+            Reply {
+                lines: vec![output(1), KEEPALIVE.into()],
+                hang: true,
+            },
+            Reply {
+                lines: vec![output(2), exit(2)],
+                hang: false,
+            },
+        ])
+        .await;
+        let fanout = Arc::new(Fanout::default());
+        let started = std::time::Instant::now();
+        let rx = fanout.follow(
+            upstream_to(&origin, Duration::from_millis(100)),
+            "run_1",
+            Follow::after(0),
+        );
+        let (got, ended) = events(rx, Duration::from_secs(10)).await;
+        assert!(ended, "the follow ended: {got:?}");
+        assert_eq!(chunk_seqs(&got), [1, 2], "{got:?}");
+        assert!(
+            matches!(got.last(), Some(Ok(Event::Exit(Exit { last_seq: 2, .. })))),
+            "{got:?}"
+        );
+        // Cut after 0.3 s of silence, resumed after a 0.2 s pause.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let paths = paths.lock().unwrap().clone();
+        assert_eq!(paths.len(), 2, "{paths:?}");
+        assert!(paths[1].contains("after_seq=1"), "{paths:?}");
+        assert!(paths[1].contains("keepalive_seconds=1"), "{paths:?}");
+    }
+
+    #[tokio::test]
+    async fn a_runner_that_stays_silent_fails_the_followers_after_the_resume_limit() {
+        let (origin, paths) = scripted_runner(vec![
+            Reply {
+                lines: vec![output(1), KEEPALIVE.into()],
+                hang: true,
+            },
+            // Half-open from the start: headers, then nothing, on every resume.
+            Reply {
+                lines: vec![],
+                hang: true,
+            },
+        ])
+        .await;
+        let fanout = Arc::new(Fanout::default());
+        let rx = fanout.follow(
+            upstream_to(&origin, Duration::from_millis(100)),
+            "run_1",
+            Follow::after(0),
+        );
+        let (got, ended) = events(rx, Duration::from_secs(30)).await;
+        assert!(ended, "the follow failed instead of hanging: {got:?}");
+        assert_eq!(chunk_seqs(&got), [1]);
+        match got.last() {
+            Some(Err(UpstreamError::Unreachable { reason, .. })) => {
+                assert!(reason.contains("sent nothing"), "{reason}")
+            }
+            other => panic!("expected Unreachable, got {other:?}"),
+        }
+        assert_eq!(
+            paths.lock().unwrap().len(),
+            1 + MAX_RESUMES as usize,
+            "the first stream and every resume"
+        );
+        assert_eq!(fanout.groups(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_quiet_stream_from_a_runner_without_keepalives_is_left_open() {
+        let (origin, paths) = scripted_runner(vec![Reply {
+            lines: vec![output(1)],
+            hang: true,
+        }])
+        .await;
+        let fanout = Arc::new(Fanout::default());
+        let rx = fanout.follow(
+            upstream_to(&origin, Duration::from_millis(100)),
+            "run_1",
+            Follow::after(0),
+        );
+        // Ten silence bounds pass: no keepalive was ever seen, so nothing is cut.
+        let (got, ended) = events(rx, Duration::from_secs(3)).await;
+        assert!(!ended, "{got:?}");
+        assert_eq!(chunk_seqs(&got), [1]);
+        assert_eq!(paths.lock().unwrap().len(), 1, "never resumed");
     }
 
     #[test]

@@ -7,8 +7,14 @@
 //! time left); idempotent calls (GET, DELETE) and creates that carry an `Idempotency-Key` are
 //! retried on connect errors and 502/503/504, [`MAX_TRIES`] times in all, with jittered
 //! exponential backoff that never sleeps past the deadline. `Retry-After` is kept on the error.
+//!
+//! Log streams are not bounded by the deadline (they may outlive the call that opened them)
+//! but by silence: keepalive frames are dropped here, and a stream that has shown the runner
+//! sends them is cut as broken after [`SILENCE_INTERVALS`] keepalive intervals without a byte
+//! (see [`KeepalivesSeen`]), so a half-open connection fails instead of hanging.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -36,6 +42,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_HONOURED_RETRY_AFTER: Duration = Duration::from_secs(2);
 /// The header that makes a create safe to retry.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The runner's default keepalive interval on follow streams (its `KEEPALIVE_SECONDS`). busd
+/// asks for it by leaving `keepalive_seconds` out, so runners from before the parameter
+/// existed (which refuse unknown query parameters) still answer.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
+/// Keepalive intervals without a byte after which a log stream is presumed broken.
+pub const SILENCE_INTERVALS: u32 = 3;
+/// Test-only override of the keepalive interval busd asks follow streams for, in whole
+/// seconds (1 to 300, the runner's bounds); the silence bound follows it ([`SILENCE_INTERVALS`]
+/// times). Read once, when busd starts. Any other value is ignored.
+pub const KEEPALIVE_ENV: &str = "BUSD_UPSTREAM_KEEPALIVE_SECONDS";
 
 /// What went wrong talking to the upstream.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -90,6 +106,54 @@ pub struct LogsQuery {
     pub stderr: bool,
 }
 
+/// Whether the runner has been seen sending keepalive frames on the streams of one follow;
+/// shared by that follow's successive (resumed) streams.
+///
+/// The silence of a follow stream is bounded only once a keepalive has been seen on it, or on
+/// an earlier stream of the same follow: a runner from before keepalives existed sends nothing
+/// while a run is quiet, and its streams must not be cut for that. Knowing it across resumes
+/// matters: a resumed stream that is half-open from its first byte shows no keepalive, and
+/// would otherwise hang. (A runner replaced by an older one behind the same follow is cut
+/// after each silence bound and resumed, and the follow ends after the resume limit.)
+#[derive(Debug, Clone, Default)]
+pub struct KeepalivesSeen(Arc<AtomicBool>);
+
+impl KeepalivesSeen {
+    /// Whether a keepalive has been seen.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// When a log stream's silence means a broken connection.
+#[derive(Debug, Clone)]
+struct Silence {
+    /// No bytes for this long is a broken connection.
+    bound: Duration,
+    /// Bound from the first byte: a stream that is not followed never pauses.
+    always: bool,
+    /// Otherwise bound once the runner has shown it sends keepalives.
+    seen: KeepalivesSeen,
+}
+
+impl Silence {
+    fn enforced(&self) -> bool {
+        self.always || self.seen.get()
+    }
+}
+
+/// The keepalive interval named by [`KEEPALIVE_ENV`]'s value, if it is a valid one.
+pub fn keepalive_from_env(value: Option<&str>) -> Option<Duration> {
+    let seconds: u64 = value?.trim().parse().ok()?;
+    (1..=300)
+        .contains(&seconds)
+        .then(|| Duration::from_secs(seconds))
+}
+
 impl LogsQuery {
     /// Everything after `after_seq`, followed or not.
     pub fn after(after_seq: u64, follow: bool) -> Self {
@@ -116,12 +180,37 @@ impl UpstreamError {
 }
 
 /// A pool of REST clients, one per origin.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Upstreams {
     clients: Arc<Mutex<HashMap<ApiOrigin, reqwest::Client>>>,
+    /// The keepalive interval follow streams are asked for.
+    keepalive: Duration,
+}
+
+impl Default for Upstreams {
+    /// An empty pool asking for [`DEFAULT_KEEPALIVE`], or for what [`KEEPALIVE_ENV`] names.
+    fn default() -> Self {
+        let env = std::env::var(KEEPALIVE_ENV).ok();
+        Upstreams::with_keepalive(keepalive_from_env(env.as_deref()).unwrap_or(DEFAULT_KEEPALIVE))
+    }
 }
 
 impl Upstreams {
+    /// An empty pool whose follow streams ask for a keepalive every `keepalive` (whole seconds
+    /// on the wire, at least one) and are presumed broken after [`SILENCE_INTERVALS`] times
+    /// that without a byte.
+    pub fn with_keepalive(keepalive: Duration) -> Self {
+        Upstreams {
+            clients: Arc::default(),
+            keepalive,
+        }
+    }
+
+    /// The keepalive interval follow streams are asked for.
+    pub fn keepalive(&self) -> Duration {
+        self.keepalive
+    }
+
     /// How many origins have a warm client.
     pub fn len(&self) -> usize {
         self.clients
@@ -155,6 +244,7 @@ impl Upstreams {
             origin: origin.clone(),
             token,
             deadline: None,
+            keepalive: self.keepalive,
         }
     }
 }
@@ -167,6 +257,8 @@ pub struct Upstream {
     token: Token,
     /// When the caller gives up: bounds unary calls (not streams, which may outlive it).
     deadline: Option<Instant>,
+    /// The keepalive interval follow streams are asked for.
+    keepalive: Duration,
 }
 
 impl Upstream {
@@ -271,16 +363,53 @@ impl Upstream {
             .await
     }
 
+    /// One stream of a follow that may be resumed: `logs?follow=true&after_seq`, whose
+    /// silence is bounded once `seen` (shared by the follow's streams) says the runner sends
+    /// keepalives.
+    pub async fn follow_logs(
+        &self,
+        id: &str,
+        after_seq: u64,
+        seen: &KeepalivesSeen,
+    ) -> Result<impl Stream<Item = Result<LogFrame, UpstreamError>> + use<>, UpstreamError> {
+        self.logs_seen(id, &LogsQuery::after(after_seq, true), seen.clone())
+            .await
+    }
+
     /// `GET /api/v1/containers/runs/{id}/logs` with every option of [`LogsQuery`].
+    ///
+    /// Keepalive frames are dropped. The response's headers must come within the silence
+    /// bound ([`SILENCE_INTERVALS`] keepalive intervals); then a stream that is not followed
+    /// is cut as broken (`Unreachable`) after that long without a byte, and a followed one
+    /// too once a keepalive has come on it.
     pub async fn logs_with(
         &self,
         id: &str,
         query: &LogsQuery,
     ) -> Result<impl Stream<Item = Result<LogFrame, UpstreamError>> + use<>, UpstreamError> {
+        self.logs_seen(id, query, KeepalivesSeen::default()).await
+    }
+
+    /// How long a log stream may go without a byte once its silence is bounded.
+    pub fn silence_bound(&self) -> Duration {
+        self.keepalive.saturating_mul(SILENCE_INTERVALS)
+    }
+
+    async fn logs_seen(
+        &self,
+        id: &str,
+        query: &LogsQuery,
+        seen: KeepalivesSeen,
+    ) -> Result<impl Stream<Item = Result<LogFrame, UpstreamError>> + use<>, UpstreamError> {
         let mut params = vec![
             ("follow", query.follow.to_string()),
             ("after_seq", query.after_seq.to_string()),
         ];
+        if query.follow && self.keepalive != DEFAULT_KEEPALIVE {
+            // Named only when not the default: older runners refuse unknown parameters.
+            let seconds = self.keepalive.as_secs().max(1);
+            params.push(("keepalive_seconds", seconds.to_string()));
+        }
         // Both streams are the default; name one only to leave it out.
         for (name, wanted) in [("stdout", query.stdout), ("stderr", query.stderr)] {
             if !wanted {
@@ -293,7 +422,21 @@ impl Upstream {
         let request = self
             .request(Method::GET, &run_path(id, "/logs"))
             .query(&params);
-        let response = self.send(request).await?;
+        let bound = self.silence_bound();
+        let response = tokio::time::timeout(bound, self.send(request))
+            .await
+            .map_err(|_| UpstreamError::Unreachable {
+                origin: self.origin.to_string(),
+                reason: format!(
+                    "no answer to a log request within {}; the connection is presumed broken",
+                    seconds(bound)
+                ),
+            })??;
+        let silence = Silence {
+            bound,
+            always: !query.follow,
+            seen,
+        };
         let origin = self.origin.to_string();
         let bytes = response.bytes_stream().map_err({
             let origin = origin.clone();
@@ -302,7 +445,7 @@ impl Upstream {
                 reason: e.to_string(),
             }
         });
-        Ok(ndjson_frames(bytes, origin))
+        Ok(ndjson_frames(bytes, origin, silence))
     }
 
     /// `POST /api/v1/containers/runs/{id}/stop`.
@@ -539,14 +682,24 @@ fn transport_reason(e: &reqwest::Error) -> String {
     }
 }
 
-/// Splits an NDJSON byte stream into frames.
-fn ndjson_frames<S>(bytes: S, origin: String) -> impl Stream<Item = Result<LogFrame, UpstreamError>>
+/// A duration as whole or fractional seconds, for messages: "45 s", "0.3 s".
+fn seconds(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
+}
+
+/// Splits an NDJSON byte stream into frames, dropping keepalive frames; past `silence`'s
+/// bound without a byte, once it is enforced, the stream ends with `Unreachable`.
+fn ndjson_frames<S>(
+    bytes: S,
+    origin: String,
+    silence: Silence,
+) -> impl Stream<Item = Result<LogFrame, UpstreamError>>
 where
     S: Stream<Item = Result<bytes::Bytes, UpstreamError>> + Unpin,
 {
     futures::stream::unfold(
-        (bytes, Vec::<u8>::new(), origin, false),
-        |(mut bytes, mut buf, origin, done)| async move {
+        (bytes, Vec::<u8>::new(), origin, silence, false),
+        |(mut bytes, mut buf, origin, silence, done)| async move {
             if done {
                 return None;
             }
@@ -563,26 +716,47 @@ where
                             reason: format!("invalid log frame: {e}"),
                         }
                     });
+                    if let Ok(LogFrame::Keepalive) = frame {
+                        silence.seen.set();
+                        continue;
+                    }
                     let failed = frame.is_err();
-                    return Some((frame, (bytes, buf, origin, failed)));
+                    return Some((frame, (bytes, buf, origin, silence, failed)));
                 }
                 if buf.len() > MAX_FRAME_LINE {
                     let err = UpstreamError::Protocol {
                         origin: origin.clone(),
                         reason: "a log frame is larger than any the API sends".to_owned(),
                     };
-                    return Some((Err(err), (bytes, buf, origin, true)));
+                    return Some((Err(err), (bytes, buf, origin, silence, true)));
                 }
-                match bytes.next().await {
+                let next = if silence.enforced() {
+                    match tokio::time::timeout(silence.bound, bytes.next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            let err = UpstreamError::Unreachable {
+                                origin: origin.clone(),
+                                reason: format!(
+                                    "the log stream sent nothing for {}, although the runner sends keepalives; the connection is presumed broken",
+                                    seconds(silence.bound)
+                                ),
+                            };
+                            return Some((Err(err), (bytes, buf, origin, silence, true)));
+                        }
+                    }
+                } else {
+                    bytes.next().await
+                };
+                match next {
                     Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                    Some(Err(e)) => return Some((Err(e), (bytes, buf, origin, true))),
+                    Some(Err(e)) => return Some((Err(e), (bytes, buf, origin, silence, true))),
                     None if buf.is_empty() => return None,
                     None => {
                         let err = UpstreamError::Unreachable {
                             origin: origin.clone(),
                             reason: "the log stream ended in the middle of a frame".to_owned(),
                         };
-                        return Some((Err(err), (bytes, buf, origin, true)));
+                        return Some((Err(err), (bytes, buf, origin, silence, true)));
                     }
                 }
             }
@@ -600,7 +774,8 @@ mod tests {
                 .into_iter()
                 .map(|c| Ok::<_, UpstreamError>(bytes::Bytes::from_static(c))),
         );
-        let frames = ndjson_frames(bytes, "http://o".into()).map(|r| r.map_err(|e| e.to_string()));
+        let frames = ndjson_frames(bytes, "http://o".into(), unbounded())
+            .map(|r| r.map_err(|e| e.to_string()));
         futures::executor::block_on(frames.collect())
     }
 
@@ -624,6 +799,169 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// A silence that is never enforced (no keepalive comes in these streams).
+    fn unbounded() -> Silence {
+        Silence {
+            bound: Duration::from_secs(45),
+            always: false,
+            seen: KeepalivesSeen::default(),
+        }
+    }
+
+    const OUTPUT_1: &[u8] =
+        b"{\"type\":\"output\",\"seq\":1,\"stream\":\"stdout\",\"data\":\"T0s=\",\"time\":\"2024-01-01T00:00:00Z\"}\n";
+    const KEEPALIVE: &[u8] = b"{\"type\":\"keepalive\"}\n";
+
+    /// A byte stream fed by hand, and frames read from it with `silence`.
+    fn fed(
+        silence: Silence,
+    ) -> (
+        tokio::sync::mpsc::UnboundedSender<&'static [u8]>,
+        impl Stream<Item = Result<LogFrame, UpstreamError>>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<&'static [u8]>();
+        let bytes = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+            .map(|b| Ok::<_, UpstreamError>(bytes::Bytes::from_static(b)));
+        (
+            tx,
+            Box::pin(ndjson_frames(bytes, "http://o".into(), silence)),
+        )
+    }
+
+    fn bounded(always: bool, seen: &KeepalivesSeen) -> Silence {
+        Silence {
+            bound: Duration::from_secs(3),
+            always,
+            seen: seen.clone(),
+        }
+    }
+
+    #[tokio::test]
+    async fn keepalive_frames_are_dropped_and_noted() {
+        let seen = KeepalivesSeen::default();
+        let bytes = futures::stream::iter(
+            [KEEPALIVE, OUTPUT_1, KEEPALIVE]
+                .map(|c| Ok::<_, UpstreamError>(bytes::Bytes::from_static(c))),
+        );
+        let silence = Silence {
+            seen: seen.clone(),
+            ..unbounded()
+        };
+        let got: Vec<_> = ndjson_frames(bytes, "http://o".into(), silence)
+            .collect()
+            .await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(matches!(got[0], Ok(LogFrame::Output { seq: 1, .. })));
+        assert!(seen.get());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_after_a_keepalive_is_a_broken_connection() {
+        let seen = KeepalivesSeen::default();
+        let (tx, mut frames) = fed(bounded(false, &seen));
+        tx.send(OUTPUT_1).unwrap();
+        tx.send(KEEPALIVE).unwrap();
+        assert!(matches!(
+            frames.next().await,
+            Some(Ok(LogFrame::Output { seq: 1, .. }))
+        ));
+        let started = tokio::time::Instant::now();
+        let err = frames.next().await.unwrap().unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        assert!(
+            matches!(&err, UpstreamError::Unreachable { reason, .. } if reason.contains("sent nothing for 3 s")),
+            "{err:?}"
+        );
+        assert!(frames.next().await.is_none(), "the stream ends there");
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_byte_restarts_the_silence_bound() {
+        let seen = KeepalivesSeen::default();
+        let (tx, mut frames) = fed(bounded(false, &seen));
+        tx.send(KEEPALIVE).unwrap();
+        let feeder = tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                tx.send(KEEPALIVE).unwrap();
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            tx.send(OUTPUT_1).unwrap();
+            tx
+        });
+        let started = tokio::time::Instant::now();
+        assert!(matches!(
+            frames.next().await,
+            Some(Ok(LogFrame::Output { seq: 1, .. }))
+        ));
+        assert_eq!(started.elapsed(), Duration::from_secs(12));
+        drop(feeder.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follow_stream_without_keepalives_is_never_cut() {
+        // An older runner: no keepalives, so a quiet run's stream must stay open.
+        let (tx, mut frames) = fed(bounded(false, &KeepalivesSeen::default()));
+        tx.send(OUTPUT_1).unwrap();
+        assert!(frames.next().await.unwrap().is_ok());
+        let waited = tokio::time::timeout(Duration::from_secs(3600), frames.next()).await;
+        assert!(waited.is_err(), "still open after an hour: {waited:?}");
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resumed_stream_is_bounded_from_its_first_byte() {
+        // The follow's earlier stream saw a keepalive; this one is half-open from the start.
+        let seen = KeepalivesSeen::default();
+        seen.set();
+        let (tx, mut frames) = fed(bounded(false, &seen));
+        let started = tokio::time::Instant::now();
+        assert!(matches!(
+            frames.next().await,
+            Some(Err(UpstreamError::Unreachable { .. }))
+        ));
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_that_is_not_followed_is_always_bounded() {
+        let (tx, mut frames) = fed(bounded(true, &KeepalivesSeen::default()));
+        assert!(matches!(
+            frames.next().await,
+            Some(Err(UpstreamError::Unreachable { .. }))
+        ));
+        drop(tx);
+    }
+
+    #[test]
+    fn the_keepalive_override_takes_whole_seconds_in_the_runners_bounds() {
+        assert_eq!(keepalive_from_env(Some("1")), Some(Duration::from_secs(1)));
+        assert_eq!(
+            keepalive_from_env(Some(" 300 ")),
+            Some(Duration::from_secs(300))
+        );
+        for bad in [
+            None,
+            Some(""),
+            Some("0"),
+            Some("301"),
+            Some("1.5"),
+            Some("x"),
+        ] {
+            assert_eq!(keepalive_from_env(bad), None, "{bad:?}");
+        }
+        let upstreams = Upstreams::with_keepalive(Duration::from_secs(2));
+        let origin = ApiOrigin::parse("http://o").unwrap();
+        assert_eq!(
+            upstreams
+                .client(&origin, Token::new("eyJ.a.b"))
+                .silence_bound(),
+            Duration::from_secs(6)
+        );
     }
 
     #[test]
@@ -888,6 +1226,65 @@ mod tests {
         assert!(
             took < Duration::from_millis(300),
             "gave up before the caller: {took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_log_request_without_an_answer_is_a_broken_connection() {
+        let fake = fake(vec![(None, "", "")]).await;
+        let upstream = Upstreams::with_keepalive(Duration::from_millis(100))
+            .client(&fake.origin, Token::new("eyJ.a.b"));
+        let started = Instant::now();
+        let Err(err) = upstream.logs("run_1", 0, true).await else {
+            panic!("a log stream without headers");
+        };
+        let took = started.elapsed();
+        assert!(
+            matches!(&err, UpstreamError::Unreachable { reason, .. } if reason.contains("no answer to a log request within 0.3 s")),
+            "{err:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn follow_requests_name_the_keepalive_only_when_it_is_not_the_default() {
+        let empty = (Some(200), "", "");
+        let fake = fake(vec![empty]).await;
+        let token = || Token::new("eyJ.a.b");
+        let seen = KeepalivesSeen::default();
+        for upstreams in [
+            Upstreams::with_keepalive(DEFAULT_KEEPALIVE),
+            Upstreams::with_keepalive(Duration::from_secs(2)),
+        ] {
+            let upstream = upstreams.client(&fake.origin, token());
+            let frames: Vec<_> = upstream
+                .follow_logs("run_1", 4, &seen)
+                .await
+                .unwrap()
+                .collect()
+                .await;
+            assert!(frames.is_empty(), "{frames:?}");
+            // A read that is not followed never asks for keepalives.
+            let _ = upstream.logs("run_1", 0, false).await.unwrap();
+        }
+        let paths: Vec<String> = fake
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.1.clone())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "/api/v1/containers/runs/run_1/logs?follow=true&after_seq=4",
+                "/api/v1/containers/runs/run_1/logs?follow=false&after_seq=0",
+                "/api/v1/containers/runs/run_1/logs?follow=true&after_seq=4&keepalive_seconds=2",
+                "/api/v1/containers/runs/run_1/logs?follow=false&after_seq=0",
+            ]
         );
     }
 

@@ -210,6 +210,55 @@ impl Runner {
     }
 }
 
+impl Runner {
+    /// The runner process's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the runner with SIGKILL (no shutdown of any kind) and reaps it; its state dir,
+    /// its engine and the containers it started stay.
+    pub fn kill(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        let _ = self.child.wait();
+    }
+
+    /// Starts a new `bus-runner serve` on the same state dir (and config, if any) and engine,
+    /// on a new ephemeral port: it re-adopts the runs left running. `origin` names it.
+    pub fn restart(&mut self) {
+        let config = self.state_dir.path().join("runner.toml");
+        let mut command = Command::new(bin("bus-runner"));
+        command.arg("serve");
+        if config.is_file() {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
+            .args(["--listen", "127.0.0.1:0", "--engine"])
+            .arg(format!("unix://{}", self.engine.socket.display()))
+            .arg("--state-dir")
+            .arg(self.state_dir.path())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("bus-runner printed {line:?} instead of its address"))
+            .to_owned();
+        self.child = child;
+        self.origin = format!("http://{addr}");
+    }
+}
+
 /// The SHA-256 (hex) of an API key, for `api_key_sha256` in a runner config.
 pub fn hash_key(key: &str) -> String {
     let mut child = Command::new(bin("bus-runner"))
@@ -348,6 +397,20 @@ impl Stack {
     /// Runs `bus ARGS...` to completion.
     pub fn run(&self, args: &[&str]) -> Output {
         self.bus().args(args).output().unwrap()
+    }
+
+    /// `bus` like [`Stack::bus`], with `BUS_AI_API_URL` set to `api_url` (a proxy in front of
+    /// the runner, say): the CLI sends it with each call, and a busd it starts takes it as
+    /// its default origin.
+    pub fn bus_at(&self, api_url: &str) -> Command {
+        let mut cmd = self.bus();
+        cmd.env("BUS_AI_API_URL", api_url);
+        cmd
+    }
+
+    /// Runs `bus ARGS...` against `api_url` to completion.
+    pub fn run_at(&self, api_url: &str, args: &[&str]) -> Output {
+        self.bus_at(api_url).args(args).output().unwrap()
     }
 
     /// The log file busd writes when the CLI starts it:
