@@ -70,16 +70,24 @@ pub async fn serve_with(
     health_reporter
         .set_serving::<DaemonServer<DaemonService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(bus::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(bus::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
+        .expect("the embedded descriptor sets are valid");
+    // v1alpha too: stock clients (grpcio-reflection, older grpcurl) still ask it.
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
         .expect("the embedded descriptor sets are valid");
 
     let server = tonic::transport::Server::builder()
         .layer(TrackLayer::new(lifecycle.clone()))
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(ContainersServer::new(ContainersService::new(state.clone())))
         .add_service(DaemonServer::new(DaemonService::new(state)))
         // On stop the incoming stream drops the listener and ends, which starts tonic's
