@@ -236,7 +236,10 @@ fn a_token_on_the_command_line_is_refused_before_busd() {
         let out = stack.run(&args);
         assert_eq!(out.status.code(), Some(2));
         let line = one_line_error(&out);
-        assert!(line.contains("--api-key-file") && line.contains("BUS_API_KEY"), "{line}");
+        assert!(
+            line.contains("--api-key-file") && line.contains("BUS_API_KEY"),
+            "{line}"
+        );
         assert!(!line.contains("k3y-s3cret-value"));
     }
     assert!(!stack.socket.exists(), "busd must not have been started");
