@@ -1,10 +1,12 @@
 //! Plans, billing state and quotas: what an account may start, checked before any engine call.
 //!
 //! An account's terms come from the config ([`crate::config`]): its plan and billing state;
-//! accounts the config does not list get the plan [`LOCAL_PLAN`] with billing active. Usage is
-//! counted from the run store: runs that have not ended are concurrent, and the seconds runs
-//! spent running inside the current period (each run's started second counts in full) are its
-//! run-seconds. Periods are aligned to the Unix epoch.
+//! accounts the config does not list get the plan [`LOCAL_PLAN`] with billing active. Runs
+//! that have not ended are concurrent (from the live runs); the seconds runs spent running
+//! inside the current period (each run's part in it rounded up to a whole second) are its
+//! run-seconds, counted from the store's usage ledger ([`Store::run_seconds`]), which keeps
+//! runs that were deleted or removed by retention: deleting runs does not give seconds back.
+//! Periods are aligned to the Unix epoch.
 //!
 //! [`admit`] is the one check a create makes, in this order: the token's image grant (403
 //! `image_not_allowed`), billing (402 `billing_required`), run-seconds (429
@@ -16,7 +18,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bus_api::Run;
 use bus_api::auth::Claims;
 use bus_api::billing::{BillingState, BillingStatus, Limits, Usage};
 use time::OffsetDateTime;
@@ -100,38 +101,19 @@ pub fn period(plan: &Plan, now: OffsetDateTime) -> (OffsetDateTime, OffsetDateTi
     (at(start), at(start.saturating_add(len)))
 }
 
-/// The account's usage from `since` to `now`: live runs, and whole run-seconds.
-pub fn usage(store: &Store, account: &str, since: OffsetDateTime, now: OffsetDateTime) -> Usage {
-    let (runs, _) = store.list(account, None, usize::MAX);
-    usage_of(&runs, since, now)
-}
-
-/// [`usage`] over given run records.
-pub fn usage_of(runs: &[Run], since: OffsetDateTime, now: OffsetDateTime) -> Usage {
-    let mut concurrent = 0u32;
-    let mut seconds = 0u64;
-    for run in runs {
-        if !run.state.is_terminal() {
-            concurrent = concurrent.saturating_add(1);
-        }
-        let Some(started) = run.started_at else {
-            continue;
-        };
-        let end = match run.finished_at {
-            Some(finished) => finished.min(now),
-            None if !run.state.is_terminal() => now,
-            None => started,
-        };
-        let begin = started.max(since);
-        if end > begin {
-            let ms = (end - begin).whole_milliseconds().max(0) as u64;
-            seconds = seconds.saturating_add(ms.div_ceil(1000));
-        }
-    }
-    Usage {
-        run_seconds: seconds,
-        concurrent_runs: concurrent,
-    }
+/// The account's usage in the period `[start, end)` as of `now`: whole run-seconds from the
+/// usage ledger (deleted runs included, a running run up to `now`), and its live runs.
+pub async fn usage(
+    store: &Store,
+    account: &str,
+    (start, end): (OffsetDateTime, OffsetDateTime),
+    now: OffsetDateTime,
+) -> Result<Usage, ApiError> {
+    let run_seconds = store.run_seconds(account, start, end, now).await?;
+    Ok(Usage {
+        run_seconds,
+        concurrent_runs: store.live_count(account),
+    })
 }
 
 /// Checks that the caller may start a run of `image` now: grant, billing, then quotas.
@@ -154,7 +136,7 @@ pub async fn admit(state: &AppState, claims: &Claims, image: &str) -> Result<Adm
     let guard = state.billing().lock(account).await;
     let now = OffsetDateTime::now_utc();
     let (start, end) = period(&terms.plan, now);
-    let used = usage(state.store(), account, start, now);
+    let used = usage(state.store(), account, (start, end), now).await?;
     check_quota(&terms, &used, now, end)?;
     Ok(Admission { _guard: guard })
 }
@@ -210,11 +192,11 @@ fn check_quota(
 }
 
 /// The account's billing status now.
-pub fn status(state: &AppState, account: &str) -> BillingStatus {
+pub async fn status(state: &AppState, account: &str) -> Result<BillingStatus, ApiError> {
     let terms = terms(state.config(), account);
     let now = OffsetDateTime::now_utc();
     let (start, end) = period(&terms.plan, now);
-    let used = usage(state.store(), account, start, now);
+    let used = usage(state.store(), account, (start, end), now).await?;
     let guidance_url = if terms.billing != BillingState::Active {
         Some(SETUP_URL.to_owned())
     } else if check_quota(&terms, &used, now, end).is_err() {
@@ -222,7 +204,7 @@ pub fn status(state: &AppState, account: &str) -> BillingStatus {
     } else {
         None
     };
-    BillingStatus {
+    Ok(BillingStatus {
         account: account.to_owned(),
         plan: terms.plan_name,
         billing: terms.billing,
@@ -235,7 +217,7 @@ pub fn status(state: &AppState, account: &str) -> BillingStatus {
             period_seconds: terms.plan.period.as_secs(),
         },
         guidance_url,
-    }
+    })
 }
 
 /// A period's length as shown to people, e.g. `30d` or `90m`.
@@ -251,33 +233,10 @@ pub fn describe(period: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use bus_api::RunState;
-
     use super::*;
 
     fn at(s: i64) -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp(s).unwrap()
-    }
-
-    fn run(state: RunState, started: Option<i64>, finished: Option<i64>) -> Run {
-        Run {
-            id: "run_x".into(),
-            state,
-            exit_code: None,
-            profile: None,
-            image: "img".into(),
-            argv: vec![],
-            name: None,
-            labels: BTreeMap::new(),
-            created_at: at(0),
-            started_at: started.map(at),
-            finished_at: finished.map(at),
-            reason: None,
-            wall_seconds: None,
-            options: Default::default(),
-        }
     }
 
     #[test]
@@ -293,19 +252,36 @@ mod tests {
     }
 
     #[test]
-    fn usage_counts_live_runs_and_seconds_in_the_period() {
-        let runs = [
-            run(RunState::Running, Some(90), None), // 10 s in the period, live
-            run(RunState::Queued, None, None),      // live, no seconds
-            run(RunState::Exited, Some(50), Some(120)), // 20 s in the period
-            run(RunState::Exited, Some(10), Some(20)), // before the period
-            run(RunState::Failed, None, Some(110)), // never started
-        ];
-        let u = usage_of(&runs, at(100), at(100 + 10));
-        assert_eq!(u.concurrent_runs, 2);
-        assert_eq!(u.run_seconds, 10 + 10);
-        let u = usage_of(&runs, at(100), at(130));
-        assert_eq!(u.run_seconds, 30 + 20);
+    fn run_seconds_count_the_part_inside_the_period() {
+        use crate::store::seconds_inside;
+        let (start, end) = (at(100), at(200));
+        let inside = |started, finished: Option<i64>, now| {
+            seconds_inside(at(started), finished.map(at), start, end, at(now))
+        };
+        assert_eq!(
+            inside(90, None, 110),
+            10,
+            "running: up to now, from the start"
+        );
+        assert_eq!(
+            inside(50, Some(120), 150),
+            20,
+            "spans the start: only its part inside"
+        );
+        assert_eq!(inside(10, Some(20), 150), 0, "before the period");
+        assert_eq!(
+            inside(150, Some(250), 300),
+            50,
+            "spans the end: cut at the end"
+        );
+        assert_eq!(inside(120, Some(130), 125), 5, "cut at now");
+        let started = at(120);
+        let finished = started + time::Duration::milliseconds(1500);
+        assert_eq!(
+            seconds_inside(started, Some(finished), start, end, at(150)),
+            2,
+            "a started second counts in full"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //!   optional TOML file.
 //! - [`billing`]: plans, billing state and quotas, checked before a create reaches the engine.
 //! - [`store`]: run records and output frames, persisted in SQLite (`runs.db` in the state
-//!   dir), with idempotency keys and retention.
+//!   dir), with idempotency keys, retention and the usage ledger billing counts from.
 //! - [`engine`]: the bollard client; [`executor`]: drives one run from create to removal, and
 //!   re-adopts the runs of an earlier runner process on start.
 //!

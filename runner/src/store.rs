@@ -13,6 +13,10 @@
 //! fast producer waits for the disk instead of filling memory.
 //!
 //! Lookups are per owner, so another account's run is indistinguishable from a missing one.
+//!
+//! Billing's run-seconds come from the usage ledger ([`Store::run_seconds`]): a row per run
+//! that started, written in the same transaction as the run's start and its end, and kept when
+//! the run is deleted (by request or retention) until no plan period can contain it.
 
 mod db;
 
@@ -40,6 +44,9 @@ pub const DB_FILE: &str = "runs.db";
 pub const RUNNER_ID_FILE: &str = "runner-id";
 /// How long an `Idempotency-Key` names the run it created.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long the usage ledger keeps a run after it ended: the longest plan period, so every
+/// period that contains now also contains every run that ran in it.
+pub const USAGE_WINDOW: Duration = crate::config::MAX_PERIOD;
 /// Output bytes read from containers but not yet committed, at most (all runs together).
 const OUTPUT_BUDGET: usize = 16 * 1024 * 1024;
 
@@ -406,6 +413,7 @@ impl Store {
             // Queued under the index lock, so nothing about this run can follow it.
             self.shared.link.send(Cmd::Delete {
                 serial: entry.serial,
+                run: entry.id.clone(),
             });
             entry
         };
@@ -512,8 +520,9 @@ impl Store {
         .map_err(|_| StoreError::WriterGone)?
     }
 
-    /// Deletes ended runs (with their output) past `policy` as of `now`, and idempotency keys
-    /// older than [`IDEMPOTENCY_WINDOW`]; returns how many runs it deleted.
+    /// Deletes ended runs (with their output) past `policy` as of `now`, idempotency keys
+    /// older than [`IDEMPOTENCY_WINDOW`] and usage ledger rows of runs that ended before
+    /// [`USAGE_WINDOW`]; returns how many runs it deleted. Deleted runs keep their ledger rows.
     pub fn apply_retention(&self, now: OffsetDateTime, policy: &Retention) -> usize {
         let cutoff = now - policy.max_age;
         let victims: Vec<(String, String)> = {
@@ -539,6 +548,7 @@ impl Store {
         }
         self.shared.link.send(Cmd::Maintain {
             keys_before: now - IDEMPOTENCY_WINDOW,
+            usage_before: now - USAGE_WINDOW,
         });
         if !victims.is_empty() {
             tracing::info!(runs = victims.len(), "retention deleted ended runs");
@@ -557,6 +567,42 @@ impl Store {
                 store.apply_retention(OffsetDateTime::now_utc(), &policy);
             }
         })
+    }
+
+    /// Whole seconds `owner`'s runs spent running inside `[start, end)`, from the usage ledger:
+    /// deleted runs count, a running run counts up to `now`, and each run's part inside the
+    /// period is rounded up to a whole second. A run's start is in the ledger once its
+    /// `running` record is stored, a few milliseconds after it started.
+    pub async fn run_seconds(
+        &self,
+        owner: &str,
+        start: OffsetDateTime,
+        end: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let shared = self.shared.clone();
+        let owner = owner.to_owned();
+        let spans = tokio::task::spawn_blocking(move || {
+            shared
+                .readers
+                .with(|conn| db::usage_spans(conn, &owner, start, end))
+        })
+        .await
+        .map_err(|_| StoreError::WriterGone)??;
+        Ok(spans.iter().fold(0u64, |sum, &(started, finished)| {
+            sum.saturating_add(seconds_inside(started, finished, start, end, now))
+        }))
+    }
+
+    /// How many of `owner`'s runs have not ended (queued, starting or running).
+    pub fn live_count(&self, owner: &str) -> u32 {
+        let runs = self.lock();
+        let live = runs
+            .by_serial
+            .values()
+            .filter(|e| e.owner == owner && !e.data().record.state.is_terminal())
+            .count();
+        u32::try_from(live).unwrap_or(u32::MAX)
     }
 
     /// Waits until every change queued so far is stored.
@@ -656,6 +702,7 @@ impl Entry {
     fn save(&self, data: &Data) {
         self.link.send(Cmd::Save {
             serial: self.serial,
+            owner: self.owner.clone(),
             record: data.record.clone(),
             container: data.container.clone(),
         });
@@ -837,6 +884,24 @@ pub fn parse_age(text: &str) -> Result<Duration, String> {
     match n.checked_mul(unit) {
         Some(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
         _ => Err(usage()),
+    }
+}
+
+/// Whole seconds (rounded up) of a run from `started` to `finished` (`now` while it runs)
+/// that fall inside `[start, end)` and before `now`.
+pub fn seconds_inside(
+    started: OffsetDateTime,
+    finished: Option<OffsetDateTime>,
+    start: OffsetDateTime,
+    end: OffsetDateTime,
+    now: OffsetDateTime,
+) -> u64 {
+    let upper = finished.unwrap_or(now).min(end).min(now);
+    let lower = started.max(start);
+    if upper > lower {
+        wall_seconds(lower, upper)
+    } else {
+        0
     }
 }
 

@@ -45,6 +45,7 @@ const ACCOUNTS: &[(&str, &str, &str, &str)] = &[
     ),
     ("authz-solo", "key-solo", "solo", ""),
     ("authz-meter", "key-meter", "meter", ""),
+    ("authz-ledger", "key-ledger", "ledger", ""),
     (
         "authz-narrow",
         "key-narrow",
@@ -56,7 +57,8 @@ const ACCOUNTS: &[(&str, &str, &str, &str)] = &[
 fn config_text() -> String {
     let mut text = String::from(
         "[plans.solo]\nmax_concurrent_runs = 1\n\n\
-         [plans.meter]\nrun_seconds_per_period = 1\nperiod = \"1d\"\n",
+         [plans.meter]\nrun_seconds_per_period = 1\nperiod = \"1d\"\n\n\
+         [plans.ledger]\nrun_seconds_per_period = 2\nperiod = \"366d\"\n",
     );
     for (id, key, plan, extra) in ACCOUNTS {
         let hash = auth::to_hex(&auth::sha256(key.as_bytes()));
@@ -947,6 +949,76 @@ async fn billing_and_quotas_refuse_before_the_engine() {
         status["usage"]["run_seconds"].as_u64().unwrap() >= 1,
         "{status}"
     );
+    cleanup.1.clear();
+}
+
+/// Run-seconds come from the usage ledger: deleting a finished run gives none back.
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_runs_does_not_give_run_seconds_back() {
+    let podman = Podman::start();
+    let (_dir, _keys, app) = accounts_runner(&podman.url());
+    let mut cleanup = Cleanup(&podman, vec![]);
+    let ledger = exchange(&app, "key-ledger", EVERY).await;
+    let used = |status: &Value| status["usage"]["run_seconds"].as_u64().unwrap();
+
+    // A run of about 3 s on a plan of 2 run-seconds.
+    let run = create(&app, &ledger, json!({"argv": ["sleep", "3"]})).await;
+    cleanup.1.push(run.clone());
+    wait_ended(&app, &ledger, &run).await;
+    let status = call(&app, Method::GET, BILLING, Some(&ledger), None)
+        .await
+        .json();
+    let seconds = used(&status);
+    assert!(seconds >= 3, "{status}");
+
+    let reply = call(
+        &app,
+        Method::DELETE,
+        &format!("{RUNS}/{run}"),
+        Some(&ledger),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", text(&reply));
+    let page = call(&app, Method::GET, RUNS, Some(&ledger), None)
+        .await
+        .json();
+    assert_eq!(page["runs"], json!([]), "the run is gone");
+
+    // The next create is still refused, until the period ends.
+    let reply = call(
+        &app,
+        Method::POST,
+        RUNS,
+        Some(&ledger),
+        Some(json!({"argv": ["true"]})),
+    )
+    .await;
+    assert_problem(
+        &reply,
+        StatusCode::TOO_MANY_REQUESTS,
+        "quota_exhausted",
+        "after deleting the run",
+    );
+    let retry: u64 = reply.headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=366 * 86400).contains(&retry), "{retry}");
+    let detail = reply.json()["detail"].as_str().unwrap().to_owned();
+    assert!(
+        detail.starts_with(&format!(
+            "the plan \"ledger\" allows 2 run-seconds per 366d period and {seconds} are used"
+        )),
+        "{detail}"
+    );
+    let status = call(&app, Method::GET, BILLING, Some(&ledger), None)
+        .await
+        .json();
+    assert_eq!(used(&status), seconds, "{status}");
+    assert_eq!(status["usage"]["concurrent_runs"], 0);
+    assert_eq!(status["guidance_url"], "https://bus.dev/billing/upgrade");
     cleanup.1.clear();
 }
 

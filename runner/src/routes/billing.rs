@@ -7,11 +7,12 @@ use bus_api::BillingStatus;
 use crate::AppState;
 use crate::auth::{BillingRead, Caller};
 use crate::billing;
+use crate::problem::ApiError;
 
 /// The caller's billing status.
 pub async fn status(
     State(state): State<AppState>,
     caller: Caller<BillingRead>,
-) -> Json<BillingStatus> {
-    Json(billing::status(&state, caller.account()))
+) -> Result<Json<BillingStatus>, ApiError> {
+    Ok(Json(billing::status(&state, caller.account()).await?))
 }

@@ -1,6 +1,6 @@
 //! The SQLite side of the store: schema, loading, the writer thread and the reads.
 //!
-//! Schema (`PRAGMA user_version = 2`):
+//! Schema (`PRAGMA user_version = 3`):
 //! - `meta(key, value)`: `runner_id`, the label value of this runner's containers.
 //! - `runs`: one row per run; `serial` is the creation order (and the listing cursor), the
 //!   `bus_api::Run` fields as columns (`argv` and `labels` as JSON), plus `owner`,
@@ -9,6 +9,12 @@
 //! - `frames(run, seq, stream, time, data)`: every output frame, `run` = `runs.serial`,
 //!   primary key `(run, seq)`; `stream` 1 = stdout, 2 = stderr; times are Unix nanoseconds.
 //! - `idempotency(owner, key, request, run_id, response, created_at)`.
+//! - `usage(run, owner, started_at, finished_at)` (added in version 3): the usage ledger, one
+//!   row per run that started, keyed by the run's id; written in the transaction that stores
+//!   the run's start (`finished_at` NULL while it runs) and its end. Deleting a run (by request
+//!   or retention) does not delete its row, so billing counts it; rows are pruned only once
+//!   they ended more than [`crate::config::MAX_PERIOD`] (366 days, the longest plan period)
+//!   ago, when no period can contain them. Upgrading from version 2 fills it from `runs`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +35,8 @@ const MAX_BATCH: usize = 4096;
 const MAX_READ_FRAMES: usize = 4096;
 /// How long a connection waits for a lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The schema version this runner writes (`PRAGMA user_version`).
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// The store failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +53,9 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// The database was written by a newer runner.
-    #[error("the run database has schema version {0}, newer than this runner knows (1)")]
+    #[error(
+        "the run database has schema version {0}, newer than this runner knows ({SCHEMA_VERSION})"
+    )]
     TooNew(i64),
     /// A stored value does not parse.
     #[error("the run database holds a malformed value: {0}")]
@@ -67,6 +77,7 @@ pub(super) enum Cmd {
     },
     Save {
         serial: u64,
+        owner: String,
         record: Run,
         container: Option<String>,
     },
@@ -84,9 +95,11 @@ pub(super) enum Cmd {
     },
     Delete {
         serial: u64,
+        run: String,
     },
     Maintain {
         keys_before: OffsetDateTime,
+        usage_before: OffsetDateTime,
     },
     Flush {
         ack: oneshot::Sender<()>,
@@ -157,6 +170,7 @@ pub(super) fn open(path: &Path) -> Result<Opened, StoreError> {
                 WRun {
                     last_seq: r.last_seq,
                     finished: r.record.state.is_terminal(),
+                    started: r.record.started_at.is_some(),
                 },
             )
         })
@@ -170,7 +184,7 @@ pub(super) fn open(path: &Path) -> Result<Opened, StoreError> {
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version > 2 {
+    if version > SCHEMA_VERSION {
         return Err(StoreError::TooNew(version));
     }
     if version == 0 {
@@ -229,6 +243,36 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             "ALTER TABLE runs ADD COLUMN options TEXT;
              PRAGMA user_version = 2;",
         )?;
+        tx.commit()?;
+    }
+    if version < 3 {
+        // Version 3: the usage ledger, filled from the runs still stored (runs deleted before
+        // the upgrade are gone and do not count). A run that ended without `finished_at`
+        // counts nothing, as before.
+        let terminal = [
+            RunState::Exited,
+            RunState::Failed,
+            RunState::Stopped,
+            RunState::TimedOut,
+        ]
+        .map(|s| format!("'{}'", s.as_str()))
+        .join(", ");
+        let tx = conn.transaction()?;
+        tx.execute_batch(&format!(
+            "CREATE TABLE usage (
+                 run TEXT PRIMARY KEY,
+                 owner TEXT NOT NULL,
+                 started_at INTEGER NOT NULL,
+                 finished_at INTEGER
+             ) WITHOUT ROWID;
+             CREATE INDEX usage_by_owner ON usage (owner, finished_at);
+             INSERT INTO usage (run, owner, started_at, finished_at)
+                 SELECT id, owner, started_at,
+                        CASE WHEN state IN ({terminal}) THEN COALESCE(finished_at, started_at)
+                             ELSE NULL END
+                 FROM runs WHERE started_at IS NOT NULL;
+             PRAGMA user_version = 3;"
+        ))?;
         tx.commit()?;
     }
     Ok(())
@@ -314,6 +358,8 @@ fn load(conn: &Connection) -> Result<Vec<Loaded>, StoreError> {
 struct WRun {
     last_seq: u64,
     finished: bool,
+    /// Its start is in the usage ledger (or on its way there in this batch).
+    started: bool,
 }
 
 /// The write connection and the per-run seq counters; lives on its own thread.
@@ -350,8 +396,30 @@ enum Op {
         record: Run,
         container: Option<String>,
     },
-    DeleteRun(u64),
-    Maintain(OffsetDateTime),
+    /// A ledger row for a run that started (kept if there is one).
+    StartUsage {
+        run: String,
+        owner: String,
+        started_at: OffsetDateTime,
+    },
+    /// The run's end in its ledger row (made if missing).
+    EndUsage {
+        run: String,
+        owner: String,
+        started_at: OffsetDateTime,
+        finished_at: OffsetDateTime,
+    },
+    /// Deletes the run and its frames; its ledger row stays, ended at `at` if it is still
+    /// open (the run's own end, when it comes, replaces that).
+    DeleteRun {
+        serial: u64,
+        run: String,
+        at: OffsetDateTime,
+    },
+    Maintain {
+        keys_before: OffsetDateTime,
+        usage_before: OffsetDateTime,
+    },
 }
 
 /// What to tell whom once the transaction is over.
@@ -476,24 +544,53 @@ impl Writer {
                             WRun {
                                 last_seq: 0,
                                 finished: false,
+                                started: record.started_at.is_some(),
                             },
                         );
+                        let start = record.started_at.map(|started_at| Op::StartUsage {
+                            run: record.id.clone(),
+                            owner: entry.owner.clone(),
+                            started_at,
+                        });
                         ops.push(Op::InsertRun { entry, record });
+                        ops.extend(start);
                     }
                     effects.push(Effect::Insert { ack, outcome });
                 }
                 Cmd::Save {
                     serial,
+                    owner,
                     record,
                     container,
                 } => {
-                    if self.runs.get(&serial).is_some_and(|w| !w.finished) {
-                        ops.push(Op::SaveRun {
-                            serial,
-                            record,
-                            container,
-                        });
-                    }
+                    let Some(run) = self.runs.get(&serial).copied().filter(|w| !w.finished) else {
+                        continue;
+                    };
+                    // The first save with a start time opens the run's ledger row.
+                    let start = match record.started_at {
+                        Some(started_at) if !run.started => {
+                            backup.entry(serial).or_insert(Some(run));
+                            self.runs.insert(
+                                serial,
+                                WRun {
+                                    started: true,
+                                    ..run
+                                },
+                            );
+                            Some(Op::StartUsage {
+                                run: record.id.clone(),
+                                owner,
+                                started_at,
+                            })
+                        }
+                        _ => None,
+                    };
+                    ops.push(Op::SaveRun {
+                        serial,
+                        record,
+                        container,
+                    });
+                    ops.extend(start);
                 }
                 Cmd::Output {
                     entry,
@@ -555,13 +652,22 @@ impl Writer {
                             container,
                         });
                     }
+                    // Even for a deleted run: the time it ran is billed.
+                    if let Some(started_at) = record.started_at {
+                        ops.push(Op::EndUsage {
+                            run: record.id.clone(),
+                            owner: entry.owner.clone(),
+                            started_at,
+                            finished_at: record.finished_at.unwrap_or(now),
+                        });
+                    }
                     effects.push(Effect::Finish {
                         entry,
                         record: Box::new(record),
                         ack,
                     });
                 }
-                Cmd::Delete { serial } => {
+                Cmd::Delete { serial, run } => {
                     if let Some(run) = self.runs.remove(&serial) {
                         backup.entry(serial).or_insert(Some(run));
                     }
@@ -571,9 +677,19 @@ impl Writer {
                         open.insert(f.run, i);
                     }
                     touched.remove(&serial);
-                    ops.push(Op::DeleteRun(serial));
+                    ops.push(Op::DeleteRun {
+                        serial,
+                        run,
+                        at: now,
+                    });
                 }
-                Cmd::Maintain { keys_before } => ops.push(Op::Maintain(keys_before)),
+                Cmd::Maintain {
+                    keys_before,
+                    usage_before,
+                } => ops.push(Op::Maintain {
+                    keys_before,
+                    usage_before,
+                }),
                 Cmd::Flush { ack } => effects.push(Effect::Flush(ack)),
             }
         }
@@ -716,16 +832,55 @@ impl Writer {
                         options_json(&record.options),
                     ])?;
                 }
-                Op::DeleteRun(serial) => {
+                Op::StartUsage {
+                    run,
+                    owner,
+                    started_at,
+                } => {
+                    tx.prepare_cached(
+                        "INSERT INTO usage (run, owner, started_at, finished_at)
+                         VALUES (?1, ?2, ?3, NULL)
+                         ON CONFLICT (run) DO NOTHING",
+                    )?
+                    .execute(params![run, owner, nanos(*started_at)])?;
+                }
+                Op::EndUsage {
+                    run,
+                    owner,
+                    started_at,
+                    finished_at,
+                } => {
+                    tx.prepare_cached(
+                        "INSERT INTO usage (run, owner, started_at, finished_at)
+                         VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (run) DO UPDATE SET finished_at = excluded.finished_at",
+                    )?
+                    .execute(params![
+                        run,
+                        owner,
+                        nanos(*started_at),
+                        nanos(*finished_at)
+                    ])?;
+                }
+                Op::DeleteRun { serial, run, at } => {
                     tx.prepare_cached("DELETE FROM frames WHERE run = ?1")?
                         .execute(params![*serial as i64])?;
                     tx.prepare_cached("DELETE FROM runs WHERE serial = ?1")?
                         .execute(params![*serial as i64])?;
+                    tx.prepare_cached(
+                        "UPDATE usage SET finished_at = ?2 WHERE run = ?1 AND finished_at IS NULL",
+                    )?
+                    .execute(params![run, nanos(*at)])?;
                     vacuum = true;
                 }
-                Op::Maintain(before) => {
+                Op::Maintain {
+                    keys_before,
+                    usage_before,
+                } => {
                     tx.prepare_cached("DELETE FROM idempotency WHERE created_at < ?1")?
-                        .execute(params![nanos(*before)])?;
+                        .execute(params![nanos(*keys_before)])?;
+                    tx.prepare_cached("DELETE FROM usage WHERE finished_at < ?1")?
+                        .execute(params![nanos(*usage_before)])?;
                     vacuum = true;
                 }
             }
@@ -897,4 +1052,31 @@ pub(super) fn find_key(
             })
         })
         .optional()?)
+}
+
+/// The ledger's spans (start, end; no end while running) of `owner`'s runs that may overlap
+/// `[start, end)`.
+pub(super) fn usage_spans(
+    conn: &Connection,
+    owner: &str,
+    start: OffsetDateTime,
+    end: OffsetDateTime,
+) -> Result<Vec<(OffsetDateTime, Option<OffsetDateTime>)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT started_at, finished_at FROM usage
+         WHERE owner = ?1 AND finished_at IS NULL AND started_at < ?3
+         UNION ALL
+         SELECT started_at, finished_at FROM usage
+         WHERE owner = ?1 AND finished_at > ?2 AND started_at < ?3",
+    )?;
+    let mut rows = stmt.query(params![owner, nanos(start), nanos(end)])?;
+    let mut spans = Vec::new();
+    while let Some(row) = rows.next()? {
+        let finished = match row.get::<_, Option<i64>>(1)? {
+            Some(n) => Some(from_nanos(n)?),
+            None => None,
+        };
+        spans.push((from_nanos(row.get(0)?)?, finished));
+    }
+    Ok(spans)
 }

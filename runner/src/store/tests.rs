@@ -377,8 +377,10 @@ async fn run_options_survive_a_reopen_and_a_version_1_database_opens() {
     // A database from before the options column (version 1) gains it on open.
     {
         let conn = rusqlite::Connection::open(dir.0.join(DB_FILE)).unwrap();
-        conn.execute_batch("ALTER TABLE runs DROP COLUMN options; PRAGMA user_version = 1;")
-            .unwrap();
+        conn.execute_batch(
+            "DROP TABLE usage; ALTER TABLE runs DROP COLUMN options; PRAGMA user_version = 1;",
+        )
+        .unwrap();
     }
     let s = Store::open(&dir.0).unwrap();
     let run = s.get("a", "run_opts").unwrap().snapshot();
@@ -553,4 +555,159 @@ async fn idempotency_keys_replay_or_refuse() {
             .unwrap()
             .is_none()
     );
+}
+
+/// A new run whose record says it started `ago` seconds before `t0`.
+fn started_before(id: &str, t0: OffsetDateTime, ago: i64) -> NewRun {
+    let mut new = new_run(id);
+    new.record.started_at = Some(t0 - time::Duration::seconds(ago));
+    new
+}
+
+async fn insert_new(s: &Store, owner: &str, new: NewRun) -> Arc<Entry> {
+    match s.insert(owner, new).await.unwrap() {
+        Inserted::Created(entry) => entry,
+        other => panic!("expected a new run, got {other:?}"),
+    }
+}
+
+fn usage_rows(s: &Store) -> i64 {
+    s.shared
+        .readers
+        .with(|c| Ok(c.query_row("SELECT COUNT(*) FROM usage", [], |r| r.get(0))?))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn usage_ledger_keeps_deleted_and_retained_runs() {
+    let s = Store::temporary().unwrap();
+    let t0 = OffsetDateTime::now_utc();
+    let (secs, hour) = (time::Duration::seconds, time::Duration::hours(1));
+    let (start, end) = (t0 - hour, t0 + hour);
+
+    // run_a ran about 100 s and ended.
+    let a = insert_new(&s, "a", started_before("run_a", t0, 100)).await;
+    a.set_state(RunState::Running);
+    a.finish(RunState::Exited, Some(0), None).await;
+    let run = a.snapshot();
+    let finished = run.finished_at.unwrap();
+    let a_secs = wall_seconds(run.started_at.unwrap(), finished);
+    assert!((100..=101).contains(&a_secs), "{a_secs}");
+    let now = finished + secs(1);
+    assert_eq!(s.run_seconds("a", start, end, now).await.unwrap(), a_secs);
+
+    // Deleting it gives nothing back.
+    s.remove("a", "run_a").unwrap();
+    s.flush().await;
+    assert!(s.get("a", "run_a").is_none());
+    assert_eq!(s.run_seconds("a", start, end, now).await.unwrap(), a_secs);
+
+    // A run spanning the period's start counts only its part inside.
+    let run_secs = |start, now| s.run_seconds("a", start, start + hour, now);
+    assert_eq!(run_secs(finished - secs(40), now).await.unwrap(), 40);
+    assert_eq!(run_secs(finished, now).await.unwrap(), 0);
+    assert_eq!(run_secs(finished - 3 * hour, now).await.unwrap(), 0);
+
+    // run_b starts the ordinary way (its `running` record opens its row), ends, and is then
+    // removed by retention: it still counts.
+    let b = insert(&s, "a", "run_b").await;
+    b.set_state(RunState::Running);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    b.finish(RunState::Exited, Some(0), None).await;
+    let policy = Retention {
+        max_age: Duration::from_secs(3600),
+        per_account: 1000,
+    };
+    let later = t0 + 2 * hour;
+    assert_eq!(s.apply_retention(later, &policy), 1);
+    s.flush().await;
+    assert!(s.get("a", "run_b").is_none());
+    let period = (t0 - hour, t0 + 3 * hour);
+    assert_eq!(
+        s.run_seconds("a", period.0, period.1, later).await.unwrap(),
+        a_secs + 1
+    );
+
+    // A live run counts up to now.
+    let c = insert_new(&s, "a", started_before("run_c", t0, 30)).await;
+    c.set_state(RunState::Running);
+    s.flush().await;
+    assert_eq!(
+        s.run_seconds("a", start, end, t0 + secs(60)).await.unwrap(),
+        a_secs + 1 + 90
+    );
+    assert_eq!(s.live_count("a"), 1);
+    // Deleted while live, it counts up to its deletion (then its own end), not for ever.
+    s.remove("a", "run_c").unwrap();
+    s.flush().await;
+    let c_secs = s.run_seconds("a", period.0, period.1, later).await.unwrap() - a_secs - 1;
+    assert!((30..=35).contains(&c_secs), "{c_secs}");
+    c.finish(RunState::Failed, None, Some("deleted".into()))
+        .await;
+    let c_secs = s.run_seconds("a", period.0, period.1, later).await.unwrap() - a_secs - 1;
+    assert!((30..=35).contains(&c_secs), "{c_secs}");
+    assert_eq!(s.live_count("a"), 0);
+
+    // Other accounts' runs are not counted.
+    assert_eq!(s.run_seconds("b", start, end, now).await.unwrap(), 0);
+
+    // Rows are pruned once they ended before the longest period; live runs' rows stay.
+    let d = insert(&s, "a", "run_d").await;
+    d.set_state(RunState::Running);
+    s.flush().await;
+    assert_eq!(usage_rows(&s), 4);
+    s.apply_retention(t0 + USAGE_WINDOW - hour, &policy);
+    s.flush().await;
+    assert_eq!(usage_rows(&s), 4, "within the longest period");
+    s.apply_retention(t0 + USAGE_WINDOW + hour, &policy);
+    s.flush().await;
+    assert_eq!(usage_rows(&s), 1, "only the live run's row is left");
+}
+
+#[tokio::test]
+async fn a_version_2_database_gains_a_usage_ledger_of_its_runs() {
+    let dir = TempDir::new().unwrap();
+    let t0 = OffsetDateTime::now_utc();
+    let hour = time::Duration::hours(1);
+    let a_secs;
+    {
+        let s = Store::open(&dir.0).unwrap();
+        let a = insert_new(&s, "a", started_before("run_a", t0, 100)).await;
+        a.set_state(RunState::Running);
+        a.finish(RunState::Exited, Some(0), None).await;
+        let run = a.snapshot();
+        a_secs = wall_seconds(run.started_at.unwrap(), run.finished_at.unwrap());
+        let live = insert_new(&s, "a", started_before("run_live", t0, 50)).await;
+        live.set_state(RunState::Running);
+        insert(&s, "a", "run_queued").await;
+        s.flush().await;
+    }
+    {
+        let conn = rusqlite::Connection::open(dir.0.join(DB_FILE)).unwrap();
+        conn.execute_batch("DROP TABLE usage; PRAGMA user_version = 2;")
+            .unwrap();
+    }
+    let s = Store::open(&dir.0).unwrap();
+    assert_eq!(usage_rows(&s), 2, "the runs that started");
+    let now = t0 + time::Duration::seconds(10);
+    let expected = a_secs + 60;
+    assert_eq!(
+        s.run_seconds("a", t0 - hour, t0 + hour, now).await.unwrap(),
+        expected
+    );
+    // From then on, deleting runs gives nothing back.
+    s.remove("a", "run_a").unwrap();
+    s.flush().await;
+    assert_eq!(
+        s.run_seconds("a", t0 - hour, t0 + hour, now).await.unwrap(),
+        expected
+    );
+    drop(s);
+
+    // A database from a newer runner is refused.
+    {
+        let conn = rusqlite::Connection::open(dir.0.join(DB_FILE)).unwrap();
+        conn.execute_batch("PRAGMA user_version = 4;").unwrap();
+    }
+    assert!(matches!(Store::open(&dir.0), Err(StoreError::TooNew(4))));
 }
