@@ -7,6 +7,7 @@ mod context;
 mod daemon;
 mod error;
 mod guard;
+mod output;
 mod render;
 
 use std::path::PathBuf;

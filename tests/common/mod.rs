@@ -140,37 +140,13 @@ impl Runner {
     fn start_with(config: Option<&str>) -> Runner {
         let engine = Engine::start();
         let state_dir = tempfile::tempdir().unwrap();
-        let mut command = Command::new(bin("bus-runner"));
         if let Some(config) = config {
-            let path = state_dir.path().join("runner.toml");
-            std::fs::write(&path, config).unwrap();
-            command.arg("serve").arg("--config").arg(path);
-        } else {
-            command.arg("serve");
+            std::fs::write(state_dir.path().join("runner.toml"), config).unwrap();
         }
-        let mut child = command
-            .args(["--listen", "127.0.0.1:0", "--engine"])
-            .arg(format!("unix://{}", engine.socket.display()))
-            .arg("--state-dir")
-            .arg(state_dir.path())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("bus-runner printed {line:?} instead of its address"))
-            .to_owned();
+        let (child, origin) = serve(state_dir.path(), &engine.socket);
         Runner {
             child,
-            origin: format!("http://{addr}"),
+            origin,
             state_dir,
             engine,
         }
@@ -228,35 +204,41 @@ impl Runner {
     /// Starts a new `bus-runner serve` on the same state dir (and config, if any) and engine,
     /// on a new ephemeral port: it re-adopts the runs left running. `origin` names it.
     pub fn restart(&mut self) {
-        let config = self.state_dir.path().join("runner.toml");
-        let mut command = Command::new(bin("bus-runner"));
-        command.arg("serve");
-        if config.is_file() {
-            command.arg("--config").arg(config);
-        }
-        let mut child = command
-            .args(["--listen", "127.0.0.1:0", "--engine"])
-            .arg(format!("unix://{}", self.engine.socket.display()))
-            .arg("--state-dir")
-            .arg(self.state_dir.path())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("bus-runner printed {line:?} instead of its address"))
-            .to_owned();
-        self.child = child;
-        self.origin = format!("http://{addr}");
+        (self.child, self.origin) = serve(self.state_dir.path(), &self.engine.socket);
     }
+}
+
+/// `bus-runner serve` on 127.0.0.1:0 with `state_dir` (and its `runner.toml`, if present) and
+/// the engine at `engine_socket`; returns the process and its origin, read from the line the
+/// runner prints once it listens.
+fn serve(state_dir: &Path, engine_socket: &Path) -> (Child, String) {
+    let mut command = Command::new(bin("bus-runner"));
+    command.arg("serve");
+    let config = state_dir.join("runner.toml");
+    if config.is_file() {
+        command.arg("--config").arg(config);
+    }
+    let mut child = command
+        .args(["--listen", "127.0.0.1:0", "--engine"])
+        .arg(format!("unix://{}", engine_socket.display()))
+        .arg("--state-dir")
+        .arg(state_dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("bus-runner printed {line:?} instead of its address"))
+        .to_owned();
+    (child, format!("http://{addr}"))
 }
 
 /// The SHA-256 (hex) of an API key, for `api_key_sha256` in a runner config.

@@ -1,11 +1,10 @@
 //! `bus containers logs [-f] [--since-seq N] [--tail N] RUN`: a run's output, resumable.
 
-use std::io::Write;
-
 use bus::proto::containers::v1::{StdStream, StreamLogsRequest, log_event::Event};
 
 use crate::context::Ctx;
 use crate::error::CliError;
+use crate::output::Output;
 
 /// Prints a run's output.
 #[derive(Debug, clap::Args)]
@@ -47,18 +46,10 @@ impl Args {
             keepalive_seconds: 0,
         });
         let mut events = ctx.containers().stream_logs(request).await?.into_inner();
-        let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
+        let mut output = Output::lock();
         while let Some(event) = events.message().await? {
             match event.event {
-                Some(Event::Output(chunk)) => {
-                    let out: &mut dyn Write = if chunk.stream == StdStream::Stderr as i32 {
-                        &mut stderr
-                    } else {
-                        &mut stdout
-                    };
-                    out.write_all(&chunk.data)?;
-                    out.flush()?;
-                }
+                Some(Event::Output(chunk)) => output.write(&chunk)?,
                 Some(Event::Gap(gap)) => {
                     eprintln!(
                         "bus: output missing before seq {}: {}",

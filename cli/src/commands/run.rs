@@ -1,16 +1,15 @@
 //! `bus containers run [--profile P] [--image I] [-d] -- CMD...`: start a run and stream its
 //! output, exiting with the command's exit code; or, with `-d`, print its id and return.
 
-use std::collections::HashMap;
-use std::io::Write;
-
 use bus::proto::containers::v1::{
-    CreateRunRequest, RunRequest, RunSpec, RunState, StdStream, run_event::Event,
+    CreateRunRequest, RunRequest, RunSpec, RunState, run_event::Event,
 };
 use futures::StreamExt;
+use std::collections::HashMap;
 
 use crate::context::Ctx;
 use crate::error::CliError;
+use crate::output::Output;
 use crate::render;
 
 /// Exit code when the run was killed at its timeout (as `timeout(1)`).
@@ -77,19 +76,11 @@ impl Args {
         let request = ctx.request(RunRequest { spec: Some(spec) });
         let mut events = ctx.containers().run(request).await?.into_inner();
         let mut run_id = String::new();
-        let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
+        let mut output = Output::lock();
         while let Some(event) = events.next().await {
             match event?.event {
                 Some(Event::Accepted(run)) => run_id = run.id,
-                Some(Event::Output(chunk)) => {
-                    let out: &mut dyn Write = if chunk.stream == StdStream::Stderr as i32 {
-                        &mut stderr
-                    } else {
-                        &mut stdout
-                    };
-                    out.write_all(&chunk.data)?;
-                    out.flush()?;
-                }
+                Some(Event::Output(chunk)) => output.write(&chunk)?,
                 Some(Event::Exited(exited)) => {
                     return Ok(exit_code(
                         &run_id,
