@@ -1,0 +1,227 @@
+//! `bus containers exec [-i] [-t] RUN -- CMD...`: a command in a running run, with stdin
+//! (`-i`) and a terminal (`-t`); exits with the command's exit code.
+//!
+//! With `-t` and a terminal on stdin, the terminal is put in raw mode for the session and
+//! restored on every way out: return, error, panic (a hook) and SIGTERM/SIGHUP (handled in the
+//! session loop, so the guard's drop runs). SIGWINCH sends the new size.
+
+use std::io::{Read as _, Write as _};
+use std::sync::Mutex;
+
+use bus::proto::containers::v1::{
+    CloseStdin, ExecRequest, ExecStart, TerminalSize, exec_request::Msg as Req,
+    exec_response::Msg as Resp,
+};
+use futures::StreamExt as _;
+use rustix::termios::{self, OptionalActions, Termios};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::context::Ctx;
+use crate::error::CliError;
+
+/// Exit code when the session ended without the command's exit code (as `docker exec`).
+const EXIT_NO_STATUS: u8 = 125;
+
+/// Runs a command in a running run.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Pass this process's stdin to the command (EOF closes the command's stdin).
+    #[arg(short, long)]
+    interactive: bool,
+    /// Allocate a terminal; with a terminal on stdin it is put in raw mode.
+    #[arg(short, long)]
+    tty: bool,
+    /// Set an environment variable for the command (repeatable).
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = super::run::parse_key_value)]
+    env: Vec<(String, String)>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long, value_name = "DIR")]
+    workdir: Option<String>,
+    /// The run to execute in.
+    #[arg(value_name = "RUN")]
+    run_id: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+/// The terminal settings to put back; also read by the panic hook.
+static SAVED: Mutex<Option<Termios>> = Mutex::new(None);
+
+fn restore_terminal() {
+    if let Some(saved) = SAVED.lock().ok().and_then(|mut s| s.take()) {
+        let _ = termios::tcsetattr(std::io::stdin(), OptionalActions::Now, &saved);
+    }
+}
+
+/// Raw mode on stdin for its life.
+struct RawMode;
+
+impl RawMode {
+    fn enter() -> Result<RawMode, CliError> {
+        let stdin = std::io::stdin();
+        let saved = termios::tcgetattr(&stdin)
+            .map_err(|e| CliError::Local(format!("cannot read the terminal's settings: {e}")))?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        *SAVED.lock().expect("terminal lock") = Some(saved);
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore_terminal();
+            hook(info);
+        }));
+        termios::tcsetattr(&stdin, OptionalActions::Now, &raw)
+            .map_err(|e| CliError::Local(format!("cannot put the terminal in raw mode: {e}")))?;
+        Ok(RawMode)
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
+}
+
+fn window_size() -> Option<TerminalSize> {
+    let size = termios::tcgetwinsize(std::io::stdout())
+        .or_else(|_| termios::tcgetwinsize(std::io::stdin()))
+        .ok()?;
+    (size.ws_col > 0 && size.ws_row > 0).then_some(TerminalSize {
+        cols: size.ws_col.into(),
+        rows: size.ws_row.into(),
+    })
+}
+
+fn request(msg: Req) -> ExecRequest {
+    ExecRequest { msg: Some(msg) }
+}
+
+/// Reads stdin on its own thread (a blocking read never holds up the exit) into `tx`; EOF
+/// sends `close_stdin`.
+fn pump_stdin(tx: mpsc::Sender<ExecRequest>) {
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = tx.blocking_send(request(Req::CloseStdin(CloseStdin {})));
+                    return;
+                }
+                Ok(n) => {
+                    if tx
+                        .blocking_send(request(Req::Stdin(buf[..n].to_vec())))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+}
+
+impl Args {
+    /// Runs the command; returns its exit code.
+    pub async fn run(self, ctx: &Ctx) -> Result<u8, CliError> {
+        let stdin_tty = termios::isatty(std::io::stdin());
+        let initial_size = if self.tty { window_size() } else { None };
+        let start = ExecStart {
+            run_id: self.run_id.clone(),
+            argv: self.command,
+            env: self.env.into_iter().collect(),
+            workdir: self.workdir.unwrap_or_default(),
+            tty: self.tty,
+            stdin: self.interactive,
+            initial_size,
+            exec_id: String::new(),
+        };
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(request(Req::Start(start)))
+            .await
+            .expect("the receiver is held");
+        // `--timeout` bounds the start only, never the session.
+        let mut client = ctx.exec();
+        let call = client.exec(ctx.session_request(ReceiverStream::new(rx)));
+        let mut responses = match ctx.timeout() {
+            Some(limit) => tokio::time::timeout(limit, call).await.map_err(|_| {
+                CliError::Status(tonic::Status::deadline_exceeded(format!(
+                    "the exec did not start within {}",
+                    humantime::format_duration(limit)
+                )))
+            })??,
+            None => call.await?,
+        }
+        .into_inner();
+        // Raw mode only once the session is up, so errors before it print normally.
+        let _raw = if self.tty && stdin_tty && self.interactive {
+            Some(RawMode::enter()?)
+        } else {
+            None
+        };
+        if self.interactive {
+            pump_stdin(tx.clone());
+        }
+        let mut winch = signal(SignalKind::window_change())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let (mut out_offset, mut err_offset) = (0u64, 0u64);
+        let mut stdout = std::io::stdout().lock();
+        let mut stderr = std::io::stderr().lock();
+        loop {
+            let response = tokio::select! {
+                r = responses.next() => r,
+                _ = winch.recv(), if self.tty => {
+                    if let Some(size) = window_size() {
+                        let _ = tx.send(request(Req::Resize(size))).await;
+                    }
+                    continue;
+                }
+                _ = term.recv() => return Ok(128 + 15),
+                _ = hup.recv() => return Ok(128 + 1),
+            };
+            let Some(response) = response else {
+                return Err(CliError::Local(format!(
+                    "the exec session in run {} ended without the command's exit code",
+                    self.run_id
+                )));
+            };
+            match response?.msg {
+                Some(Resp::Stdout(chunk)) => {
+                    check_offset(&mut out_offset, chunk.offset, chunk.data.len(), "stdout")?;
+                    stdout.write_all(&chunk.data)?;
+                    stdout.flush()?;
+                }
+                Some(Resp::Stderr(chunk)) => {
+                    check_offset(&mut err_offset, chunk.offset, chunk.data.len(), "stderr")?;
+                    stderr.write_all(&chunk.data)?;
+                    stderr.flush()?;
+                }
+                Some(Resp::Exit(exit)) => {
+                    return Ok(match u8::try_from(exit.exit_code) {
+                        Ok(code) => code,
+                        Err(_) => {
+                            drop(_raw);
+                            eprintln!("bus: the command exited with code {}", exit.exit_code);
+                            EXIT_NO_STATUS
+                        }
+                    });
+                }
+                Some(Resp::Started(_) | Resp::Keepalive(_)) | None => {}
+            }
+        }
+    }
+}
+
+/// Output must arrive without holes or repeats.
+fn check_offset(expected: &mut u64, offset: u64, len: usize, stream: &str) -> Result<(), CliError> {
+    if offset != *expected {
+        return Err(CliError::Local(format!(
+            "the exec's {stream} arrived at byte {offset}, expected {expected}; output was lost"
+        )));
+    }
+    *expected += len as u64;
+    Ok(())
+}
