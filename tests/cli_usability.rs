@@ -1,0 +1,557 @@
+//! The CLI as people and scripts use it: `-o json` and `-q`, the settings file and its
+//! precedence, exit codes per class of failure, completions and man pages, systemd units,
+//! `runs --watch` (in tmux, and plain without a terminal), and `bus local up|down|status`
+//! against a real Podman. Everything runs the real binaries; see `tests/common`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Stack, bin, one_line_error, stdout};
+use serde_json::Value;
+
+/// The documented keys of a run in `-o json`, and the JSON types each may take.
+const RUN_FIELDS: [(&str, &[&str]); 13] = [
+    ("id", &["string"]),
+    ("state", &["string"]),
+    ("exit_code", &["number", "null"]),
+    ("reason", &["string", "null"]),
+    ("image", &["string"]),
+    ("profile", &["string", "null"]),
+    ("argv", &["array"]),
+    ("name", &["string", "null"]),
+    ("labels", &["object"]),
+    ("created_at", &["string", "null"]),
+    ("started_at", &["string", "null"]),
+    ("finished_at", &["string", "null"]),
+    ("duration_seconds", &["number", "null"]),
+];
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Asserts `run` has exactly the documented fields with the documented types.
+fn assert_run_shape(run: &Value) {
+    let object = run.as_object().expect("a run is an object");
+    let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    let mut documented: Vec<&str> = RUN_FIELDS.iter().map(|(k, _)| *k).collect();
+    documented.sort_unstable();
+    assert_eq!(keys, documented, "{run}");
+    for (key, kinds) in RUN_FIELDS {
+        assert!(kinds.contains(&kind(&run[key])), "{key}: {}", run[key]);
+    }
+}
+
+fn json(out: &std::process::Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(out)))
+}
+
+/// Starts a detached run of `sh -c script` and waits for it to end; returns its id.
+fn finished_run(stack: &Stack, script: &str) -> String {
+    let out = stack.run(&["containers", "run", "-d", "--", "sh", "-c", script]);
+    assert!(out.status.success(), "{out:?}");
+    let id = stdout(&out).trim().to_owned();
+    stack.run(&["containers", "wait", &id]);
+    id
+}
+
+#[test]
+fn json_output_and_quiet_have_the_documented_shape() {
+    let stack = Stack::start();
+    let id = finished_run(&stack, "echo hi; exit 3");
+
+    let runs = json(&stack.run(&["containers", "runs", "-o", "json"]));
+    let runs = runs.as_array().expect("runs -o json is an array");
+    assert_eq!(runs.len(), 1);
+    assert_run_shape(&runs[0]);
+    let run = &runs[0];
+    assert_eq!(run["id"], id.as_str());
+    assert_eq!(run["state"], "exited");
+    assert_eq!(run["exit_code"], 3);
+    assert_eq!(
+        run["argv"],
+        serde_json::json!(["sh", "-c", "echo hi; exit 3"])
+    );
+    assert!(run["duration_seconds"].as_f64().unwrap() >= 0.0);
+    assert!(run["created_at"].as_str().unwrap().ends_with('Z'));
+
+    let one = json(&stack.run(&["containers", "get", &id, "--output", "json"]));
+    assert_run_shape(&one);
+    assert_eq!(one["id"], id.as_str());
+
+    // -q: ids only, for both.
+    assert_eq!(
+        stdout(&stack.run(&["containers", "runs", "-q"])),
+        format!("{id}\n")
+    );
+    assert_eq!(
+        stdout(&stack.run(&["containers", "get", "-q", &id])),
+        format!("{id}\n")
+    );
+
+    // The table: the documented columns.
+    let table = stdout(&stack.run(&["containers", "runs"]));
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["ID", "STATE", "EXIT", "IMAGE", "CREATED", "DURATION"]
+    );
+    assert!(
+        !table.contains('\x1b'),
+        "no colour without a terminal: {table:?}"
+    );
+
+    let status = json(&stack.run(&["containers", "status", "-o", "json"]));
+    assert_eq!(status["state"], "ready");
+    assert!(
+        status["profiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "codex")
+    );
+    let info = json(&stack.run(&["daemon", "info", "-o", "json"]));
+    assert_eq!(info["running"], true);
+    assert_eq!(info["identity"], "alice");
+    assert!(info["pid"].as_u64().unwrap() > 0);
+
+    // The default format comes from BUS_OUTPUT, then config.toml; -o wins over both.
+    let via_env = stack
+        .bus()
+        .env("BUS_OUTPUT", "json")
+        .args(["containers", "runs"])
+        .output()
+        .unwrap();
+    assert_run_shape(&json(&via_env)[0]);
+    assert!(
+        stack
+            .run(&["config", "set", "output", "json"])
+            .status
+            .success()
+    );
+    assert_run_shape(&json(&stack.run(&["containers", "runs"]))[0]);
+    let table = stdout(&stack.run(&["containers", "runs", "-o", "table"]));
+    assert!(table.starts_with("ID "), "{table}");
+}
+
+#[test]
+fn settings_precedence_is_flag_env_file_default() {
+    let stack = Stack::start();
+    let good = stack.runner.origin.clone();
+    let dead = "http://127.0.0.1:9";
+    assert!(
+        stack
+            .run(&["config", "set", "api_url", dead])
+            .status
+            .success()
+    );
+    let text = std::fs::read_to_string(stack.config_dir().join("config.toml")).unwrap();
+    assert_eq!(text.trim(), format!("api_url = \"{dead}\""));
+
+    let without_env = || {
+        let mut cmd = stack.bus();
+        cmd.env_remove("BUS_AI_API_URL");
+        cmd
+    };
+    // env (the harness sets BUS_AI_API_URL) > file
+    assert!(stack.run(&["containers", "status"]).status.success());
+    // file > default: the dead origin is used, and says so with exit code 6
+    let out = without_env()
+        .args(["containers", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    one_line_error(&out);
+    // flag > file
+    let out = without_env()
+        .args(["--api-url", &good, "containers", "status"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // flag > env
+    let out = stack.run(&["--api-url", dead, "containers", "status"]);
+    assert_eq!(out.status.code(), Some(6));
+
+    // `config get` and `list` show the value in force and its source.
+    let got = without_env()
+        .args(["config", "get", "api_url"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&got).trim(), dead);
+    assert_eq!(
+        stdout(&stack.run(&["config", "get", "api_url"])).trim(),
+        good
+    );
+    let list = json(
+        &without_env()
+            .args(["config", "list", "-o", "json"])
+            .output()
+            .unwrap(),
+    );
+    let api = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["key"] == "api_url")
+        .unwrap();
+    assert_eq!(
+        (api["value"].as_str(), api["source"].as_str()),
+        (Some(dead), Some("file"))
+    );
+
+    // Bad keys and values are usage errors; nothing is written.
+    let out = stack.run(&["config", "set", "colour", "red"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = stack.run(&["config", "set", "timeout", "soon"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stack.run(&["config", "unset", "api_url"]).status.success());
+    let got = without_env()
+        .args(["config", "get", "api_url"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&got).trim(), "http://127.0.0.1:8650", "the default");
+}
+
+#[test]
+fn exit_codes_name_the_class_of_failure() {
+    let stack = Stack::start();
+    // usage: clap, and a bad API URL (busd's INVALID_ARGUMENT)
+    assert_eq!(stack.run(&["containers", "nope"]).status.code(), Some(2));
+    let out = stack.run(&[
+        "--api-url",
+        "http://h.example/api/v1",
+        "containers",
+        "status",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // not found
+    let out = stack.run(&["containers", "get", "run_00000000000000000000000000000000"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    // unavailable: nothing listens upstream
+    let out = stack.run(&["--api-url", "http://127.0.0.1:9", "containers", "runs"]);
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    // the command's own code
+    let out = stack.run(&["containers", "run", "--", "sh", "-c", "exit 42"]);
+    assert_eq!(out.status.code(), Some(42));
+    // auth: no token at all, and an expired one
+    let bare = Stack::without_token();
+    let out = bare.run(&["containers", "runs"]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    bare.write_token(&bare.runner.expired_token("alice"));
+    assert_eq!(bare.run(&["containers", "runs"]).status.code(), Some(4));
+}
+
+/// `bus` with no environment but PATH and HOME.
+fn bare_bus(home: &Path) -> Command {
+    let mut cmd = Command::new(bin("bus"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .stdin(Stdio::null());
+    cmd
+}
+
+#[test]
+fn completions_load_and_man_pages_are_generated() {
+    let home = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = bare_bus(home.path())
+            .args(["completion", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = stdout(&out);
+        for word in ["containers", "daemon", "local", "config", "completion"] {
+            assert!(script.contains(word), "{shell} script lacks {word}");
+        }
+    }
+    // bash loads it and registers the function.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source <({} completion bash) && complete -p bus",
+            bin("bus").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains("-F _bus bus"), "{}", stdout(&out));
+
+    let page = stdout(&bare_bus(home.path()).arg("man").output().unwrap());
+    assert!(page.contains(".TH bus 1"), "{page}");
+    assert!(page.contains("containers"), "{page}");
+    let dir = home.path().join("man1");
+    let out = bare_bus(home.path())
+        .args(["man", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for page in [
+        "bus.1",
+        "bus-containers-runs.1",
+        "bus-local-up.1",
+        "bus-daemon-install.1",
+    ] {
+        assert!(dir.join(page).is_file(), "{page} missing");
+    }
+}
+
+#[test]
+fn daemon_install_writes_socket_activated_units() {
+    let home = tempfile::tempdir().unwrap();
+    let units = home.path().join("units");
+    let out = bare_bus(home.path())
+        .env("XDG_RUNTIME_DIR", "/run/user/4242")
+        .args(["daemon", "install", "--busd", "/opt/bus/busd", "--dir"])
+        .arg(&units)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let socket = std::fs::read_to_string(units.join("busd.socket")).unwrap();
+    let service = std::fs::read_to_string(units.join("busd.service")).unwrap();
+    for line in [
+        "ListenStream=%t/bus/busd.sock",
+        "SocketMode=0600",
+        "DirectoryMode=0700",
+        "WantedBy=sockets.target",
+    ] {
+        assert!(socket.lines().any(|l| l == line), "{line} in\n{socket}");
+    }
+    for line in [
+        "ExecStart=/opt/bus/busd --idle-exit 30m",
+        "Requires=busd.socket",
+        "Also=busd.socket",
+    ] {
+        assert!(service.lines().any(|l| l == line), "{line} in\n{service}");
+    }
+    // Without --dir: ${XDG_CONFIG_HOME:-~/.config}/systemd/user.
+    let out = bare_bus(home.path())
+        .args(["daemon", "install"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let dir = home.path().join(".config/systemd/user");
+    assert!(dir.join("busd.socket").is_file() && dir.join("busd.service").is_file());
+}
+
+#[test]
+fn runs_watch_redraws_on_a_terminal_and_prints_plainly_otherwise() {
+    let stack = Stack::start();
+    let id = finished_run(&stack, "true");
+
+    // Not a terminal: the table once (no run changed), no escape codes.
+    let child = stack
+        .bus()
+        .args(["containers", "runs", "--watch", "--interval", "500ms"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1800));
+    common::stop_pid(child.id());
+    let out = child.wait_with_output().unwrap();
+    let text = stdout(&out);
+    assert_eq!(text.matches("ID ").count(), 1, "{text}");
+    assert!(text.contains(&id) && !text.contains('\x1b'), "{text:?}");
+
+    // A terminal (tmux): redrawn under a heading, sized to the pane.
+    let server = format!("bus-test-{}", std::process::id());
+    let tmux = || {
+        let mut cmd = Command::new("tmux");
+        cmd.args(["-L", &server]);
+        cmd
+    };
+    let env = format!(
+        "env -i PATH={path:?} HOME={home:?} BUS_CONFIG_DIR={config:?} BUS_SOCKET={socket:?} \
+         BUS_AI_API_URL={origin:?}",
+        path = std::env::var("PATH").unwrap_or_default(),
+        home = stack.home.path(),
+        config = stack.config_dir(),
+        socket = stack.socket,
+        origin = stack.runner.origin,
+    );
+    let command = format!(
+        "{env} {} containers runs --watch --interval 500ms",
+        bin("bus").display()
+    );
+    let started = tmux()
+        .args(["new-session", "-d", "-x", "60", "-y", "20", &command])
+        .status()
+        .unwrap();
+    assert!(started.success());
+    let capture = || {
+        let out = tmux().args(["capture-pane", "-p"]).output().unwrap();
+        stdout(&out)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut screen = capture();
+    while !(screen.contains("Every 500ms") && screen.contains("DURATION")) {
+        assert!(Instant::now() < deadline, "no table in the pane:\n{screen}");
+        std::thread::sleep(Duration::from_millis(100));
+        screen = capture();
+    }
+    // A second run shows up without restarting the watch.
+    let second = finished_run(&stack, "true");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !screen.contains(&second[..12]) {
+        assert!(Instant::now() < deadline, "no redraw:\n{screen}");
+        std::thread::sleep(Duration::from_millis(100));
+        screen = capture();
+    }
+    let _ = tmux().arg("kill-server").status();
+    assert_eq!(
+        screen.matches("ID  ").count(),
+        1,
+        "redrawn in place:\n{screen}"
+    );
+    assert!(
+        screen.lines().all(|l| l.chars().count() <= 60),
+        "sized to the pane:\n{screen}"
+    );
+}
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `bus local` in temporary XDG directories; `down` on drop.
+struct Local {
+    home: tempfile::TempDir,
+    listen: String,
+}
+
+impl Local {
+    fn bus(&self) -> Command {
+        let home = self.home.path();
+        let mut cmd = bare_bus(home);
+        cmd.env("BUS_CONFIG_DIR", home.join("config"))
+            .env("XDG_STATE_HOME", home.join("state"))
+            .env("BUS_SOCKET", home.join("run/busd.sock"));
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        self.bus().args(args).output().unwrap()
+    }
+
+    fn state(&self) -> PathBuf {
+        self.home.path().join("state/bus/local")
+    }
+
+    /// (name, pid) of each running component, from `bus local status -o json`.
+    fn pids(&self) -> Vec<(String, Option<u64>)> {
+        let out = self.run(&["local", "status", "-o", "json"]);
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+        status["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["name"].as_str().unwrap().to_owned(), c["pid"].as_u64()))
+            .collect()
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        let _ = self.run(&["local", "down"]);
+    }
+}
+
+fn gone(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+        .unwrap_or(true)
+}
+
+#[test]
+fn local_up_is_idempotent_and_down_leaves_nothing_behind() {
+    let local = Local {
+        home: tempfile::tempdir().unwrap(),
+        listen: format!("127.0.0.1:{}", free_port()),
+    };
+    let out = local.run(&["local", "status"]);
+    assert_eq!(out.status.code(), Some(3), "nothing runs yet");
+
+    let out = local.run(&["local", "up", "--listen", &local.listen]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = local.pids();
+    assert!(first.iter().all(|(_, pid)| pid.is_some()), "{first:?}");
+    assert!(local.run(&["local", "status"]).status.success());
+    // The token file is 0600 and the API key stays in the state dir.
+    use std::os::unix::fs::PermissionsExt;
+    let token = local.home.path().join("config/auth/api-token");
+    assert_eq!(
+        std::fs::metadata(&token).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(local.state().join("runner.toml").is_file());
+
+    // Again: the same processes.
+    let out = local.run(&["local", "up", "--listen", &local.listen]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(local.pids(), first);
+
+    // The stack works end to end, with api_url taken from config.toml.
+    let out = local.run(&["containers", "run", "--", "sh", "-c", "printf OK"]);
+    assert_eq!(
+        stdout(&out),
+        "OK",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = local.run(&["local", "down"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (name, pid) in &first {
+        let pid = pid.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !gone(pid) {
+            assert!(Instant::now() < deadline, "{name} (pid {pid}) still runs");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert!(!local.state().join("podman.sock").exists());
+    assert!(!local.home.path().join("run/busd.sock").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(local.state())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".pid") || n.ends_with(".sock"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(local.run(&["local", "status"]).status.code(), Some(3));
+}
