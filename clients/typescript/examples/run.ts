@@ -1,0 +1,11 @@
+import { connect, RunRequest } from "@bus/client";
+
+const bus = await connect();
+const argv = process.argv.length > 2 ? process.argv.slice(2) : ["sh", "-c", "printf OK"];
+const output: Buffer[] = [];
+for await (const event of bus.containers.run(RunRequest.fromPartial({ spec: { argv } }))) {
+  if (event.output) output.push(event.output.data);
+  if (event.exited) process.exitCode = event.exited.exitCode;
+}
+process.stdout.write(Buffer.concat(output));
+bus.close();
