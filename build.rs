@@ -7,6 +7,7 @@ use prost::Message;
 
 const PROTOS: &[&str] = &[
     "proto/bus/containers/v1/containers.proto",
+    "proto/bus/containers/v1/exec.proto",
     "proto/bus/daemon/v1/daemon.proto",
 ];
 

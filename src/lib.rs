@@ -25,6 +25,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+pub mod config;
+
 /// Generated protobuf and gRPC code.
 pub mod proto {
     /// `bus.containers.*`

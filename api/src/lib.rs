@@ -9,9 +9,11 @@
 //! - [`problem`]: RFC 9457 problem documents and the stable error codes.
 //! - [`auth`]: scope names, the JWT claims (and grant) the runner issues, token exchange.
 //! - [`billing`]: the billing status document.
+//! - [`exec`]: the exec WebSocket's channel frames.
 
 pub mod auth;
 pub mod billing;
+pub mod exec;
 pub mod problem;
 pub mod runs;
 pub mod status;

@@ -44,6 +44,8 @@ pub enum ProblemCode {
     QuotaExhausted,
     /// An `Idempotency-Key` was reused with a different request body.
     IdempotencyKeyReused,
+    /// The run is not running (queued, starting or ended), so nothing can be executed in it.
+    RunNotRunning,
     /// A code this client version does not know.
     #[serde(other)]
     Unknown,
@@ -70,6 +72,7 @@ impl ProblemCode {
             Self::BillingRequired => "billing_required",
             Self::QuotaExhausted => "quota_exhausted",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::RunNotRunning => "run_not_running",
             Self::Unknown => "unknown",
         }
     }

@@ -44,9 +44,27 @@ impl Ctx {
         ContainersClient::new(self.channel.clone())
     }
 
+    /// The Exec client.
+    pub fn exec(&self) -> bus::proto::containers::v1::exec_client::ExecClient<Channel> {
+        bus::proto::containers::v1::exec_client::ExecClient::new(self.channel.clone())
+    }
+
     /// The Daemon client.
     pub fn daemon(&self) -> DaemonClient<Channel> {
         DaemonClient::new(self.channel.clone())
+    }
+
+    /// `--timeout`, if any.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.overrides.timeout
+    }
+
+    /// Like [`Ctx::request`] but without the deadline: for sessions that last as long as the
+    /// user wants (exec), where `--timeout` bounds only the start.
+    pub fn session_request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = self.request(message);
+        request.metadata_mut().remove("grpc-timeout");
+        request
     }
 
     /// Wraps `message` in a request carrying the overrides and the deadline.

@@ -191,12 +191,17 @@ fn process_gone(pid: u32) -> bool {
 }
 
 /// `busd` beside this executable, else the one on `PATH`.
-fn busd_binary() -> PathBuf {
+pub fn busd_binary() -> PathBuf {
+    sibling_binary("busd")
+}
+
+/// The program `name` beside this executable, else the one on `PATH`.
+pub fn sibling_binary(name: &str) -> PathBuf {
     std::env::current_exe()
         .ok()
-        .map(|exe| exe.with_file_name("busd"))
+        .map(|exe| exe.with_file_name(name))
         .filter(|path| path.is_file())
-        .unwrap_or_else(|| PathBuf::from("busd"))
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// An exclusive `flock`, held until the file is closed on drop.

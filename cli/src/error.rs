@@ -1,4 +1,17 @@
-//! The CLI's errors and the one place they become a line on stderr.
+//! The CLI's errors and the one place they become a line on stderr and an exit code.
+//!
+//! Exit codes (documented in the README; `run`, `exec` and `wait` exit with the command's own
+//! code instead, 124 on a timeout and 125 when the run could not start):
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | any other error |
+//! | 2 | usage: bad arguments, a token on the command line, an invalid setting |
+//! | 3 | `bus daemon status` / `bus local status`: not running |
+//! | 4 | auth: no usable token, expired, or not allowed (UNAUTHENTICATED, PERMISSION_DENIED) |
+//! | 5 | not found (NOT_FOUND) |
+//! | 6 | unavailable: busd or the runner cannot be reached, or the call timed out |
 
 use std::path::Path;
 
@@ -36,6 +49,36 @@ pub enum CliError {
     /// Writing output failed.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+    /// The command line or a setting is wrong (exit code 2).
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// The exit codes; see the module docs.
+pub mod exit {
+    /// Any other error.
+    pub const ERROR: u8 = 1;
+    /// Bad arguments or settings.
+    pub const USAGE: u8 = 2;
+    /// Not running (`bus daemon status`, `bus local status`).
+    pub const NOT_RUNNING: u8 = 3;
+    /// No usable credentials, or not allowed.
+    pub const AUTH: u8 = 4;
+    /// No such run (or other resource).
+    pub const NOT_FOUND: u8 = 5;
+    /// busd or the runner is unreachable, or the call timed out.
+    pub const UNAVAILABLE: u8 = 6;
+}
+
+/// The exit code for a gRPC status code: the one mapping.
+pub fn exit_code_for(code: Code) -> u8 {
+    match code {
+        Code::InvalidArgument | Code::OutOfRange => exit::USAGE,
+        Code::Unauthenticated | Code::PermissionDenied => exit::AUTH,
+        Code::NotFound => exit::NOT_FOUND,
+        Code::Unavailable | Code::DeadlineExceeded => exit::UNAVAILABLE,
+        _ => exit::ERROR,
+    }
 }
 
 impl CliError {
@@ -53,7 +96,12 @@ impl CliError {
 
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
-        1
+        match self {
+            CliError::Status(status) => exit_code_for(status.code()),
+            CliError::Connect { .. } => exit::UNAVAILABLE,
+            CliError::Usage(_) => exit::USAGE,
+            _ => exit::ERROR,
+        }
     }
 }
 
@@ -75,4 +123,36 @@ fn render_status(status: &Status) -> String {
         line.push_str(&format!(" (see {})", link.url));
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_class_of_failure_has_its_code() {
+        let cases = [
+            (Code::InvalidArgument, 2),
+            (Code::Unauthenticated, 4),
+            (Code::PermissionDenied, 4),
+            (Code::NotFound, 5),
+            (Code::Unavailable, 6),
+            (Code::DeadlineExceeded, 6),
+            (Code::Internal, 1),
+            (Code::ResourceExhausted, 1),
+        ];
+        for (code, want) in cases {
+            assert_eq!(
+                CliError::Status(Status::new(code, "x")).exit_code(),
+                want,
+                "{code:?}"
+            );
+        }
+        let connect = CliError::Connect {
+            socket: "s".into(),
+            reason: "r".into(),
+        };
+        assert_eq!(connect.exit_code(), exit::UNAVAILABLE);
+        assert_eq!(CliError::Usage("u".into()).exit_code(), exit::USAGE);
+    }
 }

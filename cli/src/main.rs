@@ -9,12 +9,13 @@ mod error;
 mod guard;
 mod output;
 mod render;
+mod settings;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::context::{Ctx, Overrides};
 use crate::error::CliError;
@@ -52,6 +53,16 @@ enum Command {
     /// Credentials: whom the token speaks for; a new token from an API key.
     #[command(subcommand)]
     Auth(commands::auth::Auth),
+    /// Settings in config.toml: api_url, timeout, output, socket.
+    #[command(subcommand)]
+    Config(commands::config::Config),
+    /// Print a shell completion script: `source <(bus completion bash)`.
+    Completion(commands::completion::CompletionArgs),
+    /// Print the man page (or write every page with --dir).
+    Man(commands::completion::ManArgs),
+    /// The whole deployment on this machine: Podman's API service, bus-runner, busd.
+    #[command(subcommand)]
+    Local(commands::local::Local),
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,6 +83,8 @@ enum Containers {
     Wait(commands::wait::Args),
     /// Stop runs (SIGTERM, then SIGKILL after a grace period).
     Stop(commands::stop::Args),
+    /// Run a command in a running run: -i passes stdin, -t allocates a terminal.
+    Exec(commands::exec::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,21 +122,41 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<u8, CliError> {
+    // These need neither the settings in force nor busd.
+    match cli.command {
+        Command::Completion(args) => return args.run(Cli::command()),
+        Command::Man(args) => return args.run(Cli::command()),
+        Command::Config(command) => return command.run(),
+        _ => {}
+    }
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     let token_file = match cli.token_file {
         Some(path) if path.is_relative() => Some(std::env::current_dir()?.join(path)),
         other => other,
     };
+    let file = bus::config::Settings::load_default().map_err(|e| CliError::Usage(e.0))?;
+    let resolved = settings::resolve(
+        &settings::Flags {
+            api_url: cli.api_url.as_deref(),
+            timeout: cli.timeout,
+            socket: cli.socket.as_deref(),
+        },
+        env,
+        &file,
+    )?;
+    render::set_default_format(resolved.output);
     let overrides = Overrides {
-        api_url: cli
-            .api_url
-            .or_else(|| env("BUS_AI_API_URL"))
-            .or_else(|| env("BUS_API_BASE_URL")),
+        api_url: resolved.api_url,
         token: env("BUS_AI_TOKEN").or_else(|| env("BUS_API_TOKEN")),
         token_file,
-        timeout: cli.timeout,
+        timeout: resolved.timeout,
     };
-    let socket = cli.socket.unwrap_or_else(bus::default_socket_path);
+    let socket = resolved.socket;
+    if let Command::Local(command) = cli.command {
+        return command
+            .run(&socket, overrides.clone(), overrides.token_file.as_deref())
+            .await;
+    }
     // start/stop/status/restart decide themselves whether to start busd.
     if let Command::Daemon(Daemon::Lifecycle(command)) = cli.command {
         return command.run(&socket, overrides).await;
@@ -139,8 +172,12 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Containers(Containers::Logs(args)) => args.run(&ctx).await,
         Command::Containers(Containers::Wait(args)) => args.run(&ctx).await,
         Command::Containers(Containers::Stop(args)) => args.run(&ctx).await,
+        Command::Containers(Containers::Exec(args)) => args.run(&ctx).await,
         Command::Daemon(Daemon::Info(args)) => args.run(&ctx).await,
         Command::Daemon(Daemon::Lifecycle(_)) => unreachable!("handled before connecting"),
         Command::Auth(command) => command.run(&ctx, token_file.as_deref()).await,
+        Command::Completion(_) | Command::Man(_) | Command::Config(_) | Command::Local(_) => {
+            unreachable!("handled before connecting")
+        }
     }
 }

@@ -29,10 +29,247 @@ pub fn ago(t: Option<&prost_types::Timestamp>, now: OffsetDateTime) -> String {
     }
 }
 
-/// The rows of `bus containers runs`, aligned in columns.
+/// `-o table|json`: how listing and get commands print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns (or `key: value` lines) for people.
+    Table,
+    /// One JSON document on stdout; its shape is documented in the README and stable.
+    Json,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "table" => Ok(Format::Table),
+            "json" => Ok(Format::Json),
+            other => Err(format!(
+                "unknown output format {other:?}; use table or json"
+            )),
+        }
+    }
+}
+
+/// The format when a command has no `-o`: `BUS_OUTPUT`, else `output` in config.toml (set
+/// once at start by `main`), else table.
+static DEFAULT_FORMAT: std::sync::OnceLock<Format> = std::sync::OnceLock::new();
+
+/// Sets the default format (once, at start).
+pub fn set_default_format(format: Format) {
+    let _ = DEFAULT_FORMAT.set(format);
+}
+
+/// The `-o` flag and `-q`, shared by every listing and get command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OutputArgs {
+    /// Output format [env: BUS_OUTPUT] [default: `output` in config.toml, else table]
+    #[arg(short = 'o', long = "output", value_enum, value_name = "FORMAT")]
+    format: Option<Format>,
+    /// Print only ids, one per line.
+    #[arg(short, long, conflicts_with = "format")]
+    pub quiet: bool,
+}
+
+impl OutputArgs {
+    /// The format in force.
+    pub fn format(&self) -> Format {
+        self.format
+            .or_else(|| DEFAULT_FORMAT.get().copied())
+            .unwrap_or(Format::Table)
+    }
+}
+
+/// `-o` alone, for commands that show one thing without an id (status, info).
+#[derive(Debug, Clone, clap::Args)]
+pub struct FormatArg {
+    /// Output format [env: BUS_OUTPUT] [default: `output` in config.toml, else table]
+    #[arg(short = 'o', long = "output", value_enum, value_name = "FORMAT")]
+    format: Option<Format>,
+}
+
+impl FormatArg {
+    /// The format in force.
+    pub fn format(&self) -> Format {
+        self.format
+            .or_else(|| DEFAULT_FORMAT.get().copied())
+            .unwrap_or(Format::Table)
+    }
+}
+
+/// Prints `value` as pretty JSON and a newline.
+pub fn print_json(value: &impl serde::Serialize) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::other)?;
+    writeln!(out)
+}
+
+/// Whether to colour stdout: a terminal, and `NO_COLOR` unset or empty.
+pub fn colour_stdout() -> bool {
+    use std::io::IsTerminal as _;
+    colour_allowed(
+        std::io::stdout().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
+}
+
+/// [`colour_stdout`]'s rule, pure.
+pub fn colour_allowed(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// The terminal's width when stdout is one: its window size, else `$COLUMNS`.
+pub fn terminal_width() -> Option<usize> {
+    use std::io::IsTerminal as _;
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    rustix::termios::tcgetwinsize(std::io::stdout())
+        .ok()
+        .map(|w| usize::from(w.ws_col))
+        .filter(|w| *w > 0)
+        .or_else(|| std::env::var("COLUMNS").ok()?.parse().ok())
+}
+
+/// The JSON shape of a run (`bus containers runs -o json` is an array of these, `get -o json`
+/// one). Stable: fields are only ever added. Times are RFC 3339 UTC or null.
+#[derive(Debug, serde::Serialize)]
+pub struct RunJson {
+    /// The run id.
+    pub id: String,
+    /// queued, starting, running, exited, failed, stopped, timed_out or unknown.
+    pub state: &'static str,
+    /// The exit code once the run has one, else null.
+    pub exit_code: Option<i32>,
+    /// Why it ended when it did not simply exit, else null.
+    pub reason: Option<String>,
+    /// The image.
+    pub image: String,
+    /// The profile, or null.
+    pub profile: Option<String>,
+    /// The command.
+    pub argv: Vec<String>,
+    /// The run's name, or null.
+    pub name: Option<String>,
+    /// Labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// When it was created.
+    pub created_at: Option<String>,
+    /// When it started.
+    pub started_at: Option<String>,
+    /// When it finished.
+    pub finished_at: Option<String>,
+    /// finished (or now, while running) minus started, in seconds; null before it started.
+    pub duration_seconds: Option<f64>,
+}
+
+fn rfc3339(t: Option<&prost_types::Timestamp>) -> Option<String> {
+    let t = t?;
+    let at = OffsetDateTime::from_unix_timestamp(t.seconds).ok()?
+        + time::Duration::nanoseconds(i64::from(t.nanos));
+    at.format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+/// How long the run ran: finished (or `now`, while it has not) minus started.
+pub fn duration(run: &Run, now: OffsetDateTime) -> Option<f64> {
+    let secs = |t: &prost_types::Timestamp| t.seconds as f64 + f64::from(t.nanos) / 1e9;
+    let started = secs(run.started_at.as_ref()?);
+    let end = match &run.finished_at {
+        Some(t) => secs(t),
+        None if is_active(run.state) => now.unix_timestamp_nanos() as f64 / 1e9,
+        None => return None,
+    };
+    Some((end - started).max(0.0))
+}
+
+fn is_active(state: i32) -> bool {
+    matches!(
+        RunState::try_from(state).unwrap_or(RunState::Unspecified),
+        RunState::Queued | RunState::Starting | RunState::Running
+    )
+}
+
+/// A duration for people: `850ms`, `12s`, `3m05s`, `2h10m`.
+pub fn human_duration(secs: f64) -> String {
+    if secs < 1.0 {
+        return format!("{}ms", (secs * 1000.0).round() as u64);
+    }
+    let s = secs.round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+impl RunJson {
+    /// The JSON shape of `run`.
+    pub fn new(run: &Run, now: OffsetDateTime) -> Self {
+        RunJson {
+            id: run.id.clone(),
+            state: state_name(run.state),
+            exit_code: run.exit_code,
+            reason: non_empty(&run.reason),
+            image: run.image.clone(),
+            profile: non_empty(&run.profile),
+            argv: run.argv.clone(),
+            name: non_empty(&run.name),
+            labels: run.labels.clone().into_iter().collect(),
+            created_at: rfc3339(run.created_at.as_ref()),
+            started_at: rfc3339(run.started_at.as_ref()),
+            finished_at: rfc3339(run.finished_at.as_ref()),
+            duration_seconds: duration(run, now).map(|d| (d * 1000.0).round() / 1000.0),
+        }
+    }
+}
+
+/// How a table is drawn: the terminal's width (None: unbounded) and whether to colour.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TableStyle {
+    /// The widest a line may be.
+    pub width: Option<usize>,
+    /// ANSI colour on the state column.
+    pub colour: bool,
+}
+
+impl TableStyle {
+    /// The style for stdout as it is now.
+    pub fn for_stdout() -> Self {
+        TableStyle {
+            width: terminal_width(),
+            colour: colour_stdout(),
+        }
+    }
+}
+
+/// The rows of `bus containers runs`, aligned in columns, plain (no colour, no width bound).
 pub fn runs_table(runs: &[Run], now: OffsetDateTime) -> String {
-    let header = ["ID", "STATE", "EXIT", "IMAGE", "CREATED"].map(str::to_owned);
-    let rows: Vec<[String; 5]> = runs
+    runs_table_styled(runs, now, TableStyle::default())
+}
+
+fn state_colour(run: &Run) -> &'static str {
+    match RunState::try_from(run.state).unwrap_or(RunState::Unspecified) {
+        RunState::Exited if run.exit_code == Some(0) => "32",
+        RunState::Exited | RunState::Failed | RunState::TimedOut => "31",
+        RunState::Queued | RunState::Starting | RunState::Running => "33",
+        _ => "2",
+    }
+}
+
+/// The IMAGE column's index: the one shortened to fit the terminal.
+const IMAGE_COLUMN: usize = 3;
+
+/// The runs table with `style`: IMAGE is cut (with `…`) so lines fit the width; STATE is
+/// coloured when asked.
+pub fn runs_table_styled(runs: &[Run], now: OffsetDateTime, style: TableStyle) -> String {
+    let header = ["ID", "STATE", "EXIT", "IMAGE", "CREATED", "DURATION"].map(str::to_owned);
+    let mut rows: Vec<[String; 6]> = runs
         .iter()
         .map(|run| {
             [
@@ -46,24 +283,54 @@ pub fn runs_table(runs: &[Run], now: OffsetDateTime) -> String {
                     format!("{} ({})", run.image, run.profile)
                 },
                 ago(run.created_at.as_ref(), now),
+                duration(run, now).map_or_else(|| "-".to_owned(), human_duration),
             ]
         })
         .collect();
-    let mut widths = header.clone().map(|h| h.len());
+    let count = |s: &str| s.chars().count();
+    let mut widths = header.clone().map(|h| count(&h));
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
+            *width = (*width).max(count(cell));
+        }
+    }
+    if let Some(limit) = style.width {
+        let total: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
+        if total > limit {
+            let image = widths[IMAGE_COLUMN]
+                .saturating_sub(total - limit)
+                .max(count("IMAGE"));
+            widths[IMAGE_COLUMN] = image;
+            for row in &mut rows {
+                let cell = &mut row[IMAGE_COLUMN];
+                if count(cell) > image {
+                    *cell = cell.chars().take(image - 1).collect::<String>() + "…";
+                }
+            }
         }
     }
     let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
+    let mut line = |cells: &[String; 6], colour: Option<&str>| {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i > 0 {
+                text.push_str("  ");
+            }
+            let pad = " ".repeat(w.saturating_sub(count(cell)));
+            match colour {
+                Some(code) if i == 1 => text.push_str(&format!("\x1b[{code}m{cell}\x1b[0m{pad}")),
+                _ => {
+                    text.push_str(cell);
+                    text.push_str(&pad);
+                }
+            }
+        }
+        out.push_str(text.trim_end());
         out.push('\n');
+    };
+    line(&header, None);
+    for (row, run) in rows.iter().zip(runs) {
+        line(row, style.colour.then(|| state_colour(run)));
     }
     out
 }
@@ -109,6 +376,10 @@ pub fn run_details(run: &Run, now: OffsetDateTime) -> String {
     );
     line("started:", time(run.started_at.as_ref()));
     line("finished:", time(run.finished_at.as_ref()));
+    line(
+        "duration:",
+        duration(run, now).map_or_else(|| "-".to_owned(), human_duration),
+    );
     out
 }
 
@@ -131,11 +402,66 @@ mod tests {
             }),
             ..Default::default()
         };
-        let table = runs_table(&[run], now);
+        let table = runs_table(std::slice::from_ref(&run), now);
         assert_eq!(
             table,
-            "ID       STATE   EXIT  IMAGE                             CREATED\n\
-             run_abc  exited  3     localhost/busybox:latest (codex)  2m ago\n"
+            "ID       STATE   EXIT  IMAGE                             CREATED  DURATION\n\
+             run_abc  exited  3     localhost/busybox:latest (codex)  2m ago   -\n"
         );
+        let mut timed = run.clone();
+        timed.started_at = Some(prost_types::Timestamp {
+            seconds: 1_000_000 - 119,
+            nanos: 0,
+        });
+        timed.finished_at = Some(prost_types::Timestamp {
+            seconds: 1_000_000 - 54,
+            nanos: 0,
+        });
+        let narrow = runs_table_styled(
+            &[timed],
+            now,
+            TableStyle {
+                width: Some(50),
+                colour: true,
+            },
+        );
+        let row = narrow.lines().nth(1).unwrap();
+        assert!(row.contains("\x1b[31mexited\x1b[0m"), "{row:?}");
+        assert!(row.contains("  localho…  "), "{row:?}");
+        assert!(row.ends_with("1m05s"), "{row:?}");
+        assert!(narrow.lines().next().unwrap().chars().count() <= 50);
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colour_allowed(true, None));
+        assert!(colour_allowed(true, Some(OsStr::new(""))));
+        assert!(!colour_allowed(true, Some(OsStr::new("1"))));
+        assert!(!colour_allowed(false, None));
+    }
+
+    #[test]
+    fn run_json_shape() {
+        let now = OffsetDateTime::from_unix_timestamp(1_000_000).unwrap();
+        let run = Run {
+            id: "run_x".into(),
+            state: RunState::Running as i32,
+            image: "img".into(),
+            argv: vec!["sh".into()],
+            started_at: Some(prost_types::Timestamp {
+                seconds: 1_000_000 - 10,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let json = serde_json::to_value(RunJson::new(&run, now)).unwrap();
+        assert_eq!(json["state"], "running");
+        assert_eq!(json["exit_code"], serde_json::Value::Null);
+        assert_eq!(json["profile"], serde_json::Value::Null);
+        assert_eq!(json["duration_seconds"], 10.0);
+        assert_eq!(json["started_at"], "1970-01-12T13:46:30Z");
+        assert_eq!(human_duration(0.25), "250ms");
+        assert_eq!(human_duration(7325.0), "2h02m");
     }
 }

@@ -4,11 +4,7 @@ use std::path::PathBuf;
 
 use crate::credentials::TokenSource;
 
-/// Environment variables that may name the API origin, first wins.
-pub const API_URL_ENV_VARS: [&str; 2] = ["BUS_AI_API_URL", "BUS_API_BASE_URL"];
-
-/// The origin used when nothing else names one: the local runner's default address.
-pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8650";
+pub use bus::config::{API_URL_ENV_VARS, DEFAULT_API_URL, Settings};
 
 /// What busd was started with.
 #[derive(Debug, Clone)]
@@ -105,15 +101,14 @@ impl std::fmt::Display for ApiOrigin {
     }
 }
 
-/// Resolves the API origin: flag > `BUS_AI_API_URL` > `BUS_API_BASE_URL` > default.
-pub fn resolve_api_url(flag: Option<&str>, env: impl Fn(&str) -> Option<String>) -> String {
-    if let Some(url) = flag {
-        return url.to_owned();
-    }
-    API_URL_ENV_VARS
-        .iter()
-        .find_map(|name| env(name).filter(|v| !v.trim().is_empty()))
-        .unwrap_or_else(|| DEFAULT_API_URL.to_owned())
+/// Resolves the API origin: flag > `BUS_AI_API_URL` > `BUS_API_BASE_URL` > the settings
+/// file's `api_url` > default. The one implementation is the SDK's, which the CLI uses too.
+pub fn resolve_api_url(
+    flag: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+    file: &Settings,
+) -> String {
+    bus::config::resolve_api_url(flag, env, file).0
 }
 
 #[cfg(test)]
@@ -170,10 +165,16 @@ mod tests {
     #[test]
     fn api_url_precedence() {
         let env = |name: &str| Some(format!("http://{}", name.to_lowercase()));
-        assert_eq!(resolve_api_url(Some("http://flag"), env), "http://flag");
-        assert_eq!(resolve_api_url(None, env), "http://bus_ai_api_url");
+        let none = Settings::default();
+        let file = Settings::parse("api_url = \"http://file\"").unwrap();
+        assert_eq!(
+            resolve_api_url(Some("http://flag"), env, &file),
+            "http://flag"
+        );
+        assert_eq!(resolve_api_url(None, env, &file), "http://bus_ai_api_url");
         let base_only = |name: &str| (name == "BUS_API_BASE_URL").then(|| "http://b".to_owned());
-        assert_eq!(resolve_api_url(None, base_only), "http://b");
-        assert_eq!(resolve_api_url(None, |_| None), DEFAULT_API_URL);
+        assert_eq!(resolve_api_url(None, base_only, &file), "http://b");
+        assert_eq!(resolve_api_url(None, |_| None, &file), "http://file");
+        assert_eq!(resolve_api_url(None, |_| None, &none), DEFAULT_API_URL);
     }
 }

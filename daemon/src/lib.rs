@@ -40,6 +40,8 @@ use crate::lifecycle::{ServeOptions, StopReason, TrackLayer};
 use crate::service::DaemonState;
 use crate::service::containers::ContainersService;
 use crate::service::daemon::DaemonService;
+use crate::service::exec::ExecService;
+use bus::proto::containers::v1::exec_server::ExecServer;
 
 /// Serves busd's gRPC API (plus grpc.health.v1 and reflection) on `listener` until
 /// `shutdown` completes.
@@ -70,6 +72,9 @@ pub async fn serve_with(
     health_reporter
         .set_serving::<DaemonServer<DaemonService>>()
         .await;
+    health_reporter
+        .set_serving::<ExecServer<ExecService>>()
+        .await;
     let reflection_builder = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(bus::FILE_DESCRIPTOR_SET)
@@ -89,6 +94,7 @@ pub async fn serve_with(
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .add_service(ContainersServer::new(ContainersService::new(state.clone())))
+        .add_service(ExecServer::new(ExecService::new(state.clone())))
         .add_service(DaemonServer::new(DaemonService::new(state)))
         // On stop the incoming stream drops the listener and ends, which starts tonic's
         // graceful shutdown (the never-ending signal only switches graceful mode on).

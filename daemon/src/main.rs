@@ -21,10 +21,12 @@ const NOTIFY_ENV: &str = "BUSD_NOTIFY";
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// The Unix socket to serve on [default: $BUS_SOCKET, else $XDG_RUNTIME_DIR/bus/busd.sock]
+    /// The Unix socket to serve on [default: $BUS_SOCKET, else `socket` in config.toml, else
+    /// $XDG_RUNTIME_DIR/bus/busd.sock]
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// The API origin, e.g. https://runner.example.com [env: BUS_AI_API_URL, BUS_API_BASE_URL]
+    /// The API origin, e.g. https://runner.example.com [env: BUS_AI_API_URL, BUS_API_BASE_URL;
+    /// then `api_url` in config.toml]
     #[arg(long, value_name = "URL")]
     api_url: Option<String>,
     /// Read the bearer token from this file (mode 0600) [default: $BUS_AI_TOKEN,
@@ -147,11 +149,12 @@ fn main() -> ExitCode {
 
 fn configure(args: Args) -> Result<Config, String> {
     let env = |name: &str| std::env::var(name).ok();
-    let api_url = config::resolve_api_url(args.api_url.as_deref(), env);
+    let settings = config::Settings::load_default().map_err(|e| e.to_string())?;
+    let api_url = config::resolve_api_url(args.api_url.as_deref(), env, &settings);
     let api_origin = ApiOrigin::parse(&api_url).map_err(|e| format!("{e}; {}", e.guidance()))?;
     let token_source =
         credentials::resolve_source(args.token_file.as_deref(), env, &bus::config_dir());
-    let socket = args.socket.unwrap_or_else(bus::default_socket_path);
+    let (socket, _) = bus::config::resolve_socket(args.socket.as_deref(), env, &settings);
     Ok(Config {
         socket,
         api_origin,

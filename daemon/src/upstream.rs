@@ -24,6 +24,8 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
+pub mod exec;
+
 use crate::config::ApiOrigin;
 use crate::credentials::Token;
 

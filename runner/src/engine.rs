@@ -407,6 +407,98 @@ impl Engine {
     }
 }
 
+/// A command to execute in a running container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecSpec {
+    /// The command and its arguments.
+    pub argv: Vec<String>,
+    /// `NAME=value` entries added to the container's environment.
+    pub env: Vec<String>,
+    /// The working directory, else the container's.
+    pub workdir: Option<String>,
+    /// Allocate a pseudo-terminal (output then comes on stdout only).
+    pub tty: bool,
+    /// Attach stdin.
+    pub stdin: bool,
+    /// The terminal's initial size as (cols, rows), with `tty`.
+    pub size: Option<(u16, u16)>,
+}
+
+/// A started exec: its output, and its stdin (shut down to close it).
+pub struct ExecStreams {
+    /// Stdout and stderr in the order they were written (console output with a TTY).
+    pub output: Output,
+    /// The command's stdin.
+    pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+}
+
+impl Engine {
+    /// Creates an exec in the container (not started yet) and returns its id. The initial
+    /// terminal size goes in `ConsoleSize`, so the command sees it from its first instruction.
+    pub async fn create_exec(
+        &self,
+        container: &str,
+        spec: &ExecSpec,
+    ) -> Result<String, EngineError> {
+        let config = bollard::models::ExecConfig {
+            attach_stdin: Some(spec.stdin),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(spec.tty),
+            env: (!spec.env.is_empty()).then(|| spec.env.clone()),
+            cmd: Some(spec.argv.clone()),
+            working_dir: spec.workdir.clone(),
+            console_size: spec
+                .size
+                .filter(|_| spec.tty)
+                .map(|(cols, rows)| vec![usize::from(rows), usize::from(cols)]),
+            ..Default::default()
+        };
+        Ok(self.docker.create_exec(container, config).await?.id)
+    }
+
+    /// Starts a created exec, attached.
+    pub async fn start_exec(&self, exec_id: &str, tty: bool) -> Result<ExecStreams, EngineError> {
+        let options = bollard::exec::StartExecOptions {
+            detach: false,
+            tty,
+            output_capacity: Some(64 * 1024),
+        };
+        match self.docker.start_exec(exec_id, Some(options)).await? {
+            bollard::exec::StartExecResults::Attached { output, input } => {
+                Ok(ExecStreams { output, input })
+            }
+            bollard::exec::StartExecResults::Detached => Err(EngineError::DockerStreamError {
+                error: "the engine started the exec detached".to_owned(),
+            }),
+        }
+    }
+
+    /// Resizes an exec's terminal.
+    pub async fn resize_exec(
+        &self,
+        exec_id: &str,
+        cols: u16,
+        rows: u16,
+    ) -> Result<(), EngineError> {
+        let options = bollard::exec::ResizeExecOptions {
+            height: rows,
+            width: cols,
+        };
+        self.docker.resize_exec(exec_id, options).await
+    }
+
+    /// The exec's exit code once the engine reports it not running; `None` while it runs (or
+    /// when the engine reports no code).
+    pub async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, EngineError> {
+        let inspect = self.docker.inspect_exec(exec_id).await?;
+        Ok(match inspect.running {
+            Some(false) => inspect.exit_code,
+            _ => None,
+        })
+    }
+}
+
 /// Why an account's storage volume cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {

@@ -17,6 +17,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use bus_api::auth::{TokenRequest, TokenResponse};
 use bus_api::billing::{BillingState, Limits, Usage};
+use bus_api::exec::{ExecStatus, TerminalSize};
 use bus_api::problem::PROBLEM_JSON;
 use bus_api::{
     BillingStatus, CreateRun, LogFrame, Port, Problem, ProblemCode, Protocol, Run, RunOptions,
@@ -54,6 +55,7 @@ pub const REGENERATE: &str = "cargo run -p bus-runner -- openapi > api/openapi.j
         delete_run,
         stop_run,
         run_logs,
+        exec_run,
         issue_token,
         billing_status,
         openapi_json,
@@ -62,11 +64,12 @@ pub const REGENERATE: &str = "cargo run -p bus-runner -- openapi > api/openapi.j
         schemas(
             Problem, ProblemCode, RunnerStatus, CreateRun, Port, Protocol, StorageMount, Run,
             RunOptions, RunState, RunPage, StopRun, LogFrame, Stream, TokenRequest,
-            TokenResponse, BillingStatus, BillingState, Usage, Limits,
+            TokenResponse, BillingStatus, BillingState, Usage, Limits, ExecStatus,
+            TerminalSize,
         ),
         responses(
             BadRequest, Unauthorized, Forbidden, NotFound, PayloadTooLarge, PaymentRequired,
-            Unprocessable, TooManyRequests, Internal, EngineUnavailable,
+            Unprocessable, TooManyRequests, Internal, EngineUnavailable, Conflict,
         ),
     ),
     modifiers(&Security),
@@ -179,6 +182,10 @@ problem_response!(
     BadRequest,
     "The request is malformed or a field is out of bounds (`invalid_request`; the detail names \
      the field and its bound), or it names an unknown profile (`unknown_profile`)."
+);
+problem_response!(
+    Conflict,
+    "The run is not running (`run_not_running`): it is queued, starting or has ended."
 );
 problem_response!(
     Unauthorized,
@@ -404,6 +411,48 @@ fn stop_run() {}
 )]
 #[allow(dead_code)]
 fn run_logs() {}
+
+/// Runs a command in a running run, over a WebSocket.
+///
+/// A `GET` with `Connection: Upgrade` and `Upgrade: websocket` (subprotocol
+/// `v1.exec.bus.dev`, optional); every refusal comes before the upgrade, as a problem
+/// document. After `101 Switching Protocols` every message is binary and starts with a channel
+/// byte, as Kubernetes' `v5.channel.k8s.io`: 0 stdin (client → runner), 1 stdout, 2 stderr,
+/// 3 status (JSON `ExecStatus`, the last frame, exactly once after the last output byte),
+/// 4 resize (JSON `TerminalSize`, client → runner), 255 close (payload `0`: close stdin, EOF).
+/// The status carries `exit_code` only when the engine reported one; otherwise `reason` is
+/// `error` and no exit code is made up. An idle session gets a WebSocket ping every 15 s.
+#[utoipa::path(
+    get,
+    path = "/api/v1/containers/runs/{id}/exec",
+    tag = "containers",
+    operation_id = "execRun",
+    security(("bearer" = ["container:run"])),
+    params(
+        ("id" = String, Path, description = "The run's id (`run_...`); it must be running."),
+        ("command" = Vec<String>, Query, style = Form, explode,
+            description = "The command and its arguments, one parameter each, in order."),
+        ("env" = Option<Vec<String>>, Query, style = Form, explode,
+            description = "`NAME=value` added to the command's environment (repeatable)."),
+        ("workdir" = Option<String>, Query, description = "An absolute working directory."),
+        ("tty" = Option<bool>, Query,
+            description = "Allocate a terminal; output then comes on stdout only."),
+        ("stdin" = Option<bool>, Query, description = "Attach the command's stdin."),
+        ("cols" = Option<u16>, Query, minimum = 1,
+            description = "With `tty`: the terminal's initial columns (with `rows`)."),
+        ("rows" = Option<u16>, Query, minimum = 1,
+            description = "With `tty`: the terminal's initial rows (with `cols`)."),
+    ),
+    responses(
+        (status = 101, description = "Switched to the WebSocket exec protocol."),
+        (status = 400, response = BadRequest),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+    )
+)]
+#[allow(dead_code)]
+fn exec_run() {}
 
 /// Issues a token.
 ///

@@ -113,6 +113,14 @@ pub enum ApiError {
         /// The account.
         account: String,
     },
+    /// The run is not running, so an exec cannot go into it.
+    #[error("run {id} is {state}")]
+    RunNotRunning {
+        /// The run.
+        id: String,
+        /// Its state, e.g. `exited`.
+        state: String,
+    },
     /// A plan limit is reached; built by [`crate::billing`].
     #[error("{detail}")]
     QuotaExhausted {
@@ -231,6 +239,16 @@ impl ApiError {
             .with_guidance(
                 "send a new Idempotency-Key for a new request; retry a request only with its \
                  original body",
+            ),
+            ApiError::RunNotRunning { id, state } => p(
+                C::RunNotRunning,
+                StatusCode::CONFLICT,
+                "Run not running",
+                format!("run {id} is {state}; exec needs a running run"),
+            )
+            .with_guidance(
+                "exec only into a run that is running: start one with `bus containers run -d -- \
+                 sleep 3600` and exec into its id",
             ),
             ApiError::Store(err) => p(
                 C::Internal,

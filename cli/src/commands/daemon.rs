@@ -1,7 +1,7 @@
 //! `bus daemon start|stop|status|restart`: busd's lifecycle. Unlike every other command these
 //! do not start busd on demand (except `start` and `restart`, which exist to).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bus::proto::daemon::v1::{DaemonInfo, GetInfoRequest, ShutdownRequest};
@@ -11,9 +11,10 @@ use time::format_description::well_known::Rfc3339;
 use crate::context::{Ctx, Overrides};
 use crate::daemon::{connect_existing, connect_or_start, log_path, wait_stopped};
 use crate::error::CliError;
+use crate::render::{self, Format, FormatArg};
 
 /// The exit code of `bus daemon status` when no busd answers (as `systemctl status`).
-pub const NOT_RUNNING: u8 = 3;
+pub const NOT_RUNNING: u8 = crate::error::exit::NOT_RUNNING;
 
 /// How long `stop` waits beyond the drain bound for busd to exit.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
@@ -29,6 +30,65 @@ pub enum Lifecycle {
     Status(StatusArgs),
     /// Stop busd if it is running, then start it.
     Restart(StopArgs),
+    /// Install systemd user units busd.socket + busd.service (socket activation); the CLI's
+    /// own start-up stays the fallback.
+    Install(InstallArgs),
+}
+
+/// `bus daemon install`.
+#[derive(Debug, clap::Args)]
+pub struct InstallArgs {
+    /// Where to write the units [default: ${XDG_CONFIG_HOME:-~/.config}/systemd/user]
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// The busd binary the service runs [default: the one beside this bus]
+    #[arg(long, value_name = "PATH")]
+    busd: Option<PathBuf>,
+}
+
+/// The unit templates, shipped in deploy/systemd/.
+const SOCKET_UNIT: &str = include_str!("../../../deploy/systemd/busd.socket");
+const SERVICE_UNIT: &str = include_str!("../../../deploy/systemd/busd.service");
+
+/// The two units for busd at `busd` serving `socket`: `(busd.socket, busd.service)`. A socket
+/// under `$XDG_RUNTIME_DIR` is written with systemd's `%t`.
+pub fn systemd_units(busd: &Path, socket: &Path, runtime_dir: Option<&Path>) -> (String, String) {
+    let listen = match runtime_dir.and_then(|dir| socket.strip_prefix(dir).ok()) {
+        Some(rest) => format!("%t/{}", rest.display()),
+        None => socket.display().to_string(),
+    };
+    (
+        SOCKET_UNIT.replace("@SOCKET@", &listen),
+        SERVICE_UNIT.replace("@BUSD@", &busd.display().to_string()),
+    )
+}
+
+fn install(args: InstallArgs, socket: &Path) -> Result<u8, CliError> {
+    let env = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let dir = args.dir.unwrap_or_else(|| {
+        env("XDG_CONFIG_HOME")
+            .unwrap_or_else(|| env("HOME").unwrap_or_default().join(".config"))
+            .join("systemd/user")
+    });
+    let busd = args.busd.unwrap_or_else(crate::daemon::busd_binary);
+    let busd = std::path::absolute(&busd)?;
+    let socket = std::path::absolute(socket)?;
+    let (socket_unit, service_unit) =
+        systemd_units(&busd, &socket, env("XDG_RUNTIME_DIR").as_deref());
+    std::fs::create_dir_all(&dir)?;
+    for (name, text) in [("busd.socket", socket_unit), ("busd.service", service_unit)] {
+        let path = dir.join(name);
+        std::fs::write(&path, text)?;
+        println!("wrote {}", path.display());
+    }
+    println!(
+        "enable with: systemctl --user daemon-reload && systemctl --user enable --now busd.socket"
+    );
+    Ok(0)
 }
 
 /// `bus daemon start`.
@@ -45,7 +105,10 @@ pub struct StopArgs {
 
 /// `bus daemon status`.
 #[derive(Debug, clap::Args)]
-pub struct StatusArgs {}
+pub struct StatusArgs {
+    #[command(flatten)]
+    output: FormatArg,
+}
 
 impl Lifecycle {
     /// Runs the command against the busd on `socket`; returns the exit code.
@@ -53,11 +116,12 @@ impl Lifecycle {
         match self {
             Lifecycle::Start(_) => start(socket, overrides).await,
             Lifecycle::Stop(args) => stop(socket, &overrides, args.drain).await.map(|_| 0),
-            Lifecycle::Status(_) => status(socket, overrides).await,
+            Lifecycle::Status(args) => status(socket, overrides, args.output.format()).await,
             Lifecycle::Restart(args) => {
                 stop(socket, &overrides, args.drain).await?;
                 start(socket, overrides).await
             }
+            Lifecycle::Install(args) => install(args, socket),
         }
     }
 }
@@ -85,7 +149,7 @@ async fn start(socket: &Path, overrides: Overrides) -> Result<u8, CliError> {
 }
 
 /// Stops the busd on `socket`, if any; `true` when one was stopped.
-async fn stop(
+pub async fn stop(
     socket: &Path,
     overrides: &Overrides,
     drain: Option<Duration>,
@@ -117,15 +181,72 @@ async fn stop(
     Ok(true)
 }
 
-async fn status(socket: &Path, overrides: Overrides) -> Result<u8, CliError> {
+async fn status(socket: &Path, overrides: Overrides, format: Format) -> Result<u8, CliError> {
     let Some(channel) = connect_existing(socket).await? else {
-        println!("busd is not running on {}", socket.display());
+        if format == Format::Json {
+            render::print_json(&serde_json::json!({ "running": false }))?;
+        } else {
+            println!("busd is not running on {}", socket.display());
+        }
         return Ok(NOT_RUNNING);
     };
     let ctx = Ctx::new(channel, overrides);
     let info = get_info(&ctx).await?;
-    print_info(&info);
+    show_info(&info, format)?;
     Ok(0)
+}
+
+/// The JSON shape of `bus daemon info|status -o json`.
+#[derive(Debug, serde::Serialize)]
+struct InfoJson<'a> {
+    running: bool,
+    version: &'a str,
+    protocol: u32,
+    pid: u32,
+    uptime_seconds: u64,
+    upstream: &'a str,
+    identity: Option<&'a str>,
+    scopes: &'a [String],
+    token_expires_at: Option<String>,
+    token_source: &'a str,
+    token_error: Option<&'a str>,
+    open_streams: u32,
+    upstream_clients: u32,
+    socket_activated: bool,
+    features: &'a [String],
+}
+
+/// Prints busd's info as `format`.
+pub fn show_info(info: &DaemonInfo, format: Format) -> Result<(), CliError> {
+    if format == Format::Table {
+        print_info(info);
+        return Ok(());
+    }
+    fn some(s: &str) -> Option<&str> {
+        (!s.is_empty()).then_some(s)
+    }
+    render::print_json(&InfoJson {
+        running: true,
+        version: &info.version,
+        protocol: info.protocol,
+        pid: info.pid,
+        uptime_seconds: info.uptime_seconds,
+        upstream: &info.upstream_origin,
+        identity: some(&info.identity),
+        scopes: &info.scopes,
+        token_expires_at: info
+            .token_expires_at
+            .as_ref()
+            .and_then(|t| OffsetDateTime::from_unix_timestamp(t.seconds).ok())
+            .and_then(|t| t.format(&Rfc3339).ok()),
+        token_source: &info.token_source,
+        token_error: some(&info.token_error),
+        open_streams: info.open_streams,
+        upstream_clients: info.upstream_clients,
+        socket_activated: info.socket_activated,
+        features: &info.features,
+    })?;
+    Ok(())
 }
 
 async fn get_info(ctx: &Ctx) -> Result<DaemonInfo, CliError> {
@@ -176,4 +297,32 @@ pub fn print_info(info: &DaemonInfo) {
         println!("socket:    activated by systemd");
     }
     println!("features:  {}", info.features.join(" "));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemd_units_name_the_binary_and_the_socket() {
+        let (socket, service) = systemd_units(
+            Path::new("/opt/bus/busd"),
+            Path::new("/run/user/7/bus/busd.sock"),
+            Some(Path::new("/run/user/7")),
+        );
+        assert!(
+            socket.contains("\nListenStream=%t/bus/busd.sock\n"),
+            "{socket}"
+        );
+        assert!(socket.contains("\nSocketMode=0600\n"), "{socket}");
+        assert!(socket.contains("WantedBy=sockets.target"), "{socket}");
+        assert!(
+            service.contains("\nExecStart=/opt/bus/busd --idle-exit 30m\n"),
+            "{service}"
+        );
+        assert!(service.contains("Requires=busd.socket"), "{service}");
+        assert!(!socket.contains('@') && !service.contains('@'));
+        let (socket, _) = systemd_units(Path::new("/b"), Path::new("/tmp/x.sock"), None);
+        assert!(socket.contains("\nListenStream=/tmp/x.sock\n"), "{socket}");
+    }
 }

@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 
 use crate::context::Ctx;
 use crate::error::CliError;
-use crate::render;
+use crate::render::{self, Format, OutputArgs, RunJson};
 
 /// Shows one run.
 #[derive(Debug, clap::Args)]
@@ -13,6 +13,8 @@ pub struct Args {
     /// The run.
     #[arg(value_name = "RUN_ID")]
     run_id: String,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 impl Args {
@@ -22,7 +24,14 @@ impl Args {
             run_id: self.run_id,
         });
         let run = ctx.containers().get_run(request).await?.into_inner();
-        print!("{}", render::run_details(&run, OffsetDateTime::now_utc()));
+        let now = OffsetDateTime::now_utc();
+        if self.output.quiet {
+            println!("{}", run.id);
+        } else if self.output.format() == Format::Json {
+            render::print_json(&RunJson::new(&run, now))?;
+        } else {
+            print!("{}", render::run_details(&run, now));
+        }
         Ok(0)
     }
 }

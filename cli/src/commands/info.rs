@@ -4,10 +4,14 @@ use bus::proto::daemon::v1::GetInfoRequest;
 
 use crate::context::Ctx;
 use crate::error::CliError;
+use crate::render::FormatArg;
 
 /// Shows busd's version, upstream and identity.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(flatten)]
+    output: FormatArg,
+}
 
 impl Args {
     /// Runs the command; returns the exit code.
@@ -17,7 +21,7 @@ impl Args {
             .get_info(ctx.request(GetInfoRequest {}))
             .await?
             .into_inner();
-        crate::commands::daemon::print_info(&info);
+        crate::commands::daemon::show_info(&info, self.output.format())?;
         Ok(0)
     }
 }

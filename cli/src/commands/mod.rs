@@ -1,10 +1,14 @@
 //! One module per subcommand: an `Args` struct and `run()`.
 
 pub mod auth;
+pub mod completion;
+pub mod config;
 pub mod daemon;
 pub mod delete;
+pub mod exec;
 pub mod get;
 pub mod info;
+pub mod local;
 pub mod logs;
 pub mod run;
 pub mod runs;

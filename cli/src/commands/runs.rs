@@ -1,44 +1,129 @@
-//! `bus containers runs`: the account's runs, newest first.
+//! `bus containers runs`: the account's runs, newest first; `--watch` redraws them.
 
-use bus::proto::containers::v1::ListRunsRequest;
+use std::io::{IsTerminal as _, Write as _};
+use std::time::Duration;
+
+use bus::proto::containers::v1::{ListRunsRequest, Run};
 use time::OffsetDateTime;
 
 use crate::context::Ctx;
 use crate::error::CliError;
-use crate::render;
+use crate::render::{self, Format, OutputArgs, RunJson, TableStyle};
+
+/// The shortest refresh `--watch` allows.
+const MIN_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Lists runs.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Print only run ids, one per line.
+    #[command(flatten)]
+    output: OutputArgs,
+    /// Keep the list up to date: on a terminal the table is redrawn in place; otherwise the
+    /// table is printed again, after a blank line, whenever a run changed. Ctrl-C ends it.
     #[arg(short, long)]
-    quiet: bool,
+    watch: bool,
+    /// How often --watch refreshes (at least 500ms)
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
+          default_value = "2s", requires = "watch")]
+    interval: Duration,
 }
 
 impl Args {
     /// Runs the command; returns the exit code.
     pub async fn run(self, ctx: &Ctx) -> Result<u8, CliError> {
-        let mut runs = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let request = ctx.request(ListRunsRequest {
-                page_size: 0,
-                page_token,
-            });
-            let page = ctx.containers().list_runs(request).await?.into_inner();
-            runs.extend(page.runs);
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            page_token = page.next_page_token;
+        if self.watch {
+            return self.watch(ctx).await;
         }
-        if self.quiet {
-            for run in &runs {
+        let runs = list(ctx).await?;
+        self.print(&runs)?;
+        Ok(0)
+    }
+
+    fn print(&self, runs: &[Run]) -> Result<(), CliError> {
+        let now = OffsetDateTime::now_utc();
+        if self.output.quiet {
+            for run in runs {
                 println!("{}", run.id);
             }
-        } else {
-            print!("{}", render::runs_table(&runs, OffsetDateTime::now_utc()));
+            return Ok(());
         }
-        Ok(0)
+        match self.output.format() {
+            Format::Json => {
+                let runs: Vec<RunJson> = runs.iter().map(|r| RunJson::new(r, now)).collect();
+                render::print_json(&runs)?;
+            }
+            Format::Table => print!(
+                "{}",
+                render::runs_table_styled(runs, now, TableStyle::for_stdout())
+            ),
+        }
+        Ok(())
+    }
+
+    async fn watch(&self, ctx: &Ctx) -> Result<u8, CliError> {
+        let interval = self.interval.max(MIN_INTERVAL);
+        let terminal = std::io::stdout().is_terminal();
+        // Without a terminal a table is printed again only when a run changed (not for the
+        // relative times alone).
+        let mut last = None;
+        let stop = tokio::signal::ctrl_c();
+        tokio::pin!(stop);
+        loop {
+            let runs = list(ctx).await?;
+            let now = OffsetDateTime::now_utc();
+            let table = if terminal {
+                render::runs_table_styled(&runs, now, TableStyle::for_stdout())
+            } else {
+                render::runs_table(&runs, now)
+            };
+            let mut out = std::io::stdout().lock();
+            if terminal {
+                // Home, clear, then the table under a one-line heading (as `watch` does).
+                let stamp = now
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default();
+                write!(
+                    out,
+                    "\x1b[H\x1b[2JEvery {}: bus containers runs    {stamp}\n\n{table}",
+                    humantime::format_duration(interval)
+                )?;
+            } else {
+                let key: Vec<_> = runs
+                    .iter()
+                    .map(|r| (r.id.clone(), r.state, r.exit_code))
+                    .collect();
+                if last.as_ref() != Some(&key) {
+                    if last.is_some() {
+                        writeln!(out)?;
+                    }
+                    write!(out, "{table}")?;
+                    last = Some(key);
+                }
+            }
+            out.flush()?;
+            drop(out);
+            tokio::select! {
+                _ = &mut stop => return Ok(0),
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+}
+
+/// Every run of the account, newest first, over all pages.
+async fn list(ctx: &Ctx) -> Result<Vec<Run>, CliError> {
+    let mut runs = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = ctx.request(ListRunsRequest {
+            page_size: 0,
+            page_token,
+        });
+        let page = ctx.containers().list_runs(request).await?.into_inner();
+        runs.extend(page.runs);
+        if page.next_page_token.is_empty() {
+            return Ok(runs);
+        }
+        page_token = page.next_page_token;
     }
 }

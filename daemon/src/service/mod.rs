@@ -3,6 +3,7 @@
 
 pub mod containers;
 pub mod daemon;
+pub mod exec;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -8,6 +8,7 @@ use crate::AppState;
 
 pub mod auth;
 pub mod billing;
+pub mod exec;
 pub mod idempotency;
 pub mod logs;
 pub mod runs;
@@ -29,6 +30,7 @@ pub fn router() -> Router<AppState> {
             get(runs::get).delete(runs::delete),
         )
         .route("/api/v1/containers/runs/{id}/logs", get(logs::get))
+        .route("/api/v1/containers/runs/{id}/exec", get(exec::exec))
         .route(
             "/api/v1/containers/runs/{id}/stop",
             post(stop::stop).layer(DefaultBodyLimit::max(stop::BODY_LIMIT)),
