@@ -434,7 +434,14 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        if let Some(pid) = self.busd_pid() {
+        // The PID busd keeps in its instance lock file: it works even when the CLI cannot
+        // (a test may leave a broken config or a bad token behind).
+        let mut lock = self.socket.clone().into_os_string();
+        lock.push(".pid");
+        let from_lock = std::fs::read_to_string(&lock)
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        if let Some(pid) = from_lock.or_else(|| self.busd_pid()) {
             stop_pid(pid);
         }
     }
