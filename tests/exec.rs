@@ -374,7 +374,11 @@ mod grpc {
 
             // A resize sent with start, before `started`, reaches the command.
             let (tx, rx) = tokio::sync::mpsc::channel(4);
-            tx.send(start(&id, &["sh", "-c", "sleep 1; stty size"], true, false))
+            // busd applies it right after the exec starts, so the command may first see the
+            // initial size: it polls (up to 10 s) until the new size shows, then prints it.
+            let poll = "i=0; while [ $i -lt 200 ]; do s=$(stty size 2>/dev/null); \
+                        [ \"$s\" = '43 132' ] && break; i=$((i+1)); sleep 0.05; done; echo $s";
+            tx.send(start(&id, &["sh", "-c", poll], true, false))
                 .await
                 .unwrap();
             tx.send(ExecRequest {
