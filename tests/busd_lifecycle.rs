@@ -153,9 +153,16 @@ fn shutdown_lets_an_open_stream_finish_then_removes_the_socket() {
             .await
             .unwrap()
             .into_inner();
-        // New connections are refused while the open stream drains.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(bus::connect(&stack.socket).await.is_err());
+        // New connections are refused while the open stream drains (checked until they are,
+        // for at most 5 s: the listener closes right after the Shutdown answer).
+        let refused = async {
+            while bus::connect(&stack.socket).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), refused)
+            .await
+            .expect("new connections are refused while draining");
         let mut exited = None;
         while let Some(event) = stream.message().await.unwrap() {
             match event.event.unwrap() {
