@@ -5,17 +5,21 @@ use std::time::Duration;
 
 use bus::proto::containers::v1 as pb;
 use bus::proto::containers::v1::containers_server::Containers;
-use bus_api::{CreateRun, Run, RunState, Stream as StdStream};
+use bus_api::{CreateRun, LogFrame, Run, RunState, Stream as StdStream};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use time::OffsetDateTime;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::DaemonState;
-use crate::fanout::{self, Chunk, Event as FanEvent, Exit, Follow};
+use crate::fanout::{self, Chunk, Event as FanEvent, Exit, Fanout, Follow};
 use crate::status::Error;
-use crate::upstream::{LogsQuery, Upstream};
+use crate::upstream::{LogsQuery, Upstream, UpstreamError};
+
+/// Log events queued per `StreamLogs` call before the reader waits for the client.
+const LOG_EVENTS_BUFFER: usize = 64;
 
 /// The Containers service.
 pub struct ContainersService {
@@ -32,30 +36,82 @@ impl ContainersService {
 type RunEvents = BoxStream<'static, Result<pb::RunEvent, Status>>;
 type LogEvents = BoxStream<'static, Result<pb::LogEvent, Status>>;
 
-impl ContainersService {
-    /// A follower of the run's fan-out group, as proto events.
-    fn follow_logs(
-        &self,
-        upstream: Upstream,
-        run_id: &str,
-        follow: Follow,
-    ) -> impl futures::Stream<Item = Result<pb::LogEvent, Status>> + Send + 'static {
-        let events = self.state.fanout.follow(upstream, run_id, follow);
-        ReceiverStream::new(events).map(|event| {
-            let event = match event.map_err(Error::from)? {
-                FanEvent::Chunk(chunk) => pb::log_event::Event::Output(chunk_to_proto(chunk)),
-                FanEvent::Exit(exit) => pb::log_event::Event::Exited(exit_to_proto(exit)),
-                FanEvent::Keepalive => pb::log_event::Event::Keepalive(pb::KeepAlive {}),
-                FanEvent::Gap {
-                    first_available_seq,
-                    reason,
-                } => pb::log_event::Event::Gap(pb::StreamGap {
-                    first_available_seq,
-                    reason,
-                }),
-            };
-            Ok(log_event(event))
-        })
+/// A follower of the run's fan-out group, as proto events.
+fn follow_logs(
+    fanout: &Arc<Fanout>,
+    upstream: Upstream,
+    run_id: &str,
+    follow: Follow,
+) -> impl futures::Stream<Item = Result<pb::LogEvent, Status>> + Send + 'static {
+    ReceiverStream::new(fanout.follow(upstream, run_id, follow)).map(|event| {
+        let event = match event.map_err(Error::from)? {
+            FanEvent::Chunk(chunk) => pb::log_event::Event::Output(chunk_to_proto(chunk)),
+            FanEvent::Exit(exit) => pb::log_event::Event::Exited(exit_to_proto(exit)),
+            FanEvent::Keepalive => pb::log_event::Event::Keepalive(pb::KeepAlive {}),
+            FanEvent::Gap {
+                first_available_seq,
+                reason,
+            } => pb::log_event::Event::Gap(pb::StreamGap {
+                first_available_seq,
+                reason,
+            }),
+        };
+        Ok(log_event(event))
+    })
+}
+
+/// Sends what the runner's store holds now, as it arrives (never buffered whole), then — when
+/// `follow` is given and the run has not ended — joins the run's fan-out group after the last
+/// seq sent.
+async fn replay_then_follow(
+    frames: impl futures::Stream<Item = Result<LogFrame, UpstreamError>>,
+    upstream: Upstream,
+    run_id: String,
+    follow: Option<Follow>,
+    fanout: Arc<Fanout>,
+    tx: mpsc::Sender<Result<pb::LogEvent, Status>>,
+) {
+    let origin = upstream.origin().to_string();
+    let mut frames = std::pin::pin!(frames);
+    let mut last_seq = follow.as_ref().map_or(0, |f| f.after_seq);
+    while let Some(frame) = frames.next().await {
+        let event = match frame.and_then(|f| fanout::decode(f, &origin)) {
+            Ok(fanout::Decoded::Chunk(chunk)) => {
+                last_seq = chunk.seq;
+                pb::log_event::Event::Output(chunk_to_proto(chunk))
+            }
+            Ok(fanout::Decoded::Exit(exit)) => {
+                let _ = tx
+                    .send(Ok(log_event(pb::log_event::Event::Exited(exit_to_proto(
+                        exit,
+                    )))))
+                    .await;
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(Error::from(e).into())).await;
+                return;
+            }
+        };
+        if tx.send(Ok(log_event(event))).await.is_err() {
+            return;
+        }
+    }
+    let Some(follow) = follow else { return };
+    let live = follow_logs(
+        &fanout,
+        upstream,
+        &run_id,
+        Follow {
+            after_seq: last_seq,
+            ..follow
+        },
+    );
+    let mut live = std::pin::pin!(live);
+    while let Some(event) = live.next().await {
+        if tx.send(event).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -189,44 +245,16 @@ impl Containers for ContainersService {
                 .logs_with(&run_id, &query)
                 .await
                 .map_err(Error::from)?;
-            let snapshot: Vec<_> = frames.collect().await;
-            let mut events = Vec::new();
-            let mut last_seq = req.after_seq;
-            let mut ended = false;
-            for frame in snapshot {
-                let frame = frame.and_then(|f| fanout::decode(f, upstream.origin().as_str()));
-                match frame.map_err(Error::from)? {
-                    fanout::Decoded::Chunk(chunk) => {
-                        last_seq = chunk.seq;
-                        events.push(Ok(log_event(pb::log_event::Event::Output(chunk_to_proto(
-                            chunk,
-                        )))));
-                    }
-                    fanout::Decoded::Exit(exit) => {
-                        ended = true;
-                        events.push(Ok(log_event(pb::log_event::Event::Exited(exit_to_proto(
-                            exit,
-                        )))));
-                    }
-                }
-            }
-            let snapshot = futures::stream::iter(events);
-            if !req.follow || ended {
-                return Ok(Response::new(Box::pin(snapshot)));
-            }
-            let live = self.follow_logs(
-                upstream,
-                &run_id,
-                Follow {
-                    after_seq: last_seq,
-                    ..follow
-                },
-            );
-            return Ok(Response::new(Box::pin(snapshot.chain(live))));
+            let (tx, rx) = mpsc::channel(LOG_EVENTS_BUFFER);
+            let follow = req.follow.then_some(follow);
+            let fanout = self.state.fanout.clone();
+            tokio::spawn(replay_then_follow(
+                frames, upstream, run_id, follow, fanout, tx,
+            ));
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
         }
-        Ok(Response::new(Box::pin(
-            self.follow_logs(upstream, &run_id, follow),
-        )))
+        let live = follow_logs(&self.state.fanout, upstream, &run_id, follow);
+        Ok(Response::new(Box::pin(live)))
     }
 
     async fn wait_run(
