@@ -202,9 +202,149 @@ fn encode_json<T: Serialize>(channel: u8, value: &T) -> Vec<u8> {
     out
 }
 
+/// Most arguments an exec's command may have.
+pub const MAX_ARGS: usize = 4096;
+/// Longest exec query string accepted.
+pub const MAX_QUERY: usize = 64 * 1024;
+
+/// What to execute: the query of `GET /api/v1/containers/runs/{id}/exec`. `command` once per
+/// argument, in order; `env` once per `NAME=value`; `workdir`; `tty`; `stdin`; `cols` and
+/// `rows` together (the initial terminal size).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecQuery {
+    /// The command and its arguments.
+    pub argv: Vec<String>,
+    /// `NAME=value` entries added to the container's environment.
+    pub env: Vec<String>,
+    /// The working directory (absolute), else the container's.
+    pub workdir: Option<String>,
+    /// Allocate a pseudo-terminal (output then comes on stdout only).
+    pub tty: bool,
+    /// Attach stdin.
+    pub stdin: bool,
+    /// The terminal's initial size as (cols, rows).
+    pub size: Option<(u16, u16)>,
+}
+
+impl ExecQuery {
+    /// The query string (without `?`).
+    pub fn to_query(&self) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for arg in &self.argv {
+            q.append_pair("command", arg);
+        }
+        for env in &self.env {
+            q.append_pair("env", env);
+        }
+        if let Some(dir) = &self.workdir {
+            q.append_pair("workdir", dir);
+        }
+        q.append_pair("tty", if self.tty { "true" } else { "false" });
+        q.append_pair("stdin", if self.stdin { "true" } else { "false" });
+        if let Some((cols, rows)) = self.size {
+            q.append_pair("cols", &cols.to_string());
+            q.append_pair("rows", &rows.to_string());
+        }
+        q.finish()
+    }
+
+    /// Parses and validates a query string; the error is a sentence naming the parameter.
+    pub fn parse(query: &str) -> Result<Self, String> {
+        if query.len() > MAX_QUERY {
+            return Err(format!("the query is longer than {MAX_QUERY} bytes"));
+        }
+        let mut exec = ExecQuery::default();
+        let (mut cols, mut rows) = (None, None);
+        let flag = |key: &str, value: &str| match value {
+            "true" | "1" | "" => Ok(true),
+            "false" | "0" => Ok(false),
+            other => Err(format!("{key} must be true or false, not {other:?}")),
+        };
+        let size = |key: &str, value: &str| {
+            value
+                .parse::<u16>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{key} must be from 1 to 65535, not {value:?}"))
+        };
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match &*key {
+                "command" => exec.argv.push(value.into_owned()),
+                "env" => {
+                    if !value.contains('=') || value.starts_with('=') {
+                        return Err(format!("env must read NAME=value, not {value:?}"));
+                    }
+                    exec.env.push(value.into_owned());
+                }
+                "workdir" => {
+                    if !value.starts_with('/') {
+                        return Err(format!("workdir must be an absolute path, not {value:?}"));
+                    }
+                    exec.workdir = Some(value.into_owned());
+                }
+                "tty" => exec.tty = flag("tty", &value)?,
+                "stdin" => exec.stdin = flag("stdin", &value)?,
+                "cols" => cols = Some(size("cols", &value)?),
+                "rows" => rows = Some(size("rows", &value)?),
+                other => return Err(format!("unknown query parameter {other:?}")),
+            }
+        }
+        if exec.argv.first().is_none_or(String::is_empty) {
+            return Err(
+                "name the command with one `command` parameter per argument, e.g. \
+                 ?command=sh&command=-c&command=echo%20hi"
+                    .to_owned(),
+            );
+        }
+        if exec.argv.len() > MAX_ARGS {
+            return Err(format!("at most {MAX_ARGS} command arguments"));
+        }
+        exec.size = match (cols, rows) {
+            (Some(c), Some(r)) => Some((c, r)),
+            (None, None) => None,
+            _ => return Err("give cols and rows together".to_owned()),
+        };
+        Ok(exec)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exec_queries_round_trip_and_bad_ones_are_named() {
+        let exec = ExecQuery {
+            argv: vec!["sh".into(), "-c".into(), "echo a&b".into()],
+            env: vec!["A=1".into()],
+            workdir: Some("/tmp".into()),
+            tty: true,
+            stdin: false,
+            size: Some((80, 24)),
+        };
+        let query = exec.to_query();
+        assert_eq!(
+            query,
+            "command=sh&command=-c&command=echo+a%26b&env=A%3D1&workdir=%2Ftmp&tty=true&stdin=false&cols=80&rows=24"
+        );
+        assert_eq!(ExecQuery::parse(&query).unwrap(), exec);
+        let plain = ExecQuery::parse("command=true").unwrap();
+        assert!(!plain.tty && !plain.stdin && plain.size.is_none());
+        for (bad, names) in [
+            ("", "command"),
+            ("tty=true", "command"),
+            ("command=", "command"),
+            ("command=x&cols=80", "cols and rows"),
+            ("command=x&cols=0&rows=1", "cols"),
+            ("command=x&tty=maybe", "tty"),
+            ("command=x&env=NOEQUALS", "env"),
+            ("command=x&workdir=relative", "workdir"),
+            ("command=x&bogus=1", "bogus"),
+        ] {
+            let err = ExecQuery::parse(bad).unwrap_err();
+            assert!(err.contains(names), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn every_frame_round_trips() {

@@ -16,6 +16,7 @@ use bollard::query_parameters::{
     KillContainerOptions, ListContainersOptions, RemoveContainerOptions,
 };
 use bus_api::Port;
+use bus_api::exec::ExecQuery;
 use futures::{Stream, StreamExt as _};
 use tokio::sync::OnceCell;
 
@@ -407,23 +408,6 @@ impl Engine {
     }
 }
 
-/// A command to execute in a running container.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExecSpec {
-    /// The command and its arguments.
-    pub argv: Vec<String>,
-    /// `NAME=value` entries added to the container's environment.
-    pub env: Vec<String>,
-    /// The working directory, else the container's.
-    pub workdir: Option<String>,
-    /// Allocate a pseudo-terminal (output then comes on stdout only).
-    pub tty: bool,
-    /// Attach stdin.
-    pub stdin: bool,
-    /// The terminal's initial size as (cols, rows), with `tty`.
-    pub size: Option<(u16, u16)>,
-}
-
 /// A started exec: its output, and its stdin (shut down to close it).
 pub struct ExecStreams {
     /// Stdout and stderr in the order they were written (console output with a TTY).
@@ -438,7 +422,7 @@ impl Engine {
     pub async fn create_exec(
         &self,
         container: &str,
-        spec: &ExecSpec,
+        spec: &ExecQuery,
     ) -> Result<String, EngineError> {
         let config = bollard::models::ExecConfig {
             attach_stdin: Some(spec.stdin),

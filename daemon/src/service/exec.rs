@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bus::proto::containers::v1 as pb;
 use bus::proto::containers::v1::exec_server::Exec;
-use bus_api::exec::{ExecStatus, Frame, STDIN, TerminalSize, encode_data};
+use bus_api::exec::{ExecQuery, ExecStatus, Frame, STDIN, TerminalSize, encode_data};
 use futures::stream::BoxStream;
 use futures::{SinkExt as _, StreamExt as _};
 use tokio::sync::mpsc;
@@ -78,13 +78,15 @@ pub fn params(start: pb::ExecStart) -> Result<ExecParams, Status> {
     let mut env: Vec<String> = start.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     env.sort();
     Ok(ExecParams {
-        size: size_of(start.initial_size.as_ref()),
+        exec: ExecQuery {
+            size: size_of(start.initial_size.as_ref()),
+            argv: start.argv,
+            env,
+            workdir: (!start.workdir.is_empty()).then_some(start.workdir),
+            tty: start.tty,
+            stdin: start.stdin,
+        },
         run_id: start.run_id,
-        argv: start.argv,
-        env,
-        workdir: (!start.workdir.is_empty()).then_some(start.workdir),
-        tty: start.tty,
-        stdin: start.stdin,
     })
 }
 
@@ -132,7 +134,7 @@ impl Exec for ExecService {
         let params = params(start)?;
         let socket = upstream.exec(&params).await.map_err(Error::from)?;
         let (tx, rx) = mpsc::channel(32);
-        tokio::spawn(bridge(socket, requests, tx, params.stdin));
+        tokio::spawn(bridge(socket, requests, tx, params.exec.stdin));
         Ok(Response::new(ReceiverStream::new(rx).boxed()))
     }
 }

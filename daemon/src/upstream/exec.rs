@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use bus_api::Problem;
+use bus_api::exec::ExecQuery;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -18,46 +19,13 @@ pub type ExecSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// broken: three of the runner's keepalive intervals.
 pub const EXEC_SILENCE: Duration = Duration::from_secs(45);
 
-/// What to execute.
+/// What to execute, and in which run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecParams {
     /// The run.
     pub run_id: String,
-    /// The command and its arguments.
-    pub argv: Vec<String>,
-    /// Environment entries, `NAME=value`.
-    pub env: Vec<String>,
-    /// Working directory.
-    pub workdir: Option<String>,
-    /// Allocate a TTY.
-    pub tty: bool,
-    /// Attach stdin.
-    pub stdin: bool,
-    /// The initial (cols, rows).
-    pub size: Option<(u16, u16)>,
-}
-
-impl ExecParams {
-    /// The endpoint's query string.
-    pub fn query(&self) -> String {
-        let mut q = url::form_urlencoded::Serializer::new(String::new());
-        for arg in &self.argv {
-            q.append_pair("command", arg);
-        }
-        for env in &self.env {
-            q.append_pair("env", env);
-        }
-        if let Some(dir) = &self.workdir {
-            q.append_pair("workdir", dir);
-        }
-        q.append_pair("tty", if self.tty { "true" } else { "false" });
-        q.append_pair("stdin", if self.stdin { "true" } else { "false" });
-        if let Some((cols, rows)) = self.size {
-            q.append_pair("cols", &cols.to_string());
-            q.append_pair("rows", &rows.to_string());
-        }
-        q.finish()
-    }
+    /// The command, its environment and terminal: the endpoint's query.
+    pub exec: ExecQuery,
 }
 
 impl Upstream {
@@ -67,7 +35,7 @@ impl Upstream {
         let path = format!(
             "/api/v1/containers/runs/{}/exec?{}",
             url::form_urlencoded::byte_serialize(params.run_id.as_bytes()).collect::<String>(),
-            params.query()
+            params.exec.to_query()
         );
         let http_url = self.origin.join(&path);
         let ws_url = if let Some(rest) = http_url.strip_prefix("https://") {
@@ -110,27 +78,5 @@ impl Upstream {
                 reason: e.to_string(),
             }),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_carries_every_argument_in_order() {
-        let p = ExecParams {
-            run_id: "run_1".into(),
-            argv: vec!["sh".into(), "-c".into(), "echo a&b".into()],
-            env: vec!["A=1".into()],
-            workdir: Some("/tmp".into()),
-            tty: true,
-            stdin: false,
-            size: Some((80, 24)),
-        };
-        assert_eq!(
-            p.query(),
-            "command=sh&command=-c&command=echo+a%26b&env=A%3D1&workdir=%2Ftmp&tty=true&stdin=false&cols=80&rows=24"
-        );
     }
 }

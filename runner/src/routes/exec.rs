@@ -17,85 +17,23 @@ use axum::extract::ws::{
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 use bollard::container::LogOutput;
-use bus_api::exec::{ExecStatus, Frame, STDERR, STDOUT, encode_data};
+use bus_api::exec::{ExecQuery, ExecStatus, Frame, STDERR, STDOUT, encode_data};
 use futures::{SinkExt as _, StreamExt as _};
 use tokio::io::AsyncWriteExt as _;
 
 use crate::AppState;
 use crate::auth::{self, Caller};
-use crate::engine::{Engine, ExecSpec};
+use crate::engine::Engine;
 use crate::problem::{ApiError, engine_message};
 
 /// Seconds of silence after which the runner sends a WebSocket ping.
 pub const KEEPALIVE_SECONDS: u64 = 15;
-/// Most arguments a command may have.
-const MAX_ARGS: usize = 4096;
-/// Longest query string accepted.
-const MAX_QUERY: usize = 64 * 1024;
 /// How long the engine may take to report an exit code after the output ended.
 const EXIT_CODE_LIMIT: Duration = Duration::from_secs(30);
 
-/// Parses the query: `command` (repeated, at least once), `env` (repeated `NAME=value`),
-/// `workdir`, `tty`, `stdin`, `cols`, `rows`.
-pub fn parse_query(query: &str) -> Result<ExecSpec, ApiError> {
-    let bad = |m: String| ApiError::InvalidRequest(m);
-    if query.len() > MAX_QUERY {
-        return Err(bad(format!("the query is longer than {MAX_QUERY} bytes")));
-    }
-    let mut spec = ExecSpec::default();
-    let (mut cols, mut rows) = (None, None);
-    let flag = |key: &str, value: &str| match value {
-        "true" | "1" | "" => Ok(true),
-        "false" | "0" => Ok(false),
-        other => Err(bad(format!("{key} must be true or false, not {other:?}"))),
-    };
-    let size = |key: &str, value: &str| {
-        value
-            .parse::<u16>()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| bad(format!("{key} must be from 1 to 65535, not {value:?}")))
-    };
-    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
-        match &*key {
-            "command" => spec.argv.push(value.into_owned()),
-            "env" => {
-                if !value.contains('=') || value.starts_with('=') {
-                    return Err(bad(format!("env must read NAME=value, not {value:?}")));
-                }
-                spec.env.push(value.into_owned());
-            }
-            "workdir" => {
-                if !value.starts_with('/') {
-                    return Err(bad(format!(
-                        "workdir must be an absolute path, not {value:?}"
-                    )));
-                }
-                spec.workdir = Some(value.into_owned());
-            }
-            "tty" => spec.tty = flag("tty", &value)?,
-            "stdin" => spec.stdin = flag("stdin", &value)?,
-            "cols" => cols = Some(size("cols", &value)?),
-            "rows" => rows = Some(size("rows", &value)?),
-            other => return Err(bad(format!("unknown query parameter {other:?}"))),
-        }
-    }
-    if spec.argv.is_empty() || spec.argv[0].is_empty() {
-        return Err(bad(
-            "name the command with one `command` parameter per argument, e.g. \
-             ?command=sh&command=-c&command=echo%20hi"
-                .to_owned(),
-        ));
-    }
-    if spec.argv.len() > MAX_ARGS {
-        return Err(bad(format!("at most {MAX_ARGS} command arguments")));
-    }
-    spec.size = match (cols, rows) {
-        (Some(c), Some(r)) => Some((c, r)),
-        (None, None) => None,
-        _ => return Err(bad("give cols and rows together".to_owned())),
-    };
-    Ok(spec)
+/// Parses the query ([`ExecQuery`]); a bad one is a 400 naming the parameter.
+pub fn parse_query(query: &str) -> Result<ExecQuery, ApiError> {
+    ExecQuery::parse(query).map_err(ApiError::InvalidRequest)
 }
 
 /// Checks the request, creates the exec, then upgrades and bridges the WebSocket to it.
@@ -150,7 +88,7 @@ pub async fn exec(
 
 /// Bridges one upgraded WebSocket to a created exec until the status frame is sent or the
 /// client goes away.
-async fn session(engine: Arc<Engine>, exec_id: String, spec: ExecSpec, socket: WebSocket) {
+async fn session(engine: Arc<Engine>, exec_id: String, spec: ExecQuery, socket: WebSocket) {
     let (mut tx, mut rx) = socket.split();
     let streams = match engine.start_exec(&exec_id, spec.tty).await {
         Ok(streams) => streams,
