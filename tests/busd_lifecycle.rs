@@ -525,7 +525,8 @@ fn another_user_cannot_use_the_socket() {
     let line = one_line_error(&out);
     assert!(
         line.contains(&format!("cannot reach busd at {}", stack.socket.display()))
-            && line.contains("ermission denied"),
+            && line.contains("ermission denied")
+            && line.contains("bus daemon status"),
         "{line}"
     );
 

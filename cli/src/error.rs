@@ -25,7 +25,9 @@ pub enum CliError {
     #[error("{}", render_status(.0))]
     Status(#[from] Status),
     /// busd could not be reached.
-    #[error("cannot reach busd at {socket}: {reason}")]
+    #[error(
+        "cannot reach busd at {socket}: {reason}; busd serves only its own user — check that --socket or BUS_SOCKET names your busd (`bus daemon status`)"
+    )]
     Connect {
         /// The socket path.
         socket: String,
