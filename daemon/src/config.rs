@@ -15,6 +15,8 @@ pub struct Config {
     pub api_origin: ApiOrigin,
     /// The default token source (a call may name another).
     pub token_source: TokenSource,
+    /// CA certificates trusted for https origins besides the web roots (`--ca-file`).
+    pub trusted_cas: crate::upstream::TrustedCas,
 }
 
 /// A validated API origin such as `https://runner.example.com` or `http://127.0.0.1:8650`.

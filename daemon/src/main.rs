@@ -33,6 +33,10 @@ struct Args {
     /// $BUS_API_TOKEN, then ~/.config/bus/auth/api-token]
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
+    /// Trust the CA certificates in this PEM file for an https:// API origin, besides the
+    /// built-in web roots (for a runner whose certificate a private CA issued)
+    #[arg(long, value_name = "PATH", env = "BUS_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Exit after this long without any call, e.g. 30m (the CLI starts busd again on demand)
     /// [default: never]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -155,10 +159,15 @@ fn configure(args: Args) -> Result<Config, String> {
     let token_source =
         credentials::resolve_source(args.token_file.as_deref(), env, &bus::config_dir());
     let (socket, _) = bus::config::resolve_socket(args.socket.as_deref(), env, &settings);
+    let trusted_cas = match args.ca_file.as_deref().filter(|p| !p.as_os_str().is_empty()) {
+        Some(path) => busd::upstream::TrustedCas::load(path).map_err(|e| e.to_string())?,
+        None => busd::upstream::TrustedCas::default(),
+    };
     Ok(Config {
         socket,
         api_origin,
         token_source,
+        trusted_cas,
     })
 }
 

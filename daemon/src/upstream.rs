@@ -181,12 +181,94 @@ impl UpstreamError {
     }
 }
 
+/// CA certificates trusted for `https://` origins besides the built-in web roots: busd's
+/// `--ca-file` (`BUS_CA_FILE`), for a runner whose certificate a private CA issued.
+#[derive(Clone, Default)]
+pub struct TrustedCas {
+    /// For the REST client.
+    http: Vec<reqwest::Certificate>,
+    /// For the exec WebSocket: the web roots plus these; `None` without any.
+    websocket: Option<Arc<rustls::ClientConfig>>,
+    count: usize,
+}
+
+impl std::fmt::Debug for TrustedCas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TrustedCas({} certificates)", self.count)
+    }
+}
+
+/// Why a CA file cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot use the CA file {}: {reason}; point --ca-file (or BUS_CA_FILE) at a PEM file of the CA certificates that issued the runner's certificate",
+    .path.display()
+)]
+pub struct CaFileError {
+    path: std::path::PathBuf,
+    reason: String,
+}
+
+impl TrustedCas {
+    /// Reads every certificate in the PEM file at `path`.
+    pub fn load(path: &std::path::Path) -> Result<TrustedCas, CaFileError> {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject as _;
+        let fail = |reason: String| CaFileError {
+            path: path.to_owned(),
+            reason,
+        };
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| fail(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(fail("it holds no CERTIFICATE block".to_owned()));
+        }
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let mut http = Vec::with_capacity(certs.len());
+        for cert in &certs {
+            roots
+                .add(cert.clone())
+                .map_err(|e| fail(format!("a certificate in it is not usable: {e}")))?;
+            http.push(
+                reqwest::Certificate::from_der(cert)
+                    .map_err(|e| fail(format!("a certificate in it is not usable: {e}")))?,
+            );
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let websocket = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| fail(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(TrustedCas {
+            http,
+            websocket: Some(Arc::new(websocket)),
+            count: certs.len(),
+        })
+    }
+
+    /// How many certificates are trusted beside the web roots.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
 /// A pool of REST clients, one per origin.
 #[derive(Clone)]
 pub struct Upstreams {
     clients: Arc<Mutex<HashMap<ApiOrigin, reqwest::Client>>>,
     /// The keepalive interval follow streams are asked for.
     keepalive: Duration,
+    /// Extra CAs for https origins.
+    cas: TrustedCas,
 }
 
 impl Default for Upstreams {
@@ -205,7 +287,14 @@ impl Upstreams {
         Upstreams {
             clients: Arc::default(),
             keepalive,
+            cas: TrustedCas::default(),
         }
+    }
+
+    /// This pool, trusting `cas` for https origins besides the web roots.
+    pub fn with_cas(mut self, cas: TrustedCas) -> Self {
+        self.cas = cas;
+        self
     }
 
     /// The keepalive interval follow streams are asked for.
@@ -232,7 +321,12 @@ impl Upstreams {
         let http = clients
             .entry(origin.clone())
             .or_insert_with(|| {
-                reqwest::Client::builder()
+                self.cas
+                    .http
+                    .iter()
+                    .fold(reqwest::Client::builder(), |builder, cert| {
+                        builder.add_root_certificate(cert.clone())
+                    })
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
                     .pool_idle_timeout(Duration::from_secs(90))
@@ -247,6 +341,7 @@ impl Upstreams {
             token,
             deadline: None,
             keepalive: self.keepalive,
+            websocket_tls: self.cas.websocket.clone(),
         }
     }
 }
@@ -261,6 +356,8 @@ pub struct Upstream {
     deadline: Option<Instant>,
     /// The keepalive interval follow streams are asked for.
     keepalive: Duration,
+    /// The exec WebSocket's TLS settings when extra CAs are trusted.
+    websocket_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Upstream {

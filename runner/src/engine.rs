@@ -41,7 +41,13 @@ pub struct EngineInfo {
 pub struct Engine {
     docker: Docker,
     info: OnceCell<EngineInfo>,
+    /// The engine's socket, for the few libpod calls bollard does not make.
+    socket: std::path::PathBuf,
 }
+
+/// How often Podman checks a container's state while a libpod wait is open (its default is
+/// 250 ms, which a short run would spend mostly waiting).
+const LIBPOD_WAIT_INTERVAL: &str = "5ms";
 
 /// Output from a container, as the attach stream delivers it.
 pub type Output = std::pin::Pin<Box<dyn Stream<Item = Result<LogOutput, EngineError>> + Send>>;
@@ -93,6 +99,7 @@ impl Engine {
         Ok(Engine {
             docker,
             info: OnceCell::new(),
+            socket: path.into(),
         })
     }
 
@@ -370,8 +377,21 @@ impl Engine {
         self.docker.start_container(id, None).await
     }
 
-    /// Waits until the container has stopped and returns its exit code.
+    /// Waits until the container has stopped and returns its exit code. On Podman this is
+    /// libpod's wait, polling every [`LIBPOD_WAIT_INTERVAL`]: the Docker-compatible one polls
+    /// every 250 ms.
     pub async fn wait(&self, id: &str) -> Result<i64, EngineError> {
+        if self
+            .info
+            .get()
+            .is_some_and(|info| info.engine.starts_with("podman"))
+        {
+            return self.libpod_wait(id).await;
+        }
+        self.compat_wait(id).await
+    }
+
+    async fn compat_wait(&self, id: &str) -> Result<i64, EngineError> {
         let mut stream = self.docker.wait_container(id, None);
         match stream.next().await {
             Some(Ok(response)) => Ok(response.status_code),
@@ -382,6 +402,54 @@ impl Engine {
                 error: "the engine closed the wait stream without an exit code".to_owned(),
             }),
         }
+    }
+
+    /// `POST /v4.0.0/libpod/containers/{id}/wait?condition=exited&interval=5ms`, whose body is
+    /// the exit code. bollard speaks only the Docker API, so this is one HTTP/1.1 exchange on
+    /// a connection of its own.
+    async fn libpod_wait(&self, id: &str) -> Result<i64, EngineError> {
+        use http_body_util::BodyExt as _;
+        let stream = tokio::net::UnixStream::connect(&self.socket).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(stream_error)?;
+        let connection = tokio::spawn(connection);
+        let path = format!(
+            "/v4.0.0/libpod/containers/{}/wait?condition=exited&interval={LIBPOD_WAIT_INTERVAL}",
+            url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
+        );
+        let request = hyper::Request::post(path)
+            .header(hyper::header::HOST, "podman")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| stream_error(e.to_string()))?;
+        let result = async {
+            let response = sender.send_request(request).await.map_err(stream_error)?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(stream_error)?
+                .to_bytes();
+            let text = String::from_utf8_lossy(&body);
+            if !status.is_success() {
+                let message = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["message"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| text.trim().to_owned());
+                return Err(EngineError::DockerResponseServerError {
+                    status_code: status.as_u16(),
+                    message,
+                });
+            }
+            text.trim().parse::<i64>().map_err(|_| {
+                stream_error(format!("the engine's wait answered {text:?}, not an exit code"))
+            })
+        }
+        .await;
+        connection.abort();
+        result
     }
 
     /// Kills the container (SIGKILL).
@@ -480,6 +548,12 @@ impl Engine {
             Some(false) => inspect.exit_code,
             _ => None,
         })
+    }
+}
+
+fn stream_error(error: impl std::fmt::Display) -> EngineError {
+    EngineError::DockerStreamError {
+        error: error.to_string(),
     }
 }
 

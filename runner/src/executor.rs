@@ -87,6 +87,7 @@ async fn execute(engine: &Engine, entry: &Arc<Entry>, spec: &RunSpec, mounts_dir
         None => None,
     };
     let mount = storage.as_ref().map(|s| s.mount.clone());
+    let begun = std::time::Instant::now();
     let attached = match engine
         .create(&entry.id, &entry.owner, entry.runner_id(), spec, mount)
         .await
@@ -104,6 +105,7 @@ async fn execute(engine: &Engine, entry: &Arc<Entry>, spec: &RunSpec, mounts_dir
         }
     };
     let container = attached.id;
+    let created = begun.elapsed();
     if !entry.set_container(&container) {
         remove(engine, &container).await;
         if entry.stop_requested() && !entry.is_deleted() {
@@ -142,6 +144,7 @@ async fn execute(engine: &Engine, entry: &Arc<Entry>, spec: &RunSpec, mounts_dir
         return;
     }
     drop(storage);
+    tracing::debug!(run = %entry.id, create_attach_ms = ms(created), start_ms = ms(begun.elapsed() - created), "container started");
     if !spec.ports.is_empty() {
         entry.set_ports(engine.published_ports(&container, &spec.ports).await);
     }
@@ -180,7 +183,9 @@ async fn supervise(
     pump: Option<JoinHandle<()>>,
     remaining: Duration,
 ) {
+    let begun = std::time::Instant::now();
     let waited = tokio::time::timeout(remaining, engine.wait(container)).await;
+    let wait_ms = ms(begun.elapsed());
     let (state, exit_code, reason) = match waited {
         // A deleted run's container was force-removed: whatever the engine says, it did not
         // simply exit.
@@ -232,9 +237,17 @@ async fn supervise(
             abort.abort();
         }
     }
+    let drained = begun.elapsed();
     // Remove first: once a client sees the exit frame, the container is gone.
     remove(engine, container).await;
+    let removed = begun.elapsed();
     entry.finish(state, exit_code, reason).await;
+    tracing::debug!(run = %entry.id, wait_ms, drain_ms = ms(drained) - wait_ms, remove_ms = ms(removed - drained), finish_ms = ms(begun.elapsed() - removed), "container ended");
+}
+
+/// Milliseconds, for timing logs.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 /// Copies attach output into the store until the stream ends.

@@ -18,6 +18,7 @@
 //! - [`billing`]: plans, billing state and quotas, checked before a create reaches the engine.
 //! - [`store`]: run records and output frames, persisted in SQLite (`runs.db` in the state
 //!   dir), with idempotency keys, retention and the usage ledger billing counts from.
+//! - [`tls`]: HTTPS serving (`--tls-cert`, `--tls-key`) for `https://` listen addresses.
 //! - [`engine`]: the bollard client; [`executor`]: drives one run from create to removal, and
 //!   re-adopts the runs of an earlier runner process on start.
 //!
@@ -52,6 +53,7 @@ pub mod routes;
 pub mod spec;
 pub mod storage;
 pub mod store;
+pub mod tls;
 
 use auth::Keys;
 use config::Config;
@@ -135,13 +137,43 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
+    serve_all(vec![Listening::Http(listener)], state, shutdown).await
+}
+
+/// A bound listener the API is served on.
+pub enum Listening {
+    /// Plain HTTP.
+    Http(tokio::net::TcpListener),
+    /// HTTPS (see [`tls`]).
+    Https(tls::TlsListener),
+}
+
+/// Serves `app(state)` on every listener at once until `shutdown` completes, as [`serve`]
+/// does on one.
+pub async fn serve_all(
+    listeners: Vec<Listening>,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     let shutdown = shutdown.boxed().shared();
-    let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(shutdown.clone());
+    let servers = listeners.into_iter().map(|listener| match listener {
+        Listening::Http(tcp) => {
+            let tcp = tcp.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
+            axum::serve(tcp, app(state.clone()))
+                .with_graceful_shutdown(shutdown.clone())
+                .into_future()
+                .boxed()
+        }
+        Listening::Https(tls) => axum::serve(tls, app(state.clone()))
+            .with_graceful_shutdown(shutdown.clone())
+            .into_future()
+            .boxed(),
+    });
+    let server = futures::future::try_join_all(servers);
     // Runs go on (the next start re-adopts them); ending their log followers lets open
     // connections close promptly.
     let closing = tokio::spawn({
@@ -152,7 +184,7 @@ pub async fn serve(
         }
     });
     let result = tokio::select! {
-        result = server.into_future() => result,
+        result = server => result.map(drop),
         () = async { shutdown.clone().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
             tracing::info!("closing connections still open after the shutdown grace period");
             Ok(())

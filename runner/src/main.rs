@@ -47,10 +47,19 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// Address to listen on; port 0 picks a free port. The bound address is printed on stdout
-    /// as `listening on ADDR`.
-    #[arg(long, env = "BUS_RUNNER_LISTEN", default_value = "127.0.0.1:8650")]
-    listen: SocketAddr,
+    /// Address to listen on: HOST:PORT for plain HTTP, https://HOST:PORT for HTTPS (needs
+    /// --tls-cert and --tls-key); repeat it (or separate with commas) to serve on several.
+    /// Port 0 picks a free port. Each bound address is printed on stdout, in the order given,
+    /// as `listening on ADDR` (`listening on https://ADDR` for HTTPS).
+    #[arg(long, env = "BUS_RUNNER_LISTEN", default_value = "127.0.0.1:8650", value_delimiter = ',', value_parser = parse_listen)]
+    listen: Vec<Listen>,
+    /// The certificate chain (PEM: the server's certificate, then any intermediates) that
+    /// https:// listen addresses present.
+    #[arg(long, env = "BUS_RUNNER_TLS_CERT", value_name = "PEM_FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "BUS_RUNNER_TLS_KEY", value_name = "PEM_FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// The container engine's Docker-compatible API socket, e.g. unix:///run/podman/podman.sock.
     #[arg(long, env = "BUS_RUNNER_ENGINE")]
     engine: String,
@@ -86,6 +95,30 @@ struct TokenArgs {
     /// Mint a token that has already expired (for tests).
     #[arg(long, hide = true)]
     expired: bool,
+}
+
+/// One `--listen` address.
+#[derive(Debug, Clone, Copy)]
+struct Listen {
+    addr: SocketAddr,
+    tls: bool,
+}
+
+fn parse_listen(value: &str) -> Result<Listen, String> {
+    let (rest, tls) = match value.split_once("://") {
+        Some(("https", rest)) => (rest, true),
+        Some(("http", rest)) => (rest, false),
+        Some((scheme, _)) => {
+            return Err(format!(
+                "{scheme}:// is not served; use HOST:PORT for HTTP or https://HOST:PORT"
+            ));
+        }
+        None => (value, false),
+    };
+    let addr = rest.trim_end_matches('/').parse().map_err(|_| {
+        format!("{value:?} is not HOST:PORT or https://HOST:PORT with an IP address, e.g. 127.0.0.1:8650")
+    })?;
+    Ok(Listen { addr, tls })
 }
 
 fn main() -> ExitCode {
@@ -195,20 +228,55 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
             tracing::warn!(error = %engine_message(&e), "the engine does not answer yet; status is degraded")
         }
     }
-    if !args.listen.ip().is_loopback() {
-        tracing::warn!(listen = %args.listen, "listening beyond loopback without TLS: tokens cross the network in clear");
+    let acceptor = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(bus_runner::tls::acceptor(cert, key).map_err(|e| e.to_string())?)
+        }
+        _ => None,
+    };
+    match (args.listen.iter().any(|l| l.tls), acceptor.is_some()) {
+        (true, false) => {
+            return Err("an https:// --listen address needs --tls-cert and --tls-key".to_owned());
+        }
+        (false, true) => {
+            return Err(
+                "--tls-cert and --tls-key are used only by an https:// --listen address; add one, e.g. --listen https://0.0.0.0:8443".to_owned(),
+            );
+        }
+        _ => {}
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let mut listeners = Vec::new();
+    let mut bound = Vec::new();
+    for listen in &args.listen {
+        if !listen.tls && !listen.addr.ip().is_loopback() {
+            tracing::warn!(listen = %listen.addr, "listening beyond loopback without TLS: tokens cross the network in clear");
+        }
+        let listener = tokio::net::TcpListener::bind(listen.addr)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", listen.addr))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        match &acceptor {
+            Some(acceptor) if listen.tls => {
+                let tls = bus_runner::tls::TlsListener::new(listener, acceptor.clone())
+                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                listeners.push(bus_runner::Listening::Https(tls));
+                bound.push(format!("https://{addr}"));
+            }
+            _ => {
+                listeners.push(bus_runner::Listening::Http(listener));
+                bound.push(addr.to_string());
+            }
+        }
+    }
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on {addr}")
+        bound
+            .iter()
+            .try_for_each(|addr| writeln!(out, "listening on {addr}"))
             .and_then(|()| out.flush())
             .map_err(|e| format!("cannot write to stdout: {e}"))?;
     }
-    tracing::info!(%addr, profiles = ?config.profile_names(), "serving");
+    tracing::info!(addr = ?bound, profiles = ?config.profile_names(), "serving");
     let state = AppState::with_store(keys, config, engine, store);
     // Runs left by an earlier runner process: their containers may still run.
     executor::spawn_readopt(state.engine().clone(), state.store().clone());
@@ -217,7 +285,7 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
         per_account: usize::try_from(args.retain_runs_per_account).unwrap_or(usize::MAX),
     };
     state.store().spawn_retention(retention, RETENTION_EVERY);
-    bus_runner::serve(listener, state, shutdown_signal())
+    bus_runner::serve_all(listeners, state, shutdown_signal())
         .await
         .map_err(|e| format!("the server failed: {e}"))?;
     tracing::info!("stopped");

@@ -37,8 +37,8 @@ impl DaemonState {
     /// State for a daemon started with `config`.
     pub fn new(config: Config) -> Self {
         DaemonState {
+            upstreams: Upstreams::default().with_cas(config.trusted_cas.clone()),
             config,
-            upstreams: Upstreams::default(),
             fanout: Arc::default(),
             started: Instant::now(),
             lifecycle: Arc::default(),

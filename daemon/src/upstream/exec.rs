@@ -55,7 +55,12 @@ impl Upstream {
             "sec-websocket-protocol",
             HeaderValue::from_static(bus_api::exec::SUBPROTOCOL),
         );
-        let connect = tokio_tungstenite::connect_async_with_config(request, None, true);
+        let connector = self
+            .websocket_tls
+            .clone()
+            .map(tokio_tungstenite::Connector::Rustls);
+        let connect =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector);
         let limit = self
             .time_left()
             .unwrap_or(CONNECT_TIMEOUT * 3)

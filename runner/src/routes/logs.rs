@@ -100,6 +100,7 @@ pub async fn get(
         stdout: query.stdout,
         stderr: query.stderr,
     };
+    tracing::debug!(run = %entry.id, follow = query.follow, after_seq = query.after_seq, "log stream opened");
     // Subscribe before placing the cursor, so no frame stored meanwhile goes unnoticed.
     let rx = entry.subscribe();
     let mut cursor = query.after_seq;
