@@ -629,3 +629,153 @@ fn a_follower_resumes_without_a_gap_when_a_silent_upstream_heals() {
         recovery(&followed, healed)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The CLI under faults, watched line by line.
+
+/// A `bus` process whose stdout is read as it comes, line by line.
+struct Watched {
+    child: std::process::Child,
+    /// Complete lines read so far.
+    lines: Arc<AtomicU64>,
+    reader: std::thread::JoinHandle<Vec<u8>>,
+}
+
+impl Watched {
+    fn spawn(mut command: std::process::Command) -> Watched {
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let lines = Arc::new(AtomicU64::new(0));
+        let counter = lines.clone();
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                match std::io::Read::read(&mut out, &mut buf) {
+                    Ok(0) | Err(_) => return all,
+                    Ok(n) => {
+                        all.extend_from_slice(&buf[..n]);
+                        let count = all.iter().filter(|b| **b == b'\n').count();
+                        counter.store(count as u64, Ordering::SeqCst);
+                    }
+                }
+            }
+        });
+        Watched {
+            child,
+            lines,
+            reader,
+        }
+    }
+
+    /// Waits until at least `n` lines were printed, for at most a minute.
+    fn reached(&self, n: u64) {
+        let start = Instant::now();
+        while self.lines.load(Ordering::SeqCst) < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the CLI printed {} lines within a minute, not {n}",
+                self.lines.load(Ordering::SeqCst)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the process (at most `limit`); returns its exit code, stdout and stderr.
+    fn finish(mut self, limit: Duration) -> (Option<i32>, String, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("the CLI did not end within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = String::from_utf8_lossy(&self.reader.join().unwrap()).into_owned();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut stderr).unwrap();
+        (status.code(), stdout, stderr)
+    }
+}
+
+/// `line 1\n` .. `line {count}\n`.
+fn expected_lines(count: u32) -> String {
+    (1..=count).map(|i| format!("line {i}\n")).collect()
+}
+
+#[test]
+fn runs_go_on_and_lose_no_output_when_the_engine_restarts() {
+    let mut stack = Stack::start();
+    let origin = stack.runner.origin.clone();
+    let busd = start_busd(&stack, &origin, &[]);
+    let lines = 300;
+    let script = format!("{}; exit 7", numbered(lines, "0.03"));
+
+    // One run streamed by `bus containers run`; one detached run followed by `logs -f` and
+    // by an SDK follower.
+    let mut run = stack.bus();
+    run.args(["containers", "run", "--", "sh", "-c", &script]);
+    let run = Watched::spawn(run);
+    let id = detached(&stack, &origin, &script);
+    let mut logs = stack.bus();
+    logs.args(["containers", "logs", "-f", &id]);
+    let logs = Watched::spawn(logs);
+    let rt = runtime();
+    let progress = Arc::new(AtomicU64::new(0));
+    let follower = rt.spawn(follow(stack.socket.clone(), id.clone(), progress.clone()));
+    rt.block_on(reached(&progress, 40));
+    run.reached(40);
+    logs.reached(40);
+
+    let old_engine = stack.runner.engine.pid();
+    let runner = stack.runner.pid();
+    let stopped = Instant::now();
+    stack.runner.engine.restart();
+    let restarted = Instant::now();
+    assert_ne!(stack.runner.engine.pid(), old_engine);
+
+    let followed = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(120), follower).await })
+        .expect("the follower did not hang")
+        .unwrap();
+    let expected = expected_lines(lines);
+    assert!(followed.error.is_none(), "{:?}", followed.error);
+    let dense: Vec<u64> = (1..=followed.seqs.len() as u64).collect();
+    assert_eq!(followed.seqs, dense, "every seq once, in order");
+    assert_eq!(followed.gaps, 0);
+    assert_eq!(
+        String::from_utf8_lossy(&followed.text),
+        expected,
+        "every line once, including those written while the engine was away"
+    );
+    assert_eq!(followed.exits.len(), 1, "the exit once");
+    assert_eq!(followed.exits[0].exit_code, 7);
+    assert_eq!(followed.exits[0].last_seq, followed.seqs.len() as u64);
+
+    let (code, out, err) = logs.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "logs -f: {err}");
+    assert_eq!(out, expected, "logs -f printed every line once");
+    let (code, out, err) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(7), "run exits with the command's code: {err}");
+    assert_eq!(out, expected, "run printed every line once");
+    assert_eq!(err, "", "run printed no error");
+
+    let got = stack.run(&["containers", "get", &id, "-o", "json"]);
+    let run: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(run["state"], "exited", "{run}");
+    assert_eq!(run["exit_code"], 7, "{run}");
+    assert_eq!(stack.runner.pid(), runner, "the runner rode it out");
+    assert_eq!(stack.busd_pid(), Some(busd), "busd rode it out");
+    eprintln!(
+        "engine restart took {:?}; next chunk {:?} after it came back",
+        restarted - stopped,
+        recovery(&followed, restarted)
+    );
+}

@@ -13,7 +13,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptionsBuilder, InspectContainerOptions,
-    KillContainerOptions, ListContainersOptions, RemoveContainerOptions,
+    KillContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
 };
 use bus_api::Port;
 use bus_api::exec::ExecQuery;
@@ -217,6 +217,18 @@ impl Engine {
             ..Default::default()
         };
         Ok(self.docker.attach_container(id, Some(attach)).await?.output)
+    }
+
+    /// The container's output from its start, as the engine logged it, followed until the
+    /// container stops: for following a container again after the engine went away.
+    pub fn replay_output(&self, id: &str) -> Output {
+        let options = LogsOptions {
+            follow: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        Box::pin(self.docker.logs(id, Some(options)))
     }
 
     /// Every container (running or not) labelled as owned by `runner_id`.

@@ -8,11 +8,18 @@
 //! running container (output from then on continues the run's `seq`), waits for its exit as
 //! usual, ends the runs whose containers vanished, and removes containers of runs it does not
 //! know.
+//!
+//! The engine may go away under a live run too (Podman's API service restarted): its
+//! containers keep running under conmon. The wait then fails; the supervisor waits for the
+//! engine to answer again and follows the container once more, reading its output from the
+//! engine's log and skipping the bytes it already holds, so nothing is lost or stored twice
+//! (see [`resume_output`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bollard::container::LogOutput;
 use bollard::errors::Error as EngineError;
@@ -33,6 +40,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const KILL_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest pause between attempts to re-adopt when the engine does not answer.
 const READOPT_MAX_PAUSE: Duration = Duration::from_secs(30);
+/// Longest pause between pings while waiting for a lost engine to come back.
+const RECONNECT_MAX_PAUSE: Duration = Duration::from_secs(2);
+/// How many times one run follows its container again after losing the engine.
+const MAX_ENGINE_RECONNECTS: u32 = 20;
 
 /// Reason recorded for runs stopped through `POST .../stop`.
 pub const STOPPED_ON_REQUEST: &str = "stopped on request";
@@ -87,7 +98,7 @@ async fn execute(engine: &Engine, entry: &Arc<Entry>, spec: &RunSpec, mounts_dir
         None => None,
     };
     let mount = storage.as_ref().map(|s| s.mount.clone());
-    let begun = std::time::Instant::now();
+    let begun = Instant::now();
     let attached = match engine
         .create(&entry.id, &entry.owner, entry.runner_id(), spec, mount)
         .await
@@ -123,7 +134,14 @@ async fn execute(engine: &Engine, entry: &Arc<Entry>, spec: &RunSpec, mounts_dir
         }
         return;
     }
-    let pump = tokio::spawn(pump(attached.output, entry.clone()));
+    // The attach began before the start: the counts are offsets into the container's log.
+    let captured = Arc::new(Captured::default());
+    let pump = tokio::spawn(pump(
+        attached.output,
+        entry.clone(),
+        captured.clone(),
+        [0, 0],
+    ));
 
     if entry.stop_requested() {
         pump.abort();
@@ -149,7 +167,11 @@ async fn execute(engine: &Engine, entry: &Arc<Entry>, spec: &RunSpec, mounts_dir
         entry.set_ports(engine.published_ports(&container, &spec.ports).await);
     }
     entry.set_state(RunState::Running);
-    supervise(engine, entry, &container, Some(pump), spec.timeout).await;
+    let output = Following {
+        pump: Some(pump),
+        captured: Some(captured),
+    };
+    supervise(engine, entry, &container, output, spec.timeout).await;
 }
 
 /// Why a container that exited with `code` ended, when the OOM killer ended it: the engine
@@ -180,12 +202,30 @@ async fn supervise(
     engine: &Engine,
     entry: &Arc<Entry>,
     container: &str,
-    pump: Option<JoinHandle<()>>,
+    mut output: Following,
     remaining: Duration,
 ) {
-    let begun = std::time::Instant::now();
-    let waited = tokio::time::timeout(remaining, engine.wait(container)).await;
+    let begun = Instant::now();
+    let deadline = begun + remaining;
+    let mut reconnects = 0;
+    let waited = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let waited = tokio::time::timeout(left, engine.wait(container)).await;
+        match &waited {
+            Ok(Err(e)) if engine_lost(e) && reconnects < MAX_ENGINE_RECONNECTS => {
+                reconnects += 1;
+                tracing::warn!(run = %entry.id, error = %engine_message(e), "lost the engine while the run ran; waiting for it to come back");
+                if !engine_back(engine, deadline).await {
+                    break waited;
+                }
+                tracing::info!(run = %entry.id, "the engine answers again; following the container again");
+                output = resume_output(engine, entry, container, output).await;
+            }
+            _ => break waited,
+        }
+    };
     let wait_ms = ms(begun.elapsed());
+    let pump = output.pump;
     let (state, exit_code, reason) = match waited {
         // A deleted run's container was force-removed: whatever the engine says, it did not
         // simply exit.
@@ -250,20 +290,127 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Copies attach output into the store until the stream ends.
-async fn pump(mut output: Output, entry: Arc<Entry>) {
+/// The task copying a container's output into the store, and how much it has copied.
+struct Following {
+    /// The task; `None` when the output could not be attached to.
+    pump: Option<JoinHandle<()>>,
+    /// Bytes of each stream the container wrote that the store holds, counted from the
+    /// container's start; `None` when the output was attached to later (a re-adopted run),
+    /// so the counts are not offsets into the engine's log.
+    captured: Option<Arc<Captured>>,
+}
+
+/// Bytes of output taken from a container, per stream: stdout (and console), stderr.
+#[derive(Debug, Default)]
+struct Captured([AtomicU64; 2]);
+
+impl Captured {
+    fn counts(&self) -> [u64; 2] {
+        [
+            self.0[0].load(Ordering::SeqCst),
+            self.0[1].load(Ordering::SeqCst),
+        ]
+    }
+}
+
+/// Copies output into the store until the stream ends, first dropping `skip` bytes of each
+/// stream (stdout, stderr): what the store already holds when `output` replays the container's
+/// log from its start. Counts every byte it sees, skipped or stored, in `captured`.
+async fn pump(mut output: Output, entry: Arc<Entry>, captured: Arc<Captured>, mut skip: [u64; 2]) {
     while let Some(item) = output.next().await {
-        match item {
+        let (index, stream, mut message) = match item {
             Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
-                entry.push_output(Stream::Stdout, message).await
+                (0, Stream::Stdout, message)
             }
-            Ok(LogOutput::StdErr { message }) => entry.push_output(Stream::Stderr, message).await,
-            Ok(LogOutput::StdIn { .. }) => {}
+            Ok(LogOutput::StdErr { message }) => (1, Stream::Stderr, message),
+            Ok(LogOutput::StdIn { .. }) => continue,
             Err(e) => {
                 tracing::warn!(run = %entry.id, error = %engine_message(&e), "output stream failed");
                 break;
             }
+        };
+        let seen = message.len() as u64;
+        let skipped = skip[index].min(seen);
+        skip[index] -= skipped;
+        let _ = message.split_to(skipped as usize);
+        if !message.is_empty() {
+            entry.push_output(stream, message).await;
         }
+        captured.0[index].fetch_add(seen, Ordering::SeqCst);
+    }
+}
+
+/// Whether a failed engine call means the engine itself went away (its connection broke or
+/// it did not answer) rather than an answer about the container.
+fn engine_lost(error: &EngineError) -> bool {
+    !matches!(
+        error,
+        EngineError::DockerResponseServerError { .. }
+            | EngineError::DockerContainerWaitError { .. }
+    )
+}
+
+/// Waits until the engine answers a ping again; `false` when `deadline` passed first.
+async fn engine_back(engine: &Engine, deadline: Instant) -> bool {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        if engine.ping().await {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(RECONNECT_MAX_PAUSE);
+    }
+}
+
+/// Follows a container's output again after the engine came back: lets the old pump finish
+/// (its connection died with the engine), then reads the container's log from its start,
+/// skipping the bytes already stored, and follows it to the container's end. A run whose
+/// counts are not log offsets (re-adopted) is attached to from now on instead.
+async fn resume_output(
+    engine: &Engine,
+    entry: &Arc<Entry>,
+    container: &str,
+    output: Following,
+) -> Following {
+    if let Some(pump) = output.pump {
+        let abort = pump.abort_handle();
+        if tokio::time::timeout(DRAIN_TIMEOUT, pump).await.is_err() {
+            tracing::warn!(run = %entry.id, "the output stream did not end when the engine went away");
+            abort.abort();
+        }
+    }
+    let Some(captured) = output.captured else {
+        let pump = match engine.attach(container).await {
+            Ok(stream) => Some(tokio::spawn(pump(
+                stream,
+                entry.clone(),
+                Arc::new(Captured::default()),
+                [0, 0],
+            ))),
+            Err(e) => {
+                tracing::warn!(run = %entry.id, error = %engine_message(&e), "cannot attach to the container again; its further output is lost");
+                None
+            }
+        };
+        return Following {
+            pump,
+            captured: None,
+        };
+    };
+    let skip = captured.counts();
+    let replay = engine.replay_output(container);
+    Following {
+        pump: Some(tokio::spawn(pump(
+            replay,
+            entry.clone(),
+            captured.clone(),
+            skip,
+        ))),
+        captured: Some(captured),
     }
 }
 
@@ -409,13 +556,22 @@ fn adopt(engine: Arc<Engine>, entry: Arc<Entry>, container: String) {
     tracing::info!(run = %entry.id, container, "re-adopting a running container");
     tokio::spawn(async move {
         let pump = match engine.attach(&container).await {
-            Ok(output) => Some(tokio::spawn(pump(output, entry.clone()))),
+            Ok(output) => Some(tokio::spawn(pump(
+                output,
+                entry.clone(),
+                Arc::new(Captured::default()),
+                [0, 0],
+            ))),
             Err(e) => {
                 tracing::warn!(run = %entry.id, error = %engine_message(&e), "cannot attach to a re-adopted container; its further output is lost");
                 None
             }
         };
-        supervise(&engine, &entry, &container, pump, remaining).await;
+        let output = Following {
+            pump,
+            captured: None,
+        };
+        supervise(&engine, &entry, &container, output, remaining).await;
         log_end(&entry);
     });
 }

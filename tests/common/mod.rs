@@ -88,28 +88,50 @@ impl Engine {
     pub fn start() -> Engine {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("podman.sock");
-        let child = Command::new("podman")
-            .args(["system", "service", "--time=0"])
-            .arg(format!("unix://{}", socket.display()))
-            .env(
-                "CONTAINERS_CONF",
-                repo_root().join("deploy/containers.conf"),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("podman is installed (scripts/setup-engine installs it)");
         let engine = Engine {
-            child,
+            child: podman_service(&socket),
             socket,
             _dir: dir,
         };
-        wait_until("podman's API service", Duration::from_secs(20), || {
-            UnixStream::connect(&engine.socket).is_ok()
-        });
+        engine.wait_ready();
         engine
     }
+
+    /// The service's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the service by its PID (SIGTERM) and starts a new one on the same socket; the
+    /// containers it started keep running under conmon.
+    pub fn restart(&mut self) {
+        stop_pid(self.child.id());
+        let _ = self.child.wait();
+        self.child = podman_service(&self.socket);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        wait_until("podman's API service", Duration::from_secs(20), || {
+            UnixStream::connect(&self.socket).is_ok()
+        });
+    }
+}
+
+/// `podman system service` on `socket`, with the project's containers.conf.
+fn podman_service(socket: &Path) -> Child {
+    Command::new("podman")
+        .args(["system", "service", "--time=0"])
+        .arg(format!("unix://{}", socket.display()))
+        .env(
+            "CONTAINERS_CONF",
+            repo_root().join("deploy/containers.conf"),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("podman is installed (scripts/setup-engine installs it)")
 }
 
 impl Drop for Engine {
