@@ -779,3 +779,70 @@ fn runs_go_on_and_lose_no_output_when_the_engine_restarts() {
         recovery(&followed, restarted)
     );
 }
+
+/// The seq in a `bus: the connection to busd broke; reconnected, resuming after seq N` line.
+fn resumed_after(stderr: &str) -> u64 {
+    let prefix = "bus: the connection to busd broke; reconnected, resuming after seq ";
+    assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr}");
+    stderr
+        .trim_end()
+        .strip_prefix(prefix)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected stderr: {stderr}"))
+}
+
+#[test]
+fn the_cli_starts_a_killed_busd_again_and_resumes_where_it_stopped() {
+    let stack = Stack::start();
+    let origin = stack.runner.origin.clone();
+    let busd = start_busd(&stack, &origin, &[]);
+    let lines = 200;
+    let script = format!("{}; exit 7", numbered(lines, "0.03"));
+
+    let mut run = stack.bus();
+    run.args(["containers", "run", "--", "sh", "-c", &script]);
+    let run = Watched::spawn(run);
+    let id = detached(&stack, &origin, &script);
+    let mut logs = stack.bus();
+    logs.args(["containers", "logs", "-f", &id]);
+    let logs = Watched::spawn(logs);
+    let mut wait = stack.bus();
+    wait.args(["containers", "wait", &id]);
+    let wait = Watched::spawn(wait);
+    run.reached(30);
+    logs.reached(30);
+
+    let killed = Instant::now();
+    let pid = rustix::process::Pid::from_raw(busd as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+
+    let expected = expected_lines(lines);
+    let (code, out, err) = logs.finish(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "logs -f: {err}");
+    assert_eq!(out, expected, "logs -f printed every line once");
+    let after = resumed_after(&err);
+    assert!((30..lines as u64).contains(&after), "{err}");
+    eprintln!("logs -f: {}", err.trim_end());
+
+    let (code, out, err) = run.finish(Duration::from_secs(120));
+    assert_eq!(code, Some(7), "run exits with the command's code: {err}");
+    assert_eq!(out, expected, "run printed every line once");
+    let after = resumed_after(&err);
+    assert!((30..lines as u64).contains(&after), "{err}");
+    eprintln!("run: {}", err.trim_end());
+
+    let (code, out, err) = wait.finish(Duration::from_secs(120));
+    assert_eq!(code, Some(7), "wait exits with the run's code: {err}");
+    assert_eq!(
+        (out.as_str(), err.as_str()),
+        ("", ""),
+        "wait prints nothing"
+    );
+
+    let new = stack.busd_pid().expect("a busd runs again");
+    assert_ne!(new, busd, "a new busd");
+    eprintln!(
+        "busd killed; all three commands done {:?} later",
+        killed.elapsed()
+    );
+}

@@ -107,6 +107,15 @@ impl CliError {
     }
 }
 
+/// Whether a failed call means busd itself went away (its process died, the connection
+/// broke) rather than an answer from busd: every error busd sends carries an `ErrorInfo`.
+pub fn busd_lost(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+    ) && status.get_error_details().error_info().is_none()
+}
+
 /// One line: busd's message, then the guidance it attached (what to do next).
 fn render_status(status: &Status) -> String {
     let details = status.get_error_details();
