@@ -130,6 +130,16 @@ fn render_status(status: &Status) -> String {
         line.push_str("; ");
         line.push_str(&guidance.message);
     }
+    if let Some(delay) = details
+        .retry_info()
+        .and_then(|retry| retry.retry_delay)
+        .filter(|delay| !delay.is_zero())
+    {
+        line.push_str(&format!(
+            "; retry after {}",
+            humantime::format_duration(delay)
+        ));
+    }
     if let Some(link) = details.help().and_then(|help| help.links.first()) {
         line.push_str(&format!(" (see {})", link.url));
     }
