@@ -779,3 +779,580 @@ fn runs_go_on_and_lose_no_output_when_the_engine_restarts() {
         recovery(&followed, restarted)
     );
 }
+
+/// The seq in a `bus: the connection to busd broke; reconnected, resuming after seq N` line.
+fn resumed_after(stderr: &str) -> u64 {
+    let prefix = "bus: the connection to busd broke; reconnected, resuming after seq ";
+    assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr}");
+    stderr
+        .trim_end()
+        .strip_prefix(prefix)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected stderr: {stderr}"))
+}
+
+#[test]
+fn the_cli_starts_a_killed_busd_again_and_resumes_where_it_stopped() {
+    let stack = Stack::start();
+    let origin = stack.runner.origin.clone();
+    let busd = start_busd(&stack, &origin, &[]);
+    let lines = 200;
+    let script = format!("{}; exit 7", numbered(lines, "0.03"));
+
+    let mut run = stack.bus();
+    run.args(["containers", "run", "--", "sh", "-c", &script]);
+    let run = Watched::spawn(run);
+    let id = detached(&stack, &origin, &script);
+    let mut logs = stack.bus();
+    logs.args(["containers", "logs", "-f", &id]);
+    let logs = Watched::spawn(logs);
+    let mut wait = stack.bus();
+    wait.args(["containers", "wait", &id]);
+    let wait = Watched::spawn(wait);
+    run.reached(30);
+    logs.reached(30);
+
+    let killed = Instant::now();
+    let pid = rustix::process::Pid::from_raw(busd as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+
+    let expected = expected_lines(lines);
+    let (code, out, err) = logs.finish(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "logs -f: {err}");
+    assert_eq!(out, expected, "logs -f printed every line once");
+    let after = resumed_after(&err);
+    assert!((30..lines as u64).contains(&after), "{err}");
+    eprintln!("logs -f: {}", err.trim_end());
+
+    let (code, out, err) = run.finish(Duration::from_secs(120));
+    assert_eq!(code, Some(7), "run exits with the command's code: {err}");
+    assert_eq!(out, expected, "run printed every line once");
+    let after = resumed_after(&err);
+    assert!((30..lines as u64).contains(&after), "{err}");
+    eprintln!("run: {}", err.trim_end());
+
+    let (code, out, err) = wait.finish(Duration::from_secs(120));
+    assert_eq!(code, Some(7), "wait exits with the run's code: {err}");
+    assert_eq!(
+        (out.as_str(), err.as_str()),
+        ("", ""),
+        "wait prints nothing"
+    );
+
+    let new = stack.busd_pid().expect("a busd runs again");
+    assert_ne!(new, busd, "a new busd");
+    eprintln!(
+        "busd killed; all three commands done {:?} later",
+        killed.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// An HTTP-aware fault proxy: it reads each request (busd speaks HTTP/1.1 to the runner, one
+// request at a time per connection) and answers, delays or passes it by rule.
+
+/// What the HTTP proxy does to a request that matches a rule.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Answers `503 Service Unavailable` (plain text, as a gateway does) with `Retry-After`
+    /// seconds, without passing the request on.
+    Refuse { retry_after: u64 },
+    /// Passes the request on and, once the runner's answer begins (so the runner acted on it),
+    /// drops that answer and sends a 503 instead.
+    Swallow { retry_after: u64 },
+    /// Passes the request on and holds the answer back this long.
+    Delay(Duration),
+}
+
+struct Rule {
+    method: &'static str,
+    /// The exact path (without the query).
+    path: String,
+    fault: Fault,
+    /// How many more requests it applies to.
+    left: u32,
+}
+
+/// A request the HTTP proxy saw.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    idempotency_key: Option<String>,
+    fault: Option<Fault>,
+}
+
+struct HttpProxy {
+    addr: SocketAddr,
+    state: Arc<HttpState>,
+}
+
+struct HttpState {
+    target: String,
+    rules: Mutex<Vec<Rule>>,
+    seen: Mutex<Vec<Seen>>,
+}
+
+impl HttpProxy {
+    async fn start(origin: &str) -> HttpProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(HttpState {
+            target: host_port(origin),
+            rules: Mutex::default(),
+            seen: Mutex::default(),
+        });
+        let shared = state.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(http_connection(shared.clone(), client));
+            }
+        });
+        HttpProxy { addr, state }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Applies `fault` to the next `times` requests `method path`.
+    fn fault(&self, method: &'static str, path: &str, fault: Fault, times: u32) {
+        self.state.rules.lock().unwrap().push(Rule {
+            method,
+            path: path.to_owned(),
+            fault,
+            left: times,
+        });
+    }
+
+    /// Removes every rule.
+    fn heal(&self) {
+        self.state.rules.lock().unwrap().clear();
+    }
+
+    /// The requests `method path` seen so far.
+    fn seen(&self, method: &str, path: &str) -> Vec<Seen> {
+        self.state
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.method == method && s.path == path)
+            .cloned()
+            .collect()
+    }
+}
+
+impl HttpState {
+    /// The fault for a request (using up one application of its rule), recorded as seen.
+    fn decide(&self, head: &RequestHead) -> Option<Fault> {
+        let mut rules = self.rules.lock().unwrap();
+        let fault = rules
+            .iter_mut()
+            .find(|r| r.left > 0 && r.method == head.method && r.path == head.path)
+            .map(|r| {
+                r.left -= 1;
+                r.fault
+            });
+        self.seen.lock().unwrap().push(Seen {
+            method: head.method.clone(),
+            path: head.path.clone(),
+            idempotency_key: head.idempotency_key.clone(),
+            fault,
+        });
+        fault
+    }
+}
+
+struct RequestHead {
+    method: String,
+    path: String,
+    idempotency_key: Option<String>,
+    content_length: usize,
+    /// A body of unknown length, or an upgrade: the rest of the connection is passed as is.
+    raw_after: bool,
+}
+
+/// Reads one request (head and body) from `read`, with `buf` holding bytes read ahead; `None`
+/// at the end of the connection.
+async fn read_request(
+    read: &mut tokio::net::tcp::OwnedReadHalf,
+    buf: &mut Vec<u8>,
+) -> Option<(RequestHead, Vec<u8>)> {
+    let mut chunk = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        match read.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let text = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = text.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let method = first.next()?.to_owned();
+    let target = first.next()?;
+    let path = target.split('?').next().unwrap_or(target).to_owned();
+    let mut head = RequestHead {
+        method,
+        path,
+        idempotency_key: None,
+        content_length: 0,
+        raw_after: false,
+    };
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match name.to_ascii_lowercase().as_str() {
+            "content-length" => head.content_length = value.parse().unwrap_or(0),
+            "transfer-encoding" | "upgrade" => head.raw_after = true,
+            "idempotency-key" => head.idempotency_key = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+    while buf.len() < head_end + head.content_length {
+        match read.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let request: Vec<u8> = buf.drain(..head_end + head.content_length).collect();
+    Some((head, request))
+}
+
+fn gateway_503(retry_after: u64) -> Vec<u8> {
+    let body = "upstream temporarily unavailable\n";
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: {retry_after}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn http_connection(state: Arc<HttpState>, client: TcpStream) {
+    let _ = client.set_nodelay(true);
+    let (mut client_read, client_write) = client.into_split();
+    let client_write = Arc::new(tokio::sync::Mutex::new(client_write));
+    // The held-back answer's delay, for the pump to apply to the next bytes it forwards.
+    let delay: Arc<Mutex<Option<Duration>>> = Arc::default();
+    let mut upstream: Option<(tokio::net::tcp::OwnedWriteHalf, AbortOnDrop)> = None;
+    let mut buf = Vec::new();
+    while let Some((head, request)) = read_request(&mut client_read, &mut buf).await {
+        let fault = state.decide(&head);
+        match fault {
+            Some(Fault::Refuse { retry_after }) => {
+                let mut out = client_write.lock().await;
+                if out.write_all(&gateway_503(retry_after)).await.is_err() {
+                    return;
+                }
+            }
+            Some(Fault::Swallow { retry_after }) => {
+                let Ok(mut side) = TcpStream::connect(&state.target).await else {
+                    return;
+                };
+                let _ = side.write_all(&request).await;
+                let mut answer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match side.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => answer.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                drop(side);
+                let mut out = client_write.lock().await;
+                if out.write_all(&gateway_503(retry_after)).await.is_err() {
+                    return;
+                }
+            }
+            None | Some(Fault::Delay(_)) => {
+                if upstream.is_none() {
+                    let Ok(stream) = TcpStream::connect(&state.target).await else {
+                        return;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let (mut up_read, up_write) = stream.into_split();
+                    let out = client_write.clone();
+                    let delay = delay.clone();
+                    let pump = tokio::spawn(async move {
+                        let mut chunk = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match up_read.read(&mut chunk).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let hold = delay.lock().unwrap().take();
+                            if let Some(hold) = hold {
+                                tokio::time::sleep(hold).await;
+                            }
+                            if out.lock().await.write_all(&chunk[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        // The runner closed: close the client side too.
+                        let _ = out.lock().await.shutdown().await;
+                    });
+                    upstream = Some((up_write, AbortOnDrop(pump)));
+                }
+                if let Some(Fault::Delay(hold)) = fault {
+                    *delay.lock().unwrap() = Some(hold);
+                }
+                let (up_write, _) = upstream.as_mut().unwrap();
+                if up_write.write_all(&request).await.is_err() {
+                    return;
+                }
+                if head.raw_after {
+                    let _ = up_write.write_all(&buf).await;
+                    let _ = tokio::io::copy(&mut client_read, up_write).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The runs (JSON) of `runs -o json` through the runner itself whose argv ends with `marker`.
+fn runs_with(stack: &Stack, marker: &str) -> Vec<serde_json::Value> {
+    let out = stack.run(&["containers", "runs", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    runs.into_iter()
+        .filter(|r| {
+            r["argv"]
+                .as_array()
+                .and_then(|a| a.last())
+                .and_then(|v| v.as_str())
+                == Some(marker)
+        })
+        .collect()
+}
+
+const RUNS_PATH: &str = "/api/v1/containers/runs";
+
+#[test]
+fn bursts_of_503_are_retried_and_a_retried_create_makes_one_run() {
+    let stack = Stack::start();
+    let rt = runtime();
+    let proxy = rt.block_on(HttpProxy::start(&stack.runner.origin));
+    let url = proxy.url();
+    let busd = start_busd(&stack, &url, &[]);
+    let id = detached(&stack, &url, "echo first");
+    let run_path = format!("{RUNS_PATH}/{id}");
+
+    // A read: two 503s, then the answer.
+    proxy.fault("GET", &run_path, Fault::Refuse { retry_after: 1 }, 2);
+    let got = stack.run_at(&url, &["containers", "get", &id, "-q"]);
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(stdout(&got).trim(), id);
+    assert_eq!(
+        String::from_utf8_lossy(&got.stderr),
+        "",
+        "nothing on stderr"
+    );
+    let gets = proxy.seen("GET", &run_path);
+    assert_eq!(gets.len(), 3, "two refused tries, then the one that passed");
+    assert!(gets[2].fault.is_none());
+
+    // A streamed run whose create the runner carried out twice before the answer got through.
+    let before = proxy.seen("POST", RUNS_PATH).len();
+    proxy.fault("POST", RUNS_PATH, Fault::Swallow { retry_after: 1 }, 2);
+    let marker = "echo made once; exit 3";
+    let out = stack.run_at(&url, &["containers", "run", "--", "sh", "-c", marker]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout(&out), "made once\n", "the output once");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let posts = proxy.seen("POST", RUNS_PATH)[before..].to_vec();
+    assert_eq!(posts.len(), 3, "{posts:?}");
+    let key = posts[0]
+        .idempotency_key
+        .clone()
+        .expect("an Idempotency-Key");
+    assert!(
+        posts
+            .iter()
+            .all(|p| p.idempotency_key.as_ref() == Some(&key)),
+        "every try under the same key: {posts:?}"
+    );
+    let runs = runs_with(&stack, marker);
+    assert_eq!(runs.len(), 1, "one run: {runs:?}");
+    assert_eq!(runs[0]["exit_code"], 3);
+
+    // The same for a detached create.
+    let before = proxy.seen("POST", RUNS_PATH).len();
+    proxy.fault("POST", RUNS_PATH, Fault::Swallow { retry_after: 1 }, 2);
+    let marker = "echo detached once";
+    let out = stack.run_at(&url, &["containers", "run", "-d", "--", "sh", "-c", marker]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let detached_id = stdout(&out).trim().to_owned();
+    assert_eq!(proxy.seen("POST", RUNS_PATH).len() - before, 3);
+    let runs = runs_with(&stack, marker);
+    assert_eq!(runs.len(), 1, "one run: {runs:?}");
+    assert_eq!(runs[0]["id"], detached_id.as_str());
+    let logs = stack.run(&["containers", "logs", "-f", &detached_id]);
+    assert_eq!(stdout(&logs), "detached once\n");
+    assert_eq!(stack.busd_pid(), Some(busd));
+}
+
+#[test]
+fn a_503_burst_longer_than_the_retries_ends_in_one_line_with_retry_after() {
+    let stack = Stack::start();
+    let rt = runtime();
+    let proxy = rt.block_on(HttpProxy::start(&stack.runner.origin));
+    let url = proxy.url();
+    start_busd(&stack, &url, &[]);
+    let id = detached(&stack, &url, "echo hi");
+    let run_path = format!("{RUNS_PATH}/{id}");
+
+    // A read: tried three times (waiting the 1 s asked for between tries), then one line.
+    proxy.fault("GET", &run_path, Fault::Refuse { retry_after: 1 }, 1000);
+    let started = Instant::now();
+    let out = stack.run_at(&url, &["containers", "get", &id]);
+    let took = started.elapsed();
+    let line = one_line_error(&out);
+    assert_eq!(out.status.code(), Some(6), "exit 6: unavailable");
+    assert_eq!(
+        line,
+        format!(
+            "bus: error: the container runner at {url} is unavailable: it answered HTTP 503 Service Unavailable to 3 tries; try again shortly; if it persists, check the runner at {url} and any proxy in front of it; retry after 1s"
+        )
+    );
+    assert_eq!(proxy.seen("GET", &run_path).len(), 3);
+    eprintln!("read, 503 every time: after {took:?}: {line}");
+
+    // A create asked to wait longer than busd waits: not retried, no run made.
+    proxy.fault("POST", RUNS_PATH, Fault::Refuse { retry_after: 30 }, 1000);
+    let before = proxy.seen("POST", RUNS_PATH).len();
+    let marker = "echo never";
+    let out = stack.run_at(&url, &["containers", "run", "-d", "--", "sh", "-c", marker]);
+    let line = one_line_error(&out);
+    assert_eq!(out.status.code(), Some(6));
+    assert_eq!(
+        line,
+        format!(
+            "bus: error: the container runner at {url} is unavailable: it answered HTTP 503 Service Unavailable; try again shortly; if it persists, check the runner at {url} and any proxy in front of it; retry after 30s"
+        )
+    );
+    assert_eq!(proxy.seen("POST", RUNS_PATH).len() - before, 1);
+    assert!(runs_with(&stack, marker).is_empty(), "no run was made");
+    eprintln!("create, 503 with Retry-After 30: {line}");
+
+    // Healed: the same calls go through.
+    proxy.heal();
+    let got = stack.run_at(&url, &["containers", "get", &id, "-q"]);
+    assert_eq!(stdout(&got).trim(), id);
+}
+
+#[test]
+fn a_slow_upstream_fails_the_call_at_its_deadline_and_nothing_else() {
+    let stack = Stack::start();
+    let rt = runtime();
+    let proxy = rt.block_on(HttpProxy::start(&stack.runner.origin));
+    let url = proxy.url();
+    let busd = start_busd(&stack, &url, &[]);
+    let lines = 60;
+    let id = detached(&stack, &url, &numbered(lines, "0.05"));
+    let run_path = format!("{RUNS_PATH}/{id}");
+    let progress = Arc::new(AtomicU64::new(0));
+    let follower = rt.spawn(follow(stack.socket.clone(), id.clone(), progress.clone()));
+    rt.block_on(reached(&progress, 5));
+
+    // A read whose answer is held back far past the caller's 2 s deadline.
+    proxy.fault("GET", &run_path, Fault::Delay(Duration::from_secs(60)), 1);
+    let started = Instant::now();
+    let out = stack.run_at(&url, &["--timeout", "2s", "containers", "get", &id]);
+    let took = started.elapsed();
+    let line = one_line_error(&out);
+    assert_eq!(out.status.code(), Some(6));
+    assert_eq!(
+        line,
+        format!(
+            "bus: error: the container runner at {url} did not answer within the call's deadline; raise --timeout, or check that the runner at {url} is not overloaded"
+        )
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "answered at the deadline, not the upstream's pace: {took:?}"
+    );
+    eprintln!("read held back 60 s, --timeout 2s: after {took:?}: {line}");
+
+    // A create whose answer is held back: the call fails at its deadline, the run is made
+    // once and runs to its end.
+    proxy.fault("POST", RUNS_PATH, Fault::Delay(Duration::from_secs(60)), 1);
+    let marker = "echo created anyway";
+    let out = stack.run_at(
+        &url,
+        &[
+            "--timeout",
+            "2s",
+            "containers",
+            "run",
+            "-d",
+            "--",
+            "sh",
+            "-c",
+            marker,
+        ],
+    );
+    let create_line = one_line_error(&out);
+    assert!(
+        create_line.contains("did not answer within the call's deadline"),
+        "{create_line}"
+    );
+
+    // busd keeps serving, the followed run is untouched.
+    let followed = rt.block_on(follower).unwrap();
+    assert_complete("the follower", &followed);
+    assert_eq!(
+        String::from_utf8_lossy(&followed.text),
+        expected_lines(lines)
+    );
+    let got = stack.run_at(&url, &["containers", "get", &id, "-o", "json"]);
+    let run: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(run["state"], "exited", "{run}");
+    assert_eq!(stack.busd_pid(), Some(busd), "busd keeps running");
+    let start = Instant::now();
+    let made = loop {
+        let runs = runs_with(&stack, marker);
+        if runs.iter().any(|r| r["state"] == "exited") {
+            break runs;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{runs:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(made.len(), 1, "one run: {made:?}");
+    let logs = stack.run(&["containers", "logs", made[0]["id"].as_str().unwrap()]);
+    assert_eq!(stdout(&logs), "created anyway\n");
+    eprintln!(
+        "create held back 60 s, --timeout 2s: {create_line}; the run was made once and exited"
+    );
+}

@@ -1,6 +1,7 @@
 //! What every command gets: a channel to busd and the caller's per-call overrides.
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bus::proto::containers::v1::containers_client::ContainersClient;
@@ -29,29 +30,56 @@ pub struct Overrides {
 
 /// A connected invocation.
 pub struct Ctx {
-    channel: Channel,
+    channel: Mutex<Channel>,
     overrides: Overrides,
+    /// busd's socket, when the context may start busd again after losing it.
+    socket: Option<PathBuf>,
 }
 
 impl Ctx {
     /// A context over an open channel.
     pub fn new(channel: Channel, overrides: Overrides) -> Self {
-        Ctx { channel, overrides }
+        Ctx {
+            channel: Mutex::new(channel),
+            overrides,
+            socket: None,
+        }
+    }
+
+    /// This context, able to [`Ctx::reconnect`] to (or start) the busd on `socket`.
+    pub fn reconnectable(mut self, socket: PathBuf) -> Self {
+        self.socket = Some(socket);
+        self
+    }
+
+    /// Connects to busd again, starting it if none answers (after busd died under a call).
+    /// `false` when this context was not made [`Ctx::reconnectable`].
+    pub async fn reconnect(&self) -> Result<bool, crate::error::CliError> {
+        let Some(socket) = &self.socket else {
+            return Ok(false);
+        };
+        let channel = crate::daemon::connect_or_start(socket).await?;
+        *self.channel.lock().expect("channel lock") = channel;
+        Ok(true)
+    }
+
+    fn channel(&self) -> Channel {
+        self.channel.lock().expect("channel lock").clone()
     }
 
     /// The Containers client.
     pub fn containers(&self) -> ContainersClient<Channel> {
-        ContainersClient::new(self.channel.clone())
+        ContainersClient::new(self.channel())
     }
 
     /// The Exec client.
     pub fn exec(&self) -> bus::proto::containers::v1::exec_client::ExecClient<Channel> {
-        bus::proto::containers::v1::exec_client::ExecClient::new(self.channel.clone())
+        bus::proto::containers::v1::exec_client::ExecClient::new(self.channel())
     }
 
     /// The Daemon client.
     pub fn daemon(&self) -> DaemonClient<Channel> {
-        DaemonClient::new(self.channel.clone())
+        DaemonClient::new(self.channel())
     }
 
     /// `--timeout`, if any.

@@ -107,6 +107,15 @@ impl CliError {
     }
 }
 
+/// Whether a failed call means busd itself went away (its process died, the connection
+/// broke) rather than an answer from busd: every error busd sends carries an `ErrorInfo`.
+pub fn busd_lost(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+    ) && status.get_error_details().error_info().is_none()
+}
+
 /// One line: busd's message, then the guidance it attached (what to do next).
 fn render_status(status: &Status) -> String {
     let details = status.get_error_details();
@@ -120,6 +129,16 @@ fn render_status(status: &Status) -> String {
     if let Some(guidance) = details.localized_message() {
         line.push_str("; ");
         line.push_str(&guidance.message);
+    }
+    if let Some(delay) = details
+        .retry_info()
+        .and_then(|retry| retry.retry_delay)
+        .filter(|delay| !delay.is_zero())
+    {
+        line.push_str(&format!(
+            "; retry after {}",
+            humantime::format_duration(delay)
+        ));
     }
     if let Some(link) = details.help().and_then(|help| help.links.first()) {
         line.push_str(&format!(" (see {})", link.url));

@@ -162,7 +162,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         return command.run(&socket, overrides).await;
     }
     let token_file = overrides.token_file.clone();
-    let ctx = Ctx::new(daemon::connect_or_start(&socket).await?, overrides);
+    let ctx = Ctx::new(daemon::connect_or_start(&socket).await?, overrides).reconnectable(socket);
     match cli.command {
         Command::Containers(Containers::Status(args)) => args.run(&ctx).await,
         Command::Containers(Containers::Run(args)) => args.run(&ctx).await,

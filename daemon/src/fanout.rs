@@ -321,7 +321,11 @@ async fn pump(group: Arc<Group>, upstream: Upstream, mut after_seq: u64) {
             Err(e) => e,
         };
         resumes += 1;
-        if !matches!(failure, UpstreamError::Unreachable { .. }) || resumes > MAX_RESUMES {
+        let transient = matches!(
+            failure,
+            UpstreamError::Unreachable { .. } | UpstreamError::Unavailable { .. }
+        );
+        if !transient || resumes > MAX_RESUMES {
             break failure;
         }
         tracing::warn!(run = %run_id, after_seq, resumes, error = %failure, "log stream broke; resuming");

@@ -111,6 +111,14 @@ pub fn to_status(error: &Error) -> Status {
             )),
             None,
         ),
+        Error::Upstream(UpstreamError::Unavailable { origin, .. }) => (
+            Code::Unavailable,
+            "UPSTREAM_UNAVAILABLE".into(),
+            Some(format!(
+                "try again shortly; if it persists, check the runner at {origin} and any proxy in front of it"
+            )),
+            None,
+        ),
         Error::Upstream(UpstreamError::Protocol { .. }) => (
             Code::Unavailable,
             "UPSTREAM_PROTOCOL".into(),
@@ -134,8 +142,8 @@ pub fn to_status(error: &Error) -> Status {
 
 /// The typed details of an upstream refusal: when to retry, which quota, which precondition.
 fn add_upstream_details(details: &mut ErrorDetails, error: &UpstreamError) {
-    if let UpstreamError::RetryLater { retry_after, .. } = error {
-        details.set_retry_info(Some(*retry_after));
+    if let Some(retry_after) = error.retry_after() {
+        details.set_retry_info(Some(retry_after));
     }
     let Some(problem) = error.problem() else {
         return;

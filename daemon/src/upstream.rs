@@ -83,6 +83,20 @@ pub enum UpstreamError {
         /// The transport's reason.
         reason: String,
     },
+    /// A gateway (or the runner) answered 502, 503 or 504 without a problem document, on
+    /// every try.
+    #[error("the container runner at {origin} is unavailable: it answered HTTP {status}{}",
+        if *.tries > 1 { format!(" to {} tries", .tries) } else { String::new() })]
+    Unavailable {
+        /// The origin that was called.
+        origin: String,
+        /// The last answer's status, e.g. `503 Service Unavailable`.
+        status: String,
+        /// How many times the call was sent.
+        tries: u32,
+        /// The last answer's `Retry-After`.
+        retry_after: Option<Duration>,
+    },
     /// The upstream answered something that is not this API.
     #[error("the container runner at {origin} answered unexpectedly: {reason}")]
     Protocol {
@@ -176,6 +190,15 @@ impl UpstreamError {
             UpstreamError::Problem(problem) | UpstreamError::RetryLater { problem, .. } => {
                 Some(problem)
             }
+            _ => None,
+        }
+    }
+
+    /// How long the upstream asked to wait before trying again, if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            UpstreamError::RetryLater { retry_after, .. } => Some(*retry_after),
+            UpstreamError::Unavailable { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -604,7 +627,7 @@ impl Upstream {
                         .get(reqwest::header::RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                    let error = self.problem_of(response, retry_after).await;
+                    let error = self.problem_of(response, retry_after, tries).await;
                     if !retryable_status(status) {
                         return Err(error);
                     }
@@ -626,13 +649,25 @@ impl Upstream {
         }
     }
 
-    async fn problem_of(&self, response: Response, retry_after: Option<Duration>) -> UpstreamError {
+    async fn problem_of(
+        &self,
+        response: Response,
+        retry_after: Option<Duration>,
+        tries: u32,
+    ) -> UpstreamError {
         let status = response.status();
         let body = match response.bytes().await {
             Ok(body) => body,
             Err(e) => return self.unreachable(&e),
         };
         match serde_json::from_slice::<Problem>(&body) {
+            // A gateway's own answer (HTML, plain text): the runner is briefly out of reach.
+            Err(_) if retryable_status(status) => UpstreamError::Unavailable {
+                origin: self.origin.to_string(),
+                status: status.to_string(),
+                tries,
+                retry_after,
+            },
             Ok(problem) => match retry_after {
                 Some(retry_after) => UpstreamError::RetryLater {
                     problem: Box::new(problem),

@@ -1,10 +1,18 @@
 //! `bus containers logs [-f] [--since-seq N] [--tail N] RUN`: a run's output, resumable.
+//!
+//! When busd goes away under the stream (it died, or was killed), the command starts it again
+//! and resumes after the last seq it printed, so no chunk is lost or printed twice.
 
-use bus::proto::containers::v1::{StdStream, StreamLogsRequest, log_event::Event};
+use std::time::Duration;
+
+use bus::proto::containers::v1::{RunExited, StdStream, StreamLogsRequest, log_event::Event};
 
 use crate::context::Ctx;
-use crate::error::CliError;
+use crate::error::{CliError, busd_lost};
 use crate::output::Output;
+
+/// How many times in a row a stream is resumed after losing busd without getting a chunk.
+pub const MAX_RESUMES: u32 = 5;
 
 /// Prints a run's output.
 #[derive(Debug, clap::Args)]
@@ -37,32 +45,94 @@ impl Args {
             (_, true) => vec![StdStream::Stderr as i32],
             _ => Vec::new(),
         };
-        let request = ctx.request(StreamLogsRequest {
+        let request = StreamLogsRequest {
             run_id: self.run_id.clone(),
             follow: self.follow,
             after_seq: self.since_seq.unwrap_or(0),
             tail: self.tail.unwrap_or(0),
             streams,
             keepalive_seconds: 0,
-        });
-        let mut events = ctx.containers().stream_logs(request).await?.into_inner();
+        };
         let mut output = Output::lock();
-        while let Some(event) = events.message().await? {
-            match event.event {
-                Some(Event::Output(chunk)) => output.write(&chunk)?,
-                Some(Event::Gap(gap)) => {
-                    eprintln!(
-                        "bus: output missing before seq {}: {}",
-                        gap.first_available_seq, gap.reason
-                    );
-                }
-                Some(Event::Exited(_)) => return Ok(0),
-                Some(Event::Keepalive(_)) | None => {}
-            }
+        match print_logs(ctx, request, &mut output, false).await? {
+            Some(_) => Ok(0),
+            None if self.follow => Err(CliError::StreamCut(self.run_id)),
+            None => Ok(0),
         }
-        if self.follow {
-            return Err(CliError::StreamCut(self.run_id));
-        }
-        Ok(0)
     }
+}
+
+/// Prints the chunks of `request`'s stream as they come; returns the exit event, or `None`
+/// when the stream ended without one. Resumes after the last printed seq when busd is lost
+/// (see the module docs), saying so on stderr once the resumed stream is open; `resumed`
+/// says the caller resumes already (and the line is due at once).
+pub async fn print_logs(
+    ctx: &Ctx,
+    mut request: StreamLogsRequest,
+    output: &mut Output,
+    mut resumed: bool,
+) -> Result<Option<RunExited>, CliError> {
+    let mut failures = 0;
+    loop {
+        let mut progressed = false;
+        let outcome = stream_once(ctx, &mut request, output, &mut resumed, &mut progressed).await;
+        match outcome {
+            Err(CliError::Status(status)) if busd_lost(&status) => {
+                failures = if progressed { 1 } else { failures + 1 };
+                if failures > MAX_RESUMES {
+                    return Err(CliError::Status(status));
+                }
+                // A busd that is dying may still accept a connection: pause a little.
+                tokio::time::sleep(Duration::from_millis(50) * failures).await;
+                if !ctx.reconnect().await? {
+                    return Err(CliError::Status(status));
+                }
+                resumed = true;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The line shown on stderr when a stream goes on through a new connection to busd.
+pub fn resuming(after_seq: u64) -> String {
+    format!("bus: the connection to busd broke; reconnected, resuming after seq {after_seq}")
+}
+
+/// One stream: prints its chunks, moving `request`'s `after_seq` past each (and dropping its
+/// `tail`, so a resumed stream starts right after what was printed).
+async fn stream_once(
+    ctx: &Ctx,
+    request: &mut StreamLogsRequest,
+    output: &mut Output,
+    resumed: &mut bool,
+    progressed: &mut bool,
+) -> Result<Option<RunExited>, CliError> {
+    let mut events = ctx
+        .containers()
+        .stream_logs(ctx.request(request.clone()))
+        .await?
+        .into_inner();
+    if std::mem::take(resumed) {
+        eprintln!("{}", resuming(request.after_seq));
+    }
+    while let Some(event) = events.message().await? {
+        match event.event {
+            Some(Event::Output(chunk)) => {
+                output.write(&chunk)?;
+                request.after_seq = chunk.seq;
+                request.tail = 0;
+                *progressed = true;
+            }
+            Some(Event::Gap(gap)) => {
+                eprintln!(
+                    "bus: output missing before seq {}: {}",
+                    gap.first_available_seq, gap.reason
+                );
+            }
+            Some(Event::Exited(exited)) => return Ok(Some(exited)),
+            Some(Event::Keepalive(_)) | None => {}
+        }
+    }
+    Ok(None)
 }

@@ -1,14 +1,17 @@
 //! `bus containers run [--profile P] [--image I] [-d] -- CMD...`: start a run and stream its
 //! output, exiting with the command's exit code; or, with `-d`, print its id and return.
+//! When busd goes away after the run was accepted, the output is followed on from the last
+//! seq printed through a busd started again (as `logs -f` does).
 
 use bus::proto::containers::v1::{
-    CreateRunRequest, RunRequest, RunSpec, RunState, run_event::Event,
+    CreateRunRequest, RunRequest, RunSpec, RunState, StreamLogsRequest, run_event::Event,
 };
 use futures::StreamExt;
 use std::collections::HashMap;
 
+use crate::commands::logs::print_logs;
 use crate::context::Ctx;
-use crate::error::CliError;
+use crate::error::{CliError, busd_lost};
 use crate::output::Output;
 use crate::render;
 
@@ -76,11 +79,24 @@ impl Args {
         let request = ctx.request(RunRequest { spec: Some(spec) });
         let mut events = ctx.containers().run(request).await?.into_inner();
         let mut run_id = String::new();
+        let mut last_seq = 0;
         let mut output = Output::lock();
         while let Some(event) = events.next().await {
-            match event?.event {
+            let event = match event {
+                Ok(event) => event,
+                // busd went away after the run was accepted: follow the run's output from
+                // where it stopped, through a busd started again.
+                Err(status) if busd_lost(&status) && !run_id.is_empty() => {
+                    return resume(ctx, run_id, last_seq, &mut output).await;
+                }
+                Err(status) => return Err(status.into()),
+            };
+            match event.event {
                 Some(Event::Accepted(run)) => run_id = run.id,
-                Some(Event::Output(chunk)) => output.write(&chunk)?,
+                Some(Event::Output(chunk)) => {
+                    output.write(&chunk)?;
+                    last_seq = chunk.seq;
+                }
                 Some(Event::Exited(exited)) => {
                     return Ok(exit_code(
                         &run_id,
@@ -93,6 +109,34 @@ impl Args {
             }
         }
         Err(CliError::StreamCut(run_id))
+    }
+}
+
+/// Follows run `run_id`'s output after `last_seq` through a busd reached again, to its exit.
+async fn resume(
+    ctx: &Ctx,
+    run_id: String,
+    last_seq: u64,
+    output: &mut Output,
+) -> Result<u8, CliError> {
+    // A busd that is dying may still accept a connection; print_logs retries that.
+    if !ctx.reconnect().await? {
+        return Err(CliError::StreamCut(run_id));
+    }
+    let request = StreamLogsRequest {
+        run_id: run_id.clone(),
+        follow: true,
+        after_seq: last_seq,
+        ..Default::default()
+    };
+    match print_logs(ctx, request, output, true).await? {
+        Some(exited) => Ok(exit_code(
+            &run_id,
+            exited.state,
+            exited.exit_code,
+            &exited.reason,
+        )),
+        None => Err(CliError::StreamCut(run_id)),
     }
 }
 
