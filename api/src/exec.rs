@@ -268,6 +268,10 @@ impl ExecQuery {
                 .ok_or_else(|| format!("{key} must be from 1 to 65535, not {value:?}"))
         };
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            // An argument, an environment entry and a path are C strings to the engine.
+            if matches!(&*key, "command" | "env" | "workdir") && value.contains('\0') {
+                return Err(format!("{key} must not contain NUL bytes"));
+            }
             match &*key {
                 "command" => exec.argv.push(value.into_owned()),
                 "env" => {
@@ -340,6 +344,13 @@ mod tests {
             ("command=x&env=NOEQUALS", "env"),
             ("command=x&workdir=relative", "workdir"),
             ("command=x&bogus=1", "bogus"),
+            // A NUL byte cannot reach the engine: refused here, not there.
+            ("command=a%00b", "command must not contain NUL"),
+            ("command=x&env=A%3D%00", "env must not contain NUL"),
+            (
+                "command=x&workdir=%2Ftmp%00",
+                "workdir must not contain NUL",
+            ),
         ] {
             let err = ExecQuery::parse(bad).unwrap_err();
             assert!(err.contains(names), "{bad}: {err}");

@@ -58,21 +58,22 @@ impl ApiUrlError {
 }
 
 impl ApiOrigin {
-    /// Parses and validates an origin.
+    /// Parses and validates an origin. A refusal repeats what was given with any password
+    /// in it replaced by `***`.
     pub fn parse(given: &str) -> Result<Self, ApiUrlError> {
         let trimmed = given.trim();
+        let shown = || redact_password(given);
         let url = url::Url::parse(trimmed)
-            .map_err(|e| ApiUrlError::Unparsable(given.to_owned(), e.to_string()))?;
+            .map_err(|e| ApiUrlError::Unparsable(shown(), e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(ApiUrlError::Scheme(given.to_owned()));
+            return Err(ApiUrlError::Scheme(shown()));
         }
         let path = url.path().trim_end_matches('/');
         if path.ends_with("/api/v1/containers") || path.ends_with("/api/v1") {
-            let mut origin = url.clone();
-            origin.set_path("");
+            // Scheme, host and port only: no credentials, query or fragment either.
             return Err(ApiUrlError::HasApiPath {
-                given: given.to_owned(),
-                origin: origin.as_str().trim_end_matches('/').to_owned(),
+                given: shown(),
+                origin: url.origin().ascii_serialization(),
             });
         }
         if !path.is_empty()
@@ -81,7 +82,7 @@ impl ApiOrigin {
             || !url.username().is_empty()
             || url.password().is_some()
         {
-            return Err(ApiUrlError::NotAnOrigin(given.to_owned()));
+            return Err(ApiUrlError::NotAnOrigin(shown()));
         }
         Ok(ApiOrigin(url))
     }
@@ -94,6 +95,26 @@ impl ApiOrigin {
     /// The origin as text, without a trailing slash.
     pub fn as_str(&self) -> &str {
         self.0.as_str().trim_end_matches('/')
+    }
+}
+
+/// `given` with the password of its `user:password@` part, if any, replaced by `***`.
+fn redact_password(given: &str) -> String {
+    let Some(scheme_end) = given.find("://").map(|i| i + 3) else {
+        return given.to_owned();
+    };
+    let rest = &given[scheme_end..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else {
+        return given.to_owned();
+    };
+    match authority[..at].find(':') {
+        Some(colon) => format!(
+            "{}***{}",
+            &given[..scheme_end + colon + 1],
+            &given[scheme_end + at..]
+        ),
+        None => given.to_owned(),
     }
 }
 
@@ -162,6 +183,39 @@ mod tests {
             ApiOrigin::parse("http://u:p@h"),
             Err(ApiUrlError::NotAnOrigin(_))
         ));
+    }
+
+    /// The origin suggested for a URL with the API path has no query, fragment or
+    /// credentials, so the suggestion is accepted in turn.
+    #[test]
+    fn the_suggested_origin_is_one_that_is_accepted() {
+        for (given, origin) in [
+            ("http://h/api/v1?x=1", "http://h"),
+            (
+                "https://u:secret@h:8443/api/v1/containers#f",
+                "https://h:8443",
+            ),
+            ("http://[::1]:8650/prefix/api/v1/", "http://[::1]:8650"),
+        ] {
+            let err = ApiOrigin::parse(given).unwrap_err();
+            assert_eq!(err.guidance(), format!("use --api-url {origin}"), "{given}");
+            ApiOrigin::parse(origin).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_password_in_a_refused_url_is_not_repeated() {
+        for given in [
+            "http://user:hunter22@h/api/v1",
+            "http://user:hunter22@h",
+            "ftp://user:hunter22@h",
+            "http://user:hunter22@h:99999",
+        ] {
+            let err = ApiOrigin::parse(given).unwrap_err();
+            let shown = format!("{err}; {}", err.guidance());
+            assert!(!shown.contains("hunter22"), "{shown}");
+            assert!(shown.contains("user:***@h"), "{shown}");
+        }
     }
 
     #[test]

@@ -25,14 +25,13 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
 pub mod exec;
+pub mod ndjson;
 
 use crate::config::ApiOrigin;
 use crate::credentials::Token;
 
 /// How long a TCP/TLS connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest NDJSON line busd accepts (a 64 KiB chunk in base64 plus its envelope).
-const MAX_FRAME_LINE: usize = 256 * 1024;
 /// How many times a retryable call is tried in all.
 pub const MAX_TRIES: u32 = 3;
 /// The first retry's backoff ceiling; each further retry doubles it, up to [`MAX_BACKOFF`].
@@ -821,8 +820,9 @@ fn seconds(d: Duration) -> String {
     format!("{} s", d.as_secs_f64())
 }
 
-/// Splits an NDJSON byte stream into frames, dropping keepalive frames; past `silence`'s
-/// bound without a byte, once it is enforced, the stream ends with `Unreachable`.
+/// Splits an NDJSON byte stream into frames ([`ndjson::FrameDecoder`]), dropping keepalive
+/// frames; past `silence`'s bound without a byte, once it is enforced, the stream ends with
+/// `Unreachable`.
 fn ndjson_frames<S>(
     bytes: S,
     origin: String,
@@ -831,38 +831,36 @@ fn ndjson_frames<S>(
 where
     S: Stream<Item = Result<bytes::Bytes, UpstreamError>> + Unpin,
 {
+    let protocol = |origin: &str, e: ndjson::FrameError| match e {
+        ndjson::FrameError::Truncated => UpstreamError::Unreachable {
+            origin: origin.to_owned(),
+            reason: e.to_string(),
+        },
+        _ => UpstreamError::Protocol {
+            origin: origin.to_owned(),
+            reason: e.to_string(),
+        },
+    };
     futures::stream::unfold(
-        (bytes, Vec::<u8>::new(), origin, silence, false),
-        |(mut bytes, mut buf, origin, silence, done)| async move {
+        (bytes, ndjson::FrameDecoder::new(), origin, silence, false),
+        move |(mut bytes, mut decoder, origin, silence, done)| async move {
             if done {
                 return None;
             }
             loop {
-                if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=pos).collect();
-                    let line = &line[..line.len() - 1];
-                    if line.iter().all(u8::is_ascii_whitespace) {
-                        continue;
-                    }
-                    let frame = serde_json::from_slice::<LogFrame>(line).map_err(|e| {
-                        UpstreamError::Protocol {
-                            origin: origin.clone(),
-                            reason: format!("invalid log frame: {e}"),
-                        }
-                    });
-                    if let Ok(LogFrame::Keepalive) = frame {
+                match decoder.next_frame() {
+                    Some(Ok(LogFrame::Keepalive)) => {
                         silence.seen.set();
                         continue;
                     }
-                    let failed = frame.is_err();
-                    return Some((frame, (bytes, buf, origin, silence, failed)));
-                }
-                if buf.len() > MAX_FRAME_LINE {
-                    let err = UpstreamError::Protocol {
-                        origin: origin.clone(),
-                        reason: "a log frame is larger than any the API sends".to_owned(),
-                    };
-                    return Some((Err(err), (bytes, buf, origin, silence, true)));
+                    Some(Ok(frame)) => {
+                        return Some((Ok(frame), (bytes, decoder, origin, silence, false)));
+                    }
+                    Some(Err(e)) => {
+                        let err = protocol(&origin, e);
+                        return Some((Err(err), (bytes, decoder, origin, silence, true)));
+                    }
+                    None => {}
                 }
                 let next = if silence.enforced() {
                     match tokio::time::timeout(silence.bound, bytes.next()).await {
@@ -875,22 +873,20 @@ where
                                     seconds(silence.bound)
                                 ),
                             };
-                            return Some((Err(err), (bytes, buf, origin, silence, true)));
+                            return Some((Err(err), (bytes, decoder, origin, silence, true)));
                         }
                     }
                 } else {
                     bytes.next().await
                 };
                 match next {
-                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                    Some(Err(e)) => return Some((Err(e), (bytes, buf, origin, silence, true))),
-                    None if buf.is_empty() => return None,
+                    Some(Ok(chunk)) => decoder.push(&chunk),
+                    Some(Err(e)) => return Some((Err(e), (bytes, decoder, origin, silence, true))),
                     None => {
-                        let err = UpstreamError::Unreachable {
-                            origin: origin.clone(),
-                            reason: "the log stream ended in the middle of a frame".to_owned(),
-                        };
-                        return Some((Err(err), (bytes, buf, origin, silence, true)));
+                        let end = decoder.finish().map_err(|e| protocol(&origin, e));
+                        return end
+                            .err()
+                            .map(|err| (Err(err), (bytes, decoder, origin, silence, true)));
                     }
                 }
             }

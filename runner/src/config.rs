@@ -364,6 +364,11 @@ impl Config {
             if p.image.trim().is_empty() {
                 return Err(format!("profiles.{name}.image must not be empty"));
             }
+            // What a profile holds must pass the checks a request naming it would.
+            crate::spec::check_image(&p.image).map_err(|e| format!("profiles.{name}.{e}"))?;
+            for (key, value) in &p.env {
+                crate::spec::check_env(key, value).map_err(|e| format!("profiles.{name}.{e}"))?;
+            }
             if p.timeout_seconds == 0 || p.timeout_seconds > MAX_TIMEOUT_SECONDS {
                 return Err(format!(
                     "profiles.{name}.timeout_seconds must be between 1 and {MAX_TIMEOUT_SECONDS}"
@@ -763,5 +768,33 @@ resources = "container:read"
         assert!(err.to_string().contains("host"), "{err}");
         let err = Config::parse("imgae = 1\n").unwrap_err();
         assert!(err.to_string().contains("imgae"), "{err}");
+    }
+
+    /// A profile may not hold what a request naming it could not say: every run of it would
+    /// fail at the engine (or set another variable than written).
+    #[test]
+    fn profiles_pass_the_checks_of_a_request() {
+        for (profile, field) in [
+            (
+                "image = \"a b\"\n",
+                "profiles.p.image must not contain spaces",
+            ),
+            (
+                "image = \"x\"\nenv = { \"\" = \"v\" }\n",
+                "profiles.p.env keys must not be empty",
+            ),
+            (
+                "image = \"x\"\nenv = { \"A=B\" = \"v\" }\n",
+                "profiles.p.env key \"A=B\"",
+            ),
+            (
+                "image = \"x\"\nenv = { A = \"v\\u0000\" }\n",
+                "profiles.p.env[\"A\"] must not contain NUL",
+            ),
+        ] {
+            let text = format!("[profiles.p]\ntimeout_seconds = 5\n{profile}");
+            let err = Config::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(field), "{text}: {err}");
+        }
     }
 }

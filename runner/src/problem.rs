@@ -415,6 +415,43 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
+/// The largest request body a route accepts; [`limit_body`] puts it in the request's
+/// extensions, so a body found too large while it is read is refused naming the right limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimit(pub usize);
+
+impl BodyLimit {
+    /// The 413 for a body over this limit.
+    pub fn exceeded(self) -> ApiError {
+        ApiError::PayloadTooLarge(format!(
+            "the request body is larger than the {} bytes this endpoint accepts",
+            self.0
+        ))
+    }
+}
+
+/// Middleware (with `axum::middleware::from_fn_with_state(limit, limit_body)`, beside
+/// `DefaultBodyLimit::max(limit)`): a request whose `Content-Length` exceeds `limit` is
+/// refused with 413 at once, before a byte of its body is read; a body without a length
+/// (chunked) is refused once it has grown past `limit`.
+pub async fn limit_body(
+    axum::extract::State(limit): axum::extract::State<usize>,
+    mut req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = BodyLimit(limit);
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit.0 as u64) {
+        return limit.exceeded().into_response();
+    }
+    req.extensions_mut().insert(limit);
+    next.run(req).await
+}
+
 /// A JSON object body whose rejections are problem documents (400, or 413 when too large).
 /// Only an object is accepted: serde would also read a struct from an array of its fields.
 #[derive(Debug)]
@@ -424,9 +461,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req.extensions().get::<BodyLimit>().copied();
         let value = match Json::<serde_json::Value>::from_request(req, state).await {
             Ok(Json(value)) => value,
-            Err(rejection) => return Err(json_rejection(rejection)),
+            Err(rejection) => return Err(json_rejection(rejection, limit)),
         };
         if !value.is_object() {
             return Err(ApiError::InvalidRequest(
@@ -439,12 +477,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
+fn json_rejection(rejection: JsonRejection, limit: Option<BodyLimit>) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::PayloadTooLarge(format!(
-            "the request body is larger than the {} KiB this endpoint accepts",
-            crate::routes::runs::BODY_LIMIT / 1024
-        ));
+        return match limit {
+            Some(limit) => limit.exceeded(),
+            None => ApiError::PayloadTooLarge(
+                "the request body is larger than this endpoint accepts".to_owned(),
+            ),
+        };
     }
     match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::InvalidRequest(

@@ -90,16 +90,7 @@ impl RunSpec {
                         "image must not be empty; leave it out to use the profile's",
                     ));
                 }
-                if image.len() > MAX_IMAGE_BYTES {
-                    return Err(invalid(format!(
-                        "image must be at most {MAX_IMAGE_BYTES} bytes"
-                    )));
-                }
-                if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                    return Err(invalid(
-                        "image must not contain spaces or control characters",
-                    ));
-                }
+                check_image(&image).map_err(invalid)?;
                 image
             }
             None => profile.image.clone(),
@@ -116,17 +107,7 @@ impl RunSpec {
         }
 
         for (key, value) in &req.env {
-            if key.is_empty() {
-                return Err(invalid("env keys must not be empty"));
-            }
-            if key.contains('=') {
-                return Err(invalid(format!(
-                    "env key \"{}\" must not contain '='",
-                    key.escape_debug()
-                )));
-            }
-            no_nul("env keys", key)?;
-            no_nul(&format!("env[\"{key}\"]"), value)?;
+            check_env(key, value).map_err(invalid)?;
         }
 
         if req.labels.len() > MAX_LABELS {
@@ -248,6 +229,42 @@ impl RunSpec {
             memory_mb: profile.memory_limit_mb(),
         })
     }
+}
+
+/// Checks an image reference (from a request or a profile): at most [`MAX_IMAGE_BYTES`],
+/// without spaces or control characters.
+pub fn check_image(image: &str) -> Result<(), String> {
+    if image.len() > MAX_IMAGE_BYTES {
+        return Err(format!("image must be at most {MAX_IMAGE_BYTES} bytes"));
+    }
+    if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("image must not contain spaces or control characters".to_owned());
+    }
+    Ok(())
+}
+
+/// Checks one environment entry (from a request or a profile): a non-empty key without `=`,
+/// and no NUL byte in key or value.
+pub fn check_env(key: &str, value: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("env keys must not be empty".to_owned());
+    }
+    if key.contains('=') {
+        return Err(format!(
+            "env key \"{}\" must not contain '='",
+            key.escape_debug()
+        ));
+    }
+    if key.contains('\0') {
+        return Err("env keys must not contain NUL bytes".to_owned());
+    }
+    if value.contains('\0') {
+        return Err(format!(
+            "env[\"{}\"] must not contain NUL bytes",
+            key.escape_debug()
+        ));
+    }
+    Ok(())
 }
 
 fn check_ports(ports: &[Port]) -> Result<(), ApiError> {

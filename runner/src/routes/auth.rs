@@ -64,6 +64,9 @@ fn looks_like_jwt(key: &str) -> bool {
     key.starts_with("eyJ") && key.split('.').count() == 3
 }
 
+/// Largest request body the endpoint accepts (a scope list and a TTL).
+pub const BODY_LIMIT: usize = 4 * 1024;
+
 /// Issues a token for the key's account with the requested subset of its resources.
 pub async fn token(
     State(state): State<AppState>,

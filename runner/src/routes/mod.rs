@@ -2,9 +2,11 @@
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 
 use crate::AppState;
+use crate::problem::limit_body;
 
 pub mod auth;
 pub mod billing;
@@ -23,7 +25,8 @@ pub fn router() -> Router<AppState> {
             "/api/v1/containers/runs",
             get(runs::list)
                 .post(runs::create)
-                .layer(DefaultBodyLimit::max(runs::BODY_LIMIT)),
+                .layer(DefaultBodyLimit::max(runs::BODY_LIMIT))
+                .layer(from_fn_with_state(runs::BODY_LIMIT, limit_body)),
         )
         .route(
             "/api/v1/containers/runs/{id}",
@@ -33,9 +36,16 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/containers/runs/{id}/exec", get(exec::exec))
         .route(
             "/api/v1/containers/runs/{id}/stop",
-            post(stop::stop).layer(DefaultBodyLimit::max(stop::BODY_LIMIT)),
+            post(stop::stop)
+                .layer(DefaultBodyLimit::max(stop::BODY_LIMIT))
+                .layer(from_fn_with_state(stop::BODY_LIMIT, limit_body)),
         )
-        .route("/api/v1/auth/token", post(auth::token))
+        .route(
+            "/api/v1/auth/token",
+            post(auth::token)
+                .layer(DefaultBodyLimit::max(auth::BODY_LIMIT))
+                .layer(from_fn_with_state(auth::BODY_LIMIT, limit_body)),
+        )
         .route("/api/v1/billing/status", get(billing::status))
         .route(crate::openapi::PATH, get(crate::openapi::serve))
 }

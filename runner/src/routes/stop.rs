@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use axum::Json;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use bus_api::Run;
 use bus_api::runs::{DEFAULT_STOP_GRACE_SECONDS, MAX_STOP_GRACE_SECONDS, StopRun};
 use bytes::Bytes;
@@ -11,7 +13,7 @@ use bytes::Bytes;
 use crate::AppState;
 use crate::auth::{self, Caller};
 use crate::executor;
-use crate::problem::ApiError;
+use crate::problem::{ApiError, BodyLimit};
 
 /// Largest request body the endpoint accepts.
 pub const BODY_LIMIT: usize = 4 * 1024;
@@ -26,8 +28,15 @@ pub async fn stop(
     State(state): State<AppState>,
     caller: Caller<auth::Run>,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Run>, ApiError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => BodyLimit(BODY_LIMIT).exceeded(),
+        _ => ApiError::InvalidRequest(format!(
+            "the request body cannot be read: {}",
+            e.body_text()
+        )),
+    })?;
     let request = parse(&body)?;
     let entry = state
         .store()
