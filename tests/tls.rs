@@ -180,6 +180,11 @@ fn busd_trusting_the_ca_runs_follows_and_execs_over_https() {
     let run = bus(&["containers", "run", "-d", "--", "sleep", "60"]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let id = stdout(&run).trim().to_owned();
+    let started = std::time::Instant::now();
+    while stdout(&bus(&["containers", "get", &id, "-o", "json"])).contains("\"starting\"") {
+        assert!(started.elapsed().as_secs() < 30, "run {id} did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let exec = bus(&["containers", "exec", &id, "--", "sh", "-c", "echo over-wss; exit 4"]);
     assert_eq!(stdout(&exec), "over-wss\n", "{}", String::from_utf8_lossy(&exec.stderr));
     assert_eq!(exec.status.code(), Some(4));

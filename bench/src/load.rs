@@ -21,8 +21,8 @@ use crate::measure::Cmd;
 pub struct Throughput {
     /// Completed calls per second.
     pub per_second: f64,
-    /// Completed calls in the window.
-    pub calls: u64,
+    /// Every call made, warm-up included (for CPU time per call).
+    pub total: u64,
 }
 
 /// The measured window of a load: `warmup` first, then `measure`.
@@ -59,7 +59,7 @@ pub async fn grpc_get_run(
             let run_id = run_id.to_owned();
             tokio::spawn(async move {
                 let mut client = ContainersClient::new(channel);
-                let mut calls = 0u64;
+                let (mut calls, mut total) = (0u64, 0u64);
                 while Instant::now() < until {
                     let request = GetRunRequest {
                         run_id: run_id.clone(),
@@ -68,12 +68,13 @@ pub async fn grpc_get_run(
                         .get_run(request)
                         .await
                         .map_err(|s| Failed(format!("GetRun through busd failed: {s}")))?;
+                    total += 1;
                     let now = Instant::now();
                     if now >= from && now < until {
                         calls += 1;
                     }
                 }
-                Ok::<_, Failed>(calls)
+                Ok::<_, Failed>((calls, total))
             })
         })
         .collect();
@@ -111,7 +112,7 @@ pub async fn rest_get_run(
         let client = rest_client(ca_pem)?;
         let (url, bearer) = (url.clone(), bearer.clone());
         tasks.push(tokio::spawn(async move {
-            let mut calls = 0u64;
+            let (mut calls, mut total) = (0u64, 0u64);
             while Instant::now() < until {
                 let response = client
                     .get(url.as_str())
@@ -124,30 +125,33 @@ pub async fn rest_get_run(
                     .bytes()
                     .await
                     .map_err(|e| Failed(format!("GET {url} failed: {e}")))?;
+                total += 1;
                 let now = Instant::now();
                 if now >= from && now < until {
                     calls += 1;
                 }
             }
-            Ok::<_, Failed>(calls)
+            Ok::<_, Failed>((calls, total))
         }));
     }
     sum_calls(tasks, window).await
 }
 
 async fn sum_calls(
-    tasks: Vec<tokio::task::JoinHandle<Result<u64, Failed>>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(u64, u64), Failed>>>,
     window: Window,
 ) -> Result<Throughput, Failed> {
-    let mut calls = 0;
+    let (mut calls, mut total) = (0, 0);
     for task in tasks {
-        calls += task
+        let (c, t) = task
             .await
             .map_err(|e| Failed(format!("a load task failed: {e}")))??;
+        calls += c;
+        total += t;
     }
     Ok(Throughput {
         per_second: calls as f64 / window.measure.as_secs_f64(),
-        calls,
+        total,
     })
 }
 
@@ -190,7 +194,6 @@ pub async fn follow_busd(
         let request = StreamLogsRequest {
             run_id: run_id.to_owned(),
             follow: true,
-            tail: 1,
             ..Default::default()
         };
         let stream = client
@@ -270,7 +273,7 @@ pub async fn follow_rest(
     window: Duration,
     during: impl FnOnce() -> u64,
 ) -> Result<Followed, Failed> {
-    let url = format!("{origin}/api/v1/containers/runs/{run_id}/logs?follow=true&tail=1");
+    let url = format!("{origin}/api/v1/containers/runs/{run_id}/logs?follow=true");
     let mut bodies = Vec::with_capacity(followers);
     for _ in 0..followers {
         let response = rest_client(ca_pem)?

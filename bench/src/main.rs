@@ -331,7 +331,11 @@ fn measure_all(stack: &Stack, plan: &Plan) -> Result<(String, Vec<Row>), Failed>
         say("measuring unary throughput (64 concurrent clients)");
         let ca = std::fs::read(&stack.ca)
             .map_err(|e| Failed(format!("cannot read {}: {e}", stack.ca.display())))?;
+        let pids = [stack.busd_pid, stack.runner_pid, 0];
+        let cpu = || -> Result<Vec<u64>, Failed> { pids.iter().map(|&p| measure::cpu_us(p)).collect() };
+        let before = cpu()?;
         let ours = runtime.block_on(load::grpc_get_run(&stack.socket, &run_id, 64, plan.load))?;
+        let middle = cpu()?;
         let direct = runtime.block_on(load::rest_get_run(
             &stack.https,
             &ca,
@@ -340,17 +344,31 @@ fn measure_all(stack: &Stack, plan: &Plan) -> Result<(String, Vec<Row>), Failed>
             64,
             plan.load,
         ))?;
+        let after = cpu()?;
+        let per_call = |from: &[u64], to: &[u64], i: usize, calls: u64| {
+            (to[i] - from[i]) as f64 / calls.max(1) as f64
+        };
         let ratio = ours.per_second / direct.per_second;
         rows.push(Row {
             figure: format!(
                 "unary throughput, 64 concurrent clients, {} s",
                 plan.load.measure.as_secs()
             ),
-            ours: format!("{:.0} req/s (`GetRun` through busd)", ours.per_second),
+            ours: format!(
+                "{:.0} req/s (`GetRun` through busd)<br>CPU per call: busd {:.0} µs, runner \
+                 {:.0} µs, client {:.0} µs",
+                ours.per_second,
+                per_call(&before, &middle, 0, ours.total),
+                per_call(&before, &middle, 1, ours.total),
+                per_call(&before, &middle, 2, ours.total),
+            ),
             anchors: format!(
                 "`GET /api/v1/containers/runs/{{id}}` straight to the runner over TLS, 64 \
-                 keep-alive clients: {:.0} req/s; ours is **{ratio:.2}×** of it",
-                direct.per_second
+                 keep-alive clients: {:.0} req/s; ours is **{ratio:.2}×** of it<br>CPU per \
+                 call: runner {:.0} µs, client {:.0} µs",
+                direct.per_second,
+                per_call(&middle, &after, 1, direct.total),
+                per_call(&middle, &after, 2, direct.total),
             ),
             target: format!("≥ 0.7×: {}", check(ratio >= 0.7)),
         });

@@ -214,3 +214,24 @@ pub fn ms(value: f64) -> String {
 pub fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
+
+/// CPU time (user + system) a process has used so far, µs; this process' own when `pid` is
+/// 0. Read from `/proc/PID/stat` (clock ticks of 10 ms).
+pub fn cpu_us(pid: u32) -> Result<u64, Failed> {
+    let path = if pid == 0 {
+        "/proc/self/stat".to_owned()
+    } else {
+        format!("/proc/{pid}/stat")
+    };
+    let stat = std::fs::read_to_string(&path)
+        .map_err(|e| Failed(format!("cannot read {path}: {e}")))?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14,
+    // stime 15.
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => Ok((user + system) * 10_000),
+        _ => Err(Failed(format!("{path} has no CPU times"))),
+    }
+}
