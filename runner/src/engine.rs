@@ -444,7 +444,9 @@ impl Engine {
                 });
             }
             text.trim().parse::<i64>().map_err(|_| {
-                stream_error(format!("the engine's wait answered {text:?}, not an exit code"))
+                stream_error(format!(
+                    "the engine's wait answered {text:?}, not an exit code"
+                ))
             })
         }
         .await;
