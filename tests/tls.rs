@@ -33,12 +33,27 @@ fn certificates(dir: &Path) {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
     openssl(
         &[
             &["req", "-x509"][..],
             &ec,
-            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=test CA"],
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=test CA",
+            ],
             &["-addext", "basicConstraints=critical,CA:TRUE"],
             &["-addext", "keyUsage=critical,keyCertSign"],
         ]
@@ -48,13 +63,34 @@ fn certificates(dir: &Path) {
         &[
             &["req"][..],
             &ec,
-            &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"],
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
         ]
         .concat(),
     );
     openssl(&[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial",
-        "2", "-days", "1", "-extfile", "server.ext", "-out", "server.pem",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        "2",
+        "-days",
+        "1",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
     ]);
 }
 
@@ -174,19 +210,41 @@ fn busd_trusting_the_ca_runs_follows_and_execs_over_https() {
     let bus = |args: &[&str]| stack.bus("trusting", &stack.https, Some(&ca), args);
 
     let out = bus(&["containers", "run", "--", "sh", "-c", "printf OK; exit 3"]);
-    assert_eq!(stdout(&out), "OK", "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        stdout(&out),
+        "OK",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.status.code(), Some(3));
 
     let run = bus(&["containers", "run", "-d", "--", "sleep", "60"]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let id = stdout(&run).trim().to_owned();
     let started = std::time::Instant::now();
     while stdout(&bus(&["containers", "get", &id, "-o", "json"])).contains("\"starting\"") {
         assert!(started.elapsed().as_secs() < 30, "run {id} did not start");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let exec = bus(&["containers", "exec", &id, "--", "sh", "-c", "echo over-wss; exit 4"]);
-    assert_eq!(stdout(&exec), "over-wss\n", "{}", String::from_utf8_lossy(&exec.stderr));
+    let exec = bus(&[
+        "containers",
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo over-wss; exit 4",
+    ]);
+    assert_eq!(
+        stdout(&exec),
+        "over-wss\n",
+        "{}",
+        String::from_utf8_lossy(&exec.stderr)
+    );
     assert_eq!(exec.status.code(), Some(4));
     assert!(bus(&["containers", "delete", &id]).status.success());
 
@@ -196,7 +254,11 @@ fn busd_trusting_the_ca_runs_follows_and_execs_over_https() {
 
     // The same runner still answers plain HTTP on its other address.
     let plain = stack.bus("plain", &stack.plain, None, &["containers", "runs", "-q"]);
-    assert!(plain.status.success(), "{}", String::from_utf8_lossy(&plain.stderr));
+    assert!(
+        plain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
     assert_eq!(stdout(&plain).lines().count(), 1, "{}", stdout(&plain));
 }
 
@@ -214,7 +276,12 @@ fn busd_without_the_ca_refuses_the_runners_certificate() {
 fn a_bad_ca_file_is_refused_with_what_to_do() {
     let stack = TlsStack::start();
     let missing = stack.dir.path().join("no-such-ca.pem");
-    let out = stack.bus("badca", &stack.https, Some(&missing), &["containers", "runs"]);
+    let out = stack.bus(
+        "badca",
+        &stack.https,
+        Some(&missing),
+        &["containers", "runs"],
+    );
     let line = one_line_error(&out);
     assert!(line.contains("cannot use the CA file"), "{line}");
     assert!(line.contains("no-such-ca.pem"), "{line}");
@@ -251,15 +318,36 @@ fn the_runner_refuses_tls_flags_that_do_not_fit() {
         "an https:// --listen address needs --tls-cert and --tls-key",
     );
     fails(
-        &["--listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+        ],
         "used only by an https:// --listen address",
     );
     fails(
-        &["--listen", "https://127.0.0.1:0", "--tls-cert", key, "--tls-key", key],
+        &[
+            "--listen",
+            "https://127.0.0.1:0",
+            "--tls-cert",
+            key,
+            "--tls-key",
+            key,
+        ],
         "pass a PEM file with the server's certificate",
     );
     fails(
-        &["--listen", "https://127.0.0.1:0", "--tls-cert", cert, "--tls-key", cert],
+        &[
+            "--listen",
+            "https://127.0.0.1:0",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            cert,
+        ],
         "pass a PEM file with the certificate's private key",
     );
     let other = dir.path().join("ca.key");
@@ -276,5 +364,8 @@ fn the_runner_refuses_tls_flags_that_do_not_fit() {
     );
     // A usage error, from the argument parser.
     let stderr = refusal(&["--listen", "ftp://127.0.0.1:0"]);
-    assert!(stderr.contains("ftp:// is not served; use HOST:PORT for HTTP or https://HOST:PORT"), "{stderr}");
+    assert!(
+        stderr.contains("ftp:// is not served; use HOST:PORT for HTTP or https://HOST:PORT"),
+        "{stderr}"
+    );
 }

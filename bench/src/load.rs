@@ -220,8 +220,8 @@ pub async fn follow_busd(
                         Ok(Some(event)) => {
                             if let Some(Event::Output(chunk)) = event.event {
                                 let Some(t) = chunk.time else { continue };
-                                let read = i128::from(t.seconds) * 1_000_000_000
-                                    + i128::from(t.nanos);
+                                let read =
+                                    i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
                                 if read >= since {
                                     lags.push((received - read) as f64 / 1e6);
                                 }
@@ -237,16 +237,19 @@ pub async fn follow_busd(
         .collect();
     tokio::time::sleep_until(until.into()).await;
     let sampled = during();
-    collect_follows(tasks).await.map(|(lags_ms, chunks)| Followed {
-        lags_ms,
-        chunks,
-        sampled,
-    })
+    collect_follows(tasks)
+        .await
+        .map(|(lags_ms, chunks)| Followed {
+            lags_ms,
+            chunks,
+            sampled,
+        })
 }
 
-async fn collect_follows<S>(
-    tasks: Vec<tokio::task::JoinHandle<Result<(Vec<f64>, S), Failed>>>,
-) -> Result<(Vec<f64>, Vec<usize>), Failed> {
+/// A follower's task: its lags, and its stream (held open until every follower is done).
+type FollowTask<S> = tokio::task::JoinHandle<Result<(Vec<f64>, S), Failed>>;
+
+async fn collect_follows<S>(tasks: Vec<FollowTask<S>>) -> Result<(Vec<f64>, Vec<usize>), Failed> {
     let mut all = Vec::new();
     let mut chunks = Vec::new();
     let mut held = Vec::new();
@@ -323,11 +326,13 @@ pub async fn follow_rest(
         .collect();
     tokio::time::sleep_until(until.into()).await;
     let sampled = during();
-    collect_follows(tasks).await.map(|(lags_ms, chunks)| Followed {
-        lags_ms,
-        chunks,
-        sampled,
-    })
+    collect_follows(tasks)
+        .await
+        .map(|(lags_ms, chunks)| Followed {
+            lags_ms,
+            chunks,
+            sampled,
+        })
 }
 
 /// The `time` of an NDJSON output frame, ns since the epoch.

@@ -206,7 +206,9 @@ fn measure_all(stack: &Stack, plan: &Plan) -> Result<(String, Vec<Row>), Failed>
         if !plan.wants(key) {
             continue;
         }
-        say(&format!("measuring `bus containers {what}` and its anchors"));
+        say(&format!(
+            "measuring `bus containers {what}` and its anchors"
+        ));
         let mut cmds = vec![
             stack.bus_cmd("bus", &["containers", what]),
             stack.curl_cmd("`curl` over TLS (cold)", &stack.https, path),
@@ -292,7 +294,10 @@ fn measure_all(stack: &Stack, plan: &Plan) -> Result<(String, Vec<Row>), Failed>
         rows.push(Row {
             figure: "run overhead: `bus containers run -- true` wall time".to_owned(),
             ours: ours.to_string(),
-            anchors: format!("{}: {podman}; ours is **{ratio:.2}×** its time", cmds[1].label),
+            anchors: format!(
+                "{}: {podman}; ours is **{ratio:.2}×** its time",
+                cmds[1].label
+            ),
             target: format!("≤ 1.0×: {}", check(ratio <= 1.0)),
         });
     }
@@ -332,7 +337,8 @@ fn measure_all(stack: &Stack, plan: &Plan) -> Result<(String, Vec<Row>), Failed>
         let ca = std::fs::read(&stack.ca)
             .map_err(|e| Failed(format!("cannot read {}: {e}", stack.ca.display())))?;
         let pids = [stack.busd_pid, stack.runner_pid, 0];
-        let cpu = || -> Result<Vec<u64>, Failed> { pids.iter().map(|&p| measure::cpu_us(p)).collect() };
+        let cpu =
+            || -> Result<Vec<u64>, Failed> { pids.iter().map(|&p| measure::cpu_us(p)).collect() };
         let before = cpu()?;
         let ours = runtime.block_on(load::grpc_get_run(&stack.socket, &run_id, 64, plan.load))?;
         let middle = cpu()?;
@@ -410,7 +416,14 @@ fn measure_all(stack: &Stack, plan: &Plan) -> Result<(String, Vec<Row>), Failed>
         let anchors = cmds[2..]
             .iter()
             .zip(&peaks[2..])
-            .map(|(c, &p)| format!("{} peak: {}, {:.1}× ours", c.label, mib(p), p as f64 / cli as f64))
+            .map(|(c, &p)| {
+                format!(
+                    "{} peak: {}, {:.1}× ours",
+                    c.label,
+                    mib(p),
+                    p as f64 / cli as f64
+                )
+            })
             .chain([
                 format!("podman API service: {}", mib(podman_service)),
                 format!("floor (`/bin/true` under time): {}", mib(peaks[0])),
@@ -559,10 +572,7 @@ fn fanout(stack: &Stack, plan: &Plan, runtime: &tokio::runtime::Runtime) -> Resu
              runner RSS +{per_direct:.1} KiB per follow; lag {}, {dlo}–{dhi} chunks each",
             ol_fmt(dl)
         ),
-        target: format!(
-            "1 upstream stream, ≤ 64 KiB per follower: {}",
-            check(met)
-        ),
+        target: format!("1 upstream stream, ≤ 64 KiB per follower: {}", check(met)),
     })
 }
 

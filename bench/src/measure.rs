@@ -223,8 +223,8 @@ pub fn cpu_us(pid: u32) -> Result<u64, Failed> {
     } else {
         format!("/proc/{pid}/stat")
     };
-    let stat = std::fs::read_to_string(&path)
-        .map_err(|e| Failed(format!("cannot read {path}: {e}")))?;
+    let stat =
+        std::fs::read_to_string(&path).map_err(|e| Failed(format!("cannot read {path}: {e}")))?;
     // Fields after the command name (which may hold spaces): state is field 3, utime 14,
     // stime 15.
     let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();

@@ -219,7 +219,13 @@ impl Stack {
     fn start_runner(&mut self) -> Result<(), Failed> {
         let log = self.file("bus-runner.log")?;
         let mut child = Command::new(self.bin.join("bus-runner"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--listen", "https://127.0.0.1:0"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--listen",
+                "https://127.0.0.1:0",
+            ])
             .arg("--tls-cert")
             .arg(self.tmp.join("server.pem"))
             .arg("--tls-key")
@@ -265,7 +271,15 @@ impl Stack {
         say(&format!("bus-runner on {} and {}", self.https, self.http));
 
         let out = Command::new(self.bin.join("bus-runner"))
-            .args(["token", "--account", "bench", "--resources", SCOPES, "--ttl", "4h"])
+            .args([
+                "token",
+                "--account",
+                "bench",
+                "--resources",
+                SCOPES,
+                "--ttl",
+                "4h",
+            ])
             .arg("--state-dir")
             .arg(&self.runner_state)
             .stdin(Stdio::null())
@@ -275,7 +289,10 @@ impl Stack {
             return Err(Failed("bus-runner token failed".to_owned()));
         }
         self.token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        write_secret(&self.header_file, &format!("Authorization: Bearer {}\n", self.token))?;
+        write_secret(
+            &self.header_file,
+            &format!("Authorization: Bearer {}\n", self.token),
+        )?;
         write_secret(&self.tmp.join("config/auth/api-token"), &self.token)
     }
 
@@ -406,8 +423,7 @@ impl Stack {
     }
 
     fn file(&self, name: &str) -> Result<File, Failed> {
-        File::create(self.tmp.join(name))
-            .map_err(|e| Failed(format!("cannot create {name}: {e}")))
+        File::create(self.tmp.join(name)).map_err(|e| Failed(format!("cannot create {name}: {e}")))
     }
 
     /// Containers labelled with this runner's id (normally none are left).
@@ -456,7 +472,10 @@ impl Drop for Stack {
 
 /// SIGTERM, then SIGKILL after 5 s; only PIDs this bench started.
 pub fn stop_pid(pid: u32) {
-    let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
         return;
     };
     if rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_err() {

@@ -159,7 +159,11 @@ fn configure(args: Args) -> Result<Config, String> {
     let token_source =
         credentials::resolve_source(args.token_file.as_deref(), env, &bus::config_dir());
     let (socket, _) = bus::config::resolve_socket(args.socket.as_deref(), env, &settings);
-    let trusted_cas = match args.ca_file.as_deref().filter(|p| !p.as_os_str().is_empty()) {
+    let trusted_cas = match args
+        .ca_file
+        .as_deref()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
         Some(path) => busd::upstream::TrustedCas::load(path).map_err(|e| e.to_string())?,
         None => busd::upstream::TrustedCas::default(),
     };

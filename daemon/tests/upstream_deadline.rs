@@ -27,6 +27,7 @@ async fn the_grpc_deadline_bounds_the_rest_call() {
         socket: socket.clone(),
         api_origin: origin,
         token_source: TokenSource::File(token),
+        trusted_cas: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(busd::serve(listener, config, async {

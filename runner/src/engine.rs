@@ -45,8 +45,8 @@ pub struct Engine {
     socket: std::path::PathBuf,
 }
 
-/// How often Podman checks a container's state while a libpod wait is open (its default is
-/// 250 ms, which a short run would spend mostly waiting).
+/// How often Podman checks a container's state while a libpod wait is open; the
+/// Docker-compatible wait answers a short run hundreds of milliseconds late.
 const LIBPOD_WAIT_INTERVAL: &str = "5ms";
 
 /// Output from a container, as the attach stream delivers it.
@@ -390,8 +390,8 @@ impl Engine {
     }
 
     /// Waits until the container has stopped and returns its exit code. On Podman this is
-    /// libpod's wait, polling every [`LIBPOD_WAIT_INTERVAL`]: the Docker-compatible one polls
-    /// every 250 ms.
+    /// libpod's wait, polling every [`LIBPOD_WAIT_INTERVAL`]: the Docker-compatible one
+    /// answers a short run hundreds of milliseconds late.
     pub async fn wait(&self, id: &str) -> Result<i64, EngineError> {
         if self
             .info
@@ -456,7 +456,9 @@ impl Engine {
                 });
             }
             text.trim().parse::<i64>().map_err(|_| {
-                stream_error(format!("the engine's wait answered {text:?}, not an exit code"))
+                stream_error(format!(
+                    "the engine's wait answered {text:?}, not an exit code"
+                ))
             })
         }
         .await;

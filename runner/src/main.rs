@@ -55,10 +55,20 @@ struct ServeArgs {
     listen: Vec<Listen>,
     /// The certificate chain (PEM: the server's certificate, then any intermediates) that
     /// https:// listen addresses present.
-    #[arg(long, env = "BUS_RUNNER_TLS_CERT", value_name = "PEM_FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "BUS_RUNNER_TLS_CERT",
+        value_name = "PEM_FILE",
+        requires = "tls_key"
+    )]
     tls_cert: Option<PathBuf>,
     /// The private key (PEM) of --tls-cert.
-    #[arg(long, env = "BUS_RUNNER_TLS_KEY", value_name = "PEM_FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "BUS_RUNNER_TLS_KEY",
+        value_name = "PEM_FILE",
+        requires = "tls_cert"
+    )]
     tls_key: Option<PathBuf>,
     /// The container engine's Docker-compatible API socket, e.g. unix:///run/podman/podman.sock.
     #[arg(long, env = "BUS_RUNNER_ENGINE")]
