@@ -82,6 +82,9 @@ impl ApiOrigin {
         {
             return Err(ApiUrlError::NotAnOrigin(shown()));
         }
+        // One form per origin: `http://h//` is `http://h`, and compares equal to it.
+        let mut url = url;
+        url.set_path("/");
         Ok(ApiOrigin(url))
     }
 
@@ -199,6 +202,16 @@ mod tests {
             assert_eq!(err.guidance(), format!("use --api-url {origin}"), "{given}");
             ApiOrigin::parse(origin).unwrap();
         }
+    }
+
+    /// Found by fuzzing: `http://s//` was accepted as an origin unequal to `http://s`, which
+    /// its own text parses to.
+    #[test]
+    fn an_origin_has_one_form() {
+        let slashes = ApiOrigin::parse("http://s//").unwrap();
+        assert_eq!(slashes, ApiOrigin::parse("http://s").unwrap());
+        assert_eq!(ApiOrigin::parse(slashes.as_str()).unwrap(), slashes);
+        assert_eq!(slashes.as_str(), "http://s");
     }
 
     #[test]
