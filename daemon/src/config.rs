@@ -101,11 +101,14 @@ impl ApiOrigin {
 
 /// `given` with the password of its `user:password@` part, if any, replaced by `***`.
 fn redact_password(given: &str) -> String {
-    let Some(scheme_end) = given.find("://").map(|i| i + 3) else {
+    // As the URL parser reads it: any number of slashes (or backslashes) after the scheme.
+    let Some(colon) = given.find(':') else {
         return given.to_owned();
     };
+    let after = &given[colon + 1..];
+    let scheme_end = given.len() - after.trim_start_matches(['/', '\\']).len();
     let rest = &given[scheme_end..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let authority = &rest[..rest.find(['/', '\\', '?', '#']).unwrap_or(rest.len())];
     let Some(at) = authority.rfind('@') else {
         return given.to_owned();
     };
@@ -221,6 +224,9 @@ mod tests {
             "http://user:hunter22@h",
             "ftp://user:hunter22@h",
             "http://user:hunter22@h:99999",
+            // Found by fuzzing: the parser also reads one slash, or backslashes.
+            "https:/user:hunter22@h?q",
+            "http:\\\\user:hunter22@h/x",
         ] {
             let err = ApiOrigin::parse(given).unwrap_err();
             let shown = format!("{err}; {}", err.guidance());

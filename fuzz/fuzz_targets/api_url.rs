@@ -22,7 +22,10 @@ fuzz_target!(|given: &str| {
             let joined = url::Url::parse(&origin.join(PATH)).expect("a URL busd builds parses");
             assert_eq!(joined.scheme(), parsed.scheme());
             assert_eq!(joined.host(), parsed.host());
-            assert_eq!(joined.port_or_known_default(), parsed.port_or_known_default());
+            assert_eq!(
+                joined.port_or_known_default(),
+                parsed.port_or_known_default()
+            );
             assert_eq!(joined.path(), PATH);
             assert!(joined.query().is_none() && joined.fragment().is_none());
             assert!(joined.username().is_empty() && joined.password().is_none());
@@ -31,7 +34,10 @@ fuzz_target!(|given: &str| {
             let message = format!("{err}; {}", err.guidance());
             assert!(!message.contains('\n'), "{message:?}");
             if let ApiUrlError::HasApiPath { origin, .. } = &err {
-                assert!(ApiOrigin::parse(origin).is_ok(), "the suggestion {origin:?} is refused");
+                assert!(
+                    ApiOrigin::parse(origin).is_ok(),
+                    "the suggestion {origin:?} is refused"
+                );
             }
             if let Ok(url) = url::Url::parse(given.trim()) {
                 if let Some(password) = url.password().filter(|p| p.len() >= 4) {

@@ -68,7 +68,9 @@ fuzz_target!(|input: Input| match input {
                 Frame::Stdin(_) | Frame::Stdout(_) | Frame::Stderr(_) => {
                     assert_eq!(encoded, message, "data frames are carried byte for byte")
                 }
-                Frame::CloseStdin => assert!(message == [exec::CLOSE] || message == [exec::CLOSE, 0]),
+                Frame::CloseStdin => {
+                    assert!(message == [exec::CLOSE] || message == [exec::CLOSE, 0])
+                }
                 Frame::Status(_) | Frame::Resize(_) => {}
             }
         }

@@ -15,14 +15,20 @@ fuzz_target!(|query: &str| {
     let exec = match ExecQuery::parse(query) {
         Ok(exec) => exec,
         Err(message) => {
-            assert!(!message.is_empty() && !message.contains('\n'), "{message:?}");
+            assert!(
+                !message.is_empty() && !message.contains('\n'),
+                "{message:?}"
+            );
             return;
         }
     };
     assert!(!exec.argv.is_empty() && !exec.argv[0].is_empty());
     assert!(exec.argv.len() <= MAX_ARGS);
     for text in exec.argv.iter().chain(&exec.env).chain(&exec.workdir) {
-        assert!(!text.contains('\0'), "a NUL byte cannot reach the engine: {exec:?}");
+        assert!(
+            !text.contains('\0'),
+            "a NUL byte cannot reach the engine: {exec:?}"
+        );
     }
     for env in &exec.env {
         let (name, _) = env.split_once('=').expect("env entries read NAME=value");

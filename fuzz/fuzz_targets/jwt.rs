@@ -178,19 +178,34 @@ fuzz_target!(|input: Input| {
                     assert_eq!(claims.iss, ISSUER);
                     assert!(!claims.sub.trim().is_empty());
                     let now = OffsetDateTime::now_utc().unix_timestamp();
-                    assert!(claims.exp + LEEWAY_SECONDS + 2 >= now, "expired yet accepted");
-                    assert!(claims.nbf <= now + LEEWAY_SECONDS, "not yet valid yet accepted");
+                    assert!(
+                        claims.exp + LEEWAY_SECONDS + 2 >= now,
+                        "expired yet accepted"
+                    );
+                    assert!(
+                        claims.nbf <= now + LEEWAY_SECONDS,
+                        "not yet valid yet accepted"
+                    );
                     let signed: Claims = serde_json::from_str(&payload_json).unwrap();
                     assert_eq!(claims, signed, "the claims are the ones signed");
-                    assert_eq!(busd.as_ref(), Some(&claims), "busd decodes what the runner verified");
+                    assert_eq!(
+                        busd.as_ref(),
+                        Some(&claims),
+                        "busd decodes what the runner verified"
+                    );
                 }
                 Err(refused) => {
                     check_refusal(&refused.problem().detail, &sent);
                     // A good token, unchanged, with times clear of the edges, must pass.
-                    let clear = |delta: i32| (i64::from(delta) - LEEWAY_SECONDS).abs() > 3
-                        && (i64::from(delta) + LEEWAY_SECONDS).abs() > 3;
-                    if let (Some(c), PayloadChoice::Claims(f), HeaderChoice::EdDsa | HeaderChoice::EdDsaJwt) =
-                        (&expected, &payload, &header)
+                    let clear = |delta: i32| {
+                        (i64::from(delta) - LEEWAY_SECONDS).abs() > 3
+                            && (i64::from(delta) + LEEWAY_SECONDS).abs() > 3
+                    };
+                    if let (
+                        Some(c),
+                        PayloadChoice::Claims(f),
+                        HeaderChoice::EdDsa | HeaderChoice::EdDsaJwt,
+                    ) = (&expected, &payload, &header)
                     {
                         let good = !changed
                             && c.aud == AUDIENCE
@@ -201,7 +216,11 @@ fuzz_target!(|input: Input| {
                             && c.nbf >= 0
                             && clear(f.exp)
                             && clear(f.nbf);
-                        assert!(!good, "a good token was refused: {:?}", refused.problem().detail);
+                        assert!(
+                            !good,
+                            "a good token was refused: {:?}",
+                            refused.problem().detail
+                        );
                     }
                 }
             }
