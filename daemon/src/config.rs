@@ -84,6 +84,9 @@ impl ApiOrigin {
         {
             return Err(ApiUrlError::NotAnOrigin(shown()));
         }
+        // One form per origin: `http://h//` is `http://h`, and compares equal to it.
+        let mut url = url;
+        url.set_path("/");
         Ok(ApiOrigin(url))
     }
 
@@ -100,11 +103,14 @@ impl ApiOrigin {
 
 /// `given` with the password of its `user:password@` part, if any, replaced by `***`.
 fn redact_password(given: &str) -> String {
-    let Some(scheme_end) = given.find("://").map(|i| i + 3) else {
+    // As the URL parser reads it: any number of slashes (or backslashes) after the scheme.
+    let Some(colon) = given.find(':') else {
         return given.to_owned();
     };
+    let after = &given[colon + 1..];
+    let scheme_end = given.len() - after.trim_start_matches(['/', '\\']).len();
     let rest = &given[scheme_end..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let authority = &rest[..rest.find(['/', '\\', '?', '#']).unwrap_or(rest.len())];
     let Some(at) = authority.rfind('@') else {
         return given.to_owned();
     };
@@ -203,6 +209,16 @@ mod tests {
         }
     }
 
+    /// Found by fuzzing: `http://s//` was accepted as an origin unequal to `http://s`, which
+    /// its own text parses to.
+    #[test]
+    fn an_origin_has_one_form() {
+        let slashes = ApiOrigin::parse("http://s//").unwrap();
+        assert_eq!(slashes, ApiOrigin::parse("http://s").unwrap());
+        assert_eq!(ApiOrigin::parse(slashes.as_str()).unwrap(), slashes);
+        assert_eq!(slashes.as_str(), "http://s");
+    }
+
     #[test]
     fn a_password_in_a_refused_url_is_not_repeated() {
         for given in [
@@ -210,6 +226,9 @@ mod tests {
             "http://user:hunter22@h",
             "ftp://user:hunter22@h",
             "http://user:hunter22@h:99999",
+            // Found by fuzzing: the parser also reads one slash, or backslashes.
+            "https:/user:hunter22@h?q",
+            "http:\\\\user:hunter22@h/x",
         ] {
             let err = ApiOrigin::parse(given).unwrap_err();
             let shown = format!("{err}; {}", err.guidance());

@@ -303,6 +303,10 @@ fn invalid_reason(kind: &ErrorKind) -> String {
         ErrorKind::InvalidIssuer => {
             format!("the token was not issued by a bus runner: its issuer is not \"{ISSUER}\"")
         }
+        // A time claim that is not a whole number of seconds since 1970 counts as missing.
+        ErrorKind::MissingRequiredClaim(claim) if claim == "exp" || claim == "nbf" => {
+            format!("the token's `{claim}` claim is missing or not a time in seconds since 1970")
+        }
         ErrorKind::MissingRequiredClaim(claim) => format!("the token lacks the `{claim}` claim"),
         ErrorKind::InvalidClaimFormat(claim) => format!("the token's `{claim}` claim is malformed"),
         ErrorKind::Json(_) => "the token's claims are not the ones this runner issues".to_owned(),
@@ -643,6 +647,23 @@ mod tests {
             err.problem().detail.contains("not valid before"),
             "{}",
             err.problem().detail
+        );
+    }
+
+    /// Found by fuzzing: a signed token with a negative `nbf` was refused as lacking the
+    /// claim; the refusal stays, and now says what is wrong.
+    #[test]
+    fn a_time_before_1970_is_refused_as_not_a_time() {
+        let (_d, k) = keys();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let mut c = claims("a", &[Scope::Read], now, now + 60);
+        c.nbf = -1;
+        let err = k.verify(&k.sign(&c)).unwrap_err();
+        let detail = err.problem().detail;
+        assert_eq!(code(err), "token_invalid");
+        assert_eq!(
+            detail,
+            "the token's `nbf` claim is missing or not a time in seconds since 1970"
         );
     }
 

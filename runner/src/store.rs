@@ -226,6 +226,33 @@ impl Default for Retention {
     }
 }
 
+/// Creates `path` (and, for the database, its WAL files if present) readable and writable by
+/// this user only, or makes an existing one so: they hold run output, whatever the state
+/// dir's own mode lets through. SQLite gives the WAL files it creates the database's mode.
+fn make_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| StoreError::Io { path, source }
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = std::path::PathBuf::from(file);
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&file)(e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) `runs.db` in `state_dir` (created 0700), loads every run and
     /// starts the writer thread. Runs that had not ended are kept for [`Store::take_orphans`].
@@ -240,7 +267,9 @@ impl Store {
                     source: e,
                 })?;
         }
-        let store = Store::open_file(&state_dir.join(DB_FILE), None)?;
+        let db_file = state_dir.join(DB_FILE);
+        make_private(&db_file)?;
+        let store = Store::open_file(&db_file, None)?;
         let id_file = state_dir.join(RUNNER_ID_FILE);
         if std::fs::read_to_string(&id_file)
             .ok()
@@ -248,6 +277,7 @@ impl Store {
             .map(str::trim)
             != Some(store.runner_id())
         {
+            make_private(&id_file)?;
             std::fs::write(&id_file, format!("{}\n", store.runner_id())).map_err(|e| {
                 StoreError::Io {
                     path: id_file,

@@ -159,13 +159,22 @@ impl Runner {
         Runner::start_with(Some(config))
     }
 
+    /// A runner (with a TOML config, if given) that logs at debug level to `log`.
+    pub fn start_logging_to(config: Option<&str>, log: &Path) -> Runner {
+        Runner::start_logged(config, Some(log))
+    }
+
     fn start_with(config: Option<&str>) -> Runner {
+        Runner::start_logged(config, None)
+    }
+
+    fn start_logged(config: Option<&str>, log: Option<&Path>) -> Runner {
         let engine = Engine::start();
         let state_dir = tempfile::tempdir().unwrap();
         if let Some(config) = config {
             std::fs::write(state_dir.path().join("runner.toml"), config).unwrap();
         }
-        let (child, origin) = serve(state_dir.path(), &engine.socket);
+        let (child, origin) = serve_logged(state_dir.path(), &engine.socket, log);
         Runner {
             child,
             origin,
@@ -234,6 +243,15 @@ impl Runner {
 /// the engine at `engine_socket`; returns the process and its origin, read from the line the
 /// runner prints once it listens.
 fn serve(state_dir: &Path, engine_socket: &Path) -> (Child, String) {
+    serve_logged(state_dir, engine_socket, None)
+}
+
+/// [`serve`], logging at debug level to `log` when one is given.
+fn serve_logged(state_dir: &Path, engine_socket: &Path, log: Option<&Path>) -> (Child, String) {
+    let (level, stderr) = match log {
+        Some(path) => ("debug", Stdio::from(std::fs::File::create(path).unwrap())),
+        None => ("warn", Stdio::null()),
+    };
     let mut command = Command::new(bin("bus-runner"));
     command.arg("serve");
     let config = state_dir.join("runner.toml");
@@ -245,10 +263,10 @@ fn serve(state_dir: &Path, engine_socket: &Path) -> (Child, String) {
         .arg(format!("unix://{}", engine_socket.display()))
         .arg("--state-dir")
         .arg(state_dir)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", level)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut line = String::new();

@@ -711,3 +711,32 @@ async fn a_version_2_database_gains_a_usage_ledger_of_its_runs() {
     }
     assert!(matches!(Store::open(&dir.0), Err(StoreError::TooNew(4))));
 }
+
+/// The database, its WAL files and the runner id are private even in a state dir others may
+/// enter, and a database an older runner left world-readable is made private on open.
+#[tokio::test]
+async fn the_store_files_are_private_whatever_the_dir_allows() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TempDir::new().unwrap();
+    let mode = |name: &str| {
+        std::fs::metadata(dir.0.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    {
+        let s = Store::open(&dir.0).unwrap();
+        let run = insert(&s, "a", "run_private").await;
+        run.push_output(Stream::Stdout, Bytes::from_static(b"secret output"))
+            .await;
+        s.flush().await;
+        for name in [DB_FILE, "runs.db-wal", "runs.db-shm", RUNNER_ID_FILE] {
+            assert_eq!(mode(name), 0o600, "{name}");
+        }
+    }
+    std::fs::set_permissions(dir.0.join(DB_FILE), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let _s = Store::open(&dir.0).unwrap();
+    assert_eq!(mode(DB_FILE), 0o600);
+}
