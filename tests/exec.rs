@@ -400,3 +400,123 @@ mod grpc {
         stack.run(&["containers", "delete", &id]);
     }
 }
+
+/// A tmux server on a private socket, killed through that socket on drop.
+struct Tmux {
+    socket: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmux {
+    /// A detached 100x30 session running `command` (a shell command line) in its one pane.
+    fn start(command: &str) -> Tmux {
+        let dir = tempfile::tempdir().unwrap();
+        let tmux = Tmux {
+            socket: dir.path().join("tmux.sock"),
+            _dir: dir,
+        };
+        let out = tmux
+            .cmd()
+            .args(["new-session", "-d", "-x", "100", "-y", "30", command])
+            .output()
+            .expect("tmux is installed (scripts/setup-engine installs it)");
+        assert!(out.status.success(), "{}", stderr(&out));
+        tmux
+    }
+
+    fn cmd(&self) -> Command {
+        let mut cmd = Command::new("tmux");
+        cmd.arg("-S").arg(&self.socket).args(["-f", "/dev/null"]);
+        cmd
+    }
+
+    /// Types `keys` and presses Enter.
+    fn type_line(&self, keys: &str) {
+        let out = self.cmd().args(["send-keys", "-l", keys]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let out = self.cmd().args(["send-keys", "Enter"]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
+    /// The pane's visible text.
+    fn capture(&self) -> String {
+        let out = self
+            .cmd()
+            .args(["capture-pane", "-p", "-J"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until the pane shows `want`; returns what it shows.
+    fn wait_for(&self, want: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.capture();
+            if screen.contains(want) {
+                return screen;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the pane never showed {want:?}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").output();
+    }
+}
+
+/// The shell command line that runs `sh` in a pane with exactly the stack's environment.
+fn pane_shell(stack: &Stack) -> String {
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"));
+    let mut line = String::from("env -i TERM=screen");
+    for (key, value) in stack.bus().get_envs() {
+        if let Some(value) = value {
+            line.push_str(&format!(" {}={}", key.to_string_lossy(), quote(value)));
+        }
+    }
+    let bin_dir = common::bin_dir();
+    line.push_str(&format!(
+        " BUS={} /bin/sh",
+        quote(bin_dir.join("bus").as_os_str())
+    ));
+    line
+}
+
+#[test]
+fn an_interactive_shell_in_tmux_runs_commands_and_restores_the_terminal() {
+    let stack = Stack::start();
+    let id = sleeper(&stack);
+    let tmux = Tmux::start(&pane_shell(&stack));
+    // The host shell first shows that the pane starts out in canonical mode with echo.
+    tmux.type_line(
+        "stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e echo | tr '\\n' + ; echo BE\"\"FORE",
+    );
+    tmux.wait_for("icanon+echo+BEFORE");
+
+    tmux.type_line(&format!("\"$BUS\" containers exec -i -t {id} -- sh"));
+    // busybox sh as root prompts with `/ # `.
+    tmux.wait_for("/ # ");
+    tmux.type_line("echo R$((6*7))S; stty size");
+    let screen = tmux.wait_for("R42S");
+    assert!(screen.contains("30 100"), "{screen}");
+    tmux.type_line("exit");
+    // Back at the host shell's prompt (keys typed before it would go to the session).
+    tmux.wait_for("/ # exit\n#");
+    tmux.type_line("echo BUS-EXIT=$?");
+    tmux.wait_for("BUS-EXIT=0");
+    tmux.type_line(
+        "stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e echo | tr '\\n' + ; echo AF\"\"TER",
+    );
+    let screen = tmux.wait_for("AFTER");
+    assert!(
+        screen.contains("icanon+echo+AFTER"),
+        "the terminal was not restored:\n{screen}"
+    );
+    stack.run(&["containers", "delete", &id]);
+}
