@@ -472,6 +472,31 @@ impl Engine {
         self.docker.resize_exec(exec_id, options).await
     }
 
+    /// The exec's process as the engine's host sees it: (host PID, container id), while it
+    /// runs; `None` once it ended.
+    pub async fn exec_process(&self, exec_id: &str) -> Result<Option<(i32, String)>, EngineError> {
+        let inspect = self.docker.inspect_exec(exec_id).await?;
+        Ok(match (inspect.running, inspect.pid, inspect.container_id) {
+            (Some(true), Some(pid), Some(container)) if pid > 0 => {
+                i32::try_from(pid).ok().map(|pid| (pid, container))
+            }
+            _ => None,
+        })
+    }
+
+    /// The host PID of a running container's first process.
+    pub async fn container_pid(&self, id: &str) -> Result<Option<i32>, EngineError> {
+        let inspect = self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await?;
+        Ok(inspect
+            .state
+            .and_then(|s| s.pid)
+            .filter(|pid| *pid > 0)
+            .and_then(|pid| i32::try_from(pid).ok()))
+    }
+
     /// The exec's exit code once the engine reports it not running; `None` while it runs (or
     /// when the engine reports no code).
     pub async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, EngineError> {

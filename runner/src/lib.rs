@@ -18,6 +18,7 @@
 //! - [`billing`]: plans, billing state and quotas, checked before a create reaches the engine.
 //! - [`store`]: run records and output frames, persisted in SQLite (`runs.db` in the state
 //!   dir), with idempotency keys, retention and the usage ledger billing counts from.
+//! - [`execs`]: signals for exec'd commands and detached execs (output kept in the state dir).
 //! - [`engine`]: the bollard client; [`executor`]: drives one run from create to removal, and
 //!   re-adopts the runs of an earlier runner process on start.
 //!
@@ -45,6 +46,7 @@ pub mod auth;
 pub mod billing;
 pub mod config;
 pub mod engine;
+pub mod execs;
 pub mod executor;
 pub mod openapi;
 pub mod problem;
@@ -72,6 +74,7 @@ struct Shared {
     store: Store,
     engine: Arc<Engine>,
     billing: billing::Billing,
+    execs: execs::Execs,
 }
 
 impl AppState {
@@ -84,7 +87,14 @@ impl AppState {
 
     /// State from its parts and an opened store.
     pub fn with_store(keys: Keys, config: Config, engine: Engine, store: Store) -> AppState {
+        let execs_dir = store
+            .path()
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("execs");
+        let execs = execs::Execs::open(execs_dir, &store);
         AppState(Arc::new(Shared {
+            execs,
             keys,
             config,
             store,
@@ -116,6 +126,11 @@ impl AppState {
     /// The container engine.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.0.engine
+    }
+
+    /// The detached execs.
+    pub fn execs(&self) -> &execs::Execs {
+        &self.0.execs
     }
 }
 

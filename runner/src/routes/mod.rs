@@ -32,6 +32,15 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/containers/runs/{id}/logs", get(logs::get))
         .route("/api/v1/containers/runs/{id}/exec", get(exec::exec))
         .route(
+            "/api/v1/containers/runs/{id}/execs",
+            post(exec::create_detached).layer(DefaultBodyLimit::max(exec::BODY_LIMIT)),
+        )
+        .route("/api/v1/containers/execs/{exec_id}", get(exec::get_detached))
+        .route(
+            "/api/v1/containers/execs/{exec_id}/attach",
+            get(exec::attach_detached),
+        )
+        .route(
             "/api/v1/containers/runs/{id}/stop",
             post(stop::stop).layer(DefaultBodyLimit::max(stop::BODY_LIMIT)),
         )

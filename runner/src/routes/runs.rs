@@ -181,6 +181,7 @@ pub async fn delete(
             tracing::warn!(run = %entry.id, error = %engine_message(&e), "removing the container failed");
         }
     }
+    state.execs().remove_run(&entry.id);
     tracing::info!(run = %entry.id, owner = caller.account(), "run deleted");
     Ok(StatusCode::NO_CONTENT)
 }
