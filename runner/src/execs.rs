@@ -106,9 +106,7 @@ pub enum SignalError {
     #[error("{0}")]
     Engine(String),
     /// The process is not visible from the runner.
-    #[error(
-        "the runner cannot see the exec's process (it must run on the engine's host): {0}"
-    )]
+    #[error("the runner cannot see the exec's process (it must run on the engine's host): {0}")]
     NotVisible(String),
     /// `kill` failed.
     #[error("kill failed: {0}")]
@@ -430,9 +428,7 @@ async fn capture(
     let mut failure = None;
     while let Some(item) = output.next().await {
         let (stream, data) = match item {
-            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
-                (STDOUT, message)
-            }
+            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => (STDOUT, message),
             Ok(LogOutput::StdErr { message }) => (STDERR, message),
             Ok(LogOutput::StdIn { .. }) => continue,
             Err(e) => {

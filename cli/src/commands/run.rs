@@ -66,6 +66,8 @@ impl Args {
             name: self.name.unwrap_or_default(),
             labels: HashMap::new(),
             timeout_seconds: self.run_timeout.unwrap_or(0),
+            tty: false,
+            stdin: false,
         };
         if detach {
             let request = ctx.request(CreateRunRequest { spec: Some(spec) });

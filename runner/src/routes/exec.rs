@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::ws::{
     Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
 };
-use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -23,8 +23,8 @@ use bollard::container::LogOutput;
 use bus_api::exec::{
     CreateExec, ExecQuery, ExecRecord, ExecStatus, Frame, STDERR, STDOUT, SignalFrame, encode_data,
 };
-use serde::Deserialize;
 use futures::{SinkExt as _, StreamExt as _};
+use serde::Deserialize;
 use tokio::io::AsyncWriteExt as _;
 
 use crate::AppState;
@@ -164,17 +164,21 @@ async fn session(engine: Arc<Engine>, exec_id: String, spec: ExecQuery, socket: 
                     Ok(Frame::Signal(SignalFrame { signal })) => {
                         // With a terminal, keyboard signals are typed, so they reach the
                         // foreground process; others go to the command's process.
-                        let typed = match (tty && stdin, control_character(signal), input.as_mut()) {
-                            (true, Some(c), Some(w)) => w.write_all(&[c]).await.is_ok() && w.flush().await.is_ok(),
+                        let typed = match (tty && stdin, control_character(signal), input.as_mut())
+                        {
+                            (true, Some(c), Some(w)) => {
+                                w.write_all(&[c]).await.is_ok() && w.flush().await.is_ok()
+                            }
                             _ => false,
                         };
-                        let sent = typed || match signal_exec(&engine, &exec_id, signal).await {
-                            Ok(()) => true,
-                            Err(e) => {
-                                tracing::info!(exec = %exec_id, signal, error = %e, "signal not delivered");
-                                false
-                            }
-                        };
+                        let sent = typed
+                            || match signal_exec(&engine, &exec_id, signal).await {
+                                Ok(()) => true,
+                                Err(e) => {
+                                    tracing::info!(exec = %exec_id, signal, error = %e, "signal not delivered");
+                                    false
+                                }
+                            };
                         if sent {
                             signalled.store(signal, Ordering::Relaxed);
                         }
@@ -354,7 +358,8 @@ type WsTx = futures::stream::SplitSink<WebSocket, Message>;
 async fn send_replay(exec: &Detached, follow: bool, tx: &mut WsTx) -> Result<(), String> {
     use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
     let path = exec.output_path();
-    let broken = |e: std::io::Error| format!("the exec's output cannot be read: {}: {e}", path.display());
+    let broken =
+        |e: std::io::Error| format!("the exec's output cannot be read: {}: {e}", path.display());
     let mut file = tokio::fs::File::open(path).await.map_err(broken)?;
     let mut watch = exec.watch();
     let mut pos = 0u64;
@@ -364,17 +369,26 @@ async fn send_replay(exec: &Detached, follow: bool, tx: &mut WsTx) -> Result<(),
         if pos < progress.file_len {
             let want = (progress.file_len - pos).min(REPLAY_READ);
             let mut buf = vec![0u8; want as usize];
-            file.seek(std::io::SeekFrom::Start(pos)).await.map_err(broken)?;
+            file.seek(std::io::SeekFrom::Start(pos))
+                .await
+                .map_err(broken)?;
             file.read_exact(&mut buf).await.map_err(broken)?;
             let mut used = 0u64;
             for (stream, data) in crate::execs::records(&buf) {
                 used += (data.len() + 5) as u64;
-                if tx.send(Message::Binary(encode_data(stream, data).into())).await.is_err() {
+                if tx
+                    .send(Message::Binary(encode_data(stream, data).into()))
+                    .await
+                    .is_err()
+                {
                     return Ok(());
                 }
             }
             if used == 0 {
-                return Err(format!("the exec's output file {} is damaged", path.display()));
+                return Err(format!(
+                    "the exec's output file {} is damaged",
+                    path.display()
+                ));
             }
             pos += used;
             continue;

@@ -35,7 +35,10 @@ pub fn router() -> Router<AppState> {
             "/api/v1/containers/runs/{id}/execs",
             post(exec::create_detached).layer(DefaultBodyLimit::max(exec::BODY_LIMIT)),
         )
-        .route("/api/v1/containers/execs/{exec_id}", get(exec::get_detached))
+        .route(
+            "/api/v1/containers/execs/{exec_id}",
+            get(exec::get_detached),
+        )
         .route(
             "/api/v1/containers/execs/{exec_id}/attach",
             get(exec::attach_detached),
