@@ -985,3 +985,165 @@ fn send_signal(child: &std::process::Child, signal: rustix::process::Signal) {
     )
     .unwrap();
 }
+
+fn run_with_stdin(stack: &Stack, args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut child = stack
+        .bus()
+        .args(["containers", "run"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+#[test]
+fn run_dash_i_passes_stdin_and_its_eof_and_exits_with_the_runs_code() {
+    let stack = Stack::start();
+    let out = run_with_stdin(
+        &stack,
+        &["-i", "--", "sh", "-c", "cat; echo err >&2; exit 3"],
+        b"hello",
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "hello");
+    assert_eq!(stderr(&out), "err\n");
+
+    let mut data = vec![0u8; 1024 * 1024];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let out = run_with_stdin(&stack, &["-i", "--", "cat"], &data);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        out.stdout == data,
+        "cat returned {} bytes, not the same 1 MiB",
+        out.stdout.len()
+    );
+
+    // A run that times out while attached ends as a detached one would: 124.
+    let out = run_with_stdin(
+        &stack,
+        &["-i", "--run-timeout", "1", "--", "sleep", "30"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
+    assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));
+
+    // -d with -i or -t is a usage error.
+    let out = stack.run(&["containers", "run", "-d", "-t", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn run_dash_t_without_a_terminal_still_gives_the_command_one() {
+    let stack = Stack::start();
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "-t",
+        "--",
+        "sh",
+        "-c",
+        "test -t 0 && test -t 1 && echo TTY; echo err >&2; exit 2",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // A terminal merges stderr into stdout, with its line endings.
+    assert_eq!(stdout(&out), "TTY\r\nerr\r\n");
+}
+
+#[test]
+fn run_dash_it_in_a_terminal_sizes_resizes_and_restores_it() {
+    let stack = Stack::start();
+    let (controller, path) = pty();
+    set_size(&controller, 100, 30);
+    let terminal = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap()
+    };
+    let before = rustix::termios::tcgetattr(terminal()).unwrap();
+    let mut child = stack
+        .bus()
+        .args(["containers", "run", "-i", "-t", "--", "sh"])
+        .stdin(terminal())
+        .stdout(terminal())
+        .stderr(terminal())
+        .spawn()
+        .unwrap();
+    let mut reader = std::fs::File::from(controller.try_clone().unwrap());
+    let mut writer = std::fs::File::from(controller.try_clone().unwrap());
+    let mut seen = String::new();
+    // Type only at the prompt: busybox's line editor reads (and drops) what comes before.
+    read_until(&mut reader, &mut seen, "/ # ");
+    // The size is applied once the container runs: ask until the shell sees it.
+    let start = Instant::now();
+    loop {
+        let old = seen.matches("Z").count();
+        writer
+            .write_all(b"echo Y$(stty size | tr ' ' x)Z\r")
+            .unwrap();
+        read_until_any(&mut reader, &mut seen, |s| {
+            s.matches("Z").count() > old + 1 || s.contains("Y30x100Z")
+        });
+        if seen.contains("Y30x100Z") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never sized: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let during = rustix::termios::tcgetattr(terminal()).unwrap();
+    assert!(
+        !during
+            .local_modes
+            .contains(rustix::termios::LocalModes::ICANON),
+        "the terminal is not in raw mode"
+    );
+    set_size(&controller, 120, 40);
+    send_signal(&child, rustix::process::Signal::WINCH);
+    let start = Instant::now();
+    loop {
+        let old = seen.matches("Z").count();
+        writer
+            .write_all(b"echo Y$(stty size | tr ' ' x)Z\r")
+            .unwrap();
+        read_until_any(&mut reader, &mut seen, |s| {
+            s.matches("Z").count() > old + 1 || s.contains("Y40x120Z")
+        });
+        if seen.contains("Y40x120Z") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the resize never arrived: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    writer.write_all(b"exit 4\r").unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(4), "{seen:?}");
+    let after = rustix::termios::tcgetattr(terminal()).unwrap();
+    assert_eq!(
+        after.local_modes, before.local_modes,
+        "the terminal was not restored"
+    );
+    assert_eq!(after.input_modes, before.input_modes);
+}

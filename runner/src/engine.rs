@@ -156,7 +156,9 @@ impl Engine {
             working_dir: spec.workdir.clone(),
             labels: Some(labels),
             tty: Some(spec.tty),
-            open_stdin: Some(false),
+            // Closed for good when the attached client closes it (EOF for the command).
+            open_stdin: Some(spec.stdin),
+            stdin_once: Some(spec.stdin),
             attach_stdin: Some(false),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
@@ -470,6 +472,41 @@ impl Engine {
             width: cols,
         };
         self.docker.resize_exec(exec_id, options).await
+    }
+
+    /// Attaches to a running container's stdin only (its output is captured elsewhere);
+    /// shutting the writer down closes the command's stdin.
+    pub async fn attach_stdin(
+        &self,
+        id: &str,
+    ) -> Result<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>, EngineError> {
+        // Podman passes no input to a terminal through an attach that takes no output, so
+        // this one takes it too, and drops it (the run's capture already has it).
+        let attach = AttachContainerOptions {
+            stream: true,
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let attached = self.docker.attach_container(id, Some(attach)).await?;
+        let mut output = attached.output;
+        tokio::spawn(async move { while let Some(Ok(_)) = output.next().await {} });
+        Ok(attached.input)
+    }
+
+    /// Resizes a container's terminal.
+    pub async fn resize_container(
+        &self,
+        id: &str,
+        cols: u16,
+        rows: u16,
+    ) -> Result<(), EngineError> {
+        let options = bollard::query_parameters::ResizeContainerTTYOptions {
+            h: i32::from(rows),
+            w: i32::from(cols),
+        };
+        self.docker.resize_container_tty(id, options).await
     }
 
     /// The exec's process as the engine's host sees it: (host PID, container id), while it

@@ -95,7 +95,8 @@ impl Drop for RawMode {
     }
 }
 
-fn window_size() -> Option<TerminalSize> {
+/// The terminal's size (of stdout, else stdin), when there is one.
+pub fn window_size() -> Option<TerminalSize> {
     let size = termios::tcgetwinsize(std::io::stdout())
         .or_else(|_| termios::tcgetwinsize(std::io::stdin()))
         .ok()?;

@@ -6,6 +6,7 @@ use axum::routing::{get, post};
 
 use crate::AppState;
 
+pub mod attach;
 pub mod auth;
 pub mod billing;
 pub mod exec;
@@ -31,6 +32,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/v1/containers/runs/{id}/logs", get(logs::get))
         .route("/api/v1/containers/runs/{id}/exec", get(exec::exec))
+        .route("/api/v1/containers/runs/{id}/attach", get(attach::attach))
         .route(
             "/api/v1/containers/runs/{id}/execs",
             post(exec::create_detached).layer(DefaultBodyLimit::max(exec::BODY_LIMIT)),

@@ -57,6 +57,7 @@ pub async fn create(
         options: RunOptions {
             ports: spec.ports.clone(),
             tty: spec.tty,
+            stdin: spec.stdin,
             storage: spec.storage.clone(),
             memory_mb: spec.memory_mb,
         },
