@@ -11,11 +11,19 @@
 //! | 2 | stderr | runner → client | bytes the command wrote to stderr (never with a TTY) |
 //! | 3 | status | runner → client | JSON [`ExecStatus`]; the last frame, then the runner closes |
 //! | 4 | resize | client → runner | JSON [`TerminalSize`] `{"cols":80,"rows":24}` |
+//! | 5 | signal | client → runner | JSON [`SignalFrame`] `{"signal":15}`: a POSIX signal for the command |
 //! | 255 | close | client → runner | one more byte, the channel to close: only 0 (stdin) |
 //!
 //! The status frame comes exactly once, after the last output byte. It carries `exit_code`
 //! only when the engine reported one; otherwise `reason` is `"error"` and `message` says why,
-//! and a client must not make up an exit code.
+//! and a client must not make up an exit code. A command that died of a signal the session
+//! sent has `signal` set beside its exit code (128 + the signal).
+//!
+//! Detached execs (`POST /api/v1/containers/runs/{id}/execs`, [`CreateExec`]) run without a
+//! client; the runner captures their output. `GET /api/v1/containers/execs/{exec_id}/attach`
+//! speaks the same protocol, output only: everything captured from the start, then (when
+//! following) what comes, then the status. Without following, a status with `reason`
+//! `running` ends the replay of an exec that still runs.
 //!
 //! This module does no I/O: it encodes and decodes frames.
 
@@ -31,6 +39,8 @@ pub const STDERR: u8 = 2;
 pub const STATUS: u8 = 3;
 /// Channel byte: a terminal resize.
 pub const RESIZE: u8 = 4;
+/// Channel byte: a signal for the command.
+pub const SIGNAL: u8 = 5;
 /// Channel byte: close a channel (only stdin can be closed).
 pub const CLOSE: u8 = 255;
 
@@ -45,6 +55,14 @@ pub struct TerminalSize {
     pub cols: u16,
     /// Rows (height).
     pub rows: u16,
+}
+
+/// A POSIX signal for the command: the payload of the signal frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SignalFrame {
+    /// The signal's number, 1 to 64 (e.g. 2 SIGINT, 15 SIGTERM).
+    pub signal: i32,
 }
 
 /// How an exec ended: the payload of the status frame.
@@ -76,6 +94,16 @@ impl ExecStatus {
         }
     }
 
+    /// A replay without following ended while the exec still runs.
+    pub fn running() -> Self {
+        ExecStatus {
+            exit_code: None,
+            signal: None,
+            reason: "running".to_owned(),
+            message: None,
+        }
+    }
+
     /// The session failed; no exit code is known.
     pub fn error(message: impl Into<String>) -> Self {
         ExecStatus {
@@ -100,6 +128,8 @@ pub enum Frame {
     Status(ExecStatus),
     /// A new terminal size.
     Resize(TerminalSize),
+    /// A signal for the command.
+    Signal(SignalFrame),
     /// Close the command's stdin (EOF).
     CloseStdin,
 }
@@ -149,6 +179,7 @@ impl Frame {
             Frame::Stderr(_) => STDERR,
             Frame::Status(_) => STATUS,
             Frame::Resize(_) => RESIZE,
+            Frame::Signal(_) => SIGNAL,
             Frame::CloseStdin => CLOSE,
         }
     }
@@ -161,6 +192,7 @@ impl Frame {
             }
             Frame::Status(status) => encode_json(STATUS, status),
             Frame::Resize(size) => encode_json(RESIZE, size),
+            Frame::Signal(signal) => encode_json(SIGNAL, signal),
             Frame::CloseStdin => vec![CLOSE, STDIN],
         }
     }
@@ -179,6 +211,7 @@ impl Frame {
             STDERR => Frame::Stderr(payload.to_vec()),
             STATUS => Frame::Status(serde_json::from_slice(payload).map_err(json_err)?),
             RESIZE => Frame::Resize(serde_json::from_slice(payload).map_err(json_err)?),
+            SIGNAL => Frame::Signal(serde_json::from_slice(payload).map_err(json_err)?),
             CLOSE => match payload {
                 [] | [STDIN] => Frame::CloseStdin,
                 other => return Err(FrameError::BadClose(other.to_vec())),
@@ -274,18 +307,8 @@ impl ExecQuery {
             }
             match &*key {
                 "command" => exec.argv.push(value.into_owned()),
-                "env" => {
-                    if !value.contains('=') || value.starts_with('=') {
-                        return Err(format!("env must read NAME=value, not {value:?}"));
-                    }
-                    exec.env.push(value.into_owned());
-                }
-                "workdir" => {
-                    if !value.starts_with('/') {
-                        return Err(format!("workdir must be an absolute path, not {value:?}"));
-                    }
-                    exec.workdir = Some(value.into_owned());
-                }
+                "env" => exec.env.push(value.into_owned()),
+                "workdir" => exec.workdir = Some(value.into_owned()),
                 "tty" => exec.tty = flag("tty", &value)?,
                 "stdin" => exec.stdin = flag("stdin", &value)?,
                 "cols" => cols = Some(size("cols", &value)?),
@@ -300,9 +323,7 @@ impl ExecQuery {
                     .to_owned(),
             );
         }
-        if exec.argv.len() > MAX_ARGS {
-            return Err(format!("at most {MAX_ARGS} command arguments"));
-        }
+        exec.check()?;
         exec.size = match (cols, rows) {
             (Some(c), Some(r)) => Some((c, r)),
             (None, None) => None,
@@ -310,6 +331,101 @@ impl ExecQuery {
         };
         Ok(exec)
     }
+}
+
+impl ExecQuery {
+    /// Checks the command, environment and working directory; the error is a sentence naming
+    /// the field.
+    pub fn check(&self) -> Result<(), String> {
+        if self.argv.first().is_none_or(String::is_empty) {
+            return Err("the command is empty; give it with its arguments".to_owned());
+        }
+        if self.argv.len() > MAX_ARGS {
+            return Err(format!("at most {MAX_ARGS} command arguments"));
+        }
+        if let Some(bad) = self
+            .env
+            .iter()
+            .find(|v| !v.contains('=') || v.starts_with('='))
+        {
+            return Err(format!("env must read NAME=value, not {bad:?}"));
+        }
+        if let Some(dir) = self.workdir.as_deref().filter(|d| !d.starts_with('/')) {
+            return Err(format!("workdir must be an absolute path, not {dir:?}"));
+        }
+        Ok(())
+    }
+}
+
+/// The body of `POST /api/v1/containers/runs/{id}/execs`: a command started detached, its
+/// output captured by the runner.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateExec {
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// `NAME=value` entries added to the container's environment.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// The working directory (absolute), else the container's.
+    #[serde(default)]
+    pub workdir: Option<String>,
+}
+
+impl CreateExec {
+    /// The exec this body asks for (no stdin, no terminal), checked.
+    pub fn to_query(&self) -> Result<ExecQuery, String> {
+        let exec = ExecQuery {
+            argv: self.command.clone(),
+            env: self.env.clone(),
+            workdir: self.workdir.clone(),
+            ..Default::default()
+        };
+        exec.check()?;
+        Ok(exec)
+    }
+}
+
+/// Where a detached exec is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ExecState {
+    /// The command runs.
+    Running,
+    /// The command ended; `exit_code` says how.
+    Exited,
+    /// The exec ended without a known exit code; `message` says why.
+    Failed,
+}
+
+/// A detached exec, as `GET /api/v1/containers/execs/{exec_id}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ExecRecord {
+    /// The exec's id (`exec_...`).
+    pub id: String,
+    /// The run it runs in.
+    pub run_id: String,
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// Where it is.
+    pub state: ExecState,
+    /// The command's exit code, once it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, when known.
+    pub signal: Option<i32>,
+    /// Why it failed, with state `failed`.
+    pub message: Option<String>,
+    /// Output bytes captured so far (stdout and stderr together).
+    pub output_bytes: u64,
+    /// When it started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: time::OffsetDateTime,
+    /// When it ended, once it did.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<time::OffsetDateTime>,
 }
 
 #[cfg(test)]
@@ -367,6 +483,8 @@ mod tests {
             Frame::Status(ExecStatus::exited(5)),
             Frame::Status(ExecStatus::error("engine gone")),
             Frame::Resize(TerminalSize { cols: 80, rows: 24 }),
+            Frame::Signal(SignalFrame { signal: 15 }),
+            Frame::Status(ExecStatus::running()),
             Frame::CloseStdin,
         ];
         for frame in frames {
@@ -395,6 +513,10 @@ mod tests {
             b"\x03{\"reason\":\"error\",\"message\":\"gone\"}"
         );
         assert_eq!(encode_data(STDIN, b"ab"), b"\x00ab");
+        assert_eq!(
+            Frame::Signal(SignalFrame { signal: 2 }).encode(),
+            b"\x05{\"signal\":2}"
+        );
     }
 
     #[test]

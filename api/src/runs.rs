@@ -68,6 +68,10 @@ pub struct CreateRun {
     /// as `stdout` frames.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tty: bool,
+    /// Keep the command's stdin open, for a client attached with
+    /// `GET /api/v1/containers/runs/{id}/attach`; it closes when that client closes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
     /// Mount the account's persistent storage; overrides the profile's storage mount.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageMount>,
@@ -162,6 +166,8 @@ struct CreateRunBody {
     #[serde(default)]
     tty: bool,
     #[serde(default)]
+    stdin: bool,
+    #[serde(default)]
     storage: Option<StorageMount>,
     /// Ignored: the owner is the token's account.
     #[serde(default, rename = "owner")]
@@ -184,6 +190,7 @@ impl From<CreateRunBody> for CreateRun {
             timeout_seconds: body.timeout_seconds,
             ports: body.ports,
             tty: body.tty,
+            stdin: body.stdin,
             storage: body.storage,
         }
     }
@@ -289,6 +296,9 @@ pub struct RunOptions {
     /// Whether the command has a terminal (all output is then `stdout`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tty: bool,
+    /// Whether the command's stdin is open for an attached client.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
     /// Where the account's storage is mounted, if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageMount>,

@@ -85,6 +85,9 @@ enum Containers {
     Stop(commands::stop::Args),
     /// Run a command in a running run: -i passes stdin, -t allocates a terminal.
     Exec(commands::exec::Args),
+    /// Detached execs (`exec -d`): their output, exit code and state.
+    #[command(subcommand)]
+    Execs(commands::execs::Execs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -173,6 +176,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Containers(Containers::Wait(args)) => args.run(&ctx).await,
         Command::Containers(Containers::Stop(args)) => args.run(&ctx).await,
         Command::Containers(Containers::Exec(args)) => args.run(&ctx).await,
+        Command::Containers(Containers::Execs(command)) => command.run(&ctx).await,
         Command::Daemon(Daemon::Info(args)) => args.run(&ctx).await,
         Command::Daemon(Daemon::Lifecycle(_)) => unreachable!("handled before connecting"),
         Command::Auth(command) => command.run(&ctx, token_file.as_deref()).await,

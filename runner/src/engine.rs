@@ -163,7 +163,9 @@ impl Engine {
             working_dir: spec.workdir.clone(),
             labels: Some(labels),
             tty: Some(spec.tty),
-            open_stdin: Some(false),
+            // Closed for good when the attached client closes it (EOF for the command).
+            open_stdin: Some(spec.stdin),
+            stdin_once: Some(spec.stdin),
             attach_stdin: Some(false),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
@@ -552,6 +554,66 @@ impl Engine {
             width: cols,
         };
         self.docker.resize_exec(exec_id, options).await
+    }
+
+    /// Attaches to a running container's stdin only (its output is captured elsewhere);
+    /// shutting the writer down closes the command's stdin.
+    pub async fn attach_stdin(
+        &self,
+        id: &str,
+    ) -> Result<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>, EngineError> {
+        // Podman passes no input to a terminal through an attach that takes no output, so
+        // this one takes it too, and drops it (the run's capture already has it).
+        let attach = AttachContainerOptions {
+            stream: true,
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let attached = self.docker.attach_container(id, Some(attach)).await?;
+        let mut output = attached.output;
+        tokio::spawn(async move { while let Some(Ok(_)) = output.next().await {} });
+        Ok(attached.input)
+    }
+
+    /// Resizes a container's terminal.
+    pub async fn resize_container(
+        &self,
+        id: &str,
+        cols: u16,
+        rows: u16,
+    ) -> Result<(), EngineError> {
+        let options = bollard::query_parameters::ResizeContainerTTYOptions {
+            h: i32::from(rows),
+            w: i32::from(cols),
+        };
+        self.docker.resize_container_tty(id, options).await
+    }
+
+    /// The exec's process as the engine's host sees it: (host PID, container id), while it
+    /// runs; `None` once it ended.
+    pub async fn exec_process(&self, exec_id: &str) -> Result<Option<(i32, String)>, EngineError> {
+        let inspect = self.docker.inspect_exec(exec_id).await?;
+        Ok(match (inspect.running, inspect.pid, inspect.container_id) {
+            (Some(true), Some(pid), Some(container)) if pid > 0 => {
+                i32::try_from(pid).ok().map(|pid| (pid, container))
+            }
+            _ => None,
+        })
+    }
+
+    /// The host PID of a running container's first process.
+    pub async fn container_pid(&self, id: &str) -> Result<Option<i32>, EngineError> {
+        let inspect = self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await?;
+        Ok(inspect
+            .state
+            .and_then(|s| s.pid)
+            .filter(|pid| *pid > 0)
+            .and_then(|pid| i32::try_from(pid).ok()))
     }
 
     /// The exec's exit code once the engine reports it not running; `None` while it runs (or

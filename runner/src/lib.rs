@@ -19,6 +19,7 @@
 //! - [`store`]: run records and output frames, persisted in SQLite (`runs.db` in the state
 //!   dir), with idempotency keys, retention and the usage ledger billing counts from.
 //! - [`tls`]: HTTPS serving (`--tls-cert`, `--tls-key`) for `https://` listen addresses.
+//! - [`execs`]: signals for exec'd commands and detached execs (output kept in the state dir).
 //! - [`engine`]: the bollard client; [`executor`]: drives one run from create to removal, and
 //!   re-adopts the runs of an earlier runner process on start.
 //!
@@ -46,6 +47,7 @@ pub mod auth;
 pub mod billing;
 pub mod config;
 pub mod engine;
+pub mod execs;
 pub mod executor;
 pub mod openapi;
 pub mod problem;
@@ -74,6 +76,7 @@ struct Shared {
     store: Store,
     engine: Arc<Engine>,
     billing: billing::Billing,
+    execs: execs::Execs,
 }
 
 impl AppState {
@@ -86,7 +89,14 @@ impl AppState {
 
     /// State from its parts and an opened store.
     pub fn with_store(keys: Keys, config: Config, engine: Engine, store: Store) -> AppState {
+        let execs_dir = store
+            .path()
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("execs");
+        let execs = execs::Execs::open(execs_dir, &store);
         AppState(Arc::new(Shared {
+            execs,
             keys,
             config,
             store,
@@ -118,6 +128,11 @@ impl AppState {
     /// The container engine.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.0.engine
+    }
+
+    /// The detached execs.
+    pub fn execs(&self) -> &execs::Execs {
+        &self.0.execs
     }
 }
 

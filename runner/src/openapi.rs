@@ -17,7 +17,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use bus_api::auth::{TokenRequest, TokenResponse};
 use bus_api::billing::{BillingState, Limits, Usage};
-use bus_api::exec::{ExecStatus, TerminalSize};
+use bus_api::exec::{CreateExec, ExecRecord, ExecState, ExecStatus, SignalFrame, TerminalSize};
 use bus_api::problem::PROBLEM_JSON;
 use bus_api::{
     BillingStatus, CreateRun, LogFrame, Port, Problem, ProblemCode, Protocol, Run, RunOptions,
@@ -56,6 +56,10 @@ pub const REGENERATE: &str = "cargo run -p bus-runner -- openapi > api/openapi.j
         stop_run,
         run_logs,
         exec_run,
+        attach_run,
+        create_exec,
+        get_exec,
+        attach_exec,
         issue_token,
         billing_status,
         openapi_json,
@@ -65,7 +69,7 @@ pub const REGENERATE: &str = "cargo run -p bus-runner -- openapi > api/openapi.j
             Problem, ProblemCode, RunnerStatus, CreateRun, Port, Protocol, StorageMount, Run,
             RunOptions, RunState, RunPage, StopRun, LogFrame, Stream, TokenRequest,
             TokenResponse, BillingStatus, BillingState, Usage, Limits, ExecStatus,
-            TerminalSize,
+            TerminalSize, SignalFrame, CreateExec, ExecRecord, ExecState,
         ),
         responses(
             BadRequest, Unauthorized, Forbidden, NotFound, PayloadTooLarge, PaymentRequired,
@@ -419,7 +423,10 @@ fn run_logs() {}
 /// document. After `101 Switching Protocols` every message is binary and starts with a channel
 /// byte, as Kubernetes' `v5.channel.k8s.io`: 0 stdin (client → runner), 1 stdout, 2 stderr,
 /// 3 status (JSON `ExecStatus`, the last frame, exactly once after the last output byte),
-/// 4 resize (JSON `TerminalSize`, client → runner), 255 close (payload `0`: close stdin, EOF).
+/// 4 resize (JSON `TerminalSize`, client → runner), 5 signal (JSON `SignalFrame`, client →
+/// runner; with a terminal SIGINT, SIGQUIT and SIGTSTP are typed as ^C, ^\ and ^Z), 255 close
+/// (payload `0`: close stdin, EOF). A command that died of a signal the session sent has
+/// `signal` in its status.
 /// The status carries `exit_code` only when the engine reported one; otherwise `reason` is
 /// `error` and no exit code is made up. An idle session gets a WebSocket ping every 15 s.
 #[utoipa::path(
@@ -453,6 +460,109 @@ fn run_logs() {}
 )]
 #[allow(dead_code)]
 fn exec_run() {}
+
+/// Attaches to the run's own command, over a WebSocket.
+///
+/// The exec protocol of `GET /api/v1/containers/runs/{id}/exec`: the run's output from its
+/// first byte (stdout and stderr frames), then one status frame once the run has ended (its
+/// exit code; `reason` is the run's final state; without an exit code, `error`). Stdin frames
+/// reach the command when the run was created with `stdin` (close-stdin is its EOF, for
+/// good); resize frames, and `cols`/`rows`, resize its terminal when it has one; signal frames
+/// go to its main process. Input waits until the container runs.
+#[utoipa::path(
+    get,
+    path = "/api/v1/containers/runs/{id}/attach",
+    tag = "containers",
+    operation_id = "attachRun",
+    security(("bearer" = ["container:run"])),
+    params(
+        ("id" = String, Path, description = "The run's id (`run_...`)."),
+        ("cols" = Option<u16>, Query, minimum = 1,
+            description = "With a terminal: its columns (with `rows`)."),
+        ("rows" = Option<u16>, Query, minimum = 1,
+            description = "With a terminal: its rows (with `cols`)."),
+    ),
+    responses(
+        (status = 101, description = "Switched to the WebSocket exec protocol."),
+        (status = 400, response = BadRequest),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    )
+)]
+#[allow(dead_code)]
+fn attach_run() {}
+
+/// Starts a command in a running run, detached.
+///
+/// The runner captures its output (kept in its state dir, with the run); read it, and its exit
+/// status, with `GET /api/v1/containers/execs/{exec_id}/attach`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/containers/runs/{id}/execs",
+    tag = "containers",
+    operation_id = "createExec",
+    security(("bearer" = ["container:run"])),
+    params(("id" = String, Path, description = "The run's id (`run_...`); it must be running.")),
+    request_body(content = CreateExec, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The exec, `running`.", body = ExecRecord),
+        (status = 400, response = BadRequest),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = Unprocessable),
+        (status = 500, response = Internal),
+        (status = 503, response = EngineUnavailable),
+    )
+)]
+#[allow(dead_code)]
+fn create_exec() {}
+
+/// One detached exec: its state and, once it ended, its exit code.
+#[utoipa::path(
+    get,
+    path = "/api/v1/containers/execs/{exec_id}",
+    tag = "containers",
+    operation_id = "getExec",
+    security(("bearer" = ["container:run"])),
+    params(("exec_id" = String, Path, description = "The exec's id (`exec_...`).")),
+    responses(
+        (status = 200, description = "The exec.", body = ExecRecord),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    )
+)]
+#[allow(dead_code)]
+fn get_exec() {}
+
+/// A detached exec's output and status, over a WebSocket.
+///
+/// The exec protocol of `GET /api/v1/containers/runs/{id}/exec`, output only: every byte
+/// captured from the start (stdout and stderr frames), then, with `follow` (the default), new
+/// output as it comes, then the status frame. Without `follow`, an exec that still runs ends
+/// the replay with a status whose `reason` is `running` (no exit code). Frames sent in are
+/// ignored.
+#[utoipa::path(
+    get,
+    path = "/api/v1/containers/execs/{exec_id}/attach",
+    tag = "containers",
+    operation_id = "attachExec",
+    security(("bearer" = ["container:run"])),
+    params(
+        ("exec_id" = String, Path, description = "The exec's id (`exec_...`)."),
+        ("follow" = Option<bool>, Query,
+            description = "Keep sending output until the exec ends (default true)."),
+    ),
+    responses(
+        (status = 101, description = "Switched to the WebSocket exec protocol."),
+        (status = 400, response = BadRequest),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    )
+)]
+#[allow(dead_code)]
+fn attach_exec() {}
 
 /// Issues a token.
 ///

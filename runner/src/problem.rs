@@ -46,6 +46,12 @@ pub enum ApiError {
     /// No such run for this account (or it is another account's: the two look the same).
     #[error("no run {0} in this account")]
     RunNotFound(String),
+    /// No such detached exec for this account (or its run is gone).
+    #[error("no exec {0} in this account")]
+    ExecNotFound(String),
+    /// A detached exec's output file could not be made.
+    #[error("cannot keep the exec's output: {0}")]
+    ExecOutput(String),
     /// No such route.
     #[error("no route {method} {path}")]
     RouteNotFound {
@@ -196,6 +202,23 @@ impl ApiError {
                 "Not found",
                 format!("no run {id} in this account"),
             ),
+            ApiError::ExecNotFound(id) => p(
+                C::NotFound,
+                StatusCode::NOT_FOUND,
+                "Not found",
+                format!("no exec {id} in this account"),
+            )
+            .with_guidance(
+                "use an exec id that `bus containers exec -d RUN -- CMD` printed for this \
+                 account; a deleted run's execs are gone with it",
+            ),
+            ApiError::ExecOutput(message) => p(
+                C::Internal,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Storage failed",
+                format!("the runner could not keep the exec's output: {message}"),
+            )
+            .with_guidance("retry; if it persists, check the runner's disk and its log"),
             ApiError::RouteNotFound { method, path } => p(
                 C::NotFound,
                 StatusCode::NOT_FOUND,

@@ -53,6 +53,8 @@ pub struct RunSpec {
     pub ports: Vec<Port>,
     /// Whether the command gets a terminal (stderr is merged into stdout).
     pub tty: bool,
+    /// Whether the command's stdin stays open for an attached client.
+    pub stdin: bool,
     /// Where to mount the account's storage, normalized (`/data`, subpath `a/b`).
     pub storage: Option<StorageMount>,
     /// The memory limit in MiB, if any.
@@ -225,6 +227,7 @@ impl RunSpec {
             network: profile.network,
             ports: req.ports,
             tty: req.tty,
+            stdin: req.stdin,
             storage,
             memory_mb: profile.memory_limit_mb(),
         })

@@ -3,13 +3,18 @@
 //!
 //! With `-t` and a terminal on stdin, the terminal is put in raw mode for the session and
 //! restored on every way out: return, error, panic (a hook) and SIGTERM/SIGHUP (handled in the
-//! session loop, so the guard's drop runs). SIGWINCH sends the new size.
+//! session loop, so the guard's drop runs). SIGWINCH sends the new size. Without raw mode,
+//! SIGINT, SIGTERM and SIGHUP are forwarded to the command, and `bus` waits for its exit (a
+//! third SIGINT gives up waiting).
+//!
+//! With `-d` the command starts detached: its exec id is printed, and `bus containers execs`
+//! reads its output and exit code later.
 
 use std::io::{Read as _, Write as _};
 use std::sync::Mutex;
 
 use bus::proto::containers::v1::{
-    CloseStdin, ExecRequest, ExecStart, TerminalSize, exec_request::Msg as Req,
+    CloseStdin, ExecRequest, ExecSignal, ExecStart, TerminalSize, exec_request::Msg as Req,
     exec_response::Msg as Resp,
 };
 use futures::StreamExt as _;
@@ -24,6 +29,9 @@ use crate::error::CliError;
 /// Exit code when the session ended without the command's exit code (as `docker exec`).
 const EXIT_NO_STATUS: u8 = 125;
 
+/// SIGINTs after which `bus` stops waiting for a command that ignores them.
+const SIGINT_GIVE_UP: u32 = 3;
+
 /// Runs a command in a running run.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -33,6 +41,9 @@ pub struct Args {
     /// Allocate a terminal; with a terminal on stdin it is put in raw mode.
     #[arg(short, long)]
     tty: bool,
+    /// Start the command detached and print its exec id (read it with `bus containers execs`).
+    #[arg(short, long, conflicts_with_all = ["interactive", "tty"])]
+    detach: bool,
     /// Set an environment variable for the command (repeatable).
     #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = super::run::parse_key_value)]
     env: Vec<(String, String)>,
@@ -84,7 +95,8 @@ impl Drop for RawMode {
     }
 }
 
-fn window_size() -> Option<TerminalSize> {
+/// The terminal's size (of stdout, else stdin), when there is one.
+pub fn window_size() -> Option<TerminalSize> {
     let size = termios::tcgetwinsize(std::io::stdout())
         .or_else(|_| termios::tcgetwinsize(std::io::stdin()))
         .ok()?;
@@ -126,7 +138,6 @@ fn pump_stdin(tx: mpsc::Sender<ExecRequest>) {
 impl Args {
     /// Runs the command; returns its exit code.
     pub async fn run(self, ctx: &Ctx) -> Result<u8, CliError> {
-        let stdin_tty = termios::isatty(std::io::stdin());
         let initial_size = if self.tty { window_size() } else { None };
         let start = ExecStart {
             run_id: self.run_id.clone(),
@@ -136,81 +147,136 @@ impl Args {
             tty: self.tty,
             stdin: self.interactive,
             initial_size,
-            exec_id: String::new(),
+            detach: self.detach,
+            ..Default::default()
         };
-        let (tx, rx) = mpsc::channel(16);
-        tx.send(request(Req::Start(start)))
-            .await
-            .expect("the receiver is held");
-        // `--timeout` bounds the start only, never the session.
-        let mut client = ctx.exec();
-        let call = client.exec(ctx.session_request(ReceiverStream::new(rx)));
-        let mut responses = match ctx.timeout() {
-            Some(limit) => tokio::time::timeout(limit, call).await.map_err(|_| {
-                CliError::Status(tonic::Status::deadline_exceeded(format!(
-                    "the exec did not start within {}",
-                    humantime::format_duration(limit)
-                )))
-            })??,
-            None => call.await?,
+        if self.detach {
+            return detached(ctx, start).await;
         }
-        .into_inner();
-        // Raw mode only once the session is up, so errors before it print normally.
-        let _raw = if self.tty && stdin_tty && self.interactive {
-            Some(RawMode::enter()?)
-        } else {
-            None
-        };
-        if self.interactive {
-            pump_stdin(tx.clone());
+        let what = format!("the exec session in run {}", self.run_id);
+        session(ctx, start, &what).await
+    }
+}
+
+/// Starts a detached exec and prints its id.
+async fn detached(ctx: &Ctx, start: ExecStart) -> Result<u8, CliError> {
+    let run_id = start.run_id.clone();
+    let requests = futures::stream::iter([request(Req::Start(start))]);
+    let mut responses = ctx.exec().exec(ctx.request(requests)).await?.into_inner();
+    while let Some(response) = responses.next().await {
+        if let Some(Resp::Started(started)) = response?.msg {
+            println!("{}", started.exec_id);
+            return Ok(0);
         }
-        let mut winch = signal(SignalKind::window_change())?;
-        let mut term = signal(SignalKind::terminate())?;
-        let mut hup = signal(SignalKind::hangup())?;
-        let (mut out_offset, mut err_offset) = (0u64, 0u64);
-        let mut stdout = std::io::stdout().lock();
-        let mut stderr = std::io::stderr().lock();
-        loop {
-            let response = tokio::select! {
-                r = responses.next() => r,
-                _ = winch.recv(), if self.tty => {
-                    if let Some(size) = window_size() {
-                        let _ = tx.send(request(Req::Resize(size))).await;
-                    }
-                    continue;
+    }
+    Err(CliError::Local(format!(
+        "the runner did not confirm the detached exec in run {run_id}; list what runs with \
+         `bus containers exec {run_id} -- ps`"
+    )))
+}
+
+/// Runs one exec session (a command, a detached exec re-attached, or a run's own command)
+/// until its exit; returns the exit code. `what` names it in errors.
+pub async fn session(ctx: &Ctx, start: ExecStart, what: &str) -> Result<u8, CliError> {
+    let stdin_tty = termios::isatty(std::io::stdin());
+    let (tty, interactive) = (start.tty, start.stdin);
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(request(Req::Start(start)))
+        .await
+        .expect("the receiver is held");
+    // `--timeout` bounds the start only, never the session.
+    let mut client = ctx.exec();
+    let call = client.exec(ctx.session_request(ReceiverStream::new(rx)));
+    let mut responses = match ctx.timeout() {
+        Some(limit) => tokio::time::timeout(limit, call).await.map_err(|_| {
+            CliError::Status(tonic::Status::deadline_exceeded(format!(
+                "the exec did not start within {}",
+                humantime::format_duration(limit)
+            )))
+        })??,
+        None => call.await?,
+    }
+    .into_inner();
+    // Raw mode only once the session is up, so errors before it print normally.
+    let _raw = if tty && stdin_tty && interactive {
+        Some(RawMode::enter()?)
+    } else {
+        None
+    };
+    if interactive {
+        pump_stdin(tx.clone());
+    }
+    let raw = _raw.is_some();
+    let mut winch = signal(SignalKind::window_change())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut interrupts = 0;
+    let (mut out_offset, mut err_offset) = (0u64, 0u64);
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr().lock();
+    loop {
+        let response = tokio::select! {
+            r = responses.next() => r,
+            _ = winch.recv(), if tty => {
+                if let Some(size) = window_size() {
+                    let _ = tx.send(request(Req::Resize(size))).await;
                 }
-                _ = term.recv() => return Ok(128 + 15),
-                _ = hup.recv() => return Ok(128 + 1),
-            };
-            let Some(response) = response else {
-                return Err(CliError::Local(format!(
-                    "the exec session in run {} ended without the command's exit code",
-                    self.run_id
-                )));
-            };
-            match response?.msg {
-                Some(Resp::Stdout(chunk)) => {
-                    check_offset(&mut out_offset, chunk.offset, chunk.data.len(), "stdout")?;
-                    stdout.write_all(&chunk.data)?;
-                    stdout.flush()?;
-                }
-                Some(Resp::Stderr(chunk)) => {
-                    check_offset(&mut err_offset, chunk.offset, chunk.data.len(), "stderr")?;
-                    stderr.write_all(&chunk.data)?;
-                    stderr.flush()?;
-                }
-                Some(Resp::Exit(exit)) => {
-                    return Ok(match u8::try_from(exit.exit_code) {
-                        Ok(code) => code,
-                        Err(_) => {
-                            drop(_raw);
-                            eprintln!("bus: the command exited with code {}", exit.exit_code);
-                            EXIT_NO_STATUS
-                        }
-                    });
-                }
-                Some(Resp::Started(_) | Resp::Keepalive(_)) | None => {}
+                continue;
             }
+            // In raw mode the keyboard sends no signals: these come from elsewhere, and
+            // end the session (the terminal is restored on the way out).
+            _ = term.recv() => {
+                if raw {
+                    return Ok(128 + 15);
+                }
+                let _ = tx.send(request(Req::Signal(ExecSignal { signal: 15 }))).await;
+                continue;
+            }
+            _ = hup.recv() => {
+                if raw {
+                    return Ok(128 + 1);
+                }
+                let _ = tx.send(request(Req::Signal(ExecSignal { signal: 1 }))).await;
+                continue;
+            }
+            _ = int.recv() => {
+                interrupts += 1;
+                if interrupts >= SIGINT_GIVE_UP {
+                    eprintln!("bus: stopped waiting for {what} after {SIGINT_GIVE_UP} interrupts; the command may still run");
+                    return Ok(128 + 2);
+                }
+                let _ = tx.send(request(Req::Signal(ExecSignal { signal: 2 }))).await;
+                continue;
+            }
+        };
+        let Some(response) = response else {
+            return Err(CliError::Local(format!(
+                "{what} ended without the command's exit code"
+            )));
+        };
+        match response?.msg {
+            Some(Resp::Stdout(chunk)) => {
+                check_offset(&mut out_offset, chunk.offset, chunk.data.len(), "stdout")?;
+                stdout.write_all(&chunk.data)?;
+                stdout.flush()?;
+            }
+            Some(Resp::Stderr(chunk)) => {
+                check_offset(&mut err_offset, chunk.offset, chunk.data.len(), "stderr")?;
+                stderr.write_all(&chunk.data)?;
+                stderr.flush()?;
+            }
+            Some(Resp::Exit(exit)) => {
+                return Ok(match u8::try_from(exit.exit_code) {
+                    Ok(code) => code,
+                    Err(_) => {
+                        drop(_raw);
+                        eprintln!("bus: the command exited with code {}", exit.exit_code);
+                        EXIT_NO_STATUS
+                    }
+                });
+            }
+            Some(Resp::Started(_) | Resp::Keepalive(_)) | None => {}
         }
     }
 }

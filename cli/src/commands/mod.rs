@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod delete;
 pub mod exec;
+pub mod execs;
 pub mod get;
 pub mod info;
 pub mod local;

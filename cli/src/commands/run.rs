@@ -1,10 +1,14 @@
-//! `bus containers run [--profile P] [--image I] [-d] -- CMD...`: start a run and stream its
-//! output, exiting with the command's exit code; or, with `-d`, print its id and return.
-//! When busd goes away after the run was accepted, the output is followed on from the last
-//! seq printed through a busd started again (as `logs -f` does).
+//! `bus containers run [--profile P] [--image I] [-d] [-i] [-t] -- CMD...`: start a run and
+//! stream its output, exiting with the command's exit code; or, with `-d`, print its id and
+//! return. When busd goes away after the run was accepted, the output is followed on from the
+//! last seq printed through a busd started again (as `logs -f` does). With `-i` (stdin) or `-t`
+//! (a terminal) the session is attached to the run's command as `exec -i -t` is to its command
+//! (raw mode, resizes, signals), through `Exec` with `attach`; the run's final record decides
+//! the exit code.
 
 use bus::proto::containers::v1::{
-    CreateRunRequest, RunRequest, RunSpec, RunState, StreamLogsRequest, run_event::Event,
+    CreateRunRequest, ExecStart, GetRunRequest, RunRequest, RunSpec, RunState, StreamLogsRequest,
+    run_event::Event,
 };
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -30,8 +34,14 @@ pub struct Args {
     #[arg(long, value_name = "REF")]
     image: Option<String>,
     /// Start the run and print its id instead of following it.
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with_all = ["interactive", "tty"])]
     detach: bool,
+    /// Pass this process's stdin to the command (EOF closes the command's stdin).
+    #[arg(short, long)]
+    interactive: bool,
+    /// Give the command a terminal; with a terminal on stdin it is put in raw mode.
+    #[arg(short, long)]
+    tty: bool,
     /// Set an environment variable in the container (repeatable).
     #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     env: Vec<(String, String)>,
@@ -69,7 +79,12 @@ impl Args {
             name: self.name.unwrap_or_default(),
             labels: HashMap::new(),
             timeout_seconds: self.run_timeout.unwrap_or(0),
+            tty: self.tty,
+            stdin: self.interactive,
         };
+        if self.interactive || self.tty {
+            return attached(ctx, spec).await;
+        }
         if detach {
             let request = ctx.request(CreateRunRequest { spec: Some(spec) });
             let run = ctx.containers().create_run(request).await?.into_inner();
@@ -137,6 +152,50 @@ async fn resume(
             &exited.reason,
         )),
         None => Err(CliError::StreamCut(run_id)),
+    }
+}
+
+/// Creates the run and attaches this terminal (or stdin) to its command until it ends.
+async fn attached(ctx: &Ctx, spec: RunSpec) -> Result<u8, CliError> {
+    let (tty, stdin) = (spec.tty, spec.stdin);
+    let request = ctx.request(CreateRunRequest { spec: Some(spec) });
+    let run = ctx.containers().create_run(request).await?.into_inner();
+    let start = ExecStart {
+        run_id: run.id.clone(),
+        attach: true,
+        tty,
+        stdin,
+        initial_size: if tty {
+            super::exec::window_size()
+        } else {
+            None
+        },
+        ..Default::default()
+    };
+    let what = format!("the session attached to run {}", run.id);
+    let session = super::exec::session(ctx, start, &what).await;
+    // How the run ended decides (a timeout is 124, as for a run that is not attached).
+    let request = ctx.request(GetRunRequest {
+        run_id: run.id.clone(),
+    });
+    match ctx.containers().get_run(request).await {
+        Ok(run) => {
+            let run = run.into_inner();
+            let ended = !matches!(
+                RunState::try_from(run.state).unwrap_or(RunState::Unspecified),
+                RunState::Queued | RunState::Starting | RunState::Running | RunState::Unspecified
+            );
+            if ended {
+                return Ok(exit_code(
+                    &run.id,
+                    run.state,
+                    run.exit_code.unwrap_or_default(),
+                    &run.reason,
+                ));
+            }
+            session
+        }
+        Err(_) => session,
     }
 }
 

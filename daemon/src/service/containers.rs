@@ -323,7 +323,9 @@ fn create_run(spec: Option<pb::RunSpec>) -> Result<CreateRun, Error> {
         name: non_empty(spec.name),
         labels: spec.labels.into_iter().collect(),
         timeout_seconds: (spec.timeout_seconds > 0).then_some(spec.timeout_seconds),
-        // Ports, tty and storage are not in the gRPC RunSpec yet: the profile decides.
+        tty: spec.tty,
+        stdin: spec.stdin,
+        // Ports and storage are not in the gRPC RunSpec yet: the profile decides.
         ..CreateRun::default()
     })
 }

@@ -6,14 +6,21 @@
 //! the command runs; output chunks carry byte offsets per stream; `exit` comes once, after the
 //! last output byte, and only with the exit code the runner read from the engine; a session
 //! that breaks ends with an error status and no `exit`. A half-close of the request stream
-//! closes the command's stdin.
+//! closes the command's stdin. `signal` becomes the runner's signal frame.
+//!
+//! A `detach` start is one `POST` to the runner; an `exec_id` start opens the detached exec's
+//! replay socket, an `attach` start the run's own attach socket; all three then follow the
+//! same rules (`started` carries the exec id where there is one).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bus::proto::containers::v1 as pb;
 use bus::proto::containers::v1::exec_server::Exec;
-use bus_api::exec::{ExecQuery, ExecStatus, Frame, STDIN, TerminalSize, encode_data};
+use bus_api::exec::{
+    CreateExec, ExecQuery, ExecRecord, ExecState, ExecStatus, Frame, STDIN, SignalFrame,
+    TerminalSize, encode_data,
+};
 use futures::stream::BoxStream;
 use futures::{SinkExt as _, StreamExt as _};
 use tokio::sync::mpsc;
@@ -23,7 +30,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::DaemonState;
 use crate::status::Error;
-use crate::upstream::exec::{EXEC_SILENCE, ExecParams, ExecSocket};
+use crate::upstream::exec::{EXEC_SILENCE, ExecParams, ExecSocket, Session};
 
 /// Largest output chunk sent to the caller.
 const CHUNK: usize = 64 * 1024;
@@ -68,11 +75,6 @@ pub fn params(start: pb::ExecStart) -> Result<ExecParams, Status> {
         return Err(invalid(
             "start.argv is empty",
             "give the command and its arguments, e.g. [\"sh\", \"-c\", \"echo hi\"]",
-        ));
-    }
-    if !start.exec_id.is_empty() {
-        return Err(Status::unimplemented(
-            "reattaching to an exec by exec_id is not supported yet; leave exec_id empty",
         ));
     }
     let mut env: Vec<String> = start.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -131,12 +133,141 @@ impl Exec for ExecService {
                 ));
             }
         };
-        let params = params(start)?;
-        let socket = upstream.exec(&params).await.map_err(Error::from)?;
+        if start.detach {
+            let record = detach(&upstream, start).await?;
+            let started = response(pb::exec_response::Msg::Started(pb::ExecStarted {
+                exec_id: record.id,
+            }));
+            return Ok(Response::new(futures::stream::iter([started]).boxed()));
+        }
+        let (session, stdin, exec_id) = session(&upstream, start).await?;
+        let socket = upstream.session(&session).await.map_err(Error::from)?;
         let (tx, rx) = mpsc::channel(32);
-        tokio::spawn(bridge(socket, requests, tx, params.exec.stdin));
+        tokio::spawn(bridge(socket, requests, tx, stdin, exec_id));
         Ok(Response::new(ReceiverStream::new(rx).boxed()))
     }
+
+    async fn get_exec(
+        &self,
+        request: Request<pb::GetExecRequest>,
+    ) -> Result<Response<pb::GetExecResponse>, Status> {
+        let upstream = self.state.upstream(request.metadata())?;
+        let exec_id = request.into_inner().exec_id;
+        if exec_id.is_empty() {
+            return Err(invalid(
+                "exec_id is empty",
+                "name the exec that `bus containers exec -d` printed",
+            ));
+        }
+        let record = upstream.get_exec(&exec_id).await.map_err(Error::from)?;
+        Ok(Response::new(pb::GetExecResponse {
+            exec: Some(exec_info(record)),
+        }))
+    }
+}
+
+/// The proto form of a detached exec's record.
+pub fn exec_info(record: ExecRecord) -> pb::ExecInfo {
+    let timestamp = |t: time::OffsetDateTime| prost_types::Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: t.nanosecond() as i32,
+    };
+    let state = match record.state {
+        ExecState::Running => pb::ExecState::Running,
+        ExecState::Exited => pb::ExecState::Exited,
+        ExecState::Failed => pb::ExecState::Failed,
+    };
+    pb::ExecInfo {
+        exec_id: record.id,
+        run_id: record.run_id,
+        argv: record.command,
+        state: state as i32,
+        exit_code: record.exit_code,
+        signal: record.signal,
+        message: record.message.unwrap_or_default(),
+        output_bytes: record.output_bytes,
+        created_at: Some(timestamp(record.created_at)),
+        finished_at: record.finished_at.map(timestamp),
+    }
+}
+
+/// Starts a detached exec.
+async fn detach(
+    upstream: &crate::upstream::Upstream,
+    start: pb::ExecStart,
+) -> Result<ExecRecord, Status> {
+    if start.stdin || start.tty {
+        return Err(invalid(
+            "a detached exec has no stdin and no terminal",
+            "leave start.stdin and start.tty false with start.detach",
+        ));
+    }
+    if !start.exec_id.is_empty() || start.attach {
+        return Err(invalid(
+            "start.detach starts a new command",
+            "leave start.exec_id empty and start.attach false with it",
+        ));
+    }
+    let params = params(start)?;
+    let body = CreateExec {
+        command: params.exec.argv,
+        env: params.exec.env,
+        workdir: params.exec.workdir,
+    };
+    Ok(upstream
+        .create_exec(&params.run_id, &body)
+        .await
+        .map_err(Error::from)?)
+}
+
+/// Which socket a (not detached) start opens: the session, whether stdin is attached, and the
+/// exec id for `started`.
+async fn session(
+    upstream: &crate::upstream::Upstream,
+    start: pb::ExecStart,
+) -> Result<(Session, bool, String), Status> {
+    if !start.exec_id.is_empty() {
+        if !start.argv.is_empty() || start.stdin || start.tty || start.attach {
+            return Err(invalid(
+                "start.exec_id attaches to a detached exec, which has no new command, stdin or \
+                 terminal",
+                "send only start.exec_id (and start.snapshot) to re-attach",
+            ));
+        }
+        if !start.run_id.is_empty() {
+            let record = upstream
+                .get_exec(&start.exec_id)
+                .await
+                .map_err(Error::from)?;
+            if record.run_id != start.run_id {
+                return Err(Status::not_found(format!(
+                    "exec {} is not in run {}; leave start.run_id empty or name its run",
+                    start.exec_id, start.run_id
+                )));
+            }
+        }
+        let session = Session::Detached {
+            exec_id: start.exec_id.clone(),
+            follow: !start.snapshot,
+        };
+        return Ok((session, false, start.exec_id));
+    }
+    if start.attach {
+        if start.run_id.is_empty() || !start.argv.is_empty() {
+            return Err(invalid(
+                "start.attach connects to the run's own command",
+                "name the run in start.run_id and leave start.argv empty",
+            ));
+        }
+        let session = Session::Run {
+            run_id: start.run_id,
+            size: size_of(start.initial_size.as_ref()),
+        };
+        return Ok((session, true, String::new()));
+    }
+    let params = params(start)?;
+    let stdin = params.exec.stdin;
+    Ok((Session::Command(params), stdin, String::new()))
 }
 
 type Tx = mpsc::Sender<Result<pb::ExecResponse, Status>>;
@@ -163,11 +294,17 @@ async fn output(tx: &Tx, offset: &mut u64, data: &[u8], stderr: bool) -> bool {
 
 /// Moves requests to the runner and frames back until the status frame, a broken session or
 /// the caller's departure.
-async fn bridge(socket: ExecSocket, mut requests: Streaming<pb::ExecRequest>, tx: Tx, stdin: bool) {
+async fn bridge(
+    socket: ExecSocket,
+    mut requests: Streaming<pb::ExecRequest>,
+    tx: Tx,
+    stdin: bool,
+    exec_id: String,
+) {
     let (mut ws_tx, mut ws_rx) = socket.split();
     if tx
         .send(response(pb::exec_response::Msg::Started(pb::ExecStarted {
-            exec_id: String::new(),
+            exec_id,
         })))
         .await
         .is_err()
@@ -189,12 +326,12 @@ async fn bridge(socket: ExecSocket, mut requests: Streaming<pb::ExecRequest>, tx
                             None => continue,
                         },
                         pb::exec_request::Msg::CloseStdin(_) => Frame::CloseStdin.encode(),
-                        pb::exec_request::Msg::Signal(_) => {
-                            let _ = tx.send(Err(Status::unimplemented(
-                                "signals for exec'd commands are not supported yet; with a TTY, \
-                                 send the terminal's control character (e.g. \\x03 for SIGINT) as stdin",
-                            ))).await;
-                            return;
+                        pb::exec_request::Msg::Signal(pb::ExecSignal { signal }) => {
+                            if !(1..=64).contains(&signal) {
+                                let _ = tx.send(Err(invalid(&format!("{signal} is not a signal number"), "send a POSIX signal number from 1 to 64, e.g. 15 for SIGTERM"))).await;
+                                return;
+                            }
+                            Frame::Signal(SignalFrame { signal }).encode()
                         }
                         pb::exec_request::Msg::Start(_) => {
                             let _ = tx.send(Err(invalid("`start` may be sent only once", "send stdin, resize or close_stdin"))).await;
@@ -245,6 +382,11 @@ async fn bridge(socket: ExecSocket, mut requests: Streaming<pb::ExecRequest>, tx
                             signal,
                             reason,
                         }))).await;
+                        let _ = ws_tx.close().await;
+                        return;
+                    }
+                    Ok(Frame::Status(status)) if status.reason == "running" => {
+                        // A replay without following ended; the exec goes on.
                         let _ = ws_tx.close().await;
                         return;
                     }

@@ -1,10 +1,14 @@
-//! The exec WebSocket to the runner (`GET /api/v1/containers/runs/{id}/exec`), `ws://` or
-//! `wss://` (rustls) after the origin's scheme. Frames are [`bus_api::exec`]'s.
+//! The exec WebSockets to the runner, `ws://` or `wss://` (rustls) after the origin's scheme:
+//! a command (`GET /api/v1/containers/runs/{id}/exec`), a detached exec's output
+//! (`GET /api/v1/containers/execs/{exec_id}/attach`) and a run's own command
+//! (`GET /api/v1/containers/runs/{id}/attach`); frames are [`bus_api::exec`]'s. Also the
+//! detached exec's unary calls.
 
 use std::time::Duration;
 
 use bus_api::Problem;
-use bus_api::exec::ExecQuery;
+use bus_api::exec::{CreateExec, ExecQuery, ExecRecord};
+use reqwest::Method;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -28,15 +32,83 @@ pub struct ExecParams {
     pub exec: ExecQuery,
 }
 
+/// Which exec WebSocket to open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Session {
+    /// Start a command.
+    Command(ExecParams),
+    /// Replay (and with `follow`, follow) a detached exec.
+    Detached {
+        /// The exec.
+        exec_id: String,
+        /// Follow until it ends.
+        follow: bool,
+    },
+    /// Attach to the run's own command.
+    Run {
+        /// The run.
+        run_id: String,
+        /// The caller's terminal size, applied when the run has a terminal.
+        size: Option<(u16, u16)>,
+    },
+}
+
+fn escape(id: &str) -> String {
+    url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
+}
+
+impl Session {
+    /// The endpoint's path and query.
+    fn path(&self) -> String {
+        match self {
+            Session::Command(params) => format!(
+                "/api/v1/containers/runs/{}/exec?{}",
+                escape(&params.run_id),
+                params.exec.to_query()
+            ),
+            Session::Detached { exec_id, follow } => format!(
+                "/api/v1/containers/execs/{}/attach?follow={follow}",
+                escape(exec_id)
+            ),
+            Session::Run { run_id, size } => {
+                let size = size
+                    .map(|(cols, rows)| format!("?cols={cols}&rows={rows}"))
+                    .unwrap_or_default();
+                format!("/api/v1/containers/runs/{}/attach{size}", escape(run_id))
+            }
+        }
+    }
+}
+
 impl Upstream {
-    /// Opens the exec WebSocket. A refusal before the upgrade comes back as the runner's
-    /// problem document.
+    /// `POST /api/v1/containers/runs/{id}/execs`: starts a detached exec. Not retried (no
+    /// idempotency key): a retry could start the command twice.
+    pub async fn create_exec(
+        &self,
+        run_id: &str,
+        body: &CreateExec,
+    ) -> Result<ExecRecord, UpstreamError> {
+        let path = format!("/api/v1/containers/runs/{}/execs", escape(run_id));
+        self.json(self.request(Method::POST, &path).json(body))
+            .await
+    }
+
+    /// `GET /api/v1/containers/execs/{exec_id}`.
+    pub async fn get_exec(&self, exec_id: &str) -> Result<ExecRecord, UpstreamError> {
+        let path = format!("/api/v1/containers/execs/{}", escape(exec_id));
+        self.json(self.request(Method::GET, &path)).await
+    }
+
+    /// Opens the exec WebSocket of a command. A refusal before the upgrade comes back as the
+    /// runner's problem document.
     pub async fn exec(&self, params: &ExecParams) -> Result<ExecSocket, UpstreamError> {
-        let path = format!(
-            "/api/v1/containers/runs/{}/exec?{}",
-            url::form_urlencoded::byte_serialize(params.run_id.as_bytes()).collect::<String>(),
-            params.exec.to_query()
-        );
+        self.session(&Session::Command(params.clone())).await
+    }
+
+    /// Opens an exec WebSocket. A refusal before the upgrade comes back as the runner's
+    /// problem document.
+    pub async fn session(&self, session: &Session) -> Result<ExecSocket, UpstreamError> {
+        let path = session.path();
         let http_url = self.origin.join(&path);
         let ws_url = if let Some(rest) = http_url.strip_prefix("https://") {
             format!("wss://{rest}")

@@ -9,27 +9,35 @@
 //! cannot be read, the status says `error` and carries no exit code.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::ws::{
     Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
 };
 use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use bollard::container::LogOutput;
-use bus_api::exec::{ExecQuery, ExecStatus, Frame, STDERR, STDOUT, encode_data};
+use bus_api::exec::{
+    CreateExec, ExecQuery, ExecRecord, ExecStatus, Frame, STDERR, STDOUT, SignalFrame, encode_data,
+};
 use futures::{SinkExt as _, StreamExt as _};
+use serde::Deserialize;
 use tokio::io::AsyncWriteExt as _;
 
 use crate::AppState;
 use crate::auth::{self, Caller};
 use crate::engine::Engine;
-use crate::problem::{ApiError, engine_message};
+use crate::execs::{Detached, control_character, exit_status, signal_exec};
+use crate::problem::{ApiError, ApiJson, ApiQuery, engine_message};
+use crate::store::Entry;
 
+/// Largest body of `POST .../execs`.
+pub const BODY_LIMIT: usize = 256 * 1024;
 /// Seconds of silence after which the runner sends a WebSocket ping.
 pub const KEEPALIVE_SECONDS: u64 = 15;
-/// How long the engine may take to report an exit code after the output ended.
-const EXIT_CODE_LIMIT: Duration = Duration::from_secs(30);
 
 /// Parses the query ([`ExecQuery`]); a bad one is a 400 naming the parameter.
 pub fn parse_query(query: &str) -> Result<ExecQuery, ApiError> {
@@ -49,41 +57,55 @@ pub async fn exec(
         .get(caller.account(), &id)
         .ok_or_else(|| ApiError::RunNotFound(id.clone()))?;
     let spec = parse_query(query.as_deref().unwrap_or(""))?;
-    let run_state = entry.snapshot().state;
-    let container = match entry.container() {
-        Some(c) if run_state == bus_api::RunState::Running => c,
-        _ => {
-            return Err(ApiError::RunNotRunning {
-                id,
-                state: run_state.as_str().to_owned(),
-            });
-        }
-    };
+    let container = running_container(&entry, &id)?;
     let upgrade = upgrade.map_err(|e| {
         ApiError::InvalidRequest(format!(
             "this endpoint speaks WebSocket only (GET with `Connection: Upgrade`, `Upgrade: \
              websocket`): {e}"
         ))
     })?;
-    let exec_id = match state.engine().create_exec(&container, &spec).await {
-        Ok(exec_id) => exec_id,
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404 | 409,
-            message,
-        }) => {
-            tracing::debug!(run = %id, %message, "exec refused by the engine");
-            return Err(ApiError::RunNotRunning {
-                id,
-                state: "not running".to_owned(),
-            });
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let exec_id = create_exec(state.engine(), &container, &spec, &id).await?;
     tracing::info!(run = %id, owner = caller.account(), exec = %exec_id, tty = spec.tty, "exec");
     let engine = state.engine().clone();
     Ok(upgrade
         .protocols([bus_api::exec::SUBPROTOCOL])
         .on_upgrade(move |socket| session(engine, exec_id, spec, socket)))
+}
+
+/// The container of `entry` when the run is running; else `run_not_running`.
+fn running_container(entry: &Entry, id: &str) -> Result<String, ApiError> {
+    let run_state = entry.snapshot().state;
+    match entry.container() {
+        Some(c) if run_state == bus_api::RunState::Running => Ok(c),
+        _ => Err(ApiError::RunNotRunning {
+            id: id.to_owned(),
+            state: run_state.as_str().to_owned(),
+        }),
+    }
+}
+
+/// Creates the engine's exec; an engine that refuses because the container stopped answers
+/// `run_not_running`.
+async fn create_exec(
+    engine: &Engine,
+    container: &str,
+    spec: &ExecQuery,
+    run_id: &str,
+) -> Result<String, ApiError> {
+    match engine.create_exec(container, spec).await {
+        Ok(exec_id) => Ok(exec_id),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404 | 409,
+            message,
+        }) => {
+            tracing::debug!(run = %run_id, %message, "exec refused by the engine");
+            Err(ApiError::RunNotRunning {
+                id: run_id.to_owned(),
+                state: "not running".to_owned(),
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Bridges one upgraded WebSocket to a created exec until the status frame is sent or the
@@ -113,9 +135,12 @@ async fn session(engine: Arc<Engine>, exec_id: String, spec: ExecQuery, socket: 
     let mut input = Some(streams.input);
     let stdin = spec.stdin;
     let tty = spec.tty;
+    // The last signal sent (0: none), to tell a death by it from an ordinary exit.
+    let signalled = Arc::new(AtomicI32::new(0));
     let input_task = tokio::spawn({
         let engine = engine.clone();
         let exec_id = exec_id.clone();
+        let signalled = signalled.clone();
         async move {
             while let Some(message) = rx.next().await {
                 let bytes = match message {
@@ -134,6 +159,28 @@ async fn session(engine: Arc<Engine>, exec_id: String, spec: ExecQuery, socket: 
                     Ok(Frame::Resize(size)) if tty => {
                         if let Err(e) = engine.resize_exec(&exec_id, size.cols, size.rows).await {
                             tracing::debug!(exec = %exec_id, error = %e, "resize failed");
+                        }
+                    }
+                    Ok(Frame::Signal(SignalFrame { signal })) => {
+                        // With a terminal, keyboard signals are typed, so they reach the
+                        // foreground process; others go to the command's process.
+                        let typed = match (tty && stdin, control_character(signal), input.as_mut())
+                        {
+                            (true, Some(c), Some(w)) => {
+                                w.write_all(&[c]).await.is_ok() && w.flush().await.is_ok()
+                            }
+                            _ => false,
+                        };
+                        let sent = typed
+                            || match signal_exec(&engine, &exec_id, signal).await {
+                                Ok(()) => true,
+                                Err(e) => {
+                                    tracing::info!(exec = %exec_id, signal, error = %e, "signal not delivered");
+                                    false
+                                }
+                            };
+                        if sent {
+                            signalled.store(signal, Ordering::Relaxed);
                         }
                     }
                     Ok(Frame::CloseStdin) if stdin => {
@@ -188,7 +235,10 @@ async fn session(engine: Arc<Engine>, exec_id: String, spec: ExecQuery, socket: 
     }
     let status = match failure {
         Some(message) => ExecStatus::error(message),
-        None => exit_status(&engine, &exec_id).await,
+        None => {
+            let signal = signalled.load(Ordering::Relaxed);
+            exit_status(&engine, &exec_id, (signal != 0).then_some(signal)).await
+        }
     };
     tracing::debug!(exec = %exec_id, ?status, "exec ended");
     let _ = tx
@@ -198,34 +248,172 @@ async fn session(engine: Arc<Engine>, exec_id: String, spec: ExecQuery, socket: 
     input_task.abort();
 }
 
-/// The exec's exit code once the engine reports it ended, or an error status; never made up.
-async fn exit_status(engine: &Engine, exec_id: &str) -> ExecStatus {
-    let started = tokio::time::Instant::now();
-    let mut pause = Duration::from_millis(2);
+/// `POST /api/v1/containers/runs/{id}/execs`: starts a command detached; the runner captures
+/// its output ([`crate::execs`]). Answers 201 with the exec's record.
+pub async fn create_detached(
+    State(state): State<AppState>,
+    caller: Caller<auth::Run>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<CreateExec>,
+) -> Result<(StatusCode, Json<ExecRecord>), ApiError> {
+    let entry = state
+        .store()
+        .get(caller.account(), &id)
+        .ok_or_else(|| ApiError::RunNotFound(id.clone()))?;
+    let spec = request.to_query().map_err(ApiError::InvalidRequest)?;
+    let container = running_container(&entry, &id)?;
+    let engine = state.engine();
+    let engine_exec = create_exec(engine, &container, &spec, &id).await?;
+    let streams = engine.start_exec(&engine_exec, false).await?;
+    drop(streams.input);
+    let exec = state
+        .execs()
+        .start(
+            engine.clone(),
+            caller.account(),
+            &id,
+            spec.argv,
+            engine_exec,
+            streams.output,
+        )
+        .await
+        .map_err(ApiError::ExecOutput)?;
+    tracing::info!(run = %id, owner = caller.account(), exec = exec.id(), "detached exec");
+    Ok((StatusCode::CREATED, Json(exec.record())))
+}
+
+/// `GET /api/v1/containers/execs/{exec_id}`: a detached exec's record.
+pub async fn get_detached(
+    State(state): State<AppState>,
+    caller: Caller<auth::Run>,
+    Path(exec_id): Path<String>,
+) -> Result<Json<ExecRecord>, ApiError> {
+    let exec = state
+        .execs()
+        .get(state.store(), caller.account(), &exec_id)
+        .ok_or(ApiError::ExecNotFound(exec_id))?;
+    Ok(Json(exec.record()))
+}
+
+/// The query of the attach endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachQuery {
+    /// Keep sending output until the exec ends (default true).
+    #[serde(default = "yes")]
+    pub follow: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `GET /api/v1/containers/execs/{exec_id}/attach?follow=`: a detached exec's captured output
+/// and status over the exec WebSocket protocol (output only; frames sent in are ignored).
+pub async fn attach_detached(
+    State(state): State<AppState>,
+    caller: Caller<auth::Run>,
+    Path(exec_id): Path<String>,
+    ApiQuery(query): ApiQuery<AttachQuery>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let exec = state
+        .execs()
+        .get(state.store(), caller.account(), &exec_id)
+        .ok_or(ApiError::ExecNotFound(exec_id))?;
+    let upgrade = upgrade.map_err(|e| {
+        ApiError::InvalidRequest(format!(
+            "this endpoint speaks WebSocket only (GET with `Connection: Upgrade`, `Upgrade: \
+             websocket`): {e}"
+        ))
+    })?;
+    Ok(upgrade
+        .protocols([bus_api::exec::SUBPROTOCOL])
+        .on_upgrade(move |socket| replay(exec, query.follow, socket)))
+}
+
+/// Largest read from an output file at once (whole records of at most 64 KiB each).
+const REPLAY_READ: u64 = 1024 * 1024;
+
+/// Sends a detached exec's output from its file, then (following) what comes, then the status.
+async fn replay(exec: Arc<Detached>, follow: bool, socket: WebSocket) {
+    let (mut tx, mut rx) = socket.split();
+    // Frames in are read (so pings are answered) and dropped.
+    let reader = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
+    let result = send_replay(&exec, follow, &mut tx).await;
+    if let Err(message) = result {
+        let status = ExecStatus::error(message);
+        let _ = tx
+            .send(Message::Binary(Frame::Status(status).encode().into()))
+            .await;
+    }
+    let _ = tx.send(Message::Close(None)).await;
+    reader.abort();
+}
+
+type WsTx = futures::stream::SplitSink<WebSocket, Message>;
+
+/// Ok once the status was sent; Err(message) when the file could not be read. A client gone
+/// is Ok too (nothing to tell it).
+async fn send_replay(exec: &Detached, follow: bool, tx: &mut WsTx) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+    let path = exec.output_path();
+    let broken =
+        |e: std::io::Error| format!("the exec's output cannot be read: {}: {e}", path.display());
+    let mut file = tokio::fs::File::open(path).await.map_err(broken)?;
+    let mut watch = exec.watch();
+    let mut pos = 0u64;
+    let keepalive = Duration::from_secs(KEEPALIVE_SECONDS);
     loop {
-        match engine.exec_exit_code(exec_id).await {
-            Ok(Some(code)) => {
-                return match i32::try_from(code) {
-                    Ok(code) => ExecStatus::exited(code),
-                    Err(_) => ExecStatus::error(format!("the engine reported exit code {code}")),
-                };
+        let progress = watch.borrow_and_update().clone();
+        if pos < progress.file_len {
+            let want = (progress.file_len - pos).min(REPLAY_READ);
+            let mut buf = vec![0u8; want as usize];
+            file.seek(std::io::SeekFrom::Start(pos))
+                .await
+                .map_err(broken)?;
+            file.read_exact(&mut buf).await.map_err(broken)?;
+            let mut used = 0u64;
+            for (stream, data) in crate::execs::records(&buf) {
+                used += (data.len() + 5) as u64;
+                if tx
+                    .send(Message::Binary(encode_data(stream, data).into()))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
             }
-            Ok(None) => {}
-            Err(e) => {
-                return ExecStatus::error(format!(
-                    "the engine did not report the exit code: {}",
-                    engine_message(&e)
+            if used == 0 {
+                return Err(format!(
+                    "the exec's output file {} is damaged",
+                    path.display()
                 ));
             }
+            pos += used;
+            continue;
         }
-        if started.elapsed() > EXIT_CODE_LIMIT {
-            return ExecStatus::error(format!(
-                "the engine reported no exit code within {} s of the output's end",
-                EXIT_CODE_LIMIT.as_secs()
-            ));
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
+        let status = match (progress.status, follow) {
+            (Some(status), _) => status,
+            (None, false) => ExecStatus::running(),
+            (None, true) => {
+                match tokio::time::timeout(keepalive, watch.changed()).await {
+                    Ok(Ok(())) => continue,
+                    // The exec's record is gone (its run was deleted).
+                    Ok(Err(_)) => ExecStatus::error("the exec's run was deleted"),
+                    Err(_) => {
+                        if tx.send(Message::Ping(Default::default())).await.is_err() {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        let _ = tx
+            .send(Message::Binary(Frame::Status(status).encode().into()))
+            .await;
+        return Ok(());
     }
 }
 

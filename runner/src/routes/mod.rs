@@ -8,6 +8,7 @@ use axum::routing::{get, post};
 use crate::AppState;
 use crate::problem::limit_body;
 
+pub mod attach;
 pub mod auth;
 pub mod billing;
 pub mod exec;
@@ -34,6 +35,19 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/v1/containers/runs/{id}/logs", get(logs::get))
         .route("/api/v1/containers/runs/{id}/exec", get(exec::exec))
+        .route("/api/v1/containers/runs/{id}/attach", get(attach::attach))
+        .route(
+            "/api/v1/containers/runs/{id}/execs",
+            post(exec::create_detached).layer(DefaultBodyLimit::max(exec::BODY_LIMIT)),
+        )
+        .route(
+            "/api/v1/containers/execs/{exec_id}",
+            get(exec::get_detached),
+        )
+        .route(
+            "/api/v1/containers/execs/{exec_id}/attach",
+            get(exec::attach_detached),
+        )
         .route(
             "/api/v1/containers/runs/{id}/stop",
             post(stop::stop)

@@ -57,6 +57,7 @@ pub async fn create(
         options: RunOptions {
             ports: spec.ports.clone(),
             tty: spec.tty,
+            stdin: spec.stdin,
             storage: spec.storage.clone(),
             memory_mb: spec.memory_mb,
         },
@@ -181,6 +182,7 @@ pub async fn delete(
             tracing::warn!(run = %entry.id, error = %engine_message(&e), "removing the container failed");
         }
     }
+    state.execs().remove_run(&entry.id);
     tracing::info!(run = %entry.id, owner = caller.account(), "run deleted");
     Ok(StatusCode::NO_CONTENT)
 }

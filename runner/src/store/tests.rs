@@ -343,6 +343,7 @@ async fn run_options_survive_a_reopen_and_a_version_1_database_opens() {
             host_ip: "127.0.0.1".into(),
         }],
         tty: true,
+        stdin: true,
         storage: Some(bus_api::StorageMount {
             mount_path: "/data".into(),
             subpath: Some("a/b".into()),

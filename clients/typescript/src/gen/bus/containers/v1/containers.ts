@@ -169,6 +169,10 @@ export interface RunSpec {
   labels: { [key: string]: string };
   /** 0 means the profile's timeout. */
   timeoutSeconds: number;
+  /** Allocate a terminal for the command (its stderr then comes as stdout). */
+  tty: boolean;
+  /** Keep the command's stdin open for an `Exec` call with `attach`. */
+  stdin: boolean;
 }
 
 export interface RunSpec_EnvEntry {
@@ -484,7 +488,18 @@ export const RunnerStatus: MessageFns<RunnerStatus> = {
 };
 
 function createBaseRunSpec(): RunSpec {
-  return { profile: "", image: "", argv: [], env: {}, workdir: "", name: "", labels: {}, timeoutSeconds: 0 };
+  return {
+    profile: "",
+    image: "",
+    argv: [],
+    env: {},
+    workdir: "",
+    name: "",
+    labels: {},
+    timeoutSeconds: 0,
+    tty: false,
+    stdin: false,
+  };
 }
 
 export const RunSpec: MessageFns<RunSpec> = {
@@ -512,6 +527,12 @@ export const RunSpec: MessageFns<RunSpec> = {
     });
     if (message.timeoutSeconds !== 0) {
       writer.uint32(64).uint32(message.timeoutSeconds);
+    }
+    if (message.tty !== false) {
+      writer.uint32(72).bool(message.tty);
+    }
+    if (message.stdin !== false) {
+      writer.uint32(80).bool(message.stdin);
     }
     return writer;
   },
@@ -599,6 +620,22 @@ export const RunSpec: MessageFns<RunSpec> = {
             message.timeoutSeconds = reader.uint32();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.tty = reader.bool();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.stdin = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -651,6 +688,8 @@ export const RunSpec: MessageFns<RunSpec> = {
         : isSet(object.timeout_seconds)
         ? globalThis.Number(object.timeout_seconds)
         : 0,
+      tty: isSet(object.tty) ? globalThis.Boolean(object.tty) : false,
+      stdin: isSet(object.stdin) ? globalThis.Boolean(object.stdin) : false,
     };
   },
 
@@ -692,6 +731,12 @@ export const RunSpec: MessageFns<RunSpec> = {
     if (message.timeoutSeconds !== 0) {
       obj.timeoutSeconds = Math.round(message.timeoutSeconds);
     }
+    if (message.tty !== false) {
+      obj.tty = message.tty;
+    }
+    if (message.stdin !== false) {
+      obj.stdin = message.stdin;
+    }
     return obj;
   },
 
@@ -724,6 +769,8 @@ export const RunSpec: MessageFns<RunSpec> = {
       {},
     );
     message.timeoutSeconds = object.timeoutSeconds ?? 0;
+    message.tty = object.tty ?? false;
+    message.stdin = object.stdin ?? false;
     return message;
   },
 };

@@ -12,17 +12,70 @@ import {
   Client,
   type ClientDuplexStream,
   type ClientOptions,
+  type ClientUnaryCall,
   type handleBidiStreamingCall,
+  type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
+  type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { Timestamp } from "../../../google/protobuf/timestamp.js";
 
 export const protobufPackage = "bus.containers.v1";
 
 export const protobufFileName = "bus/containers/v1/exec.proto";
 
 /** An interactive, bidirectional command in a running run. */
+
+/** Where a detached exec is. */
+export enum ExecState {
+  EXEC_STATE_UNSPECIFIED = 0,
+  /** EXEC_STATE_RUNNING - The command runs. */
+  EXEC_STATE_RUNNING = 1,
+  /** EXEC_STATE_EXITED - The command ended; `exit_code` says how. */
+  EXEC_STATE_EXITED = 2,
+  /** EXEC_STATE_FAILED - It ended without a known exit code; `message` says why. */
+  EXEC_STATE_FAILED = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function execStateFromJSON(object: any): ExecState {
+  switch (object) {
+    case 0:
+    case "EXEC_STATE_UNSPECIFIED":
+      return ExecState.EXEC_STATE_UNSPECIFIED;
+    case 1:
+    case "EXEC_STATE_RUNNING":
+      return ExecState.EXEC_STATE_RUNNING;
+    case 2:
+    case "EXEC_STATE_EXITED":
+      return ExecState.EXEC_STATE_EXITED;
+    case 3:
+    case "EXEC_STATE_FAILED":
+      return ExecState.EXEC_STATE_FAILED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ExecState.UNRECOGNIZED;
+  }
+}
+
+export function execStateToJSON(object: ExecState): string {
+  switch (object) {
+    case ExecState.EXEC_STATE_UNSPECIFIED:
+      return "EXEC_STATE_UNSPECIFIED";
+    case ExecState.EXEC_STATE_RUNNING:
+      return "EXEC_STATE_RUNNING";
+    case ExecState.EXEC_STATE_EXITED:
+      return "EXEC_STATE_EXITED";
+    case ExecState.EXEC_STATE_FAILED:
+      return "EXEC_STATE_FAILED";
+    case ExecState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
 
 /** One message from the caller. */
 export interface ExecRequest {
@@ -41,7 +94,11 @@ export interface ExecRequest {
   resize?:
     | TerminalSize
     | undefined;
-  /** A signal for the command. Not supported by the runner yet: answered UNIMPLEMENTED. */
+  /**
+   * A POSIX signal for the command (1 to 64). With a TTY, SIGINT, SIGQUIT and SIGTSTP are
+   * typed as ^C, ^\ and ^Z; others go to the command's process. A command that dies of it
+   * has `exit.signal` set.
+   */
   signal?:
     | ExecSignal
     | undefined;
@@ -67,8 +124,20 @@ export interface ExecStart {
   initialSize?:
     | TerminalSize
     | undefined;
-  /** Reserved for detached execs that are read later; must be empty for now. */
+  /**
+   * Attach to this detached exec (from a `detach` start) instead of starting a command;
+   * `argv` and the other fields stay empty (`run_id` may name its run).
+   */
   execId: string;
+  /** Start the command detached (not with `stdin` or `tty`): see `Exec`. */
+  detach: boolean;
+  /** With `exec_id`: the output captured so far, then `exit` if the exec ended, then OK. */
+  snapshot: boolean;
+  /**
+   * Attach to the run's own command instead of starting one (`argv` empty): stdin when the
+   * run was created with `stdin`, resizes when with `tty`, and its output from the start.
+   */
+  attach: boolean;
 }
 
 export interface ExecStart_EnvEntry {
@@ -124,6 +193,34 @@ export interface ExecExited {
 
 /** Sent on an idle session. */
 export interface ExecKeepAlive {
+}
+
+/** Names a detached exec. */
+export interface GetExecRequest {
+  execId: string;
+}
+
+/** A detached exec. */
+export interface GetExecResponse {
+  exec?: ExecInfo | undefined;
+}
+
+/** A detached exec as the runner records it. */
+export interface ExecInfo {
+  execId: string;
+  runId: string;
+  argv: string[];
+  state: ExecState;
+  exitCode?: number | undefined;
+  signal?:
+    | number
+    | undefined;
+  /** Why it failed, with EXEC_STATE_FAILED. */
+  message: string;
+  /** Output bytes captured so far (stdout and stderr together). */
+  outputBytes: number;
+  createdAt?: Date | undefined;
+  finishedAt?: Date | undefined;
 }
 
 function createBaseExecRequest(): ExecRequest {
@@ -272,7 +369,19 @@ export const ExecRequest: MessageFns<ExecRequest> = {
 };
 
 function createBaseExecStart(): ExecStart {
-  return { runId: "", argv: [], env: {}, workdir: "", tty: false, stdin: false, initialSize: undefined, execId: "" };
+  return {
+    runId: "",
+    argv: [],
+    env: {},
+    workdir: "",
+    tty: false,
+    stdin: false,
+    initialSize: undefined,
+    execId: "",
+    detach: false,
+    snapshot: false,
+    attach: false,
+  };
 }
 
 export const ExecStart: MessageFns<ExecStart> = {
@@ -300,6 +409,15 @@ export const ExecStart: MessageFns<ExecStart> = {
     }
     if (message.execId !== "") {
       writer.uint32(66).string(message.execId);
+    }
+    if (message.detach !== false) {
+      writer.uint32(72).bool(message.detach);
+    }
+    if (message.snapshot !== false) {
+      writer.uint32(80).bool(message.snapshot);
+    }
+    if (message.attach !== false) {
+      writer.uint32(88).bool(message.attach);
     }
     return writer;
   },
@@ -384,6 +502,30 @@ export const ExecStart: MessageFns<ExecStart> = {
             message.execId = reader.string();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.detach = reader.bool();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.snapshot = reader.bool();
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.attach = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -431,6 +573,9 @@ export const ExecStart: MessageFns<ExecStart> = {
         : isSet(object.exec_id)
         ? globalThis.String(object.exec_id)
         : "",
+      detach: isSet(object.detach) ? globalThis.Boolean(object.detach) : false,
+      snapshot: isSet(object.snapshot) ? globalThis.Boolean(object.snapshot) : false,
+      attach: isSet(object.attach) ? globalThis.Boolean(object.attach) : false,
     };
   },
 
@@ -466,6 +611,15 @@ export const ExecStart: MessageFns<ExecStart> = {
     if (message.execId !== "") {
       obj.execId = message.execId;
     }
+    if (message.detach !== false) {
+      obj.detach = message.detach;
+    }
+    if (message.snapshot !== false) {
+      obj.snapshot = message.snapshot;
+    }
+    if (message.attach !== false) {
+      obj.attach = message.attach;
+    }
     return obj;
   },
 
@@ -492,6 +646,9 @@ export const ExecStart: MessageFns<ExecStart> = {
       ? TerminalSize.fromPartial(object.initialSize)
       : undefined;
     message.execId = object.execId ?? "";
+    message.detach = object.detach ?? false;
+    message.snapshot = object.snapshot ?? false;
+    message.attach = object.attach ?? false;
     return message;
   },
 };
@@ -1243,6 +1400,394 @@ export const ExecKeepAlive: MessageFns<ExecKeepAlive> = {
   },
 };
 
+function createBaseGetExecRequest(): GetExecRequest {
+  return { execId: "" };
+}
+
+export const GetExecRequest: MessageFns<GetExecRequest> = {
+  encode(message: GetExecRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.execId !== "") {
+      writer.uint32(10).string(message.execId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetExecRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetExecRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.execId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetExecRequest {
+    return {
+      execId: isSet(object.execId)
+        ? globalThis.String(object.execId)
+        : isSet(object.exec_id)
+        ? globalThis.String(object.exec_id)
+        : "",
+    };
+  },
+
+  toJSON(message: GetExecRequest): unknown {
+    const obj: any = {};
+    if (message.execId !== "") {
+      obj.execId = message.execId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetExecRequest>, I>>(base?: I): GetExecRequest {
+    return GetExecRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetExecRequest>, I>>(object: I): GetExecRequest {
+    const message = createBaseGetExecRequest();
+    message.execId = object.execId ?? "";
+    return message;
+  },
+};
+
+function createBaseGetExecResponse(): GetExecResponse {
+  return { exec: undefined };
+}
+
+export const GetExecResponse: MessageFns<GetExecResponse> = {
+  encode(message: GetExecResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.exec !== undefined) {
+      ExecInfo.encode(message.exec, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetExecResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetExecResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.exec = ExecInfo.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetExecResponse {
+    return { exec: isSet(object.exec) ? ExecInfo.fromJSON(object.exec) : undefined };
+  },
+
+  toJSON(message: GetExecResponse): unknown {
+    const obj: any = {};
+    if (message.exec !== undefined) {
+      obj.exec = ExecInfo.toJSON(message.exec);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetExecResponse>, I>>(base?: I): GetExecResponse {
+    return GetExecResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetExecResponse>, I>>(object: I): GetExecResponse {
+    const message = createBaseGetExecResponse();
+    message.exec = (object.exec !== undefined && object.exec !== null) ? ExecInfo.fromPartial(object.exec) : undefined;
+    return message;
+  },
+};
+
+function createBaseExecInfo(): ExecInfo {
+  return {
+    execId: "",
+    runId: "",
+    argv: [],
+    state: 0,
+    exitCode: undefined,
+    signal: undefined,
+    message: "",
+    outputBytes: 0,
+    createdAt: undefined,
+    finishedAt: undefined,
+  };
+}
+
+export const ExecInfo: MessageFns<ExecInfo> = {
+  encode(message: ExecInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.execId !== "") {
+      writer.uint32(10).string(message.execId);
+    }
+    if (message.runId !== "") {
+      writer.uint32(18).string(message.runId);
+    }
+    for (const v of message.argv) {
+      writer.uint32(26).string(v!);
+    }
+    if (message.state !== 0) {
+      writer.uint32(32).int32(message.state);
+    }
+    if (message.exitCode !== undefined) {
+      writer.uint32(40).int32(message.exitCode);
+    }
+    if (message.signal !== undefined) {
+      writer.uint32(48).int32(message.signal);
+    }
+    if (message.message !== "") {
+      writer.uint32(58).string(message.message);
+    }
+    if (message.outputBytes !== 0) {
+      writer.uint32(64).uint64(message.outputBytes);
+    }
+    if (message.createdAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.createdAt), writer.uint32(74).fork()).join();
+    }
+    if (message.finishedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.finishedAt), writer.uint32(82).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExecInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExecInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.execId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.runId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.argv.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.exitCode = reader.int32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.signal = reader.int32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.outputBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.createdAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.finishedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExecInfo {
+    return {
+      execId: isSet(object.execId)
+        ? globalThis.String(object.execId)
+        : isSet(object.exec_id)
+        ? globalThis.String(object.exec_id)
+        : "",
+      runId: isSet(object.runId)
+        ? globalThis.String(object.runId)
+        : isSet(object.run_id)
+        ? globalThis.String(object.run_id)
+        : "",
+      argv: globalThis.Array.isArray(object?.argv) ? object.argv.map((e: any) => globalThis.String(e)) : [],
+      state: isSet(object.state) ? execStateFromJSON(object.state) : 0,
+      exitCode: isSet(object.exitCode)
+        ? globalThis.Number(object.exitCode)
+        : isSet(object.exit_code)
+        ? globalThis.Number(object.exit_code)
+        : undefined,
+      signal: isSet(object.signal) ? globalThis.Number(object.signal) : undefined,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      outputBytes: isSet(object.outputBytes)
+        ? globalThis.Number(object.outputBytes)
+        : isSet(object.output_bytes)
+        ? globalThis.Number(object.output_bytes)
+        : 0,
+      createdAt: isSet(object.createdAt)
+        ? fromJsonTimestamp(object.createdAt)
+        : isSet(object.created_at)
+        ? fromJsonTimestamp(object.created_at)
+        : undefined,
+      finishedAt: isSet(object.finishedAt)
+        ? fromJsonTimestamp(object.finishedAt)
+        : isSet(object.finished_at)
+        ? fromJsonTimestamp(object.finished_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: ExecInfo): unknown {
+    const obj: any = {};
+    if (message.execId !== "") {
+      obj.execId = message.execId;
+    }
+    if (message.runId !== "") {
+      obj.runId = message.runId;
+    }
+    if (message.argv?.length) {
+      obj.argv = message.argv;
+    }
+    if (message.state !== 0) {
+      obj.state = execStateToJSON(message.state);
+    }
+    if (message.exitCode !== undefined) {
+      obj.exitCode = Math.round(message.exitCode);
+    }
+    if (message.signal !== undefined) {
+      obj.signal = Math.round(message.signal);
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.outputBytes !== 0) {
+      obj.outputBytes = Math.round(message.outputBytes);
+    }
+    if (message.createdAt !== undefined) {
+      obj.createdAt = message.createdAt.toISOString();
+    }
+    if (message.finishedAt !== undefined) {
+      obj.finishedAt = message.finishedAt.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ExecInfo>, I>>(base?: I): ExecInfo {
+    return ExecInfo.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ExecInfo>, I>>(object: I): ExecInfo {
+    const message = createBaseExecInfo();
+    message.execId = object.execId ?? "";
+    message.runId = object.runId ?? "";
+    message.argv = object.argv?.map((e) => e) || [];
+    message.state = object.state ?? 0;
+    message.exitCode = object.exitCode ?? undefined;
+    message.signal = object.signal ?? undefined;
+    message.message = object.message ?? "";
+    message.outputBytes = object.outputBytes ?? 0;
+    message.createdAt = object.createdAt ?? undefined;
+    message.finishedAt = object.finishedAt ?? undefined;
+    return message;
+  },
+};
+
 /** Commands in running runs. */
 export type ExecService = typeof ExecService;
 export const ExecService = {
@@ -1252,6 +1797,13 @@ export const ExecService = {
    * `keepalive`, then exactly one `exit` after the last output byte, then OK. A half-close of
    * the request stream closes stdin. A session that breaks ends with an error status and no
    * `exit`: no exit code is ever made up.
+   *
+   * Three other ways to start: `detach` starts the command with no caller attached (the
+   * runner keeps its output), answers `started` with its `exec_id` and ends the call;
+   * `exec_id` attaches to such an exec: its output from the first byte, then new output, then
+   * `exit` (with `snapshot`: only what was captured, then `exit` if it has ended, then OK);
+   * `attach` connects to the run's own command (its stdin, terminal and output), and `exit`
+   * carries the run's exit code.
    */
   exec: {
     path: "/bus.containers.v1.Exec/Exec" as const,
@@ -1262,6 +1814,16 @@ export const ExecService = {
     responseSerialize: (value: ExecResponse): Buffer => Buffer.from(ExecResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ExecResponse => ExecResponse.decode(value),
   },
+  /** A detached exec: its state and, once it ended, its exit code. */
+  getExec: {
+    path: "/bus.containers.v1.Exec/GetExec" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetExecRequest): Buffer => Buffer.from(GetExecRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetExecRequest => GetExecRequest.decode(value),
+    responseSerialize: (value: GetExecResponse): Buffer => Buffer.from(GetExecResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetExecResponse => GetExecResponse.decode(value),
+  },
 } as const;
 
 export interface ExecServer extends UntypedServiceImplementation {
@@ -1271,8 +1833,17 @@ export interface ExecServer extends UntypedServiceImplementation {
    * `keepalive`, then exactly one `exit` after the last output byte, then OK. A half-close of
    * the request stream closes stdin. A session that breaks ends with an error status and no
    * `exit`: no exit code is ever made up.
+   *
+   * Three other ways to start: `detach` starts the command with no caller attached (the
+   * runner keeps its output), answers `started` with its `exec_id` and ends the call;
+   * `exec_id` attaches to such an exec: its output from the first byte, then new output, then
+   * `exit` (with `snapshot`: only what was captured, then `exit` if it has ended, then OK);
+   * `attach` connects to the run's own command (its stdin, terminal and output), and `exit`
+   * carries the run's exit code.
    */
   exec: handleBidiStreamingCall<ExecRequest, ExecResponse>;
+  /** A detached exec: its state and, once it ended, its exit code. */
+  getExec: handleUnaryCall<GetExecRequest, GetExecResponse>;
 }
 
 export interface ExecClient extends Client {
@@ -1282,10 +1853,33 @@ export interface ExecClient extends Client {
    * `keepalive`, then exactly one `exit` after the last output byte, then OK. A half-close of
    * the request stream closes stdin. A session that breaks ends with an error status and no
    * `exit`: no exit code is ever made up.
+   *
+   * Three other ways to start: `detach` starts the command with no caller attached (the
+   * runner keeps its output), answers `started` with its `exec_id` and ends the call;
+   * `exec_id` attaches to such an exec: its output from the first byte, then new output, then
+   * `exit` (with `snapshot`: only what was captured, then `exit` if it has ended, then OK);
+   * `attach` connects to the run's own command (its stdin, terminal and output), and `exit`
+   * carries the run's exit code.
    */
   exec(): ClientDuplexStream<ExecRequest, ExecResponse>;
   exec(options: Partial<CallOptions>): ClientDuplexStream<ExecRequest, ExecResponse>;
   exec(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<ExecRequest, ExecResponse>;
+  /** A detached exec: its state and, once it ended, its exit code. */
+  getExec(
+    request: GetExecRequest,
+    callback: (error: ServiceError | null, response: GetExecResponse) => void,
+  ): ClientUnaryCall;
+  getExec(
+    request: GetExecRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetExecResponse) => void,
+  ): ClientUnaryCall;
+  getExec(
+    request: GetExecRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetExecResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const ExecClient = makeGenericClientConstructor(ExecService, "bus.containers.v1.Exec") as unknown as {
@@ -1313,6 +1907,28 @@ export type DeepPartial<T> = T extends Builtin ? T
 type KeysOfUnion<T> = T extends T ? keyof T : never;
 export type Exact<P, I extends P> = P extends Builtin ? P
   : P & { [K in keyof P]: Exact<P[K], I[K]> } & { [K in Exclude<keyof I, KeysOfUnion<P>>]: never };
+
+function toTimestamp(date: Date): Timestamp {
+  const seconds = Math.trunc(date.getTime() / 1_000);
+  const nanos = (date.getTime() % 1_000) * 1_000_000;
+  return { seconds, nanos };
+}
+
+function fromTimestamp(t: Timestamp): Date {
+  let millis = (t.seconds || 0) * 1_000;
+  millis += (t.nanos || 0) / 1_000_000;
+  return new globalThis.Date(millis);
+}
+
+function fromJsonTimestamp(o: any): Date {
+  if (o instanceof globalThis.Date) {
+    return o;
+  } else if (typeof o === "string") {
+    return new globalThis.Date(o);
+  } else {
+    return fromTimestamp(Timestamp.fromJSON(o));
+  }
+}
 
 function longToNumber(int64: { toString(): string }): number {
   const num = globalThis.Number(int64.toString());

@@ -174,12 +174,18 @@ class RunSpec(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    TTY_FIELD_NUMBER: _builtins.int
+    STDIN_FIELD_NUMBER: _builtins.int
     profile: _builtins.str
     image: _builtins.str
     workdir: _builtins.str
     name: _builtins.str
     timeout_seconds: _builtins.int
     """0 means the profile's timeout."""
+    tty: _builtins.bool
+    """Allocate a terminal for the command (its stderr then comes as stdout)."""
+    stdin: _builtins.bool
+    """Keep the command's stdin open for an `Exec` call with `attach`."""
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The command; empty means the image's default."""
@@ -199,10 +205,12 @@ class RunSpec(_message.Message):
         name: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         timeout_seconds: _builtins.int = ...,
+        tty: _builtins.bool = ...,
+        stdin: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "env", b"env", "image", b"image", "labels", b"labels", "name", b"name", "profile", b"profile", "timeout_seconds", b"timeout_seconds", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "env", b"env", "image", b"image", "labels", b"labels", "name", b"name", "profile", b"profile", "stdin", b"stdin", "timeout_seconds", b"timeout_seconds", "tty", b"tty", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

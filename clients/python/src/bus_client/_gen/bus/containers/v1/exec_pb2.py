@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,bus_client/_gen/bus/containers/v1/exec.proto\x12\x11\x62us.containers.v1\"\xee\x01\n\x0b\x45xecRequest\x12-\n\x05start\x18\x01 \x01(\x0b\x32\x1c.bus.containers.v1.ExecStartH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\x31\n\x06resize\x18\x03 \x01(\x0b\x32\x1f.bus.containers.v1.TerminalSizeH\x00\x12/\n\x06signal\x18\x04 \x01(\x0b\x32\x1d.bus.containers.v1.ExecSignalH\x00\x12\x34\n\x0b\x63lose_stdin\x18\x05 \x01(\x0b\x32\x1d.bus.containers.v1.CloseStdinH\x00\x42\x05\n\x03msg\"\xfe\x01\n\tExecStart\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgv\x18\x02 \x03(\t\x12\x32\n\x03\x65nv\x18\x03 \x03(\x0b\x32%.bus.containers.v1.ExecStart.EnvEntry\x12\x0f\n\x07workdir\x18\x04 \x01(\t\x12\x0b\n\x03tty\x18\x05 \x01(\x08\x12\r\n\x05stdin\x18\x06 \x01(\x08\x12\x35\n\x0cinitial_size\x18\x07 \x01(\x0b\x32\x1f.bus.containers.v1.TerminalSize\x12\x0f\n\x07\x65xec_id\x18\x08 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"*\n\x0cTerminalSize\x12\x0c\n\x04\x63ols\x18\x01 \x01(\r\x12\x0c\n\x04rows\x18\x02 \x01(\r\"\x1c\n\nExecSignal\x12\x0e\n\x06signal\x18\x01 \x01(\x05\"\x0c\n\nCloseStdin\"\x92\x02\n\x0c\x45xecResponse\x12\x31\n\x07started\x18\x01 \x01(\x0b\x32\x1e.bus.containers.v1.ExecStartedH\x00\x12\x30\n\x06stdout\x18\x02 \x01(\x0b\x32\x1e.bus.containers.v1.OutputChunkH\x00\x12\x30\n\x06stderr\x18\x03 \x01(\x0b\x32\x1e.bus.containers.v1.OutputChunkH\x00\x12-\n\x04\x65xit\x18\x04 \x01(\x0b\x32\x1d.bus.containers.v1.ExecExitedH\x00\x12\x35\n\tkeepalive\x18\x05 \x01(\x0b\x32 .bus.containers.v1.ExecKeepAliveH\x00\x42\x05\n\x03msg\"\x1e\n\x0b\x45xecStarted\x12\x0f\n\x07\x65xec_id\x18\x01 \x01(\t\"+\n\x0bOutputChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"O\n\nExecExited\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x13\n\x06signal\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06reason\x18\x03 \x01(\tB\t\n\x07_signal\"\x0f\n\rExecKeepAlive2S\n\x04\x45xec\x12K\n\x04\x45xec\x12\x1e.bus.containers.v1.ExecRequest\x1a\x1f.bus.containers.v1.ExecResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,bus_client/_gen/bus/containers/v1/exec.proto\x12\x11\x62us.containers.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\x01\n\x0b\x45xecRequest\x12-\n\x05start\x18\x01 \x01(\x0b\x32\x1c.bus.containers.v1.ExecStartH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\x31\n\x06resize\x18\x03 \x01(\x0b\x32\x1f.bus.containers.v1.TerminalSizeH\x00\x12/\n\x06signal\x18\x04 \x01(\x0b\x32\x1d.bus.containers.v1.ExecSignalH\x00\x12\x34\n\x0b\x63lose_stdin\x18\x05 \x01(\x0b\x32\x1d.bus.containers.v1.CloseStdinH\x00\x42\x05\n\x03msg\"\xb0\x02\n\tExecStart\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgv\x18\x02 \x03(\t\x12\x32\n\x03\x65nv\x18\x03 \x03(\x0b\x32%.bus.containers.v1.ExecStart.EnvEntry\x12\x0f\n\x07workdir\x18\x04 \x01(\t\x12\x0b\n\x03tty\x18\x05 \x01(\x08\x12\r\n\x05stdin\x18\x06 \x01(\x08\x12\x35\n\x0cinitial_size\x18\x07 \x01(\x0b\x32\x1f.bus.containers.v1.TerminalSize\x12\x0f\n\x07\x65xec_id\x18\x08 \x01(\t\x12\x0e\n\x06\x64\x65tach\x18\t \x01(\x08\x12\x10\n\x08snapshot\x18\n \x01(\x08\x12\x0e\n\x06\x61ttach\x18\x0b \x01(\x08\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"*\n\x0cTerminalSize\x12\x0c\n\x04\x63ols\x18\x01 \x01(\r\x12\x0c\n\x04rows\x18\x02 \x01(\r\"\x1c\n\nExecSignal\x12\x0e\n\x06signal\x18\x01 \x01(\x05\"\x0c\n\nCloseStdin\"\x92\x02\n\x0c\x45xecResponse\x12\x31\n\x07started\x18\x01 \x01(\x0b\x32\x1e.bus.containers.v1.ExecStartedH\x00\x12\x30\n\x06stdout\x18\x02 \x01(\x0b\x32\x1e.bus.containers.v1.OutputChunkH\x00\x12\x30\n\x06stderr\x18\x03 \x01(\x0b\x32\x1e.bus.containers.v1.OutputChunkH\x00\x12-\n\x04\x65xit\x18\x04 \x01(\x0b\x32\x1d.bus.containers.v1.ExecExitedH\x00\x12\x35\n\tkeepalive\x18\x05 \x01(\x0b\x32 .bus.containers.v1.ExecKeepAliveH\x00\x42\x05\n\x03msg\"\x1e\n\x0b\x45xecStarted\x12\x0f\n\x07\x65xec_id\x18\x01 \x01(\t\"+\n\x0bOutputChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"O\n\nExecExited\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x13\n\x06signal\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06reason\x18\x03 \x01(\tB\t\n\x07_signal\"\x0f\n\rExecKeepAlive\"!\n\x0eGetExecRequest\x12\x0f\n\x07\x65xec_id\x18\x01 \x01(\t\"<\n\x0fGetExecResponse\x12)\n\x04\x65xec\x18\x01 \x01(\x0b\x32\x1b.bus.containers.v1.ExecInfo\"\xb4\x02\n\x08\x45xecInfo\x12\x0f\n\x07\x65xec_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgv\x18\x03 \x03(\t\x12+\n\x05state\x18\x04 \x01(\x0e\x32\x1c.bus.containers.v1.ExecState\x12\x16\n\texit_code\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06signal\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x14\n\x0coutput_bytes\x18\x08 \x01(\x04\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0c\n\n_exit_codeB\t\n\x07_signal*m\n\tExecState\x12\x1a\n\x16\x45XEC_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45XEC_STATE_RUNNING\x10\x01\x12\x15\n\x11\x45XEC_STATE_EXITED\x10\x02\x12\x15\n\x11\x45XEC_STATE_FAILED\x10\x03\x32\xa5\x01\n\x04\x45xec\x12K\n\x04\x45xec\x12\x1e.bus.containers.v1.ExecRequest\x1a\x1f.bus.containers.v1.ExecResponse(\x01\x30\x01\x12P\n\x07GetExec\x12!.bus.containers.v1.GetExecRequest\x1a\".bus.containers.v1.GetExecResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,28 +34,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EXECSTART_ENVENTRY']._loaded_options = None
   _globals['_EXECSTART_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_EXECREQUEST']._serialized_start=68
-  _globals['_EXECREQUEST']._serialized_end=306
-  _globals['_EXECSTART']._serialized_start=309
-  _globals['_EXECSTART']._serialized_end=563
-  _globals['_EXECSTART_ENVENTRY']._serialized_start=521
-  _globals['_EXECSTART_ENVENTRY']._serialized_end=563
-  _globals['_TERMINALSIZE']._serialized_start=565
-  _globals['_TERMINALSIZE']._serialized_end=607
-  _globals['_EXECSIGNAL']._serialized_start=609
-  _globals['_EXECSIGNAL']._serialized_end=637
-  _globals['_CLOSESTDIN']._serialized_start=639
-  _globals['_CLOSESTDIN']._serialized_end=651
-  _globals['_EXECRESPONSE']._serialized_start=654
-  _globals['_EXECRESPONSE']._serialized_end=928
-  _globals['_EXECSTARTED']._serialized_start=930
-  _globals['_EXECSTARTED']._serialized_end=960
-  _globals['_OUTPUTCHUNK']._serialized_start=962
-  _globals['_OUTPUTCHUNK']._serialized_end=1005
-  _globals['_EXECEXITED']._serialized_start=1007
-  _globals['_EXECEXITED']._serialized_end=1086
-  _globals['_EXECKEEPALIVE']._serialized_start=1088
-  _globals['_EXECKEEPALIVE']._serialized_end=1103
-  _globals['_EXEC']._serialized_start=1105
-  _globals['_EXEC']._serialized_end=1188
+  _globals['_EXECSTATE']._serialized_start=1596
+  _globals['_EXECSTATE']._serialized_end=1705
+  _globals['_EXECREQUEST']._serialized_start=101
+  _globals['_EXECREQUEST']._serialized_end=339
+  _globals['_EXECSTART']._serialized_start=342
+  _globals['_EXECSTART']._serialized_end=646
+  _globals['_EXECSTART_ENVENTRY']._serialized_start=604
+  _globals['_EXECSTART_ENVENTRY']._serialized_end=646
+  _globals['_TERMINALSIZE']._serialized_start=648
+  _globals['_TERMINALSIZE']._serialized_end=690
+  _globals['_EXECSIGNAL']._serialized_start=692
+  _globals['_EXECSIGNAL']._serialized_end=720
+  _globals['_CLOSESTDIN']._serialized_start=722
+  _globals['_CLOSESTDIN']._serialized_end=734
+  _globals['_EXECRESPONSE']._serialized_start=737
+  _globals['_EXECRESPONSE']._serialized_end=1011
+  _globals['_EXECSTARTED']._serialized_start=1013
+  _globals['_EXECSTARTED']._serialized_end=1043
+  _globals['_OUTPUTCHUNK']._serialized_start=1045
+  _globals['_OUTPUTCHUNK']._serialized_end=1088
+  _globals['_EXECEXITED']._serialized_start=1090
+  _globals['_EXECEXITED']._serialized_end=1169
+  _globals['_EXECKEEPALIVE']._serialized_start=1171
+  _globals['_EXECKEEPALIVE']._serialized_end=1186
+  _globals['_GETEXECREQUEST']._serialized_start=1188
+  _globals['_GETEXECREQUEST']._serialized_end=1221
+  _globals['_GETEXECRESPONSE']._serialized_start=1223
+  _globals['_GETEXECRESPONSE']._serialized_end=1283
+  _globals['_EXECINFO']._serialized_start=1286
+  _globals['_EXECINFO']._serialized_end=1594
+  _globals['_EXEC']._serialized_start=1708
+  _globals['_EXEC']._serialized_end=1873
 # @@protoc_insertion_point(module_scope)

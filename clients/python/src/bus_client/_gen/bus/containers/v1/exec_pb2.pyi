@@ -6,7 +6,9 @@ An interactive, bidirectional command in a running run."""
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -17,6 +19,32 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ExecState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExecStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExecState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXEC_STATE_UNSPECIFIED: _ExecState.ValueType  # 0
+    EXEC_STATE_RUNNING: _ExecState.ValueType  # 1
+    """The command runs."""
+    EXEC_STATE_EXITED: _ExecState.ValueType  # 2
+    """The command ended; `exit_code` says how."""
+    EXEC_STATE_FAILED: _ExecState.ValueType  # 3
+    """It ended without a known exit code; `message` says why."""
+
+class ExecState(_ExecState, metaclass=_ExecStateEnumTypeWrapper):
+    """Where a detached exec is."""
+
+EXEC_STATE_UNSPECIFIED: ExecState.ValueType  # 0
+EXEC_STATE_RUNNING: ExecState.ValueType  # 1
+"""The command runs."""
+EXEC_STATE_EXITED: ExecState.ValueType  # 2
+"""The command ended; `exit_code` says how."""
+EXEC_STATE_FAILED: ExecState.ValueType  # 3
+"""It ended without a known exit code; `message` says why."""
+Global___ExecState: _TypeAlias = ExecState  # noqa: Y015
 
 @_typing.final
 class ExecRequest(_message.Message):
@@ -43,7 +71,10 @@ class ExecRequest(_message.Message):
 
     @_builtins.property
     def signal(self) -> Global___ExecSignal:
-        """A signal for the command. Not supported by the runner yet: answered UNIMPLEMENTED."""
+        """A POSIX signal for the command (1 to 64). With a TTY, SIGINT, SIGQUIT and SIGTSTP are
+        typed as ^C, ^\\ and ^Z; others go to the command's process. A command that dies of it
+        has `exit.signal` set.
+        """
 
     @_builtins.property
     def close_stdin(self) -> Global___CloseStdin:
@@ -102,6 +133,9 @@ class ExecStart(_message.Message):
     STDIN_FIELD_NUMBER: _builtins.int
     INITIAL_SIZE_FIELD_NUMBER: _builtins.int
     EXEC_ID_FIELD_NUMBER: _builtins.int
+    DETACH_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    ATTACH_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run to execute in; it must be running."""
     workdir: _builtins.str
@@ -111,7 +145,17 @@ class ExecStart(_message.Message):
     stdin: _builtins.bool
     """Attach stdin."""
     exec_id: _builtins.str
-    """Reserved for detached execs that are read later; must be empty for now."""
+    """Attach to this detached exec (from a `detach` start) instead of starting a command;
+    `argv` and the other fields stay empty (`run_id` may name its run).
+    """
+    detach: _builtins.bool
+    """Start the command detached (not with `stdin` or `tty`): see `Exec`."""
+    snapshot: _builtins.bool
+    """With `exec_id`: the output captured so far, then `exit` if the exec ended, then OK."""
+    attach: _builtins.bool
+    """Attach to the run's own command instead of starting one (`argv` empty): stdin when the
+    run was created with `stdin`, resizes when with `tty`, and its output from the start.
+    """
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The command and its arguments."""
@@ -135,10 +179,13 @@ class ExecStart(_message.Message):
         stdin: _builtins.bool = ...,
         initial_size: Global___TerminalSize | None = ...,
         exec_id: _builtins.str = ...,
+        detach: _builtins.bool = ...,
+        snapshot: _builtins.bool = ...,
+        attach: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["initial_size", b"initial_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "env", b"env", "exec_id", b"exec_id", "initial_size", b"initial_size", "run_id", b"run_id", "stdin", b"stdin", "tty", b"tty", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "attach", b"attach", "detach", b"detach", "env", b"env", "exec_id", b"exec_id", "initial_size", b"initial_size", "run_id", b"run_id", "snapshot", b"snapshot", "stdin", b"stdin", "tty", b"tty", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -338,3 +385,106 @@ class ExecKeepAlive(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExecKeepAlive: _TypeAlias = ExecKeepAlive  # noqa: Y015
+
+@_typing.final
+class GetExecRequest(_message.Message):
+    """Names a detached exec."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXEC_ID_FIELD_NUMBER: _builtins.int
+    exec_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        exec_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exec_id", b"exec_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetExecRequest: _TypeAlias = GetExecRequest  # noqa: Y015
+
+@_typing.final
+class GetExecResponse(_message.Message):
+    """A detached exec."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXEC_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def exec(self) -> Global___ExecInfo: ...
+    def __init__(
+        self,
+        *,
+        exec: Global___ExecInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exec", b"exec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exec", b"exec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetExecResponse: _TypeAlias = GetExecResponse  # noqa: Y015
+
+@_typing.final
+class ExecInfo(_message.Message):
+    """A detached exec as the runner records it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXEC_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    ARGV_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    EXIT_CODE_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    exec_id: _builtins.str
+    run_id: _builtins.str
+    state: Global___ExecState.ValueType
+    exit_code: _builtins.int
+    signal: _builtins.int
+    message: _builtins.str
+    """Why it failed, with EXEC_STATE_FAILED."""
+    output_bytes: _builtins.int
+    """Output bytes captured so far (stdout and stderr together)."""
+    @_builtins.property
+    def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        exec_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        argv: _abc.Iterable[_builtins.str] | None = ...,
+        state: Global___ExecState.ValueType = ...,
+        exit_code: _builtins.int | None = ...,
+        signal: _builtins.int | None = ...,
+        message: _builtins.str = ...,
+        output_bytes: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "created_at", b"created_at", "exit_code", b"exit_code", "finished_at", b"finished_at", "signal", b"signal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "argv", b"argv", "created_at", b"created_at", "exec_id", b"exec_id", "exit_code", b"exit_code", "finished_at", b"finished_at", "message", b"message", "output_bytes", b"output_bytes", "run_id", b"run_id", "signal", b"signal", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
+    _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
+    _WhichOneofReturnType__signal: _TypeAlias = _typing.Literal["signal"]  # noqa: Y015
+    _WhichOneofArgType__signal: _TypeAlias = _typing.Literal["_signal", b"_signal"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__exit_code) -> _WhichOneofReturnType__exit_code | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__signal) -> _WhichOneofReturnType__signal | None: ...
+
+Global___ExecInfo: _TypeAlias = ExecInfo  # noqa: Y015

@@ -40,6 +40,11 @@ class ExecStub:
                 request_serializer=bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_exec__pb2.ExecRequest.SerializeToString,
                 response_deserializer=bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_exec__pb2.ExecResponse.FromString,
                 _registered_method=True)
+        self.GetExec = channel.unary_unary(
+                '/bus.containers.v1.Exec/GetExec',
+                request_serializer=bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_exec__pb2.GetExecRequest.SerializeToString,
+                response_deserializer=bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_exec__pb2.GetExecResponse.FromString,
+                _registered_method=True)
 
 
 class ExecServicer:
@@ -52,6 +57,20 @@ class ExecServicer:
         `keepalive`, then exactly one `exit` after the last output byte, then OK. A half-close of
         the request stream closes stdin. A session that breaks ends with an error status and no
         `exit`: no exit code is ever made up.
+
+        Three other ways to start: `detach` starts the command with no caller attached (the
+        runner keeps its output), answers `started` with its `exec_id` and ends the call;
+        `exec_id` attaches to such an exec: its output from the first byte, then new output, then
+        `exit` (with `snapshot`: only what was captured, then `exit` if it has ended, then OK);
+        `attach` connects to the run's own command (its stdin, terminal and output), and `exit`
+        carries the run's exit code.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetExec(self, request, context):
+        """A detached exec: its state and, once it ended, its exit code.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -64,6 +83,11 @@ def add_ExecServicer_to_server(servicer, server):
                     servicer.Exec,
                     request_deserializer=bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_exec__pb2.ExecRequest.FromString,
                     response_serializer=bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_exec__pb2.ExecResponse.SerializeToString,
+            ),
+            'GetExec': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetExec,
+                    request_deserializer=bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_exec__pb2.GetExecRequest.FromString,
+                    response_serializer=bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_exec__pb2.GetExecResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -94,6 +118,33 @@ class Exec:
             '/bus.containers.v1.Exec/Exec',
             bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_exec__pb2.ExecRequest.SerializeToString,
             bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_exec__pb2.ExecResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetExec(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bus.containers.v1.Exec/GetExec',
+            bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_exec__pb2.GetExecRequest.SerializeToString,
+            bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_exec__pb2.GetExecResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,7 +39,16 @@ class ExecStub:
     `keepalive`, then exactly one `exit` after the last output byte, then OK. A half-close of
     the request stream closes stdin. A session that breaks ends with an error status and no
     `exit`: no exit code is ever made up.
+
+    Three other ways to start: `detach` starts the command with no caller attached (the
+    runner keeps its output), answers `started` with its `exec_id` and ends the call;
+    `exec_id` attaches to such an exec: its output from the first byte, then new output, then
+    `exit` (with `snapshot`: only what was captured, then `exit` if it has ended, then OK);
+    `attach` connects to the run's own command (its stdin, terminal and output), and `exit`
+    carries the run's exit code.
     """
+    GetExec: _grpc.UnaryUnaryMultiCallable[_exec_pb2.GetExecRequest, _exec_pb2.GetExecResponse]
+    """A detached exec: its state and, once it ended, its exit code."""
 
 @_typing.type_check_only
 class ExecAsyncStub(ExecStub):
@@ -52,7 +61,16 @@ class ExecAsyncStub(ExecStub):
     `keepalive`, then exactly one `exit` after the last output byte, then OK. A half-close of
     the request stream closes stdin. A session that breaks ends with an error status and no
     `exit`: no exit code is ever made up.
+
+    Three other ways to start: `detach` starts the command with no caller attached (the
+    runner keeps its output), answers `started` with its `exec_id` and ends the call;
+    `exec_id` attaches to such an exec: its output from the first byte, then new output, then
+    `exit` (with `snapshot`: only what was captured, then `exit` if it has ended, then OK);
+    `attach` connects to the run's own command (its stdin, terminal and output), and `exit`
+    carries the run's exit code.
     """
+    GetExec: _aio.UnaryUnaryMultiCallable[_exec_pb2.GetExecRequest, _exec_pb2.GetExecResponse]  # type: ignore[assignment]
+    """A detached exec: its state and, once it ended, its exit code."""
 
 class ExecServicer(metaclass=_abc_1.ABCMeta):
     """Commands in running runs."""
@@ -68,6 +86,21 @@ class ExecServicer(metaclass=_abc_1.ABCMeta):
         `keepalive`, then exactly one `exit` after the last output byte, then OK. A half-close of
         the request stream closes stdin. A session that breaks ends with an error status and no
         `exit`: no exit code is ever made up.
+
+        Three other ways to start: `detach` starts the command with no caller attached (the
+        runner keeps its output), answers `started` with its `exec_id` and ends the call;
+        `exec_id` attaches to such an exec: its output from the first byte, then new output, then
+        `exit` (with `snapshot`: only what was captured, then `exit` if it has ended, then OK);
+        `attach` connects to the run's own command (its stdin, terminal and output), and `exit`
+        carries the run's exit code.
         """
+
+    @_abc_1.abstractmethod
+    def GetExec(
+        self,
+        request: _exec_pb2.GetExecRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_exec_pb2.GetExecResponse, _abc.Awaitable[_exec_pb2.GetExecResponse]]:
+        """A detached exec: its state and, once it ended, its exit code."""
 
 def add_ExecServicer_to_server(servicer: ExecServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
