@@ -18,6 +18,8 @@
 //! - [`billing`]: plans, billing state and quotas, checked before a create reaches the engine.
 //! - [`store`]: run records and output frames, persisted in SQLite (`runs.db` in the state
 //!   dir), with idempotency keys, retention and the usage ledger billing counts from.
+//! - [`images`], [`builds`]: images and builds scoped to accounts (`images.db`), with an
+//!   engine client of their own.
 //! - [`engine`]: the bollard client; [`executor`]: drives one run from create to removal, and
 //!   re-adopts the runs of an earlier runner process on start.
 //!
@@ -43,9 +45,11 @@ use futures::FutureExt as _;
 
 pub mod auth;
 pub mod billing;
+pub mod builds;
 pub mod config;
 pub mod engine;
 pub mod executor;
+pub mod images;
 pub mod openapi;
 pub mod problem;
 pub mod routes;
@@ -72,6 +76,7 @@ struct Shared {
     store: Store,
     engine: Arc<Engine>,
     billing: billing::Billing,
+    images: Arc<images::Images>,
 }
 
 impl AppState {
@@ -84,7 +89,10 @@ impl AppState {
 
     /// State from its parts and an opened store.
     pub fn with_store(keys: Keys, config: Config, engine: Engine, store: Store) -> AppState {
+        let state_dir = store.path().parent().unwrap_or(std::path::Path::new("."));
+        let images = Arc::new(images::Images::new(state_dir, &config));
         AppState(Arc::new(Shared {
+            images,
             keys,
             config,
             store,
@@ -116,6 +124,11 @@ impl AppState {
     /// The container engine.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.0.engine
+    }
+
+    /// Images and builds, scoped to accounts.
+    pub fn images(&self) -> &Arc<images::Images> {
+        &self.0.images
     }
 }
 

@@ -4,12 +4,16 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
+mod image_routes;
+
 use crate::AppState;
 
 pub mod auth;
 pub mod billing;
+pub mod builds;
 pub mod exec;
 pub mod idempotency;
+pub mod images;
 pub mod logs;
 pub mod runs;
 pub mod status;
@@ -38,4 +42,5 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/auth/token", post(auth::token))
         .route("/api/v1/billing/status", get(billing::status))
         .route(crate::openapi::PATH, get(crate::openapi::serve))
+        .merge(image_routes::router())
 }
