@@ -49,6 +49,11 @@ impl Ctx {
         bus::proto::containers::v1::exec_client::ExecClient::new(self.channel.clone())
     }
 
+    /// The channel to busd, for clients of other services.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     /// The Daemon client.
     pub fn daemon(&self) -> DaemonClient<Channel> {
         DaemonClient::new(self.channel.clone())

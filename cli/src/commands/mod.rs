@@ -1,12 +1,14 @@
 //! One module per subcommand: an `Args` struct and `run()`.
 
 pub mod auth;
+pub mod builds;
 pub mod completion;
 pub mod config;
 pub mod daemon;
 pub mod delete;
 pub mod exec;
 pub mod get;
+pub mod images;
 pub mod info;
 pub mod local;
 pub mod logs;
