@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
@@ -86,6 +88,11 @@ pub struct Engine {
 
 impl Engine {
     pub fn start() -> Engine {
+        Engine::start_with_env(&[])
+    }
+
+    /// An engine whose service runs with extra environment, e.g. `CONTAINERS_REGISTRIES_CONF`.
+    pub fn start_with_env(env: &[(&str, &Path)]) -> Engine {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("podman.sock");
         let child = Command::new("podman")
@@ -95,6 +102,7 @@ impl Engine {
                 "CONTAINERS_CONF",
                 repo_root().join("deploy/containers.conf"),
             )
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -138,10 +146,18 @@ impl Runner {
     }
 
     fn start_with(config: Option<&str>) -> Runner {
-        let engine = Engine::start();
+        Runner::start_on(Engine::start(), config, false)
+    }
+
+    /// A runner on `engine`, with an optional config; with `logged`, its log (debug level)
+    /// goes to `runner.log` in its state dir.
+    pub fn start_on(engine: Engine, config: Option<&str>, logged: bool) -> Runner {
         let state_dir = tempfile::tempdir().unwrap();
         if let Some(config) = config {
             std::fs::write(state_dir.path().join("runner.toml"), config).unwrap();
+        }
+        if logged {
+            std::fs::write(state_dir.path().join("runner.log"), b"").unwrap();
         }
         let (child, origin) = serve(state_dir.path(), &engine.socket);
         Runner {
@@ -218,15 +234,21 @@ fn serve(state_dir: &Path, engine_socket: &Path) -> (Child, String) {
     if config.is_file() {
         command.arg("--config").arg(config);
     }
+    // A runner started with a `runner.log` in its state dir logs there, at debug level.
+    let log = state_dir.join("runner.log");
+    let (level, stderr) = match std::fs::OpenOptions::new().append(true).open(&log) {
+        Ok(file) => ("debug", Stdio::from(file)),
+        Err(_) => ("warn", Stdio::null()),
+    };
     let mut child = command
         .args(["--listen", "127.0.0.1:0", "--engine"])
         .arg(format!("unix://{}", engine_socket.display()))
         .arg("--state-dir")
         .arg(state_dir)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", level)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut line = String::new();
