@@ -154,6 +154,35 @@ fn push_remove_pull_back_and_run_with_registry_credentials() {
     let out = stack.run(&["containers", "run", "--image", &reference]);
     assert_eq!(ok(&out), "pushed-and-pulled\n");
 
+    // Another account may pull the same registry name (with the registry's permission);
+    // removing alice's name leaves bob's.
+    let bob = stack.token_file("bob-token", &stack.runner.token("bob", SCOPES));
+    let bob = bob.to_str().unwrap();
+    let out = stack.run(&[
+        "--token-file",
+        bob,
+        "images",
+        "pull",
+        &reference,
+        "--credentials-file",
+        credentials,
+    ]);
+    assert_eq!(ok(&out).trim(), id);
+    outputs.push(out);
+    ok(&stack.run(&["images", "rm", &reference]));
+    assert!(!listed(&stack, &[]).contains(&reference));
+    assert!(listed(&stack, &["--token-file", bob]).contains(&reference));
+    let out = stack.run(&[
+        "--token-file",
+        bob,
+        "containers",
+        "run",
+        "--image",
+        &reference,
+    ]);
+    assert_eq!(ok(&out), "pushed-and-pulled\n");
+    ok(&stack.run(&["--token-file", bob, "images", "rm", &reference]));
+
     // The password is in no log and no output.
     let runner_log =
         std::fs::read_to_string(stack.runner.state_dir.path().join("runner.log")).unwrap();
@@ -166,7 +195,6 @@ fn push_remove_pull_back_and_run_with_registry_credentials() {
     for out in &outputs {
         assert!(!text(out).contains(&registry.password), "command output");
     }
-    ok(&stack.run(&["images", "rm", &reference]));
 }
 
 #[test]
