@@ -9,6 +9,8 @@ const PROTOS: &[&str] = &[
     "proto/bus/containers/v1/containers.proto",
     "proto/bus/containers/v1/exec.proto",
     "proto/bus/daemon/v1/daemon.proto",
+    "proto/bus/images/v1/images.proto",
+    "proto/bus/images/v1/builds.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -5,7 +5,7 @@
 //! (`proto/`), finds the socket the way every bus tool does, and connects to it.
 //!
 //! # Layout
-//! - [`proto`]: the generated `bus.containers.v1` and `bus.daemon.v1` modules.
+//! - [`proto`]: the generated `bus.containers.v1`, `bus.images.v1` and `bus.daemon.v1` modules.
 //! - [`default_socket_path`]: `$BUS_SOCKET`, else `$XDG_RUNTIME_DIR/bus/busd.sock`, else a
 //!   per-user directory under the config directory.
 //! - [`connect`]: a tonic [`Channel`] over that socket.
@@ -35,6 +35,14 @@ pub mod proto {
         #[allow(missing_docs, clippy::large_enum_variant)]
         pub mod v1 {
             tonic::include_proto!("bus.containers.v1");
+        }
+    }
+    /// `bus.images.*`
+    pub mod images {
+        /// `bus.images.v1`: images and builds.
+        #[allow(missing_docs, clippy::large_enum_variant)]
+        pub mod v1 {
+            tonic::include_proto!("bus.images.v1");
         }
     }
     /// `bus.daemon.*`

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{ALL_SCOPES, Runner, Stack, hash_key, one_line_error, stdout};
+use common::{ALL_SCOPES, Engine, Runner, Stack, hash_key, one_line_error, stdout};
 use ed25519_dalek::Signer as _;
 use ed25519_dalek::pkcs8::DecodePrivateKey as _;
 use hmac::Mac as _;
@@ -371,13 +371,12 @@ impl Drop for Reaped {
 #[test]
 fn secrets_never_reach_logs_files_or_command_lines() {
     const API_KEY: &str = "sk-security-3f9c2a7d51e84b06";
-    let logs = tempfile::tempdir().unwrap();
-    let runner_log = logs.path().join("runner.log");
     let config = format!(
         "[[accounts]]\nid = \"sec\"\napi_key_sha256 = \"{}\"\nplan = \"local\"\nresources = \"{ALL_SCOPES}\"\n",
         hash_key(API_KEY)
     );
-    let stack = Stack::on(Runner::start_logging_to(Some(&config), &runner_log));
+    let stack = Stack::on(Runner::start_on(Engine::start(), Some(&config), true));
+    let runner_log = stack.runner.state_dir.path().join("runner.log");
     let bus = |args: &[&str]| {
         let out = stack
             .bus()
@@ -474,11 +473,7 @@ fn secrets_never_reach_logs_files_or_command_lines() {
         "the runner logged the run: {runner_text}"
     );
     for secret in [token.as_str(), signature.as_str(), API_KEY] {
-        for root in [
-            stack.home.path(),
-            stack.runner.state_dir.path(),
-            logs.path(),
-        ] {
+        for root in [stack.home.path(), stack.runner.state_dir.path()] {
             let found = files_containing(root, secret, std::slice::from_ref(&token_file));
             assert!(found.is_empty(), "a secret is stored in {found:?}");
         }

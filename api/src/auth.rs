@@ -16,11 +16,25 @@ pub enum Scope {
     Delete,
     /// Read the account's plan, usage and limits.
     BillingRead,
+    /// List and inspect the account's images, save them, read its builds and their logs.
+    ImageRead,
+    /// Pull, push, load, tag and remove the account's images.
+    ImageWrite,
+    /// Start, cancel and delete builds.
+    ImageBuild,
 }
 
 impl Scope {
     /// Every scope, in the order they are documented.
-    pub const ALL: [Scope; 4] = [Scope::Read, Scope::Run, Scope::Delete, Scope::BillingRead];
+    pub const ALL: [Scope; 7] = [
+        Scope::Read,
+        Scope::Run,
+        Scope::Delete,
+        Scope::BillingRead,
+        Scope::ImageRead,
+        Scope::ImageWrite,
+        Scope::ImageBuild,
+    ];
 
     /// The scope's name on the wire, e.g. `container:read`.
     pub fn as_str(self) -> &'static str {
@@ -29,6 +43,9 @@ impl Scope {
             Scope::Run => "container:run",
             Scope::Delete => "container:delete",
             Scope::BillingRead => "billing:read",
+            Scope::ImageRead => "image:read",
+            Scope::ImageWrite => "image:write",
+            Scope::ImageBuild => "image:build",
         }
     }
 
@@ -135,7 +152,7 @@ pub struct TokenRequest {
     #[cfg_attr(
         feature = "openapi",
         schema(
-            pattern = r"^\s*(container:read|container:run|container:delete|billing:read)(\s+(container:read|container:run|container:delete|billing:read))*\s*$"
+            pattern = r"^\s*(container:read|container:run|container:delete|billing:read|image:read|image:write|image:build)(\s+(container:read|container:run|container:delete|billing:read|image:read|image:write|image:build))*\s*$"
         )
     )]
     pub resources: String,

@@ -10,10 +10,14 @@
 //! - [`auth`]: scope names, the JWT claims (and grant) the runner issues, token exchange.
 //! - [`billing`]: the billing status document.
 //! - [`exec`]: the exec WebSocket's channel frames.
+//! - [`images`]: images as an account sees them, registry requests, progress frames.
+//! - [`builds`]: build records and their log frames.
 
 pub mod auth;
 pub mod billing;
+pub mod builds;
 pub mod exec;
+pub mod images;
 pub mod problem;
 pub mod runs;
 pub mod status;

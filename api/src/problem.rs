@@ -46,6 +46,17 @@ pub enum ProblemCode {
     IdempotencyKeyReused,
     /// The run is not running (queued, starting or ended), so nothing can be executed in it.
     RunNotRunning,
+    /// The image reference is held by another account, provided by the deployment, or being
+    /// written by another operation.
+    ImageNameTaken,
+    /// The image is used by a run that has not ended.
+    ImageInUse,
+    /// A registry refused the credentials (or asked for some).
+    RegistryDenied,
+    /// A registry failed or cannot be reached.
+    RegistryFailed,
+    /// An upload (a build context, an image archive) is larger than the runner accepts.
+    UploadTooLarge,
     /// A code this client version does not know.
     #[serde(other)]
     Unknown,
@@ -73,6 +84,11 @@ impl ProblemCode {
             Self::QuotaExhausted => "quota_exhausted",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::RunNotRunning => "run_not_running",
+            Self::ImageNameTaken => "image_name_taken",
+            Self::ImageInUse => "image_in_use",
+            Self::RegistryDenied => "registry_denied",
+            Self::RegistryFailed => "registry_failed",
+            Self::UploadTooLarge => "upload_too_large",
             Self::Unknown => "unknown",
         }
     }

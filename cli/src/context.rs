@@ -63,7 +63,8 @@ impl Ctx {
         Ok(true)
     }
 
-    fn channel(&self) -> Channel {
+    /// The channel to busd (the one [`Ctx::reconnect`] made last), for clients of any service.
+    pub fn channel(&self) -> Channel {
         self.channel.lock().expect("channel lock").clone()
     }
 

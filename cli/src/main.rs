@@ -8,6 +8,7 @@ mod daemon;
 mod error;
 mod guard;
 mod output;
+mod progress;
 mod render;
 mod settings;
 
@@ -50,6 +51,12 @@ enum Command {
     /// The local daemon.
     #[command(subcommand)]
     Daemon(Daemon),
+    /// Images: the account's, and the public ones.
+    #[command(subcommand)]
+    Images(commands::images::Images),
+    /// Image builds.
+    #[command(subcommand)]
+    Builds(commands::builds::Builds),
     /// Credentials: whom the token speaks for; a new token from an API key.
     #[command(subcommand)]
     Auth(commands::auth::Auth),
@@ -178,6 +185,8 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Containers(Containers::Exec(args)) => args.run(&ctx).await,
         Command::Containers(Containers::Execs(command)) => command.run(&ctx).await,
         Command::Daemon(Daemon::Info(args)) => args.run(&ctx).await,
+        Command::Images(command) => command.run(&ctx).await,
+        Command::Builds(command) => command.run(&ctx).await,
         Command::Daemon(Daemon::Lifecycle(_)) => unreachable!("handled before connecting"),
         Command::Auth(command) => command.run(&ctx, token_file.as_deref()).await,
         Command::Completion(_) | Command::Man(_) | Command::Config(_) | Command::Local(_) => {

@@ -38,10 +38,14 @@ use tokio::net::UnixListener;
 use crate::config::Config;
 use crate::lifecycle::{ServeOptions, StopReason, TrackLayer};
 use crate::service::DaemonState;
+use crate::service::builds::BuildsServiceImpl;
 use crate::service::containers::ContainersService;
 use crate::service::daemon::DaemonService;
 use crate::service::exec::ExecService;
+use crate::service::images::ImagesServiceImpl;
 use bus::proto::containers::v1::exec_server::ExecServer;
+use bus::proto::images::v1::builds_service_server::BuildsServiceServer;
+use bus::proto::images::v1::images_service_server::ImagesServiceServer;
 
 /// Serves busd's gRPC API (plus grpc.health.v1 and reflection) on `listener` until
 /// `shutdown` completes.
@@ -75,6 +79,12 @@ pub async fn serve_with(
     health_reporter
         .set_serving::<ExecServer<ExecService>>()
         .await;
+    health_reporter
+        .set_serving::<ImagesServiceServer<ImagesServiceImpl>>()
+        .await;
+    health_reporter
+        .set_serving::<BuildsServiceServer<BuildsServiceImpl>>()
+        .await;
     let reflection_builder = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(bus::FILE_DESCRIPTOR_SET)
@@ -95,6 +105,12 @@ pub async fn serve_with(
         .add_service(reflection_v1alpha)
         .add_service(ContainersServer::new(ContainersService::new(state.clone())))
         .add_service(ExecServer::new(ExecService::new(state.clone())))
+        .add_service(ImagesServiceServer::new(ImagesServiceImpl::new(
+            state.clone(),
+        )))
+        .add_service(BuildsServiceServer::new(BuildsServiceImpl::new(
+            state.clone(),
+        )))
         .add_service(DaemonServer::new(DaemonService::new(state)))
         // On stop the incoming stream drops the listener and ends, which starts tonic's
         // graceful shutdown (the never-ending signal only switches graceful mode on).

@@ -169,6 +169,7 @@ fn code_for_http(status: u16, code: ProblemCode) -> Code {
         (_, ProblemCode::TokenMissing | ProblemCode::TokenInvalid | ProblemCode::TokenExpired) => {
             Code::Unauthenticated
         }
+        (_, ProblemCode::UploadTooLarge) => Code::ResourceExhausted,
         (400 | 413 | 422, _) => Code::InvalidArgument,
         (401, _) => Code::Unauthenticated,
         (402, _) => Code::FailedPrecondition,
@@ -298,6 +299,10 @@ mod tests {
             (403, ProblemCode::ScopeMissing, Code::PermissionDenied),
             (404, ProblemCode::NotFound, Code::NotFound),
             (413, ProblemCode::PayloadTooLarge, Code::InvalidArgument),
+            (413, ProblemCode::UploadTooLarge, Code::ResourceExhausted),
+            (409, ProblemCode::ImageNameTaken, Code::FailedPrecondition),
+            (403, ProblemCode::RegistryDenied, Code::PermissionDenied),
+            (502, ProblemCode::RegistryFailed, Code::Unavailable),
             (429, ProblemCode::Unknown, Code::ResourceExhausted),
             (503, ProblemCode::EngineUnavailable, Code::Unavailable),
             (504, ProblemCode::Unknown, Code::DeadlineExceeded),

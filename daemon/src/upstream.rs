@@ -25,6 +25,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
 pub mod exec;
+pub mod images;
 pub mod ndjson;
 
 use crate::config::ApiOrigin;

@@ -456,6 +456,26 @@ impl Needs for BillingRead {
     const SCOPE: Scope = Scope::BillingRead;
 }
 
+/// Requires `image:read`.
+#[derive(Debug)]
+pub struct ImageRead;
+/// Requires `image:write`.
+#[derive(Debug)]
+pub struct ImageWrite;
+/// Requires `image:build`.
+#[derive(Debug)]
+pub struct ImageBuild;
+
+impl Needs for ImageRead {
+    const SCOPE: Scope = Scope::ImageRead;
+}
+impl Needs for ImageWrite {
+    const SCOPE: Scope = Scope::ImageWrite;
+}
+impl Needs for ImageBuild {
+    const SCOPE: Scope = Scope::ImageBuild;
+}
+
 /// The verified caller of a request whose token carries scope `S::SCOPE`.
 ///
 /// As an extractor it rejects with `token_missing`, `token_invalid`, `token_expired` or
@@ -806,7 +826,7 @@ mod tests {
         let err = parse_scopes("container:read billing:write").unwrap_err();
         assert_eq!(
             err,
-            "unknown resource \"billing:write\"; valid resources: container:read, container:run, container:delete, billing:read"
+            "unknown resource \"billing:write\"; valid resources: container:read, container:run, container:delete, billing:read, image:read, image:write, image:build"
         );
         assert!(parse_scopes(" ").is_err());
     }

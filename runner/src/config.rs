@@ -30,6 +30,12 @@
 //! resources = ["container:read", "container:run", "container:delete", "billing:read"]
 //! images = ["localhost/busybox", "docker.io/library/*"]   # optional grant
 //! logs = false                                            # optional grant: no log streaming
+//!
+//! [images]                        # optional; see `crate::images::ImagesConfig`
+//! public = ["localhost/busybox"]   # every account may see and run these (added to the
+//!                                  # profiles' images, which are always public)
+//! max_build_context_mb = 256       # largest build context upload
+//! max_load_archive_mb = 4096       # largest image archive upload
 //! ```
 //!
 //! Profiles and plans in the file are added to the built-in ones; one with a built-in's name
@@ -190,6 +196,8 @@ pub struct Config {
     pub plans: BTreeMap<String, Plan>,
     /// Accounts that may exchange API keys for tokens; empty without a config file.
     pub accounts: Vec<Account>,
+    /// Public images and upload limits.
+    pub images: crate::images::ImagesConfig,
 }
 
 /// A config file that cannot be used.
@@ -232,6 +240,8 @@ struct File {
     plans: BTreeMap<String, PlanFile>,
     #[serde(default)]
     accounts: Vec<AccountFile>,
+    #[serde(default)]
+    images: Option<crate::images::ImagesConfig>,
 }
 
 #[derive(Deserialize)]
@@ -297,6 +307,7 @@ impl Config {
             default_profile: DEFAULT_PROFILE.to_owned(),
             plans: BTreeMap::from([(LOCAL_PLAN.to_owned(), Plan::unlimited())]),
             accounts: Vec::new(),
+            images: crate::images::ImagesConfig::default(),
         }
     }
 
@@ -342,6 +353,9 @@ impl Config {
         for (i, account) in file.accounts.into_iter().enumerate() {
             let account = account_from_file(i, account).map_err(invalid)?;
             config.accounts.push(account);
+        }
+        if let Some(images) = file.images {
+            config.images = images;
         }
         config.check().map_err(invalid)?;
         Ok(config)

@@ -20,6 +20,8 @@
 //!   dir), with idempotency keys, retention and the usage ledger billing counts from.
 //! - [`tls`]: HTTPS serving (`--tls-cert`, `--tls-key`) for `https://` listen addresses.
 //! - [`execs`]: signals for exec'd commands and detached execs (output kept in the state dir).
+//! - [`images`], [`builds`]: images and builds scoped to accounts (`images.db`), with an
+//!   engine client of their own.
 //! - [`engine`]: the bollard client; [`executor`]: drives one run from create to removal, and
 //!   re-adopts the runs of an earlier runner process on start.
 //!
@@ -45,10 +47,12 @@ use futures::FutureExt as _;
 
 pub mod auth;
 pub mod billing;
+pub mod builds;
 pub mod config;
 pub mod engine;
 pub mod execs;
 pub mod executor;
+pub mod images;
 pub mod openapi;
 pub mod problem;
 pub mod routes;
@@ -77,6 +81,7 @@ struct Shared {
     engine: Arc<Engine>,
     billing: billing::Billing,
     execs: execs::Execs,
+    images: Arc<images::Images>,
 }
 
 impl AppState {
@@ -89,14 +94,12 @@ impl AppState {
 
     /// State from its parts and an opened store.
     pub fn with_store(keys: Keys, config: Config, engine: Engine, store: Store) -> AppState {
-        let execs_dir = store
-            .path()
-            .parent()
-            .unwrap_or(std::path::Path::new("."))
-            .join("execs");
-        let execs = execs::Execs::open(execs_dir, &store);
+        let state_dir = store.path().parent().unwrap_or(std::path::Path::new("."));
+        let execs = execs::Execs::open(state_dir.join("execs"), &store);
+        let images = Arc::new(images::Images::new(state_dir, &config));
         AppState(Arc::new(Shared {
             execs,
+            images,
             keys,
             config,
             store,
@@ -133,6 +136,11 @@ impl AppState {
     /// The detached execs.
     pub fn execs(&self) -> &execs::Execs {
         &self.0.execs
+    }
+
+    /// Images and builds, scoped to accounts.
+    pub fn images(&self) -> &Arc<images::Images> {
+        &self.0.images
     }
 }
 

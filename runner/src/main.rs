@@ -288,6 +288,13 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
     }
     tracing::info!(addr = ?bound, profiles = ?config.profile_names(), "serving");
     let state = AppState::with_store(keys, config, engine, store);
+    state.images().connect_engine(&args.engine).map_err(|e| {
+        format!(
+            "cannot use the engine at {}: {}",
+            args.engine,
+            engine_message(&e)
+        )
+    })?;
     // Runs left by an earlier runner process: their containers may still run.
     executor::spawn_readopt(state.engine().clone(), state.store().clone());
     let retention = Retention {

@@ -625,7 +625,9 @@ fn openapi_json() {}
 /// The document as pretty JSON with a final newline: what `bus-runner openapi` prints and
 /// `api/openapi.json` holds.
 pub fn document() -> String {
-    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    let mut api = ApiDoc::openapi();
+    api.merge(crate::images::openapi::ImagesDoc::openapi());
+    let mut doc = serde_json::to_value(api).expect("the OpenAPI document serializes");
     tidy(&mut doc);
     let mut text = serde_json::to_string_pretty(&doc).expect("JSON serializes");
     text.push('\n');

@@ -137,6 +137,9 @@ pub enum ApiError {
         /// Seconds until a retry may succeed (the `Retry-After` header).
         retry_after: u64,
     },
+    /// An image or build request failed; [`crate::images::ImageError::problem`] renders it.
+    #[error("{0}")]
+    Image(#[from] crate::images::ImageError),
 }
 
 impl ApiError {
@@ -147,6 +150,7 @@ impl ApiError {
             Problem::new(code, status.as_u16(), title, detail)
         };
         match self {
+            ApiError::Image(err) => err.problem(),
             ApiError::TokenMissing => p(
                 C::TokenMissing,
                 StatusCode::UNAUTHORIZED,

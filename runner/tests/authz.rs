@@ -23,7 +23,8 @@ use time::OffsetDateTime;
 const RUNS: &str = "/api/v1/containers/runs";
 const TOKEN: &str = "/api/v1/auth/token";
 const BILLING: &str = "/api/v1/billing/status";
-const EVERY: &str = "container:read container:run container:delete billing:read";
+const EVERY: &str =
+    "container:read container:run container:delete billing:read image:read image:write image:build";
 const GHOST: &str = "run_00000000000000000000000000000000";
 
 /// Accounts (id, API key, plan, extra TOML lines). Ids are unique to this file, so containers

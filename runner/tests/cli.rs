@@ -53,7 +53,7 @@ fn token_prints_a_jwt_and_refuses_bad_input() {
     assert!(!out.status.success());
     assert_eq!(
         stderr(&out),
-        "bus-runner: error: unknown resource \"billing:write\"; valid resources: container:read, container:run, container:delete, billing:read\n"
+        "bus-runner: error: unknown resource \"billing:write\"; valid resources: container:read, container:run, container:delete, billing:read, image:read, image:write, image:build\n"
     );
     for ttl in ["0s", "-1h", "1w"] {
         let out = run(&[

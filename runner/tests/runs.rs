@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use bus_api::auth::Scope;
 use bus_api::{LogFrame, RunState, Stream};
-use common::{ALL, Podman, call, frames, runner, runner_without_engine};
+use common::{ALL, Podman, call, frames, runner, runner_with, runner_without_engine};
 use http_body_util::BodyExt as _;
 use serde_json::json;
 use tower::ServiceExt as _;
@@ -195,7 +195,11 @@ async fn run_streams_output_then_exit_and_stays_private() {
 #[tokio::test(flavor = "multi_thread")]
 async fn timeout_missing_image_and_delete_of_a_live_run() {
     let podman = Podman::start();
-    let (_dir, keys, app) = runner(&podman.url());
+    // Runs use only images the account may see; a public name the engine lacks still reaches
+    // the engine, which is the failure this test is after.
+    let mut config = bus_runner::config::Config::builtin();
+    config.images.public = vec!["localhost/bus-test-no-such-image:1".to_owned()];
+    let (_dir, keys, app) = runner_with(&podman.url(), config);
     let alice = keys.mint("alice", &ALL, Duration::from_secs(300));
     let mut cleanup = Cleanup(&podman, vec![]);
     let mut create = async |body: serde_json::Value| {

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
@@ -81,16 +83,28 @@ pub fn stop_pid(pid: u32) {
 pub struct Engine {
     child: Child,
     pub socket: PathBuf,
+    /// Extra environment for the service, kept for restarts.
+    env: Vec<(String, PathBuf)>,
     _dir: tempfile::TempDir,
 }
 
 impl Engine {
     pub fn start() -> Engine {
+        Engine::start_with_env(&[])
+    }
+
+    /// An engine whose service runs with extra environment, e.g. `CONTAINERS_REGISTRIES_CONF`.
+    pub fn start_with_env(env: &[(&str, &Path)]) -> Engine {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("podman.sock");
+        let env: Vec<(String, PathBuf)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_path_buf()))
+            .collect();
         let engine = Engine {
-            child: podman_service(&socket),
+            child: podman_service(&socket, &env),
             socket,
+            env,
             _dir: dir,
         };
         engine.wait_ready();
@@ -107,7 +121,7 @@ impl Engine {
     pub fn restart(&mut self) {
         stop_pid(self.child.id());
         let _ = self.child.wait();
-        self.child = podman_service(&self.socket);
+        self.child = podman_service(&self.socket, &self.env);
         self.wait_ready();
     }
 
@@ -118,8 +132,8 @@ impl Engine {
     }
 }
 
-/// `podman system service` on `socket`, with the project's containers.conf.
-fn podman_service(socket: &Path) -> Child {
+/// `podman system service` on `socket`, with the project's containers.conf and `env`.
+fn podman_service(socket: &Path, env: &[(String, PathBuf)]) -> Child {
     Command::new("podman")
         .args(["system", "service", "--time=0"])
         .arg(format!("unix://{}", socket.display()))
@@ -127,6 +141,7 @@ fn podman_service(socket: &Path) -> Child {
             "CONTAINERS_CONF",
             repo_root().join("deploy/containers.conf"),
         )
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -159,22 +174,21 @@ impl Runner {
         Runner::start_with(Some(config))
     }
 
-    /// A runner (with a TOML config, if given) that logs at debug level to `log`.
-    pub fn start_logging_to(config: Option<&str>, log: &Path) -> Runner {
-        Runner::start_logged(config, Some(log))
-    }
-
     fn start_with(config: Option<&str>) -> Runner {
-        Runner::start_logged(config, None)
+        Runner::start_on(Engine::start(), config, false)
     }
 
-    fn start_logged(config: Option<&str>, log: Option<&Path>) -> Runner {
-        let engine = Engine::start();
+    /// A runner on `engine`, with an optional config; with `logged`, its log (debug level)
+    /// goes to `runner.log` in its state dir.
+    pub fn start_on(engine: Engine, config: Option<&str>, logged: bool) -> Runner {
         let state_dir = tempfile::tempdir().unwrap();
         if let Some(config) = config {
             std::fs::write(state_dir.path().join("runner.toml"), config).unwrap();
         }
-        let (child, origin) = serve_logged(state_dir.path(), &engine.socket, log);
+        if logged {
+            std::fs::write(state_dir.path().join("runner.log"), b"").unwrap();
+        }
+        let (child, origin) = serve(state_dir.path(), &engine.socket);
         Runner {
             child,
             origin,
@@ -243,21 +257,18 @@ impl Runner {
 /// the engine at `engine_socket`; returns the process and its origin, read from the line the
 /// runner prints once it listens.
 fn serve(state_dir: &Path, engine_socket: &Path) -> (Child, String) {
-    serve_logged(state_dir, engine_socket, None)
-}
-
-/// [`serve`], logging at debug level to `log` when one is given.
-fn serve_logged(state_dir: &Path, engine_socket: &Path, log: Option<&Path>) -> (Child, String) {
-    let (level, stderr) = match log {
-        Some(path) => ("debug", Stdio::from(std::fs::File::create(path).unwrap())),
-        None => ("warn", Stdio::null()),
-    };
     let mut command = Command::new(bin("bus-runner"));
     command.arg("serve");
     let config = state_dir.join("runner.toml");
     if config.is_file() {
         command.arg("--config").arg(config);
     }
+    // A runner started with a `runner.log` in its state dir logs there, at debug level.
+    let log = state_dir.join("runner.log");
+    let (level, stderr) = match std::fs::OpenOptions::new().append(true).open(&log) {
+        Ok(file) => ("debug", Stdio::from(file)),
+        Err(_) => ("warn", Stdio::null()),
+    };
     let mut child = command
         .args(["--listen", "127.0.0.1:0", "--engine"])
         .arg(format!("unix://{}", engine_socket.display()))

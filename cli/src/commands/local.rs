@@ -25,7 +25,8 @@ use crate::render::{self, Format, FormatArg};
 /// The runner's address unless `--listen` names another.
 const DEFAULT_LISTEN: &str = "127.0.0.1:8650";
 /// The scopes of the `dev` account and of the token `up` writes.
-const SCOPES: &str = "container:read container:run container:delete";
+const SCOPES: &str =
+    "container:read container:run container:delete image:read image:write image:build";
 /// The account `up` creates.
 const ACCOUNT: &str = "dev";
 /// How long a starting service may take to accept connections.

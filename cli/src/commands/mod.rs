@@ -1,6 +1,7 @@
 //! One module per subcommand: an `Args` struct and `run()`.
 
 pub mod auth;
+pub mod builds;
 pub mod completion;
 pub mod config;
 pub mod daemon;
@@ -8,6 +9,7 @@ pub mod delete;
 pub mod exec;
 pub mod execs;
 pub mod get;
+pub mod images;
 pub mod info;
 pub mod local;
 pub mod logs;

@@ -29,6 +29,8 @@ pub const FEATURES: &[&str] = &[
     "socket-activation",
     "upstream-retries",
     "idempotent-creates",
+    "images",
+    "builds",
 ];
 
 /// The Daemon service.

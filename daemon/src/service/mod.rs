@@ -1,9 +1,11 @@
 //! The gRPC services: thin adapters between proto types and the upstream REST client.
 //! This is the only module of busd that sees proto types.
 
+pub mod builds;
 pub mod containers;
 pub mod daemon;
 pub mod exec;
+pub mod images;
 
 use std::sync::Arc;
 use std::time::Instant;

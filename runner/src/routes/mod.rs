@@ -5,14 +5,18 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 
+mod image_routes;
+
 use crate::AppState;
 use crate::problem::limit_body;
 
 pub mod attach;
 pub mod auth;
 pub mod billing;
+pub mod builds;
 pub mod exec;
 pub mod idempotency;
+pub mod images;
 pub mod logs;
 pub mod runs;
 pub mod status;
@@ -62,4 +66,5 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/v1/billing/status", get(billing::status))
         .route(crate::openapi::PATH, get(crate::openapi::serve))
+        .merge(image_routes::router())
 }

@@ -40,6 +40,11 @@ pub async fn create(
     let spec = RunSpec::parse(request, state.config())?;
     // Grant, billing and quota, before any engine call; held until the run is recorded.
     let _admission = crate::billing::admit(&state, &caller.claims, &spec.image).await?;
+    // Only an image the account may see: public, or one it pulled, loaded, built or tagged.
+    state
+        .images()
+        .check_run(caller.account(), &spec.image)
+        .await?;
     let record = Run {
         id: new_run_id(),
         state: RunState::Queued,

@@ -1,0 +1,376 @@
+//! `bus builds create|ls|logs|cancel|rm`: image builds. `create` tars the context directory
+//! and streams it; the build then runs in the runner, whether or not anyone watches.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bus::proto::images::v1 as pb;
+use bus::proto::images::v1::builds_service_client::BuildsServiceClient;
+use serde::Serialize;
+use time::OffsetDateTime;
+use tonic::Code;
+
+use crate::commands::images::{file_messages, rfc3339, table};
+use crate::context::Ctx;
+use crate::error::CliError;
+use crate::progress::Transfer;
+use crate::render::{self, Format, OutputArgs};
+
+/// How many times `logs -f` resumes a stream that broke.
+const MAX_RESUMES: u32 = 5;
+
+/// Image builds.
+#[derive(Debug, clap::Subcommand)]
+pub enum Builds {
+    /// Build an image from a context directory; prints the build's id.
+    Create(CreateArgs),
+    /// List the account's builds, newest first.
+    Ls(LsArgs),
+    /// Print a build's output; -f follows it until the build ends.
+    Logs(LogsArgs),
+    /// Cancel builds.
+    Cancel(IdsArgs),
+    /// Delete builds and their output (cancelling running ones).
+    Rm(IdsArgs),
+}
+
+impl Builds {
+    /// Runs the command; returns the exit code.
+    pub async fn run(self, ctx: &Ctx) -> Result<u8, CliError> {
+        match self {
+            Builds::Create(args) => args.run(ctx).await,
+            Builds::Ls(args) => args.run(ctx).await,
+            Builds::Logs(args) => args.run(ctx).await,
+            Builds::Cancel(args) => args.cancel(ctx).await,
+            Builds::Rm(args) => args.remove(ctx).await,
+        }
+    }
+}
+
+fn client(ctx: &Ctx) -> BuildsServiceClient<tonic::transport::Channel> {
+    BuildsServiceClient::new(ctx.channel())
+}
+
+/// A build state's short name.
+pub fn state_name(state: i32) -> &'static str {
+    match pb::BuildState::try_from(state).unwrap_or(pb::BuildState::Unspecified) {
+        pb::BuildState::Unspecified => "unknown",
+        pb::BuildState::Queued => "queued",
+        pb::BuildState::Running => "running",
+        pb::BuildState::Succeeded => "succeeded",
+        pb::BuildState::Failed => "failed",
+        pb::BuildState::Cancelled => "cancelled",
+    }
+}
+
+/// Starts a build.
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// A name for the image (repeatable), e.g. -t localhost/app:1.
+    #[arg(short = 't', long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// The Dockerfile, inside the context [default: CONTEXT_DIR/Dockerfile].
+    #[arg(short = 'f', long = "file", value_name = "DOCKERFILE")]
+    dockerfile: Option<PathBuf>,
+    /// The directory sent to the builder.
+    #[arg(value_name = "CONTEXT_DIR")]
+    context: PathBuf,
+}
+
+/// The Dockerfile's path inside `context`, as the builder names it.
+fn dockerfile_in(context: &Path, dockerfile: Option<&Path>) -> Result<String, CliError> {
+    let context_abs = std::fs::canonicalize(context).map_err(|e| {
+        CliError::Usage(format!(
+            "the build context {} cannot be read: {e}; name a directory",
+            context.display()
+        ))
+    })?;
+    if !context_abs.is_dir() {
+        return Err(CliError::Usage(format!(
+            "the build context {} is not a directory",
+            context.display()
+        )));
+    }
+    let file = match dockerfile {
+        Some(path) => std::fs::canonicalize(path).map_err(|e| {
+            CliError::Usage(format!(
+                "the Dockerfile {} cannot be read: {e}",
+                path.display()
+            ))
+        })?,
+        None => {
+            let path = context_abs.join("Dockerfile");
+            if !path.is_file() {
+                return Err(CliError::Usage(format!(
+                    "{} has no Dockerfile; add one or name it with -f",
+                    context.display()
+                )));
+            }
+            path
+        }
+    };
+    let relative = file.strip_prefix(&context_abs).map_err(|_| {
+        CliError::Usage(format!(
+            "the Dockerfile {} is outside the context {}; move it into the context",
+            file.display(),
+            context.display()
+        ))
+    })?;
+    Ok(relative.to_string_lossy().into_owned())
+}
+
+/// Tars `context` into a temporary file (symlinks as links, never followed).
+fn tar_context(context: &Path) -> Result<tempfile::NamedTempFile, CliError> {
+    let local = |e: std::io::Error| {
+        CliError::Local(format!(
+            "cannot pack the build context {}: {e}",
+            context.display()
+        ))
+    };
+    let file = tempfile::NamedTempFile::new().map_err(local)?;
+    let mut builder = tar::Builder::new(std::io::BufWriter::new(file.reopen().map_err(local)?));
+    builder.follow_symlinks(false);
+    builder.append_dir_all(".", context).map_err(local)?;
+    builder
+        .into_inner()
+        .map_err(local)?
+        .into_inner()
+        .map_err(|e| local(e.into_error()))?;
+    Ok(file)
+}
+
+impl CreateArgs {
+    async fn run(self, ctx: &Ctx) -> Result<u8, CliError> {
+        let dockerfile = dockerfile_in(&self.context, self.dockerfile.as_deref())?;
+        let packed = tar_context(&self.context)?;
+        let file = tokio::fs::File::open(packed.path())
+            .await
+            .map_err(|e| CliError::Local(format!("cannot read the packed context: {e}")))?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| CliError::Local(format!("cannot read the packed context: {e}")))?
+            .len();
+        let transfer = Transfer::new(
+            &format!("sending the context {}", self.context.display()),
+            Some(size),
+        );
+        let first = pb::CreateBuildRequest {
+            part: Some(pb::create_build_request::Part::Options(pb::BuildOptions {
+                tags: self.tags,
+                dockerfile,
+                context_bytes: size,
+            })),
+        };
+        let messages = file_messages(
+            file,
+            first,
+            |data| pb::CreateBuildRequest {
+                part: Some(pb::create_build_request::Part::Context(data)),
+            },
+            transfer.clone(),
+        );
+        match client(ctx).create_build(ctx.request(messages)).await {
+            Ok(response) => {
+                transfer.finish();
+                let build = response.into_inner().build.unwrap_or_default();
+                println!("{}", build.id);
+                Ok(0)
+            }
+            Err(status) => {
+                transfer.abandon();
+                Err(status.into())
+            }
+        }
+    }
+}
+
+/// The JSON shape of a build (`bus builds ls -o json` prints an array of these).
+#[derive(Debug, Serialize)]
+pub struct BuildJson {
+    id: String,
+    state: &'static str,
+    tags: Vec<String>,
+    dockerfile: String,
+    context_bytes: u64,
+    image_id: Option<String>,
+    error: Option<String>,
+    created_at: Option<String>,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+}
+
+impl From<&pb::Build> for BuildJson {
+    fn from(b: &pb::Build) -> Self {
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        BuildJson {
+            id: b.id.clone(),
+            state: state_name(b.state),
+            tags: b.tags.clone(),
+            dockerfile: b.dockerfile.clone(),
+            context_bytes: b.context_bytes,
+            image_id: non_empty(&b.image_id),
+            error: non_empty(&b.error),
+            created_at: rfc3339(b.created_at.as_ref()),
+            started_at: rfc3339(b.started_at.as_ref()),
+            finished_at: rfc3339(b.finished_at.as_ref()),
+        }
+    }
+}
+
+/// Lists builds.
+#[derive(Debug, clap::Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+impl LsArgs {
+    async fn run(self, ctx: &Ctx) -> Result<u8, CliError> {
+        let builds = client(ctx)
+            .list_builds(ctx.request(pb::ListBuildsRequest {}))
+            .await?
+            .into_inner()
+            .builds;
+        if self.output.quiet {
+            for build in &builds {
+                println!("{}", build.id);
+            }
+            return Ok(0);
+        }
+        match self.output.format() {
+            Format::Json => {
+                let list: Vec<BuildJson> = builds.iter().map(BuildJson::from).collect();
+                render::print_json(&list)?;
+            }
+            Format::Table => {
+                let now = OffsetDateTime::now_utc();
+                let rows: Vec<Vec<String>> = builds
+                    .iter()
+                    .map(|b| {
+                        let took = match (&b.started_at, &b.finished_at) {
+                            (Some(s), Some(f)) => {
+                                render::human_duration((f.seconds - s.seconds).max(0) as f64)
+                            }
+                            _ => "-".to_owned(),
+                        };
+                        vec![
+                            b.id.clone(),
+                            state_name(b.state).to_owned(),
+                            if b.tags.is_empty() {
+                                "-".to_owned()
+                            } else {
+                                b.tags.join(", ")
+                            },
+                            render::ago(b.created_at.as_ref(), now),
+                            took,
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table(&["ID", "STATE", "TAGS", "CREATED", "DURATION"], &rows)
+                );
+            }
+        }
+        Ok(0)
+    }
+}
+
+/// Prints a build's output.
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// The build.
+    #[arg(value_name = "BUILD_ID")]
+    id: String,
+    /// Keep printing new output until the build ends.
+    #[arg(short, long)]
+    follow: bool,
+    /// Only output after this seq (resume where an earlier read stopped).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    since_seq: u64,
+}
+
+impl LogsArgs {
+    async fn run(self, ctx: &Ctx) -> Result<u8, CliError> {
+        use std::io::Write as _;
+        let mut after = self.since_seq;
+        let mut resumes = 0;
+        loop {
+            let request = ctx.session_request(pb::StreamBuildLogsRequest {
+                id: self.id.clone(),
+                follow: self.follow,
+                after_seq: after,
+            });
+            let mut stream = client(ctx).stream_build_logs(request).await?.into_inner();
+            loop {
+                let event = match stream.message().await {
+                    Ok(Some(message)) => message.event,
+                    Ok(None) if self.follow => break,
+                    Ok(None) => return Ok(0),
+                    // A stream that broke resumes after the last line printed.
+                    Err(status)
+                        if self.follow
+                            && status.code() == Code::Unavailable
+                            && resumes < MAX_RESUMES =>
+                    {
+                        resumes += 1;
+                        tokio::time::sleep(Duration::from_millis(200 * u64::from(resumes))).await;
+                        break;
+                    }
+                    Err(status) => return Err(status.into()),
+                };
+                match event {
+                    Some(pb::stream_build_logs_response::Event::Line(line)) => {
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "{}", line.text)?;
+                        out.flush()?;
+                        after = line.seq;
+                    }
+                    Some(pb::stream_build_logs_response::Event::Ended(ended)) => {
+                        let build = ended.build.unwrap_or_default();
+                        if build.state == pb::BuildState::Succeeded as i32 {
+                            return Ok(0);
+                        }
+                        eprintln!("bus: build {} {}", build.id, state_name(build.state));
+                        return Ok(1);
+                    }
+                    Some(pb::stream_build_logs_response::Event::Keepalive(_)) | None => {}
+                }
+            }
+        }
+    }
+}
+
+/// Names builds.
+#[derive(Debug, clap::Args)]
+pub struct IdsArgs {
+    /// The builds.
+    #[arg(required = true, value_name = "BUILD_ID")]
+    ids: Vec<String>,
+}
+
+impl IdsArgs {
+    async fn cancel(self, ctx: &Ctx) -> Result<u8, CliError> {
+        for id in self.ids {
+            let build = client(ctx)
+                .cancel_build(ctx.request(pb::CancelBuildRequest { id }))
+                .await?
+                .into_inner()
+                .build
+                .unwrap_or_default();
+            println!("{} {}", build.id, state_name(build.state));
+        }
+        Ok(0)
+    }
+
+    async fn remove(self, ctx: &Ctx) -> Result<u8, CliError> {
+        for id in self.ids {
+            client(ctx)
+                .delete_build(ctx.request(pb::DeleteBuildRequest { id: id.clone() }))
+                .await?;
+            println!("{id}");
+        }
+        Ok(0)
+    }
+}

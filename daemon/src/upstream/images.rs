@@ -1,0 +1,246 @@
+//! The runner's image and build endpoints (`/api/v1/containers/images...`,
+//! `/api/v1/containers/builds...`). Uploads (archives, build contexts) stream through as they
+//! arrive, with their size in `Content-Length` when the caller gave it, so the runner can
+//! refuse too large an upload before it is sent.
+
+use bus_api::builds::{Build, BuildList, BuildLogFrame};
+use bus_api::images::{
+    ImageDetail, ImageList, ImageSummary, LoadResult, ProgressFrame, RegistryRequest, TagImage,
+};
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+
+use super::ndjson::MAX_FRAME_LINE;
+use super::{Upstream, UpstreamError};
+
+/// A byte stream to upload; an error aborts the upload.
+pub type Upload = futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+fn image_path(reference: &str, suffix: &str) -> String {
+    let escaped: String =
+        url::form_urlencoded::byte_serialize(reference.trim().as_bytes()).collect();
+    format!("/api/v1/containers/images/{escaped}{suffix}")
+}
+
+fn build_path(id: &str, suffix: &str) -> String {
+    let escaped: String = url::form_urlencoded::byte_serialize(id.as_bytes()).collect();
+    format!("/api/v1/containers/builds/{escaped}{suffix}")
+}
+
+impl Upstream {
+    /// `GET /api/v1/containers/images`.
+    pub async fn list_images(&self) -> Result<ImageList, UpstreamError> {
+        self.json(self.request(Method::GET, "/api/v1/containers/images"))
+            .await
+    }
+
+    /// `GET /api/v1/containers/images/{ref}`.
+    pub async fn inspect_image(&self, reference: &str) -> Result<ImageDetail, UpstreamError> {
+        self.json(self.request(Method::GET, &image_path(reference, "")))
+            .await
+    }
+
+    /// `DELETE /api/v1/containers/images/{ref}`.
+    pub async fn remove_image(&self, reference: &str) -> Result<(), UpstreamError> {
+        self.json::<serde::de::IgnoredAny>(self.request(Method::DELETE, &image_path(reference, "")))
+            .await
+            .map(drop)
+    }
+
+    /// `POST /api/v1/containers/images/{ref}/tag`.
+    pub async fn tag_image(
+        &self,
+        source: &str,
+        target: &str,
+    ) -> Result<ImageSummary, UpstreamError> {
+        let body = TagImage {
+            target: target.to_owned(),
+        };
+        self.json(
+            self.request(Method::POST, &image_path(source, "/tag"))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/containers/images/pull` or `.../push`: the progress frames. A refusal
+    /// before the stream is an error; a failure during it, the last frame (`error`).
+    pub async fn registry_operation(
+        &self,
+        push: bool,
+        request: &RegistryRequest,
+    ) -> Result<impl Stream<Item = Result<ProgressFrame, UpstreamError>> + use<>, UpstreamError>
+    {
+        let path = if push {
+            "/api/v1/containers/images/push"
+        } else {
+            "/api/v1/containers/images/pull"
+        };
+        let response = self
+            .send(self.request(Method::POST, path).json(request))
+            .await?;
+        Ok(self.ndjson(response))
+    }
+
+    /// `POST /api/v1/containers/images/load` with the archive streamed through.
+    pub async fn load_image(
+        &self,
+        archive: Upload,
+        size: Option<u64>,
+    ) -> Result<LoadResult, UpstreamError> {
+        let request = self.upload(
+            self.request(Method::POST, "/api/v1/containers/images/load"),
+            archive,
+            size,
+        );
+        self.json(request).await
+    }
+
+    /// `GET /api/v1/containers/images/{ref}/archive`: the archive's bytes.
+    pub async fn save_image(
+        &self,
+        reference: &str,
+    ) -> Result<impl Stream<Item = Result<Bytes, UpstreamError>> + use<>, UpstreamError> {
+        let response = self
+            .send(self.request(Method::GET, &image_path(reference, "/archive")))
+            .await?;
+        let upstream = self.clone();
+        Ok(response
+            .bytes_stream()
+            .map_err(move |e| upstream.unreachable(&e)))
+    }
+
+    /// `POST /api/v1/containers/builds?tags&dockerfile` with the context streamed through.
+    pub async fn create_build(
+        &self,
+        tags: &[String],
+        dockerfile: &str,
+        context: Upload,
+        size: Option<u64>,
+    ) -> Result<Build, UpstreamError> {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if !tags.is_empty() {
+            query.push(("tags", tags.join(",")));
+        }
+        if !dockerfile.is_empty() {
+            query.push(("dockerfile", dockerfile.to_owned()));
+        }
+        let request = self
+            .request(Method::POST, "/api/v1/containers/builds")
+            .query(&query);
+        self.json(self.upload(request, context, size)).await
+    }
+
+    /// `GET /api/v1/containers/builds`.
+    pub async fn list_builds(&self) -> Result<BuildList, UpstreamError> {
+        self.json(self.request(Method::GET, "/api/v1/containers/builds"))
+            .await
+    }
+
+    /// `GET /api/v1/containers/builds/{id}`.
+    pub async fn get_build(&self, id: &str) -> Result<Build, UpstreamError> {
+        self.json(self.request(Method::GET, &build_path(id, "")))
+            .await
+    }
+
+    /// `POST /api/v1/containers/builds/{id}/cancel`.
+    pub async fn cancel_build(&self, id: &str) -> Result<Build, UpstreamError> {
+        self.json(self.request(Method::POST, &build_path(id, "/cancel")))
+            .await
+    }
+
+    /// `DELETE /api/v1/containers/builds/{id}`.
+    pub async fn delete_build(&self, id: &str) -> Result<(), UpstreamError> {
+        self.json::<serde::de::IgnoredAny>(self.request(Method::DELETE, &build_path(id, "")))
+            .await
+            .map(drop)
+    }
+
+    /// `GET /api/v1/containers/builds/{id}/logs?follow&after_seq`.
+    pub async fn build_logs(
+        &self,
+        id: &str,
+        follow: bool,
+        after_seq: u64,
+    ) -> Result<impl Stream<Item = Result<BuildLogFrame, UpstreamError>> + use<>, UpstreamError>
+    {
+        let request = self.request(Method::GET, &build_path(id, "/logs")).query(&[
+            ("follow", follow.to_string()),
+            ("after_seq", after_seq.to_string()),
+        ]);
+        let response = self.send(request).await?;
+        Ok(self.ndjson(response))
+    }
+
+    fn upload(
+        &self,
+        request: reqwest::RequestBuilder,
+        body: Upload,
+        size: Option<u64>,
+    ) -> reqwest::RequestBuilder {
+        let request = request
+            .header(reqwest::header::CONTENT_TYPE, bus_api::images::ARCHIVE)
+            .body(reqwest::Body::wrap_stream(body));
+        match size {
+            Some(size) => request.header(reqwest::header::CONTENT_LENGTH, size),
+            None => request,
+        }
+    }
+
+    /// A response's NDJSON body, one `T` per line.
+    fn ndjson<T: DeserializeOwned + Send + 'static>(
+        &self,
+        response: reqwest::Response,
+    ) -> impl Stream<Item = Result<T, UpstreamError>> + use<T> {
+        let upstream = self.clone();
+        let origin = self.origin.to_string();
+        let bytes = response
+            .bytes_stream()
+            .map_err(move |e| upstream.unreachable(&e));
+        futures::stream::unfold(
+            (Box::pin(bytes), Vec::<u8>::new(), origin, false),
+            |(mut bytes, mut buf, origin, done)| async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=pos).collect();
+                        if line.iter().all(u8::is_ascii_whitespace) {
+                            continue;
+                        }
+                        let item = serde_json::from_slice::<T>(&line).map_err(|e| {
+                            UpstreamError::Protocol {
+                                origin: origin.clone(),
+                                reason: format!("invalid NDJSON line: {e}"),
+                            }
+                        });
+                        let failed = item.is_err();
+                        return Some((item, (bytes, buf, origin, failed)));
+                    }
+                    if buf.len() > MAX_FRAME_LINE {
+                        let err = UpstreamError::Protocol {
+                            origin: origin.clone(),
+                            reason: "a line is longer than any the API sends".to_owned(),
+                        };
+                        return Some((Err(err), (bytes, buf, origin, true)));
+                    }
+                    match bytes.next().await {
+                        Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                        Some(Err(e)) => return Some((Err(e), (bytes, buf, origin, true))),
+                        None if buf.iter().all(u8::is_ascii_whitespace) => return None,
+                        None => {
+                            let err = UpstreamError::Unreachable {
+                                origin: origin.clone(),
+                                reason: "the stream ended in the middle of a line".to_owned(),
+                            };
+                            return Some((Err(err), (bytes, buf, origin, true)));
+                        }
+                    }
+                }
+            },
+        )
+    }
+}

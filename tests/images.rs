@@ -1,0 +1,415 @@
+//! End to end: `bus images` → busd → REST → bus-runner → Podman, with a real registry on
+//! loopback (htpasswd auth): push, remove, pull back and run; save, remove, load and run;
+//! account isolation; grants; scopes; upload limits; and credentials kept out of every log.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::registry::{ImageCleanup, Registry};
+use common::{Engine, Runner, Stack, hash_key, stdout};
+
+/// Every scope the image commands and runs need.
+const SCOPES: &str =
+    "container:read container:run container:delete image:read image:write image:build";
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Asserts a failure whose stderr ends with one `bus: error:` line (after plain progress
+/// lines, if any); returns that line.
+pub fn error_line(out: &Output) -> String {
+    assert!(!out.status.success(), "expected a failure: {}", text(out));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let lines: Vec<&str> = stderr.lines().collect();
+    let last = lines.last().copied().unwrap_or_default();
+    assert!(last.starts_with("bus: error: "), "{stderr}");
+    assert!(
+        lines.iter().all(|l| l.starts_with("bus: ")),
+        "only progress lines before the error: {stderr}"
+    );
+    last.to_owned()
+}
+
+/// Asserts success; returns stdout.
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "{}", text(out));
+    stdout(out)
+}
+
+/// A registry, an engine that may use it, a logged runner (with `config`) and a stack whose
+/// default token is alice's, with every image scope.
+fn stack_with_registry(config: impl FnOnce(&Registry) -> Option<String>) -> (Registry, Stack) {
+    let registry = Registry::start();
+    let conf = registry.registries_conf();
+    let engine = Engine::start_with_env(&[("CONTAINERS_REGISTRIES_CONF", &conf)]);
+    let config = config(&registry);
+    let runner = Runner::start_on(engine, config.as_deref(), true);
+    let stack = Stack::on(runner);
+    stack.write_token(&stack.runner.token("alice", SCOPES));
+    (registry, stack)
+}
+
+/// Builds `dockerfile` as `tag` through the CLI (waiting for the end); returns the image id.
+pub fn build(stack: &Stack, args: &[&str], tag: &str, dockerfile: &str) -> String {
+    let dir = tempfile::tempdir_in(stack.home.path()).unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+    let context = dir.path().to_str().unwrap();
+    let mut create = args.to_vec();
+    create.extend(["builds", "create", "-t", tag, context]);
+    let id = ok(&stack.run(&create)).trim().to_owned();
+    assert!(id.starts_with("bld_"), "{id}");
+    let mut logs = args.to_vec();
+    logs.extend(["builds", "logs", "-f", &id]);
+    ok(&stack.run(&logs));
+    inspect_id(stack, args, tag)
+}
+
+/// The id of the image `reference` names, through `bus images inspect -o json`.
+fn inspect_id(stack: &Stack, args: &[&str], reference: &str) -> String {
+    let mut inspect = args.to_vec();
+    inspect.extend(["images", "inspect", reference, "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&ok(&stack.run(&inspect))).unwrap();
+    json["id"].as_str().unwrap().to_owned()
+}
+
+fn listed(stack: &Stack, args: &[&str]) -> String {
+    let mut ls = args.to_vec();
+    ls.extend(["images", "ls", "-o", "json"]);
+    ok(&stack.run(&ls))
+}
+
+#[test]
+fn push_remove_pull_back_and_run_with_registry_credentials() {
+    let (registry, stack) = stack_with_registry(|_| None);
+    let mut cleanup = ImageCleanup::new(&stack.runner.engine.socket);
+    let reference = format!("{}/alice/hello:1", registry.host);
+    let id = build(
+        &stack,
+        &[],
+        &reference,
+        "FROM localhost/busybox\nRUN echo pushed-and-pulled > /msg\nCMD [\"cat\", \"/msg\"]\n",
+    );
+    cleanup.add(&id);
+    let credentials = registry.credentials_file(stack.home.path());
+    let credentials = credentials.to_str().unwrap();
+    let mut outputs = Vec::new();
+
+    // Without credentials the registry refuses, and the error says how to pass them.
+    let out = stack.run(&["images", "push", &reference]);
+    let line = error_line(&out);
+    assert!(
+        line.contains("the registry refused") && line.contains("--credentials-file"),
+        "{line}"
+    );
+    assert_eq!(out.status.code(), Some(4), "PERMISSION_DENIED");
+    outputs.push(out);
+
+    let out = stack.run(&[
+        "images",
+        "push",
+        &reference,
+        "--credentials-file",
+        credentials,
+    ]);
+    assert_eq!(ok(&out).trim(), id);
+    outputs.push(out);
+
+    // Gone locally: not listed, not inspectable, not runnable.
+    let out = stack.run(&["images", "rm", &reference]);
+    assert_eq!(ok(&out).trim(), reference);
+    assert!(!listed(&stack, &[]).contains(&reference));
+    let out = stack.run(&["images", "inspect", &reference]);
+    assert!(error_line(&out).contains("no image"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(5));
+    let out = stack.run(&["containers", "run", "--image", &reference]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+
+    // A pull without credentials is refused before any progress.
+    let out = stack.run(&["images", "pull", &reference]);
+    assert!(
+        error_line(&out).contains("authentication required"),
+        "{}",
+        text(&out)
+    );
+    outputs.push(out);
+
+    let out = stack.run(&[
+        "images",
+        "pull",
+        &reference,
+        "--credentials-file",
+        credentials,
+    ]);
+    assert_eq!(ok(&out).trim(), id, "the same image comes back");
+    outputs.push(out);
+    assert!(listed(&stack, &[]).contains(&reference));
+    let out = stack.run(&["containers", "run", "--image", &reference]);
+    assert_eq!(ok(&out), "pushed-and-pulled\n");
+
+    // Another account may pull the same registry name (with the registry's permission);
+    // removing alice's name leaves bob's.
+    let bob = stack.token_file("bob-token", &stack.runner.token("bob", SCOPES));
+    let bob = bob.to_str().unwrap();
+    let out = stack.run(&[
+        "--token-file",
+        bob,
+        "images",
+        "pull",
+        &reference,
+        "--credentials-file",
+        credentials,
+    ]);
+    assert_eq!(ok(&out).trim(), id);
+    outputs.push(out);
+    ok(&stack.run(&["images", "rm", &reference]));
+    assert!(!listed(&stack, &[]).contains(&reference));
+    assert!(listed(&stack, &["--token-file", bob]).contains(&reference));
+    let out = stack.run(&[
+        "--token-file",
+        bob,
+        "containers",
+        "run",
+        "--image",
+        &reference,
+    ]);
+    assert_eq!(ok(&out), "pushed-and-pulled\n");
+    ok(&stack.run(&["--token-file", bob, "images", "rm", &reference]));
+
+    // The password is in no log and no output.
+    let runner_log =
+        std::fs::read_to_string(stack.runner.state_dir.path().join("runner.log")).unwrap();
+    assert!(
+        runner_log.contains("pull done"),
+        "the runner log is kept: {runner_log}"
+    );
+    assert!(!runner_log.contains(&registry.password), "runner log");
+    assert!(!stack.busd_log().contains(&registry.password), "busd log");
+    for out in &outputs {
+        assert!(!text(out).contains(&registry.password), "command output");
+    }
+}
+
+#[test]
+fn another_account_cannot_see_inspect_run_tag_save_push_or_remove_an_image() {
+    let (registry, stack) = stack_with_registry(|_| None);
+    let mut cleanup = ImageCleanup::new(&stack.runner.engine.socket);
+    let private = "localhost/alice/private:1";
+    let id = build(
+        &stack,
+        &[],
+        private,
+        "FROM localhost/busybox\nRUN echo alice-only > /msg\nCMD [\"cat\", \"/msg\"]\n",
+    );
+    cleanup.add(&id);
+    let pushable = format!("{}/alice/private:1", registry.host);
+    ok(&stack.run(&["images", "tag", private, &pushable]));
+
+    let bob = stack.token_file("bob-token", &stack.runner.token("bob", SCOPES));
+    let bob = ["--token-file", bob.to_str().unwrap()];
+    let as_bob = |args: &[&str]| {
+        let mut all = bob.to_vec();
+        all.extend(args);
+        stack.run(&all)
+    };
+    let bobs_list = listed(&stack, &bob);
+    assert!(!bobs_list.contains("alice"), "{bobs_list}");
+    assert!(!bobs_list.contains(&id), "{bobs_list}");
+    assert!(
+        bobs_list.contains("localhost/busybox:latest"),
+        "public: {bobs_list}"
+    );
+    let short = &id.trim_start_matches("sha256:")[..12];
+    let save_to = stack.home.path().join("stolen.tar");
+    for (what, args) in [
+        ("inspect", vec!["images", "inspect", private]),
+        ("inspect by id", vec!["images", "inspect", short]),
+        ("run", vec!["containers", "run", "--image", private]),
+        ("run by id", vec!["containers", "run", "--image", &id]),
+        ("remove", vec!["images", "rm", private]),
+        ("remove by id", vec!["images", "rm", short]),
+        (
+            "tag",
+            vec!["images", "tag", private, "localhost/bob/copy:1"],
+        ),
+        (
+            "save",
+            vec!["images", "save", private, "-o", save_to.to_str().unwrap()],
+        ),
+        ("push", vec!["images", "push", &pushable]),
+    ] {
+        let out = as_bob(&args);
+        assert_eq!(out.status.code(), Some(5), "{what}: {}", text(&out));
+        assert!(error_line(&out).contains("no image"), "{what}");
+    }
+    assert!(!save_to.exists(), "nothing written");
+    // Nor may bob build on it, or take its name.
+    let dir = tempfile::tempdir_in(stack.home.path()).unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), format!("FROM {private}\n")).unwrap();
+    let out = as_bob(&["builds", "create", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(error_line(&out).contains("the Dockerfile builds on it"));
+    std::fs::write(dir.path().join("Dockerfile"), "FROM localhost/busybox\n").unwrap();
+    let out = as_bob(&[
+        "builds",
+        "create",
+        "-t",
+        private,
+        dir.path().to_str().unwrap(),
+    ]);
+    let line = error_line(&out);
+    assert!(
+        line.contains("used by another account") && line.contains("choose another name"),
+        "{line}"
+    );
+
+    // Alice still has all of it.
+    let out = stack.run(&["containers", "run", "--image", private]);
+    assert_eq!(ok(&out), "alice-only\n");
+    ok(&stack.run(&["images", "rm", private, &pushable]));
+    assert!(!listed(&stack, &[]).contains(private));
+}
+
+#[test]
+fn a_grant_narrowed_to_a_prefix_refuses_other_pulls() {
+    let key = "key-narrow-images";
+    let (registry, stack) = stack_with_registry(|registry| {
+        Some(format!(
+            "[[accounts]]\nid = \"narrow\"\napi_key_sha256 = \"{}\"\nplan = \"local\"\n\
+             resources = \"container:read container:run image:read image:write\"\n\
+             images = [\"localhost/allowed/*\", \"{}/allowed/*\"]\n",
+            hash_key(key),
+            registry.host
+        ))
+    });
+    let token = stack
+        .bus()
+        .env("BUS_API_KEY", key)
+        .args([
+            "auth",
+            "token",
+            "--resources",
+            "image:read image:write container:run",
+        ])
+        .output()
+        .unwrap();
+    ok(&token);
+
+    let other = format!("{}/other/app:1", registry.host);
+    let out = stack.run(&["images", "pull", &other]);
+    let line = error_line(&out);
+    assert!(
+        line.contains(&format!("this account may not pull the image \"{other}\""))
+            && line.contains("localhost/allowed/*"),
+        "{line}"
+    );
+    assert_eq!(out.status.code(), Some(4));
+    // Inside the grant the pull goes to the registry (which has no such image).
+    let allowed = format!("{}/allowed/app:1", registry.host);
+    let credentials = registry.credentials_file(stack.home.path());
+    let out = stack.run(&[
+        "images",
+        "pull",
+        &allowed,
+        "--credentials-file",
+        credentials.to_str().unwrap(),
+    ]);
+    let line = error_line(&out);
+    assert!(
+        line.contains("the registry refused") && !line.contains("may not pull"),
+        "{line}"
+    );
+    assert_eq!(out.status.code(), Some(5), "not found in the registry");
+}
+
+#[test]
+fn image_commands_need_image_scopes_and_say_how_to_get_them() {
+    let stack = Stack::on(Runner::start());
+    stack.write_token(&stack.runner.token("alice", "container:read container:run"));
+    let out = stack.run(&["images", "ls"]);
+    let line = error_line(&out);
+    assert!(
+        line.contains("`image:read`") && line.contains("bus auth token --resources"),
+        "{line}"
+    );
+    assert_eq!(out.status.code(), Some(4));
+    stack.write_token(&stack.runner.token("alice", "image:read"));
+    let out = stack.run(&["images", "rm", "localhost/x:1"]);
+    assert!(error_line(&out).contains("`image:write`"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), "FROM localhost/busybox\n").unwrap();
+    let out = stack.run(&["builds", "create", dir.path().to_str().unwrap()]);
+    assert!(error_line(&out).contains("`image:build`"));
+    // The public image cannot be removed by anyone.
+    stack.write_token(&stack.runner.token("alice", SCOPES));
+    let out = stack.run(&["images", "rm", "localhost/busybox:latest"]);
+    assert!(error_line(&out).contains("provided by the deployment"));
+}
+
+#[test]
+fn save_remove_load_round_trips_to_the_same_image() {
+    let stack = Stack::on(Runner::start_on(
+        Engine::start(),
+        Some("[images]\nmax_load_archive_mb = 3\n"),
+        false,
+    ));
+    stack.write_token(&stack.runner.token("alice", SCOPES));
+    let mut cleanup = ImageCleanup::new(&stack.runner.engine.socket);
+    let reference = "localhost/alice/round-trip:1";
+    let id = build(
+        &stack,
+        &[],
+        reference,
+        "FROM localhost/busybox\nRUN echo saved-and-loaded > /msg\nCMD [\"cat\", \"/msg\"]\n",
+    );
+    cleanup.add(&id);
+    let archive = stack.home.path().join("round-trip.tar");
+    let out = stack.run(&["images", "save", reference, "-o", archive.to_str().unwrap()]);
+    ok(&out);
+    assert!(std::fs::metadata(&archive).unwrap().len() > 1_000_000);
+    assert!(!Path::new(&format!("{}.partial", archive.display())).exists());
+    ok(&stack.run(&["images", "rm", reference]));
+    let out = stack.run(&["images", "inspect", reference]);
+    assert_eq!(out.status.code(), Some(5));
+
+    let out = stack.run(&["images", "load", archive.to_str().unwrap()]);
+    assert_eq!(ok(&out), format!("{reference}\n"), "the names loaded");
+    assert_eq!(inspect_id(&stack, &[], reference), id, "the same image id");
+    let out = stack.run(&["containers", "run", "--image", reference]);
+    assert_eq!(ok(&out), "saved-and-loaded\n");
+
+    // Another account cannot load over alice's name.
+    let bob = stack.token_file("bob-token", &stack.runner.token("bob", SCOPES));
+    let out = stack.run(&[
+        "--token-file",
+        bob.to_str().unwrap(),
+        "images",
+        "load",
+        archive.to_str().unwrap(),
+    ]);
+    assert!(error_line(&out).contains("used by another account"));
+
+    // Too large an archive is refused, in one line that says what to do.
+    let big = stack.home.path().join("big.tar");
+    std::fs::write(&big, vec![0u8; 4 * 1024 * 1024]).unwrap();
+    let out = stack.run(&["images", "load", big.to_str().unwrap()]);
+    let line = error_line(&out);
+    assert!(
+        line.contains("the image archive is larger than the 3 MiB this runner accepts")
+            && line.contains("max_load_archive_mb"),
+        "{line}"
+    );
+    // Not an archive at all.
+    let junk = stack.home.path().join("junk.tar");
+    std::fs::write(&junk, b"not a tar").unwrap();
+    let out = stack.run(&["images", "load", junk.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    ok(&stack.run(&["images", "rm", reference]));
+}
