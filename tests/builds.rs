@@ -313,7 +313,6 @@ fn another_accounts_builds_are_out_of_sight() {
         .as_str()
         .unwrap()
         .to_owned();
-    let mut cleanup = ImageCleanup::new(&stack.runner.engine.socket);
     cleanup.add(&image);
     ok(&stack.run(&["builds", "rm", &id]));
 }
