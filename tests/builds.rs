@@ -141,6 +141,7 @@ fn build_containers(stack: &Stack) -> Vec<String> {
 #[test]
 fn a_long_build_cancelled_midway_ends_cancelled_and_names_nothing() {
     let stack = stack(None);
+    let _cleanup = ImageCleanup::new(&stack.runner.engine.socket);
     let before = build_containers(&stack);
     let tag = "localhost/alice/never:1";
     // Podman 4.3 abandons a cancelled build but lets a RUN step that already runs finish;
@@ -203,6 +204,7 @@ fn a_long_build_cancelled_midway_ends_cancelled_and_names_nothing() {
 #[test]
 fn a_bad_dockerfile_fails_with_the_builders_message() {
     let stack = stack(None);
+    let _cleanup = ImageCleanup::new(&stack.runner.engine.socket);
     for (dockerfile, message) in [
         ("FROM localhost/busybox\nRUN exit 3\n", "exit status 3"),
         ("FROM localhost/busybox\nFROMM localhost/busybox\n", "FROMM"),
@@ -287,6 +289,7 @@ fn a_context_over_the_limit_is_refused_before_its_upload_completes() {
 #[test]
 fn another_accounts_builds_are_out_of_sight() {
     let stack = stack(None);
+    let mut cleanup = ImageCleanup::new(&stack.runner.engine.socket);
     let dir = context(&stack, "FROM localhost/busybox\nRUN echo alice-build\n");
     let id = create(&stack, &[], &dir);
     ok(&stack.run(&["builds", "logs", "-f", &id]));
@@ -310,7 +313,6 @@ fn another_accounts_builds_are_out_of_sight() {
         .as_str()
         .unwrap()
         .to_owned();
-    let mut cleanup = ImageCleanup::new(&stack.runner.engine.socket);
     cleanup.add(&image);
     ok(&stack.run(&["builds", "rm", &id]));
 }

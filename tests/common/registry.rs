@@ -136,10 +136,37 @@ impl Drop for Registry {
 }
 
 /// Removes images from the engine at `socket` by id when dropped (tests share the engine's
-/// store, so each removes exactly what it made).
+/// store, so each removes exactly what it made); first it waits (bounded) for the build
+/// containers that appeared meanwhile to go, as the engine removes them once a build's last
+/// step has ended, which may be after the build's stream did.
 pub struct ImageCleanup {
     socket: PathBuf,
     ids: Vec<String>,
+    builders: Vec<String>,
+}
+
+/// The engine's build containers (`podman ps --external`, named `*-working-container*`).
+fn build_containers(socket: &Path) -> Vec<String> {
+    let out = Command::new("podman")
+        .arg("--url")
+        .arg(format!("unix://{}", socket.display()))
+        .args([
+            "ps",
+            "-a",
+            "--external",
+            "--no-trunc",
+            "--format",
+            "{{.ID}} {{.Names}}",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    let Ok(out) = out else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("-working-container"))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
 }
 
 impl ImageCleanup {
@@ -148,6 +175,7 @@ impl ImageCleanup {
         ImageCleanup {
             socket: socket.to_owned(),
             ids: Vec::new(),
+            builders: build_containers(socket),
         }
     }
 
@@ -162,6 +190,14 @@ impl ImageCleanup {
 
 impl Drop for ImageCleanup {
     fn drop(&mut self) {
+        let start = Instant::now();
+        while build_containers(&self.socket)
+            .iter()
+            .any(|c| !self.builders.contains(c))
+            && start.elapsed() < Duration::from_secs(30)
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let podman = || {
             let mut command = Command::new("podman");
             command
