@@ -40,8 +40,14 @@ fn options() -> Options {
         seconds: 60,
     };
     while let Some(name) = args.next() {
-        let value = args.next().unwrap_or_else(|| panic!("{name} needs a value"));
-        let number = || value.parse::<usize>().unwrap_or_else(|_| panic!("{name} {value}?"));
+        let value = args
+            .next()
+            .unwrap_or_else(|| panic!("{name} needs a value"));
+        let number = || {
+            value
+                .parse::<usize>()
+                .unwrap_or_else(|_| panic!("{name} {value}?"))
+        };
         match name.as_str() {
             "--socket" => o.socket = value.clone().into(),
             "--runs" => o.runs = number(),
@@ -188,7 +194,10 @@ async fn create_loop(channel: Channel, until: Instant, worker: usize, tally: Arc
 }
 
 async fn delete(client: &mut ContainersClient<Channel>, id: String, tally: &Tally) {
-    if let Err(status) = client.delete_run(DeleteRunRequest { run_id: id.clone() }).await {
+    if let Err(status) = client
+        .delete_run(DeleteRunRequest { run_id: id.clone() })
+        .await
+    {
         tally
             .error(&tally.delete_errors, format!("delete {id}: {status}"))
             .await;
@@ -236,7 +245,11 @@ async fn main() {
     for id in &live {
         for _ in 0..o.followers {
             next += 1;
-            tasks.push(tokio::spawn(follow(channel(next), id.clone(), tally.clone())));
+            tasks.push(tokio::spawn(follow(
+                channel(next),
+                id.clone(),
+                tally.clone(),
+            )));
         }
     }
     let until = Instant::now() + Duration::from_secs(o.seconds);
