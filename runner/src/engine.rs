@@ -591,6 +591,12 @@ impl Engine {
         self.docker.resize_container_tty(id, options).await
     }
 
+    /// Whether the exec's process has been started (it may have ended since).
+    pub async fn exec_started(&self, exec_id: &str) -> Result<bool, EngineError> {
+        let inspect = self.docker.inspect_exec(exec_id).await?;
+        Ok(inspect.running == Some(true) || inspect.pid.is_some_and(|pid| pid > 0))
+    }
+
     /// The exec's process as the engine's host sees it: (host PID, container id), while it
     /// runs; `None` once it ended.
     pub async fn exec_process(&self, exec_id: &str) -> Result<Option<(i32, String)>, EngineError> {

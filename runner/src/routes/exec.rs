@@ -108,6 +108,34 @@ async fn create_exec(
     }
 }
 
+/// How long a terminal session waits for the engine to report its command running before
+/// sizing it anyway.
+const START_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Waits (bounded) until the engine reports the exec's process started. The engine sizes a new
+/// terminal itself as the process starts, so a resize applied before that can be overwritten:
+/// sizing after this wait means the size a client sent first is the one the command sees.
+async fn wait_running(engine: &Engine, exec_id: &str) {
+    let deadline = tokio::time::Instant::now() + START_PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        match engine.exec_started(exec_id).await {
+            Ok(true) => return,
+            Ok(false) => tokio::time::sleep(Duration::from_millis(5)).await,
+            Err(e) => {
+                tracing::debug!(exec = %exec_id, error = %e, "exec inspect failed");
+                return;
+            }
+        }
+    }
+}
+
+/// Resizes the exec's terminal; a failure is logged and the session goes on.
+async fn resize(engine: &Engine, exec_id: &str, cols: u16, rows: u16) {
+    if let Err(e) = engine.resize_exec(exec_id, cols, rows).await {
+        tracing::debug!(exec = %exec_id, error = %e, "resize failed");
+    }
+}
+
 /// Bridges one upgraded WebSocket to a created exec until the status frame is sent or the
 /// client goes away.
 async fn session(engine: Arc<Engine>, exec_id: String, spec: ExecQuery, socket: WebSocket) {
@@ -126,11 +154,12 @@ async fn session(engine: Arc<Engine>, exec_id: String, spec: ExecQuery, socket: 
             return;
         }
     };
+    if spec.tty {
+        wait_running(&engine, &exec_id).await;
+    }
     if let (true, Some((cols, rows))) = (spec.tty, spec.size) {
         // Engines that ignore ConsoleSize still get the size before any input arrives.
-        if let Err(e) = engine.resize_exec(&exec_id, cols, rows).await {
-            tracing::debug!(exec = %exec_id, error = %e, "initial resize failed");
-        }
+        resize(&engine, &exec_id, cols, rows).await;
     }
     let mut input = Some(streams.input);
     let stdin = spec.stdin;
@@ -157,9 +186,7 @@ async fn session(engine: Arc<Engine>, exec_id: String, spec: ExecQuery, socket: 
                         }
                     }
                     Ok(Frame::Resize(size)) if tty => {
-                        if let Err(e) = engine.resize_exec(&exec_id, size.cols, size.rows).await {
-                            tracing::debug!(exec = %exec_id, error = %e, "resize failed");
-                        }
+                        resize(&engine, &exec_id, size.cols, size.rows).await
                     }
                     Ok(Frame::Signal(SignalFrame { signal })) => {
                         // With a terminal, keyboard signals are typed, so they reach the
