@@ -1,4 +1,4 @@
-"""schemathesis hooks for scripts/schemathesis: validate NDJSON log streams.
+"""schemathesis hooks for scripts/schemathesis: validate NDJSON log streams; send archives.
 
 The logs endpoint answers `application/x-ndjson`, one `LogFrame` per line, which schemathesis
 cannot read by itself. This deserializer checks every line against the document's `LogFrame`
@@ -9,6 +9,11 @@ import json
 
 import jsonschema_rs
 import schemathesis
+from hypothesis import strategies as st
+
+# Image archives and build contexts are tar streams with no schema to generate from: send
+# bytes (the runner must refuse what is not an archive, and answer within its contract).
+schemathesis.openapi.media_type("application/x-tar", st.binary(max_size=4096))
 
 
 @schemathesis.deserializer("application/x-ndjson")
