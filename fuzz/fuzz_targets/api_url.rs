@@ -40,11 +40,14 @@ fuzz_target!(|given: &str| {
                 );
             }
             if let Ok(url) = url::Url::parse(given.trim()) {
+                // A password written once, in the user-info part only, must not be shown.
                 if let Some(password) = url.password().filter(|p| p.len() >= 4) {
-                    assert!(
-                        !message.contains(&format!(":{password}@")),
-                        "the password is repeated: {message}"
-                    );
+                    if given.matches(password).count() == 1 {
+                        assert!(
+                            !message.contains(password),
+                            "the password is shown: {message}"
+                        );
+                    }
                 }
             }
         }
