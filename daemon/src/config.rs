@@ -62,9 +62,19 @@ impl ApiOrigin {
     /// in it replaced by `***`.
     pub fn parse(given: &str) -> Result<Self, ApiUrlError> {
         let trimmed = given.trim();
-        let shown = || redact_password(given);
         let url = url::Url::parse(trimmed)
-            .map_err(|e| ApiUrlError::Unparsable(shown(), e.to_string()))?;
+            .map_err(|e| ApiUrlError::Unparsable(redact_password(given), e.to_string()))?;
+        let shown = || match url.password() {
+            // As the parser read it, so no spelling of the URL can slip its password through.
+            Some(_) => {
+                let mut hidden = url.clone();
+                match hidden.set_password(Some("***")) {
+                    Ok(()) => hidden.to_string(),
+                    Err(()) => "(a URL with a password, not shown)".to_owned(),
+                }
+            }
+            None => given.to_owned(),
+        };
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
             return Err(ApiUrlError::Scheme(shown()));
         }
@@ -101,7 +111,8 @@ impl ApiOrigin {
     }
 }
 
-/// `given` with the password of its `user:password@` part, if any, replaced by `***`.
+/// `given`, which does not parse as a URL, with what looks like the password of a
+/// `user:password@` part replaced by `***`.
 fn redact_password(given: &str) -> String {
     // As the URL parser reads it: any number of slashes (or backslashes) after the scheme.
     let Some(colon) = given.find(':') else {
@@ -235,6 +246,9 @@ mod tests {
             assert!(!shown.contains("hunter22"), "{shown}");
             assert!(shown.contains("user:***@h"), "{shown}");
         }
+        // Found by fuzzing: a scheme where a backslash is no delimiter.
+        let err = ApiOrigin::parse("\0ht://a\\b:hunter22@h").unwrap_err();
+        assert!(!err.to_string().contains("hunter22"), "{err}");
     }
 
     #[test]

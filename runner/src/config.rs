@@ -335,11 +335,11 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let file: File = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: String::new(),
-            message: e.message().to_owned(),
+            message: one_line(e.message()),
         })?;
-        let invalid = |message| ConfigError::Invalid {
+        let invalid = |message: String| ConfigError::Invalid {
             path: String::new(),
-            message,
+            message: one_line(&message),
         };
         let mut config = Config::builtin();
         config.profiles.extend(file.profiles);
@@ -459,6 +459,20 @@ impl Default for Config {
     fn default() -> Self {
         Config::builtin()
     }
+}
+
+/// `text` with control characters (a newline in a quoted value, say) escaped, so an error
+/// stays one line.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn plan_from_file(name: &str, file: PlanFile) -> Result<Plan, String> {
@@ -782,6 +796,19 @@ resources = "container:read"
         assert!(err.to_string().contains("host"), "{err}");
         let err = Config::parse("imgae = 1\n").unwrap_err();
         assert!(err.to_string().contains("imgae"), "{err}");
+    }
+
+    /// Found by fuzzing: a value with a newline made a two-line error.
+    #[test]
+    fn errors_are_one_line_whatever_the_file_holds() {
+        for text in [
+            "[profiles.p]\nimage = \"x\"\ntimeout_seconds = 5\nnetwork = \"\\none\"\n",
+            "[profiles.\"a\\nb\"]\nimage = \"x\"\ntimeout_seconds = 5\n",
+            "default_profile = \"\\n\"\n",
+        ] {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(!err.contains('\n') && err.contains("\\n"), "{text}: {err}");
+        }
     }
 
     /// A profile may not hold what a request naming it could not say: every run of it would
