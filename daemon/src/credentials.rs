@@ -1,12 +1,17 @@
 //! Where the bearer token comes from, reading it safely, and what it claims.
 //!
-//! The token is read fresh for each upstream call (a stat and a small read), so a renewed
-//! token file takes effect without a restart. Its claims are decoded without verification,
-//! only to report identity and expiry; the runner is the one that verifies.
+//! The token file is looked at for each upstream call (a stat), so a renewed token file takes
+//! effect on the next call without a restart; a [`TokenCache`] re-reads it only when its
+//! metadata changed. Claims are decoded without verification, once per token, only to report
+//! identity and expiry; the runner is the one that verifies.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -36,28 +41,67 @@ impl fmt::Display for TokenSource {
     }
 }
 
-/// A bearer token. Its `Debug` is redacted so it cannot reach a log line by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token(String);
+/// A bearer token, cheap to clone; its claims and header value are worked out once. Its
+/// `Debug` is redacted so it cannot reach a log line by accident.
+#[derive(Clone)]
+pub struct Token(Arc<TokenInner>);
+
+struct TokenInner {
+    raw: Box<str>,
+    claims: OnceLock<Option<Claims>>,
+    bearer: OnceLock<Option<reqwest::header::HeaderValue>>,
+}
 
 impl Token {
     /// Wraps a token string, trimmed of surrounding whitespace.
     pub fn new(raw: &str) -> Self {
-        Token(raw.trim().to_owned())
+        Token(Arc::new(TokenInner {
+            raw: raw.trim().into(),
+            claims: OnceLock::new(),
+            bearer: OnceLock::new(),
+        }))
     }
 
     /// The token, for the `Authorization` header and nothing else.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.0.raw
     }
 
-    /// The claims, decoded but NOT verified; `None` when the token is not a JWT.
-    pub fn claims(&self) -> Option<Claims> {
-        let payload = self.0.split('.').nth(1)?;
-        let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
-        serde_json::from_slice(&bytes).ok()
+    /// The claims, decoded (once) but NOT verified; `None` when the token is not a JWT.
+    pub fn claims(&self) -> Option<&Claims> {
+        self.0
+            .claims
+            .get_or_init(|| {
+                let payload = self.0.raw.split('.').nth(1)?;
+                let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+                serde_json::from_slice(&bytes).ok()
+            })
+            .as_ref()
+    }
+
+    /// `Bearer <token>` as a sensitive header value; `None` when the token holds bytes a
+    /// header cannot (a token that passed the shape check never does).
+    pub fn bearer(&self) -> Option<reqwest::header::HeaderValue> {
+        self.0
+            .bearer
+            .get_or_init(|| {
+                let mut value =
+                    reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.0.raw))
+                        .ok()?;
+                value.set_sensitive(true);
+                Some(value)
+            })
+            .clone()
     }
 }
+
+impl PartialEq for Token {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.raw == other.0.raw
+    }
+}
+
+impl Eq for Token {}
 
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -168,6 +212,7 @@ pub fn check_expiry(
     let Some(claims) = token.claims() else {
         return Ok(());
     };
+
     if claims.exp > now.unix_timestamp() {
         return Ok(());
     }
@@ -233,21 +278,140 @@ pub fn load(
     Ok(token)
 }
 
+/// Tokens already read and checked, so an unchanged source is not read and decoded again on
+/// every call: a file's token is kept with the file's metadata (device, inode, length, mtime,
+/// ctime, mode) and re-read when any of it differs; a token given as a value (an environment
+/// variable, a caller's token) is kept per distinct value. A file modified less than
+/// [`RACY_WINDOW`] before it was read is not kept, since a rewrite in the same clock tick
+/// with the same length and inode could leave its metadata unchanged.
+#[derive(Default)]
+pub struct TokenCache {
+    files: Mutex<HashMap<PathBuf, (FileStamp, Token)>>,
+    values: Mutex<HashMap<Box<str>, Token>>,
+    file_reads: AtomicU64,
+}
+
+/// How recently modified a token file may be and still be read afresh on every call.
+pub const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+/// Most distinct token values kept; past it the cache of values starts over.
+const MAX_CACHED_VALUES: usize = 64;
+
+/// What identifies one version of a token file's content and permissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    mode: u32,
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+            mode: meta.mode(),
+        }
+    }
+}
+
+impl TokenCache {
+    /// Like [`load`], reusing the token of an unchanged file or a value seen before.
+    pub fn load(
+        &self,
+        source: &TokenSource,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Token, CredentialError> {
+        match source {
+            TokenSource::Env(name) => match env(name) {
+                Some(value) if !value.trim().is_empty() => self.value(&value, source),
+                _ => Err(CredentialError::Missing {
+                    looked: format!("${name}"),
+                }),
+            },
+            TokenSource::File(path) => self.file(path, source),
+        }
+    }
+
+    /// How many times a token file was read (for tests and diagnostics).
+    pub fn file_reads(&self) -> u64 {
+        self.file_reads.load(Ordering::Relaxed)
+    }
+
+    fn value(&self, value: &str, source: &TokenSource) -> Result<Token, CredentialError> {
+        let value = value.trim();
+        let mut values = self.values.lock().expect("token cache lock poisoned");
+        if let Some(token) = values.get(value) {
+            return Ok(token.clone());
+        }
+        let token = Token::new(value);
+        check_shape(&token, source)?;
+        if values.len() >= MAX_CACHED_VALUES {
+            values.clear();
+        }
+        values.insert(value.into(), token.clone());
+        Ok(token)
+    }
+
+    fn file(&self, path: &Path, source: &TokenSource) -> Result<Token, CredentialError> {
+        let meta = file_metadata(path)?;
+        let stamp = FileStamp::of(&meta);
+        let kept = self
+            .files
+            .lock()
+            .expect("token cache lock poisoned")
+            .get(path)
+            .filter(|(kept, _)| *kept == stamp)
+            .map(|(_, token)| token.clone());
+        if let Some(token) = kept {
+            return Ok(token);
+        }
+        self.file_reads.fetch_add(1, Ordering::Relaxed);
+        let token = read_checked_file(path, &meta)?;
+        check_shape(&token, source)?;
+        let mut files = self.files.lock().expect("token cache lock poisoned");
+        let settled = meta
+            .modified()
+            .ok()
+            .and_then(|modified| SystemTime::now().duration_since(modified).ok())
+            .is_some_and(|age| age >= RACY_WINDOW);
+        if settled {
+            if files.len() >= MAX_CACHED_VALUES {
+                files.clear();
+            }
+            files.insert(path.to_path_buf(), (stamp, token.clone()));
+        } else {
+            files.remove(path);
+        }
+        Ok(token)
+    }
+}
+
 fn read_token_file(path: &Path) -> Result<Token, CredentialError> {
-    let meta = match std::fs::metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(CredentialError::Missing {
-                looked: format!("{}, $BUS_AI_TOKEN, $BUS_API_TOKEN", path.display()),
-            });
-        }
-        Err(source) => {
-            return Err(CredentialError::Unreadable {
-                path: path.into(),
-                source,
-            });
-        }
-    };
+    let meta = file_metadata(path)?;
+    read_checked_file(path, &meta)
+}
+
+fn file_metadata(path: &Path) -> Result<std::fs::Metadata, CredentialError> {
+    match std::fs::metadata(path) {
+        Ok(meta) => Ok(meta),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CredentialError::Missing {
+            looked: format!("{}, $BUS_AI_TOKEN, $BUS_API_TOKEN", path.display()),
+        }),
+        Err(source) => Err(CredentialError::Unreadable {
+            path: path.into(),
+            source,
+        }),
+    }
+}
+
+fn read_checked_file(path: &Path, meta: &std::fs::Metadata) -> Result<Token, CredentialError> {
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(CredentialError::Insecure {
@@ -293,6 +457,7 @@ fn check_shape(token: &Token, source: &TokenSource) -> Result<(), CredentialErro
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
 
     fn no_env(_: &str) -> Option<String> {
         None
@@ -397,6 +562,95 @@ mod tests {
         // Exactly at exp is expired; a token without decodable claims is the runner's to judge.
         assert!(check_expiry(&jwt_with(&claims_json(2_000_000_000)), &source, now).is_err());
         check_expiry(&Token::new(JWT), &source, now).unwrap();
+    }
+
+    /// Writes `content` to `path` (0600) in place, with its mtime set to `mtime`.
+    fn write_settled(path: &Path, content: &str, mtime: SystemTime) {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .unwrap();
+        file.write_all(content.as_bytes()).unwrap();
+        file.set_modified(mtime).unwrap();
+    }
+
+    #[test]
+    fn an_unchanged_file_is_read_once_and_a_rewrite_is_picked_up_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tok");
+        let source = TokenSource::File(path.clone());
+        let cache = TokenCache::default();
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        write_settled(&path, JWT, old);
+        for _ in 0..3 {
+            assert_eq!(cache.load(&source, no_env).unwrap().expose(), JWT);
+        }
+        assert_eq!(cache.file_reads(), 1, "an unchanged file is read once");
+
+        // Rewritten in place, a different length, the very same mtime: picked up.
+        let longer = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJib2IifQ.c2lnMg";
+        write_settled(&path, longer, old);
+        assert_eq!(cache.load(&source, no_env).unwrap().expose(), longer);
+        assert_eq!(cache.file_reads(), 2);
+
+        // Replaced by rename with the same length and mtime: a new inode, picked up.
+        let same_len = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJldmUifQ.c2lnMw";
+        assert_eq!(same_len.len(), longer.len());
+        let staged = dir.path().join("tok.new");
+        write_settled(&staged, same_len, old);
+        std::fs::rename(&staged, &path).unwrap();
+        assert_eq!(cache.load(&source, no_env).unwrap().expose(), same_len);
+
+        // Made readable by others: refused at once, not served from the cache.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            cache.load(&source, no_env),
+            Err(CredentialError::Insecure { .. })
+        ));
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            cache.load(&source, no_env),
+            Err(CredentialError::Missing { .. })
+        ));
+    }
+
+    #[test]
+    fn a_file_written_just_now_is_read_on_every_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tok");
+        write_settled(&path, JWT, SystemTime::now());
+        let cache = TokenCache::default();
+        let source = TokenSource::File(path);
+        cache.load(&source, no_env).unwrap();
+        cache.load(&source, no_env).unwrap();
+        assert_eq!(cache.file_reads(), 2);
+    }
+
+    #[test]
+    fn token_values_are_checked_once_per_value() {
+        let cache = TokenCache::default();
+        let source = TokenSource::Env("BUS_AI_TOKEN");
+        let first = cache.load(&source, |_| Some(format!(" {JWT}\n"))).unwrap();
+        let again = cache.load(&source, |_| Some(JWT.to_owned())).unwrap();
+        assert!(Arc::ptr_eq(&first.0, &again.0), "the same value is reused");
+        let err = cache
+            .load(&source, |_| Some("not a token".to_owned()))
+            .unwrap_err();
+        assert!(matches!(err, CredentialError::Malformed { .. }));
+        assert!(matches!(
+            cache.load(&source, |_| None),
+            Err(CredentialError::Missing { .. })
+        ));
+    }
+
+    #[test]
+    fn the_bearer_header_is_sensitive() {
+        let bearer = Token::new(JWT).bearer().unwrap();
+        assert!(bearer.is_sensitive());
+        assert_eq!(bearer.to_str().unwrap(), format!("Bearer {JWT}"));
     }
 
     #[test]

@@ -586,9 +586,11 @@ impl Upstream {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http
-            .request(method, self.origin.join(path))
-            .bearer_auth(self.token.expose())
+        let request = self.http.request(method, self.origin.join(path));
+        match self.token.bearer() {
+            Some(bearer) => request.header(reqwest::header::AUTHORIZATION, bearer),
+            None => request.bearer_auth(self.token.expose()),
+        }
     }
 
     /// Sends `request` (retried when [`retry_policy`] allows) and returns a successful

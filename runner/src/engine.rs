@@ -26,6 +26,8 @@ use crate::spec::RunSpec;
 const REQUEST_TIMEOUT_SECONDS: u64 = 120;
 /// How long a liveness ping may take.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a successful ping stands for the engine's liveness in [`Engine::alive`].
+pub const PING_FRESH: Duration = Duration::from_secs(1);
 
 /// The engine's name and API version, read once (Podman's `GET /version` takes ~0.5 s).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +43,8 @@ pub struct EngineInfo {
 pub struct Engine {
     docker: Docker,
     info: OnceCell<EngineInfo>,
+    /// When a ping last succeeded; cleared by a failed one.
+    last_ping_ok: std::sync::Mutex<Option<std::time::Instant>>,
     /// The engine's socket, for the few libpod calls bollard does not make.
     socket: std::path::PathBuf,
 }
@@ -99,6 +103,7 @@ impl Engine {
         Ok(Engine {
             docker,
             info: OnceCell::new(),
+            last_ping_ok: std::sync::Mutex::new(None),
             socket: path.into(),
         })
     }
@@ -132,10 +137,24 @@ impl Engine {
 
     /// Whether the engine answers `GET /_ping` promptly.
     pub async fn ping(&self) -> bool {
-        matches!(
+        let ok = matches!(
             tokio::time::timeout(PING_TIMEOUT, self.docker.ping()).await,
             Ok(Ok(_))
-        )
+        );
+        *self.last_ping_ok.lock().expect("ping lock poisoned") = ok.then(std::time::Instant::now);
+        ok
+    }
+
+    /// Whether the engine is alive: a ping that succeeded within `fresh` stands, so repeated
+    /// status requests do not each round-trip to the engine; otherwise (and after any failed
+    /// ping) it pings now.
+    pub async fn alive(&self, fresh: Duration) -> bool {
+        let recent = self
+            .last_ping_ok
+            .lock()
+            .expect("ping lock poisoned")
+            .is_some_and(|at| at.elapsed() < fresh);
+        recent || self.ping().await
     }
 
     /// Creates the run's container and attaches to its output, without starting it, so no
@@ -672,4 +691,82 @@ fn port_bindings(ports: &[Port]) -> PortMap {
 
 fn mib(mb: u32) -> i64 {
     i64::from(mb) * 1024 * 1024
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// An engine socket that answers each `GET /_ping` with 200 (or 500 while `failing`),
+    /// counting them.
+    async fn fake_engine(
+        path: &std::path::Path,
+        pings: Arc<AtomicUsize>,
+        failing: Arc<AtomicBool>,
+    ) {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (pings, failing) = (pings.clone(), failing.clone());
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = conn.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            pings.fetch_add(1, Ordering::SeqCst);
+                            let status = if failing.load(Ordering::SeqCst) {
+                                "500 Internal Server Error"
+                            } else {
+                                "200 OK"
+                            };
+                            let reply = format!(
+                                "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nOK"
+                            );
+                            if conn.write_all(reply.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn a_successful_ping_stands_briefly_and_a_failed_one_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("engine.sock");
+        let pings = Arc::new(AtomicUsize::new(0));
+        let failing = Arc::new(AtomicBool::new(false));
+        fake_engine(&socket, pings.clone(), failing.clone()).await;
+        let engine = Engine::connect(&format!("unix://{}", socket.display())).unwrap();
+        let count = || pings.load(Ordering::SeqCst);
+
+        for _ in 0..3 {
+            assert!(engine.alive(Duration::from_secs(60)).await);
+        }
+        assert_eq!(count(), 1, "one ping answers repeated status requests");
+        assert!(engine.alive(Duration::ZERO).await);
+        assert_eq!(count(), 2, "a stale ping is not reused");
+
+        failing.store(true, Ordering::SeqCst);
+        assert!(!engine.ping().await);
+        for expected in [4, 5] {
+            assert!(!engine.alive(Duration::from_secs(60)).await);
+            assert_eq!(count(), expected, "after a failure every request pings");
+        }
+
+        failing.store(false, Ordering::SeqCst);
+        assert!(engine.alive(Duration::from_secs(60)).await);
+        assert!(engine.alive(Duration::from_secs(60)).await);
+        assert_eq!(count(), 6);
+    }
 }

@@ -66,7 +66,7 @@ impl Daemon for DaemonService {
             Err(e) => Some(describe(e)),
         }
         .unwrap_or_default();
-        let claims = token.ok().and_then(|token| token.claims());
+        let claims = token.as_ref().ok().and_then(Token::claims);
         Ok(Response::new(DaemonInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol: bus::PROTOCOL,

@@ -13,7 +13,7 @@ use std::time::Instant;
 use tonic::metadata::MetadataMap;
 
 use crate::config::{ApiOrigin, Config};
-use crate::credentials::{self, Token, TokenSource};
+use crate::credentials::{self, Token, TokenCache, TokenSource};
 use crate::fanout::Fanout;
 use crate::lifecycle::Lifecycle;
 use crate::status::Error;
@@ -30,6 +30,7 @@ pub const META_TOKEN: &str = "bus-token";
 pub struct DaemonState {
     config: Config,
     upstreams: Upstreams,
+    tokens: TokenCache,
     fanout: Arc<Fanout>,
     started: Instant,
     lifecycle: Arc<Lifecycle>,
@@ -41,6 +42,7 @@ impl DaemonState {
         DaemonState {
             upstreams: Upstreams::default().with_cas(config.trusted_cas.clone()),
             config,
+            tokens: TokenCache::default(),
             fanout: Arc::default(),
             started: Instant::now(),
             lifecycle: Arc::default(),
@@ -71,7 +73,7 @@ impl DaemonState {
         Ok(token)
     }
 
-    /// Reads the token the caller's overrides name (a token file, a token from its
+    /// Reads (or reuses, when unchanged) the token the caller's overrides name (a token file, a token from its
     /// environment), else busd's own source; with the source, for reports.
     pub(crate) fn load_token(
         &self,
@@ -79,17 +81,17 @@ impl DaemonState {
     ) -> (TokenSource, Result<Token, credentials::CredentialError>) {
         if let Some(path) = metadata.get(META_TOKEN_FILE).and_then(|v| v.to_str().ok()) {
             let source = TokenSource::File(path.into());
-            let token = credentials::load(&source, env_var);
+            let token = self.tokens.load(&source, env_var);
             return (source, token);
         }
         if let Some(token) = metadata.get(META_TOKEN).and_then(|v| v.to_str().ok()) {
             let from_caller = |_: &str| Some(token.to_owned());
             let source = TokenSource::Env("BUS_AI_TOKEN");
-            let token = credentials::load(&source, from_caller);
+            let token = self.tokens.load(&source, from_caller);
             return (source, token);
         }
         let source = self.config.token_source.clone();
-        let token = credentials::load(&source, env_var);
+        let token = self.tokens.load(&source, env_var);
         (source, token)
     }
 }

@@ -6,12 +6,14 @@ use bus_api::RunnerStatus;
 
 use crate::AppState;
 use crate::auth::{Caller, Read};
+use crate::engine::PING_FRESH;
 
-/// The runner's state: `ready` when the engine answers, else `degraded`; the engine's version
+/// The runner's state: `ready` when the engine answers (a ping that succeeded within
+/// [`PING_FRESH`] stands; a failed one is never reused), else `degraded`; the engine's version
 /// is read once and cached.
 pub async fn get(State(state): State<AppState>, _caller: Caller<Read>) -> Json<RunnerStatus> {
     let engine = state.engine();
-    let alive = engine.ping().await;
+    let alive = engine.alive(PING_FRESH).await;
     let info = if alive {
         engine.info().await.ok()
     } else {
