@@ -8,7 +8,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use bus_api::exec::{self, ExecStatus, Frame, FrameError, TerminalSize};
+use bus_api::exec::{self, ExecStatus, Frame, FrameError, SignalFrame, TerminalSize};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
@@ -31,6 +31,7 @@ enum Built {
         message: Option<String>,
     },
     Resize(u16, u16),
+    Signal(i32),
     CloseStdin,
 }
 
@@ -52,6 +53,7 @@ impl From<Built> for Frame {
                 message,
             }),
             Built::Resize(cols, rows) => Frame::Resize(TerminalSize { cols, rows }),
+            Built::Signal(signal) => Frame::Signal(SignalFrame { signal }),
             Built::CloseStdin => Frame::CloseStdin,
         }
     }
@@ -71,7 +73,7 @@ fuzz_target!(|input: Input| match input {
                 Frame::CloseStdin => {
                     assert!(message == [exec::CLOSE] || message == [exec::CLOSE, 0])
                 }
-                Frame::Status(_) | Frame::Resize(_) => {}
+                Frame::Status(_) | Frame::Resize(_) | Frame::Signal(_) => {}
             }
         }
         Err(err) => {
@@ -80,14 +82,14 @@ fuzz_target!(|input: Input| match input {
                 FrameError::Empty => assert!(message.is_empty()),
                 FrameError::UnknownChannel(c) => {
                     assert_eq!(c, message[0]);
-                    assert!(![0, 1, 2, 3, 4, 255].contains(&c));
+                    assert!(![0, 1, 2, 3, 4, 5, 255].contains(&c));
                 }
                 FrameError::BadClose(rest) => {
                     assert_eq!(message[0], exec::CLOSE);
                     assert_eq!(rest, &message[1..]);
                 }
                 FrameError::BadJson { channel, .. } => {
-                    assert!(channel == exec::STATUS || channel == exec::RESIZE);
+                    assert!([exec::STATUS, exec::RESIZE, exec::SIGNAL].contains(&channel));
                     assert_eq!(channel, message[0]);
                 }
             }

@@ -102,7 +102,7 @@ fn busd_reads(token: &str) -> Option<Claims> {
     let token = Token::new(token);
     let source = TokenSource::Env("BUS_AI_TOKEN");
     let _ = check_expiry(&token, &source, OffsetDateTime::now_utc());
-    token.claims()
+    token.claims().cloned()
 }
 
 fuzz_target!(|input: Input| {
