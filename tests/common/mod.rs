@@ -10,7 +10,7 @@ pub mod registry;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -186,7 +186,13 @@ impl Runner {
             std::fs::write(state_dir.path().join("runner.toml"), config).unwrap();
         }
         if logged {
-            std::fs::write(state_dir.path().join("runner.log"), b"").unwrap();
+            // Private, as any log that may hold run details should be.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(state_dir.path().join("runner.log"))
+                .unwrap();
         }
         let (child, origin) = serve(state_dir.path(), &engine.socket);
         Runner {
