@@ -1,8 +1,8 @@
 //! Security checks against the real chain (bus CLI, busd, bus-runner, Podman): secrets never
 //! reach logs, files or process arguments; what the tools write is private; forged and
 //! misdirected tokens are refused with their reason, over REST and through the CLI; the
-//! authorization matrix of exec and logs; oversized request bodies refused before they are
-//! read.
+//! authorization matrix of exec, logs, images and builds; oversized request bodies refused
+//! before they are read.
 //!
 //! Already covered elsewhere, not repeated here: peer-uid refusal on busd's socket
 //! (busd_lifecycle.rs `another_user_cannot_use_the_socket`), token and key files refused
@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::registry::ImageCleanup;
 use common::{ALL_SCOPES, Engine, Runner, Stack, hash_key, one_line_error, stdout};
 use ed25519_dalek::Signer as _;
 use ed25519_dalek::pkcs8::DecodePrivateKey as _;
@@ -27,6 +28,8 @@ use hmac::Mac as _;
 use serde_json::{Value, json};
 
 const RUNS: &str = "/api/v1/containers/runs";
+const IMAGES: &str = "/api/v1/containers/images";
+const BUILDS: &str = "/api/v1/containers/builds";
 
 // ---------------------------------------------------------------------------------------------
 // Raw HTTP/1.1, so nothing between the test and the runner rewrites what is sent.
@@ -557,7 +560,8 @@ enum Who {
 /// An endpoint of the matrix.
 struct Endpoint {
     name: &'static str,
-    /// The path; `{id}` is the run's id.
+    /// The path; `{run}`, `{image}`, `{image_id}` and `{build}` stand for the owner's run,
+    /// image (by name and by id) and build.
     path: &'static str,
     headers: Vec<String>,
     need: &'static str,
@@ -565,15 +569,62 @@ struct Endpoint {
     ok: u16,
 }
 
-/// The authorization matrix of exec and logs: every caller against every endpoint, through
-/// a real runner over HTTP. The runner's other endpoints have their matrix in
-/// runner/tests/authz.rs.
+/// What a placeholder of [`Endpoint::path`] stands for: the owner's resource and one that
+/// does not exist, each as written in the path and as the runner may name it in a reply.
+struct Target {
+    placeholder: &'static str,
+    real: String,
+    ghost: String,
+}
+
+impl Target {
+    fn new(placeholder: &'static str, real: &str, ghost: &str) -> Target {
+        Target {
+            placeholder,
+            real: real.to_owned(),
+            ghost: ghost.to_owned(),
+        }
+    }
+}
+
+/// `reference` escaped to be one path segment, as busd sends it.
+fn path_segment(reference: &str) -> String {
+    reference.replace('/', "%2F").replace(':', "%3A")
+}
+
+/// `text` with every form of `value` (plain and escaped) replaced by `placeholder`.
+fn masked(text: &str, value: &str, placeholder: &str) -> String {
+    text.replace(&path_segment(value), placeholder)
+        .replace(value, placeholder)
+}
+
+/// A tar archive holding one file `name` with `content`, as a build's context.
+fn tar_of(name: &str, content: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(name), content).unwrap();
+    let out = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg("-")
+        .arg("-C")
+        .arg(dir.path())
+        .arg(name)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    out.stdout
+}
+
+/// The authorization matrix of exec, logs, images and builds: every caller against every
+/// endpoint, through a real runner over HTTP. The runner's other endpoints have their
+/// matrix in runner/tests/authz.rs.
 #[test]
 fn authorization_matrix_of_exec_and_logs() {
     let runner = Runner::start();
-    let forged = forged_tokens(&runner, "alice", ALL_SCOPES);
-    let owner = runner.token("alice", ALL_SCOPES);
-    let other = runner.token("bob", ALL_SCOPES);
+    let mut cleanup = ImageCleanup::new(&runner.engine.socket);
+    let scopes = format!("{ALL_SCOPES} image:read image:write image:build");
+    let forged = forged_tokens(&runner, "alice", &scopes);
+    let owner = runner.token("alice", &scopes);
+    let other = runner.token("bob", &scopes);
     let created = http(
         &runner.origin,
         "POST",
@@ -584,6 +635,40 @@ fn authorization_matrix_of_exec_and_logs() {
     );
     assert_eq!(created.status, 201, "{}", created.text());
     let id = created.json()["id"].as_str().unwrap().to_owned();
+
+    // A finished build of the owner's, whose image only the owner holds.
+    let image = "localhost/alice/authz:1";
+    let context = tar_of(
+        "Dockerfile",
+        "FROM localhost/busybox\nLABEL bus.test=authorization\n",
+    );
+    let built = http(
+        &runner.origin,
+        "POST",
+        &format!("{BUILDS}?tags={image}"),
+        Some(&owner),
+        &[],
+        Some(&context),
+    );
+    assert_eq!(built.status, 201, "{}", built.text());
+    let build = built.json()["id"].as_str().unwrap().to_owned();
+    let mut finished = Value::Null;
+    wait_for("the build to end", Duration::from_secs(120), || {
+        finished = http(
+            &runner.origin,
+            "GET",
+            &format!("{BUILDS}/{build}"),
+            Some(&owner),
+            &[],
+            None,
+        )
+        .json();
+        !matches!(finished["state"].as_str(), Some("queued" | "running"))
+    });
+    assert_eq!(finished["state"], "succeeded", "{finished}");
+    let image_id = finished["image_id"].as_str().unwrap().to_owned();
+    cleanup.add(&image_id);
+
     wait_for("the run to start", Duration::from_secs(60), || {
         http(
             &runner.origin,
@@ -597,6 +682,16 @@ fn authorization_matrix_of_exec_and_logs() {
             == "running"
     });
 
+    let targets = [
+        Target::new("{run}", &id, "run_00000000000000000000000000000000"),
+        Target::new("{image}", image, "localhost/alice/ghost:1"),
+        Target::new(
+            "{image_id}",
+            &image_id,
+            &format!("sha256:{}", "0".repeat(64)),
+        ),
+        Target::new("{build}", &build, "bld_00000000000000000000000000000000"),
+    ];
     let upgrade = vec![
         "Upgrade: websocket".to_owned(),
         "Connection: Upgrade".to_owned(),
@@ -606,44 +701,93 @@ fn authorization_matrix_of_exec_and_logs() {
     let endpoints = [
         Endpoint {
             name: "exec",
-            path: "/api/v1/containers/runs/{id}/exec?command=true",
+            path: "/api/v1/containers/runs/{run}/exec?command=true",
             headers: upgrade,
             need: "container:run",
             ok: 101,
         },
         Endpoint {
             name: "logs",
-            path: "/api/v1/containers/runs/{id}/logs",
+            path: "/api/v1/containers/runs/{run}/logs",
             headers: vec![],
             need: "container:read",
             ok: 200,
         },
         Endpoint {
             name: "logs, followed",
-            path: "/api/v1/containers/runs/{id}/logs?follow=true",
+            path: "/api/v1/containers/runs/{run}/logs?follow=true",
             headers: vec![],
             need: "container:read",
             ok: 200,
         },
-        // Images and builds: add their endpoints here as they land (need, owner's status),
-        // so every caller below is tried against them too.
+        Endpoint {
+            name: "image inspect",
+            path: "/api/v1/containers/images/{image}",
+            headers: vec![],
+            need: "image:read",
+            ok: 200,
+        },
+        Endpoint {
+            name: "image save",
+            path: "/api/v1/containers/images/{image}/archive",
+            headers: vec![],
+            need: "image:read",
+            ok: 200,
+        },
+        Endpoint {
+            name: "image inspect by id",
+            path: "/api/v1/containers/images/{image_id}",
+            headers: vec![],
+            need: "image:read",
+            ok: 200,
+        },
+        Endpoint {
+            name: "image save by id",
+            path: "/api/v1/containers/images/{image_id}/archive",
+            headers: vec![],
+            need: "image:read",
+            ok: 200,
+        },
+        Endpoint {
+            name: "build",
+            path: "/api/v1/containers/builds/{build}",
+            headers: vec![],
+            need: "image:read",
+            ok: 200,
+        },
+        Endpoint {
+            name: "build logs",
+            path: "/api/v1/containers/builds/{build}/logs",
+            headers: vec![],
+            need: "image:read",
+            ok: 200,
+        },
+        Endpoint {
+            name: "build logs, followed",
+            path: "/api/v1/containers/builds/{build}/logs?follow=true",
+            headers: vec![],
+            need: "image:read",
+            ok: 200,
+        },
     ];
     let mut who: Vec<Who> = vec![Who::Owner, Who::Other, Who::NoToken, Who::MissingScope];
     who.extend((0..forged.len()).map(Who::Forged));
 
     let mut checked = 0;
     for e in &endpoints {
-        let path = e.path.replace("{id}", &id);
-        let ghost_path = e
-            .path
-            .replace("{id}", "run_00000000000000000000000000000000");
+        let mut path = e.path.to_owned();
+        let mut ghost_path = e.path.to_owned();
+        for t in &targets {
+            path = path.replace(t.placeholder, &path_segment(&t.real));
+            ghost_path = ghost_path.replace(t.placeholder, &path_segment(&t.ghost));
+        }
         for &w in &who {
             let token = match w {
                 Who::Owner => Some(owner.clone()),
                 Who::Other => Some(other.clone()),
                 Who::NoToken => None,
                 Who::MissingScope => {
-                    let rest: Vec<&str> = ALL_SCOPES.split(' ').filter(|s| *s != e.need).collect();
+                    let rest: Vec<&str> = scopes.split(' ').filter(|s| *s != e.need).collect();
                     Some(runner.token("alice", &rest.join(" ")))
                 }
                 Who::Forged(i) => Some(forged[i].token.clone()),
@@ -665,7 +809,7 @@ fn authorization_matrix_of_exec_and_logs() {
                     assert_eq!(reply.status, e.ok, "{context}: {}", reply.text());
                 }
                 Who::Other => {
-                    // Indistinguishable from a run that does not exist, modulo the id.
+                    // Indistinguishable from one that does not exist, modulo its name.
                     let ghost = http(
                         &runner.origin,
                         "GET",
@@ -677,15 +821,15 @@ fn authorization_matrix_of_exec_and_logs() {
                     assert_eq!(
                         (reply.status, reply.code().as_str()),
                         (404, "not_found"),
-                        "{context}"
+                        "{context}: {}",
+                        reply.text()
                     );
-                    assert_eq!(
-                        reply.text().replace(&id, "{id}"),
-                        ghost
-                            .text()
-                            .replace("run_00000000000000000000000000000000", "{id}"),
-                        "{context}"
-                    );
+                    let (mut seen, mut missing) = (reply.text(), ghost.text());
+                    for t in &targets {
+                        seen = masked(&seen, &t.real, t.placeholder);
+                        missing = masked(&missing, &t.ghost, t.placeholder);
+                    }
+                    assert_eq!(seen, missing, "{context}");
                 }
                 Who::NoToken => {
                     assert_eq!(
@@ -725,7 +869,7 @@ fn authorization_matrix_of_exec_and_logs() {
         }
     }
     assert_eq!(checked, endpoints.len() * who.len());
-    assert!(checked >= 3 * 13, "{checked}");
+    assert!(checked >= 10 * 13, "{checked}");
     let deleted = http(
         &runner.origin,
         "POST",
@@ -735,6 +879,13 @@ fn authorization_matrix_of_exec_and_logs() {
         Some(br#"{"force": true}"#),
     );
     assert_eq!(deleted.status, 200, "{}", deleted.text());
+    for path in [
+        format!("{IMAGES}/{}", path_segment(image)),
+        format!("{BUILDS}/{build}"),
+    ] {
+        let removed = http(&runner.origin, "DELETE", &path, Some(&owner), &[], None);
+        assert_eq!(removed.status, 204, "{path}: {}", removed.text());
+    }
 }
 
 /// Sends a request head declaring `length` bytes and only part of them, then waits: the
