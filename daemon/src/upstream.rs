@@ -823,6 +823,21 @@ fn seconds(d: Duration) -> String {
     format!("{} s", d.as_secs_f64())
 }
 
+/// What a broken NDJSON stream from `origin` means: a stream cut mid-line is a connection
+/// that broke, anything else an answer that is not the API's.
+fn frame_error(origin: &str, e: ndjson::FrameError) -> UpstreamError {
+    match e {
+        ndjson::FrameError::Truncated => UpstreamError::Unreachable {
+            origin: origin.to_owned(),
+            reason: e.to_string(),
+        },
+        _ => UpstreamError::Protocol {
+            origin: origin.to_owned(),
+            reason: e.to_string(),
+        },
+    }
+}
+
 /// Splits an NDJSON byte stream into frames ([`ndjson::FrameDecoder`]), dropping keepalive
 /// frames; past `silence`'s bound without a byte, once it is enforced, the stream ends with
 /// `Unreachable`.
@@ -834,16 +849,7 @@ fn ndjson_frames<S>(
 where
     S: Stream<Item = Result<bytes::Bytes, UpstreamError>> + Unpin,
 {
-    let protocol = |origin: &str, e: ndjson::FrameError| match e {
-        ndjson::FrameError::Truncated => UpstreamError::Unreachable {
-            origin: origin.to_owned(),
-            reason: e.to_string(),
-        },
-        _ => UpstreamError::Protocol {
-            origin: origin.to_owned(),
-            reason: e.to_string(),
-        },
-    };
+    let protocol = frame_error;
     futures::stream::unfold(
         (bytes, ndjson::FrameDecoder::new(), origin, silence, false),
         move |(mut bytes, mut decoder, origin, silence, done)| async move {
@@ -1107,7 +1113,7 @@ mod tests {
     #[test]
     fn garbage_is_a_protocol_error() {
         let got = frames_of(vec![b"<html>\n"]);
-        assert!(got[0].as_ref().unwrap_err().contains("invalid log frame"));
+        assert!(got[0].as_ref().unwrap_err().contains("invalid frame"));
     }
 
     #[test]

@@ -12,8 +12,8 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 
-use super::ndjson::MAX_FRAME_LINE;
-use super::{Upstream, UpstreamError};
+use super::ndjson::FrameDecoder;
+use super::{Upstream, UpstreamError, frame_error};
 
 /// A byte stream to upload; an error aborts the upload.
 pub type Upload = futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>;
@@ -200,43 +200,28 @@ impl Upstream {
             .bytes_stream()
             .map_err(move |e| upstream.unreachable(&e));
         futures::stream::unfold(
-            (Box::pin(bytes), Vec::<u8>::new(), origin, false),
-            |(mut bytes, mut buf, origin, done)| async move {
+            (Box::pin(bytes), FrameDecoder::<T>::new(), origin, false),
+            |(mut bytes, mut decoder, origin, done)| async move {
                 if done {
                     return None;
                 }
                 loop {
-                    if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-                        let line: Vec<u8> = buf.drain(..=pos).collect();
-                        if line.iter().all(u8::is_ascii_whitespace) {
-                            continue;
+                    match decoder.next_frame() {
+                        Some(Ok(item)) => return Some((Ok(item), (bytes, decoder, origin, false))),
+                        Some(Err(e)) => {
+                            let err = frame_error(&origin, e);
+                            return Some((Err(err), (bytes, decoder, origin, true)));
                         }
-                        let item = serde_json::from_slice::<T>(&line).map_err(|e| {
-                            UpstreamError::Protocol {
-                                origin: origin.clone(),
-                                reason: format!("invalid NDJSON line: {e}"),
-                            }
-                        });
-                        let failed = item.is_err();
-                        return Some((item, (bytes, buf, origin, failed)));
-                    }
-                    if buf.len() > MAX_FRAME_LINE {
-                        let err = UpstreamError::Protocol {
-                            origin: origin.clone(),
-                            reason: "a line is longer than any the API sends".to_owned(),
-                        };
-                        return Some((Err(err), (bytes, buf, origin, true)));
+                        None => {}
                     }
                     match bytes.next().await {
-                        Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                        Some(Err(e)) => return Some((Err(e), (bytes, buf, origin, true))),
-                        None if buf.iter().all(u8::is_ascii_whitespace) => return None,
+                        Some(Ok(chunk)) => decoder.push(&chunk),
+                        Some(Err(e)) => return Some((Err(e), (bytes, decoder, origin, true))),
                         None => {
-                            let err = UpstreamError::Unreachable {
-                                origin: origin.clone(),
-                                reason: "the stream ended in the middle of a line".to_owned(),
-                            };
-                            return Some((Err(err), (bytes, buf, origin, true)));
+                            let end = decoder.finish().map_err(|e| frame_error(&origin, e));
+                            return end
+                                .err()
+                                .map(|err| (Err(err), (bytes, decoder, origin, true)));
                         }
                     }
                 }

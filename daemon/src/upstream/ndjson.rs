@@ -1,46 +1,63 @@
-//! The log stream's framing: NDJSON lines, each one [`LogFrame`]. Pure (no I/O), so the
-//! upstream client feeds it the response's chunks as they come and tests and fuzzing feed it
-//! any bytes.
+//! The runner's NDJSON framing: one JSON value per line — [`LogFrame`]s on the log stream,
+//! progress events on image and build streams. Pure (no I/O), so the upstream client feeds it
+//! a response's chunks as they come and tests and fuzzing feed it any bytes.
 //!
 //! A frame's outcome never depends on how the bytes were split into chunks: a line longer than
 //! [`MAX_FRAME_LINE`] is refused whether it arrived whole or in pieces. Each byte is scanned
 //! once, and consumed lines are dropped in amortized constant time, so a runner that sends
 //! many small lines or one long one costs linear time.
 
+use std::marker::PhantomData;
+
 use bus_api::LogFrame;
+use serde::de::DeserializeOwned;
 
 /// Longest NDJSON line accepted (a 64 KiB chunk in base64 plus its envelope).
 pub const MAX_FRAME_LINE: usize = 256 * 1024;
 
-/// Why the bytes are not a log stream.
+/// Why the bytes are not a stream of frames.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
-    /// A line that is not a log frame.
-    #[error("invalid log frame: {0}")]
+    /// A line that is not a frame of the stream's kind.
+    #[error("invalid frame: {0}")]
     Invalid(String),
     /// A line longer than [`MAX_FRAME_LINE`].
-    #[error("a log frame is larger than any the API sends")]
+    #[error("a frame is larger than any the API sends")]
     TooLong,
     /// The stream ended after part of a line.
-    #[error("the log stream ended in the middle of a frame")]
+    #[error("the stream ended in the middle of a frame")]
     Truncated,
 }
 
-/// Splits a byte stream into log frames: [`push`](Self::push) chunks, then take frames with
+/// Splits a byte stream into frames of type `T` (log frames unless said otherwise):
+/// [`push`](Self::push) chunks, then take frames with
 /// [`next_frame`](Self::next_frame) until it answers `None`; at the end of the stream,
 /// [`finish`](Self::finish). Blank lines are skipped; keepalive frames are returned like any
 /// other (the caller decides what they mean). After an error the decoder yields nothing more.
-#[derive(Debug, Default)]
-pub struct FrameDecoder {
+#[derive(Debug)]
+pub struct FrameDecoder<T = LogFrame> {
     buf: Vec<u8>,
     /// Where the first unconsumed byte is.
     start: usize,
     /// How far past `start` the buffer is known to hold no newline.
     scanned: usize,
     failed: bool,
+    frames: PhantomData<fn() -> T>,
 }
 
-impl FrameDecoder {
+impl<T> Default for FrameDecoder<T> {
+    fn default() -> Self {
+        FrameDecoder {
+            buf: Vec::new(),
+            start: 0,
+            scanned: 0,
+            failed: false,
+            frames: PhantomData,
+        }
+    }
+}
+
+impl<T: DeserializeOwned> FrameDecoder<T> {
     /// A decoder with nothing buffered.
     pub fn new() -> Self {
         Self::default()
@@ -60,7 +77,7 @@ impl FrameDecoder {
     }
 
     /// The next complete frame, or `None` when more bytes are needed (or after an error).
-    pub fn next_frame(&mut self) -> Option<Result<LogFrame, FrameError>> {
+    pub fn next_frame(&mut self) -> Option<Result<T, FrameError>> {
         while !self.failed {
             let pending = &self.buf[self.start..];
             let Some(offset) = pending[self.scanned..].iter().position(|&b| b == b'\n') else {
@@ -81,7 +98,7 @@ impl FrameDecoder {
                 continue;
             }
             return Some(
-                serde_json::from_slice::<LogFrame>(line)
+                serde_json::from_slice::<T>(line)
                     .map_err(|e| self.fail(FrameError::Invalid(e.to_string()))),
             );
         }
@@ -132,6 +149,25 @@ mod tests {
         assert_eq!(end, Ok(()));
         let bytes: Vec<&[u8]> = stream.chunks(1).collect();
         assert_eq!(decode(&bytes), (whole, end));
+    }
+
+    #[test]
+    fn other_frame_types_decode_the_same_way() {
+        #[derive(Debug, PartialEq, serde::Deserialize)]
+        struct Progress {
+            id: String,
+        }
+        let mut decoder = FrameDecoder::<Progress>::new();
+        decoder.push(b"{\"id\":\"a\"}\n\n{\"id\"");
+        assert_eq!(decoder.next_frame(), Some(Ok(Progress { id: "a".into() })));
+        assert_eq!(decoder.next_frame(), None);
+        assert_eq!(decoder.finish(), Err(FrameError::Truncated));
+        decoder.push(b":1}\n");
+        assert!(matches!(
+            decoder.next_frame(),
+            Some(Err(FrameError::Invalid(_)))
+        ));
+        assert_eq!(decoder.next_frame(), None, "nothing follows an error");
     }
 
     #[test]
