@@ -451,62 +451,36 @@ impl RegistryArgs {
         let verb = if push { "pushing" } else { "pulling" };
         let mut layers = Layers::new(&format!("{verb} {}", self.reference));
         let result = if push {
-            let mut stream = client(ctx)
+            let stream = client(ctx)
                 .push_image(ctx.session_request(pb::PushImageRequest {
                     reference: self.reference.clone(),
                     credentials,
                 }))
                 .await?
                 .into_inner();
-            let mut result = None;
-            loop {
-                let message = match stream.message().await {
-                    Ok(Some(message)) => message,
-                    Ok(None) => break,
-                    Err(status) => {
-                        layers.finish();
-                        return Err(status.into());
-                    }
-                };
-                match message.event {
-                    Some(pb::push_image_response::Event::Progress(p)) => {
-                        layers.update(&p.id, &p.status, p.current, p.total)
-                    }
-                    Some(pb::push_image_response::Event::Result(image)) => result = Some(image),
-                    None => {}
-                }
-            }
-            result
+            follow(stream, &mut layers, |m| match m.event {
+                Some(pb::push_image_response::Event::Progress(p)) => Some(Ok(p)),
+                Some(pb::push_image_response::Event::Result(image)) => Some(Err(image)),
+                None => None,
+            })
+            .await
         } else {
-            let mut stream = client(ctx)
+            let stream = client(ctx)
                 .pull_image(ctx.session_request(pb::PullImageRequest {
                     reference: self.reference.clone(),
                     credentials,
                 }))
                 .await?
                 .into_inner();
-            let mut result = None;
-            loop {
-                let message = match stream.message().await {
-                    Ok(Some(message)) => message,
-                    Ok(None) => break,
-                    Err(status) => {
-                        layers.finish();
-                        return Err(status.into());
-                    }
-                };
-                match message.event {
-                    Some(pb::pull_image_response::Event::Progress(p)) => {
-                        layers.update(&p.id, &p.status, p.current, p.total)
-                    }
-                    Some(pb::pull_image_response::Event::Result(image)) => result = Some(image),
-                    None => {}
-                }
-            }
-            result
+            follow(stream, &mut layers, |m| match m.event {
+                Some(pb::pull_image_response::Event::Progress(p)) => Some(Ok(p)),
+                Some(pb::pull_image_response::Event::Result(image)) => Some(Err(image)),
+                None => None,
+            })
+            .await
         };
         layers.finish();
-        let image = result.ok_or_else(|| {
+        let image = result?.ok_or_else(|| {
             CliError::Local(format!(
                 "busd ended the {} without a result; check `bus images ls`",
                 if push { "push" } else { "pull" }
@@ -514,6 +488,28 @@ impl RegistryArgs {
         })?;
         println!("{}", image.id);
         Ok(0)
+    }
+}
+
+/// Shows a pull's or push's progress on `layers` until the stream ends; the result it
+/// carried, if any (the caller finishes `layers` either way). `event` tells a message's progress (`Ok`) from its result (`Err`).
+async fn follow<M>(
+    mut stream: tonic::Streaming<M>,
+    layers: &mut Layers,
+    event: impl Fn(M) -> Option<Result<pb::Progress, pb::Image>>,
+) -> Result<Option<pb::Image>, CliError> {
+    let mut result = None;
+    loop {
+        let message = match stream.message().await {
+            Ok(Some(message)) => message,
+            Ok(None) => return Ok(result),
+            Err(status) => return Err(status.into()),
+        };
+        match event(message) {
+            Some(Ok(p)) => layers.update(&p.id, &p.status, p.current, p.total),
+            Some(Err(image)) => result = Some(image),
+            None => {}
+        }
     }
 }
 
