@@ -418,11 +418,14 @@ mod grpc {
             .unwrap()
             .into_inner();
         let mut out = Vec::new();
+        let mut sent = false;
         while let Some(r) = responses.next().await {
             match r.unwrap().msg.unwrap() {
                 Resp::Stdout(c) => {
                     out.extend(c.data);
-                    if String::from_utf8_lossy(&out).contains("ready") {
+                    // Once: a terminal echoes the typed ^C as more output.
+                    if !sent && String::from_utf8_lossy(&out).contains("ready") {
+                        sent = true;
                         tx.send(ExecRequest {
                             msg: Some(Req::Signal(ExecSignal { signal })),
                         })
@@ -687,7 +690,8 @@ fn an_interactive_shell_in_tmux_runs_commands_and_restores_the_terminal() {
     tmux.type_line(&format!("\"$BUS\" containers exec -i -t {id} -- sh"));
     // busybox sh as root prompts with `/ # `.
     tmux.wait_for("/ # ");
-    tmux.type_line("echo R$((6*7))S; stty size");
+    // The marker comes last, so the size is on the screen once the marker is.
+    tmux.type_line("stty size; echo R$((6*7))S");
     let screen = tmux.wait_for("R42S");
     assert!(screen.contains("30 100"), "{screen}");
     tmux.type_line("exit");

@@ -446,7 +446,13 @@ async fn capture(
         record.push(stream);
         record.extend_from_slice(&(data.len() as u32).to_be_bytes());
         record.extend_from_slice(&data);
-        if let Err(e) = file.write_all(&record).await {
+        // tokio's `write_all` returns once the bytes are handed to a blocking thread; the
+        // flush waits for them to reach the file, so readers never see a length ahead of it.
+        let written = match file.write_all(&record).await {
+            Ok(()) => file.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             failure = Some(format!(
                 "the runner could not store the exec's output: {}",
                 io_error(&exec.out, e)
