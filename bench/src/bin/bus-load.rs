@@ -6,7 +6,7 @@
 //! Every follower checks what it got: seqs 1..=N once each, in order, no gap, the exit once,
 //! after the last chunk, with code 0. Every `Run` checks its output and exit code.
 //!
-//! `cargo build --release --example load`; `bench/load` builds and runs it.
+//! `cargo build --release -p bus-bench --bin bus-load`; `bench/load` builds and runs it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
