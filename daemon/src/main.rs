@@ -83,6 +83,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(notify.as_deref(), &format!("cannot start the runtime: {e}")),
     };
     runtime.block_on(async move {
+        tokio::spawn(bus_heap::trim_periodically());
         let options = ServeOptions {
             idle_exit: args.idle_exit,
             drain: if args.drain.is_zero() {

@@ -216,6 +216,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 }
 
 async fn serve_async(args: ServeArgs) -> Result<(), String> {
+    tokio::spawn(bus_heap::trim_periodically());
     let config = match &args.config {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
         None => Config::builtin(),
