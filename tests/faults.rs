@@ -820,15 +820,17 @@ fn the_cli_starts_a_killed_busd_again_and_resumes_where_it_stopped() {
     let (code, out, err) = logs.finish(Duration::from_secs(120));
     assert_eq!(code, Some(0), "logs -f: {err}");
     assert_eq!(out, expected, "logs -f printed every line once");
+    // Output chunks are seqs; under load one chunk can carry several lines, so 30 lines
+    // printed mean at least one seq, not 30. That every line came once is checked above.
     let after = resumed_after(&err);
-    assert!((30..lines as u64).contains(&after), "{err}");
+    assert!((1..lines as u64).contains(&after), "{err}");
     eprintln!("logs -f: {}", err.trim_end());
 
     let (code, out, err) = run.finish(Duration::from_secs(120));
     assert_eq!(code, Some(7), "run exits with the command's code: {err}");
     assert_eq!(out, expected, "run printed every line once");
     let after = resumed_after(&err);
-    assert!((30..lines as u64).contains(&after), "{err}");
+    assert!((1..lines as u64).contains(&after), "{err}");
     eprintln!("run: {}", err.trim_end());
 
     let (code, out, err) = wait.finish(Duration::from_secs(120));

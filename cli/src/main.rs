@@ -5,6 +5,7 @@
 mod commands;
 mod context;
 mod daemon;
+mod deferred;
 mod error;
 mod guard;
 mod output;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::context::{Ctx, Overrides};
+use crate::deferred::Deferred;
 use crate::error::CliError;
 
 /// bus: run containers through the local busd daemon.
@@ -47,51 +49,51 @@ struct Cli {
 enum Command {
     /// Runs and the runner.
     #[command(subcommand)]
-    Containers(Containers),
+    Containers(Deferred<Containers>),
     /// The local daemon.
     #[command(subcommand)]
-    Daemon(Daemon),
+    Daemon(Deferred<Daemon>),
     /// Images: the account's, and the public ones.
     #[command(subcommand)]
-    Images(commands::images::Images),
+    Images(Deferred<commands::images::Images>),
     /// Image builds.
     #[command(subcommand)]
-    Builds(commands::builds::Builds),
+    Builds(Deferred<commands::builds::Builds>),
     /// Credentials: whom the token speaks for; a new token from an API key.
     #[command(subcommand)]
-    Auth(commands::auth::Auth),
+    Auth(Deferred<commands::auth::Auth>),
     /// Settings in config.toml: api_url, timeout, output, socket.
     #[command(subcommand)]
-    Config(commands::config::Config),
+    Config(Deferred<commands::config::Config>),
     /// Print a shell completion script: `source <(bus completion bash)`.
     Completion(commands::completion::CompletionArgs),
     /// Print the man page (or write every page with --dir).
     Man(commands::completion::ManArgs),
     /// The whole deployment on this machine: Podman's API service, bus-runner, busd.
     #[command(subcommand)]
-    Local(commands::local::Local),
+    Local(Deferred<commands::local::Local>),
 }
 
 #[derive(Debug, Subcommand)]
 enum Containers {
     /// Show the runner's state, engine and profiles.
-    Status(commands::status::Args),
+    Status(Deferred<commands::status::Args>),
     /// Start a run and stream its output (or detach with -d).
-    Run(commands::run::Args),
+    Run(Deferred<commands::run::Args>),
     /// List the account's runs, newest first.
-    Runs(commands::runs::Args),
+    Runs(Deferred<commands::runs::Args>),
     /// Delete runs.
-    Delete(commands::delete::Args),
+    Delete(Deferred<commands::delete::Args>),
     /// Show one run.
-    Get(commands::get::Args),
+    Get(Deferred<commands::get::Args>),
     /// Print a run's output; -f follows it until the run ends.
-    Logs(commands::logs::Args),
+    Logs(Deferred<commands::logs::Args>),
     /// Wait for a run to end and exit with its exit code.
-    Wait(commands::wait::Args),
+    Wait(Deferred<commands::wait::Args>),
     /// Stop runs (SIGTERM, then SIGKILL after a grace period).
-    Stop(commands::stop::Args),
+    Stop(Deferred<commands::stop::Args>),
     /// Run a command in a running run: -i passes stdin, -t allocates a terminal.
-    Exec(commands::exec::Args),
+    Exec(Deferred<commands::exec::Args>),
     /// Detached execs (`exec -d`): their output, exit code and state.
     #[command(subcommand)]
     Execs(commands::execs::Execs),
@@ -134,9 +136,15 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<u8, CliError> {
     // These need neither the settings in force nor busd.
     match cli.command {
-        Command::Completion(args) => return args.run(Cli::command()),
-        Command::Man(args) => return args.run(Cli::command()),
-        Command::Config(command) => return command.run(),
+        Command::Completion(args) => {
+            deferred::build_everything();
+            return args.run(Cli::command());
+        }
+        Command::Man(args) => {
+            deferred::build_everything();
+            return args.run(Cli::command());
+        }
+        Command::Config(Deferred(command)) => return command.run(),
         _ => {}
     }
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
@@ -162,33 +170,35 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         timeout: resolved.timeout,
     };
     let socket = resolved.socket;
-    if let Command::Local(command) = cli.command {
+    if let Command::Local(Deferred(command)) = cli.command {
         return command
             .run(&socket, overrides.clone(), overrides.token_file.as_deref())
             .await;
     }
     // start/stop/status/restart decide themselves whether to start busd.
-    if let Command::Daemon(Daemon::Lifecycle(command)) = cli.command {
+    if let Command::Daemon(Deferred(Daemon::Lifecycle(command))) = cli.command {
         return command.run(&socket, overrides).await;
     }
     let token_file = overrides.token_file.clone();
     let ctx = Ctx::new(daemon::connect_or_start(&socket).await?, overrides).reconnectable(socket);
     match cli.command {
-        Command::Containers(Containers::Status(args)) => args.run(&ctx).await,
-        Command::Containers(Containers::Run(args)) => args.run(&ctx).await,
-        Command::Containers(Containers::Runs(args)) => args.run(&ctx).await,
-        Command::Containers(Containers::Delete(args)) => args.run(&ctx).await,
-        Command::Containers(Containers::Get(args)) => args.run(&ctx).await,
-        Command::Containers(Containers::Logs(args)) => args.run(&ctx).await,
-        Command::Containers(Containers::Wait(args)) => args.run(&ctx).await,
-        Command::Containers(Containers::Stop(args)) => args.run(&ctx).await,
-        Command::Containers(Containers::Exec(args)) => args.run(&ctx).await,
-        Command::Containers(Containers::Execs(command)) => command.run(&ctx).await,
-        Command::Daemon(Daemon::Info(args)) => args.run(&ctx).await,
-        Command::Images(command) => command.run(&ctx).await,
-        Command::Builds(command) => command.run(&ctx).await,
-        Command::Daemon(Daemon::Lifecycle(_)) => unreachable!("handled before connecting"),
-        Command::Auth(command) => command.run(&ctx, token_file.as_deref()).await,
+        Command::Containers(Deferred(Containers::Status(Deferred(args)))) => args.run(&ctx).await,
+        Command::Containers(Deferred(Containers::Run(Deferred(args)))) => args.run(&ctx).await,
+        Command::Containers(Deferred(Containers::Runs(Deferred(args)))) => args.run(&ctx).await,
+        Command::Containers(Deferred(Containers::Delete(Deferred(args)))) => args.run(&ctx).await,
+        Command::Containers(Deferred(Containers::Get(Deferred(args)))) => args.run(&ctx).await,
+        Command::Containers(Deferred(Containers::Logs(Deferred(args)))) => args.run(&ctx).await,
+        Command::Containers(Deferred(Containers::Wait(Deferred(args)))) => args.run(&ctx).await,
+        Command::Containers(Deferred(Containers::Stop(Deferred(args)))) => args.run(&ctx).await,
+        Command::Containers(Deferred(Containers::Exec(Deferred(args)))) => args.run(&ctx).await,
+        Command::Containers(Deferred(Containers::Execs(command))) => command.run(&ctx).await,
+        Command::Daemon(Deferred(Daemon::Info(args))) => args.run(&ctx).await,
+        Command::Images(Deferred(command)) => command.run(&ctx).await,
+        Command::Builds(Deferred(command)) => command.run(&ctx).await,
+        Command::Daemon(Deferred(Daemon::Lifecycle(_))) => {
+            unreachable!("handled before connecting")
+        }
+        Command::Auth(Deferred(command)) => command.run(&ctx, token_file.as_deref()).await,
         Command::Completion(_) | Command::Man(_) | Command::Config(_) | Command::Local(_) => {
             unreachable!("handled before connecting")
         }
