@@ -19,16 +19,15 @@ use axum::extract::ws::{
 use axum::extract::{Path, State};
 use axum::response::Response;
 use base64::Engine as _;
-use bus_api::exec::{ExecStatus, Frame, STDERR, STDOUT, SignalFrame, encode_data};
+use bus_api::exec::{ExecStatus, Frame, STDERR, STDOUT, encode_data};
 use bus_api::{LogFrame, RunState, Stream};
 use futures::{SinkExt as _, StreamExt as _};
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt as _;
 
 use crate::AppState;
 use crate::auth::{self, Caller};
-use crate::execs::control_character;
 use crate::problem::{ApiError, ApiQuery, engine_message};
+use crate::routes::input::{self, Target, Wiring};
 use crate::store::{Entry, StreamFilter};
 
 /// Output bytes read from the store at once.
@@ -93,7 +92,7 @@ async fn running_container(entry: &Entry) -> Option<String> {
 }
 
 async fn session(state: AppState, entry: Arc<Entry>, size: Option<(u16, u16)>, socket: WebSocket) {
-    let (mut tx, mut rx) = socket.split();
+    let (mut tx, rx) = socket.split();
     let options = entry.snapshot().options;
     let signalled = Arc::new(AtomicI32::new(0));
     let input_task = tokio::spawn({
@@ -116,61 +115,12 @@ async fn session(state: AppState, entry: Arc<Entry>, size: Option<(u16, u16)>, s
                     }
                 }
             }
-            while let Some(Ok(message)) = rx.next().await {
-                let Message::Binary(bytes) = message else {
-                    if matches!(message, Message::Close(_)) {
-                        break;
-                    }
-                    continue;
-                };
-                match Frame::decode(&bytes) {
-                    Ok(Frame::Stdin(data)) => {
-                        if let Some(w) = input.as_mut()
-                            && (w.write_all(&data).await.is_err() || w.flush().await.is_err())
-                        {
-                            input = None;
-                        }
-                    }
-                    Ok(Frame::CloseStdin) => {
-                        if let Some(mut w) = input.take() {
-                            let _ = w.shutdown().await;
-                        }
-                    }
-                    Ok(Frame::Resize(size)) if options.tty => {
-                        if let Err(e) = engine
-                            .resize_container(&container, size.cols, size.rows)
-                            .await
-                        {
-                            tracing::debug!(run = %entry.id, error = %engine_message(&e), "resize failed");
-                        }
-                    }
-                    Ok(Frame::Signal(SignalFrame { signal })) => {
-                        let typed = match (options.tty, control_character(signal), input.as_mut()) {
-                            (true, Some(c), Some(w)) => {
-                                w.write_all(&[c]).await.is_ok() && w.flush().await.is_ok()
-                            }
-                            _ => false,
-                        };
-                        let sent = typed
-                            || match engine.signal(&container, &signal.to_string()).await {
-                                Ok(()) => true,
-                                Err(e) => {
-                                    tracing::info!(run = %entry.id, signal, error = %engine_message(&e), "signal not delivered");
-                                    false
-                                }
-                            };
-                        if sent {
-                            signalled.store(signal, Ordering::Relaxed);
-                        }
-                    }
-                    Ok(frame) => {
-                        tracing::debug!(run = %entry.id, channel = frame.channel(), "frame ignored")
-                    }
-                    Err(e) => tracing::debug!(run = %entry.id, error = %e, "bad frame ignored"),
-                }
-            }
-            // Keep stdin open until the session ends, unless it was closed on request.
-            std::future::pending::<()>().await;
+            let wiring = Wiring {
+                tty: options.tty,
+                stdin: options.stdin,
+                signalled,
+            };
+            input::apply(rx, engine, Target::Container(container), input, wiring).await;
         }
     });
     let status = follow(&state, &entry, &mut tx, &signalled).await;

@@ -21,17 +21,17 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use bollard::container::LogOutput;
 use bus_api::exec::{
-    CreateExec, ExecQuery, ExecRecord, ExecStatus, Frame, STDERR, STDOUT, SignalFrame, encode_data,
+    CreateExec, ExecQuery, ExecRecord, ExecStatus, Frame, STDERR, STDOUT, encode_data,
 };
 use futures::{SinkExt as _, StreamExt as _};
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt as _;
 
 use crate::AppState;
 use crate::auth::{self, Caller};
 use crate::engine::Engine;
-use crate::execs::{Detached, control_character, exit_status, signal_exec};
+use crate::execs::{Detached, exit_status};
 use crate::problem::{ApiError, ApiJson, ApiQuery, engine_message};
+use crate::routes::input::{self, Target, Wiring};
 use crate::store::Entry;
 
 /// Largest body of `POST .../execs`.
@@ -139,7 +139,7 @@ async fn resize(engine: &Engine, exec_id: &str, cols: u16, rows: u16) {
 /// Bridges one upgraded WebSocket to a created exec until the status frame is sent or the
 /// client goes away.
 async fn session(engine: Arc<Engine>, exec_id: String, spec: ExecQuery, socket: WebSocket) {
-    let (mut tx, mut rx) = socket.split();
+    let (mut tx, rx) = socket.split();
     let streams = match engine.start_exec(&exec_id, spec.tty).await {
         Ok(streams) => streams,
         Err(e) => {
@@ -161,70 +161,19 @@ async fn session(engine: Arc<Engine>, exec_id: String, spec: ExecQuery, socket: 
         // Engines that ignore ConsoleSize still get the size before any input arrives.
         resize(&engine, &exec_id, cols, rows).await;
     }
-    let mut input = Some(streams.input);
-    let stdin = spec.stdin;
-    let tty = spec.tty;
     // The last signal sent (0: none), to tell a death by it from an ordinary exit.
     let signalled = Arc::new(AtomicI32::new(0));
-    let input_task = tokio::spawn({
-        let engine = engine.clone();
-        let exec_id = exec_id.clone();
-        let signalled = signalled.clone();
-        async move {
-            while let Some(message) = rx.next().await {
-                let bytes = match message {
-                    Ok(Message::Binary(bytes)) => bytes,
-                    Ok(Message::Close(_)) | Err(_) => break,
-                    Ok(_) => continue,
-                };
-                match Frame::decode(&bytes) {
-                    Ok(Frame::Stdin(data)) => {
-                        if let Some(w) = input.as_mut()
-                            && (w.write_all(&data).await.is_err() || w.flush().await.is_err())
-                        {
-                            input = None;
-                        }
-                    }
-                    Ok(Frame::Resize(size)) if tty => {
-                        resize(&engine, &exec_id, size.cols, size.rows).await
-                    }
-                    Ok(Frame::Signal(SignalFrame { signal })) => {
-                        // With a terminal, keyboard signals are typed, so they reach the
-                        // foreground process; others go to the command's process.
-                        let typed = match (tty && stdin, control_character(signal), input.as_mut())
-                        {
-                            (true, Some(c), Some(w)) => {
-                                w.write_all(&[c]).await.is_ok() && w.flush().await.is_ok()
-                            }
-                            _ => false,
-                        };
-                        let sent = typed
-                            || match signal_exec(&engine, &exec_id, signal).await {
-                                Ok(()) => true,
-                                Err(e) => {
-                                    tracing::info!(exec = %exec_id, signal, error = %e, "signal not delivered");
-                                    false
-                                }
-                            };
-                        if sent {
-                            signalled.store(signal, Ordering::Relaxed);
-                        }
-                    }
-                    Ok(Frame::CloseStdin) if stdin => {
-                        if let Some(mut w) = input.take() {
-                            let _ = w.shutdown().await;
-                        }
-                    }
-                    Ok(frame) => {
-                        tracing::debug!(exec = %exec_id, channel = frame.channel(), "frame ignored")
-                    }
-                    Err(e) => tracing::debug!(exec = %exec_id, error = %e, "bad frame ignored"),
-                }
-            }
-            // Keep stdin open until the session ends, unless it was closed on request.
-            std::future::pending::<()>().await;
-        }
-    });
+    let input_task = tokio::spawn(input::apply(
+        rx,
+        engine.clone(),
+        Target::Exec(exec_id.clone()),
+        Some(streams.input),
+        Wiring {
+            tty: spec.tty,
+            stdin: spec.stdin,
+            signalled: signalled.clone(),
+        },
+    ));
     let mut output = streams.output;
     let keepalive = Duration::from_secs(KEEPALIVE_SECONDS);
     let mut failure = None;

@@ -17,6 +17,7 @@ pub mod builds;
 pub mod exec;
 pub mod idempotency;
 pub mod images;
+pub mod input;
 pub mod logs;
 pub mod runs;
 pub mod status;
