@@ -226,7 +226,8 @@ fn busd_trusting_the_ca_runs_follows_and_execs_over_https() {
     );
     let id = stdout(&run).trim().to_owned();
     let started = std::time::Instant::now();
-    while stdout(&bus(&["containers", "get", &id, "-o", "json"])).contains("\"starting\"") {
+    // Until it runs: `queued` and `starting` come first.
+    while !stdout(&bus(&["containers", "get", &id, "-o", "json"])).contains("\"running\"") {
         assert!(started.elapsed().as_secs() < 30, "run {id} did not start");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
