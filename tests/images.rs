@@ -379,7 +379,14 @@ fn save_remove_load_round_trips_to_the_same_image() {
     let out = stack.run(&["images", "inspect", reference]);
     assert_eq!(out.status.code(), Some(5));
 
-    let out = stack.run(&["images", "load", archive.to_str().unwrap()]);
+    // `--timeout` bounds reaching busd, not the upload and the engine's load (far longer).
+    let out = stack.run(&[
+        "--timeout",
+        "100ms",
+        "images",
+        "load",
+        archive.to_str().unwrap(),
+    ]);
     assert_eq!(ok(&out), format!("{reference}\n"), "the names loaded");
     assert_eq!(inspect_id(&stack, &[], reference), id, "the same image id");
     let out = stack.run(&["containers", "run", "--image", reference]);

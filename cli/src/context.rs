@@ -89,7 +89,8 @@ impl Ctx {
     }
 
     /// Like [`Ctx::request`] but without the deadline: for sessions that last as long as the
-    /// user wants (exec), where `--timeout` bounds only the start.
+    /// user wants (exec) or as long as a transfer takes (pull, push, load, save, a build's
+    /// upload), where `--timeout` bounds only the start.
     pub fn session_request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = self.request(message);
         request.metadata_mut().remove("grpc-timeout");

@@ -96,7 +96,7 @@ enum Containers {
     Exec(Deferred<commands::exec::Args>),
     /// Detached execs (`exec -d`): their output, exit code and state.
     #[command(subcommand)]
-    Execs(commands::execs::Execs),
+    Execs(Deferred<commands::execs::Execs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,7 +191,9 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Containers(Deferred(Containers::Wait(Deferred(args)))) => args.run(&ctx).await,
         Command::Containers(Deferred(Containers::Stop(Deferred(args)))) => args.run(&ctx).await,
         Command::Containers(Deferred(Containers::Exec(Deferred(args)))) => args.run(&ctx).await,
-        Command::Containers(Deferred(Containers::Execs(command))) => command.run(&ctx).await,
+        Command::Containers(Deferred(Containers::Execs(Deferred(command)))) => {
+            command.run(&ctx).await
+        }
         Command::Daemon(Deferred(Daemon::Info(args))) => args.run(&ctx).await,
         Command::Images(Deferred(command)) => command.run(&ctx).await,
         Command::Builds(Deferred(command)) => command.run(&ctx).await,

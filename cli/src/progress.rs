@@ -96,7 +96,7 @@ impl Transfer {
 pub struct Layers {
     multi: Option<MultiProgress>,
     bars: HashMap<String, ProgressBar>,
-    last_plain: Option<(String, String)>,
+    last_plain: HashMap<String, String>,
 }
 
 impl Layers {
@@ -109,22 +109,22 @@ impl Layers {
         Layers {
             multi,
             bars: HashMap::new(),
-            last_plain: None,
+            last_plain: HashMap::new(),
         }
     }
 
     /// The engine's word on `id` (a layer, or empty for the whole image).
     pub fn update(&mut self, id: &str, status: &str, current: u64, total: u64) {
         let Some(multi) = &self.multi else {
-            // Plain: one line per change of status, not per byte.
-            let key = (id.to_owned(), status.to_owned());
-            if self.last_plain.as_ref() != Some(&key) {
+            // Plain: one line per change of a layer's status, not per byte (layers report
+            // in turns, so each one's last status is kept).
+            if self.last_plain.get(id).map(String::as_str) != Some(status) {
                 if id.is_empty() {
                     eprintln!("bus: {status}");
                 } else {
                     eprintln!("bus: {id}: {status}");
                 }
-                self.last_plain = Some(key);
+                self.last_plain.insert(id.to_owned(), status.to_owned());
             }
             return;
         };

@@ -170,7 +170,11 @@ impl CreateArgs {
             },
             transfer.clone(),
         );
-        match client(ctx).create_build(ctx.request(messages)).await {
+        // An upload lasts as long as the context takes: `--timeout` must not cut it off.
+        match client(ctx)
+            .create_build(ctx.session_request(messages))
+            .await
+        {
             Ok(response) => {
                 transfer.finish();
                 let build = response.into_inner().build.unwrap_or_default();

@@ -571,7 +571,8 @@ impl LoadArgs {
             },
             transfer.clone(),
         );
-        let result = client(ctx).load_image(ctx.request(messages)).await;
+        // An upload lasts as long as the file takes: `--timeout` must not cut it off.
+        let result = client(ctx).load_image(ctx.session_request(messages)).await;
         let images = match result {
             Ok(response) => {
                 transfer.finish();
