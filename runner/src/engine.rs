@@ -592,8 +592,11 @@ impl Engine {
         };
         let attached = self.docker.attach_container(id, Some(attach)).await?;
         let mut output = attached.output;
-        tokio::spawn(async move { while let Some(Ok(_)) = output.next().await {} });
-        Ok(attached.input)
+        let drain = tokio::spawn(async move { while let Some(Ok(_)) = output.next().await {} });
+        Ok(Box::pin(DrainedAttach {
+            input: attached.input,
+            drain: drain.abort_handle(),
+        }))
     }
 
     /// Resizes a container's terminal.
@@ -691,6 +694,44 @@ fn port_bindings(ports: &[Port]) -> PortMap {
 
 fn mib(mb: u32) -> i64 {
     i64::from(mb) * 1024 * 1024
+}
+
+/// The stdin of an attach whose output is read and dropped on a task of its own. Dropping it
+/// ends that task too, and with it the attach: without this, every attach session left the
+/// engine copying the run's output to a reader nobody stopped until the container exited.
+struct DrainedAttach {
+    input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    drain: tokio::task::AbortHandle,
+}
+
+impl Drop for DrainedAttach {
+    fn drop(&mut self) {
+        self.drain.abort();
+    }
+}
+
+impl tokio::io::AsyncWrite for DrainedAttach {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.input.as_mut().poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.input.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.input.as_mut().poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]

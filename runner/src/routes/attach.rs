@@ -101,10 +101,9 @@ async fn session(state: AppState, entry: Arc<Entry>, size: Option<(u16, u16)>, s
             let Some(container) = running_container(&entry).await else {
                 return;
             };
+            let target = Target::Container(container.clone());
             if let (true, Some((cols, rows))) = (options.tty, size) {
-                if let Err(e) = engine.resize_container(&container, cols, rows).await {
-                    tracing::debug!(run = %entry.id, error = %engine_message(&e), "initial resize failed");
-                }
+                target.resize(&engine, cols, rows).await;
             }
             let mut input = None;
             if options.stdin {
@@ -120,7 +119,7 @@ async fn session(state: AppState, entry: Arc<Entry>, size: Option<(u16, u16)>, s
                 stdin: options.stdin,
                 signalled,
             };
-            input::apply(rx, engine, Target::Container(container), input, wiring).await;
+            input::apply(rx, engine, target, input, wiring).await;
         }
     });
     let status = follow(&state, &entry, &mut tx, &signalled).await;

@@ -129,13 +129,6 @@ async fn wait_running(engine: &Engine, exec_id: &str) {
     }
 }
 
-/// Resizes the exec's terminal; a failure is logged and the session goes on.
-async fn resize(engine: &Engine, exec_id: &str, cols: u16, rows: u16) {
-    if let Err(e) = engine.resize_exec(exec_id, cols, rows).await {
-        tracing::debug!(exec = %exec_id, error = %e, "resize failed");
-    }
-}
-
 /// Bridges one upgraded WebSocket to a created exec until the status frame is sent or the
 /// client goes away.
 async fn session(engine: Arc<Engine>, exec_id: String, spec: ExecQuery, socket: WebSocket) {
@@ -159,7 +152,9 @@ async fn session(engine: Arc<Engine>, exec_id: String, spec: ExecQuery, socket: 
     }
     if let (true, Some((cols, rows))) = (spec.tty, spec.size) {
         // Engines that ignore ConsoleSize still get the size before any input arrives.
-        resize(&engine, &exec_id, cols, rows).await;
+        Target::Exec(exec_id.clone())
+            .resize(&engine, cols, rows)
+            .await;
     }
     // The last signal sent (0: none), to tell a death by it from an ordinary exit.
     let signalled = Arc::new(AtomicI32::new(0));

@@ -28,7 +28,8 @@ pub enum Target {
 }
 
 impl Target {
-    async fn resize(&self, engine: &Engine, cols: u16, rows: u16) {
+    /// Resizes the command's terminal; a failure is logged and the session goes on.
+    pub async fn resize(&self, engine: &Engine, cols: u16, rows: u16) {
         let result = match self {
             Target::Exec(id) => engine.resize_exec(id, cols, rows).await,
             Target::Container(id) => engine.resize_container(id, cols, rows).await,
@@ -63,7 +64,7 @@ pub struct Wiring {
 }
 
 /// Applies the client's frames to `target` until the client closes or goes away, then keeps
-/// `input` open until the task is dropped (closing stdin is the client's call, by frame).
+/// `input` (open, or shut by a close-stdin frame) until the task is dropped with the session.
 pub async fn apply(
     mut rx: SplitStream<WebSocket>,
     engine: Arc<Engine>,
@@ -71,6 +72,7 @@ pub async fn apply(
     mut input: Option<Input>,
     wiring: Wiring,
 ) {
+    let mut closed = None;
     while let Some(Ok(message)) = rx.next().await {
         let bytes = match message {
             Message::Binary(bytes) => bytes,
@@ -88,6 +90,9 @@ pub async fn apply(
             Ok(Frame::CloseStdin) if wiring.stdin => {
                 if let Some(mut w) = input.take() {
                     let _ = w.shutdown().await;
+                    // Kept (shut) until the session ends: dropping an attach's writer ends
+                    // the attach, and the engine may not have passed all the input on yet.
+                    closed = Some(w);
                 }
             }
             Ok(Frame::Resize(size)) if wiring.tty => {
@@ -121,5 +126,7 @@ pub async fn apply(
             Err(e) => tracing::debug!(on = ?target, error = %e, "bad frame ignored"),
         }
     }
+    // The writers stay alive until the task is dropped with the session.
+    let _writers = (input, closed);
     std::future::pending::<()>().await;
 }
