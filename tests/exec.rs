@@ -584,6 +584,17 @@ mod grpc {
             }]);
             let error = client.exec(requests).await.unwrap_err();
             assert_eq!(error.code(), tonic::Code::NotFound, "{error:?}");
+            // Through busd's one mapping: with the reason and what to do.
+            use tonic_types::StatusExt as _;
+            let info = error.get_details_error_info().expect("ErrorInfo");
+            assert_eq!(info.reason, "NOT_FOUND", "{error:?}");
+            let help = error
+                .get_details_localized_message()
+                .expect("LocalizedMessage");
+            assert!(
+                help.message.contains("leave start.run_id empty"),
+                "{help:?}"
+            );
         });
         stack.run(&["containers", "delete", &id]);
     }

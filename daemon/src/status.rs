@@ -31,6 +31,14 @@ pub enum Error {
     /// The upstream failed or refused.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// What the request names does not exist (as the caller named it).
+    #[error("{message}")]
+    NotFound {
+        /// What was not found.
+        message: String,
+        /// What to do instead.
+        guidance: String,
+    },
     /// The request itself is malformed.
     #[error("{message}")]
     InvalidArgument {
@@ -79,6 +87,12 @@ pub fn to_status(error: &Error) -> Status {
             Code::InvalidArgument,
             "API_URL_INVALID".into(),
             Some(e.guidance()),
+            None,
+        ),
+        Error::NotFound { guidance, .. } => (
+            Code::NotFound,
+            "NOT_FOUND".into(),
+            Some(guidance.clone()),
             None,
         ),
         Error::InvalidArgument { guidance, .. } => (

@@ -240,10 +240,12 @@ async fn session(
                 .await
                 .map_err(Error::from)?;
             if record.run_id != start.run_id {
-                return Err(Status::not_found(format!(
-                    "exec {} is not in run {}; leave start.run_id empty or name its run",
-                    start.exec_id, start.run_id
-                )));
+                return Err(Error::NotFound {
+                    message: format!("exec {} is not in run {}", start.exec_id, start.run_id),
+                    guidance: "leave start.run_id empty, or name the run the exec was started in"
+                        .to_owned(),
+                }
+                .into());
             }
         }
         let session = Session::Detached {
