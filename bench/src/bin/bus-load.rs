@@ -19,46 +19,31 @@ use bus::proto::containers::v1::{
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
-/// The options, from `--name value` pairs.
+/// The load to put on busd.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "bus-load",
+    about = "The load driver of bench/load (not a test)"
+)]
 struct Options {
+    /// busd's socket.
+    #[arg(long, default_value_os_t = bus::default_socket_path())]
     socket: std::path::PathBuf,
+    /// Live runs, each followed by --followers.
+    #[arg(long, default_value_t = 50)]
     runs: usize,
+    /// Log followers per live run.
+    #[arg(long, default_value_t = 10)]
     followers: usize,
+    /// Concurrent `Run` calls (create, stream, exit), repeated for --seconds.
+    #[arg(long, default_value_t = 50)]
     creators: usize,
-    connections: usize,
+    /// Connections to busd the tasks share.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    connections: u64,
+    /// How long the creates go on.
+    #[arg(long, default_value_t = 60)]
     seconds: u64,
-}
-
-fn options() -> Options {
-    let mut args = std::env::args().skip(1);
-    let mut o = Options {
-        socket: bus::default_socket_path(),
-        runs: 50,
-        followers: 10,
-        creators: 50,
-        connections: 100,
-        seconds: 60,
-    };
-    while let Some(name) = args.next() {
-        let value = args
-            .next()
-            .unwrap_or_else(|| panic!("{name} needs a value"));
-        let number = || {
-            value
-                .parse::<usize>()
-                .unwrap_or_else(|_| panic!("{name} {value}?"))
-        };
-        match name.as_str() {
-            "--socket" => o.socket = value.clone().into(),
-            "--runs" => o.runs = number(),
-            "--followers" => o.followers = number(),
-            "--creators" => o.creators = number(),
-            "--connections" => o.connections = number().max(1),
-            "--seconds" => o.seconds = number() as u64,
-            _ => panic!("unknown option {name}"),
-        }
-    }
-    o
 }
 
 /// Counts shared by every task.
@@ -206,7 +191,7 @@ async fn delete(client: &mut ContainersClient<Channel>, id: String, tally: &Tall
 
 #[tokio::main]
 async fn main() {
-    let o = options();
+    let o = <Options as clap::Parser>::parse();
     let mut channels = Vec::new();
     for _ in 0..o.connections {
         channels.push(bus::connect(&o.socket).await.expect("busd answers"));
@@ -265,25 +250,22 @@ async fn main() {
     for task in tasks {
         task.await.expect("a load task panicked");
     }
+    let live_count = live.len();
     for id in live {
         delete(&mut client, id, &tally).await;
     }
     drop(channels);
     let samples = tally.samples.lock().await.clone();
-    let quoted: Vec<String> = samples
-        .iter()
-        .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
-        .collect();
-    println!(
-        "{{\"seconds\": {:.1}, \"live_runs\": {}, \"followers_ok\": {}, \"follower_errors\": {}, \"chunks\": {}, \"creates_ok\": {}, \"create_errors\": {}, \"delete_errors\": {}, \"error_samples\": [{}]}}",
-        started.elapsed().as_secs_f64(),
-        o.runs,
-        tally.followers_ok.load(Ordering::SeqCst),
-        tally.follower_errors.load(Ordering::SeqCst),
-        tally.chunks.load(Ordering::SeqCst),
-        tally.creates_ok.load(Ordering::SeqCst),
-        tally.create_errors.load(Ordering::SeqCst),
-        tally.delete_errors.load(Ordering::SeqCst),
-        quoted.join(", ")
-    );
+    let result = serde_json::json!({
+        "seconds": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        "live_runs": live_count,
+        "followers_ok": tally.followers_ok.load(Ordering::SeqCst),
+        "follower_errors": tally.follower_errors.load(Ordering::SeqCst),
+        "chunks": tally.chunks.load(Ordering::SeqCst),
+        "creates_ok": tally.creates_ok.load(Ordering::SeqCst),
+        "create_errors": tally.create_errors.load(Ordering::SeqCst),
+        "delete_errors": tally.delete_errors.load(Ordering::SeqCst),
+        "error_samples": samples,
+    });
+    println!("{result}");
 }
