@@ -927,18 +927,24 @@ fn chunked_too_long(origin: &str, path: &str, auth: &str, total: usize) -> Reply
 #[test]
 fn oversized_bodies_are_refused_before_they_are_read() {
     const API_KEY: &str = "sk-body-limits-5e1d";
+    let scopes = format!("{ALL_SCOPES} image:read image:write");
     let config = format!(
-        "[[accounts]]\nid = \"limits\"\napi_key_sha256 = \"{}\"\nplan = \"local\"\nresources = \"{ALL_SCOPES}\"\n",
+        "[[accounts]]\nid = \"limits\"\napi_key_sha256 = \"{}\"\nplan = \"local\"\nresources = \"{scopes}\"\n",
         hash_key(API_KEY)
     );
     let runner = Runner::start_with_config(&config);
-    let token = runner.token("limits", ALL_SCOPES);
+    let token = runner.token("limits", &scopes);
     let stop = format!("{RUNS}/run_00000000000000000000000000000000/stop");
     // Every endpoint that takes a body, with its limit and the credential it needs.
+    let execs = format!("{RUNS}/run_00000000000000000000000000000000/execs");
     let endpoints = [
         (RUNS, 256 * 1024, token.as_str()),
         (stop.as_str(), 4 * 1024, token.as_str()),
         ("/api/v1/auth/token", 4 * 1024, API_KEY),
+        (execs.as_str(), 256 * 1024, token.as_str()),
+        ("/api/v1/containers/images/pull", 64 * 1024, token.as_str()),
+        ("/api/v1/containers/images/push", 64 * 1024, token.as_str()),
+        ("/api/v1/containers/images/x/tag", 64 * 1024, token.as_str()),
     ];
     for (path, limit, auth) in endpoints {
         // A declared length over the limit: 413 at once, though 1 GiB is "still coming".

@@ -75,16 +75,15 @@ async fn drain_unread(request: Request, next: Next) -> Response {
 /// Every image and build route below `/api/v1/containers` (documented in
 /// [`crate::images::openapi`]).
 pub fn router() -> Router<AppState> {
-    let json = || DefaultBodyLimit::max(images::BODY_LIMIT);
     Router::new()
         .route("/api/v1/containers/images", get(images::list))
         .route(
             "/api/v1/containers/images/pull",
-            post(images::pull).layer(json()),
+            super::json_limited(post(images::pull), images::BODY_LIMIT),
         )
         .route(
             "/api/v1/containers/images/push",
-            post(images::push).layer(json()),
+            super::json_limited(post(images::push), images::BODY_LIMIT),
         )
         // Uploads: the size limit is the config's, enforced while the body streams in.
         .route(
@@ -99,7 +98,7 @@ pub fn router() -> Router<AppState> {
         )
         .route(
             "/api/v1/containers/images/{reference}/tag",
-            post(images::tag).layer(json()),
+            super::json_limited(post(images::tag), images::BODY_LIMIT),
         )
         .route(
             "/api/v1/containers/images/{reference}/archive",

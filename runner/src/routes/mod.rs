@@ -3,7 +3,7 @@
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 
 mod image_routes;
 
@@ -29,10 +29,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/containers/status", get(status::get))
         .route(
             "/api/v1/containers/runs",
-            get(runs::list)
-                .post(runs::create)
-                .layer(DefaultBodyLimit::max(runs::BODY_LIMIT))
-                .layer(from_fn_with_state(runs::BODY_LIMIT, limit_body)),
+            json_limited(get(runs::list).post(runs::create), runs::BODY_LIMIT),
         )
         .route(
             "/api/v1/containers/runs/{id}",
@@ -43,7 +40,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/containers/runs/{id}/attach", get(attach::attach))
         .route(
             "/api/v1/containers/runs/{id}/execs",
-            post(exec::create_detached).layer(DefaultBodyLimit::max(exec::BODY_LIMIT)),
+            json_limited(post(exec::create_detached), exec::BODY_LIMIT),
         )
         .route(
             "/api/v1/containers/execs/{exec_id}",
@@ -55,17 +52,25 @@ pub fn router() -> Router<AppState> {
         )
         .route(
             "/api/v1/containers/runs/{id}/stop",
-            post(stop::stop)
-                .layer(DefaultBodyLimit::max(stop::BODY_LIMIT))
-                .layer(from_fn_with_state(stop::BODY_LIMIT, limit_body)),
+            json_limited(post(stop::stop), stop::BODY_LIMIT),
         )
         .route(
             "/api/v1/auth/token",
-            post(auth::token)
-                .layer(DefaultBodyLimit::max(auth::BODY_LIMIT))
-                .layer(from_fn_with_state(auth::BODY_LIMIT, limit_body)),
+            json_limited(post(auth::token), auth::BODY_LIMIT),
         )
         .route("/api/v1/billing/status", get(billing::status))
         .route(crate::openapi::PATH, get(crate::openapi::serve))
         .merge(image_routes::router())
+}
+
+/// A route whose JSON body may be at most `limit` bytes: a larger declared length is refused
+/// with 413 before the body is read, a body without one once it passes the limit; either
+/// way the problem names the limit.
+pub(crate) fn json_limited<S: Clone + Send + Sync + 'static>(
+    route: MethodRouter<S>,
+    limit: usize,
+) -> MethodRouter<S> {
+    route
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(from_fn_with_state(limit, limit_body))
 }
