@@ -4,10 +4,13 @@
 //! container, record the end.
 //!
 //! Runs outlive the runner process: on shutdown (or a crash) their containers keep running,
-//! and on start [`readopt`] picks them up again from the store: it re-attaches to each
-//! running container (output from then on continues the run's `seq`), waits for its exit as
-//! usual, ends the runs whose containers vanished, and removes containers of runs it does not
-//! know.
+//! and on start [`readopt`] picks them up again from the store. The engine logged everything
+//! each container wrote meanwhile, so it follows each container again from the engine's log,
+//! skipping the bytes of each stream the store already holds: what was written while no runner
+//! was attached is stored, nothing twice, and `seq` goes on densely. A container that is still
+//! running is then followed and waited for as usual; one that exited meanwhile has its
+//! remaining output stored before its exit code. Runs whose containers vanished end `failed`,
+//! and containers of runs it does not know are removed.
 //!
 //! The engine may go away under a live run too (Podman's API service restarted): its
 //! containers keep running under conmon. The wait then fails; the supervisor waits for the
@@ -34,7 +37,8 @@ use crate::spec::RunSpec;
 use crate::storage;
 use crate::store::{Entry, Store};
 
-/// How long the output stream may take to close once the container has stopped.
+/// How long the output stream may go without delivering a byte once the container has stopped
+/// before it is abandoned (a replay of the engine's log keeps delivering until it is done).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the exit code may take to arrive after a kill.
 const KILL_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,9 +57,6 @@ pub const VANISHED: &str = "the container vanished while the runner was down";
 pub const NOT_STARTED: &str = "the runner stopped before the run started";
 /// How the reason of a run the kernel's OOM killer ended begins.
 pub const OOM_KILLED: &str = "out of memory (OOM-killed)";
-/// Reason recorded for a run whose container exited while the runner was down.
-pub const EXITED_WHILE_DOWN: &str =
-    "the container exited while the runner was down; output written meanwhile was not captured";
 
 /// Starts executing `spec` as the run `entry` on a task of its own; a storage subpath is
 /// staged below `mounts_dir` (see [`storage`]).
@@ -225,7 +226,7 @@ async fn supervise(
         }
     };
     let wait_ms = ms(begun.elapsed());
-    let pump = output.pump;
+    let pump = output.pump.take();
     let (state, exit_code, reason) = match waited {
         // A deleted run's container was force-removed: whatever the engine says, it did not
         // simply exit.
@@ -268,14 +269,12 @@ async fn supervise(
         }
     };
 
-    // The attach stream closes once the container has stopped; let it deliver the last output
+    // The output stream closes once the container has stopped; let it deliver the last output
     // so the exit frame comes after every output frame.
-    if let Some(pump) = pump {
-        let abort = pump.abort_handle();
-        if tokio::time::timeout(DRAIN_TIMEOUT, pump).await.is_err() {
-            tracing::warn!(run = %entry.id, "output stream did not close after the container stopped");
-            abort.abort();
-        }
+    if let Some(pump) = pump
+        && !drain(pump, output.captured.as_deref()).await
+    {
+        tracing::warn!(run = %entry.id, "output stream did not close after the container stopped");
     }
     let drained = begun.elapsed();
     // Remove first: once a client sees the exit frame, the container is gone.
@@ -295,8 +294,8 @@ struct Following {
     /// The task; `None` when the output could not be attached to.
     pump: Option<JoinHandle<()>>,
     /// Bytes of each stream the container wrote that the store holds, counted from the
-    /// container's start; `None` when the output was attached to later (a re-adopted run),
-    /// so the counts are not offsets into the engine's log.
+    /// container's start; `None` when the output was attached to later without knowing what
+    /// the store held, so the counts are not offsets into the engine's log.
     captured: Option<Arc<Captured>>,
 }
 
@@ -340,6 +339,24 @@ async fn pump(mut output: Output, entry: Arc<Entry>, captured: Arc<Captured>, mu
     }
 }
 
+/// Waits for `pump` to end, for as long as it keeps making progress (`captured` grows) with no
+/// pause longer than [`DRAIN_TIMEOUT`]; without `captured`, for `DRAIN_TIMEOUT` at most. Aborts
+/// it and returns `false` when it stalls.
+async fn drain(mut pump: JoinHandle<()>, captured: Option<&Captured>) -> bool {
+    let mut seen = captured.map(Captured::counts);
+    loop {
+        if tokio::time::timeout(DRAIN_TIMEOUT, &mut pump).await.is_ok() {
+            return true;
+        }
+        let now = captured.map(Captured::counts);
+        if now.is_none() || now == seen {
+            pump.abort();
+            return false;
+        }
+        seen = now;
+    }
+}
+
 /// Whether a failed engine call means the engine itself went away (its connection broke or
 /// it did not answer) rather than an answer about the container.
 fn engine_lost(error: &EngineError) -> bool {
@@ -376,12 +393,10 @@ async fn resume_output(
     container: &str,
     output: Following,
 ) -> Following {
-    if let Some(pump) = output.pump {
-        let abort = pump.abort_handle();
-        if tokio::time::timeout(DRAIN_TIMEOUT, pump).await.is_err() {
-            tracing::warn!(run = %entry.id, "the output stream did not end when the engine went away");
-            abort.abort();
-        }
+    if let Some(pump) = output.pump
+        && !drain(pump, None).await
+    {
+        tracing::warn!(run = %entry.id, "the output stream did not end when the engine went away");
     }
     let Some(captured) = output.captured else {
         let pump = match engine.attach(container).await {
@@ -417,9 +432,10 @@ async fn resume_output(
 /// What [`readopt`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Readopted {
-    /// Runs whose containers still ran: attached again and supervised.
+    /// Runs whose containers still ran: followed again and supervised.
     pub adopted: usize,
-    /// Runs ended because their containers had exited, vanished or never started.
+    /// Runs whose containers had exited (they end once the rest of their output is stored),
+    /// vanished or never started.
     pub ended: usize,
     /// Containers removed because their runs are unknown or over.
     pub removed: usize,
@@ -456,28 +472,28 @@ pub async fn readopt(engine: &Arc<Engine>, store: &Store) -> Result<Readopted, E
         };
         let had_container = container.is_some() || entry.snapshot().state == RunState::Running;
         match (container, status) {
-            (Some(container), Some(ContainerStatus::Running)) => {
-                adopt(engine.clone(), entry, container);
-                done.adopted += 1;
-            }
-            (Some(container), Some(ContainerStatus::Exited(code))) => {
-                remove(engine, &container).await;
-                match code {
-                    Some(code) => {
-                        entry
-                            .finish(
-                                RunState::Exited,
-                                Some(exit_code(code)),
-                                Some(EXITED_WHILE_DOWN.to_owned()),
-                            )
-                            .await
+            (Some(container), Some(status @ ContainerStatus::Running))
+            | (Some(container), Some(status @ ContainerStatus::Exited(Some(_)))) => {
+                let stored = match store.stored_bytes(&entry).await {
+                    Ok(counts) => Some(counts),
+                    Err(e) => {
+                        tracing::warn!(run = %entry.id, error = %e, "cannot count the run's stored output; following it from now on");
+                        None
                     }
-                    None => {
-                        entry
-                            .finish(RunState::Failed, None, Some(VANISHED.to_owned()))
-                            .await
-                    }
+                };
+                let exited = status != ContainerStatus::Running;
+                adopt(engine.clone(), entry, container, stored, exited);
+                if exited {
+                    done.ended += 1;
+                } else {
+                    done.adopted += 1;
                 }
+            }
+            (Some(container), Some(ContainerStatus::Exited(None))) => {
+                remove(engine, &container).await;
+                entry
+                    .finish(RunState::Failed, None, Some(VANISHED.to_owned()))
+                    .await;
                 done.ended += 1;
             }
             (Some(container), Some(ContainerStatus::Created)) => {
@@ -540,9 +556,18 @@ pub fn spawn_readopt(engine: Arc<Engine>, store: Store) -> JoinHandle<Readopted>
     })
 }
 
-/// Attaches to a running container of an earlier runner process and supervises it; its timeout
-/// still counts from `started_at`.
-fn adopt(engine: Arc<Engine>, entry: Arc<Entry>, container: String) {
+/// Follows a container of an earlier runner process again and supervises it; its timeout still
+/// counts from `started_at`. With `stored` (the bytes of each stream the store holds), its
+/// output is read from the engine's log, skipping those bytes; without, it is attached to from
+/// now on. An `exited` container is not timed out: its log is read to the end and its exit
+/// code recorded.
+fn adopt(
+    engine: Arc<Engine>,
+    entry: Arc<Entry>,
+    container: String,
+    stored: Option<[u64; 2]>,
+    exited: bool,
+) {
     if entry.container().is_none() && !entry.set_container(&container) {
         tracing::warn!(run = %entry.id, "the run ended before it could be re-adopted");
     }
@@ -552,24 +577,46 @@ fn adopt(engine: Arc<Engine>, entry: Arc<Entry>, container: String) {
         .started_at
         .map(|t| (OffsetDateTime::now_utc() - t).unsigned_abs())
         .unwrap_or_default();
-    let remaining = entry.timeout.saturating_sub(elapsed);
-    tracing::info!(run = %entry.id, container, "re-adopting a running container");
+    // An exited container's wait answers at once; the timeout only bounds that answer.
+    let remaining = if exited {
+        KILL_WAIT_TIMEOUT
+    } else {
+        entry.timeout.saturating_sub(elapsed)
+    };
+    tracing::info!(run = %entry.id, container, exited, ?stored, "re-adopting a container");
     tokio::spawn(async move {
-        let pump = match engine.attach(&container).await {
-            Ok(output) => Some(tokio::spawn(pump(
-                output,
-                entry.clone(),
-                Arc::new(Captured::default()),
-                [0, 0],
-            ))),
-            Err(e) => {
-                tracing::warn!(run = %entry.id, error = %engine_message(&e), "cannot attach to a re-adopted container; its further output is lost");
-                None
+        let output = match stored {
+            Some(skip) => {
+                let captured = Arc::new(Captured::default());
+                let replay = engine.replay_output(&container);
+                Following {
+                    pump: Some(tokio::spawn(pump(
+                        replay,
+                        entry.clone(),
+                        captured.clone(),
+                        skip,
+                    ))),
+                    captured: Some(captured),
+                }
             }
-        };
-        let output = Following {
-            pump,
-            captured: None,
+            None => {
+                let pump = match engine.attach(&container).await {
+                    Ok(output) => Some(tokio::spawn(pump(
+                        output,
+                        entry.clone(),
+                        Arc::new(Captured::default()),
+                        [0, 0],
+                    ))),
+                    Err(e) => {
+                        tracing::warn!(run = %entry.id, error = %engine_message(&e), "cannot attach to a re-adopted container; its further output is lost");
+                        None
+                    }
+                };
+                Following {
+                    pump,
+                    captured: None,
+                }
+            }
         };
         supervise(&engine, &entry, &container, output, remaining).await;
         log_end(&entry);

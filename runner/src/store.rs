@@ -550,6 +550,24 @@ impl Store {
         .map_err(|_| StoreError::WriterGone)?
     }
 
+    /// How many bytes of each stream (stdout, stderr) of `entry`'s output are stored: where
+    /// its output goes on in the container's own log.
+    pub async fn stored_bytes(&self, entry: &Arc<Entry>) -> Result<[u64; 2], StoreError> {
+        let (committed, _) = entry.read_state();
+        if committed == 0 {
+            return Ok([0, 0]);
+        }
+        let shared = self.shared.clone();
+        let serial = entry.serial;
+        tokio::task::spawn_blocking(move || {
+            shared
+                .readers
+                .with(|conn| db::stored_bytes(conn, serial, committed))
+        })
+        .await
+        .map_err(|_| StoreError::WriterGone)?
+    }
+
     /// Deletes ended runs (with their output) past `policy` as of `now`, idempotency keys
     /// older than [`IDEMPOTENCY_WINDOW`] and usage ledger rows of runs that ended before
     /// [`USAGE_WINDOW`]; returns how many runs it deleted. Deleted runs keep their ledger rows.

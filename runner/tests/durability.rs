@@ -1,6 +1,7 @@
 //! Durability against a real Podman engine: runs and their output survive a runner killed with
-//! SIGKILL, running containers are re-adopted, vanished ones end as `failed`; plus stop,
-//! idempotency keys and the logs endpoint's tail and stream filters.
+//! SIGKILL, running containers are re-adopted and what they wrote while no runner was attached
+//! (or before they exited meanwhile) is recovered from the engine's log, vanished ones end as
+//! `failed`; plus stop, idempotency keys and the logs endpoint's tail and stream filters.
 
 mod common;
 
@@ -294,15 +295,10 @@ async fn a_run_survives_a_runner_killed_with_sigkill() {
         last_seq > resumed_from,
         "output after the restart was captured"
     );
-    // Lines only go up (nothing repeated) and the re-adopted container's last line is there;
-    // lines written while no runner was attached are missing, by design.
+    // Every line once, in order: those written while no runner was attached too.
     let numbers = line_numbers(&seen);
-    eprintln!(
-        "resumed after seq {resumed_from}; {last_seq} frames; {} of {LINES} lines captured",
-        numbers.len()
-    );
-    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
-    assert_eq!(numbers.last(), Some(&LINES));
+    eprintln!("resumed after seq {resumed_from}; {last_seq} frames");
+    assert_eq!(numbers, (1..=LINES).collect::<Vec<_>>());
     let (_, run) = client.run(&id).await;
     assert_eq!(run["state"], "exited");
     assert!(run["wall_seconds"].as_u64().unwrap() >= 1, "{run}");
@@ -405,6 +401,199 @@ async fn a_container_removed_while_the_runner_was_down_fails_the_run() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A script writing, `lines` times with `pause` seconds between: `line I out` to stdout in two
+/// writes (the first without its newline, a partial line in the engine's log) and `err I` to
+/// stderr; then a last line without a newline on each stream; it exits with 7.
+fn two_streams(lines: u32, pause: &str) -> String {
+    format!(
+        "i=0; while [ $i -lt {lines} ]; do printf \"line $i\"; sleep 0.01; echo ' out'; \
+         echo \"err $i\" >&2; i=$((i+1)); sleep {pause}; done; \
+         printf 'last words'; printf 'no newline' >&2; exit 7"
+    )
+}
+
+/// What [`two_streams`] writes to stdout and to stderr.
+fn two_streams_output(lines: u32) -> (String, String) {
+    let mut stdout: String = (0..lines).map(|i| format!("line {i} out\n")).collect();
+    stdout.push_str("last words");
+    let mut stderr: String = (0..lines).map(|i| format!("err {i}\n")).collect();
+    stderr.push_str("no newline");
+    (stdout, stderr)
+}
+
+/// What a client took from a run's log: every output frame's seq, each stream's bytes, the exit
+/// frames.
+#[derive(Debug, Default)]
+struct Taken {
+    seqs: Vec<u64>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    exits: Vec<LogFrame>,
+}
+
+impl Taken {
+    /// Takes one frame; `false` once it was the exit frame.
+    fn take(&mut self, frame: &LogFrame) -> bool {
+        match frame {
+            LogFrame::Output { seq, stream, .. } => {
+                self.seqs.push(*seq);
+                let bytes = frame.output_bytes().unwrap().unwrap();
+                match stream {
+                    Stream::Stdout => self.stdout.extend_from_slice(&bytes),
+                    Stream::Stderr => self.stderr.extend_from_slice(&bytes),
+                }
+                true
+            }
+            LogFrame::Exit { .. } => {
+                self.exits.push(frame.clone());
+                false
+            }
+            LogFrame::Keepalive => true,
+        }
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.seqs.last().copied().unwrap_or(0)
+    }
+
+    /// Asserts seqs 1..=N once each in order, `lines` of [`two_streams`] on each stream, and
+    /// one exit frame, `exited` with 7 after seq N.
+    fn assert_complete(&self, who: &str, lines: u32) {
+        let (stdout, stderr) = two_streams_output(lines);
+        let n = self.seqs.len() as u64;
+        assert_eq!(self.seqs, (1..=n).collect::<Vec<_>>(), "{who}: dense seqs");
+        assert_eq!(String::from_utf8_lossy(&self.stdout), stdout, "{who}: stdout");
+        assert_eq!(String::from_utf8_lossy(&self.stderr), stderr, "{who}: stderr");
+        assert_eq!(self.exits.len(), 1, "{who}: one exit frame");
+        match &self.exits[0] {
+            LogFrame::Exit {
+                state,
+                exit_code,
+                reason,
+                last_seq,
+                ..
+            } => {
+                assert_eq!((*state, *exit_code), (RunState::Exited, Some(7)), "{who}");
+                assert_eq!(*reason, None, "{who}");
+                assert_eq!(*last_seq, n, "{who}: the exit frame follows the last output");
+            }
+            other => panic!("{who}: {other:?}"),
+        }
+    }
+}
+
+impl Client {
+    /// The run's whole log, read once (not followed).
+    async fn replay(&self, id: &str) -> Taken {
+        let reply = self
+            .http
+            .get(format!("{}{RUNS}/{id}/logs", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200);
+        let mut taken = Taken::default();
+        for frame in frames(&reply.bytes().await.unwrap()) {
+            taken.take(&frame);
+        }
+        taken
+    }
+}
+
+/// Whether the engine says the container is running.
+fn running(podman: &Podman, name: &str) -> bool {
+    podman_output(
+        podman,
+        &["inspect", "--format", "{{.State.Running}}", name],
+    ) == "true"
+}
+
+/// Starts a run of [`two_streams`], follows it until it has written `before` lines, kills the
+/// runner with SIGKILL, waits until `down` has passed (and, with `exit_meanwhile`, until the
+/// container exited), starts a runner on the same state dir, and checks that a follower
+/// resuming after the last seq it saw, and a full replay afterwards, get every byte of both
+/// streams once, in order, with dense seqs, and the exit code once.
+async fn recovers_output_written_while_down(
+    lines: u32,
+    pause: &str,
+    before: usize,
+    down: Duration,
+    exit_meanwhile: bool,
+) {
+    let podman = Podman::start();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let log = dir.path().join("runner.log");
+    let mut first = RunnerProcess::start(&podman, &state, &log);
+    let token = mint(&state, "alice");
+    let client = Client::new(&first.base, &token);
+    let id = client
+        .create(json!({"argv": ["sh", "-c", two_streams(lines, pause)]}))
+        .await;
+    let name = format!("bus-{id}");
+    let _cleanup = Cleanup(&podman, vec![name.clone()]);
+
+    let mut taken = Taken::default();
+    client
+        .follow(&id, 0, |frame| {
+            assert!(taken.take(frame), "the run ended too early: {frame:?}");
+            taken.stdout.iter().filter(|b| **b == b'\n').count() < before
+        })
+        .await;
+    let resumed_after = taken.last_seq();
+    first.kill9();
+    let killed = Instant::now();
+    tokio::time::sleep(down).await;
+    if exit_meanwhile {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while running(&podman, &name) {
+            assert!(Instant::now() < deadline, "the run did not end");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    } else {
+        assert!(
+            running(&podman, &name),
+            "the container still runs when the runner comes back (make the run longer)"
+        );
+    }
+    let second = RunnerProcess::start(&podman, &state, &log);
+    eprintln!("runner down {:?}", killed.elapsed());
+    let client = Client::new(&second.base, &token);
+    client
+        .follow(&id, resumed_after, |frame| taken.take(frame))
+        .await;
+    eprintln!(
+        "resumed after seq {resumed_after}; {} frames in all",
+        taken.seqs.len()
+    );
+    taken.assert_complete("the resumed follower", lines);
+
+    let (_, run) = client.run(&id).await;
+    assert_eq!(run["state"], "exited", "{run}");
+    assert_eq!(run["exit_code"], 7, "{run}");
+    assert!(
+        !podman.container_exists(&name),
+        "the container is removed after its exit"
+    );
+    client
+        .replay(&id)
+        .await
+        .assert_complete("a later full replay", lines);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_written_while_the_runner_was_down_for_30_s_is_recovered() {
+    // 700 lines take over 42 s (two sleeps of 0.01 and 0.05 s per line): the run outlives
+    // the 30 s without a runner, with a margin for a slow start.
+    recovers_output_written_while_down(700, "0.05", 20, Duration::from_secs(30), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_exited_while_the_runner_was_down_keeps_all_its_output() {
+    recovers_output_written_while_down(60, "0.03", 10, Duration::ZERO, true).await;
 }
 
 fn podman_output(podman: &Podman, args: &[&str]) -> String {

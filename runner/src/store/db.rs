@@ -1002,6 +1002,28 @@ pub(super) fn read_frames(
     Ok((frames, true))
 }
 
+/// How many bytes of each stream (stdout, stderr) the frames of run `serial` up to `upto` hold.
+pub(super) fn stored_bytes(
+    conn: &Connection,
+    serial: u64,
+    upto: u64,
+) -> Result<[u64; 2], StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT stream, SUM(length(data)) FROM frames
+         WHERE run = ?1 AND seq <= ?2 GROUP BY stream",
+    )?;
+    let mut rows = stmt.query(params![serial as i64, upto as i64])?;
+    let mut counts = [0; 2];
+    while let Some(row) = rows.next()? {
+        let bytes = u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0);
+        match row.get::<_, i64>(0)? {
+            1 => counts[0] = bytes,
+            _ => counts[1] = bytes,
+        }
+    }
+    Ok(counts)
+}
+
 /// The cursor before the last `n` frames of run `serial` up to `upto` in `filter`.
 pub(super) fn tail_cursor(
     conn: &Connection,

@@ -294,6 +294,11 @@ async fn records_and_frames_survive_a_reopen_and_seq_continues() {
     assert_eq!(live.container().as_deref(), Some("c123"));
     assert_eq!(live.timeout, Duration::from_secs(600));
     assert_eq!(live.last_seq(), 2);
+    assert_eq!(
+        s.stored_bytes(&live).await.unwrap(),
+        [3, 3],
+        "bytes stored per stream, where the container's log goes on"
+    );
     live.push_output(Stream::Stdout, Bytes::from_static(b"three"))
         .await;
     live.finish(
@@ -312,6 +317,9 @@ async fn records_and_frames_survive_a_reopen_and_seq_continues() {
         ]
     );
     assert_eq!(exit, Some(3));
+    assert_eq!(s.stored_bytes(&live).await.unwrap(), [8, 3]);
+    let fresh = insert(&s, "a", "run_fresh").await;
+    assert_eq!(s.stored_bytes(&fresh).await.unwrap(), [0, 0]);
     let done = s.get("b", &id_done).unwrap().snapshot();
     assert_eq!((done.state, done.exit_code), (RunState::Exited, Some(4)));
     assert!(done.wall_seconds.is_some() && done.finished_at.is_some());
