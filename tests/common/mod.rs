@@ -257,12 +257,25 @@ impl Runner {
     pub fn restart(&mut self) {
         (self.child, self.origin) = serve(self.state_dir.path(), &self.engine.socket);
     }
+
+    /// Like [`Runner::restart`], on the address it listened on before (as a runner restarted
+    /// by its service manager would be), so busd finds it where it was.
+    pub fn restart_in_place(&mut self) {
+        let listen = self.origin.trim_start_matches("http://").to_owned();
+        (self.child, self.origin) = serve_on(self.state_dir.path(), &self.engine.socket, &listen);
+        assert_eq!(self.origin, format!("http://{listen}"));
+    }
 }
 
 /// `bus-runner serve` on 127.0.0.1:0 with `state_dir` (and its `runner.toml`, if present) and
 /// the engine at `engine_socket`; returns the process and its origin, read from the line the
 /// runner prints once it listens.
 fn serve(state_dir: &Path, engine_socket: &Path) -> (Child, String) {
+    serve_on(state_dir, engine_socket, "127.0.0.1:0")
+}
+
+/// [`serve`] on `listen` (`HOST:PORT`).
+fn serve_on(state_dir: &Path, engine_socket: &Path, listen: &str) -> (Child, String) {
     let mut command = Command::new(bin("bus-runner"));
     command.arg("serve");
     let config = state_dir.join("runner.toml");
@@ -276,7 +289,7 @@ fn serve(state_dir: &Path, engine_socket: &Path) -> (Child, String) {
         Err(_) => ("warn", Stdio::null()),
     };
     let mut child = command
-        .args(["--listen", "127.0.0.1:0", "--engine"])
+        .args(["--listen", listen, "--engine"])
         .arg(format!("unix://{}", engine_socket.display()))
         .arg("--state-dir")
         .arg(state_dir)
