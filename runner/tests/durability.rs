@@ -464,8 +464,16 @@ impl Taken {
         let (stdout, stderr) = two_streams_output(lines);
         let n = self.seqs.len() as u64;
         assert_eq!(self.seqs, (1..=n).collect::<Vec<_>>(), "{who}: dense seqs");
-        assert_eq!(String::from_utf8_lossy(&self.stdout), stdout, "{who}: stdout");
-        assert_eq!(String::from_utf8_lossy(&self.stderr), stderr, "{who}: stderr");
+        assert_eq!(
+            String::from_utf8_lossy(&self.stdout),
+            stdout,
+            "{who}: stdout"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&self.stderr),
+            stderr,
+            "{who}: stderr"
+        );
         assert_eq!(self.exits.len(), 1, "{who}: one exit frame");
         match &self.exits[0] {
             LogFrame::Exit {
@@ -477,7 +485,10 @@ impl Taken {
             } => {
                 assert_eq!((*state, *exit_code), (RunState::Exited, Some(7)), "{who}");
                 assert_eq!(*reason, None, "{who}");
-                assert_eq!(*last_seq, n, "{who}: the exit frame follows the last output");
+                assert_eq!(
+                    *last_seq, n,
+                    "{who}: the exit frame follows the last output"
+                );
             }
             other => panic!("{who}: {other:?}"),
         }
@@ -505,10 +516,7 @@ impl Client {
 
 /// Whether the engine says the container is running.
 fn running(podman: &Podman, name: &str) -> bool {
-    podman_output(
-        podman,
-        &["inspect", "--format", "{{.State.Running}}", name],
-    ) == "true"
+    podman_output(podman, &["inspect", "--format", "{{.State.Running}}", name]) == "true"
 }
 
 /// Starts a run of [`two_streams`], follows it until it has written `before` lines, kills the
