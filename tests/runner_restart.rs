@@ -225,3 +225,14 @@ fn nothing_is_lost_across_a_runner_restart(lines: u32, before: u64, down: Durati
 fn nothing_is_lost_when_the_runner_is_down_for_3_s() {
     nothing_is_lost_across_a_runner_restart(250, 40, Duration::from_secs(3));
 }
+
+/// Needs busd to keep resuming a broken log stream for longer than the runner is down: today it
+/// gives up after 5 failed resumes in a row (about 6 s), so `logs -f`, `run` and `wait` end
+/// `UNAVAILABLE`. The runner's side of this case is checked in `bus-runner`'s durability tests
+/// (`output_written_while_the_runner_was_down_for_30_s_is_recovered`).
+#[test]
+#[ignore = "busd gives up resuming a log stream after about 6 s without the runner"]
+fn nothing_is_lost_when_the_runner_is_down_for_30_s() {
+    // 700 lines take over 42 s: the runs outlive the 30 s without a runner.
+    nothing_is_lost_across_a_runner_restart(700, 40, Duration::from_secs(30));
+}
