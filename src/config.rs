@@ -6,10 +6,11 @@
 //! timeout = "30s"                     # the CLI's per-call deadline
 //! output = "table"                    # table or json
 //! socket = "/run/user/1000/bus/busd.sock"
+//! resume_for = "2m"                   # how long busd retries a runner lost under a stream
 //! ```
 //!
-//! busd and the CLI both resolve `api_url` and `socket` through [`resolve`]; nothing else
-//! reads the file.
+//! busd and the CLI both resolve `api_url` and `socket` through [`resolve`], busd also
+//! `resume_for`; nothing else reads the file.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,10 @@ pub const API_URL_ENV_VARS: [&str; 2] = ["BUS_AI_API_URL", "BUS_API_BASE_URL"];
 /// The origin used when nothing else names one: the local runner's default address.
 pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8650";
 
+/// How long busd goes on resuming a log stream whose runner it lost, unless `resume_for` says
+/// otherwise.
+pub const DEFAULT_RESUME_FOR: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A setting the file may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Key {
@@ -33,11 +38,19 @@ pub enum Key {
     Output,
     /// busd's socket.
     Socket,
+    /// How long busd goes on resuming a log stream whose runner it lost, e.g. `2m`.
+    ResumeFor,
 }
 
 impl Key {
     /// Every key, in the order `bus config list` shows them.
-    pub const ALL: [Key; 4] = [Key::ApiUrl, Key::Timeout, Key::Output, Key::Socket];
+    pub const ALL: [Key; 5] = [
+        Key::ApiUrl,
+        Key::Timeout,
+        Key::Output,
+        Key::Socket,
+        Key::ResumeFor,
+    ];
 
     /// The key's name in the file.
     pub fn name(self) -> &'static str {
@@ -46,6 +59,7 @@ impl Key {
             Key::Timeout => "timeout",
             Key::Output => "output",
             Key::Socket => "socket",
+            Key::ResumeFor => "resume_for",
         }
     }
 
@@ -61,6 +75,7 @@ impl Key {
             Key::Timeout => &["BUS_TIMEOUT"],
             Key::Output => &["BUS_OUTPUT"],
             Key::Socket => &[crate::SOCKET_ENV],
+            Key::ResumeFor => &["BUS_RESUME_FOR"],
         }
     }
 }

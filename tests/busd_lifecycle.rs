@@ -137,7 +137,7 @@ fn shutdown_lets_an_open_stream_finish_then_removes_the_socket() {
         while !String::from_utf8_lossy(&output).contains("first") {
             match stream.message().await.unwrap().unwrap().event.unwrap() {
                 Event::Output(chunk) => output.extend(chunk.data),
-                Event::Accepted(_) => {}
+                Event::Accepted(_) | Event::Notice(_) => {}
                 Event::Exited(_) => panic!("exited too early"),
             }
         }
@@ -168,7 +168,7 @@ fn shutdown_lets_an_open_stream_finish_then_removes_the_socket() {
             match event.event.unwrap() {
                 Event::Output(chunk) => output.extend(chunk.data),
                 Event::Exited(e) => exited = Some(e),
-                Event::Accepted(_) => {}
+                Event::Accepted(_) | Event::Notice(_) => {}
             }
         }
         (output, exited, shutdown)
@@ -205,6 +205,7 @@ fn the_drain_is_bounded() {
             match stream.message().await.unwrap().unwrap().event.unwrap() {
                 Event::Accepted(run) => run_id = run.id,
                 Event::Output(_) => break,
+                Event::Notice(_) => {}
                 Event::Exited(_) => panic!("exited too early"),
             }
         }

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bus::proto::containers::v1::{
-    RunExited, StreamLogsRequest, containers_client::ContainersClient, log_event::Event,
+    NoticeKind, RunExited, StreamLogsRequest, StreamNotice, containers_client::ContainersClient,
+    log_event::Event,
 };
 use common::{ALL_SCOPES, Stack, mint, one_line_error, stdout};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -198,6 +199,8 @@ struct Followed {
     text: Vec<u8>,
     exits: Vec<RunExited>,
     gaps: usize,
+    /// busd's notices about the stream.
+    notices: Vec<StreamNotice>,
     error: Option<tonic::Status>,
     /// When the stream ended (with the exit, an error or nothing).
     ended: Option<Instant>,
@@ -232,6 +235,7 @@ async fn follow(socket: std::path::PathBuf, id: String, progress: Arc<AtomicU64>
                 }
                 Some(Event::Exited(exit)) => got.exits.push(exit),
                 Some(Event::Gap(_)) => got.gaps += 1,
+                Some(Event::Notice(notice)) => got.notices.push(notice),
                 Some(Event::Keepalive(_)) | None => {}
             },
             Ok(None) => break,
@@ -480,6 +484,87 @@ fn followers_resume_after_the_runner_is_killed_and_restarted() {
     );
 }
 
+/// The runner is killed (SIGKILL, by PID) under an attached `run`, a `logs -f` and a `wait`,
+/// and started again only 10 s later: longer than busd's resume budget used to last (five
+/// resumes, about 6 s). busd keeps resuming; each command says once that the runner is
+/// unreachable and that busd retries, then ends with the run's exit code. No line comes
+/// twice; what was written before the kill and after the restart arrives. (Output written
+/// while no runner was attached may be missing: that is the runner's to recover.)
+#[test]
+fn attached_commands_ride_out_a_runner_that_is_down_for_a_while() {
+    let mut stack = Stack::start();
+    let rt = runtime();
+    let proxy = rt.block_on(Proxy::start(&stack.runner.origin));
+    let busd = start_busd(&stack, &proxy.url(), &[]);
+    let lines = 400;
+    let script = format!("{}; exit 7", numbered(lines, "0.05"));
+
+    let mut run = stack.bus_at(&proxy.url());
+    run.args(["containers", "run", "--", "sh", "-c", &script]);
+    let run = Watched::spawn(run);
+    run.reached(1);
+    let id = stdout(&stack.run_at(&proxy.url(), &["containers", "runs", "-q"]))
+        .lines()
+        .next()
+        .expect("the run is listed")
+        .to_owned();
+    let mut logs = stack.bus_at(&proxy.url());
+    logs.args(["containers", "logs", "-f", &id]);
+    let logs = Watched::spawn(logs);
+    let mut wait = stack.bus_at(&proxy.url());
+    wait.args(["containers", "wait", &id]);
+    let wait = Watched::spawn(wait);
+    run.reached(20);
+    logs.reached(20);
+
+    stack.runner.kill();
+    let killed = Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    stack.runner.restart();
+    proxy.point_at(&stack.runner.origin);
+    eprintln!("runner down for {:?}", killed.elapsed());
+
+    let notice = format!(
+        "bus: the runner at {} is unreachable; retrying for up to 2m",
+        proxy.url()
+    );
+    let mut printed = Vec::new();
+    for (name, watched, code) in [("run", run, 7), ("logs -f", logs, 0), ("wait", wait, 7)] {
+        let (got, out, err) = watched.finish(Duration::from_secs(180));
+        assert_eq!(got, Some(code), "{name}: {err}");
+        assert_eq!(
+            err.lines().filter(|l| *l == notice).count(),
+            1,
+            "{name} shows the notice once: {err}"
+        );
+        assert!(
+            err.lines().all(|l| l == notice),
+            "{name} shows nothing else: {err}"
+        );
+        if name == "wait" {
+            assert_eq!(out, "", "wait prints no output");
+            continue;
+        }
+        let numbers = line_numbers(&out);
+        assert_eq!(numbers.first(), Some(&1), "{name}");
+        assert_eq!(
+            numbers.last(),
+            Some(&lines),
+            "{name}: the run went on to its end"
+        );
+        assert!(
+            numbers.windows(2).all(|w| w[0] < w[1]),
+            "{name}: no line twice, none out of order: {numbers:?}"
+        );
+        // At most the output of the time the runner was down is missing.
+        let holes = numbers.windows(2).filter(|w| w[1] != w[0] + 1).count();
+        assert!(holes <= 1, "{name}: {numbers:?}");
+        printed.push(out);
+    }
+    assert_eq!(printed[0], printed[1], "run and logs -f printed the same");
+    assert_eq!(stack.busd_pid(), Some(busd), "busd rode it out");
+}
+
 #[test]
 fn a_rotated_token_file_does_not_disturb_a_follow_and_is_used_next() {
     let stack = Stack::start();
@@ -536,7 +621,12 @@ fn a_silent_upstream_fails_the_follower_with_unavailable_in_bounded_time() {
     let stack = Stack::start();
     let rt = runtime();
     let proxy = rt.block_on(Proxy::start(&stack.runner.origin));
-    let busd = start_busd(&stack, &proxy.url(), &[FAST_KEEPALIVE]);
+    // A resume budget shorter than the default two minutes, through busd's environment.
+    let busd = start_busd(
+        &stack,
+        &proxy.url(),
+        &[FAST_KEEPALIVE, ("BUS_RESUME_FOR", "10s")],
+    );
     let id = detached(&stack, &proxy.url(), "echo line 1; sleep 120");
 
     let progress = Arc::new(AtomicU64::new(0));
@@ -569,8 +659,24 @@ fn a_silent_upstream_fails_the_follower_with_unavailable_in_bounded_time() {
         proxy.accepted() > before,
         "busd resumed (on new connections) before giving up"
     );
+    // Told once, when the first resume went silent too.
+    assert_eq!(followed.notices.len(), 1, "{:?}", followed.notices);
+    let notice = &followed.notices[0];
+    assert_eq!(
+        notice.kind,
+        NoticeKind::UpstreamUnreachable as i32,
+        "{notice:?}"
+    );
+    assert_eq!(notice.retry_for_seconds, 10, "{notice:?}");
+    assert!(
+        notice
+            .message
+            .contains(&format!("the runner at {} is unreachable", proxy.url())),
+        "{notice:?}"
+    );
     assert_eq!(stack.busd_pid(), Some(busd), "busd keeps running");
-    // Six silences of 3 s, five pauses (0.2 s .. 3.2 s) between them: about 25 s.
+    // Silences of 3 s with short pauses between them until 10 s have passed since the first:
+    // about 13 s.
     eprintln!("silent upstream: UNAVAILABLE after {took:?}");
 
     // The run is still there, and a delete goes through once the proxy forwards again.

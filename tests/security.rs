@@ -1,8 +1,8 @@
 //! Security checks against the real chain (bus CLI, busd, bus-runner, Podman): secrets never
 //! reach logs, files or process arguments; what the tools write is private; forged and
 //! misdirected tokens are refused with their reason, over REST and through the CLI; the
-//! authorization matrix of exec, logs, images and builds; oversized request bodies refused
-//! before they are read.
+//! authorization matrix of exec, logs, images and builds, and of joining a live follow or
+//! wait through busd; oversized request bodies refused before they are read.
 //!
 //! Already covered elsewhere, not repeated here: peer-uid refusal on busd's socket
 //! (busd_lifecycle.rs `another_user_cannot_use_the_socket`), token and key files refused
@@ -198,9 +198,10 @@ fn forged_tokens(runner: &Runner, sub: &str, scope: &str) -> Vec<Forged> {
         c[field] = value;
         c
     };
-    let valid = eddsa(&key, &good);
-    let mut parts: Vec<String> = valid.split('.').map(str::to_owned).collect();
-    parts[1] = b64(with("sub", json!("mallory")).to_string());
+    // Another account's genuine token, its payload swapped for one naming `sub`.
+    let donor = eddsa(&key, &with("sub", json!("mallory")));
+    let mut parts: Vec<String> = donor.split('.').map(str::to_owned).collect();
+    parts[1] = b64(good.to_string());
     let tampered = parts.join(".");
     let hs256 = {
         let input = format!(
@@ -245,7 +246,7 @@ fn forged_tokens(runner: &Runner, sub: &str, scope: &str) -> Vec<Forged> {
             reason: "issuer",
         },
         Forged {
-            name: "tampered payload",
+            name: "another account's token with its subject changed",
             token: tampered,
             code: "token_invalid",
             reason: "signature does not verify",
@@ -882,6 +883,258 @@ fn authorization_matrix_of_exec_and_logs() {
         let removed = http(&runner.origin, "DELETE", &path, Some(&owner), &[], None);
         assert_eq!(removed.status, 204, "{path}: {}", removed.text());
     }
+}
+
+/// What one bounded `bus` invocation did.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `command` to its end, or kills it (by its PID) after `limit` and says so in `stderr`:
+/// a command that should have been refused must not hang the test instead.
+fn bounded(mut command: std::process::Command, limit: Duration) -> Outcome {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let start = Instant::now();
+    let mut hung = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            hung = true;
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = err.join().unwrap();
+    if hung {
+        stderr.push_str(&format!("(still running after {limit:?}; killed)"));
+    }
+    Outcome {
+        code: status.code(),
+        stdout: out.join().unwrap(),
+        stderr,
+    }
+}
+
+/// busd's count of upstream log streams opened so far.
+fn upstream_log_streams(stack: &Stack) -> u64 {
+    use bus::proto::daemon::v1::{GetInfoRequest, daemon_client::DaemonClient};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let channel = bus::connect(&stack.socket).await.unwrap();
+        DaemonClient::new(channel)
+            .get_info(GetInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .upstream_log_streams
+    })
+}
+
+/// A `bus` command's stdout, line by line into a counter, while it runs.
+struct Watched {
+    child: Reaped,
+    lines: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Watched {
+    fn spawn(mut command: std::process::Command) -> Watched {
+        use std::io::BufRead as _;
+        use std::sync::atomic::Ordering;
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines: std::sync::Arc<std::sync::atomic::AtomicUsize> = std::sync::Arc::default();
+        let count = std::sync::Arc::clone(&lines);
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                if line.is_err() {
+                    return;
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        Watched {
+            child: Reaped(child),
+            lines,
+        }
+    }
+
+    fn lines(&self) -> usize {
+        self.lines.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.0.try_wait().unwrap().is_none()
+    }
+}
+
+/// The authorization matrix of joining a live follow and a live wait: while the owner follows
+/// a run that prints a line every 50 ms, every token the runner refuses for that run's logs
+/// (each forged kind, expired, without `container:read`, with a grant that switches logs off,
+/// another account's) gets through `bus containers logs -f` and `bus containers wait`
+/// exactly what it gets with nobody following: the same exit code and error line, and no
+/// output. Another genuine token of the owner's joins, and shares the one upstream stream.
+#[test]
+fn joining_a_live_follow_or_wait_gets_what_the_token_gets_alone() {
+    let stack = Stack::start();
+    let key = runner_key(&stack.runner);
+    let mut tokens: Vec<(String, String)> = forged_tokens(&stack.runner, "alice", ALL_SCOPES)
+        .into_iter()
+        .map(|f| (f.name.to_owned(), f.token))
+        .collect();
+    tokens.push((
+        "missing container:read".to_owned(),
+        stack
+            .runner
+            .token("alice", "container:run container:delete"),
+    ));
+    let mut no_logs = claims("alice", ALL_SCOPES);
+    no_logs["grant"] = json!({ "logs": false });
+    tokens.push(("a grant without logs".to_owned(), eddsa(&key, &no_logs)));
+    tokens.push((
+        "another account".to_owned(),
+        stack.runner.token("bob", ALL_SCOPES),
+    ));
+    let files: Vec<(String, PathBuf)> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, (name, token))| (name.clone(), stack.token_file(&format!("t{i}"), token)))
+        .collect();
+
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "-d",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 12000 ]; do i=$((i+1)); echo line $i; sleep 0.05; done",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = stdout(&out).trim().to_owned();
+    let limit = Duration::from_secs(15);
+    let attempt = |file: &Path, verb: &[&str]| {
+        let mut command = stack.bus();
+        command
+            .arg("--token-file")
+            .arg(file)
+            .arg("containers")
+            .args(verb)
+            .arg(&id);
+        bounded(command, limit)
+    };
+    let verbs: [&[&str]; 2] = [&["logs", "-f"], &["wait"]];
+
+    // Alone: nobody follows the run.
+    let mut alone = Vec::new();
+    for (name, file) in &files {
+        for verb in verbs {
+            let got = attempt(file, verb);
+            assert_ne!(got.code, Some(0), "{name}, {verb:?} alone: {got:?}");
+            assert_eq!(got.stdout, "", "{name}, {verb:?} alone");
+            assert_eq!(
+                got.stderr.lines().count(),
+                1,
+                "{name}, {verb:?} alone: {got:?}"
+            );
+            assert!(
+                got.stderr.starts_with("bus: error: "),
+                "{name}, {verb:?}: {got:?}"
+            );
+            alone.push(got);
+        }
+    }
+
+    // The owner follows; the run goes on printing.
+    let mut owner = stack.bus();
+    owner.args(["containers", "logs", "-f", &id]);
+    let mut owner = Watched::spawn(owner);
+    wait_for("the owner's first line", Duration::from_secs(60), || {
+        owner.lines() > 0
+    });
+    let streams = upstream_log_streams(&stack);
+
+    let mut alone = alone.into_iter();
+    let mut differences = Vec::new();
+    for (name, file) in &files {
+        for verb in verbs {
+            let joined = attempt(file, verb);
+            let expected = alone.next().unwrap();
+            if joined != expected {
+                differences.push(format!(
+                    "{name}, {verb:?}: exit {:?} and {} lines of output, then {:?}; alone: exit {:?}, {:?}",
+                    joined.code,
+                    joined.stdout.lines().count(),
+                    joined.stderr,
+                    expected.code,
+                    expected.stderr
+                ));
+            }
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "joining a live follow differs from alone:\n{}",
+        differences.join("\n")
+    );
+    assert!(owner.running(), "the owner's follow was live throughout");
+
+    // A genuine token of the owner's (another one: a different lifetime) joins the group.
+    let other = stack.token_file(
+        "alice-2",
+        &common::mint(
+            stack.runner.state_dir.path(),
+            "alice",
+            ALL_SCOPES,
+            &["--ttl", "2h"],
+        ),
+    );
+    let mut second = stack.bus();
+    second
+        .arg("--token-file")
+        .arg(&other)
+        .args(["containers", "logs", "-f", &id]);
+    let second = Watched::spawn(second);
+    wait_for(
+        "the second follower's lines",
+        Duration::from_secs(60),
+        || second.lines() > 0,
+    );
+    assert_eq!(
+        upstream_log_streams(&stack),
+        streams,
+        "every follower shares the owner's one upstream stream"
+    );
+    assert!(owner.running(), "the owner's follow goes on");
 }
 
 /// Sends a request head declaring `length` bytes and only part of them, then waits: the

@@ -561,14 +561,14 @@ fn fanout(stack: &Stack, plan: &Plan, runtime: &tokio::runtime::Runtime) -> Resu
             plan.follow_window.as_secs()
         ),
         ours: format!(
-            "upstream log requests: **{ours_requests}**<br>busd RSS +{per_follower:.1} KiB per \
+            "upstream log streams: **{ours_requests}**<br>busd RSS +{per_follower:.1} KiB per \
              follower ({} → {})<br>lag {} (runner read → follower), {lo}–{hi} chunks each",
             mib(busd_before),
             mib(ours.sampled),
             ol_fmt(ol),
         ),
         anchors: format!(
-            "{FOLLOWERS} direct REST follows over TLS: upstream log requests: {direct_requests}; \
+            "{FOLLOWERS} direct REST follows over TLS: upstream log streams: {direct_requests}; \
              runner RSS +{per_direct:.1} KiB per follow; lag {}, {dlo}–{dhi} chunks each",
             ol_fmt(dl)
         ),

@@ -389,12 +389,16 @@ impl Stack {
             .unwrap_or_default()
     }
 
-    /// How many `log stream opened` lines the runner has logged for `run_id` so far.
+    /// How many followed log streams (`log stream opened` lines with `follow=true`) the
+    /// runner has logged for `run_id` so far; busd's per-follower authorizations
+    /// (`tail=0`, not followed) are not among them.
     pub fn runner_log_requests(&self, run_id: &str) -> usize {
         fs::read_to_string(&self.runner_log)
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.contains("log stream opened") && l.contains(run_id))
+            .filter(|l| {
+                l.contains("log stream opened") && l.contains("follow=true") && l.contains(run_id)
+            })
             .count()
     }
 

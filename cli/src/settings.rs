@@ -98,6 +98,11 @@ pub fn validate(key: Key, value: &str) -> Result<(), String> {
         Key::Timeout => humantime::parse_duration(value)
             .map(|_| ())
             .map_err(|e| format!("timeout {value:?}: {e} (e.g. 30s, 2m)")),
+        Key::ResumeFor => match humantime::parse_duration(value) {
+            Ok(d) if !d.is_zero() => Ok(()),
+            Ok(_) => Err("resume_for must be longer than zero (e.g. 2m)".to_owned()),
+            Err(e) => Err(format!("resume_for {value:?}: {e} (e.g. 90s, 5m)")),
+        },
         Key::Output => value.parse::<Format>().map(|_| ()),
         Key::Socket => {
             if Path::new(value).is_absolute() {

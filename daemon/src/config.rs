@@ -1,10 +1,12 @@
 //! busd's settings and their precedence; pure functions, unit-tested.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::credentials::TokenSource;
 
-pub use bus::config::{API_URL_ENV_VARS, DEFAULT_API_URL, Settings};
+pub use crate::fanout::DEFAULT_RESUME_FOR;
+pub use bus::config::{API_URL_ENV_VARS, DEFAULT_API_URL, Key, Settings};
 
 /// What busd was started with.
 #[derive(Debug, Clone)]
@@ -17,6 +19,8 @@ pub struct Config {
     pub token_source: TokenSource,
     /// CA certificates trusted for https origins besides the web roots (`--ca-file`).
     pub trusted_cas: crate::upstream::TrustedCas,
+    /// How long a shared log stream goes on resuming when its runner is lost (`--resume-for`).
+    pub resume_for: Duration,
 }
 
 /// A validated API origin such as `https://runner.example.com` or `http://127.0.0.1:8650`.
@@ -151,9 +155,52 @@ pub fn resolve_api_url(
     bus::config::resolve_api_url(flag, env, file).0
 }
 
+/// Resolves the resume budget: flag > `BUS_RESUME_FOR` > the settings file's `resume_for` >
+/// [`DEFAULT_RESUME_FOR`]; a value that is not a duration (`90s`, `5m`) or is zero is refused
+/// with where it came from.
+pub fn resolve_resume_for(
+    flag: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+    file: &Settings,
+) -> Result<Duration, String> {
+    let Some((text, source)) = bus::config::resolve(Key::ResumeFor, flag, env, file) else {
+        return Ok(DEFAULT_RESUME_FOR);
+    };
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(format!(
+            "resume_for ({source}) must be longer than zero; give a duration such as 2m"
+        )),
+        Err(e) => Err(format!(
+            "resume_for {text:?} ({source}) is not a duration: {e}; give one such as 90s or 5m"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resume_for_precedence_and_refusals() {
+        let none = Settings::default();
+        let file = Settings::parse("resume_for = \"10m\"").unwrap();
+        let env = |name: &str| (name == "BUS_RESUME_FOR").then(|| "3m".to_owned());
+        let no_env = |_: &str| None;
+        let minutes = |m: u64| Duration::from_secs(60 * m);
+        assert_eq!(resolve_resume_for(Some("1m"), env, &file), Ok(minutes(1)));
+        assert_eq!(resolve_resume_for(None, env, &file), Ok(minutes(3)));
+        assert_eq!(resolve_resume_for(None, no_env, &file), Ok(minutes(10)));
+        assert_eq!(
+            resolve_resume_for(None, no_env, &none),
+            Ok(DEFAULT_RESUME_FOR)
+        );
+        assert!(DEFAULT_RESUME_FOR >= minutes(2));
+        let err = resolve_resume_for(Some("soon"), no_env, &none).unwrap_err();
+        assert!(err.contains("\"soon\" (flag) is not a duration"), "{err}");
+        let err = resolve_resume_for(None, |_| Some("0s".to_owned()), &none).unwrap_err();
+        assert!(err.contains("env BUS_RESUME_FOR"), "{err}");
+    }
 
     #[test]
     fn origins_are_accepted_with_or_without_a_slash() {

@@ -6,21 +6,30 @@
 //! whose cursor falls behind what the buffer still holds re-reads the missing seqs from the
 //! runner's store with a request of its own, or, if that fails, is told of an explicit gap.
 //!
-//! A broken upstream stream is resumed by the group with `after_seq` = the last seq it holds,
-//! so followers see neither a duplicate nor a hole. Groups are keyed by origin, identity and
-//! run id (two accounts never share one) and end when their last follower leaves.
+//! Nobody reads a group on a claim: before a follower joins (or starts) a group, the runner
+//! must accept the follower's own token for that run's logs, through a request of its own
+//! (`logs?tail=0`, which reads no output). Whatever the runner refuses (a forged or expired
+//! token, a missing `container:read` scope, a grant without logs, another account's token)
+//! reaches that follower exactly as it would without a group, and the follower never sees a
+//! byte of the group's. Groups are keyed by origin, run id and the account of a token the
+//! runner has just accepted (two accounts never share one) and end when their last follower
+//! leaves.
 //!
-//! A silent upstream is a broken one: the runner's keepalive frames are dropped by
-//! [`Upstream::follow_logs`], which cuts a stream that goes without a byte for
-//! [`crate::upstream::SILENCE_INTERVALS`] keepalive intervals once the group has seen the
-//! runner send keepalives (on this stream or an earlier one of the group; see
-//! [`KeepalivesSeen`]). The cut is resumed like any break; after [`MAX_RESUMES`] consecutive
-//! failed resumes the followers get the last error (`UNAVAILABLE`).
+//! A broken upstream stream is resumed by the group with `after_seq` = the last seq it holds,
+//! so followers see neither a duplicate nor a hole. A silent upstream is a broken one: the
+//! runner's keepalive frames are dropped by [`Upstream::follow_logs`], which cuts a stream
+//! that goes without a byte for [`crate::upstream::SILENCE_INTERVALS`] keepalive intervals
+//! once the group has seen the runner send keepalives (on this stream or an earlier one of
+//! the group; see [`KeepalivesSeen`]). The cut is resumed like any break, with growing pauses
+//! (at most [`MAX_RESUME_PAUSE`]), for as long as the group's resume budget (`resume_for`,
+//! [`DEFAULT_RESUME_FOR`] unless configured) allows from the first failure without progress;
+//! then the followers get the last error (`UNAVAILABLE`). When the first resume fails too, the
+//! followers get a [`Notice::Unreachable`], and a [`Notice::Restored`] with the next frame.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bus_api::{LogFrame, RunState, Stream as StdStream};
 use bytes::Bytes;
@@ -33,8 +42,13 @@ use crate::upstream::{KeepalivesSeen, LogsQuery, Upstream, UpstreamError};
 
 /// Output bytes a group keeps for late or slow followers before dropping the oldest.
 const MAX_BUFFER_BYTES: usize = 8 * 1024 * 1024;
-/// Consecutive failed resumes before a group gives up.
-const MAX_RESUMES: u32 = 5;
+/// How long a group goes on resuming a broken upstream stream, from the first failure without
+/// progress, unless busd is configured otherwise (`resume_for`).
+pub const DEFAULT_RESUME_FOR: Duration = bus::config::DEFAULT_RESUME_FOR;
+/// The pause before the first resume; each further one doubles it, up to [`MAX_RESUME_PAUSE`].
+const FIRST_RESUME_PAUSE: Duration = Duration::from_millis(200);
+/// The longest pause between two resumes.
+pub const MAX_RESUME_PAUSE: Duration = Duration::from_secs(2);
 /// Events queued per follower before its reader waits for the client.
 const FOLLOWER_BUFFER: usize = 64;
 
@@ -80,8 +94,40 @@ pub enum Event {
     },
     /// Nothing happened for the requested keepalive interval.
     Keepalive,
+    /// Something about the stream rather than the output (see [`Notice`]).
+    Notice(Notice),
     /// The run ended; the last event.
     Exit(Exit),
+}
+
+/// What a group tells its followers about its upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// The runner stopped answering; the group goes on trying for up to `retry_for`.
+    Unreachable {
+        /// The runner's origin.
+        origin: String,
+        /// The group's whole resume budget.
+        retry_for: Duration,
+    },
+    /// The runner answers again.
+    Restored {
+        /// The runner's origin.
+        origin: String,
+    },
+}
+
+impl Notice {
+    /// One line for a person.
+    pub fn message(&self) -> String {
+        match self {
+            Notice::Unreachable { origin, retry_for } => format!(
+                "the runner at {origin} is unreachable; retrying for up to {}",
+                humantime::format_duration(*retry_for)
+            ),
+            Notice::Restored { origin } => format!("the runner at {origin} answers again"),
+        }
+    }
 }
 
 /// What a follower asks for.
@@ -116,18 +162,35 @@ impl Follow {
     }
 }
 
+/// What a group is shared by: one run of one origin, read by one account. `account` is only
+/// ever taken from a token the runner has just accepted for this run's logs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct GroupKey {
     origin: String,
-    identity: u64,
+    account: Account,
     run_id: String,
 }
 
+/// The account of an accepted token: its subject, or (for a token that is not a JWT) a hash
+/// of the token, never the token in clear.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Account {
+    Subject(String),
+    OpaqueToken(u64),
+}
+
 /// Every live group of this daemon.
-#[derive(Default)]
 pub struct Fanout {
     groups: Mutex<HashMap<GroupKey, Arc<Group>>>,
     upstream_streams: AtomicU64,
+    resume_for: Duration,
+}
+
+impl Default for Fanout {
+    /// No groups; a resume budget of [`DEFAULT_RESUME_FOR`].
+    fn default() -> Self {
+        Fanout::new(DEFAULT_RESUME_FOR)
+    }
 }
 
 /// The buffer and state one group shares with its followers.
@@ -145,6 +208,10 @@ struct Buffer {
     bytes: usize,
     /// The seq of the last chunk the group has received (0 before any).
     last_seq: u64,
+    /// While the runner is unreachable: the outage's number and its notice.
+    outage: Option<(u64, Notice)>,
+    /// How many outages the group has had.
+    outages: u64,
     /// How the run ended, once it has (or why following it failed).
     end: Option<Result<Exit, UpstreamError>>,
 }
@@ -192,6 +259,21 @@ impl Buffer {
 }
 
 impl Fanout {
+    /// No groups; each goes on resuming a broken upstream stream for `resume_for` from the
+    /// first failure without progress.
+    pub fn new(resume_for: Duration) -> Self {
+        Fanout {
+            groups: Mutex::default(),
+            upstream_streams: AtomicU64::new(0),
+            resume_for,
+        }
+    }
+
+    /// How long a group goes on resuming.
+    pub fn resume_for(&self) -> Duration {
+        self.resume_for
+    }
+
     /// How many upstream log streams this daemon has opened so far.
     pub fn upstream_streams(&self) -> u64 {
         self.upstream_streams.load(Ordering::Relaxed)
@@ -202,24 +284,40 @@ impl Fanout {
         self.groups.lock().expect("fanout lock").len()
     }
 
-    /// Follows `run_id` through its group, creating the group (and its one upstream stream)
-    /// if this is the first follower. `upstream` is this caller's; it opens the group's
-    /// stream when the group is new, and fills this follower's gaps.
+    /// Follows `run_id` through its group, once the runner has accepted `upstream`'s token for
+    /// the run's logs (a `logs?tail=0` request of its own; its refusal is this follower's only
+    /// event). The group, and its one upstream stream, is created if this is its first
+    /// follower. `upstream` is this caller's; it opens the group's stream when the group is
+    /// new, and fills this follower's gaps.
     pub fn follow(
         self: &Arc<Self>,
         upstream: Upstream,
         run_id: &str,
         follow: Follow,
     ) -> mpsc::Receiver<Result<Event, UpstreamError>> {
-        let key = GroupKey {
-            origin: upstream.origin().to_string(),
-            identity: upstream.identity_key(),
-            run_id: run_id.to_owned(),
-        };
-        let group = self.join(key, &upstream, follow.after_seq);
         let (tx, rx) = mpsc::channel(FOLLOWER_BUFFER);
         let fanout = self.clone();
+        let run_id = run_id.to_owned();
         tokio::spawn(async move {
+            let accepted = tokio::select! {
+                accepted = upstream.authorize_logs(&run_id) => accepted,
+                () = tx.closed() => return,
+            };
+            if let Err(e) = accepted {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+            // Only now is the token's subject one the runner has verified.
+            let account = match upstream.token_subject() {
+                Some(sub) => Account::Subject(sub.to_owned()),
+                None => Account::OpaqueToken(upstream.token_hash()),
+            };
+            let key = GroupKey {
+                origin: upstream.origin().to_string(),
+                account,
+                run_id,
+            };
+            let group = fanout.join(key, &upstream, follow.after_seq);
             let guard = Membership {
                 fanout,
                 group: group.clone(),
@@ -247,7 +345,12 @@ impl Fanout {
             task: Mutex::new(None),
         });
         self.upstream_streams.fetch_add(1, Ordering::Relaxed);
-        let task = tokio::spawn(pump(group.clone(), upstream.clone(), after_seq));
+        let task = tokio::spawn(pump(
+            group.clone(),
+            upstream.clone(),
+            after_seq,
+            self.resume_for,
+        ));
         *group.task.lock().expect("group task lock") = Some(task.abort_handle());
         groups.insert(key, group.clone());
         group
@@ -283,21 +386,26 @@ impl Drop for Membership {
 
 /// The group's one upstream stream: frames into the buffer until the exit frame, resuming
 /// after the last seq held when the stream breaks or goes silent (once the runner has shown
-/// it sends keepalives, which tell a quiet run from a dead connection).
-async fn pump(group: Arc<Group>, upstream: Upstream, mut after_seq: u64) {
+/// it sends keepalives, which tell a quiet run from a dead connection), for up to
+/// `resume_for` from the first failure without a frame since.
+async fn pump(group: Arc<Group>, upstream: Upstream, mut after_seq: u64, resume_for: Duration) {
     let run_id = group.key.run_id.clone();
     let keepalives = KeepalivesSeen::default();
-    let mut resumes = 0;
+    // The failures since the last frame: when the first came, and how many.
+    let mut outage: Option<(Instant, u32)> = None;
     let failure = loop {
         let failure = match upstream.follow_logs(&run_id, after_seq, &keepalives).await {
             Ok(frames) => {
                 let mut frames = std::pin::pin!(frames);
                 let mut failure = None;
                 while let Some(frame) = frames.next().await {
-                    match frame.and_then(|f| decode(f, upstream.origin().as_str())) {
+                    let decoded = frame.and_then(|f| decode(f, upstream.origin().as_str()));
+                    if decoded.is_ok() && outage.take().is_some() {
+                        group.restored();
+                    }
+                    match decoded {
                         Ok(Decoded::Chunk(chunk)) if chunk.seq <= after_seq => {}
                         Ok(Decoded::Chunk(chunk)) => {
-                            resumes = 0;
                             after_seq = chunk.seq;
                             group.buffer.lock().expect("buffer lock").push(chunk);
                             group.changed.send_replace(());
@@ -320,19 +428,78 @@ async fn pump(group: Arc<Group>, upstream: Upstream, mut after_seq: u64) {
             }
             Err(e) => e,
         };
-        resumes += 1;
         let transient = matches!(
             failure,
             UpstreamError::Unreachable { .. } | UpstreamError::Unavailable { .. }
         );
-        if !transient || resumes > MAX_RESUMES {
+        if !transient {
             break failure;
         }
-        tracing::warn!(run = %run_id, after_seq, resumes, error = %failure, "log stream broke; resuming");
-        tokio::time::sleep(Duration::from_millis(100 << resumes)).await;
+        let (since, failures) = outage.get_or_insert_with(|| (Instant::now(), 0));
+        *failures += 1;
+        let left = resume_for.saturating_sub(since.elapsed());
+        if left.is_zero() {
+            break failure;
+        }
+        if *failures == 2 {
+            // The first resume failed too: not a blip, the runner is gone for now.
+            group.unreachable(Notice::Unreachable {
+                origin: upstream.origin().to_string(),
+                retry_for: resume_for,
+            });
+        }
+        tracing::warn!(run = %run_id, after_seq, failures = *failures, error = %failure, "log stream broke; resuming");
+        tokio::time::sleep(resume_pause(*failures).min(left)).await;
     };
     group.buffer.lock().expect("buffer lock").end = Some(Err(failure));
     group.changed.send_replace(());
+}
+
+/// The pause before resume number `n` (from 1): doubling from [`FIRST_RESUME_PAUSE`], at most
+/// [`MAX_RESUME_PAUSE`].
+fn resume_pause(n: u32) -> Duration {
+    FIRST_RESUME_PAUSE
+        .saturating_mul(1 << n.saturating_sub(1).min(16))
+        .min(MAX_RESUME_PAUSE)
+}
+
+impl Group {
+    /// Starts an outage: followers get `notice` (once each).
+    fn unreachable(&self, notice: Notice) {
+        let mut buffer = self.buffer.lock().expect("buffer lock");
+        buffer.outages += 1;
+        buffer.outage = Some((buffer.outages, notice));
+        drop(buffer);
+        self.changed.send_replace(());
+    }
+
+    /// Ends an outage, if one is on: followers told of it get [`Notice::Restored`].
+    fn restored(&self) {
+        let mut buffer = self.buffer.lock().expect("buffer lock");
+        if buffer.outage.take().is_some() {
+            drop(buffer);
+            self.changed.send_replace(());
+        }
+    }
+}
+
+/// The notice a follower is due, given the outage it was last told of (`told`), and the
+/// outage it is told of once it gets it.
+fn notice_due(
+    outage: Option<&(u64, Notice)>,
+    told: Option<u64>,
+    origin: &str,
+) -> Option<(Notice, Option<u64>)> {
+    match (outage, told) {
+        (Some((n, notice)), told) if told != Some(*n) => Some((notice.clone(), Some(*n))),
+        (None, Some(_)) => Some((
+            Notice::Restored {
+                origin: origin.to_owned(),
+            },
+            None,
+        )),
+        _ => None,
+    }
 }
 
 /// One follower: everything after its cursor from the group's buffer, gaps filled from the
@@ -345,13 +512,21 @@ async fn deliver(
 ) {
     let mut changed = group.changed.subscribe();
     let mut cursor = follow.after_seq;
+    // The outage this follower was last told of.
+    let mut told = None;
     loop {
         changed.borrow_and_update();
-        let read = group
-            .buffer
-            .lock()
-            .expect("buffer lock")
-            .read_after(cursor, FOLLOWER_BUFFER);
+        let (read, due) = {
+            let buffer = group.buffer.lock().expect("buffer lock");
+            let due = notice_due(buffer.outage.as_ref(), told, &group.key.origin);
+            (buffer.read_after(cursor, FOLLOWER_BUFFER), due)
+        };
+        if let Some((notice, now_told)) = due {
+            told = now_told;
+            if tx.send(Ok(Event::Notice(notice))).await.is_err() {
+                return;
+            }
+        }
         match read {
             Read::Chunks(chunks) => {
                 for chunk in chunks {
@@ -573,20 +748,39 @@ mod tests {
 
     const KEEPALIVE: &str = r#"{"type":"keepalive"}"#;
 
-    /// A runner that answers the n-th logs request with `replies[n]` (the last repeats) and
-    /// records the request paths.
-    async fn scripted_runner(replies: Vec<Reply>) -> (ApiOrigin, Arc<Mutex<Vec<String>>>) {
+    /// What a scripted runner saw: the paths of its logs requests other than authorizations,
+    /// and how many authorizations (`tail=0`) it answered.
+    #[derive(Clone, Default)]
+    struct Seen {
+        paths: Arc<Mutex<Vec<String>>>,
+        authorizations: Arc<AtomicU64>,
+    }
+
+    impl Seen {
+        fn paths(&self) -> Vec<String> {
+            self.paths.lock().unwrap().clone()
+        }
+    }
+
+    /// What makes a scripted runner refuse a token (anywhere in it), as a runner refuses a
+    /// forged one.
+    const REFUSED: &str = "forged-signature";
+
+    /// A runner that answers authorization requests (`tail=0`) at once (with a 401 problem for
+    /// a [`REFUSED`] token), and the n-th other logs request with `replies[n]` (the last
+    /// repeats).
+    async fn scripted_runner(replies: Vec<Reply>) -> (ApiOrigin, Seen) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let origin =
             ApiOrigin::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
-        let paths = Arc::new(Mutex::new(Vec::new()));
-        let seen = paths.clone();
+        let seen = Seen::default();
+        let record = seen.clone();
+        let next = Arc::new(AtomicU64::new(0));
         tokio::spawn(async move {
-            for n in 0.. {
+            loop {
                 let (mut conn, _) = listener.accept().await.unwrap();
-                let reply = replies[n.min(replies.len() - 1)].clone();
-                let seen = seen.clone();
+                let (replies, record, next) = (replies.clone(), record.clone(), next.clone());
                 tokio::spawn(async move {
                     let mut head = Vec::new();
                     let mut byte = [0u8; 1];
@@ -598,7 +792,23 @@ mod tests {
                     }
                     let head = String::from_utf8_lossy(&head).to_string();
                     let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
-                    seen.lock().unwrap().push(path);
+                    if path.contains("tail=0") {
+                        record.authorizations.fetch_add(1, Ordering::SeqCst);
+                        let answer = if head.contains(REFUSED) {
+                            let body = r#"{"type":"about:blank","title":"Unauthorized","status":401,"detail":"the token's signature does not verify","code":"token_invalid"}"#;
+                            format!(
+                                "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                                body.len()
+                            )
+                        } else {
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned()
+                        };
+                        let _ = conn.write_all(answer.as_bytes()).await;
+                        return;
+                    }
+                    record.paths.lock().unwrap().push(path);
+                    let n = next.fetch_add(1, Ordering::SeqCst) as usize;
+                    let reply = replies[n.min(replies.len() - 1)].clone();
                     let mut out = String::from(
                         "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n",
                     );
@@ -615,12 +825,16 @@ mod tests {
                 });
             }
         });
-        (origin, paths)
+        (origin, seen)
     }
 
     fn upstream_to(origin: &ApiOrigin, keepalive: Duration) -> Upstream {
+        upstream_with(origin, keepalive, "eyJ.a.b")
+    }
+
+    fn upstream_with(origin: &ApiOrigin, keepalive: Duration, token: &str) -> Upstream {
         crate::upstream::Upstreams::with_keepalive(keepalive)
-            .client(origin, crate::credentials::Token::new("eyJ.a.b"))
+            .client(origin, crate::credentials::Token::new(token))
     }
 
     /// Every event a follower gets until its channel ends, or until `limit`.
@@ -651,7 +865,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_gone_silent_after_a_keepalive_is_resumed_after_its_last_seq() {
-        let (origin, paths) = scripted_runner(vec![
+        let (origin, seen) = scripted_runner(vec![
             Reply {
                 lines: vec![output(1), KEEPALIVE.into()],
                 hang: true,
@@ -682,15 +896,21 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
-        let paths = paths.lock().unwrap().clone();
+        let paths = seen.paths();
         assert_eq!(paths.len(), 2, "{paths:?}");
         assert!(paths[1].contains("after_seq=1"), "{paths:?}");
         assert!(paths[1].contains("keepalive_seconds=1"), "{paths:?}");
+        assert_eq!(seen.authorizations.load(Ordering::SeqCst), 1);
+        // A blip resumed at once is not worth a notice.
+        assert!(
+            !got.iter().any(|e| matches!(e, Ok(Event::Notice(_)))),
+            "{got:?}"
+        );
     }
 
     #[tokio::test]
-    async fn a_runner_that_stays_silent_fails_the_followers_after_the_resume_limit() {
-        let (origin, paths) = scripted_runner(vec![
+    async fn a_runner_that_stays_silent_fails_the_followers_once_the_resume_budget_is_spent() {
+        let (origin, seen) = scripted_runner(vec![
             Reply {
                 lines: vec![output(1), KEEPALIVE.into()],
                 hang: true,
@@ -702,7 +922,8 @@ mod tests {
             },
         ])
         .await;
-        let fanout = Arc::new(Fanout::default());
+        let budget = Duration::from_secs(2);
+        let fanout = Arc::new(Fanout::new(budget));
         let rx = fanout.follow(
             upstream_to(&origin, Duration::from_millis(100)),
             "run_1",
@@ -717,17 +938,78 @@ mod tests {
             }
             other => panic!("expected Unreachable, got {other:?}"),
         }
+        // Each resume waits out a 0.3 s silence: the budget allows a few, not one.
+        assert!(seen.paths().len() >= 3, "{:?}", seen.paths());
+        let notices: Vec<_> = got
+            .iter()
+            .filter_map(|e| match e {
+                Ok(Event::Notice(n)) => Some(n.clone()),
+                _ => None,
+            })
+            .collect();
         assert_eq!(
-            paths.lock().unwrap().len(),
-            1 + MAX_RESUMES as usize,
-            "the first stream and every resume"
+            notices,
+            [Notice::Unreachable {
+                origin: origin.to_string(),
+                retry_for: budget,
+            }],
+            "one notice, once the first resume failed too"
         );
         assert_eq!(fanout.groups(), 0);
     }
 
+    /// Two tokens that claim the same subject: the second, which the runner refuses, gets the
+    /// refusal and nothing of the group the first one's follow keeps open.
+    #[tokio::test]
+    async fn a_follower_the_runner_refuses_joins_no_group() {
+        let (origin, seen) = scripted_runner(vec![Reply {
+            lines: vec![output(1), output(2)],
+            hang: true,
+        }])
+        .await;
+        use base64::Engine as _;
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+            r#"{"sub":"alice","iss":"bus-runner","aud":"bus-containers","exp":4000000000,"nbf":0,"iat":0,"scope":"container:read","jti":"j"}"#,
+        );
+        let accepted = format!("eyJhbGciOiJFZERTQSJ9.{claims}.c2ln");
+        let forged = format!("eyJhbGciOiJFZERTQSJ9.{claims}.{REFUSED}");
+        let fanout = Arc::new(Fanout::default());
+        let keepalive = Duration::from_secs(15);
+        let mut owner = fanout.follow(
+            upstream_with(&origin, keepalive, &accepted),
+            "run_1",
+            Follow::after(0),
+        );
+        for seq in [1, 2] {
+            let event = owner.recv().await.unwrap();
+            assert!(
+                matches!(&event, Ok(Event::Chunk(c)) if c.seq == seq),
+                "{event:?}"
+            );
+        }
+        assert_eq!(fanout.groups(), 1);
+        // Forged: the same claims (`sub` alice), a signature the runner does not accept.
+        let forged = fanout.follow(
+            upstream_with(&origin, keepalive, &forged),
+            "run_1",
+            Follow::after(0),
+        );
+        let (got, ended) = events(forged, Duration::from_secs(10)).await;
+        assert!(ended, "{got:?}");
+        match got.as_slice() {
+            [Err(UpstreamError::Problem(problem))] => {
+                assert_eq!(problem.status, 401, "{problem:?}")
+            }
+            other => panic!("expected the refusal alone, got {other:?}"),
+        }
+        assert_eq!(seen.paths().len(), 1, "one upstream stream");
+        assert_eq!(seen.authorizations.load(Ordering::SeqCst), 2);
+        assert_eq!(fanout.upstream_streams(), 1);
+    }
+
     #[tokio::test]
     async fn a_quiet_stream_from_a_runner_without_keepalives_is_left_open() {
-        let (origin, paths) = scripted_runner(vec![Reply {
+        let (origin, seen) = scripted_runner(vec![Reply {
             lines: vec![output(1)],
             hang: true,
         }])
@@ -742,7 +1024,7 @@ mod tests {
         let (got, ended) = events(rx, Duration::from_secs(3)).await;
         assert!(!ended, "{got:?}");
         assert_eq!(chunk_seqs(&got), [1]);
-        assert_eq!(paths.lock().unwrap().len(), 1, "never resumed");
+        assert_eq!(seen.paths().len(), 1, "never resumed");
     }
 
     #[test]

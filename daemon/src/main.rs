@@ -41,6 +41,10 @@ struct Args {
     /// [default: never]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     idle_exit: Option<Duration>,
+    /// How long a log stream goes on resuming when the runner is lost under it, e.g. 5m
+    /// [env: BUS_RESUME_FOR; then `resume_for` in config.toml; default: 2m]
+    #[arg(long, value_name = "DURATION")]
+    resume_for: Option<String>,
     /// How long open streams may take to finish when busd is asked to stop
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
           default_value = "5s")]
@@ -160,6 +164,7 @@ fn configure(args: Args) -> Result<Config, String> {
     let token_source =
         credentials::resolve_source(args.token_file.as_deref(), env, &bus::config_dir());
     let (socket, _) = bus::config::resolve_socket(args.socket.as_deref(), env, &settings);
+    let resume_for = config::resolve_resume_for(args.resume_for.as_deref(), env, &settings)?;
     let trusted_cas = match args
         .ca_file
         .as_deref()
@@ -173,6 +178,7 @@ fn configure(args: Args) -> Result<Config, String> {
         api_origin,
         token_source,
         trusted_cas,
+        resume_for,
     })
 }
 

@@ -130,7 +130,7 @@ pub struct LogsQuery {
 /// while a run is quiet, and its streams must not be cut for that. Knowing it across resumes
 /// matters: a resumed stream that is half-open from its first byte shows no keepalive, and
 /// would otherwise hang. (A runner replaced by an older one behind the same follow is cut
-/// after each silence bound and resumed, and the follow ends after the resume limit.)
+/// after each silence bound and resumed, and the follow ends when its resume budget is spent.)
 #[derive(Debug, Clone, Default)]
 pub struct KeepalivesSeen(Arc<AtomicBool>);
 
@@ -396,15 +396,17 @@ impl Upstream {
         &self.origin
     }
 
-    /// A key for the account this context speaks for: its token's subject, or the token
-    /// itself when it has none, hashed. Never the token in clear.
-    pub fn identity_key(&self) -> u64 {
+    /// The subject this context's token claims, decoded but NOT verified: it names an account
+    /// only once the runner has accepted the token (see [`Upstream::authorize_logs`]).
+    pub fn token_subject(&self) -> Option<&str> {
+        self.token.claims().map(|claims| claims.sub.as_str())
+    }
+
+    /// A hash of this context's token, to tell tokens apart without keeping one in clear.
+    pub fn token_hash(&self) -> u64 {
         use std::hash::{DefaultHasher, Hash, Hasher};
         let mut hasher = DefaultHasher::new();
-        match self.token.claims() {
-            Some(claims) => claims.sub.hash(&mut hasher),
-            None => self.token.expose().hash(&mut hasher),
-        }
+        self.token.expose().hash(&mut hasher);
         hasher.finish()
     }
 
@@ -483,6 +485,21 @@ impl Upstream {
     ) -> Result<impl Stream<Item = Result<LogFrame, UpstreamError>> + use<>, UpstreamError> {
         self.logs_with(id, &LogsQuery::after(after_seq, follow))
             .await
+    }
+
+    /// Asks the runner whether this context's token may read run `id`'s logs, reading none:
+    /// `logs?tail=0`, answered like any logs request (`token_invalid`, `token_expired`,
+    /// `scope_missing`, `logs_disabled`, `not_found`) and otherwise with at most the exit frame.
+    pub async fn authorize_logs(&self, id: &str) -> Result<(), UpstreamError> {
+        let query = LogsQuery {
+            tail: Some(0),
+            ..LogsQuery::after(0, false)
+        };
+        let frames = self.logs_with(id, &query).await?;
+        // The answer is the verdict; the (tiny) body is read only so the connection is reused.
+        let mut frames = std::pin::pin!(frames);
+        while let Some(Ok(_)) = frames.next().await {}
+        Ok(())
     }
 
     /// One stream of a follow that may be resumed: `logs?follow=true&after_seq`, whose

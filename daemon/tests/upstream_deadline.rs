@@ -28,6 +28,7 @@ async fn the_grpc_deadline_bounds_the_rest_call() {
         api_origin: origin,
         token_source: TokenSource::File(token),
         trusted_cas: Default::default(),
+        resume_for: busd::config::DEFAULT_RESUME_FOR,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(busd::serve(listener, config, async {

@@ -116,7 +116,7 @@ async fn follow(channel: Channel, id: String, tally: Arc<Tally>) {
                 Some(log_event::Event::Gap(gap)) => {
                     break Some(format!("follow {id}: gap: {}", gap.reason));
                 }
-                Some(log_event::Event::Keepalive(_)) | None => {}
+                Some(log_event::Event::Keepalive(_) | log_event::Event::Notice(_)) | None => {}
             },
             Ok(None) if exits == 1 => break None,
             Ok(None) => break Some(format!("follow {id}: ended with {exits} exits")),
@@ -152,7 +152,7 @@ async fn create_loop(channel: Channel, until: Instant, worker: usize, tally: Arc
                     Some(run_event::Event::Exited(exit)) => {
                         return Ok::<_, tonic::Status>((id, output, Some(exit.exit_code)));
                     }
-                    None => {}
+                    Some(run_event::Event::Notice(_)) | None => {}
                 }
             }
             Ok((id, output, None))

@@ -73,6 +73,14 @@ fn effective(k: Key, file: &Settings) -> (Option<String>, String) {
             Some((v, s)) => (Some(v), s.to_string()),
             None => (None, "default".to_owned()),
         },
+        // busd's setting, read when busd starts.
+        Key::ResumeFor => match bus::config::resolve(k, None, env, file) {
+            Some((v, s)) => (Some(v), s.to_string()),
+            None => (
+                Some(humantime::format_duration(bus::config::DEFAULT_RESUME_FOR).to_string()),
+                "default".to_owned(),
+            ),
+        },
     }
 }
 
@@ -116,7 +124,7 @@ impl Config {
                 } else {
                     for row in rows {
                         println!(
-                            "{:<8} {:<40} ({})",
+                            "{:<10} {:<40} ({})",
                             row.key,
                             row.value.as_deref().unwrap_or("-"),
                             row.source

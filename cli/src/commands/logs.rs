@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use bus::proto::containers::v1::{RunExited, StdStream, StreamLogsRequest, log_event::Event};
+use bus::proto::containers::v1::{
+    NoticeKind, RunExited, StdStream, StreamLogsRequest, StreamNotice, log_event::Event,
+};
 
 use crate::context::Ctx;
 use crate::error::{CliError, busd_lost};
@@ -52,6 +54,7 @@ impl Args {
             tail: self.tail.unwrap_or(0),
             streams,
             keepalive_seconds: 0,
+            exit_only: false,
         };
         let mut output = Output::lock();
         match print_logs(ctx, request, &mut output, false).await? {
@@ -94,6 +97,14 @@ pub async fn print_logs(
     }
 }
 
+/// Shows a notice of busd's on stderr: that it lost the runner and retries (one line per
+/// outage); a restored runner shows itself by the output that follows.
+pub fn show_notice(notice: &StreamNotice) {
+    if notice.kind == NoticeKind::UpstreamUnreachable as i32 {
+        eprintln!("bus: {}", notice.message);
+    }
+}
+
 /// The line shown on stderr when a stream goes on through a new connection to busd.
 pub fn resuming(after_seq: u64) -> String {
     format!("bus: the connection to busd broke; reconnected, resuming after seq {after_seq}")
@@ -131,6 +142,7 @@ async fn stream_once(
                 );
             }
             Some(Event::Exited(exited)) => return Ok(Some(exited)),
+            Some(Event::Notice(notice)) => show_notice(&notice),
             Some(Event::Keepalive(_)) | None => {}
         }
     }

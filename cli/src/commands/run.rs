@@ -13,7 +13,7 @@ use bus::proto::containers::v1::{
 use futures::StreamExt;
 use std::collections::HashMap;
 
-use crate::commands::logs::print_logs;
+use crate::commands::logs::{print_logs, show_notice};
 use crate::context::Ctx;
 use crate::error::{CliError, busd_lost};
 use crate::output::Output;
@@ -112,6 +112,7 @@ impl Args {
                     output.write(&chunk)?;
                     last_seq = chunk.seq;
                 }
+                Some(Event::Notice(notice)) => show_notice(&notice),
                 Some(Event::Exited(exited)) => {
                     return Ok(exit_code(
                         &run_id,

@@ -1,9 +1,11 @@
-//! `bus containers wait RUN`: block until a run ends; exit with its exit code. When busd goes
-//! away meanwhile, the wait is asked again of a busd started again.
+//! `bus containers wait RUN`: block until a run ends; exit with its exit code. The wait is a
+//! follow of the run without its output (`exit_only`), so busd's notices (a runner it lost
+//! and retries) reach stderr. When busd goes away meanwhile, the wait is asked again of a
+//! busd started again.
 
-use bus::proto::containers::v1::WaitRunRequest;
+use bus::proto::containers::v1::{RunExited, StreamLogsRequest, log_event::Event};
 
-use crate::commands::logs::MAX_RESUMES;
+use crate::commands::logs::{MAX_RESUMES, show_notice};
 use crate::commands::run::exit_code;
 use crate::context::Ctx;
 use crate::error::{CliError, busd_lost};
@@ -20,12 +22,10 @@ impl Args {
     /// Runs the command; returns the run's exit code.
     pub async fn run(self, ctx: &Ctx) -> Result<u8, CliError> {
         let mut resumes = 0;
-        let run = loop {
-            let request = ctx.request(WaitRunRequest {
-                run_id: self.run_id.clone(),
-            });
-            match ctx.containers().wait_run(request).await {
-                Ok(run) => break run.into_inner(),
+        let exited = loop {
+            match wait_once(ctx, &self.run_id).await {
+                Ok(Some(exited)) => break exited,
+                Ok(None) => return Err(CliError::StreamCut(self.run_id)),
                 // Waiting is idempotent: ask a busd started again.
                 Err(status) if busd_lost(&status) && resumes < MAX_RESUMES => {
                     resumes += 1;
@@ -39,10 +39,30 @@ impl Args {
             }
         };
         Ok(exit_code(
-            &run.id,
-            run.state,
-            run.exit_code.unwrap_or_default(),
-            &run.reason,
+            &self.run_id,
+            exited.state,
+            exited.exit_code,
+            &exited.reason,
         ))
     }
+}
+
+/// Follows the run without its output until its exit, showing busd's notices; `None` when
+/// the stream ended without the exit.
+async fn wait_once(ctx: &Ctx, run_id: &str) -> Result<Option<RunExited>, tonic::Status> {
+    let request = ctx.request(StreamLogsRequest {
+        run_id: run_id.to_owned(),
+        follow: true,
+        exit_only: true,
+        ..Default::default()
+    });
+    let mut events = ctx.containers().stream_logs(request).await?.into_inner();
+    while let Some(event) = events.message().await? {
+        match event.event {
+            Some(Event::Notice(notice)) => show_notice(&notice),
+            Some(Event::Exited(exited)) => return Ok(Some(exited)),
+            _ => {}
+        }
+    }
+    Ok(None)
 }

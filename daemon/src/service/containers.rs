@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::DaemonState;
-use crate::fanout::{self, Chunk, Event as FanEvent, Exit, Fanout, Follow};
+use crate::fanout::{self, Chunk, Event as FanEvent, Exit, Fanout, Follow, Notice};
 use crate::status::Error;
 use crate::upstream::{LogsQuery, Upstream, UpstreamError};
 
@@ -48,6 +48,7 @@ fn follow_logs(
             FanEvent::Chunk(chunk) => pb::log_event::Event::Output(chunk_to_proto(chunk)),
             FanEvent::Exit(exit) => pb::log_event::Event::Exited(exit_to_proto(exit)),
             FanEvent::Keepalive => pb::log_event::Event::Keepalive(pb::KeepAlive {}),
+            FanEvent::Notice(notice) => pb::log_event::Event::Notice(notice_to_proto(&notice)),
             FanEvent::Gap {
                 first_available_seq,
                 reason,
@@ -155,6 +156,9 @@ impl Containers for ContainersService {
             let event = match event {
                 Ok(FanEvent::Chunk(chunk)) => pb::run_event::Event::Output(chunk_to_proto(chunk)),
                 Ok(FanEvent::Exit(exit)) => pb::run_event::Event::Exited(exit_to_proto(exit)),
+                Ok(FanEvent::Notice(notice)) => {
+                    pb::run_event::Event::Notice(notice_to_proto(&notice))
+                }
                 Ok(FanEvent::Keepalive | FanEvent::Gap { .. }) => return None,
                 Err(e) => return Some(Err(Status::from(Error::from(e)))),
             };
@@ -223,7 +227,9 @@ impl Containers for ContainersService {
         let upstream = self.state.upstream(request.metadata())?;
         let req = request.into_inner();
         let run_id = run_id(&req.run_id)?.to_owned();
-        let wanted = |s: pb::StdStream| req.streams.is_empty() || req.streams.contains(&(s as i32));
+        let wanted = |s: pb::StdStream| {
+            !req.exit_only && (req.streams.is_empty() || req.streams.contains(&(s as i32)))
+        };
         let follow = Follow {
             after_seq: req.after_seq,
             stdout: wanted(pb::StdStream::Stdout),
@@ -376,6 +382,21 @@ fn chunk_to_proto(chunk: Chunk) -> pb::LogChunk {
         stream: stream as i32,
         data: chunk.data.to_vec(),
         time: Some(timestamp(chunk.time)),
+    }
+}
+
+fn notice_to_proto(notice: &Notice) -> pb::StreamNotice {
+    let (kind, retry_for) = match notice {
+        Notice::Unreachable { retry_for, .. } => (
+            pb::NoticeKind::UpstreamUnreachable,
+            u32::try_from(retry_for.as_secs()).unwrap_or(u32::MAX),
+        ),
+        Notice::Restored { .. } => (pb::NoticeKind::UpstreamRestored, 0),
+    };
+    pb::StreamNotice {
+        kind: kind as i32,
+        message: notice.message(),
+        retry_for_seconds: retry_for,
     }
 }
 

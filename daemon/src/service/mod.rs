@@ -41,9 +41,9 @@ impl DaemonState {
     pub fn new(config: Config) -> Self {
         DaemonState {
             upstreams: Upstreams::default().with_cas(config.trusted_cas.clone()),
+            fanout: Arc::new(Fanout::new(config.resume_for)),
             config,
             tokens: TokenCache::default(),
-            fanout: Arc::default(),
             started: Instant::now(),
             lifecycle: Arc::default(),
         }

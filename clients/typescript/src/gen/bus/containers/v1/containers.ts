@@ -142,6 +142,52 @@ export function stdStreamToJSON(object: StdStream): string {
   }
 }
 
+/** What a notice is about. */
+export enum NoticeKind {
+  NOTICE_KIND_UNSPECIFIED = 0,
+  /**
+   * NOTICE_KIND_UPSTREAM_UNREACHABLE - busd lost the runner under the stream and keeps retrying for `retry_for_seconds`; the
+   * stream goes on (nothing lost, nothing repeated) if the runner answers within that time,
+   * and ends with UNAVAILABLE otherwise.
+   */
+  NOTICE_KIND_UPSTREAM_UNREACHABLE = 1,
+  /** NOTICE_KIND_UPSTREAM_RESTORED - The runner answers again after an `UPSTREAM_UNREACHABLE` notice. */
+  NOTICE_KIND_UPSTREAM_RESTORED = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function noticeKindFromJSON(object: any): NoticeKind {
+  switch (object) {
+    case 0:
+    case "NOTICE_KIND_UNSPECIFIED":
+      return NoticeKind.NOTICE_KIND_UNSPECIFIED;
+    case 1:
+    case "NOTICE_KIND_UPSTREAM_UNREACHABLE":
+      return NoticeKind.NOTICE_KIND_UPSTREAM_UNREACHABLE;
+    case 2:
+    case "NOTICE_KIND_UPSTREAM_RESTORED":
+      return NoticeKind.NOTICE_KIND_UPSTREAM_RESTORED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return NoticeKind.UNRECOGNIZED;
+  }
+}
+
+export function noticeKindToJSON(object: NoticeKind): string {
+  switch (object) {
+    case NoticeKind.NOTICE_KIND_UNSPECIFIED:
+      return "NOTICE_KIND_UNSPECIFIED";
+    case NoticeKind.NOTICE_KIND_UPSTREAM_UNREACHABLE:
+      return "NOTICE_KIND_UPSTREAM_UNREACHABLE";
+    case NoticeKind.NOTICE_KIND_UPSTREAM_RESTORED:
+      return "NOTICE_KIND_UPSTREAM_RESTORED";
+    case NoticeKind.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 export interface GetStatusRequest {
 }
 
@@ -269,6 +315,22 @@ export interface RunEvent {
   accepted?: Run | undefined;
   output?: LogChunk | undefined;
   exited?: RunExited | undefined;
+  notice?: StreamNotice | undefined;
+}
+
+/**
+ * Something about the stream rather than the run's output, e.g. that busd is retrying a
+ * runner it lost. Sent once per change, never in place of output.
+ */
+export interface StreamNotice {
+  kind: NoticeKind;
+  /**
+   * One line for a person, e.g. "the runner at https://runner.example.com is unreachable;
+   * retrying for up to 2m".
+   */
+  message: string;
+  /** With `UPSTREAM_UNREACHABLE`: how long busd retries before it gives up (its `resume_for`). */
+  retryForSeconds: number;
 }
 
 export interface StreamLogsRequest {
@@ -283,6 +345,11 @@ export interface StreamLogsRequest {
   streams: StdStream[];
   /** Send `keepalive` after this many idle seconds (0 = never). */
   keepaliveSeconds: number;
+  /**
+   * Send no output at all: only notices and `exited` (how to wait for a run and still see
+   * busd's notices).
+   */
+  exitOnly: boolean;
 }
 
 export interface KeepAlive {
@@ -300,6 +367,7 @@ export interface LogEvent {
   exited?: RunExited | undefined;
   keepalive?: KeepAlive | undefined;
   gap?: StreamGap | undefined;
+  notice?: StreamNotice | undefined;
 }
 
 export interface WaitRunRequest {
@@ -2111,7 +2179,7 @@ export const RunExited: MessageFns<RunExited> = {
 };
 
 function createBaseRunEvent(): RunEvent {
-  return { accepted: undefined, output: undefined, exited: undefined };
+  return { accepted: undefined, output: undefined, exited: undefined, notice: undefined };
 }
 
 export const RunEvent: MessageFns<RunEvent> = {
@@ -2124,6 +2192,9 @@ export const RunEvent: MessageFns<RunEvent> = {
     }
     if (message.exited !== undefined) {
       RunExited.encode(message.exited, writer.uint32(26).fork()).join();
+    }
+    if (message.notice !== undefined) {
+      StreamNotice.encode(message.notice, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -2165,6 +2236,14 @@ export const RunEvent: MessageFns<RunEvent> = {
             message.exited = RunExited.decode(reader, reader.uint32());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.notice = StreamNotice.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2182,6 +2261,7 @@ export const RunEvent: MessageFns<RunEvent> = {
       accepted: isSet(object.accepted) ? Run.fromJSON(object.accepted) : undefined,
       output: isSet(object.output) ? LogChunk.fromJSON(object.output) : undefined,
       exited: isSet(object.exited) ? RunExited.fromJSON(object.exited) : undefined,
+      notice: isSet(object.notice) ? StreamNotice.fromJSON(object.notice) : undefined,
     };
   },
 
@@ -2195,6 +2275,9 @@ export const RunEvent: MessageFns<RunEvent> = {
     }
     if (message.exited !== undefined) {
       obj.exited = RunExited.toJSON(message.exited);
+    }
+    if (message.notice !== undefined) {
+      obj.notice = StreamNotice.toJSON(message.notice);
     }
     return obj;
   },
@@ -2213,12 +2296,120 @@ export const RunEvent: MessageFns<RunEvent> = {
     message.exited = (object.exited !== undefined && object.exited !== null)
       ? RunExited.fromPartial(object.exited)
       : undefined;
+    message.notice = (object.notice !== undefined && object.notice !== null)
+      ? StreamNotice.fromPartial(object.notice)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseStreamNotice(): StreamNotice {
+  return { kind: 0, message: "", retryForSeconds: 0 };
+}
+
+export const StreamNotice: MessageFns<StreamNotice> = {
+  encode(message: StreamNotice, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== 0) {
+      writer.uint32(8).int32(message.kind);
+    }
+    if (message.message !== "") {
+      writer.uint32(18).string(message.message);
+    }
+    if (message.retryForSeconds !== 0) {
+      writer.uint32(24).uint32(message.retryForSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StreamNotice {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStreamNotice();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.retryForSeconds = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StreamNotice {
+    return {
+      kind: isSet(object.kind) ? noticeKindFromJSON(object.kind) : 0,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      retryForSeconds: isSet(object.retryForSeconds)
+        ? globalThis.Number(object.retryForSeconds)
+        : isSet(object.retry_for_seconds)
+        ? globalThis.Number(object.retry_for_seconds)
+        : 0,
+    };
+  },
+
+  toJSON(message: StreamNotice): unknown {
+    const obj: any = {};
+    if (message.kind !== 0) {
+      obj.kind = noticeKindToJSON(message.kind);
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.retryForSeconds !== 0) {
+      obj.retryForSeconds = Math.round(message.retryForSeconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StreamNotice>, I>>(base?: I): StreamNotice {
+    return StreamNotice.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StreamNotice>, I>>(object: I): StreamNotice {
+    const message = createBaseStreamNotice();
+    message.kind = object.kind ?? 0;
+    message.message = object.message ?? "";
+    message.retryForSeconds = object.retryForSeconds ?? 0;
     return message;
   },
 };
 
 function createBaseStreamLogsRequest(): StreamLogsRequest {
-  return { runId: "", follow: false, afterSeq: 0, tail: 0, streams: [], keepaliveSeconds: 0 };
+  return { runId: "", follow: false, afterSeq: 0, tail: 0, streams: [], keepaliveSeconds: 0, exitOnly: false };
 }
 
 export const StreamLogsRequest: MessageFns<StreamLogsRequest> = {
@@ -2244,6 +2435,9 @@ export const StreamLogsRequest: MessageFns<StreamLogsRequest> = {
     }
     if (message.keepaliveSeconds !== 0) {
       writer.uint32(48).uint32(message.keepaliveSeconds);
+    }
+    if (message.exitOnly !== false) {
+      writer.uint32(56).bool(message.exitOnly);
     }
     return writer;
   },
@@ -2319,6 +2513,14 @@ export const StreamLogsRequest: MessageFns<StreamLogsRequest> = {
             message.keepaliveSeconds = reader.uint32();
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.exitOnly = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2351,6 +2553,11 @@ export const StreamLogsRequest: MessageFns<StreamLogsRequest> = {
         : isSet(object.keepalive_seconds)
         ? globalThis.Number(object.keepalive_seconds)
         : 0,
+      exitOnly: isSet(object.exitOnly)
+        ? globalThis.Boolean(object.exitOnly)
+        : isSet(object.exit_only)
+        ? globalThis.Boolean(object.exit_only)
+        : false,
     };
   },
 
@@ -2374,6 +2581,9 @@ export const StreamLogsRequest: MessageFns<StreamLogsRequest> = {
     if (message.keepaliveSeconds !== 0) {
       obj.keepaliveSeconds = Math.round(message.keepaliveSeconds);
     }
+    if (message.exitOnly !== false) {
+      obj.exitOnly = message.exitOnly;
+    }
     return obj;
   },
 
@@ -2388,6 +2598,7 @@ export const StreamLogsRequest: MessageFns<StreamLogsRequest> = {
     message.tail = object.tail ?? 0;
     message.streams = object.streams?.map((e) => e) || [];
     message.keepaliveSeconds = object.keepaliveSeconds ?? 0;
+    message.exitOnly = object.exitOnly ?? false;
     return message;
   },
 };
@@ -2534,7 +2745,7 @@ export const StreamGap: MessageFns<StreamGap> = {
 };
 
 function createBaseLogEvent(): LogEvent {
-  return { output: undefined, exited: undefined, keepalive: undefined, gap: undefined };
+  return { output: undefined, exited: undefined, keepalive: undefined, gap: undefined, notice: undefined };
 }
 
 export const LogEvent: MessageFns<LogEvent> = {
@@ -2550,6 +2761,9 @@ export const LogEvent: MessageFns<LogEvent> = {
     }
     if (message.gap !== undefined) {
       StreamGap.encode(message.gap, writer.uint32(34).fork()).join();
+    }
+    if (message.notice !== undefined) {
+      StreamNotice.encode(message.notice, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -2599,6 +2813,14 @@ export const LogEvent: MessageFns<LogEvent> = {
             message.gap = StreamGap.decode(reader, reader.uint32());
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.notice = StreamNotice.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2617,6 +2839,7 @@ export const LogEvent: MessageFns<LogEvent> = {
       exited: isSet(object.exited) ? RunExited.fromJSON(object.exited) : undefined,
       keepalive: isSet(object.keepalive) ? KeepAlive.fromJSON(object.keepalive) : undefined,
       gap: isSet(object.gap) ? StreamGap.fromJSON(object.gap) : undefined,
+      notice: isSet(object.notice) ? StreamNotice.fromJSON(object.notice) : undefined,
     };
   },
 
@@ -2633,6 +2856,9 @@ export const LogEvent: MessageFns<LogEvent> = {
     }
     if (message.gap !== undefined) {
       obj.gap = StreamGap.toJSON(message.gap);
+    }
+    if (message.notice !== undefined) {
+      obj.notice = StreamNotice.toJSON(message.notice);
     }
     return obj;
   },
@@ -2652,6 +2878,9 @@ export const LogEvent: MessageFns<LogEvent> = {
       ? KeepAlive.fromPartial(object.keepalive)
       : undefined;
     message.gap = (object.gap !== undefined && object.gap !== null) ? StreamGap.fromPartial(object.gap) : undefined;
+    message.notice = (object.notice !== undefined && object.notice !== null)
+      ? StreamNotice.fromPartial(object.notice)
+      : undefined;
     return message;
   },
 };
@@ -2906,7 +3135,8 @@ export const ContainersService = {
   },
   /**
    * A run's output: what exists, then (with `follow`) what comes, ending with `exited`.
-   * Followers of one run share one upstream stream; each keeps its own cursor.
+   * Followers of one run share one upstream stream; each keeps its own cursor, and joins
+   * only after the runner has accepted its own token for the run's logs.
    */
   streamLogs: {
     path: "/bus.containers.v1.Containers/StreamLogs" as const,
@@ -2917,7 +3147,11 @@ export const ContainersService = {
     responseSerialize: (value: LogEvent): Buffer => Buffer.from(LogEvent.encode(value).finish()),
     responseDeserialize: (value: Buffer): LogEvent => LogEvent.decode(value),
   },
-  /** Block until the run has ended (or the call's deadline passes) and return it. */
+  /**
+   * Block until the run has ended (or the call's deadline passes) and return it. Being
+   * unary, it carries no `notice`; a `StreamLogs` call with `follow` and `exit_only` waits
+   * the same way and does.
+   */
   waitRun: {
     path: "/bus.containers.v1.Containers/WaitRun" as const,
     requestStream: false as const,
@@ -2957,10 +3191,15 @@ export interface ContainersServer extends UntypedServiceImplementation {
   deleteRun: handleUnaryCall<DeleteRunRequest, DeleteRunResponse>;
   /**
    * A run's output: what exists, then (with `follow`) what comes, ending with `exited`.
-   * Followers of one run share one upstream stream; each keeps its own cursor.
+   * Followers of one run share one upstream stream; each keeps its own cursor, and joins
+   * only after the runner has accepted its own token for the run's logs.
    */
   streamLogs: handleServerStreamingCall<StreamLogsRequest, LogEvent>;
-  /** Block until the run has ended (or the call's deadline passes) and return it. */
+  /**
+   * Block until the run has ended (or the call's deadline passes) and return it. Being
+   * unary, it carries no `notice`; a `StreamLogs` call with `follow` and `exit_only` waits
+   * the same way and does.
+   */
   waitRun: handleUnaryCall<WaitRunRequest, Run>;
   /** Stop a run: SIGTERM, then SIGKILL after the grace period (or at once with `force`). */
   stopRun: handleUnaryCall<StopRunRequest, Run>;
@@ -3049,7 +3288,8 @@ export interface ContainersClient extends Client {
   ): ClientUnaryCall;
   /**
    * A run's output: what exists, then (with `follow`) what comes, ending with `exited`.
-   * Followers of one run share one upstream stream; each keeps its own cursor.
+   * Followers of one run share one upstream stream; each keeps its own cursor, and joins
+   * only after the runner has accepted its own token for the run's logs.
    */
   streamLogs(request: StreamLogsRequest, options?: Partial<CallOptions>): ClientReadableStream<LogEvent>;
   streamLogs(
@@ -3057,7 +3297,11 @@ export interface ContainersClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<LogEvent>;
-  /** Block until the run has ended (or the call's deadline passes) and return it. */
+  /**
+   * Block until the run has ended (or the call's deadline passes) and return it. Being
+   * unary, it carries no `notice`; a `StreamLogs` call with `follow` and `exit_only` waits
+   * the same way and does.
+   */
   waitRun(request: WaitRunRequest, callback: (error: ServiceError | null, response: Run) => void): ClientUnaryCall;
   waitRun(
     request: WaitRunRequest,

@@ -69,6 +69,34 @@ STD_STREAM_STDOUT: StdStream.ValueType  # 1
 STD_STREAM_STDERR: StdStream.ValueType  # 2
 Global___StdStream: _TypeAlias = StdStream  # noqa: Y015
 
+class _NoticeKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NoticeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NoticeKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NOTICE_KIND_UNSPECIFIED: _NoticeKind.ValueType  # 0
+    NOTICE_KIND_UPSTREAM_UNREACHABLE: _NoticeKind.ValueType  # 1
+    """busd lost the runner under the stream and keeps retrying for `retry_for_seconds`; the
+    stream goes on (nothing lost, nothing repeated) if the runner answers within that time,
+    and ends with UNAVAILABLE otherwise.
+    """
+    NOTICE_KIND_UPSTREAM_RESTORED: _NoticeKind.ValueType  # 2
+    """The runner answers again after an `UPSTREAM_UNREACHABLE` notice."""
+
+class NoticeKind(_NoticeKind, metaclass=_NoticeKindEnumTypeWrapper):
+    """What a notice is about."""
+
+NOTICE_KIND_UNSPECIFIED: NoticeKind.ValueType  # 0
+NOTICE_KIND_UPSTREAM_UNREACHABLE: NoticeKind.ValueType  # 1
+"""busd lost the runner under the stream and keeps retrying for `retry_for_seconds`; the
+stream goes on (nothing lost, nothing repeated) if the runner answers within that time,
+and ends with UNAVAILABLE otherwise.
+"""
+NOTICE_KIND_UPSTREAM_RESTORED: NoticeKind.ValueType  # 2
+"""The runner answers again after an `UPSTREAM_UNREACHABLE` notice."""
+Global___NoticeKind: _TypeAlias = NoticeKind  # noqa: Y015
+
 @_typing.final
 class GetStatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -518,28 +546,65 @@ class RunEvent(_message.Message):
     ACCEPTED_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
     EXITED_FIELD_NUMBER: _builtins.int
+    NOTICE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def accepted(self) -> Global___Run: ...
     @_builtins.property
     def output(self) -> Global___LogChunk: ...
     @_builtins.property
     def exited(self) -> Global___RunExited: ...
+    @_builtins.property
+    def notice(self) -> Global___StreamNotice: ...
     def __init__(
         self,
         *,
         accepted: Global___Run | None = ...,
         output: Global___LogChunk | None = ...,
         exited: Global___RunExited | None = ...,
+        notice: Global___StreamNotice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "event", b"event", "exited", b"exited", "output", b"output"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "event", b"event", "exited", b"exited", "notice", b"notice", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "event", b"event", "exited", b"exited", "output", b"output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "event", b"event", "exited", b"exited", "notice", b"notice", "output", b"output"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["accepted", "output", "exited"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["accepted", "output", "exited", "notice"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___RunEvent: _TypeAlias = RunEvent  # noqa: Y015
+
+@_typing.final
+class StreamNotice(_message.Message):
+    """Something about the stream rather than the run's output, e.g. that busd is retrying a
+    runner it lost. Sent once per change, never in place of output.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    RETRY_FOR_SECONDS_FIELD_NUMBER: _builtins.int
+    kind: Global___NoticeKind.ValueType
+    message: _builtins.str
+    """One line for a person, e.g. "the runner at https://runner.example.com is unreachable;
+    retrying for up to 2m".
+    """
+    retry_for_seconds: _builtins.int
+    """With `UPSTREAM_UNREACHABLE`: how long busd retries before it gives up (its `resume_for`)."""
+    def __init__(
+        self,
+        *,
+        kind: Global___NoticeKind.ValueType = ...,
+        message: _builtins.str = ...,
+        retry_for_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "message", b"message", "retry_for_seconds", b"retry_for_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamNotice: _TypeAlias = StreamNotice  # noqa: Y015
 
 @_typing.final
 class StreamLogsRequest(_message.Message):
@@ -551,6 +616,7 @@ class StreamLogsRequest(_message.Message):
     TAIL_FIELD_NUMBER: _builtins.int
     STREAMS_FIELD_NUMBER: _builtins.int
     KEEPALIVE_SECONDS_FIELD_NUMBER: _builtins.int
+    EXIT_ONLY_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     follow: _builtins.bool
     """Keep the stream open for new output until the run ends."""
@@ -560,6 +626,10 @@ class StreamLogsRequest(_message.Message):
     """Only the last N chunks that exist now (0 = all); ignored when `after_seq` is set."""
     keepalive_seconds: _builtins.int
     """Send `keepalive` after this many idle seconds (0 = never)."""
+    exit_only: _builtins.bool
+    """Send no output at all: only notices and `exited` (how to wait for a run and still see
+    busd's notices).
+    """
     @_builtins.property
     def streams(self) -> _containers.RepeatedScalarFieldContainer[Global___StdStream.ValueType]:
         """Only these streams; empty means both. Filtered chunks keep their seq."""
@@ -573,10 +643,11 @@ class StreamLogsRequest(_message.Message):
         tail: _builtins.int = ...,
         streams: _abc.Iterable[Global___StdStream.ValueType] | None = ...,
         keepalive_seconds: _builtins.int = ...,
+        exit_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "follow", b"follow", "keepalive_seconds", b"keepalive_seconds", "run_id", b"run_id", "streams", b"streams", "tail", b"tail"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "exit_only", b"exit_only", "follow", b"follow", "keepalive_seconds", b"keepalive_seconds", "run_id", b"run_id", "streams", b"streams", "tail", b"tail"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -631,6 +702,7 @@ class LogEvent(_message.Message):
     EXITED_FIELD_NUMBER: _builtins.int
     KEEPALIVE_FIELD_NUMBER: _builtins.int
     GAP_FIELD_NUMBER: _builtins.int
+    NOTICE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def output(self) -> Global___LogChunk: ...
     @_builtins.property
@@ -639,6 +711,8 @@ class LogEvent(_message.Message):
     def keepalive(self) -> Global___KeepAlive: ...
     @_builtins.property
     def gap(self) -> Global___StreamGap: ...
+    @_builtins.property
+    def notice(self) -> Global___StreamNotice: ...
     def __init__(
         self,
         *,
@@ -646,12 +720,13 @@ class LogEvent(_message.Message):
         exited: Global___RunExited | None = ...,
         keepalive: Global___KeepAlive | None = ...,
         gap: Global___StreamGap | None = ...,
+        notice: Global___StreamNotice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "exited", b"exited", "gap", b"gap", "keepalive", b"keepalive", "output", b"output"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "exited", b"exited", "gap", b"gap", "keepalive", b"keepalive", "notice", b"notice", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "exited", b"exited", "gap", b"gap", "keepalive", b"keepalive", "output", b"output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "exited", b"exited", "gap", b"gap", "keepalive", b"keepalive", "notice", b"notice", "output", b"output"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["output", "exited", "keepalive", "gap"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["output", "exited", "keepalive", "gap", "notice"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

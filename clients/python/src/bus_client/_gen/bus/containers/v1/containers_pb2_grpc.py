@@ -131,14 +131,17 @@ class ContainersServicer:
 
     def StreamLogs(self, request, context):
         """A run's output: what exists, then (with `follow`) what comes, ending with `exited`.
-        Followers of one run share one upstream stream; each keeps its own cursor.
+        Followers of one run share one upstream stream; each keeps its own cursor, and joins
+        only after the runner has accepted its own token for the run's logs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WaitRun(self, request, context):
-        """Block until the run has ended (or the call's deadline passes) and return it.
+        """Block until the run has ended (or the call's deadline passes) and return it. Being
+        unary, it carries no `notice`; a `StreamLogs` call with `follow` and `exit_only` waits
+        the same way and does.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

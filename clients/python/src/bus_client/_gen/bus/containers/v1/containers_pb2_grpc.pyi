@@ -54,10 +54,14 @@ class ContainersStub:
     """Delete a run record (and its container, if still running)."""
     StreamLogs: _grpc.UnaryStreamMultiCallable[_containers_pb2.StreamLogsRequest, _containers_pb2.LogEvent]
     """A run's output: what exists, then (with `follow`) what comes, ending with `exited`.
-    Followers of one run share one upstream stream; each keeps its own cursor.
+    Followers of one run share one upstream stream; each keeps its own cursor, and joins
+    only after the runner has accepted its own token for the run's logs.
     """
     WaitRun: _grpc.UnaryUnaryMultiCallable[_containers_pb2.WaitRunRequest, _containers_pb2.Run]
-    """Block until the run has ended (or the call's deadline passes) and return it."""
+    """Block until the run has ended (or the call's deadline passes) and return it. Being
+    unary, it carries no `notice`; a `StreamLogs` call with `follow` and `exit_only` waits
+    the same way and does.
+    """
     StopRun: _grpc.UnaryUnaryMultiCallable[_containers_pb2.StopRunRequest, _containers_pb2.Run]
     """Stop a run: SIGTERM, then SIGKILL after the grace period (or at once with `force`)."""
 
@@ -82,10 +86,14 @@ class ContainersAsyncStub(ContainersStub):
     """Delete a run record (and its container, if still running)."""
     StreamLogs: _aio.UnaryStreamMultiCallable[_containers_pb2.StreamLogsRequest, _containers_pb2.LogEvent]  # type: ignore[assignment]
     """A run's output: what exists, then (with `follow`) what comes, ending with `exited`.
-    Followers of one run share one upstream stream; each keeps its own cursor.
+    Followers of one run share one upstream stream; each keeps its own cursor, and joins
+    only after the runner has accepted its own token for the run's logs.
     """
     WaitRun: _aio.UnaryUnaryMultiCallable[_containers_pb2.WaitRunRequest, _containers_pb2.Run]  # type: ignore[assignment]
-    """Block until the run has ended (or the call's deadline passes) and return it."""
+    """Block until the run has ended (or the call's deadline passes) and return it. Being
+    unary, it carries no `notice`; a `StreamLogs` call with `follow` and `exit_only` waits
+    the same way and does.
+    """
     StopRun: _aio.UnaryUnaryMultiCallable[_containers_pb2.StopRunRequest, _containers_pb2.Run]  # type: ignore[assignment]
     """Stop a run: SIGTERM, then SIGKILL after the grace period (or at once with `force`)."""
 
@@ -149,7 +157,8 @@ class ContainersServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_containers_pb2.LogEvent], _abc.AsyncIterator[_containers_pb2.LogEvent]]:
         """A run's output: what exists, then (with `follow`) what comes, ending with `exited`.
-        Followers of one run share one upstream stream; each keeps its own cursor.
+        Followers of one run share one upstream stream; each keeps its own cursor, and joins
+        only after the runner has accepted its own token for the run's logs.
         """
 
     @_abc_1.abstractmethod
@@ -158,7 +167,10 @@ class ContainersServicer(metaclass=_abc_1.ABCMeta):
         request: _containers_pb2.WaitRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_containers_pb2.Run, _abc.Awaitable[_containers_pb2.Run]]:
-        """Block until the run has ended (or the call's deadline passes) and return it."""
+        """Block until the run has ended (or the call's deadline passes) and return it. Being
+        unary, it carries no `notice`; a `StreamLogs` call with `follow` and `exit_only` waits
+        the same way and does.
+        """
 
     @_abc_1.abstractmethod
     def StopRun(
