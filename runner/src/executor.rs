@@ -338,6 +338,8 @@ async fn pump(mut output: Output, entry: Arc<Entry>, captured: Arc<Captured>, mu
         }
         captured.0[index].fetch_add(seen, Ordering::SeqCst);
     }
+    // The engine closes the stream when the command exits: sooner than its wait answers.
+    entry.set_output_ended();
 }
 
 /// Whether a failed engine call means the engine itself went away (its connection broke or
