@@ -45,7 +45,9 @@ class ContainersStub:
     A non-zero exit code is data, not an error. Closing the stream does not stop the run.
     """
     CreateRun: _grpc.UnaryUnaryMultiCallable[_containers_pb2.CreateRunRequest, _containers_pb2.Run]
-    """Start a run and return at once (detached)."""
+    """Start a run and return it (detached): at once, or with `wait_running` once it runs or
+    has ended.
+    """
     GetRun: _grpc.UnaryUnaryMultiCallable[_containers_pb2.GetRunRequest, _containers_pb2.Run]
     """One run of the caller's account."""
     ListRuns: _grpc.UnaryUnaryMultiCallable[_containers_pb2.ListRunsRequest, _containers_pb2.ListRunsResponse]
@@ -60,6 +62,8 @@ class ContainersStub:
     """Block until the run has ended (or the call's deadline passes) and return it."""
     StopRun: _grpc.UnaryUnaryMultiCallable[_containers_pb2.StopRunRequest, _containers_pb2.Run]
     """Stop a run: SIGTERM, then SIGKILL after the grace period (or at once with `force`)."""
+    GetBilling: _grpc.UnaryUnaryMultiCallable[_containers_pb2.GetBillingRequest, _containers_pb2.BillingStatus]
+    """The account's plan, usage in the current period and limits (needs `billing:read`)."""
 
 @_typing.type_check_only
 class ContainersAsyncStub(ContainersStub):
@@ -73,7 +77,9 @@ class ContainersAsyncStub(ContainersStub):
     A non-zero exit code is data, not an error. Closing the stream does not stop the run.
     """
     CreateRun: _aio.UnaryUnaryMultiCallable[_containers_pb2.CreateRunRequest, _containers_pb2.Run]  # type: ignore[assignment]
-    """Start a run and return at once (detached)."""
+    """Start a run and return it (detached): at once, or with `wait_running` once it runs or
+    has ended.
+    """
     GetRun: _aio.UnaryUnaryMultiCallable[_containers_pb2.GetRunRequest, _containers_pb2.Run]  # type: ignore[assignment]
     """One run of the caller's account."""
     ListRuns: _aio.UnaryUnaryMultiCallable[_containers_pb2.ListRunsRequest, _containers_pb2.ListRunsResponse]  # type: ignore[assignment]
@@ -88,6 +94,8 @@ class ContainersAsyncStub(ContainersStub):
     """Block until the run has ended (or the call's deadline passes) and return it."""
     StopRun: _aio.UnaryUnaryMultiCallable[_containers_pb2.StopRunRequest, _containers_pb2.Run]  # type: ignore[assignment]
     """Stop a run: SIGTERM, then SIGKILL after the grace period (or at once with `force`)."""
+    GetBilling: _aio.UnaryUnaryMultiCallable[_containers_pb2.GetBillingRequest, _containers_pb2.BillingStatus]  # type: ignore[assignment]
+    """The account's plan, usage in the current period and limits (needs `billing:read`)."""
 
 class ContainersServicer(metaclass=_abc_1.ABCMeta):
     """Runs are short-lived, isolated containers owned by the account in the token."""
@@ -116,7 +124,9 @@ class ContainersServicer(metaclass=_abc_1.ABCMeta):
         request: _containers_pb2.CreateRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_containers_pb2.Run, _abc.Awaitable[_containers_pb2.Run]]:
-        """Start a run and return at once (detached)."""
+        """Start a run and return it (detached): at once, or with `wait_running` once it runs or
+        has ended.
+        """
 
     @_abc_1.abstractmethod
     def GetRun(
@@ -167,5 +177,13 @@ class ContainersServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_containers_pb2.Run, _abc.Awaitable[_containers_pb2.Run]]:
         """Stop a run: SIGTERM, then SIGKILL after the grace period (or at once with `force`)."""
+
+    @_abc_1.abstractmethod
+    def GetBilling(
+        self,
+        request: _containers_pb2.GetBillingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_containers_pb2.BillingStatus, _abc.Awaitable[_containers_pb2.BillingStatus]]:
+        """The account's plan, usage in the current period and limits (needs `billing:read`)."""
 
 def add_ContainersServicer_to_server(servicer: ContainersServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
