@@ -139,7 +139,7 @@ impl Args {
             status.run_seconds, status.concurrent_runs
         );
         println!(
-            "limits:    {} run-seconds per period, {} live runs",
+            "limits:    run-seconds per period: {}; live runs: {}",
             limit(status.run_seconds_per_period),
             limit(status.max_concurrent_runs)
         );
