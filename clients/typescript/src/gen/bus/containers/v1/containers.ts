@@ -3282,6 +3282,8 @@ export const ContainersService = {
   /**
    * Start a run and stream it: `accepted`, then output chunks, then `exited` exactly once.
    * A non-zero exit code is data, not an error. Closing the stream does not stop the run.
+   * When the token's grant forbids reading logs, the call is refused (PERMISSION_DENIED,
+   * `LOGS_DISABLED`) before any run is created: use `CreateRun`.
    */
   run: {
     path: "/bus.containers.v1.Containers/Run" as const,
@@ -3386,6 +3388,8 @@ export interface ContainersServer extends UntypedServiceImplementation {
   /**
    * Start a run and stream it: `accepted`, then output chunks, then `exited` exactly once.
    * A non-zero exit code is data, not an error. Closing the stream does not stop the run.
+   * When the token's grant forbids reading logs, the call is refused (PERMISSION_DENIED,
+   * `LOGS_DISABLED`) before any run is created: use `CreateRun`.
    */
   run: handleServerStreamingCall<RunRequest, RunEvent>;
   /**
@@ -3432,6 +3436,8 @@ export interface ContainersClient extends Client {
   /**
    * Start a run and stream it: `accepted`, then output chunks, then `exited` exactly once.
    * A non-zero exit code is data, not an error. Closing the stream does not stop the run.
+   * When the token's grant forbids reading logs, the call is refused (PERMISSION_DENIED,
+   * `LOGS_DISABLED`) before any run is created: use `CreateRun`.
    */
   run(request: RunRequest, options?: Partial<CallOptions>): ClientReadableStream<RunEvent>;
   run(request: RunRequest, metadata?: Metadata, options?: Partial<CallOptions>): ClientReadableStream<RunEvent>;

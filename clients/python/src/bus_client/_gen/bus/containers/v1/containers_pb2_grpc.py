@@ -101,6 +101,8 @@ class ContainersServicer:
     def Run(self, request, context):
         """Start a run and stream it: `accepted`, then output chunks, then `exited` exactly once.
         A non-zero exit code is data, not an error. Closing the stream does not stop the run.
+        When the token's grant forbids reading logs, the call is refused (PERMISSION_DENIED,
+        `LOGS_DISABLED`) before any run is created: use `CreateRun`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

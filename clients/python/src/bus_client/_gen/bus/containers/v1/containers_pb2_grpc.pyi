@@ -43,6 +43,8 @@ class ContainersStub:
     Run: _grpc.UnaryStreamMultiCallable[_containers_pb2.RunRequest, _containers_pb2.RunEvent]
     """Start a run and stream it: `accepted`, then output chunks, then `exited` exactly once.
     A non-zero exit code is data, not an error. Closing the stream does not stop the run.
+    When the token's grant forbids reading logs, the call is refused (PERMISSION_DENIED,
+    `LOGS_DISABLED`) before any run is created: use `CreateRun`.
     """
     CreateRun: _grpc.UnaryUnaryMultiCallable[_containers_pb2.CreateRunRequest, _containers_pb2.Run]
     """Start a run and return it (detached): at once, or with `wait_running` once it runs or
@@ -75,6 +77,8 @@ class ContainersAsyncStub(ContainersStub):
     Run: _aio.UnaryStreamMultiCallable[_containers_pb2.RunRequest, _containers_pb2.RunEvent]  # type: ignore[assignment]
     """Start a run and stream it: `accepted`, then output chunks, then `exited` exactly once.
     A non-zero exit code is data, not an error. Closing the stream does not stop the run.
+    When the token's grant forbids reading logs, the call is refused (PERMISSION_DENIED,
+    `LOGS_DISABLED`) before any run is created: use `CreateRun`.
     """
     CreateRun: _aio.UnaryUnaryMultiCallable[_containers_pb2.CreateRunRequest, _containers_pb2.Run]  # type: ignore[assignment]
     """Start a run and return it (detached): at once, or with `wait_running` once it runs or
@@ -116,6 +120,8 @@ class ContainersServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_containers_pb2.RunEvent], _abc.AsyncIterator[_containers_pb2.RunEvent]]:
         """Start a run and stream it: `accepted`, then output chunks, then `exited` exactly once.
         A non-zero exit code is data, not an error. Closing the stream does not stop the run.
+        When the token's grant forbids reading logs, the call is refused (PERMISSION_DENIED,
+        `LOGS_DISABLED`) before any run is created: use `CreateRun`.
         """
 
     @_abc_1.abstractmethod
