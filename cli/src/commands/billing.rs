@@ -149,3 +149,42 @@ impl Args {
         Ok(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(billing: BillingState) -> BillingStatus {
+        BillingStatus {
+            account: "dev".into(),
+            plan: "team".into(),
+            billing: billing as i32,
+            guidance_url: "https://example.test/billing".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn guidance_says_what_to_do_only_when_runs_cannot_start() {
+        assert_eq!(guidance(&status(BillingState::Active)), None);
+        let required = guidance(&status(BillingState::Required)).unwrap();
+        assert!(
+            required.contains("billing is set up at https://example.test/billing"),
+            "{required}"
+        );
+        let mut spent = status(BillingState::Active);
+        spent.run_seconds_per_period = Some(60);
+        spent.run_seconds = 60;
+        assert!(
+            guidance(&spent)
+                .unwrap()
+                .contains("run-seconds are used up")
+        );
+        let mut busy = status(BillingState::Active);
+        busy.max_concurrent_runs = Some(2);
+        busy.concurrent_runs = 2;
+        assert!(guidance(&busy).unwrap().contains("bus containers stop"));
+        busy.concurrent_runs = 1;
+        assert_eq!(guidance(&busy), None);
+    }
+}

@@ -305,6 +305,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_create_waits_only_when_asked_and_within_bounds() {
+        let query = |wait, wait_ms| CreateQuery {
+            wait,
+            wait_ms,
+            follow: false,
+        };
+        assert_eq!(query(None, None).start_wait().unwrap(), None);
+        assert_eq!(
+            query(Some(WaitFor::Running), None).start_wait().unwrap(),
+            Some(DEFAULT_START_WAIT)
+        );
+        assert_eq!(
+            query(Some(WaitFor::Running), Some(250))
+                .start_wait()
+                .unwrap(),
+            Some(Duration::from_millis(250))
+        );
+        for bad in [
+            query(None, Some(10)),
+            query(Some(WaitFor::Running), Some(0)),
+            query(Some(WaitFor::Running), Some(MAX_WAIT_MS + 1)),
+        ] {
+            let err = bad.start_wait().unwrap_err();
+            assert_eq!(err.problem().status, 400, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn page_token_round_trip() {
         for serial in [0, 1, 42, u64::MAX] {
             assert_eq!(
