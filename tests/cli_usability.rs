@@ -513,7 +513,7 @@ fn local_up_is_idempotent_and_down_leaves_nothing_behind() {
     let first = local.pids();
     assert!(first.iter().all(|(_, pid)| pid.is_some()), "{first:?}");
     assert!(local.run(&["local", "status"]).status.success());
-    // The token file is 0600 and the API key stays in the state dir.
+    // The token file is 0600 (the API key's file too: see the next test).
     use std::os::unix::fs::PermissionsExt;
     let token = local.home.path().join("config/auth/api-token");
     assert_eq!(
@@ -564,4 +564,108 @@ fn local_up_is_idempotent_and_down_leaves_nothing_behind() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert_eq!(local.run(&["local", "status"]).status.code(), Some(3));
+}
+
+#[test]
+fn the_first_commands_work_verbatim_after_local_up() {
+    use std::os::unix::fs::PermissionsExt;
+    let local = Local {
+        home: tempfile::tempdir().unwrap(),
+        listen: format!("127.0.0.1:{}", free_port()),
+    };
+    let up = |local: &Local| {
+        let out = local.run(&["local", "up", "--listen", &local.listen]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    up(&local);
+    let key_file = local.home.path().join("config/auth/api-key");
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // An older `up` kept the key in the state dir and gave `dev` no billing:read: the next
+    // `up` moves the key and restarts the runner on the new config.
+    let old_key = local.state().join("api-key");
+    std::fs::rename(&key_file, &old_key).unwrap();
+    let config = local.state().join("runner.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("\"billing:read\", ", "")).unwrap();
+    let runner_pid = |local: &Local| {
+        local
+            .pids()
+            .into_iter()
+            .find(|(name, _)| name == "bus-runner")
+            .and_then(|(_, pid)| pid)
+    };
+    let before = runner_pid(&local);
+    up(&local);
+    assert_ne!(runner_pid(&local), before, "the runner reloads its config");
+    assert!(key_file.is_file() && !old_key.exists());
+    assert!(
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("billing:read")
+    );
+
+    // The service's first command, verbatim: the key is found without flag or environment.
+    let out = local.run(&[
+        "auth",
+        "token",
+        "--resources",
+        "container:read container:run container:delete billing:read",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&out).contains("billing:read"), "{}", stdout(&out));
+
+    let out = local.run(&["billing"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    for line in ["account:   dev", "plan:      local", "billing:   active"] {
+        assert!(text.lines().any(|l| l == line), "{line:?} in {text}");
+    }
+    let out = local.run(&["billing", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["account"], "dev", "{json}");
+    assert_eq!(json["billing"], "active", "{json}");
+    assert!(json["usage"]["run_seconds"].is_u64(), "{json}");
+    assert!(json["limits"]["max_concurrent_runs"].is_null(), "{json}");
+
+    // Without --resources: everything `dev` may hold, images included.
+    let out = local.run(&["auth", "token"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&out).contains("image:read"), "{}", stdout(&out));
+    let out = local.run(&["images", "ls"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A token without billing:read is told what to do.
+    let out = local.run(&["auth", "token", "--resources", "container:read"]);
+    assert!(out.status.success());
+    let line = one_line_error(&local.run(&["billing"]));
+    assert!(line.contains("billing:read"), "{line}");
 }

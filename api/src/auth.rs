@@ -148,14 +148,16 @@ pub const DEFAULT_TOKEN_TTL_SECONDS: u64 = 60 * 60;
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenRequest {
-    /// Space-separated scope names, a subset of what the account may hold.
+    /// Space-separated scope names, a subset of what the account may hold; absent means
+    /// every scope the account may hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(
         feature = "openapi",
         schema(
             pattern = r"^\s*(container:read|container:run|container:delete|billing:read|image:read|image:write|image:build)(\s+(container:read|container:run|container:delete|billing:read|image:read|image:write|image:build))*\s*$"
         )
     )]
-    pub resources: String,
+    pub resources: Option<String>,
     /// How long the token lives, in seconds: at most 86400 ([`MAX_TOKEN_TTL_SECONDS`]);
     /// absent means 3600 ([`DEFAULT_TOKEN_TTL_SECONDS`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -22,7 +22,7 @@ pub mod problem;
 pub mod runs;
 pub mod status;
 
-pub use billing::BillingStatus;
+pub use billing::{BillingState, BillingStatus};
 pub use problem::{Problem, ProblemCode};
 pub use runs::{
     CreateRun, LogFrame, Port, Protocol, Run, RunOptions, RunPage, RunState, StopRun, StorageMount,

@@ -62,6 +62,8 @@ enum Command {
     /// Credentials: whom the token speaks for; a new token from an API key.
     #[command(subcommand)]
     Auth(Deferred<commands::auth::Auth>),
+    /// The account's plan, usage in the current period and limits.
+    Billing(Deferred<commands::billing::Args>),
     /// Settings in config.toml: api_url, timeout, output, socket.
     #[command(subcommand)]
     Config(Deferred<commands::config::Config>),
@@ -201,6 +203,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             unreachable!("handled before connecting")
         }
         Command::Auth(Deferred(command)) => command.run(&ctx, token_file.as_deref()).await,
+        Command::Billing(Deferred(args)) => args.run(&ctx).await,
         Command::Completion(_) | Command::Man(_) | Command::Config(_) | Command::Local(_) => {
             unreachable!("handled before connecting")
         }

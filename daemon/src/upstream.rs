@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bus_api::auth::{TokenRequest, TokenResponse};
-use bus_api::{CreateRun, LogFrame, Problem, Run, RunPage, RunnerStatus};
+use bus_api::{BillingStatus, CreateRun, LogFrame, Problem, Run, RunPage, RunnerStatus};
 use futures::{Stream, StreamExt, TryStreamExt};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
@@ -44,6 +44,18 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_HONOURED_RETRY_AFTER: Duration = Duration::from_secs(2);
 /// The header that makes a create safe to retry.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The longest `wait_ms` the runner accepts on a create.
+const MAX_START_WAIT_MS: u64 = 600_000;
+
+/// How a create is to be answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// The caller will follow the output: the runner refuses the create, before anything
+    /// starts, when the token may not read logs.
+    pub follow: bool,
+    /// Answer once the run runs or has ended (within the deadline), not once it is recorded.
+    pub wait_running: bool,
+}
 /// The runner's default keepalive interval on follow streams (its `KEEPALIVE_SECONDS`). busd
 /// asks for it by leaving `keepalive_seconds` out, so runners from before the parameter
 /// existed (which refuse unknown query parameters) still answer.
@@ -418,24 +430,51 @@ impl Upstream {
 
     /// `POST /api/v1/containers/runs` with a fresh `Idempotency-Key`, so the create is retried
     /// safely (the runner answers a repeated key with the run it already made).
-    pub async fn create_run(&self, spec: &CreateRun) -> Result<Run, UpstreamError> {
+    pub async fn create_run(
+        &self,
+        spec: &CreateRun,
+        options: CreateOptions,
+    ) -> Result<Run, UpstreamError> {
+        let mut path = "/api/v1/containers/runs".to_owned();
+        let mut query = Vec::new();
+        if options.follow {
+            query.push("follow=true".to_owned());
+        }
+        if options.wait_running {
+            query.push("wait=running".to_owned());
+            // Answer before the caller gives up, with the run as it is by then.
+            if let Some(left) = self.time_left() {
+                let ms = (left.as_millis() * 9 / 10).clamp(1, u128::from(MAX_START_WAIT_MS));
+                query.push(format!("wait_ms={ms}"));
+            }
+        }
+        if !query.is_empty() {
+            path = format!("{path}?{}", query.join("&"));
+        }
         self.json(
-            self.request(Method::POST, "/api/v1/containers/runs")
+            self.request(Method::POST, &path)
                 .header(IDEMPOTENCY_KEY, new_idempotency_key())
                 .json(spec),
         )
         .await
     }
 
+    /// `GET /api/v1/billing/status`: the account's plan, usage in the period and limits.
+    pub async fn billing(&self) -> Result<BillingStatus, UpstreamError> {
+        self.json(self.request(Method::GET, "/api/v1/billing/status"))
+            .await
+    }
+
     /// `POST /api/v1/auth/token`: exchanges the API key this context carries (in place of a
     /// token) for a token. Not retried: it has no idempotency key.
+    /// `resources` `None` asks for every scope the account may hold.
     pub async fn create_token(
         &self,
-        resources: &str,
+        resources: Option<&str>,
         ttl_seconds: Option<u64>,
     ) -> Result<TokenResponse, UpstreamError> {
         let body = TokenRequest {
-            resources: resources.to_owned(),
+            resources: resources.map(str::to_owned),
             ttl_seconds,
         };
         self.json(self.request(Method::POST, "/api/v1/auth/token").json(&body))
@@ -1308,7 +1347,7 @@ mod tests {
         );
         let fake = fake(vec![UNAVAILABLE, created]).await;
         let run = upstream_for(&fake)
-            .create_run(&CreateRun::default())
+            .create_run(&CreateRun::default(), CreateOptions::default())
             .await
             .unwrap();
         assert_eq!(run.id, "run_1");
@@ -1325,7 +1364,9 @@ mod tests {
         );
 
         // The next logical create gets a key of its own.
-        let second = upstream_for(&fake).create_run(&CreateRun::default()).await;
+        let second = upstream_for(&fake)
+            .create_run(&CreateRun::default(), CreateOptions::default())
+            .await;
         assert!(second.is_ok());
         assert_ne!(
             fake.seen.lock().unwrap()[2].2.as_deref(),
@@ -1337,7 +1378,7 @@ mod tests {
     async fn a_post_without_a_key_is_not_retried() {
         let fake = fake(vec![UNAVAILABLE]).await;
         let err = upstream_for(&fake)
-            .create_token("container:read", None)
+            .create_token(Some("container:read"), None)
             .await;
         assert!(err.is_err());
         assert_eq!(fake.seen.lock().unwrap().len(), 1);

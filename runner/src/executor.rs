@@ -337,6 +337,8 @@ async fn pump(mut output: Output, entry: Arc<Entry>, captured: Arc<Captured>, mu
         }
         captured.0[index].fetch_add(seen, Ordering::SeqCst);
     }
+    // The engine closes the stream when the command exits: sooner than its wait answers.
+    entry.set_output_ended();
 }
 
 /// Waits for `pump` to end, for as long as it keeps making progress (`captured` grows) with no

@@ -272,10 +272,20 @@ fn get_status() {}
     params(
         ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
             description = "1 to 255 printable ASCII characters without spaces, e.g. a UUID."),
+        ("wait" = Option<String>, Query, pattern = "^running$",
+            description = "`running`: answer once the run runs or has ended (a command that \
+                exits at once is answered ended, with its exit code or the reason it failed to \
+                start), at most `wait_ms`; then the run as it is."),
+        ("wait_ms" = Option<u64>, Query, minimum = 1, maximum = 600000,
+            description = "With `wait`: the longest wait in milliseconds (default 60000)."),
+        ("follow" = Option<bool>, Query,
+            description = "The caller will follow the run's output: refused with \
+                `logs_disabled`, before anything starts, when the token's grant switches logs off."),
     ),
     request_body(content = CreateRun, content_type = "application/json"),
     responses(
-        (status = 201, description = "The run, `queued`.", body = Run,
+        (status = 201, description = "The run: `queued`, or with `wait` as it is once it runs \
+            or has ended.", body = Run,
             headers(
                 ("Location" = String, description = "The run's URL path."),
                 ("Idempotent-Replayed" = String,

@@ -113,6 +113,10 @@ pub enum ApiError {
     /// The token's grant switches off log streaming.
     #[error("logs disabled")]
     LogsDisabled,
+    /// A run the caller would follow, refused (before anything starts) because the token's
+    /// grant switches off log streaming.
+    #[error("logs disabled, so the run cannot be followed")]
+    FollowDisabled,
     /// The account must set up billing before runs start.
     #[error("billing required for {account}")]
     BillingRequired {
@@ -354,6 +358,18 @@ impl ApiError {
             .with_guidance(
                 "read the run's state and exit code with GET /api/v1/containers/runs/{id}, or ask \
                  the runner's operator to set `logs = true` for the account",
+            ),
+            ApiError::FollowDisabled => p(
+                C::LogsDisabled,
+                StatusCode::FORBIDDEN,
+                "Logs disabled",
+                "log streaming is switched off for this account, so a run cannot be followed; \
+                 no run was started"
+                    .to_owned(),
+            )
+            .with_guidance(
+                "start the run detached with `bus containers run -d`, then read its state and \
+                 exit code with `bus containers wait RUN_ID`",
             ),
             ApiError::BillingRequired { account } => p(
                 C::BillingRequired,

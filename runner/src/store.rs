@@ -136,6 +136,8 @@ struct Data {
     /// `finish` was called (the terminal record is on its way to the disk).
     ending: bool,
     stop_requested: bool,
+    /// The container's output stream ended: its command has exited.
+    output_ended: bool,
 }
 
 /// A new run for [`Store::insert`].
@@ -704,6 +706,7 @@ impl Entry {
                 deleting: false,
                 ending: false,
                 stop_requested: false,
+                output_ended: false,
             }),
             changed: watch::Sender::new(()),
             link,
@@ -839,6 +842,48 @@ impl Entry {
             }
         };
         tokio::time::timeout(limit, ended).await.is_ok()
+    }
+
+    /// Waits until the run is running with its container recorded, or has ended, at most
+    /// `limit`; `false` when the limit passed first.
+    pub async fn wait_started(&self, limit: Duration) -> bool {
+        self.wait_for(limit, |data| {
+            let state = data.record.state;
+            state.is_terminal() || (state == RunState::Running && data.container.is_some())
+        })
+        .await
+    }
+
+    /// Records that the container's output stream ended (its command exited).
+    pub fn set_output_ended(&self) {
+        self.data().output_ended = true;
+        self.notify();
+    }
+
+    /// Waits until the container's output stream has ended or the run has ended, at most
+    /// `limit`; `false` when the limit passed first.
+    pub async fn wait_output_ended(&self, limit: Duration) -> bool {
+        self.wait_for(limit, |data| {
+            data.output_ended || data.ending || data.record.state.is_terminal()
+        })
+        .await
+    }
+
+    /// Waits until `done` holds for the run's data, at most `limit`.
+    async fn wait_for(&self, limit: Duration, done: impl Fn(&Data) -> bool) -> bool {
+        let mut rx = self.subscribe();
+        let reached = async {
+            loop {
+                rx.borrow_and_update();
+                if done(&self.data()) {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(limit, reached).await.is_ok()
     }
 
     /// Appends output, split into frames of at most [`MAX_FRAME_BYTES`]; waits while too much

@@ -45,17 +45,15 @@ pub struct ReloadArgs {}
 /// `bus auth token`.
 #[derive(Debug, clap::Args)]
 pub struct TokenArgs {
-    /// Space-separated resources the token may use
-    #[arg(
-        long,
-        value_name = "RESOURCES",
-        default_value = "container:read container:run container:delete"
-    )]
-    resources: String,
+    /// Space-separated resources the token may use, e.g. "container:read container:run"
+    /// [default: every resource the account may hold]
+    #[arg(long, value_name = "RESOURCES")]
+    resources: Option<String>,
     /// How long the token lives, e.g. 1h or 8h (at most 24h) [default: the runner's, 1h]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     ttl: Option<Duration>,
-    /// Read the account's API key from this file (mode 0600) [default: $BUS_API_KEY]
+    /// Read the account's API key from this file (mode 0600) [default: $BUS_API_KEY, else
+    /// <config dir>/auth/api-key]
     #[arg(long, value_name = "PATH")]
     api_key_file: Option<PathBuf>,
 }
@@ -111,14 +109,18 @@ async fn reload(ctx: &Ctx) -> Result<u8, CliError> {
 
 impl TokenArgs {
     async fn run(self, ctx: &Ctx, token_file: Option<&Path>) -> Result<u8, CliError> {
-        let api_key = read_api_key(self.api_key_file.as_deref(), |name| {
-            std::env::var(name).ok()
-        })?;
+        let default_key_file = default_api_key_file();
+        let api_key = read_api_key(
+            self.api_key_file.as_deref(),
+            |name| std::env::var(name).ok(),
+            &default_key_file,
+        )?;
         let destination = token_file
             .map(Path::to_path_buf)
             .unwrap_or_else(|| bus::config_dir().join("auth").join("api-token"));
         let mut request = ctx.request(CreateTokenRequest {
-            resources: self.resources,
+            // Empty: every resource the account may hold.
+            resources: self.resources.unwrap_or_default(),
             ttl_seconds: self.ttl.map_or(0, |d| d.as_secs().max(1)),
         });
         let key = MetadataValue::try_from(api_key.as_str()).map_err(|_| {
@@ -170,12 +172,26 @@ impl TokenArgs {
     }
 }
 
-/// The API key: `--api-key-file` (which must not be readable by group or others), else
-/// `$BUS_API_KEY`. Never an argument.
+/// Where `bus auth token` looks for the API key when neither `--api-key-file` nor
+/// `$BUS_API_KEY` names one (and where `bus local up` keeps the local account's key):
+/// `<config dir>/auth/api-key`.
+pub fn default_api_key_file() -> PathBuf {
+    bus::config_dir().join("auth").join("api-key")
+}
+
+/// The API key: `--api-key-file`, else `$BUS_API_KEY`, else `default_file` when it exists.
+/// A file must not be readable by group or others. Never an argument.
 fn read_api_key(
     file: Option<&Path>,
     env: impl Fn(&str) -> Option<String>,
+    default_file: &Path,
 ) -> Result<String, CliError> {
+    let from_env = || env(API_KEY_ENV).filter(|k| !k.trim().is_empty());
+    let file = match (file, from_env()) {
+        (Some(path), _) => Some(path),
+        (None, Some(_)) => None,
+        (None, None) => default_file.exists().then_some(default_file),
+    };
     let key = match file {
         Some(path) => {
             let meta = std::fs::metadata(path).map_err(|e| {
@@ -205,13 +221,15 @@ fn read_api_key(
                 ))
             })?
         }
-        None => env(API_KEY_ENV).unwrap_or_default(),
+        None => from_env().unwrap_or_default(),
     };
     let key = key.trim().to_owned();
     if key.is_empty() {
         return Err(CliError::Local(format!(
-            "no API key: set {API_KEY_ENV}, or pass --api-key-file PATH (mode 0600); API keys \
-             are never accepted as arguments"
+            "no API key: set {API_KEY_ENV}, pass --api-key-file PATH, or save it in {} (mode \
+             0600; `bus local up` does for its account); API keys are never accepted as \
+             arguments",
+            default_file.display()
         )));
     }
     Ok(key)
@@ -300,18 +318,41 @@ mod tests {
         let file = dir.path().join("key");
         std::fs::write(&file, "sk-file\n").unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let default = dir.path().join("auth").join("api-key");
         let env = |name: &str| (name == API_KEY_ENV).then(|| "sk-env".to_owned());
-        assert_eq!(read_api_key(Some(&file), env).unwrap(), "sk-file");
-        assert_eq!(read_api_key(None, env).unwrap(), "sk-env");
+        assert_eq!(read_api_key(Some(&file), env, &default).unwrap(), "sk-file");
+        assert_eq!(read_api_key(None, env, &default).unwrap(), "sk-env");
 
-        let err = read_api_key(None, |_| None).unwrap_err().to_string();
+        let err = read_api_key(None, |_| None, &default)
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.contains("BUS_API_KEY") && err.contains("--api-key-file"),
+            err.contains("BUS_API_KEY")
+                && err.contains("--api-key-file")
+                && err.contains(&default.display().to_string()),
             "{err}"
         );
 
+        // The default file comes last: after the flag and the environment.
+        std::fs::create_dir_all(default.parent().unwrap()).unwrap();
+        std::fs::write(&default, "sk-default\n").unwrap();
+        std::fs::set_permissions(&default, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            read_api_key(None, |_| None, &default).unwrap(),
+            "sk-default"
+        );
+        assert_eq!(read_api_key(None, env, &default).unwrap(), "sk-env");
+        assert_eq!(read_api_key(Some(&file), env, &default).unwrap(), "sk-file");
+        std::fs::set_permissions(&default, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = read_api_key(None, |_| None, &default)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = read_api_key(Some(&file), env).unwrap_err().to_string();
+        let err = read_api_key(Some(&file), env, &default)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains(&format!("chmod 600 {}", file.display())),
             "{err}"

@@ -1,6 +1,7 @@
 //! One module per subcommand: an `Args` struct and `run()`.
 
 pub mod auth;
+pub mod billing;
 pub mod builds;
 pub mod completion;
 pub mod config;

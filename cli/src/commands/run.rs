@@ -86,10 +86,7 @@ impl Args {
             return attached(ctx, spec).await;
         }
         if detach {
-            let request = ctx.request(CreateRunRequest { spec: Some(spec) });
-            let run = ctx.containers().create_run(request).await?.into_inner();
-            println!("{}", run.id);
-            return Ok(0);
+            return detached(ctx, spec).await;
         }
         let request = ctx.request(RunRequest { spec: Some(spec) });
         let mut events = ctx.containers().run(request).await?.into_inner();
@@ -128,6 +125,57 @@ impl Args {
     }
 }
 
+/// `-d`: starts the run and returns once it runs, as `docker run -d` does, so an exec into it
+/// works at once: its id on stdout. A run that already ended prints its id too, with a note
+/// on stderr saying how it ended; one that failed to start (its image missing, its command not
+/// found) prints the reason and exits 125.
+async fn detached(ctx: &Ctx, spec: RunSpec) -> Result<u8, CliError> {
+    let request = ctx.request(CreateRunRequest {
+        spec: Some(spec),
+        wait_running: true,
+    });
+    let run = match ctx.containers().create_run(request).await {
+        Ok(run) => run.into_inner(),
+        // The image (or another thing the run names) does not exist: the run could not be
+        // started, 125 as for a start failure.
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            eprintln!("bus: error: {}", CliError::from(status));
+            return Ok(EXIT_RUN_FAILED);
+        }
+        Err(status) => return Err(status.into()),
+    };
+    let id = &run.id;
+    let state = RunState::try_from(run.state).unwrap_or(RunState::Unspecified);
+    if state == RunState::Failed && run.started_at.is_none() {
+        eprintln!(
+            "bus: error: run {id} failed to start{}; check the image and the command (`bus \
+             containers get {id}` shows the run)",
+            with_reason(&run.reason)
+        );
+        return Ok(EXIT_RUN_FAILED);
+    }
+    println!("{id}");
+    match state {
+        RunState::Running => {}
+        RunState::Exited => eprintln!(
+            "bus: note: run {id} already exited with code {}; `bus containers logs {id}` \
+             prints its output",
+            run.exit_code.unwrap_or_default()
+        ),
+        RunState::Queued | RunState::Starting | RunState::Unspecified => eprintln!(
+            "bus: note: run {id} is still {}; `bus containers get {id}` shows when it runs",
+            render::state_name(run.state)
+        ),
+        RunState::Failed | RunState::Stopped | RunState::TimedOut => eprintln!(
+            "bus: note: run {id} already ended {}{}; `bus containers logs {id}` prints its \
+             output",
+            render::state_name(run.state),
+            with_reason(&run.reason)
+        ),
+    }
+    Ok(0)
+}
+
 /// Follows run `run_id`'s output after `last_seq` through a busd reached again, to its exit.
 async fn resume(
     ctx: &Ctx,
@@ -159,7 +207,10 @@ async fn resume(
 /// Creates the run and attaches this terminal (or stdin) to its command until it ends.
 async fn attached(ctx: &Ctx, spec: RunSpec) -> Result<u8, CliError> {
     let (tty, stdin) = (spec.tty, spec.stdin);
-    let request = ctx.request(CreateRunRequest { spec: Some(spec) });
+    let request = ctx.request(CreateRunRequest {
+        spec: Some(spec),
+        wait_running: false,
+    });
     let run = ctx.containers().create_run(request).await?.into_inner();
     let start = ExecStart {
         run_id: run.id.clone(),

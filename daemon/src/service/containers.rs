@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use bus::proto::containers::v1 as pb;
 use bus::proto::containers::v1::containers_server::Containers;
-use bus_api::{CreateRun, LogFrame, Run, RunState, Stream as StdStream};
+use bus_api::{
+    BillingState, BillingStatus, CreateRun, LogFrame, Run, RunState, Stream as StdStream,
+};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use time::OffsetDateTime;
@@ -16,7 +18,7 @@ use tonic::{Request, Response, Status};
 use super::DaemonState;
 use crate::fanout::{self, Chunk, Event as FanEvent, Exit, Fanout, Follow, Notice};
 use crate::status::Error;
-use crate::upstream::{LogsQuery, Upstream, UpstreamError};
+use crate::upstream::{CreateOptions, LogsQuery, Upstream, UpstreamError};
 
 /// Log events queued per `StreamLogs` call before the reader waits for the client.
 const LOG_EVENTS_BUFFER: usize = 64;
@@ -144,7 +146,15 @@ impl Containers for ContainersService {
     ) -> Result<Response<Self::RunStream>, Status> {
         let upstream = self.state.upstream(request.metadata())?;
         let spec = create_run(request.into_inner().spec)?;
-        let run = upstream.create_run(&spec).await.map_err(Error::from)?;
+        // The runner refuses, before anything starts, a run whose output may not be read.
+        let options = CreateOptions {
+            follow: true,
+            wait_running: false,
+        };
+        let run = upstream
+            .create_run(&spec, options)
+            .await
+            .map_err(Error::from)?;
         let accepted = pb::RunEvent {
             event: Some(pb::run_event::Event::Accepted(run_to_proto(run.clone()))),
         };
@@ -174,8 +184,16 @@ impl Containers for ContainersService {
         request: Request<pb::CreateRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         let upstream = self.state.upstream(request.metadata())?;
-        let spec = create_run(request.into_inner().spec)?;
-        let run = upstream.create_run(&spec).await.map_err(Error::from)?;
+        let pb::CreateRunRequest { spec, wait_running } = request.into_inner();
+        let spec = create_run(spec)?;
+        let options = CreateOptions {
+            follow: false,
+            wait_running,
+        };
+        let run = upstream
+            .create_run(&spec, options)
+            .await
+            .map_err(Error::from)?;
         Ok(Response::new(run_to_proto(run)))
     }
 
@@ -287,6 +305,15 @@ impl Containers for ContainersService {
         Ok(Response::new(run_to_proto(run)))
     }
 
+    async fn get_billing(
+        &self,
+        request: Request<pb::GetBillingRequest>,
+    ) -> Result<Response<pb::BillingStatus>, Status> {
+        let upstream = self.state.upstream(request.metadata())?;
+        let status = upstream.billing().await.map_err(Error::from)?;
+        Ok(Response::new(billing_to_proto(status)))
+    }
+
     async fn stop_run(
         &self,
         request: Request<pb::StopRunRequest>,
@@ -369,6 +396,27 @@ fn run_to_proto(run: Run) -> pb::Run {
         started_at: run.started_at.map(timestamp),
         finished_at: run.finished_at.map(timestamp),
         reason: run.reason.unwrap_or_default(),
+    }
+}
+
+fn billing_to_proto(status: BillingStatus) -> pb::BillingStatus {
+    let billing = match status.billing {
+        BillingState::Active => pb::BillingState::Active,
+        BillingState::Required => pb::BillingState::Required,
+        BillingState::Unknown => pb::BillingState::Unspecified,
+    };
+    pb::BillingStatus {
+        account: status.account,
+        plan: status.plan,
+        billing: billing as i32,
+        period_start: Some(timestamp(status.period_start)),
+        period_end: Some(timestamp(status.period_end)),
+        run_seconds: status.usage.run_seconds,
+        concurrent_runs: status.usage.concurrent_runs,
+        max_concurrent_runs: status.limits.max_concurrent_runs,
+        run_seconds_per_period: status.limits.run_seconds_per_period,
+        period_seconds: status.limits.period_seconds,
+        guidance_url: status.guidance_url.unwrap_or_default(),
     }
 }
 

@@ -31,6 +31,8 @@ pub const FEATURES: &[&str] = &[
     "idempotent-creates",
     "images",
     "builds",
+    "create-wait-running",
+    "billing",
 ];
 
 /// The Daemon service.
@@ -142,21 +144,15 @@ impl Daemon for DaemonService {
             resources,
             ttl_seconds,
         } = request.into_inner();
-        if resources.split_whitespace().next().is_none() {
-            return Err(Error::InvalidArgument {
-                message: "no resources requested".into(),
-                guidance: "pass --resources \"container:read container:run container:delete\""
-                    .into(),
-            }
-            .into());
-        }
+        // None: every resource the account may hold.
+        let resources = Some(resources.trim()).filter(|r| !r.is_empty());
         let upstream = self
             .state
             .upstreams
             .client(&origin, api_key)
             .with_timeout(timeout);
         let issued = upstream
-            .create_token(&resources, (ttl_seconds > 0).then_some(ttl_seconds))
+            .create_token(resources, (ttl_seconds > 0).then_some(ttl_seconds))
             .await
             .map_err(Error::from)?;
         tracing::info!(upstream = %origin, scope = %issued.scope, "token issued");

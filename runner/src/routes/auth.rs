@@ -73,13 +73,23 @@ pub async fn token(
     KeyHolder(account): KeyHolder,
     ApiJson(request): ApiJson<TokenRequest>,
 ) -> Result<Response, ApiError> {
-    if request.resources.trim().is_empty() {
+    // Absent: everything the account may hold.
+    let Some(resources) = request.resources else {
+        return issue(
+            &state,
+            &account,
+            account.resources.clone(),
+            request.ttl_seconds,
+        );
+    };
+    if resources.trim().is_empty() {
         return Err(ApiError::InvalidRequest(
-            "resources must name at least one resource, e.g. \"container:read container:run\""
+            "resources must name at least one resource, e.g. \"container:read container:run\"; \
+             leave it out for every resource the account may hold"
                 .to_owned(),
         ));
     }
-    let scopes = parse_scopes(&request.resources).map_err(ApiError::InvalidRequest)?;
+    let scopes = parse_scopes(&resources).map_err(ApiError::InvalidRequest)?;
     let not_allowed: Vec<Scope> = scopes
         .iter()
         .copied()
@@ -91,7 +101,17 @@ pub async fn token(
             allowed: account.resources.clone(),
         });
     }
-    let ttl = request.ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL_SECONDS);
+    issue(&state, &account, scopes, request.ttl_seconds)
+}
+
+/// Mints a token for `account` with `scopes` (already checked against what it may hold).
+fn issue(
+    state: &AppState,
+    account: &Account,
+    scopes: Vec<Scope>,
+    ttl_seconds: Option<u64>,
+) -> Result<Response, ApiError> {
+    let ttl = ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL_SECONDS);
     if ttl == 0 || ttl > MAX_TOKEN_TTL_SECONDS {
         return Err(ApiError::InvalidRequest(format!(
             "ttl_seconds must be between 1 and {MAX_TOKEN_TTL_SECONDS} (24 hours); \

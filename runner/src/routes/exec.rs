@@ -3,7 +3,7 @@
 //!
 //! The request is checked (token, `container:run`, ownership, the run running, the query) and
 //! the exec created in the engine before the upgrade, so every refusal is an ordinary problem
-//! document. After the upgrade, frames follow [`bus_api::exec`]: stdin, resize and close-stdin
+//! document. A run still starting is waited for, so an exec right after a create works. After the upgrade, frames follow [`bus_api::exec`]: stdin, resize and close-stdin
 //! in; stdout, stderr and one final status out. The exit code is read from the engine only
 //! after the output stream has ended and the engine reports the exec not running; when it
 //! cannot be read, the status says `error` and carries no exit code.
@@ -57,13 +57,13 @@ pub async fn exec(
         .get(caller.account(), &id)
         .ok_or_else(|| ApiError::RunNotFound(id.clone()))?;
     let spec = parse_query(query.as_deref().unwrap_or(""))?;
-    let container = running_container(&entry, &id)?;
     let upgrade = upgrade.map_err(|e| {
         ApiError::InvalidRequest(format!(
             "this endpoint speaks WebSocket only (GET with `Connection: Upgrade`, `Upgrade: \
              websocket`): {e}"
         ))
     })?;
+    let container = running_container(&entry, &id).await?;
     let exec_id = create_exec(state.engine(), &container, &spec, &id).await?;
     tracing::info!(run = %id, owner = caller.account(), exec = %exec_id, tty = spec.tty, "exec");
     let engine = state.engine().clone();
@@ -72,8 +72,15 @@ pub async fn exec(
         .on_upgrade(move |socket| session(engine, exec_id, spec, socket)))
 }
 
-/// The container of `entry` when the run is running; else `run_not_running`.
-fn running_container(entry: &Entry, id: &str) -> Result<String, ApiError> {
+/// How long an exec into a run that is still starting waits for it to run. The client's own
+/// deadline usually ends the wait first: a client that hangs up ends the request.
+pub const START_WAIT: Duration = Duration::from_secs(60);
+
+/// The container of `entry` once the run is running: a run still queued or starting is waited
+/// for (at most [`START_WAIT`]); one that ended, or did not start in time, is
+/// `run_not_running` with its state.
+async fn running_container(entry: &Entry, id: &str) -> Result<String, ApiError> {
+    entry.wait_started(START_WAIT).await;
     let run_state = entry.snapshot().state;
     match entry.container() {
         Some(c) if run_state == bus_api::RunState::Running => Ok(c),
@@ -232,7 +239,7 @@ pub async fn create_detached(
         .get(caller.account(), &id)
         .ok_or_else(|| ApiError::RunNotFound(id.clone()))?;
     let spec = request.to_query().map_err(ApiError::InvalidRequest)?;
-    let container = running_container(&entry, &id)?;
+    let container = running_container(&entry, &id).await?;
     let engine = state.engine();
     let engine_exec = create_exec(engine, &container, &spec, &id).await?;
     let streams = engine.start_exec(&engine_exec, false).await?;

@@ -9,6 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bus_api::runs::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use bus_api::{CreateRun, Run, RunOptions, RunPage, RunState};
 use serde::Deserialize;
+use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::AppState;
@@ -17,24 +18,90 @@ use crate::executor;
 use crate::problem::{ApiError, ApiJson, ApiQuery, engine_message};
 use crate::routes::idempotency;
 use crate::spec::RunSpec;
-use crate::store::{Inserted, NewRun, new_run_id};
+use crate::store::{Entry, Inserted, NewRun, Replay, new_run_id};
 
 /// Largest request body `POST /runs` accepts.
 pub const BODY_LIMIT: usize = 256 * 1024;
+/// How long `wait=running` waits when the query names no `wait_ms`.
+pub const DEFAULT_START_WAIT: Duration = Duration::from_secs(60);
+/// The longest `wait_ms` accepted (10 minutes).
+pub const MAX_WAIT_MS: u64 = 600_000;
+/// How long a started command must stay up before `wait=running` answers it running.
+pub const START_SETTLE: Duration = Duration::from_millis(50);
+/// How long an answer waits for the end of a run whose container already stopped.
+const ENDING_WAIT: Duration = Duration::from_secs(10);
+
+/// What `wait` in the query of `POST /runs` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitFor {
+    /// The run is running (its container started) or has ended.
+    Running,
+}
+
+/// The query of `POST /runs`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateQuery {
+    /// `running`: answer once the run runs or has ended (at most `wait_ms`), not as soon as
+    /// it is recorded.
+    #[serde(default)]
+    pub wait: Option<WaitFor>,
+    /// With `wait`: the longest wait, 1 to [`MAX_WAIT_MS`] ms (default
+    /// [`DEFAULT_START_WAIT`]); after it the answer is the run as it is then.
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+    /// The caller will follow the run's output: refused with `logs_disabled`, before anything
+    /// is recorded or started, when the token's grant switches logs off.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+impl CreateQuery {
+    /// How long to wait for the run to start; `None` without `wait`.
+    pub fn start_wait(&self) -> Result<Option<Duration>, ApiError> {
+        match (self.wait, self.wait_ms) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(ApiError::InvalidRequest(
+                "wait_ms needs wait=running".to_owned(),
+            )),
+            (Some(WaitFor::Running), None) => Ok(Some(DEFAULT_START_WAIT)),
+            (Some(WaitFor::Running), Some(ms)) if (1..=MAX_WAIT_MS).contains(&ms) => {
+                Ok(Some(Duration::from_millis(ms)))
+            }
+            (Some(_), Some(ms)) => Err(ApiError::InvalidRequest(format!(
+                "wait_ms must be from 1 to {MAX_WAIT_MS}, not {ms}"
+            ))),
+        }
+    }
+}
 
 /// Starts a run: validates the request, records it as `queued`, and hands it to the executor.
 /// With an `Idempotency-Key` already used by this account (24 h), answers with the original
-/// response instead (see [`idempotency`]).
+/// response instead (see [`idempotency`]). With `wait=running`, answers once the run runs or
+/// has ended (see [`answer_started`]).
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller<auth::Run>,
     headers: HeaderMap,
+    ApiQuery(query): ApiQuery<CreateQuery>,
     ApiJson(request): ApiJson<CreateRun>,
 ) -> Result<Response, ApiError> {
+    let start_wait = query.start_wait()?;
+    // A caller that will follow the output is refused before anything starts when it may not.
+    if query.follow
+        && caller
+            .claims
+            .grant
+            .as_ref()
+            .is_some_and(|g| !g.allows_logs())
+    {
+        return Err(ApiError::FollowDisabled);
+    }
     let idempotency = idempotency::from_request(&headers, &request)?;
     if let Some(key) = &idempotency {
         if let Some(replay) = state.store().find_replay(caller.account(), key).await? {
-            return Ok(idempotency::replay(replay));
+            return Ok(replayed(&state, caller.account(), replay, start_wait).await);
         }
     }
     let spec = RunSpec::parse(request, state.config())?;
@@ -74,12 +141,18 @@ pub async fn create(
     };
     let entry = match state.store().insert(caller.account(), new).await? {
         Inserted::Created(entry) => entry,
-        Inserted::Replayed(replay) => return Ok(idempotency::replay(replay)),
+        Inserted::Replayed(replay) => {
+            return Ok(replayed(&state, caller.account(), replay, start_wait).await);
+        }
     };
     let run = entry.snapshot();
     tracing::info!(run = %run.id, owner = caller.account(), image = %run.image, "run accepted");
     let mounts_dir = crate::storage::mounts_dir(state.store());
-    executor::spawn(state.engine().clone(), entry, spec, mounts_dir);
+    executor::spawn(state.engine().clone(), entry.clone(), spec, mounts_dir);
+    let run = match start_wait {
+        Some(limit) => answer_started(&entry, limit).await,
+        None => run,
+    };
     let location = format!("/api/v1/containers/runs/{}", run.id);
     Ok((
         StatusCode::CREATED,
@@ -87,6 +160,41 @@ pub async fn create(
         Json(run),
     )
         .into_response())
+}
+
+/// The original answer to a repeated request; with `wait=running`, the run as it is once it
+/// runs or has ended (the original answer when it was deleted meanwhile).
+async fn replayed(
+    state: &AppState,
+    owner: &str,
+    replay: Replay,
+    start_wait: Option<Duration>,
+) -> Response {
+    let entry = state.store().get(owner, &replay.run_id);
+    match (start_wait, entry) {
+        (Some(limit), Some(entry)) => {
+            let run = answer_started(&entry, limit).await;
+            let mut response = idempotency::replay(replay);
+            *response.body_mut() =
+                axum::body::Body::from(serde_json::to_vec(&run).expect("a run always serializes"));
+            response
+        }
+        _ => idempotency::replay(replay),
+    }
+}
+
+/// The run once it runs or has ended, or as it is when `limit` passed first. A run counts as
+/// running once its command has stayed up for [`START_SETTLE`] (as supervisord's
+/// `startsecs`): a command that exits sooner (a typo in a script, a missing file) is answered
+/// once its end is recorded, so the caller learns that it ended and how.
+pub async fn answer_started(entry: &Entry, limit: Duration) -> Run {
+    if entry.wait_started(limit).await
+        && entry.snapshot().state == RunState::Running
+        && entry.wait_output_ended(START_SETTLE).await
+    {
+        entry.wait_ended(ENDING_WAIT).await;
+    }
+    entry.snapshot()
 }
 
 /// The query of `GET /runs`.
@@ -195,6 +303,34 @@ pub async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_create_waits_only_when_asked_and_within_bounds() {
+        let query = |wait, wait_ms| CreateQuery {
+            wait,
+            wait_ms,
+            follow: false,
+        };
+        assert_eq!(query(None, None).start_wait().unwrap(), None);
+        assert_eq!(
+            query(Some(WaitFor::Running), None).start_wait().unwrap(),
+            Some(DEFAULT_START_WAIT)
+        );
+        assert_eq!(
+            query(Some(WaitFor::Running), Some(250))
+                .start_wait()
+                .unwrap(),
+            Some(Duration::from_millis(250))
+        );
+        for bad in [
+            query(None, Some(10)),
+            query(Some(WaitFor::Running), Some(0)),
+            query(Some(WaitFor::Running), Some(MAX_WAIT_MS + 1)),
+        ] {
+            let err = bad.start_wait().unwrap_err();
+            assert_eq!(err.problem().status, 400, "{bad:?}");
+        }
+    }
 
     #[test]
     fn page_token_round_trip() {

@@ -188,6 +188,48 @@ export function noticeKindToJSON(object: NoticeKind): string {
   }
 }
 
+/** Whether an account may start runs as far as billing goes. */
+export enum BillingState {
+  BILLING_STATE_UNSPECIFIED = 0,
+  /** BILLING_STATE_ACTIVE - Billing is set up; runs may start within the plan's limits. */
+  BILLING_STATE_ACTIVE = 1,
+  /** BILLING_STATE_REQUIRED - Billing must be set up before any run starts (see `guidance_url`). */
+  BILLING_STATE_REQUIRED = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function billingStateFromJSON(object: any): BillingState {
+  switch (object) {
+    case 0:
+    case "BILLING_STATE_UNSPECIFIED":
+      return BillingState.BILLING_STATE_UNSPECIFIED;
+    case 1:
+    case "BILLING_STATE_ACTIVE":
+      return BillingState.BILLING_STATE_ACTIVE;
+    case 2:
+    case "BILLING_STATE_REQUIRED":
+      return BillingState.BILLING_STATE_REQUIRED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return BillingState.UNRECOGNIZED;
+  }
+}
+
+export function billingStateToJSON(object: BillingState): string {
+  switch (object) {
+    case BillingState.BILLING_STATE_UNSPECIFIED:
+      return "BILLING_STATE_UNSPECIFIED";
+    case BillingState.BILLING_STATE_ACTIVE:
+      return "BILLING_STATE_ACTIVE";
+    case BillingState.BILLING_STATE_REQUIRED:
+      return "BILLING_STATE_REQUIRED";
+    case BillingState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 export interface GetStatusRequest {
 }
 
@@ -236,7 +278,16 @@ export interface RunRequest {
 }
 
 export interface CreateRunRequest {
-  spec?: RunSpec | undefined;
+  spec?:
+    | RunSpec
+    | undefined;
+  /**
+   * Answer once the run is running (an `Exec` into it then works at once) or has ended (a
+   * command that exits at once comes back ended: `exit_code`, or `reason` when it failed to
+   * start), instead of as soon as it is accepted. Bounded by the call's deadline (else the
+   * runner's own limit, 60 s): after it, the run as it is then.
+   */
+  waitRunning: boolean;
 }
 
 export interface GetRunRequest {
@@ -380,6 +431,36 @@ export interface StopRunRequest {
   graceSeconds: number;
   /** Kill at once. */
   force: boolean;
+}
+
+export interface GetBillingRequest {
+}
+
+/** The account's billing: plan, usage in the current period, limits. */
+export interface BillingStatus {
+  /** The account (the token's subject). */
+  account: string;
+  /** The plan's name. */
+  plan: string;
+  billing: BillingState;
+  /** The current period; usage starts again from zero at its end. */
+  periodStart?: Date | undefined;
+  periodEnd?:
+    | Date
+    | undefined;
+  /** Seconds runs spent running in the period (live runs count up to now). */
+  runSeconds: number;
+  /** Runs that have not ended (queued, starting or running). */
+  concurrentRuns: number;
+  /** The plan's limits; unset means no limit. */
+  maxConcurrentRuns?: number | undefined;
+  runSecondsPerPeriod?:
+    | number
+    | undefined;
+  /** The period's length in seconds. */
+  periodSeconds: number;
+  /** Where to set up billing or upgrade, when runs cannot start now; empty otherwise. */
+  guidanceUrl: string;
 }
 
 function createBaseGetStatusRequest(): GetStatusRequest {
@@ -1081,13 +1162,16 @@ export const RunRequest: MessageFns<RunRequest> = {
 };
 
 function createBaseCreateRunRequest(): CreateRunRequest {
-  return { spec: undefined };
+  return { spec: undefined, waitRunning: false };
 }
 
 export const CreateRunRequest: MessageFns<CreateRunRequest> = {
   encode(message: CreateRunRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.spec !== undefined) {
       RunSpec.encode(message.spec, writer.uint32(10).fork()).join();
+    }
+    if (message.waitRunning !== false) {
+      writer.uint32(16).bool(message.waitRunning);
     }
     return writer;
   },
@@ -1113,6 +1197,14 @@ export const CreateRunRequest: MessageFns<CreateRunRequest> = {
             message.spec = RunSpec.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.waitRunning = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1126,13 +1218,23 @@ export const CreateRunRequest: MessageFns<CreateRunRequest> = {
   },
 
   fromJSON(object: any): CreateRunRequest {
-    return { spec: isSet(object.spec) ? RunSpec.fromJSON(object.spec) : undefined };
+    return {
+      spec: isSet(object.spec) ? RunSpec.fromJSON(object.spec) : undefined,
+      waitRunning: isSet(object.waitRunning)
+        ? globalThis.Boolean(object.waitRunning)
+        : isSet(object.wait_running)
+        ? globalThis.Boolean(object.wait_running)
+        : false,
+    };
   },
 
   toJSON(message: CreateRunRequest): unknown {
     const obj: any = {};
     if (message.spec !== undefined) {
       obj.spec = RunSpec.toJSON(message.spec);
+    }
+    if (message.waitRunning !== false) {
+      obj.waitRunning = message.waitRunning;
     }
     return obj;
   },
@@ -1143,6 +1245,7 @@ export const CreateRunRequest: MessageFns<CreateRunRequest> = {
   fromPartial<I extends Exact<DeepPartial<CreateRunRequest>, I>>(object: I): CreateRunRequest {
     const message = createBaseCreateRunRequest();
     message.spec = (object.spec !== undefined && object.spec !== null) ? RunSpec.fromPartial(object.spec) : undefined;
+    message.waitRunning = object.waitRunning ?? false;
     return message;
   },
 };
@@ -3067,6 +3170,331 @@ export const StopRunRequest: MessageFns<StopRunRequest> = {
   },
 };
 
+function createBaseGetBillingRequest(): GetBillingRequest {
+  return {};
+}
+
+export const GetBillingRequest: MessageFns<GetBillingRequest> = {
+  encode(_: GetBillingRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetBillingRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetBillingRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetBillingRequest {
+    return {};
+  },
+
+  toJSON(_: GetBillingRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetBillingRequest>, I>>(base?: I): GetBillingRequest {
+    return GetBillingRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetBillingRequest>, I>>(_: I): GetBillingRequest {
+    const message = createBaseGetBillingRequest();
+    return message;
+  },
+};
+
+function createBaseBillingStatus(): BillingStatus {
+  return {
+    account: "",
+    plan: "",
+    billing: 0,
+    periodStart: undefined,
+    periodEnd: undefined,
+    runSeconds: 0,
+    concurrentRuns: 0,
+    maxConcurrentRuns: undefined,
+    runSecondsPerPeriod: undefined,
+    periodSeconds: 0,
+    guidanceUrl: "",
+  };
+}
+
+export const BillingStatus: MessageFns<BillingStatus> = {
+  encode(message: BillingStatus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.account !== "") {
+      writer.uint32(10).string(message.account);
+    }
+    if (message.plan !== "") {
+      writer.uint32(18).string(message.plan);
+    }
+    if (message.billing !== 0) {
+      writer.uint32(24).int32(message.billing);
+    }
+    if (message.periodStart !== undefined) {
+      Timestamp.encode(toTimestamp(message.periodStart), writer.uint32(34).fork()).join();
+    }
+    if (message.periodEnd !== undefined) {
+      Timestamp.encode(toTimestamp(message.periodEnd), writer.uint32(42).fork()).join();
+    }
+    if (message.runSeconds !== 0) {
+      writer.uint32(48).uint64(message.runSeconds);
+    }
+    if (message.concurrentRuns !== 0) {
+      writer.uint32(56).uint32(message.concurrentRuns);
+    }
+    if (message.maxConcurrentRuns !== undefined) {
+      writer.uint32(64).uint32(message.maxConcurrentRuns);
+    }
+    if (message.runSecondsPerPeriod !== undefined) {
+      writer.uint32(72).uint64(message.runSecondsPerPeriod);
+    }
+    if (message.periodSeconds !== 0) {
+      writer.uint32(80).uint64(message.periodSeconds);
+    }
+    if (message.guidanceUrl !== "") {
+      writer.uint32(90).string(message.guidanceUrl);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BillingStatus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBillingStatus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.account = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.plan = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.billing = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.periodStart = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.periodEnd = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.runSeconds = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.concurrentRuns = reader.uint32();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.maxConcurrentRuns = reader.uint32();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.runSecondsPerPeriod = longToNumber(reader.uint64());
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.periodSeconds = longToNumber(reader.uint64());
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.guidanceUrl = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BillingStatus {
+    return {
+      account: isSet(object.account) ? globalThis.String(object.account) : "",
+      plan: isSet(object.plan) ? globalThis.String(object.plan) : "",
+      billing: isSet(object.billing) ? billingStateFromJSON(object.billing) : 0,
+      periodStart: isSet(object.periodStart)
+        ? fromJsonTimestamp(object.periodStart)
+        : isSet(object.period_start)
+        ? fromJsonTimestamp(object.period_start)
+        : undefined,
+      periodEnd: isSet(object.periodEnd)
+        ? fromJsonTimestamp(object.periodEnd)
+        : isSet(object.period_end)
+        ? fromJsonTimestamp(object.period_end)
+        : undefined,
+      runSeconds: isSet(object.runSeconds)
+        ? globalThis.Number(object.runSeconds)
+        : isSet(object.run_seconds)
+        ? globalThis.Number(object.run_seconds)
+        : 0,
+      concurrentRuns: isSet(object.concurrentRuns)
+        ? globalThis.Number(object.concurrentRuns)
+        : isSet(object.concurrent_runs)
+        ? globalThis.Number(object.concurrent_runs)
+        : 0,
+      maxConcurrentRuns: isSet(object.maxConcurrentRuns)
+        ? globalThis.Number(object.maxConcurrentRuns)
+        : isSet(object.max_concurrent_runs)
+        ? globalThis.Number(object.max_concurrent_runs)
+        : undefined,
+      runSecondsPerPeriod: isSet(object.runSecondsPerPeriod)
+        ? globalThis.Number(object.runSecondsPerPeriod)
+        : isSet(object.run_seconds_per_period)
+        ? globalThis.Number(object.run_seconds_per_period)
+        : undefined,
+      periodSeconds: isSet(object.periodSeconds)
+        ? globalThis.Number(object.periodSeconds)
+        : isSet(object.period_seconds)
+        ? globalThis.Number(object.period_seconds)
+        : 0,
+      guidanceUrl: isSet(object.guidanceUrl)
+        ? globalThis.String(object.guidanceUrl)
+        : isSet(object.guidance_url)
+        ? globalThis.String(object.guidance_url)
+        : "",
+    };
+  },
+
+  toJSON(message: BillingStatus): unknown {
+    const obj: any = {};
+    if (message.account !== "") {
+      obj.account = message.account;
+    }
+    if (message.plan !== "") {
+      obj.plan = message.plan;
+    }
+    if (message.billing !== 0) {
+      obj.billing = billingStateToJSON(message.billing);
+    }
+    if (message.periodStart !== undefined) {
+      obj.periodStart = message.periodStart.toISOString();
+    }
+    if (message.periodEnd !== undefined) {
+      obj.periodEnd = message.periodEnd.toISOString();
+    }
+    if (message.runSeconds !== 0) {
+      obj.runSeconds = Math.round(message.runSeconds);
+    }
+    if (message.concurrentRuns !== 0) {
+      obj.concurrentRuns = Math.round(message.concurrentRuns);
+    }
+    if (message.maxConcurrentRuns !== undefined) {
+      obj.maxConcurrentRuns = Math.round(message.maxConcurrentRuns);
+    }
+    if (message.runSecondsPerPeriod !== undefined) {
+      obj.runSecondsPerPeriod = Math.round(message.runSecondsPerPeriod);
+    }
+    if (message.periodSeconds !== 0) {
+      obj.periodSeconds = Math.round(message.periodSeconds);
+    }
+    if (message.guidanceUrl !== "") {
+      obj.guidanceUrl = message.guidanceUrl;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BillingStatus>, I>>(base?: I): BillingStatus {
+    return BillingStatus.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BillingStatus>, I>>(object: I): BillingStatus {
+    const message = createBaseBillingStatus();
+    message.account = object.account ?? "";
+    message.plan = object.plan ?? "";
+    message.billing = object.billing ?? 0;
+    message.periodStart = object.periodStart ?? undefined;
+    message.periodEnd = object.periodEnd ?? undefined;
+    message.runSeconds = object.runSeconds ?? 0;
+    message.concurrentRuns = object.concurrentRuns ?? 0;
+    message.maxConcurrentRuns = object.maxConcurrentRuns ?? undefined;
+    message.runSecondsPerPeriod = object.runSecondsPerPeriod ?? undefined;
+    message.periodSeconds = object.periodSeconds ?? 0;
+    message.guidanceUrl = object.guidanceUrl ?? "";
+    return message;
+  },
+};
+
 /** Runs are short-lived, isolated containers owned by the account in the token. */
 export type ContainersService = typeof ContainersService;
 export const ContainersService = {
@@ -3083,6 +3511,8 @@ export const ContainersService = {
   /**
    * Start a run and stream it: `accepted`, then output chunks, then `exited` exactly once.
    * A non-zero exit code is data, not an error. Closing the stream does not stop the run.
+   * When the token's grant forbids reading logs, the call is refused (PERMISSION_DENIED,
+   * `LOGS_DISABLED`) before any run is created: use `CreateRun`.
    */
   run: {
     path: "/bus.containers.v1.Containers/Run" as const,
@@ -3093,7 +3523,10 @@ export const ContainersService = {
     responseSerialize: (value: RunEvent): Buffer => Buffer.from(RunEvent.encode(value).finish()),
     responseDeserialize: (value: Buffer): RunEvent => RunEvent.decode(value),
   },
-  /** Start a run and return at once (detached). */
+  /**
+   * Start a run and return it (detached): at once, or with `wait_running` once it runs or
+   * has ended.
+   */
   createRun: {
     path: "/bus.containers.v1.Containers/CreateRun" as const,
     requestStream: false as const,
@@ -3171,6 +3604,16 @@ export const ContainersService = {
     responseSerialize: (value: Run): Buffer => Buffer.from(Run.encode(value).finish()),
     responseDeserialize: (value: Buffer): Run => Run.decode(value),
   },
+  /** The account's plan, usage in the current period and limits (needs `billing:read`). */
+  getBilling: {
+    path: "/bus.containers.v1.Containers/GetBilling" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetBillingRequest): Buffer => Buffer.from(GetBillingRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetBillingRequest => GetBillingRequest.decode(value),
+    responseSerialize: (value: BillingStatus): Buffer => Buffer.from(BillingStatus.encode(value).finish()),
+    responseDeserialize: (value: Buffer): BillingStatus => BillingStatus.decode(value),
+  },
 } as const;
 
 export interface ContainersServer extends UntypedServiceImplementation {
@@ -3179,9 +3622,14 @@ export interface ContainersServer extends UntypedServiceImplementation {
   /**
    * Start a run and stream it: `accepted`, then output chunks, then `exited` exactly once.
    * A non-zero exit code is data, not an error. Closing the stream does not stop the run.
+   * When the token's grant forbids reading logs, the call is refused (PERMISSION_DENIED,
+   * `LOGS_DISABLED`) before any run is created: use `CreateRun`.
    */
   run: handleServerStreamingCall<RunRequest, RunEvent>;
-  /** Start a run and return at once (detached). */
+  /**
+   * Start a run and return it (detached): at once, or with `wait_running` once it runs or
+   * has ended.
+   */
   createRun: handleUnaryCall<CreateRunRequest, Run>;
   /** One run of the caller's account. */
   getRun: handleUnaryCall<GetRunRequest, Run>;
@@ -3203,6 +3651,8 @@ export interface ContainersServer extends UntypedServiceImplementation {
   waitRun: handleUnaryCall<WaitRunRequest, Run>;
   /** Stop a run: SIGTERM, then SIGKILL after the grace period (or at once with `force`). */
   stopRun: handleUnaryCall<StopRunRequest, Run>;
+  /** The account's plan, usage in the current period and limits (needs `billing:read`). */
+  getBilling: handleUnaryCall<GetBillingRequest, BillingStatus>;
 }
 
 export interface ContainersClient extends Client {
@@ -3225,10 +3675,15 @@ export interface ContainersClient extends Client {
   /**
    * Start a run and stream it: `accepted`, then output chunks, then `exited` exactly once.
    * A non-zero exit code is data, not an error. Closing the stream does not stop the run.
+   * When the token's grant forbids reading logs, the call is refused (PERMISSION_DENIED,
+   * `LOGS_DISABLED`) before any run is created: use `CreateRun`.
    */
   run(request: RunRequest, options?: Partial<CallOptions>): ClientReadableStream<RunEvent>;
   run(request: RunRequest, metadata?: Metadata, options?: Partial<CallOptions>): ClientReadableStream<RunEvent>;
-  /** Start a run and return at once (detached). */
+  /**
+   * Start a run and return it (detached): at once, or with `wait_running` once it runs or
+   * has ended.
+   */
   createRun(request: CreateRunRequest, callback: (error: ServiceError | null, response: Run) => void): ClientUnaryCall;
   createRun(
     request: CreateRunRequest,
@@ -3326,6 +3781,22 @@ export interface ContainersClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: Run) => void,
+  ): ClientUnaryCall;
+  /** The account's plan, usage in the current period and limits (needs `billing:read`). */
+  getBilling(
+    request: GetBillingRequest,
+    callback: (error: ServiceError | null, response: BillingStatus) => void,
+  ): ClientUnaryCall;
+  getBilling(
+    request: GetBillingRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: BillingStatus) => void,
+  ): ClientUnaryCall;
+  getBilling(
+    request: GetBillingRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: BillingStatus) => void,
   ): ClientUnaryCall;
 }
 

@@ -108,7 +108,7 @@ export interface ExecRequest {
 
 /** Starts the command. */
 export interface ExecStart {
-  /** The run to execute in; it must be running. */
+  /** The run to execute in; it must be running (or starting: then it is waited for). */
   runId: string;
   /** The command and its arguments. */
   argv: string[];
@@ -1804,6 +1804,10 @@ export const ExecService = {
    * `exit` (with `snapshot`: only what was captured, then `exit` if it has ended, then OK);
    * `attach` connects to the run's own command (its stdin, terminal and output), and `exit`
    * carries the run's exit code.
+   *
+   * A run still queued or starting is waited for, within the call's deadline, so an `Exec`
+   * right after `CreateRun` works; one that ends meanwhile is FAILED_PRECONDITION
+   * (`RUN_NOT_RUNNING`, naming its state).
    */
   exec: {
     path: "/bus.containers.v1.Exec/Exec" as const,
@@ -1840,6 +1844,10 @@ export interface ExecServer extends UntypedServiceImplementation {
    * `exit` (with `snapshot`: only what was captured, then `exit` if it has ended, then OK);
    * `attach` connects to the run's own command (its stdin, terminal and output), and `exit`
    * carries the run's exit code.
+   *
+   * A run still queued or starting is waited for, within the call's deadline, so an `Exec`
+   * right after `CreateRun` works; one that ends meanwhile is FAILED_PRECONDITION
+   * (`RUN_NOT_RUNNING`, naming its state).
    */
   exec: handleBidiStreamingCall<ExecRequest, ExecResponse>;
   /** A detached exec: its state and, once it ended, its exit code. */
@@ -1860,6 +1868,10 @@ export interface ExecClient extends Client {
    * `exit` (with `snapshot`: only what was captured, then `exit` if it has ended, then OK);
    * `attach` connects to the run's own command (its stdin, terminal and output), and `exit`
    * carries the run's exit code.
+   *
+   * A run still queued or starting is waited for, within the call's deadline, so an `Exec`
+   * right after `CreateRun` works; one that ends meanwhile is FAILED_PRECONDITION
+   * (`RUN_NOT_RUNNING`, naming its state).
    */
   exec(): ClientDuplexStream<ExecRequest, ExecResponse>;
   exec(options: Partial<CallOptions>): ClientDuplexStream<ExecRequest, ExecResponse>;

@@ -88,7 +88,10 @@ export interface ReloadCredentialsResponse {
 }
 
 export interface CreateTokenRequest {
-  /** Space-separated resources, e.g. "container:read container:run container:delete". */
+  /**
+   * Space-separated resources, e.g. "container:read container:run container:delete"; empty
+   * asks for every resource the account may hold.
+   */
   resources: string;
   /** How long the token lives; 0 = the runner's default (1 hour). */
   ttlSeconds: number;

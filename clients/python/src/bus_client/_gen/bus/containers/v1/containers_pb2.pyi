@@ -97,6 +97,28 @@ NOTICE_KIND_UPSTREAM_RESTORED: NoticeKind.ValueType  # 2
 """The runner answers again after an `UPSTREAM_UNREACHABLE` notice."""
 Global___NoticeKind: _TypeAlias = NoticeKind  # noqa: Y015
 
+class _BillingState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BillingStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BillingState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BILLING_STATE_UNSPECIFIED: _BillingState.ValueType  # 0
+    BILLING_STATE_ACTIVE: _BillingState.ValueType  # 1
+    """Billing is set up; runs may start within the plan's limits."""
+    BILLING_STATE_REQUIRED: _BillingState.ValueType  # 2
+    """Billing must be set up before any run starts (see `guidance_url`)."""
+
+class BillingState(_BillingState, metaclass=_BillingStateEnumTypeWrapper):
+    """Whether an account may start runs as far as billing goes."""
+
+BILLING_STATE_UNSPECIFIED: BillingState.ValueType  # 0
+BILLING_STATE_ACTIVE: BillingState.ValueType  # 1
+"""Billing is set up; runs may start within the plan's limits."""
+BILLING_STATE_REQUIRED: BillingState.ValueType  # 2
+"""Billing must be set up before any run starts (see `guidance_url`)."""
+Global___BillingState: _TypeAlias = BillingState  # noqa: Y015
+
 @_typing.final
 class GetStatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -269,16 +291,24 @@ class CreateRunRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_FIELD_NUMBER: _builtins.int
+    WAIT_RUNNING_FIELD_NUMBER: _builtins.int
+    wait_running: _builtins.bool
+    """Answer once the run is running (an `Exec` into it then works at once) or has ended (a
+    command that exits at once comes back ended: `exit_code`, or `reason` when it failed to
+    start), instead of as soon as it is accepted. Bounded by the call's deadline (else the
+    runner's own limit, 60 s): after it, the run as it is then.
+    """
     @_builtins.property
     def spec(self) -> Global___RunSpec: ...
     def __init__(
         self,
         *,
         spec: Global___RunSpec | None = ...,
+        wait_running: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec", "wait_running", b"wait_running"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -777,3 +807,87 @@ class StopRunRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StopRunRequest: _TypeAlias = StopRunRequest  # noqa: Y015
+
+@_typing.final
+class GetBillingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBillingRequest: _TypeAlias = GetBillingRequest  # noqa: Y015
+
+@_typing.final
+class BillingStatus(_message.Message):
+    """The account's billing: plan, usage in the current period, limits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    BILLING_FIELD_NUMBER: _builtins.int
+    PERIOD_START_FIELD_NUMBER: _builtins.int
+    PERIOD_END_FIELD_NUMBER: _builtins.int
+    RUN_SECONDS_FIELD_NUMBER: _builtins.int
+    CONCURRENT_RUNS_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_RUNS_FIELD_NUMBER: _builtins.int
+    RUN_SECONDS_PER_PERIOD_FIELD_NUMBER: _builtins.int
+    PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
+    GUIDANCE_URL_FIELD_NUMBER: _builtins.int
+    account: _builtins.str
+    """The account (the token's subject)."""
+    plan: _builtins.str
+    """The plan's name."""
+    billing: Global___BillingState.ValueType
+    run_seconds: _builtins.int
+    """Seconds runs spent running in the period (live runs count up to now)."""
+    concurrent_runs: _builtins.int
+    """Runs that have not ended (queued, starting or running)."""
+    max_concurrent_runs: _builtins.int
+    """The plan's limits; unset means no limit."""
+    run_seconds_per_period: _builtins.int
+    period_seconds: _builtins.int
+    """The period's length in seconds."""
+    guidance_url: _builtins.str
+    """Where to set up billing or upgrade, when runs cannot start now; empty otherwise."""
+    @_builtins.property
+    def period_start(self) -> _timestamp_pb2.Timestamp:
+        """The current period; usage starts again from zero at its end."""
+
+    @_builtins.property
+    def period_end(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        account: _builtins.str = ...,
+        plan: _builtins.str = ...,
+        billing: Global___BillingState.ValueType = ...,
+        period_start: _timestamp_pb2.Timestamp | None = ...,
+        period_end: _timestamp_pb2.Timestamp | None = ...,
+        run_seconds: _builtins.int = ...,
+        concurrent_runs: _builtins.int = ...,
+        max_concurrent_runs: _builtins.int | None = ...,
+        run_seconds_per_period: _builtins.int | None = ...,
+        period_seconds: _builtins.int = ...,
+        guidance_url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent_runs", b"_max_concurrent_runs", "_run_seconds_per_period", b"_run_seconds_per_period", "max_concurrent_runs", b"max_concurrent_runs", "period_end", b"period_end", "period_start", b"period_start", "run_seconds_per_period", b"run_seconds_per_period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent_runs", b"_max_concurrent_runs", "_run_seconds_per_period", b"_run_seconds_per_period", "account", b"account", "billing", b"billing", "concurrent_runs", b"concurrent_runs", "guidance_url", b"guidance_url", "max_concurrent_runs", b"max_concurrent_runs", "period_end", b"period_end", "period_seconds", b"period_seconds", "period_start", b"period_start", "plan", b"plan", "run_seconds", b"run_seconds", "run_seconds_per_period", b"run_seconds_per_period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_concurrent_runs: _TypeAlias = _typing.Literal["max_concurrent_runs"]  # noqa: Y015
+    _WhichOneofArgType__max_concurrent_runs: _TypeAlias = _typing.Literal["_max_concurrent_runs", b"_max_concurrent_runs"]  # noqa: Y015
+    _WhichOneofReturnType__run_seconds_per_period: _TypeAlias = _typing.Literal["run_seconds_per_period"]  # noqa: Y015
+    _WhichOneofArgType__run_seconds_per_period: _TypeAlias = _typing.Literal["_run_seconds_per_period", b"_run_seconds_per_period"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_concurrent_runs) -> _WhichOneofReturnType__max_concurrent_runs | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__run_seconds_per_period) -> _WhichOneofReturnType__run_seconds_per_period | None: ...
+
+Global___BillingStatus: _TypeAlias = BillingStatus  # noqa: Y015

@@ -80,6 +80,11 @@ class ContainersStub:
                 request_serializer=bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_containers__pb2.StopRunRequest.SerializeToString,
                 response_deserializer=bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_containers__pb2.Run.FromString,
                 _registered_method=True)
+        self.GetBilling = channel.unary_unary(
+                '/bus.containers.v1.Containers/GetBilling',
+                request_serializer=bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_containers__pb2.GetBillingRequest.SerializeToString,
+                response_deserializer=bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_containers__pb2.BillingStatus.FromString,
+                _registered_method=True)
 
 
 class ContainersServicer:
@@ -96,13 +101,16 @@ class ContainersServicer:
     def Run(self, request, context):
         """Start a run and stream it: `accepted`, then output chunks, then `exited` exactly once.
         A non-zero exit code is data, not an error. Closing the stream does not stop the run.
+        When the token's grant forbids reading logs, the call is refused (PERMISSION_DENIED,
+        `LOGS_DISABLED`) before any run is created: use `CreateRun`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateRun(self, request, context):
-        """Start a run and return at once (detached).
+        """Start a run and return it (detached): at once, or with `wait_running` once it runs or
+        has ended.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,6 +157,13 @@ class ContainersServicer:
 
     def StopRun(self, request, context):
         """Stop a run: SIGTERM, then SIGKILL after the grace period (or at once with `force`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBilling(self, request, context):
+        """The account's plan, usage in the current period and limits (needs `billing:read`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -201,6 +216,11 @@ def add_ContainersServicer_to_server(servicer, server):
                     servicer.StopRun,
                     request_deserializer=bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_containers__pb2.StopRunRequest.FromString,
                     response_serializer=bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_containers__pb2.Run.SerializeToString,
+            ),
+            'GetBilling': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBilling,
+                    request_deserializer=bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_containers__pb2.GetBillingRequest.FromString,
+                    response_serializer=bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_containers__pb2.BillingStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -447,6 +467,33 @@ class Containers:
             '/bus.containers.v1.Containers/StopRun',
             bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_containers__pb2.StopRunRequest.SerializeToString,
             bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_containers__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBilling(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bus.containers.v1.Containers/GetBilling',
+            bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_containers__pb2.GetBillingRequest.SerializeToString,
+            bus__client_dot___gen_dot_bus_dot_containers_dot_v1_dot_containers__pb2.BillingStatus.FromString,
             options,
             channel_credentials,
             insecure,

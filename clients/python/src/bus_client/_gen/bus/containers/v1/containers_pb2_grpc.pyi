@@ -43,9 +43,13 @@ class ContainersStub:
     Run: _grpc.UnaryStreamMultiCallable[_containers_pb2.RunRequest, _containers_pb2.RunEvent]
     """Start a run and stream it: `accepted`, then output chunks, then `exited` exactly once.
     A non-zero exit code is data, not an error. Closing the stream does not stop the run.
+    When the token's grant forbids reading logs, the call is refused (PERMISSION_DENIED,
+    `LOGS_DISABLED`) before any run is created: use `CreateRun`.
     """
     CreateRun: _grpc.UnaryUnaryMultiCallable[_containers_pb2.CreateRunRequest, _containers_pb2.Run]
-    """Start a run and return at once (detached)."""
+    """Start a run and return it (detached): at once, or with `wait_running` once it runs or
+    has ended.
+    """
     GetRun: _grpc.UnaryUnaryMultiCallable[_containers_pb2.GetRunRequest, _containers_pb2.Run]
     """One run of the caller's account."""
     ListRuns: _grpc.UnaryUnaryMultiCallable[_containers_pb2.ListRunsRequest, _containers_pb2.ListRunsResponse]
@@ -64,6 +68,8 @@ class ContainersStub:
     """
     StopRun: _grpc.UnaryUnaryMultiCallable[_containers_pb2.StopRunRequest, _containers_pb2.Run]
     """Stop a run: SIGTERM, then SIGKILL after the grace period (or at once with `force`)."""
+    GetBilling: _grpc.UnaryUnaryMultiCallable[_containers_pb2.GetBillingRequest, _containers_pb2.BillingStatus]
+    """The account's plan, usage in the current period and limits (needs `billing:read`)."""
 
 @_typing.type_check_only
 class ContainersAsyncStub(ContainersStub):
@@ -75,9 +81,13 @@ class ContainersAsyncStub(ContainersStub):
     Run: _aio.UnaryStreamMultiCallable[_containers_pb2.RunRequest, _containers_pb2.RunEvent]  # type: ignore[assignment]
     """Start a run and stream it: `accepted`, then output chunks, then `exited` exactly once.
     A non-zero exit code is data, not an error. Closing the stream does not stop the run.
+    When the token's grant forbids reading logs, the call is refused (PERMISSION_DENIED,
+    `LOGS_DISABLED`) before any run is created: use `CreateRun`.
     """
     CreateRun: _aio.UnaryUnaryMultiCallable[_containers_pb2.CreateRunRequest, _containers_pb2.Run]  # type: ignore[assignment]
-    """Start a run and return at once (detached)."""
+    """Start a run and return it (detached): at once, or with `wait_running` once it runs or
+    has ended.
+    """
     GetRun: _aio.UnaryUnaryMultiCallable[_containers_pb2.GetRunRequest, _containers_pb2.Run]  # type: ignore[assignment]
     """One run of the caller's account."""
     ListRuns: _aio.UnaryUnaryMultiCallable[_containers_pb2.ListRunsRequest, _containers_pb2.ListRunsResponse]  # type: ignore[assignment]
@@ -96,6 +106,8 @@ class ContainersAsyncStub(ContainersStub):
     """
     StopRun: _aio.UnaryUnaryMultiCallable[_containers_pb2.StopRunRequest, _containers_pb2.Run]  # type: ignore[assignment]
     """Stop a run: SIGTERM, then SIGKILL after the grace period (or at once with `force`)."""
+    GetBilling: _aio.UnaryUnaryMultiCallable[_containers_pb2.GetBillingRequest, _containers_pb2.BillingStatus]  # type: ignore[assignment]
+    """The account's plan, usage in the current period and limits (needs `billing:read`)."""
 
 class ContainersServicer(metaclass=_abc_1.ABCMeta):
     """Runs are short-lived, isolated containers owned by the account in the token."""
@@ -116,6 +128,8 @@ class ContainersServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_containers_pb2.RunEvent], _abc.AsyncIterator[_containers_pb2.RunEvent]]:
         """Start a run and stream it: `accepted`, then output chunks, then `exited` exactly once.
         A non-zero exit code is data, not an error. Closing the stream does not stop the run.
+        When the token's grant forbids reading logs, the call is refused (PERMISSION_DENIED,
+        `LOGS_DISABLED`) before any run is created: use `CreateRun`.
         """
 
     @_abc_1.abstractmethod
@@ -124,7 +138,9 @@ class ContainersServicer(metaclass=_abc_1.ABCMeta):
         request: _containers_pb2.CreateRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_containers_pb2.Run, _abc.Awaitable[_containers_pb2.Run]]:
-        """Start a run and return at once (detached)."""
+        """Start a run and return it (detached): at once, or with `wait_running` once it runs or
+        has ended.
+        """
 
     @_abc_1.abstractmethod
     def GetRun(
@@ -179,5 +195,13 @@ class ContainersServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_containers_pb2.Run, _abc.Awaitable[_containers_pb2.Run]]:
         """Stop a run: SIGTERM, then SIGKILL after the grace period (or at once with `force`)."""
+
+    @_abc_1.abstractmethod
+    def GetBilling(
+        self,
+        request: _containers_pb2.GetBillingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_containers_pb2.BillingStatus, _abc.Awaitable[_containers_pb2.BillingStatus]]:
+        """The account's plan, usage in the current period and limits (needs `billing:read`)."""
 
 def add_ContainersServicer_to_server(servicer: ContainersServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

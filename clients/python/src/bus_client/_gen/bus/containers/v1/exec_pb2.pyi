@@ -137,7 +137,7 @@ class ExecStart(_message.Message):
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     ATTACH_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """The run to execute in; it must be running."""
+    """The run to execute in; it must be running (or starting: then it is waited for)."""
     workdir: _builtins.str
     """Working directory, else the container's."""
     tty: _builtins.bool

@@ -64,6 +64,10 @@ class ExecServicer:
         `exit` (with `snapshot`: only what was captured, then `exit` if it has ended, then OK);
         `attach` connects to the run's own command (its stdin, terminal and output), and `exit`
         carries the run's exit code.
+
+        A run still queued or starting is waited for, within the call's deadline, so an `Exec`
+        right after `CreateRun` works; one that ends meanwhile is FAILED_PRECONDITION
+        (`RUN_NOT_RUNNING`, naming its state).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

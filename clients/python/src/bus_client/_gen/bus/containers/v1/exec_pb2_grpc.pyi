@@ -46,6 +46,10 @@ class ExecStub:
     `exit` (with `snapshot`: only what was captured, then `exit` if it has ended, then OK);
     `attach` connects to the run's own command (its stdin, terminal and output), and `exit`
     carries the run's exit code.
+
+    A run still queued or starting is waited for, within the call's deadline, so an `Exec`
+    right after `CreateRun` works; one that ends meanwhile is FAILED_PRECONDITION
+    (`RUN_NOT_RUNNING`, naming its state).
     """
     GetExec: _grpc.UnaryUnaryMultiCallable[_exec_pb2.GetExecRequest, _exec_pb2.GetExecResponse]
     """A detached exec: its state and, once it ended, its exit code."""
@@ -68,6 +72,10 @@ class ExecAsyncStub(ExecStub):
     `exit` (with `snapshot`: only what was captured, then `exit` if it has ended, then OK);
     `attach` connects to the run's own command (its stdin, terminal and output), and `exit`
     carries the run's exit code.
+
+    A run still queued or starting is waited for, within the call's deadline, so an `Exec`
+    right after `CreateRun` works; one that ends meanwhile is FAILED_PRECONDITION
+    (`RUN_NOT_RUNNING`, naming its state).
     """
     GetExec: _aio.UnaryUnaryMultiCallable[_exec_pb2.GetExecRequest, _exec_pb2.GetExecResponse]  # type: ignore[assignment]
     """A detached exec: its state and, once it ended, its exit code."""
@@ -93,6 +101,10 @@ class ExecServicer(metaclass=_abc_1.ABCMeta):
         `exit` (with `snapshot`: only what was captured, then `exit` if it has ended, then OK);
         `attach` connects to the run's own command (its stdin, terminal and output), and `exit`
         carries the run's exit code.
+
+        A run still queued or starting is waited for, within the call's deadline, so an `Exec`
+        right after `CreateRun` works; one that ends meanwhile is FAILED_PRECONDITION
+        (`RUN_NOT_RUNNING`, naming its state).
         """
 
     @_abc_1.abstractmethod

@@ -181,7 +181,9 @@ class CreateTokenRequest(_message.Message):
     RESOURCES_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     resources: _builtins.str
-    """Space-separated resources, e.g. "container:read container:run container:delete"."""
+    """Space-separated resources, e.g. "container:read container:run container:delete"; empty
+    asks for every resource the account may hold.
+    """
     ttl_seconds: _builtins.int
     """How long the token lives; 0 = the runner's default (1 hour)."""
     def __init__(
