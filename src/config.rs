@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! api_url = "http://127.0.0.1:8650"   # the runner's origin
-//! timeout = "30s"                     # the CLI's per-call deadline
+//! timeout = "30s"                     # the CLI's per-call deadline (default 30s, single calls)
 //! output = "table"                    # table or json
 //! socket = "/run/user/1000/bus/busd.sock"
 //! ```
@@ -21,6 +21,10 @@ pub const API_URL_ENV_VARS: [&str; 2] = ["BUS_AI_API_URL", "BUS_API_BASE_URL"];
 
 /// The origin used when nothing else names one: the local runner's default address.
 pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8650";
+
+/// The CLI's deadline for a single call (not a stream, a wait or a transfer) when no
+/// `timeout` is set anywhere.
+pub const DEFAULT_TIMEOUT: &str = "30s";
 
 /// A setting the file may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

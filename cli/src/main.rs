@@ -99,6 +99,22 @@ enum Containers {
     Execs(Deferred<commands::execs::Execs>),
 }
 
+impl Cli {
+    /// Whether the command passes on a container's exit code (`run`, `exec`, `wait`,
+    /// `execs wait`): its own failures then exit [`error::exit::TOOL_FAILED`].
+    fn passes_exit_code(&self) -> bool {
+        matches!(
+            &self.command,
+            Command::Containers(Deferred(
+                Containers::Run(_)
+                    | Containers::Exec(_)
+                    | Containers::Wait(_)
+                    | Containers::Execs(Deferred(commands::execs::Execs::Wait(_)))
+            ))
+        )
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Daemon {
     /// Show busd's version, upstream and identity (starting it if needed).
@@ -114,6 +130,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let cli = Cli::parse();
+    let passes_exit_code = cli.passes_exit_code();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -124,13 +141,40 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run_once_more_on_a_stale_busd(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("bus: error: {e}");
-            ExitCode::from(e.exit_code())
+            // Ids and names a user typed come back in messages: never raw to the terminal.
+            eprintln!("bus: error: {}", error::escape(&e.to_string()));
+            ExitCode::from(if passes_exit_code {
+                error::exit::TOOL_FAILED
+            } else {
+                e.exit_code()
+            })
         }
     }
+}
+
+/// Runs the command; when busd refused it as older than this bus and a CLI had started that
+/// busd, restarts busd and runs the command again (busd refuses before doing anything).
+async fn run_once_more_on_a_stale_busd(cli: Cli) -> Result<u8, CliError> {
+    let socket = cli.socket.clone();
+    let error = match run(cli).await {
+        Err(e) if e.stale_busd() == Some(true) => e,
+        other => return other,
+    };
+    let file = bus::config::Settings::load_default().map_err(|e| CliError::Usage(e.0))?;
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let (socket, _) = bus::config::resolve_socket(socket.as_deref(), env, &file);
+    let Some(pid) = commands::daemon::stop_quietly(&socket, &Overrides::default(), None).await?
+    else {
+        return Err(error);
+    };
+    eprintln!(
+        "bus: busd (pid {pid}) was older than this bus (protocol {}); started a new one",
+        bus::PROTOCOL
+    );
+    run(Cli::parse()).await
 }
 
 async fn run(cli: Cli) -> Result<u8, CliError> {

@@ -21,7 +21,7 @@ impl Args {
     pub async fn run(self, ctx: &Ctx) -> Result<u8, CliError> {
         let mut resumes = 0;
         let run = loop {
-            let request = ctx.request(WaitRunRequest {
+            let request = ctx.long_request(WaitRunRequest {
                 run_id: self.run_id.clone(),
             });
             match ctx.containers().wait_run(request).await {
