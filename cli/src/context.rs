@@ -111,6 +111,16 @@ impl Ctx {
         self.overrides.timeout
     }
 
+    /// Like [`Ctx::request`], but without a `timeout` the user set the default deadline is
+    /// lengthened by `extra`: for single calls that wait that long by design (a stop's grace).
+    pub fn request_allowing<T>(&self, message: T, extra: Duration) -> tonic::Request<T> {
+        let mut request = self.request(message);
+        if self.overrides.timeout.is_none() {
+            request.set_timeout(default_timeout() + extra);
+        }
+        request
+    }
+
     /// Like [`Ctx::request`] but bounded only by a `timeout` the user set, not by the default:
     /// for calls that last as long as the run does (`Run`, following logs, waits).
     pub fn long_request<T>(&self, message: T) -> tonic::Request<T> {
@@ -153,5 +163,56 @@ impl Ctx {
         put(META_PROTOCOL, &bus::PROTOCOL.to_string());
         request.set_timeout(overrides.timeout.unwrap_or_else(default_timeout));
         request
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(timeout: Option<Duration>) -> Ctx {
+        let channel = tonic::transport::Endpoint::from_static("http://busd.local").connect_lazy();
+        Ctx::new(
+            channel,
+            Overrides {
+                timeout,
+                ..Overrides::default()
+            },
+        )
+    }
+
+    fn deadline<T>(request: &tonic::Request<T>) -> Option<&str> {
+        request
+            .metadata()
+            .get("grpc-timeout")
+            .map(|v| v.to_str().unwrap())
+    }
+
+    #[tokio::test]
+    async fn single_calls_get_the_default_deadline_and_long_ones_only_a_set_timeout() {
+        let ctx = ctx(None);
+        let request = ctx.request(());
+        assert_eq!(deadline(&request), Some("30000000u"));
+        assert_eq!(
+            request.metadata().get(META_PROTOCOL).unwrap(),
+            &bus::PROTOCOL.to_string()
+        );
+        assert_eq!(deadline(&ctx.long_request(())), None);
+        assert_eq!(deadline(&ctx.session_request(())), None);
+        assert_eq!(
+            deadline(&ctx.request_allowing((), Duration::from_secs(10))),
+            Some("40000000u")
+        );
+        assert_eq!(deadline_in_force(), (Duration::from_secs(30), true));
+
+        let ctx = self::ctx(Some(Duration::from_secs(2)));
+        assert_eq!(deadline(&ctx.request(())), Some("2000000u"));
+        assert_eq!(deadline(&ctx.long_request(())), Some("2000000u"));
+        assert_eq!(
+            deadline(&ctx.request_allowing((), Duration::from_secs(10))),
+            Some("2000000u")
+        );
+        assert_eq!(deadline(&ctx.session_request(())), None);
+        assert_eq!(deadline_in_force(), (Duration::from_secs(2), false));
     }
 }
