@@ -17,7 +17,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -49,6 +49,8 @@ struct Link {
     opened: Instant,
     /// Milliseconds after `opened` of the last completed read.
     last_read_ms: AtomicU64,
+    /// busd closed the connection (or it failed): busd went away rather than went silent.
+    closed: AtomicBool,
 }
 
 impl Link {
@@ -68,7 +70,8 @@ impl Link {
 /// busd does not answer, not because it went away.
 pub fn unresponsive() -> Option<PathBuf> {
     let link = LINK.lock().expect("link lock").clone()?;
-    (link.silent_for() >= KEEPALIVE_TIMEOUT).then(|| link.socket.clone())
+    let silent = !link.closed.load(Ordering::Relaxed) && link.silent_for() >= KEEPALIVE_TIMEOUT;
+    silent.then(|| link.socket.clone())
 }
 
 /// The PID in busd's instance lock file `<socket>.pid`, if it holds one.
@@ -90,9 +93,17 @@ impl AsyncRead for Watched {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let (before, room) = (buf.filled().len(), buf.remaining());
         let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if polled.is_ready() {
-            self.link.touch();
+        match &polled {
+            // Bytes (or a read into no room at all): busd is there.
+            Poll::Ready(Ok(())) if buf.filled().len() > before || room == 0 => self.link.touch(),
+            // End of stream or an error: busd went away.
+            Poll::Ready(_) => {
+                self.link.closed.store(true, Ordering::Relaxed);
+                self.link.touch();
+            }
+            Poll::Pending => {}
         }
         polled
     }
@@ -134,6 +145,7 @@ async fn connect(socket: &Path) -> Result<Result<Channel, tonic::transport::Erro
                 socket: path,
                 opened: Instant::now(),
                 last_read_ms: AtomicU64::new(0),
+                closed: AtomicBool::new(false),
             });
             *LINK.lock().expect("link lock") = Some(link.clone());
             Ok::<_, io::Error>(TokioIo::new(Watched { stream, link }))
