@@ -432,7 +432,7 @@ fn read_checked_file(path: &Path, meta: &std::fs::Metadata) -> Result<Token, Cre
     })?;
     let text = String::from_utf8(bytes).map_err(|_| CredentialError::Malformed {
         source_name: path.display().to_string(),
-        why: "it is not text (not UTF-8)",
+        why: "not UTF-8 text",
     })?;
     if text.trim().is_empty() {
         return Err(CredentialError::Missing {
