@@ -223,7 +223,10 @@ fn a_busd_older_than_the_cli_is_restarted_when_a_cli_started_it() {
     let out = run(&stack, &["containers", "runs"]);
     assert!(out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("was older than this bus"), "{stderr}");
+    assert!(
+        stderr.contains("spoke an older protocol than this bus"),
+        "{stderr}"
+    );
     let new = info_json(&stack);
     assert_ne!(new["pid"], old["pid"]);
     assert_eq!(new["protocol"], 1);

@@ -147,9 +147,9 @@ impl CliError {
         }
     }
 
-    /// When busd refused the call as older than this client (`PROTOCOL_MISMATCH`): whether
-    /// a CLI started that busd, so this one may restart it.
-    pub fn stale_busd(&self) -> Option<bool> {
+    /// When busd refused the call as older than this client (`PROTOCOL_MISMATCH`) and a CLI
+    /// had started it, so this one may restart it: that busd's PID.
+    pub fn stale_busd_started_by_cli(&self) -> Option<u32> {
         let CliError::Status(status) = self else {
             return None;
         };
@@ -157,11 +157,14 @@ impl CliError {
         let info = details
             .error_info()
             .filter(|i| i.reason == PROTOCOL_MISMATCH)?;
-        Some(
-            info.metadata
-                .get("started_by_cli")
-                .is_some_and(|v| v == "true"),
-        )
+        if info
+            .metadata
+            .get("started_by_cli")
+            .is_none_or(|v| v != "true")
+        {
+            return None;
+        }
+        info.metadata.get("pid")?.parse().ok()
     }
 }
 

@@ -159,21 +159,26 @@ fn main() -> ExitCode {
 /// busd, restarts busd and runs the command again (busd refuses before doing anything).
 async fn run_once_more_on_a_stale_busd(cli: Cli) -> Result<u8, CliError> {
     let socket = cli.socket.clone();
-    let error = match run(cli).await {
-        Err(e) if e.stale_busd() == Some(true) => e,
-        other => return other,
+    let stale = match run(cli).await {
+        Err(e) => match e.stale_busd_started_by_cli() {
+            Some(pid) => pid,
+            None => return Err(e),
+        },
+        ok => return ok,
     };
     let file = bus::config::Settings::load_default().map_err(|e| CliError::Usage(e.0))?;
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     let (socket, _) = bus::config::resolve_socket(socket.as_deref(), env, &file);
-    let Some(pid) = commands::daemon::stop_quietly(&socket, &Overrides::default(), None).await?
-    else {
-        return Err(error);
-    };
-    eprintln!(
-        "bus: busd (pid {pid}) was older than this bus (protocol {}); started a new one",
-        bus::PROTOCOL
-    );
+    // Another CLI may have replaced it meanwhile: stop only the busd that refused.
+    if daemon::lock_pid(&socket) == Some(stale)
+        && let Some(pid) =
+            commands::daemon::stop_quietly(&socket, &Overrides::default(), None).await?
+    {
+        eprintln!(
+            "bus: busd (pid {pid}) spoke an older protocol than this bus ({}); stopped it and started a new one",
+            bus::PROTOCOL
+        );
+    }
     run(Cli::parse()).await
 }
 
