@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! api_url = "http://127.0.0.1:8650"   # the runner's origin
-//! timeout = "30s"                     # the CLI's per-call deadline
+//! timeout = "30s"                     # the CLI's per-call deadline (default 30s, single calls)
 //! output = "table"                    # table or json
 //! socket = "/run/user/1000/bus/busd.sock"
 //! resume_for = "2m"                   # how long busd retries a runner lost under a stream
@@ -26,6 +26,10 @@ pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8650";
 /// How long busd goes on resuming a log stream whose runner it lost, unless `resume_for` says
 /// otherwise.
 pub const DEFAULT_RESUME_FOR: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The CLI's deadline for a single call (not a stream, a wait or a transfer) when no
+/// `timeout` is set anywhere.
+pub const DEFAULT_TIMEOUT: &str = "30s";
 
 /// A setting the file may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -143,7 +143,7 @@ fn exec_into_another_accounts_run_or_an_ended_run_is_refused() {
         .args(["containers", "exec", &id, "--", "true"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
     let line = one_line_error(&out);
     assert!(line.contains(&format!("no run {id}")), "{line}");
 
@@ -156,7 +156,7 @@ fn exec_into_another_accounts_run_or_an_ended_run_is_refused() {
         .args(["containers", "exec", &id, "--", "true"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
     let line = one_line_error(&out);
     assert!(line.contains("container:run"), "{line}");
     assert!(line.contains("--resources"), "{line}");
@@ -858,7 +858,9 @@ fn detached_exec_errors_say_what_to_do() {
     // An unknown exec id.
     for verb in ["logs", "wait", "get"] {
         let out = stack.run(&["containers", "execs", verb, "exec_0123"]);
-        assert_eq!(out.status.code(), Some(5), "{verb}: {}", stderr(&out));
+        // `execs wait` passes on the exec's exit code, so its own failures are 125.
+        let want = if verb == "wait" { 125 } else { 5 };
+        assert_eq!(out.status.code(), Some(want), "{verb}: {}", stderr(&out));
         let line = one_line_error(&out);
         assert!(line.contains("no exec exec_0123"), "{line}");
         assert!(line.contains("exec -d"), "{line}");
@@ -883,12 +885,12 @@ fn detached_exec_errors_say_what_to_do() {
         .args(["containers", "exec", "-d", &id, "--", "true"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
     let reader = stack.runner.token("alice", "container:read");
     let file = stack.token_file("read-token", &reader);
-    for args in [
-        &["containers", "execs", "get", &exec][..],
-        &["containers", "exec", "-d", &id, "--", "true"][..],
+    for (args, want) in [
+        (&["containers", "execs", "get", &exec][..], 4),
+        (&["containers", "exec", "-d", &id, "--", "true"][..], 125),
     ] {
         let out = stack
             .bus()
@@ -897,7 +899,7 @@ fn detached_exec_errors_say_what_to_do() {
             .args(args)
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+        assert_eq!(out.status.code(), Some(want), "{}", stderr(&out));
         assert!(one_line_error(&out).contains("container:run"));
     }
     stack.run(&["containers", "delete", &id]);

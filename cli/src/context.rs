@@ -13,6 +13,26 @@ use tonic::transport::Channel;
 const META_API_URL: &str = "bus-api-url";
 const META_TOKEN_FILE: &str = "bus-token-file";
 const META_TOKEN: &str = "bus-token";
+/// Metadata key: the client's protocol revision ([`bus::PROTOCOL`]); a busd older than it
+/// refuses the call before doing anything (`PROTOCOL_MISMATCH`).
+const META_PROTOCOL: &str = "bus-protocol";
+
+/// `--timeout` (or the setting) of this invocation, for [`deadline_in_force`].
+static EXPLICIT_TIMEOUT: Mutex<Option<Duration>> = Mutex::new(None);
+
+/// The deadline of a single call when no `timeout` is set: [`bus::config::DEFAULT_TIMEOUT`].
+pub fn default_timeout() -> Duration {
+    humantime::parse_duration(bus::config::DEFAULT_TIMEOUT).expect("a valid default")
+}
+
+/// The deadline a call that ran out of time had, and whether it was the built-in default
+/// (which only single calls get).
+pub fn deadline_in_force() -> (Duration, bool) {
+    match *EXPLICIT_TIMEOUT.lock().expect("timeout lock") {
+        Some(timeout) => (timeout, false),
+        None => (default_timeout(), true),
+    }
+}
 
 /// Settings of this invocation that busd must honour for its calls, whatever environment
 /// the daemon itself was started with.
@@ -24,7 +44,9 @@ pub struct Overrides {
     pub token_file: Option<PathBuf>,
     /// `BUS_AI_TOKEN` / `BUS_API_TOKEN` of this process, when no token file was named.
     pub token: Option<String>,
-    /// `--timeout`: the gRPC deadline, which bounds busd's REST call too.
+    /// `--timeout` (or `BUS_TIMEOUT`, or the setting): the gRPC deadline of every call but
+    /// sessions, which bounds busd's REST call too. Without it, single calls get
+    /// [`default_timeout`] and streams and waits none.
     pub timeout: Option<Duration>,
 }
 
@@ -39,6 +61,7 @@ pub struct Ctx {
 impl Ctx {
     /// A context over an open channel.
     pub fn new(channel: Channel, overrides: Overrides) -> Self {
+        *EXPLICIT_TIMEOUT.lock().expect("timeout lock") = overrides.timeout;
         Ctx {
             channel: Mutex::new(channel),
             overrides,
@@ -88,6 +111,26 @@ impl Ctx {
         self.overrides.timeout
     }
 
+    /// Like [`Ctx::request`], but without a `timeout` the user set the default deadline is
+    /// lengthened by `extra`: for single calls that wait that long by design (a stop's grace).
+    pub fn request_allowing<T>(&self, message: T, extra: Duration) -> tonic::Request<T> {
+        let mut request = self.request(message);
+        if self.overrides.timeout.is_none() {
+            request.set_timeout(default_timeout() + extra);
+        }
+        request
+    }
+
+    /// Like [`Ctx::request`] but bounded only by a `timeout` the user set, not by the default:
+    /// for calls that last as long as the run does (`Run`, following logs, waits).
+    pub fn long_request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = self.request(message);
+        if self.overrides.timeout.is_none() {
+            request.metadata_mut().remove("grpc-timeout");
+        }
+        request
+    }
+
     /// Like [`Ctx::request`] but without the deadline: for sessions that last as long as the
     /// user wants (exec) or as long as a transfer takes (pull, push, load, save, a build's
     /// upload), where `--timeout` bounds only the start.
@@ -97,7 +140,8 @@ impl Ctx {
         request
     }
 
-    /// Wraps `message` in a request carrying the overrides and the deadline.
+    /// Wraps `message` in a request carrying the overrides and the deadline (`--timeout`, else
+    /// [`default_timeout`]).
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         let metadata = request.metadata_mut();
@@ -116,9 +160,59 @@ impl Ctx {
         } else if let Some(token) = &overrides.token {
             put(META_TOKEN, token);
         }
-        if let Some(timeout) = overrides.timeout {
-            request.set_timeout(timeout);
-        }
+        put(META_PROTOCOL, &bus::PROTOCOL.to_string());
+        request.set_timeout(overrides.timeout.unwrap_or_else(default_timeout));
         request
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(timeout: Option<Duration>) -> Ctx {
+        let channel = tonic::transport::Endpoint::from_static("http://busd.local").connect_lazy();
+        Ctx::new(
+            channel,
+            Overrides {
+                timeout,
+                ..Overrides::default()
+            },
+        )
+    }
+
+    fn deadline<T>(request: &tonic::Request<T>) -> Option<&str> {
+        request
+            .metadata()
+            .get("grpc-timeout")
+            .map(|v| v.to_str().unwrap())
+    }
+
+    #[tokio::test]
+    async fn single_calls_get_the_default_deadline_and_long_ones_only_a_set_timeout() {
+        let ctx = ctx(None);
+        let request = ctx.request(());
+        assert_eq!(deadline(&request), Some("30000000u"));
+        assert_eq!(
+            request.metadata().get(META_PROTOCOL).unwrap(),
+            &bus::PROTOCOL.to_string()
+        );
+        assert_eq!(deadline(&ctx.long_request(())), None);
+        assert_eq!(deadline(&ctx.session_request(())), None);
+        assert_eq!(
+            deadline(&ctx.request_allowing((), Duration::from_secs(10))),
+            Some("40000000u")
+        );
+        assert_eq!(deadline_in_force(), (Duration::from_secs(30), true));
+
+        let ctx = self::ctx(Some(Duration::from_secs(2)));
+        assert_eq!(deadline(&ctx.request(())), Some("2000000u"));
+        assert_eq!(deadline(&ctx.long_request(())), Some("2000000u"));
+        assert_eq!(
+            deadline(&ctx.request_allowing((), Duration::from_secs(10))),
+            Some("2000000u")
+        );
+        assert_eq!(deadline(&ctx.session_request(())), None);
+        assert_eq!(deadline_in_force(), (Duration::from_secs(2), false));
     }
 }

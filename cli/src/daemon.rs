@@ -4,26 +4,161 @@
 //! spawn one daemon. busd reports `ready` (or its start-up error) on a notify socket the CLI
 //! bound before spawning it: no sleeps, no polling. busd's stderr (its log) goes to
 //! [`log_path`], `${XDG_STATE_HOME:-~/.local/state}/bus/busd.log`.
+//!
+//! A busd that accepts but does not answer (stopped, wedged) is noticed without a deadline
+//! on the call: the connection sends an HTTP/2 PING after [`KEEPALIVE_INTERVAL`] without a
+//! byte from busd and gives up when no answer came [`KEEPALIVE_TIMEOUT`] later. A live busd
+//! answers PINGs whatever its calls are doing, so a long wait or a quiet log follow is never
+//! cut; [`unresponsive`] tells such a failure apart from busd going away.
 
 use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use tokio::io::AsyncBufReadExt;
-use tokio::net::UnixListener;
-use tonic::transport::Channel;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{UnixListener, UnixStream};
+use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::error::CliError;
 
 /// How long a starting busd may take to report readiness.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Silence from busd after which the connection PINGs it.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a PING may go unanswered before busd counts as not answering.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The bound on connecting (socket and HTTP/2 set-up) to a busd that accepted.
+pub const ANSWER_BOUND: Duration = Duration::from_secs(5);
+
+/// The connection to busd in use, for [`unresponsive`].
+static LINK: Mutex<Option<Arc<Link>>> = Mutex::new(None);
+
+/// One connection's liveness: when busd last sent a byte (or closed it).
+#[derive(Debug)]
+struct Link {
+    socket: PathBuf,
+    opened: Instant,
+    /// Milliseconds after `opened` of the last completed read.
+    last_read_ms: AtomicU64,
+    /// busd closed the connection (or it failed): busd went away rather than went silent.
+    closed: AtomicBool,
+}
+
+impl Link {
+    fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_read_ms.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(last)
+    }
+
+    fn touch(&self) {
+        let now = self.opened.elapsed().as_millis() as u64;
+        self.last_read_ms.store(now, Ordering::Relaxed);
+    }
+}
+
+/// When the connection in use has heard nothing from busd (not even its closing) for as long
+/// as the keep-alive allows: the socket of that busd. A call that failed then failed because
+/// busd does not answer, not because it went away.
+pub fn unresponsive() -> Option<PathBuf> {
+    let link = LINK.lock().expect("link lock").clone()?;
+    let silent = !link.closed.load(Ordering::Relaxed) && link.silent_for() >= KEEPALIVE_TIMEOUT;
+    silent.then(|| link.socket.clone())
+}
+
+/// The PID in busd's instance lock file `<socket>.pid`, if it holds one.
+pub fn lock_pid(socket: &Path) -> Option<u32> {
+    let mut name = socket.as_os_str().to_owned();
+    name.push(".pid");
+    std::fs::read_to_string(name).ok()?.trim().parse().ok()
+}
+
+/// A stream that records each completed read in its [`Link`].
+struct Watched {
+    stream: UnixStream,
+    link: Arc<Link>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let (before, room) = (buf.filled().len(), buf.remaining());
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        match &polled {
+            // Bytes (or a read into no room at all): busd is there.
+            Poll::Ready(Ok(())) if buf.filled().len() > before || room == 0 => self.link.touch(),
+            // End of stream or an error: busd went away.
+            Poll::Ready(_) => {
+                self.link.closed.store(true, Ordering::Relaxed);
+                self.link.touch();
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// A channel to busd on `socket` that notices a busd which stopped answering (see the
+/// module docs). A busd that accepts but does not finish the set-up within [`ANSWER_BOUND`]
+/// is [`CliError::Unresponsive`].
+async fn connect(socket: &Path) -> Result<Result<Channel, tonic::transport::Error>, CliError> {
+    let path = socket.to_path_buf();
+    // The authority is required by the URI type but unused: the connector ignores it.
+    let endpoint = Endpoint::from_static("http://busd.local")
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(false);
+    let connecting = endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
+        let path = path.clone();
+        async move {
+            let stream = UnixStream::connect(&path).await?;
+            let link = Arc::new(Link {
+                socket: path,
+                opened: Instant::now(),
+                last_read_ms: AtomicU64::new(0),
+                closed: AtomicBool::new(false),
+            });
+            *LINK.lock().expect("link lock") = Some(link.clone());
+            Ok::<_, io::Error>(TokioIo::new(Watched { stream, link }))
+        }
+    }));
+    tokio::time::timeout(ANSWER_BOUND, connecting)
+        .await
+        .map_err(|_| CliError::unresponsive(socket))
+}
+
 /// A channel to the busd serving on `socket`, starting one if none answers.
 pub async fn connect_or_start(socket: &Path) -> Result<Channel, CliError> {
-    match bus::connect(socket).await {
+    match connect(socket).await? {
         Ok(channel) => return Ok(channel),
         Err(e) if !daemon_absent(&e) => return Err(CliError::connect(socket, &e)),
         Err(_) => {}
@@ -39,12 +174,12 @@ pub async fn connect_or_start(socket: &Path) -> Result<Channel, CliError> {
         .map_err(|e| CliError::DaemonStart(format!("cannot create {}: {e}", dir.display())))?;
     let _lock = StartLock::acquire(&socket.with_extension("lock"))?;
     // Another CLI may have started busd while this one waited for the lock.
-    if let Ok(channel) = bus::connect(socket).await {
+    if let Ok(channel) = connect(socket).await? {
         return Ok(channel);
     }
     start(socket, dir).await?;
-    bus::connect(socket)
-        .await
+    connect(socket)
+        .await?
         .map_err(|e| CliError::connect(socket, &e))
 }
 
@@ -149,7 +284,7 @@ fn log_path_from(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
 /// A channel to the busd serving on `socket`, or `None` when none answers (no socket, or a
 /// stale one). Never starts busd.
 pub async fn connect_existing(socket: &Path) -> Result<Option<Channel>, CliError> {
-    match bus::connect(socket).await {
+    match connect(socket).await? {
         Ok(channel) => Ok(Some(channel)),
         Err(e) if daemon_absent(&e) => Ok(None),
         Err(e) => Err(CliError::connect(socket, &e)),

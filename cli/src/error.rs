@@ -1,7 +1,9 @@
 //! The CLI's errors and the one place they become a line on stderr and an exit code.
 //!
-//! Exit codes (documented in the README; `run`, `exec` and `wait` exit with the command's own
-//! code instead, 124 on a timeout and 125 when the run could not start):
+//! Exit codes (documented in the README). `run`, `exec`, `wait` and `execs wait` pass on the
+//! command's own code instead, 124 when the run hit its timeout, and [`exit::TOOL_FAILED`]
+//! (125, as docker does) for every failure of bus, busd or the runner, so the command's own
+//! codes stay unambiguous. Every other command:
 //!
 //! | code | meaning |
 //! |---|---|
@@ -14,16 +16,40 @@
 //! | 6 | unavailable: busd or the runner cannot be reached, or the call timed out |
 
 use std::path::Path;
+use std::time::Duration;
 
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
+
+/// The `ErrorInfo` reason of busd's refusal of a client newer than itself.
+pub const PROTOCOL_MISMATCH: &str = "PROTOCOL_MISMATCH";
 
 /// Everything a command can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// busd answered with an error status.
     #[error("{}", render_status(.0))]
-    Status(#[from] Status),
+    Status(Status),
+    /// busd accepted the connection but does not answer (stopped, or wedged).
+    #[error(
+        "busd{} at {socket} accepted the connection but did not answer within {}s; run `bus daemon restart`",
+        .pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        crate::daemon::ANSWER_BOUND.as_secs()
+    )]
+    Unresponsive {
+        /// The socket path.
+        socket: String,
+        /// busd's PID, from its `<socket>.pid` lock file.
+        pid: Option<u32>,
+    },
+    /// The call's deadline passed before busd answered.
+    #[error("{}", timed_out_line(*.limit, *.default))]
+    TimedOut {
+        /// The deadline.
+        limit: Duration,
+        /// Whether it was the built-in default rather than a `--timeout` or setting.
+        default: bool,
+    },
     /// busd could not be reached.
     #[error(
         "cannot reach busd at {socket}: {reason}; busd serves only its own user — check that --socket or BUS_SOCKET names your busd (`bus daemon status`)"
@@ -70,6 +96,8 @@ pub mod exit {
     pub const NOT_FOUND: u8 = 5;
     /// busd or the runner is unreachable, or the call timed out.
     pub const UNAVAILABLE: u8 = 6;
+    /// `run`, `exec`, `wait`, `execs wait`: bus, busd or the runner failed (as docker's 125).
+    pub const TOOL_FAILED: u8 = 125;
 }
 
 /// The exit code for a gRPC status code: the one mapping.
@@ -96,24 +124,143 @@ impl CliError {
         }
     }
 
+    /// busd on `socket` does not answer; names its PID from the lock file.
+    pub fn unresponsive(socket: &Path) -> Self {
+        CliError::Unresponsive {
+            socket: socket.display().to_string(),
+            pid: crate::daemon::lock_pid(socket),
+        }
+    }
+
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
+            CliError::Status(status) if error_reason(status) == Some(PROTOCOL_MISMATCH) => {
+                exit::UNAVAILABLE
+            }
             CliError::Status(status) => exit_code_for(status.code()),
-            CliError::Connect { .. } => exit::UNAVAILABLE,
+            CliError::Connect { .. }
+            | CliError::Unresponsive { .. }
+            | CliError::TimedOut { .. } => exit::UNAVAILABLE,
             CliError::Usage(_) => exit::USAGE,
             _ => exit::ERROR,
         }
+    }
+
+    /// When busd refused the call as older than this client (`PROTOCOL_MISMATCH`) and a CLI
+    /// had started it, so this one may restart it: that busd's PID.
+    pub fn stale_busd_started_by_cli(&self) -> Option<u32> {
+        let CliError::Status(status) = self else {
+            return None;
+        };
+        let details = status.get_error_details();
+        let info = details
+            .error_info()
+            .filter(|i| i.reason == PROTOCOL_MISMATCH)?;
+        if info
+            .metadata
+            .get("started_by_cli")
+            .is_none_or(|v| v != "true")
+        {
+            return None;
+        }
+        info.metadata.get("pid")?.parse().ok()
+    }
+}
+
+impl From<Status> for CliError {
+    /// busd's answer; or, for a failure busd did not send (no `ErrorInfo`), what the
+    /// connection saw: the deadline passing, or busd not answering.
+    fn from(status: Status) -> Self {
+        if status.get_error_details().error_info().is_none() {
+            if deadline_passed(&status) {
+                let (limit, default) = crate::context::deadline_in_force();
+                return CliError::TimedOut { limit, default };
+            }
+            if transport_failure(&status) {
+                if let Some(socket) = crate::daemon::unresponsive() {
+                    return CliError::unresponsive(&socket);
+                }
+            }
+        }
+        CliError::Status(status)
+    }
+}
+
+/// busd's `ErrorInfo` reason, among those this module acts on.
+fn error_reason(status: &Status) -> Option<&'static str> {
+    let details = status.get_error_details();
+    let info = details.error_info()?;
+    [PROTOCOL_MISMATCH, PAYLOAD_TOO_LARGE]
+        .into_iter()
+        .find(|reason| info.reason == *reason)
+}
+
+/// The `ErrorInfo` reason of a request body the runner found too large.
+const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
+
+/// The codes tonic gives a call whose connection failed under it.
+fn transport_failure(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+    )
+}
+
+/// Whether this is the CLI's own deadline passing before busd answered (tonic's client-side
+/// timeout, which has no `ErrorInfo`).
+fn deadline_passed(status: &Status) -> bool {
+    status.code() == Code::Cancelled
+        && status.message() == tonic::TimeoutExpired(()).to_string()
+        && status.get_error_details().error_info().is_none()
+}
+
+fn timed_out_line(limit: Duration, default: bool) -> String {
+    let limit = humantime::format_duration(limit);
+    if default {
+        format!(
+            "the call took longer than {limit}, the default timeout; pass --timeout (e.g. --timeout 2m) or `bus config set timeout 2m`, or check `bus daemon status` and the runner"
+        )
+    } else {
+        format!(
+            "the call took longer than --timeout {limit}; raise --timeout, or check `bus daemon status` and the runner"
+        )
     }
 }
 
 /// Whether a failed call means busd itself went away (its process died, the connection
 /// broke) rather than an answer from busd: every error busd sends carries an `ErrorInfo`.
+/// Neither the call's deadline passing nor a busd that stopped answering counts: asking
+/// again would only wait again.
 pub fn busd_lost(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
-    ) && status.get_error_details().error_info().is_none()
+    transport_failure(status)
+        && status.get_error_details().error_info().is_none()
+        && !deadline_passed(status)
+        && crate::daemon::unresponsive().is_none()
+}
+
+/// `text` with every control character (and bidirectional override) escaped, so input
+/// echoed in a message cannot move the cursor, recolour the terminal or hide text: ESC
+/// becomes `\x1b`, a newline `\n`. Everything else is left as it is.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x100 && c.is_control() => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control()
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// One line: busd's message, then the guidance it attached (what to do next).
@@ -129,6 +276,12 @@ fn render_status(status: &Status) -> String {
     if let Some(guidance) = details.localized_message() {
         line.push_str("; ");
         line.push_str(&guidance.message);
+    } else if error_reason(status) == Some(PAYLOAD_TOO_LARGE) {
+        // What the CLI sends in bulk is a run's environment and arguments.
+        line.push_str(
+            "; pass fewer or smaller -e values and arguments, or keep large data in a file in \
+             the account's storage (`--profile agent` mounts it at /data) and read it there",
+        );
     }
     if let Some(delay) = details
         .retry_info()
@@ -175,5 +328,31 @@ mod tests {
         };
         assert_eq!(connect.exit_code(), exit::UNAVAILABLE);
         assert_eq!(CliError::Usage("u".into()).exit_code(), exit::USAGE);
+        let timed_out = CliError::TimedOut {
+            limit: Duration::from_secs(1),
+            default: false,
+        };
+        assert_eq!(timed_out.exit_code(), exit::UNAVAILABLE);
+        assert!(
+            timed_out.to_string().contains("--timeout 1s"),
+            "{timed_out}"
+        );
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        assert_eq!(escape("a\x1b[31mb"), "a\\x1b[31mb");
+        assert_eq!(escape("one\ntwo\r\t\x7f"), "one\\ntwo\\r\\t\\x7f");
+        assert_eq!(escape("\u{9b}x\u{202e}y"), "\\x9bx\\u{202e}y");
+        assert_eq!(escape("run-1 `bus x` é ✓"), "run-1 `bus x` é ✓");
+    }
+
+    #[test]
+    fn the_clients_own_timeout_is_not_busd_going_away() {
+        let expired = Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert!(deadline_passed(&expired), "{expired:?}");
+        assert!(!busd_lost(&expired));
+        assert!(matches!(CliError::from(expired), CliError::TimedOut { .. }));
+        assert!(busd_lost(&Status::unavailable("connection reset")));
     }
 }

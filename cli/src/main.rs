@@ -101,6 +101,22 @@ enum Containers {
     Execs(Deferred<commands::execs::Execs>),
 }
 
+impl Cli {
+    /// Whether the command passes on a container's exit code (`run`, `exec`, `wait`,
+    /// `execs wait`): its own failures then exit [`error::exit::TOOL_FAILED`].
+    fn passes_exit_code(&self) -> bool {
+        matches!(
+            &self.command,
+            Command::Containers(Deferred(
+                Containers::Run(_)
+                    | Containers::Exec(_)
+                    | Containers::Wait(_)
+                    | Containers::Execs(Deferred(commands::execs::Execs::Wait(_)))
+            ))
+        )
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Daemon {
     /// Show busd's version, upstream and identity (starting it if needed).
@@ -116,6 +132,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let cli = Cli::parse();
+    let passes_exit_code = cli.passes_exit_code();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -126,13 +143,45 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run_once_more_on_a_stale_busd(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("bus: error: {e}");
-            ExitCode::from(e.exit_code())
+            // Ids and names a user typed come back in messages: never raw to the terminal.
+            eprintln!("bus: error: {}", error::escape(&e.to_string()));
+            ExitCode::from(if passes_exit_code {
+                error::exit::TOOL_FAILED
+            } else {
+                e.exit_code()
+            })
         }
     }
+}
+
+/// Runs the command; when busd refused it as older than this bus and a CLI had started that
+/// busd, restarts busd and runs the command again (busd refuses before doing anything).
+async fn run_once_more_on_a_stale_busd(cli: Cli) -> Result<u8, CliError> {
+    let socket = cli.socket.clone();
+    let stale = match run(cli).await {
+        Err(e) => match e.stale_busd_started_by_cli() {
+            Some(pid) => pid,
+            None => return Err(e),
+        },
+        ok => return ok,
+    };
+    let file = bus::config::Settings::load_default().map_err(|e| CliError::Usage(e.0))?;
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let (socket, _) = bus::config::resolve_socket(socket.as_deref(), env, &file);
+    // Another CLI may have replaced it meanwhile: stop only the busd that refused.
+    if daemon::lock_pid(&socket) == Some(stale)
+        && let Some(pid) =
+            commands::daemon::stop_quietly(&socket, &Overrides::default(), None).await?
+    {
+        eprintln!(
+            "bus: busd (pid {pid}) spoke an older protocol than this bus ({}); stopped it and started a new one",
+            bus::PROTOCOL
+        );
+    }
+    run(Cli::parse()).await
 }
 
 async fn run(cli: Cli) -> Result<u8, CliError> {

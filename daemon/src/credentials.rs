@@ -173,7 +173,8 @@ impl CredentialError {
                 format!("check that {} exists and is readable by you", path.display())
             }
             CredentialError::Malformed { .. } => {
-                "replace it with a token from `bus-runner token` (a JWT: three dot-separated parts)"
+                "replace it with a token from `bus auth token` (API key in BUS_API_KEY), or for a \
+                 local runner from `bus-runner token` (a JWT: three dot-separated parts)"
                     .to_owned()
             }
             CredentialError::Expired {
@@ -425,9 +426,13 @@ fn read_checked_file(path: &Path, meta: &std::fs::Metadata) -> Result<Token, Cre
             why: "the file is larger than any token",
         });
     }
-    let text = std::fs::read_to_string(path).map_err(|source| CredentialError::Unreadable {
+    let bytes = std::fs::read(path).map_err(|source| CredentialError::Unreadable {
         path: path.into(),
         source,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| CredentialError::Malformed {
+        source_name: path.display().to_string(),
+        why: "not UTF-8 text",
     })?;
     if text.trim().is_empty() {
         return Err(CredentialError::Missing {

@@ -14,6 +14,7 @@
 //!   lock; systemd socket activation.
 //! - [`lifecycle`]: call and stream counts, shutdown (signal, RPC, idle exit) and the drain.
 //! - [`deadline`]: a call's gRPC deadline, which bounds its REST call.
+//! - [`protocol`]: busd's protocol revision; clients newer than it are refused.
 //!
 //! [`serve`] takes a bound listener and a shutdown future, so tests and the binary run it
 //! the same way.
@@ -23,6 +24,7 @@ pub mod credentials;
 pub mod deadline;
 pub mod fanout;
 pub mod lifecycle;
+pub mod protocol;
 pub mod service;
 pub mod socket;
 pub mod status;
@@ -100,6 +102,7 @@ pub async fn serve_with(
 
     let server = tonic::transport::Server::builder()
         .layer(TrackLayer::new(lifecycle.clone()))
+        .layer(crate::protocol::ProtocolLayer)
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_v1alpha)

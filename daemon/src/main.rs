@@ -71,6 +71,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let notify = std::env::var_os(NOTIFY_ENV).map(PathBuf::from);
+    // The CLI starts busd with a notify socket; it may then restart a busd it finds stale.
+    busd::protocol::init(notify.is_some());
     // Before any other thread exists: taking systemd's listener edits the environment.
     let env = |name: &str| std::env::var(name).ok();
     let activated = match busd::socket::activation_requested(env, std::process::id()) {

@@ -125,6 +125,15 @@ pub fn to_status(error: &Error) -> Status {
             )),
             None,
         ),
+        Error::Upstream(UpstreamError::NotTls { origin }) => (
+            Code::Unavailable,
+            "UPSTREAM_NOT_TLS".into(),
+            Some(format!(
+                "if the runner serves plain HTTP, use {} for --api-url / BUS_AI_API_URL",
+                origin.replacen("https://", "http://", 1)
+            )),
+            None,
+        ),
         Error::Upstream(UpstreamError::Unavailable { origin, .. }) => (
             Code::Unavailable,
             "UPSTREAM_UNAVAILABLE".into(),

@@ -95,6 +95,14 @@ pub enum UpstreamError {
         /// The transport's reason.
         reason: String,
     },
+    /// An `https://` origin answered the TLS handshake in plain HTTP.
+    #[error(
+        "the container runner at {origin} does not speak TLS there (it answered in plain HTTP)"
+    )]
+    NotTls {
+        /// The origin that was called.
+        origin: String,
+    },
     /// A gateway (or the runner) answered 502, 503 or 504 without a problem document, on
     /// every try.
     #[error("the container runner at {origin} is unavailable: it answered HTTP {status}{}",
@@ -692,6 +700,8 @@ impl Upstream {
                     (error, retry_after)
                 }
                 Err(e) if e.is_timeout() => return Err(self.timeout()),
+                // Plain HTTP behind https:// stays so however often it is asked.
+                Err(e) if plain_http_answer(&e) => return Err(self.unreachable(&e)),
                 Err(e) if e.is_connect() => (self.unreachable(&e), None),
                 Err(e) => return Err(self.unreachable(&e)),
             };
@@ -781,6 +791,11 @@ impl Upstream {
     fn unreachable(&self, e: &reqwest::Error) -> UpstreamError {
         if e.is_timeout() {
             return self.timeout();
+        }
+        if plain_http_answer(e) {
+            return UpstreamError::NotTls {
+                origin: self.origin.to_string(),
+            };
         }
         UpstreamError::Unreachable {
             origin: self.origin.to_string(),
@@ -872,6 +887,31 @@ fn transport_reason(e: &reqwest::Error) -> String {
     } else {
         source.to_string()
     }
+}
+
+/// Whether the TLS handshake failed because the peer answered with something that is not a
+/// TLS record: a plain-HTTP server behind an `https://` origin.
+fn plain_http_answer(e: &reqwest::Error) -> bool {
+    fn is_plain_http(error: &(dyn std::error::Error + 'static)) -> bool {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return matches!(
+                tls,
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+            );
+        }
+        // An io::Error's `source` skips the error it wraps: look inside it.
+        if let Some(inner) = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            let inner: &(dyn std::error::Error + 'static) = inner;
+            if is_plain_http(inner) {
+                return true;
+            }
+        }
+        error.source().is_some_and(is_plain_http)
+    }
+    is_plain_http(e)
 }
 
 /// A duration as whole or fractional seconds, for messages: "45 s", "0.3 s".

@@ -71,7 +71,10 @@ fn effective(k: Key, file: &Settings) -> (Option<String>, String) {
         },
         Key::Timeout => match bus::config::resolve(k, None, env, file) {
             Some((v, s)) => (Some(v), s.to_string()),
-            None => (None, "default".to_owned()),
+            None => (
+                Some(bus::config::DEFAULT_TIMEOUT.to_owned()),
+                "default".to_owned(),
+            ),
         },
         // busd's setting, read when busd starts.
         Key::ResumeFor => match bus::config::resolve(k, None, env, file) {

@@ -154,17 +154,48 @@ pub async fn stop(
     overrides: &Overrides,
     drain: Option<Duration>,
 ) -> Result<bool, CliError> {
-    let Some(channel) = connect_existing(socket).await? else {
-        println!("busd is not running on {}", socket.display());
-        return Ok(false);
+    match stop_quietly(socket, overrides, drain).await? {
+        Some(pid) => {
+            println!("busd stopped (pid {pid})");
+            Ok(true)
+        }
+        None => {
+            println!("busd is not running on {}", socket.display());
+            Ok(false)
+        }
+    }
+}
+
+/// Stops the busd on `socket`, if any, and returns its PID. A busd that accepts but does not
+/// answer (stopped, wedged) is sent SIGTERM and SIGCONT, then SIGKILL if it does not exit.
+pub async fn stop_quietly(
+    socket: &Path,
+    overrides: &Overrides,
+    drain: Option<Duration>,
+) -> Result<Option<u32>, CliError> {
+    let channel = match connect_existing(socket).await {
+        Ok(Some(channel)) => channel,
+        Ok(None) => return Ok(None),
+        Err(CliError::Unresponsive { pid: Some(pid), .. }) => {
+            return force_stop(socket, pid).await.map(Some);
+        }
+        Err(e) => return Err(e),
     };
     let ctx = Ctx::new(channel, overrides.clone());
     let drain_seconds = drain.map_or(0, |d| d.as_secs().clamp(1, u32::MAX.into()) as u32);
-    let stopping = ctx
+    let stopping = match ctx
         .daemon()
         .shutdown(ctx.request(ShutdownRequest { drain_seconds }))
-        .await?
-        .into_inner();
+        .await
+        .map_err(CliError::from)
+    {
+        Ok(stopping) => stopping.into_inner(),
+        Err(CliError::Unresponsive { pid: Some(pid), .. }) => {
+            drop(ctx);
+            return force_stop(socket, pid).await.map(Some);
+        }
+        Err(e) => return Err(e),
+    };
     // Our own connection must not hold up the drain.
     drop(ctx);
     let limit = drain.unwrap_or(Duration::from_secs(5)) + EXIT_GRACE;
@@ -177,8 +208,35 @@ pub async fn stop(
             log_path().display()
         )));
     }
-    println!("busd stopped (pid {})", stopping.pid);
-    Ok(true)
+    Ok(Some(stopping.pid))
+}
+
+/// Ends the busd with `pid` that does not answer on `socket`: SIGTERM and SIGCONT (a stopped
+/// busd then drains and exits as on any SIGTERM), SIGKILL when it has not exited after the
+/// drain bound. Only a process named busd is signalled.
+async fn force_stop(socket: &Path, pid: u32) -> Result<u32, CliError> {
+    use rustix::process::{Pid, Signal, kill_process};
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let target = Pid::from_raw(pid as i32).filter(|_| comm.trim() == "busd");
+    let Some(target) = target else {
+        return Err(CliError::DaemonStop(format!(
+            "busd at {} does not answer and its lock file names pid {pid}, which is not a busd; \
+             stop it yourself and run `bus daemon start`",
+            socket.display()
+        )));
+    };
+    let _ = kill_process(target, Signal::TERM);
+    let _ = kill_process(target, Signal::CONT);
+    if !wait_stopped(socket, pid, true, Duration::from_secs(5) + EXIT_GRACE / 2).await {
+        let _ = kill_process(target, Signal::KILL);
+        if !wait_stopped(socket, pid, true, EXIT_GRACE).await {
+            return Err(CliError::DaemonStop(format!(
+                "busd (pid {pid}) did not exit even on SIGKILL; its log is {}",
+                log_path().display()
+            )));
+        }
+    }
+    Ok(pid)
 }
 
 async fn status(socket: &Path, overrides: Overrides, format: Format) -> Result<u8, CliError> {

@@ -121,7 +121,7 @@ async fn stream_once(
 ) -> Result<Option<RunExited>, CliError> {
     let mut events = ctx
         .containers()
-        .stream_logs(ctx.request(request.clone()))
+        .stream_logs(ctx.long_request(request.clone()))
         .await?
         .into_inner();
     if std::mem::take(resumed) {

@@ -88,7 +88,7 @@ impl Args {
         if detach {
             return detached(ctx, spec).await;
         }
-        let request = ctx.request(RunRequest { spec: Some(spec) });
+        let request = ctx.long_request(RunRequest { spec: Some(spec) });
         let mut events = ctx.containers().run(request).await?.into_inner();
         let mut run_id = String::new();
         let mut last_seq = 0;

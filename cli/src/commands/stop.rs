@@ -23,11 +23,16 @@ impl Args {
     /// Runs the command; returns the exit code. Stops at the first failure.
     pub async fn run(self, ctx: &Ctx) -> Result<u8, CliError> {
         for run_id in self.run_ids {
-            let request = ctx.request(StopRunRequest {
-                run_id: run_id.clone(),
-                grace_seconds: self.grace.unwrap_or(0),
-                force: self.force,
-            });
+            // The call lasts as long as the grace period (the runner's default is 10 s).
+            let grace = std::time::Duration::from_secs(self.grace.unwrap_or(10).into());
+            let request = ctx.request_allowing(
+                StopRunRequest {
+                    run_id: run_id.clone(),
+                    grace_seconds: self.grace.unwrap_or(0),
+                    force: self.force,
+                },
+                grace,
+            );
             ctx.containers().stop_run(request).await?;
             println!("{run_id}");
         }

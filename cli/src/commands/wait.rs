@@ -50,7 +50,7 @@ impl Args {
 /// Follows the run without its output until its exit, showing busd's notices; `None` when
 /// the stream ended without the exit.
 async fn wait_once(ctx: &Ctx, run_id: &str) -> Result<Option<RunExited>, tonic::Status> {
-    let request = ctx.request(StreamLogsRequest {
+    let request = ctx.long_request(StreamLogsRequest {
         run_id: run_id.to_owned(),
         follow: true,
         exit_only: true,

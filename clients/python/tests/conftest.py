@@ -95,6 +95,11 @@ class Stack:
         return env
 
     def start_busd(self) -> None:
+        self.busd = self.spawn_busd(self.socket)
+        wait_until("busd", 20, lambda: socket_answers(self.socket))
+
+    def spawn_busd(self, socket: Path, **extra_env: str) -> subprocess.Popen:
+        """A busd of this stack's environment (plus ``extra_env``) on ``socket``."""
         env = {
             "PATH": os.environ.get("PATH", ""),
             "HOME": str(self.dir / "home"),
@@ -102,15 +107,15 @@ class Stack:
             "BUS_AI_API_URL": self.origin,
             "BUS_AI_TOKEN": self.tokens["alice"],
             "BUS_LOG": "warn",
+            **extra_env,
         }
-        self.busd = subprocess.Popen(
-            [str(binary("busd")), "--socket", str(self.socket), "--drain", "0s"],
+        return subprocess.Popen(
+            [str(binary("busd")), "--socket", str(socket), "--drain", "0s"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=open(self.dir / "busd.log", "ab"),
         )
-        wait_until("busd", 20, lambda: socket_answers(self.socket))
 
     def stop_busd(self, *, kill: bool = False) -> None:
         """Stops busd by PID: SIGTERM (a drained stop), or SIGKILL (a crash) with `kill`."""

@@ -14,7 +14,7 @@ import pytest
 import bus_client
 from bus_client import containers_pb2 as pb
 
-from conftest import REPO, Stack
+from conftest import REPO, Stack, stop_pid, socket_answers, wait_until
 
 HERE = Path(__file__).resolve().parents[1]
 EXAMPLES = HERE / "examples"
@@ -181,3 +181,20 @@ def test_socket_path_is_found_as_busd_finds_it():
 def test_connect_names_the_socket_when_busd_is_absent(tmp_path):
     with pytest.raises(ConnectionError, match="does not exist"):
         bus_client.connect(tmp_path / "nothing.sock", timeout=0.5)
+
+
+def test_connect_refuses_a_busd_older_than_the_client(stack: Stack, tmp_path):
+    # A busd "from before an upgrade": debug builds of busd take this revision instead.
+    socket = tmp_path / "old" / "busd.sock"
+    old = stack.spawn_busd(socket, BUSD_PROTOCOL_OVERRIDE="0")
+    try:
+        wait_until("the old busd", 20, lambda: socket_answers(socket))
+        with pytest.raises(bus_client.StaleDaemonError, match="bus daemon restart") as caught:
+            bus_client.connect(socket)
+        assert caught.value.busd_protocol == 0
+        assert caught.value.pid == old.pid
+    finally:
+        stop_pid(old)
+    # The current busd passes.
+    with bus_client.connect(stack.socket) as channel:
+        assert channel is not None

@@ -3,7 +3,8 @@
  * `bus.daemon.v1` clients (ts-proto over @grpc/grpc-js) on busd's Unix socket.
  *
  * - {@link defaultSocketPath} finds the socket exactly as busd does.
- * - {@link connect} opens one channel to it and returns both clients on it.
+ * - {@link connect} opens one channel to it and returns both clients on it; it rejects a busd
+ *   older than this client ({@link PROTOCOL}) with a {@link StaleDaemonError}.
  * - {@link BusError} carries busd's google.rpc details (reason, guidance, help links).
  * - {@link unary} turns a callback-style unary call into a promise that rejects with a BusError.
  */
@@ -60,6 +61,27 @@ export interface Bus {
   close(): void;
 }
 
+/**
+ * The protocol revision this client speaks (busd's `DaemonInfo.protocol`). A busd reporting an
+ * older one was started before an upgrade: {@link connect} rejects it.
+ */
+export const PROTOCOL = 1;
+
+/** busd speaks an older protocol than this client; `bus daemon restart` replaces it. */
+export class StaleDaemonError extends Error {
+  constructor(
+    readonly socketPath: string,
+    readonly busdProtocol: number,
+    readonly pid: number,
+  ) {
+    super(
+      `busd (pid ${pid}) on ${socketPath} speaks protocol ${busdProtocol}, older than this ` +
+        `client's ${PROTOCOL}: run \`bus daemon restart\``,
+    );
+    this.name = "StaleDaemonError";
+  }
+}
+
 export interface ConnectOptions {
   /** The socket; default {@link defaultSocketPath}. */
   socketPath?: string;
@@ -70,7 +92,9 @@ export interface ConnectOptions {
 /**
  * Opens a channel to busd on its Unix socket, with the `localhost` authority busd's HTTP/2
  * stack accepts, and waits until busd answers (rejecting with an Error that names the socket
- * when it does not).
+ * when it does not); then asks busd its protocol revision and rejects with a
+ * {@link StaleDaemonError} when it is older than {@link PROTOCOL}. `timeoutMs: 0` connects
+ * lazily and checks nothing.
  */
 export async function connect(options: ConnectOptions = {}): Promise<Bus> {
   const socketPath = options.socketPath ?? defaultSocketPath();
@@ -91,6 +115,17 @@ export async function connect(options: ConnectOptions = {}): Promise<Bus> {
     } catch {
       bus.close();
       throw new Error(`busd is not answering on ${socketPath}: start it with \`bus daemon start\``);
+    }
+    let info;
+    try {
+      info = await unary(daemon, daemon.getInfo, {}, new Metadata(), { deadline: Date.now() + timeoutMs });
+    } catch (error) {
+      bus.close();
+      throw new Error(`busd on ${socketPath} does not answer: run \`bus daemon restart\` (${String(error)})`);
+    }
+    if (info.protocol < PROTOCOL) {
+      bus.close();
+      throw new StaleDaemonError(socketPath, info.protocol, info.pid);
     }
   }
   return bus;

@@ -16,13 +16,14 @@ import {
   Metadata,
   RunRequest,
   RunState,
+  StaleDaemonError,
   StreamLogsRequest,
   unary,
   type Bus,
   type LogChunk,
   type Run,
 } from "@bus/client";
-import { REPO, Stack } from "./stack.js";
+import { REPO, Stack, stop, waitForSocket } from "./stack.js";
 
 const PACKAGE = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const EXAMPLES = join(PACKAGE, "dist", "examples");
@@ -198,4 +199,24 @@ test("the socket is found as busd finds it", () => {
 
 test("connect() names the socket when busd is absent", async () => {
   await assert.rejects(connect({ socketPath: "/nonexistent/busd.sock", timeoutMs: 500 }), /\/nonexistent\/busd\.sock/);
+});
+
+test("connect() rejects a busd older than the client", async () => {
+  // A busd "from before an upgrade": debug builds of busd take this revision instead.
+  const socket = join(stack.dir, "old", "busd.sock");
+  const old = stack.spawnBusd(socket, { BUSD_PROTOCOL_OVERRIDE: "0" });
+  try {
+    await waitForSocket("the old busd", socket, 20_000);
+    await assert.rejects(connect({ socketPath: socket }), (error: unknown) => {
+      assert.ok(error instanceof StaleDaemonError, String(error));
+      assert.equal(error.busdProtocol, 0);
+      assert.equal(error.pid, old.pid);
+      assert.match(error.message, /bus daemon restart/);
+      return true;
+    });
+  } finally {
+    await stop(old);
+  }
+  // The current busd passes.
+  (await connect({ socketPath: stack.socket })).close();
 });

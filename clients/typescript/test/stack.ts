@@ -34,7 +34,7 @@ function answers(path: string): Promise<boolean> {
   });
 }
 
-async function waitForSocket(what: string, path: string, limitMs: number): Promise<void> {
+export async function waitForSocket(what: string, path: string, limitMs: number): Promise<void> {
   const deadline = Date.now() + limitMs;
   let pause = 5;
   while (!(await answers(path))) {
@@ -45,7 +45,7 @@ async function waitForSocket(what: string, path: string, limitMs: number): Promi
 }
 
 /** SIGTERM (or SIGKILL), then SIGKILL if it has not gone within 5 s; by PID. */
-async function stop(child: ChildProcess, signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+export async function stop(child: ChildProcess, signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const gone = new Promise((r) => child.once("exit", r));
   child.kill(signal);
@@ -117,7 +117,13 @@ export class Stack {
   }
 
   async startBusd(): Promise<void> {
-    this.busd = spawn(binary("busd"), ["--socket", this.socket, "--drain", "0s"], {
+    this.busd = this.spawnBusd(this.socket);
+    await waitForSocket("busd", this.socket, 20_000);
+  }
+
+  /** A busd of this stack's environment (plus `extraEnv`) on `socket`. */
+  spawnBusd(socket: string, extraEnv: Record<string, string> = {}): ChildProcess {
+    return spawn(binary("busd"), ["--socket", socket, "--drain", "0s"], {
       env: {
         PATH: process.env.PATH ?? "",
         HOME: join(this.dir, "home"),
@@ -125,10 +131,10 @@ export class Stack {
         BUS_AI_API_URL: this.origin,
         BUS_AI_TOKEN: this.tokens.alice,
         BUS_LOG: "warn",
+        ...extraEnv,
       },
       stdio: ["ignore", "ignore", openSync(join(this.dir, "busd.log"), "a")],
     });
-    await waitForSocket("busd", this.socket, 20_000);
   }
 
   /** Stops busd by PID: SIGTERM (a drained stop), or SIGKILL (a crash). */

@@ -71,7 +71,7 @@ impl Daemon for DaemonService {
         let claims = token.as_ref().ok().and_then(Token::claims);
         Ok(Response::new(DaemonInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            protocol: bus::PROTOCOL,
+            protocol: crate::protocol::revision(),
             upstream_origin: match request.metadata().get(META_API_URL) {
                 Some(url) => url.to_str().unwrap_or_default().to_owned(),
                 None => config.api_origin.to_string(),

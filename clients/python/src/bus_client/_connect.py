@@ -11,6 +11,23 @@ import grpc
 #: The environment variable that names busd's socket.
 SOCKET_ENV = "BUS_SOCKET"
 
+#: The protocol revision this client speaks (busd's ``DaemonInfo.protocol``). A busd reporting
+#: an older one was started before an upgrade: :func:`connect` refuses it.
+PROTOCOL = 1
+
+
+class StaleDaemonError(ConnectionError):
+    """busd speaks an older protocol than this client: it was started before an upgrade.
+    ``bus daemon restart`` replaces it."""
+
+    def __init__(self, path: Path, busd_protocol: int, pid: int) -> None:
+        self.busd_protocol = busd_protocol
+        self.pid = pid
+        super().__init__(
+            f"busd (pid {pid}) on {path} speaks protocol {busd_protocol}, older than this "
+            f"client's {PROTOCOL}: run `bus daemon restart`"
+        )
+
 # grpc-core >= 1.57 sends the socket path as the HTTP/2 `:authority` on `unix:` targets, which
 # busd's HTTP/2 stack (h2) refuses before busd sees the call; grpc-go and tonic send "localhost".
 _OPTIONS: Sequence[Tuple[str, Union[str, int]]] = (("grpc.default_authority", "localhost"),)
@@ -57,8 +74,9 @@ def connect(
 
     The channel sets ``grpc.default_authority`` to ``localhost``. With ``timeout`` (seconds; the
     default) it waits until busd answers and raises :class:`ConnectionError` naming the socket
-    when it does not; ``timeout=None`` connects lazily. Use it as a context manager, or call
-    ``close()``.
+    when it does not, then asks busd its protocol revision and raises
+    :class:`StaleDaemonError` when busd's is older than :data:`PROTOCOL`; ``timeout=None``
+    connects lazily and checks nothing. Use it as a context manager, or call ``close()``.
     """
     path = Path(socket_path) if socket_path is not None else default_socket_path()
     channel = grpc.insecure_channel(f"unix:{path}", options=[*_OPTIONS, *options])
@@ -71,4 +89,18 @@ def connect(
             raise ConnectionError(
                 f"busd is not answering on {path}{hint}: start it with `bus daemon start`"
             ) from None
+        from bus_client._gen.bus.daemon.v1 import daemon_pb2, daemon_pb2_grpc
+
+        try:
+            info = daemon_pb2_grpc.DaemonStub(channel).GetInfo(
+                daemon_pb2.GetInfoRequest(), timeout=timeout
+            )
+        except grpc.RpcError as e:
+            channel.close()
+            raise ConnectionError(
+                f"busd on {path} does not answer: run `bus daemon restart` ({e.code().name})"
+            ) from None
+        if info.protocol < PROTOCOL:
+            channel.close()
+            raise StaleDaemonError(path, info.protocol, info.pid)
     return channel

@@ -32,7 +32,12 @@ export interface GetInfoRequest {
 export interface DaemonInfo {
   /** busd's package version. */
   version: string;
-  /** Bumped when busd and the CLI can no longer talk; a CLI that sees another value restarts busd. */
+  /**
+   * Bumped when busd and the CLI can no longer talk. A client that sends a newer one in the
+   * `bus-protocol` metadata is refused (FAILED_PRECONDITION, reason PROTOCOL_MISMATCH) by every
+   * service but this one; the CLI then restarts a busd a CLI started. The Python and TypeScript
+   * connect() compare it with their own and refuse an older busd.
+   */
   protocol: number;
   /** The REST origin busd talks to, e.g. "http://127.0.0.1:8650". */
   upstreamOrigin: string;

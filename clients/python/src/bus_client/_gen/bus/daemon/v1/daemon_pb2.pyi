@@ -57,7 +57,11 @@ class DaemonInfo(_message.Message):
     version: _builtins.str
     """busd's package version."""
     protocol: _builtins.int
-    """Bumped when busd and the CLI can no longer talk; a CLI that sees another value restarts busd."""
+    """Bumped when busd and the CLI can no longer talk. A client that sends a newer one in the
+    `bus-protocol` metadata is refused (FAILED_PRECONDITION, reason PROTOCOL_MISMATCH) by every
+    service but this one; the CLI then restarts a busd a CLI started. The Python and TypeScript
+    connect() compare it with their own and refuse an older busd.
+    """
     upstream_origin: _builtins.str
     """The REST origin busd talks to, e.g. "http://127.0.0.1:8650"."""
     identity: _builtins.str
