@@ -2,6 +2,17 @@
 //! Unix socket (starting it when absent), makes gRPC calls and renders the answers. It
 //! never speaks HTTP and never holds more of a token than it forwards from its environment.
 
+// This crate's `print!` and `println!` shadow std's (they are defined before the modules, so
+// every module sees them): a closed stdout ends `bus` quietly, as it ends coreutils, instead
+// of panicking (see `pipe`).
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::pipe::print(format_args!($($arg)*), false) };
+}
+macro_rules! println {
+    () => { $crate::pipe::print(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::pipe::print(format_args!($($arg)*), true) };
+}
+
 mod commands;
 mod context;
 mod daemon;
@@ -9,6 +20,7 @@ mod deferred;
 mod error;
 mod guard;
 mod output;
+mod pipe;
 mod progress;
 mod render;
 mod settings;
@@ -126,6 +138,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
+        Err(CliError::Output(e)) if pipe::closed(&e) => pipe::die(),
         Err(e) => {
             eprintln!("bus: error: {e}");
             ExitCode::from(e.exit_code())
