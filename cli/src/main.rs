@@ -24,6 +24,7 @@ mod pipe;
 mod progress;
 mod render;
 mod settings;
+mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -125,7 +126,16 @@ fn main() -> ExitCode {
         eprintln!("bus: error: {refusal}");
         return ExitCode::from(2);
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            if let Some(line) = usage::command_without_dashes(&e, &args) {
+                eprintln!("bus: error: {line}");
+                return ExitCode::from(2);
+            }
+            e.exit()
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
