@@ -22,12 +22,12 @@ fn text(out: &Output) -> String {
 
 /// Runs `bus ARGS...` with stdout a pipe whose read end is already closed.
 fn into_closed_pipe(stack: &Stack, args: &[&str]) -> Output {
-    let (reader, writer) = std::io::pipe().unwrap();
+    let (reader, writer) = rustix::pipe::pipe().unwrap();
     drop(reader);
     stack
         .bus()
         .args(args)
-        .stdout(writer)
+        .stdout(Stdio::from(writer))
         .stderr(Stdio::piped())
         .output()
         .unwrap()
