@@ -176,7 +176,7 @@ fn a_long_build_cancelled_midway_ends_cancelled_and_names_nothing() {
     assert_eq!(status.code(), Some(1), "the follower ends with the build");
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut follower.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(stderr.trim(), format!("bus: build {id} cancelled"));
+    assert_eq!(stderr.trim(), format!("bus: error: build {id} cancelled"));
 
     let build = build_json(&stack, &id);
     assert_eq!(build["state"], "cancelled", "{build}");

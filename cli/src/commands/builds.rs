@@ -412,7 +412,8 @@ fn outcome(build: &pb::Build) -> u8 {
         return 0;
     }
     let state = state_name(build.state);
-    if build.error.is_empty() {
+    // A cancelled build's error only repeats that it was cancelled.
+    if build.error.is_empty() || build.state == pb::BuildState::Cancelled as i32 {
         eprintln!("bus: error: build {} {state}", build.id);
     } else {
         let error = build.error.trim_end().replace('\n', "; ");
