@@ -58,7 +58,7 @@ fn context(stack: &Stack, dockerfile: &str) -> tempfile::TempDir {
 }
 
 fn create(stack: &Stack, args: &[&str], dir: &tempfile::TempDir) -> String {
-    let mut all = vec!["builds", "create"];
+    let mut all = vec!["builds", "create", "-d"];
     all.extend(args);
     all.push(dir.path().to_str().unwrap());
     let id = ok(&stack.run(&all)).trim().to_owned();
@@ -176,7 +176,7 @@ fn a_long_build_cancelled_midway_ends_cancelled_and_names_nothing() {
     assert_eq!(status.code(), Some(1), "the follower ends with the build");
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut follower.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(stderr.trim(), format!("bus: build {id} cancelled"));
+    assert_eq!(stderr.trim(), format!("bus: error: build {id} cancelled"));
 
     let build = build_json(&stack, &id);
     assert_eq!(build["state"], "cancelled", "{build}");
@@ -315,4 +315,108 @@ fn another_accounts_builds_are_out_of_sight() {
         .to_owned();
     cleanup.add(&image);
     ok(&stack.run(&["builds", "rm", &id]));
+}
+
+/// The ids of the account's builds.
+fn build_ids(stack: &Stack) -> Vec<String> {
+    ok(&stack.run(&["builds", "ls", "-q"]))
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn create_streams_the_build_and_its_image_runs_at_once() {
+    let stack = stack(None);
+    let mut cleanup = ImageCleanup::new(&stack.runner.engine.socket);
+    let dir = context(
+        &stack,
+        "FROM localhost/busybox\nRUN echo streamed-step && echo image-ready > /msg\n\
+         CMD [\"cat\", \"/msg\"]\n",
+    );
+    let tag = "localhost/alice/waited:1";
+    let dir_path = dir.path().to_str().unwrap();
+    let built = stack.run(&["builds", "create", "-t", tag, dir_path]);
+    let output = ok(&built);
+    assert!(
+        output.lines().any(|l| l == "streamed-step"),
+        "the builder's output is streamed: {}",
+        text(&built)
+    );
+    assert!(
+        output.lines().any(|l| l.starts_with("STEP 1/3")),
+        "{output}"
+    );
+    // The image exists once create returned: a run of it right away works.
+    let out = stack.run(&["containers", "run", "--image", tag]);
+    assert_eq!(ok(&out), "image-ready\n");
+
+    let ids = build_ids(&stack);
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let id = &ids[0];
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&stack.run(&["builds", "get", id, "-o", "json"]))).unwrap();
+    assert_eq!(json["id"], id.as_str(), "{json}");
+    assert_eq!(json["state"], "succeeded", "{json}");
+    assert_eq!(json["tags"][0], tag, "{json}");
+    cleanup.add(json["image_id"].as_str().unwrap());
+    let table = ok(&stack.run(&["builds", "get", id]));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("state:") && l.ends_with("succeeded")),
+        "{table}"
+    );
+    // The duration is shown to the unit it names (e.g. 512ms, 2.8s, 1m03s), not `-`.
+    let duration = table
+        .lines()
+        .find_map(|l| l.strip_prefix("duration:"))
+        .unwrap()
+        .trim();
+    assert!(
+        duration.ends_with("ms") || duration.ends_with('s'),
+        "{duration} in {table}"
+    );
+    let out = stack.run(&["builds", "wait", id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        stdout(&out),
+        "",
+        "wait prints nothing of the build's output"
+    );
+
+    // -d keeps the old way: the id at once.
+    let detached = create(&stack, &["-t", tag], &dir);
+    assert_eq!(ok(&stack.run(&["builds", "wait", &detached])), "");
+    ok(&stack.run(&["images", "rm", tag]));
+}
+
+#[test]
+fn a_failing_build_exits_non_zero_with_the_builders_error_line() {
+    let stack = stack(None);
+    let _cleanup = ImageCleanup::new(&stack.runner.engine.socket);
+    let dir = context(
+        &stack,
+        "FROM localhost/busybox\nRUN echo before-failing && exit 3\n",
+    );
+    let out = stack.run(&["builds", "create", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stdout(&out).contains("before-failing"), "{}", text(&out));
+    let line = error_line(&out);
+    let ids = build_ids(&stack);
+    let id = &ids[0];
+    assert!(
+        line.starts_with(&format!("bus: error: build {id} failed: "))
+            && line.contains("exit status 3"),
+        "{line}"
+    );
+    let waited = stack.run(&["builds", "wait", id]);
+    assert_eq!(waited.status.code(), Some(1), "{}", text(&waited));
+    assert_eq!(error_line(&waited), line, "wait says the same");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&stack.run(&["builds", "get", id, "-o", "json"]))).unwrap();
+    assert_eq!(json["state"], "failed", "{json}");
+    // Not a build of this account: not found.
+    let out = stack.run(&["builds", "wait", "bld_00000000000000000000000000000000"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
 }

@@ -357,7 +357,7 @@ fn an_expired_token_fails_before_any_upstream_call() {
             )) || line.contains(&format!("bus auth token --resources \"{ALL_SCOPES}\"")),
             "{line}"
         );
-        assert!(line.contains("bus-runner token"), "{line}");
+        assert!(line.contains("`bus local up`"), "{line}");
     }
     // `auth status` shows the expiry and says what is wrong, without the token.
     let out = stack.run(&["auth", "status"]);

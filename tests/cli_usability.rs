@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Stack, bin, one_line_error, stdout};
+use common::{ALL_SCOPES, Stack, bin, hash_key, one_line_error, stdout};
 use serde_json::Value;
 
 /// The documented keys of a run in `-o json`, and the JSON types each may take.
@@ -668,4 +668,162 @@ fn the_first_commands_work_verbatim_after_local_up() {
     assert!(out.status.success());
     let line = one_line_error(&local.run(&["billing"]));
     assert!(line.contains("billing:read"), "{line}");
+}
+
+/// A hint names a CLI command or flag: never a REST path, a JSON body or a field name.
+fn assert_cli_hint(line: &str) {
+    for rest in [
+        "/api/v1",
+        "{\"",
+        "GET ",
+        "POST ",
+        "`profile`",
+        "bus-runner token",
+    ] {
+        assert!(!line.contains(rest), "{rest:?} in {line}");
+    }
+}
+
+#[test]
+fn a_command_without_dashes_gets_the_dashed_form() {
+    let stack = Stack::start();
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["containers", "run", "sh", "-c", "echo hi"],
+            "bus containers run -- sh -c 'echo hi'",
+        ),
+        (
+            &[
+                "containers",
+                "run",
+                "--image",
+                "localhost/busybox",
+                "echo",
+                "hi",
+            ],
+            "bus containers run --image localhost/busybox -- echo hi",
+        ),
+        (
+            &["containers", "exec", "run_0123", "sh"],
+            "bus containers exec run_0123 -- sh",
+        ),
+    ];
+    for (args, fixed) in cases {
+        let out = stack.run(args);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let line = one_line_error(&out);
+        assert!(
+            line.ends_with(&format!("the command goes after `--`: {fixed}")),
+            "{line}"
+        );
+        assert!(line.contains("unexpected argument '"), "{line}");
+    }
+    // The dashed form it shows works.
+    let out = stack.run(&["containers", "run", "--", "sh", "-c", "echo hi"]);
+    assert_eq!(stdout(&out), "hi\n", "{out:?}");
+    // An unknown flag is another mistake: clap's own message.
+    let out = stack.run(&["containers", "run", "--bogus"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("goes after"));
+}
+
+#[test]
+fn hints_name_cli_commands_not_rest_calls() {
+    // No token, or a token file that does not exist: `bus local up` / `bus auth token`.
+    let bare = Stack::without_token();
+    for args in [
+        &["containers", "runs"][..],
+        &["--token-file", "/nonexistent", "containers", "runs"][..],
+    ] {
+        let line = one_line_error(&bare.run(args));
+        assert!(
+            line.contains("`bus local up`") && line.contains("`bus auth token --resources"),
+            "{line}"
+        );
+        assert_cli_hint(&line);
+    }
+
+    let config = format!(
+        "[[accounts]]\nid = \"quiet\"\napi_key_sha256 = \"{}\"\nplan = \"local\"\n\
+         resources = [\"container:read\", \"container:run\"]\nlogs = false\n\
+         [[accounts]]\nid = \"unpaid\"\napi_key_sha256 = \"{}\"\nplan = \"local\"\nbilling = \"required\"\n\
+         resources = [\"container:read\", \"container:run\"]\n",
+        hash_key("quiet-key"),
+        hash_key("unpaid-key")
+    );
+    let stack = Stack::on(common::Runner::start_with_config(&config));
+    // Resources the account may not hold: the `bus auth token` that asks for a subset.
+    let out = stack
+        .bus()
+        .env("BUS_API_KEY", "quiet-key")
+        .args([
+            "auth",
+            "token",
+            "--resources",
+            "container:read container:delete",
+        ])
+        .output()
+        .unwrap();
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("`bus auth token --resources \"container:read container:run\"`"),
+        "{line}"
+    );
+    assert_cli_hint(&line);
+    // A wrong API key: where `bus auth token` takes it from.
+    let out = stack
+        .bus()
+        .env("BUS_API_KEY", "wrong-key")
+        .args(["auth", "token", "--resources", "container:read"])
+        .output()
+        .unwrap();
+    let line = one_line_error(&out);
+    assert!(line.contains("BUS_API_KEY"), "{line}");
+    assert!(!line.contains("Authorization"), "{line}");
+    assert_cli_hint(&line);
+    // An unknown profile: --profile, not the JSON field.
+    stack.write_token(&stack.runner.token("alice", ALL_SCOPES));
+    let line =
+        one_line_error(&stack.run(&["containers", "run", "--profile", "nope", "--", "true"]));
+    assert!(line.contains("--profile"), "{line}");
+    assert_cli_hint(&line);
+    // A wrong --api-url path is said in flags.
+    let out = stack.run(&[
+        "--api-url",
+        &format!("{}/v2", stack.runner.origin),
+        "containers",
+        "runs",
+    ]);
+    let line = one_line_error(&out);
+    assert_cli_hint(&line);
+    // Logs switched off: `bus containers get`.
+    let issue = |key: &str| {
+        let out = stack
+            .bus()
+            .env("BUS_API_KEY", key)
+            .args([
+                "auth",
+                "token",
+                "--resources",
+                "container:read container:run",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    issue("quiet-key");
+    let out = stack.run(&["containers", "run", "-d", "--", "true"]);
+    let id = stdout(&out).trim().to_owned();
+    assert!(id.starts_with("run_"), "{out:?}");
+    let line = one_line_error(&stack.run(&["containers", "logs", "-f", &id]));
+    assert!(
+        line.contains(&"`bus containers get RUN_ID`".to_string()),
+        "{line}"
+    );
+    assert_cli_hint(&line);
+    // Billing required: `bus billing`.
+    issue("unpaid-key");
+    let line = one_line_error(&stack.run(&["containers", "run", "-d", "--", "true"]));
+    assert!(line.contains("`bus billing`"), "{line}");
+    assert_cli_hint(&line);
 }

@@ -198,7 +198,8 @@ fn an_expired_token_says_how_to_renew_it() {
     stack.write_token(&stack.runner.expired_token("alice"));
     let line = one_line_error(&stack.run(&["containers", "runs"]));
     assert!(line.contains("expired"), "{line}");
-    assert!(line.contains("bus-runner token"), "{line}");
+    assert!(line.contains("`bus local up`"), "{line}");
+    assert!(!line.contains("bus-runner"), "{line}");
 }
 
 #[test]
@@ -208,7 +209,11 @@ fn a_token_from_another_deployment_is_refused() {
     stack.write_token(&common::mint(elsewhere.path(), "alice", ALL_SCOPES, &[]));
     let line = one_line_error(&stack.run(&["containers", "runs"]));
     assert!(line.contains("signature"), "{line}");
-    assert!(line.contains("bus-runner token"), "{line}");
+    assert!(
+        line.contains("`bus local up`") && line.contains("`bus auth token --resources"),
+        "{line}"
+    );
+    assert!(!line.contains("bus-runner"), "{line}");
 }
 
 #[test]

@@ -63,7 +63,7 @@ pub fn build(stack: &Stack, args: &[&str], tag: &str, dockerfile: &str) -> Strin
     std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
     let context = dir.path().to_str().unwrap();
     let mut create = args.to_vec();
-    create.extend(["builds", "create", "-t", tag, context]);
+    create.extend(["builds", "create", "-d", "-t", tag, context]);
     let id = ok(&stack.run(&create)).trim().to_owned();
     assert!(id.starts_with("bld_"), "{id}");
     let mut logs = args.to_vec();

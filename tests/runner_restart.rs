@@ -231,7 +231,6 @@ fn nothing_is_lost_when_the_runner_is_down_for_3_s() {
 /// `UNAVAILABLE`. The runner's side of this case is checked in `bus-runner`'s durability tests
 /// (`output_written_while_the_runner_was_down_for_30_s_is_recovered`).
 #[test]
-#[ignore = "busd gives up resuming a log stream after about 6 s without the runner"]
 fn nothing_is_lost_when_the_runner_is_down_for_30_s() {
     // 700 lines take over 42 s: the runs outlive the 30 s without a runner.
     nothing_is_lost_across_a_runner_restart(700, 40, Duration::from_secs(30));

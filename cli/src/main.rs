@@ -2,6 +2,17 @@
 //! Unix socket (starting it when absent), makes gRPC calls and renders the answers. It
 //! never speaks HTTP and never holds more of a token than it forwards from its environment.
 
+// This crate's `print!` and `println!` shadow std's (they are defined before the modules, so
+// every module sees them): a closed stdout ends `bus` quietly, as it ends coreutils, instead
+// of panicking (see `pipe`).
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::pipe::print(format_args!($($arg)*), false) };
+}
+macro_rules! println {
+    () => { $crate::pipe::print(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::pipe::print(format_args!($($arg)*), true) };
+}
+
 mod commands;
 mod context;
 mod daemon;
@@ -9,9 +20,11 @@ mod deferred;
 mod error;
 mod guard;
 mod output;
+mod pipe;
 mod progress;
 mod render;
 mod settings;
+mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -131,7 +144,16 @@ fn main() -> ExitCode {
         eprintln!("bus: error: {refusal}");
         return ExitCode::from(2);
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            if let Some(line) = usage::command_without_dashes(&e, &args) {
+                eprintln!("bus: error: {line}");
+                return ExitCode::from(2);
+            }
+            e.exit()
+        }
+    };
     let passes_exit_code = cli.passes_exit_code();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -145,6 +167,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run_once_more_on_a_stale_busd(cli)) {
         Ok(code) => ExitCode::from(code),
+        Err(CliError::Output(e)) if pipe::closed(&e) => pipe::die(),
         Err(e) => {
             // Ids and names a user typed come back in messages: never raw to the terminal.
             eprintln!("bus: error: {}", error::escape(&e.to_string()));

@@ -101,7 +101,7 @@ impl FormatArg {
 pub fn print_json(value: &impl serde::Serialize) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::other)?;
+    serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::from)?;
     writeln!(out)
 }
 
@@ -195,17 +195,32 @@ fn is_active(state: i32) -> bool {
     )
 }
 
-/// A duration for people: `850ms`, `12s`, `3m05s`, `2h10m`.
+/// A duration for people, exact to what the unit shows: `512ms`, `2.8s`, `12s`, `1m03s`,
+/// `2h10m`.
 pub fn human_duration(secs: f64) -> String {
-    if secs < 1.0 {
-        return format!("{}ms", (secs * 1000.0).round() as u64);
+    let secs = secs.max(0.0);
+    let ms = (secs * 1000.0).round() as u64;
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let tenths = (secs * 10.0).round() as u64;
+    if tenths < 600 {
+        return match tenths % 10 {
+            0 => format!("{}s", tenths / 10),
+            t => format!("{}.{t}s", tenths / 10),
+        };
     }
     let s = secs.round() as u64;
     match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        0..=3599 => format!("{}m{:02}s", s / 60, s % 60),
         _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
     }
+}
+
+/// Seconds from `start` to `end`, to the nanosecond; never negative.
+pub fn span(start: &prost_types::Timestamp, end: &prost_types::Timestamp) -> f64 {
+    let secs = |t: &prost_types::Timestamp| t.seconds as f64 + f64::from(t.nanos) / 1e9;
+    (secs(end) - secs(start)).max(0.0)
 }
 
 impl RunJson {
@@ -226,6 +241,53 @@ impl RunJson {
             finished_at: rfc3339(run.finished_at.as_ref()),
             duration_seconds: duration(run, now).map(|d| (d * 1000.0).round() / 1000.0),
         }
+    }
+}
+
+/// The JSON shape of a foreground run's result (`bus containers run -o json`): the run's
+/// fields ([`RunJson`]) and its output. Stable: fields are only ever added.
+#[derive(Debug, serde::Serialize)]
+pub struct RunResultJson {
+    /// The run, as `get -o json` shows it once it ended.
+    #[serde(flatten)]
+    pub run: RunJson,
+    /// Everything the command wrote to stdout, or null when it is not UTF-8 (then see
+    /// `stdout_base64`).
+    pub stdout: Option<String>,
+    /// Everything the command wrote to stderr, or null when it is not UTF-8.
+    pub stderr: Option<String>,
+    /// stdout's bytes in base64, only when they are not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdout_base64: Option<String>,
+    /// stderr's bytes in base64, only when they are not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr_base64: Option<String>,
+}
+
+impl RunResultJson {
+    /// The result of `run` with the output it wrote.
+    pub fn new(run: &Run, now: OffsetDateTime, stdout: Vec<u8>, stderr: Vec<u8>) -> Self {
+        let (stdout, stdout_base64) = text_or_base64(stdout);
+        let (stderr, stderr_base64) = text_or_base64(stderr);
+        RunResultJson {
+            run: RunJson::new(run, now),
+            stdout,
+            stderr,
+            stdout_base64,
+            stderr_base64,
+        }
+    }
+}
+
+/// The bytes as text when they are UTF-8, else in base64.
+fn text_or_base64(bytes: Vec<u8>) -> (Option<String>, Option<String>) {
+    use base64::Engine as _;
+    match String::from_utf8(bytes) {
+        Ok(text) => (Some(text), None),
+        Err(e) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(e.as_bytes())),
+        ),
     }
 }
 
@@ -462,6 +524,12 @@ mod tests {
         assert_eq!(json["duration_seconds"], 10.0);
         assert_eq!(json["started_at"], "1970-01-12T13:46:30Z");
         assert_eq!(human_duration(0.25), "250ms");
+        assert_eq!(human_duration(0.512), "512ms");
+        assert_eq!(human_duration(0.9996), "1s");
+        assert_eq!(human_duration(2.8), "2.8s");
+        assert_eq!(human_duration(12.0), "12s");
+        assert_eq!(human_duration(59.97), "1m00s");
+        assert_eq!(human_duration(63.2), "1m03s");
         assert_eq!(human_duration(7325.0), "2h02m");
     }
 }

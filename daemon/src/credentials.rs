@@ -162,19 +162,23 @@ impl CredentialError {
     /// What the user can do about it.
     pub fn guidance(&self) -> String {
         match self {
-            CredentialError::Missing { .. } => "save a token to ~/.config/bus/auth/api-token (mode 0600), \
-                 or point --token-file or BUS_AI_TOKEN at one; a local runner mints one with \
-                 `bus-runner token --state-dir DIR --account ID --resources \"container:read container:run container:delete\"`"
+            CredentialError::Missing { .. } => "get one with `bus local up` (the local runner) or \
+                 `bus auth token --resources \"container:read container:run container:delete\"` \
+                 (the account's API key in BUS_API_KEY), which save it to \
+                 ~/.config/bus/auth/api-token; or point --token-file or BUS_AI_TOKEN at one"
                 .to_owned(),
             CredentialError::Insecure { path, .. } => {
                 format!("run `chmod 600 {}` and try again", path.display())
             }
             CredentialError::Unreadable { path, .. } => {
-                format!("check that {} exists and is readable by you", path.display())
+                format!(
+                    "check that {} exists and is readable by you",
+                    path.display()
+                )
             }
             CredentialError::Malformed { .. } => {
-                "replace it with a token from `bus auth token` (API key in BUS_API_KEY), or for a \
-                 local runner from `bus-runner token` (a JWT: three dot-separated parts)"
+                "replace it with a token from `bus auth token` or `bus local up` (a JWT: three \
+                 dot-separated parts)"
                     .to_owned()
             }
             CredentialError::Expired {
@@ -192,11 +196,15 @@ impl CredentialError {
                     .as_ref()
                     .map(|p| format!(" --token-file {}", p.display()))
                     .unwrap_or_default();
-                let account = if subject.is_empty() { "ID" } else { subject };
+                let key = if subject.is_empty() {
+                    "the account's API key".to_owned()
+                } else {
+                    format!("the API key of the account {subject}")
+                };
                 format!(
-                    "renew it with `bus auth token --resources \"{scopes}\"{file}` (API key in \
-                     BUS_API_KEY), or for a local runner with `bus-runner token --state-dir DIR \
-                     --account {account} --resources \"{scopes}\"`"
+                    "renew it with `bus auth token --resources \"{scopes}\"{file}` ({key} in \
+                     BUS_API_KEY), or with `bus local up` for the \
+                     local runner"
                 )
             }
         }
@@ -558,10 +566,8 @@ mod tests {
             ),
             "{guidance}"
         );
-        assert!(
-            guidance.contains("bus-runner token --state-dir DIR --account alice"),
-            "{guidance}"
-        );
+        assert!(guidance.contains("`bus local up`"), "{guidance}");
+        assert!(!guidance.contains("bus-runner"), "{guidance}");
         assert!(!guidance.contains(stale.expose()) && !err.to_string().contains(stale.expose()));
 
         // Exactly at exp is expired; a token without decodable claims is the runner's to judge.

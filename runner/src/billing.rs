@@ -161,7 +161,7 @@ fn check_quota(
                 ),
                 guidance: format!(
                     "upgrade the plan at {UPGRADE_URL}, or retry after the period ends \
-                     (Retry-After: {wait} s)"
+                     (in {wait} s)"
                 ),
                 retry_after: wait,
             });

@@ -233,7 +233,7 @@ impl ImageError {
             ImageError::RegistryDenied(_) => {
                 p(C::RegistryDenied, StatusCode::FORBIDDEN, "Registry denied").with_guidance(
                     "pass the registry's user name and password with --credentials-file FILE (a \
-                 0600 JSON file: {\"username\": ..., \"password\": ...}) and check them",
+                 0600 JSON file with `username` and `password`) and check them",
                 )
             }
             ImageError::RegistryNotFound(_) => {

@@ -20,6 +20,12 @@ use time::format_description::well_known::Rfc3339;
 /// How to get a token, for people who have none or a bad one.
 pub const MINT_HINT: &str = "bus-runner token --state-dir DIR --account ID --resources \"container:read container:run container:delete\"";
 
+/// How a `bus` user gets a token this runner accepts.
+pub const RENEW_HINT: &str = "get one this runner accepts: `bus local up` for the local runner, \
+     or `bus auth token --resources \"container:read container:run container:delete\"` with \
+     the account's API key in BUS_API_KEY; it is saved to ~/.config/bus/auth/api-token and \
+     busd picks it up without a restart";
+
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -171,20 +177,14 @@ impl ApiError {
                 "Token invalid",
                 why.clone(),
             )
-            .with_guidance(format!(
-                "mint a new token for this runner with `{MINT_HINT}` and save it to \
-                 ~/.config/bus/auth/api-token (mode 0600)"
-            )),
+            .with_guidance(RENEW_HINT),
             ApiError::TokenExpired { at } => p(
                 C::TokenExpired,
                 StatusCode::UNAUTHORIZED,
                 "Token expired",
                 format!("the token expired at {}", rfc3339(*at)),
             )
-            .with_guidance(format!(
-                "mint a fresh token with `{MINT_HINT} --ttl 24h` and save it to \
-                 ~/.config/bus/auth/api-token (mode 0600); busd picks it up without a restart"
-            )),
+            .with_guidance(RENEW_HINT),
             ApiError::ScopeMissing { missing, held } => {
                 let mut scopes: Vec<&str> = held.iter().map(String::as_str).collect();
                 if !scopes.contains(&missing.as_str()) {
@@ -198,9 +198,7 @@ impl ApiError {
                 )
                 .with_guidance(format!(
                     "get a token that includes it: `bus auth token --resources \"{}\"` (with the \
-                     account's API key in BUS_API_KEY); on a local runner without accounts, \
-                     `bus-runner token --state-dir DIR --account ID --resources \"{}\"`",
-                    scopes.join(" "),
+                     account's API key in BUS_API_KEY)",
                     scopes.join(" ")
                 ))
             }
@@ -233,7 +231,10 @@ impl ApiError {
                 "Not found",
                 format!("no endpoint {method} {path}"),
             )
-            .with_guidance("every endpoint hangs below /api/v1; --api-url is the origin only"),
+            .with_guidance(
+                "--api-url (or BUS_AI_API_URL) takes the runner's origin only: scheme, host and \
+                 port, no path",
+            ),
             ApiError::MethodNotAllowed { method, path } => p(
                 C::InvalidRequest,
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -258,7 +259,10 @@ impl ApiError {
                 "Unknown profile",
                 format!("there is no run profile \"{name}\"; valid profiles: {}", valid.join(", ")),
             )
-            .with_guidance("name one of the valid profiles, or leave `profile` out for the default"),
+            .with_guidance(
+                "name one of the valid profiles with --profile, or leave --profile out for the \
+                 default",
+            ),
             ApiError::IdempotencyKeyReused => p(
                 C::IdempotencyKeyReused,
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -302,10 +306,10 @@ impl ApiError {
                 detail.clone(),
             )
             .with_guidance(
-                "send your account's API key as `Authorization: Bearer <API key>`; the runner's \
-                 operator lists accounts in its config file ([[accounts]] with api_key_sha256 from \
-                 `bus-runner hash-key`). On a local runner without accounts, mint a token with \
-                 `bus-runner token` instead",
+                "check the account's API key that `bus auth token` sends (BUS_API_KEY or \
+                 --api-key-file); the runner's operator lists accounts in its config file \
+                 ([[accounts]] with api_key_sha256 from `bus-runner hash-key`); for the local \
+                 runner, `bus local up` renews the token with the key it keeps",
             ),
             ApiError::ScopeNotAllowed {
                 not_allowed,
@@ -327,8 +331,8 @@ impl ApiError {
                     ),
                 )
                 .with_guidance(format!(
-                    "ask for a subset, e.g. {{\"resources\": \"{}\"}}, or ask the runner's operator \
-                     to add the resource to the account's `resources`",
+                    "ask for a subset, e.g. `bus auth token --resources \"{}\"`, or ask the \
+                     runner's operator to add the resource to the account's `resources`",
                     names(allowed).join(" ")
                 ))
             }
@@ -356,8 +360,8 @@ impl ApiError {
                 "log streaming is switched off for this account".to_owned(),
             )
             .with_guidance(
-                "read the run's state and exit code with GET /api/v1/containers/runs/{id}, or ask \
-                 the runner's operator to set `logs = true` for the account",
+                "read the run's state and exit code with `bus containers get RUN_ID`, or ask the \
+                 runner's operator to set `logs = true` for the account",
             ),
             ApiError::FollowDisabled => p(
                 C::LogsDisabled,
@@ -378,7 +382,7 @@ impl ApiError {
                 format!("the account \"{account}\" has no billing set up, so no run can start"),
             )
             .with_guidance(format!(
-                "set up billing at {}, then retry; GET /api/v1/billing/status shows the account's state",
+                "set up billing at {}, then retry; `bus billing` shows the account's state",
                 crate::billing::SETUP_URL
             ))
             .with_guidance_url(crate::billing::SETUP_URL),

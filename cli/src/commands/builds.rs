@@ -1,5 +1,7 @@
-//! `bus builds create|ls|logs|cancel|rm`: image builds. `create` tars the context directory
-//! and streams it; the build then runs in the runner, whether or not anyone watches.
+//! `bus builds create|ls|get|logs|wait|cancel|rm`: image builds. `create` tars the context
+//! directory and streams it, then follows the build's output until it ended, as `docker build`
+//! does (`-d`: prints the build's id at once); the build runs in the runner whether or not
+//! anyone watches.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,12 +24,17 @@ const MAX_RESUMES: u32 = 5;
 /// Image builds.
 #[derive(Debug, clap::Subcommand)]
 pub enum Builds {
-    /// Build an image from a context directory; prints the build's id.
+    /// Build an image from a context directory and print the builder's output until the image
+    /// exists (-d: print the build's id and return).
     Create(CreateArgs),
     /// List the account's builds, newest first.
     Ls(LsArgs),
+    /// Show one build.
+    Get(GetArgs),
     /// Print a build's output; -f follows it until the build ends.
     Logs(LogsArgs),
+    /// Wait for a build to end: exit 0 when it succeeded, 1 with the builder's error otherwise.
+    Wait(WaitArgs),
     /// Cancel builds.
     Cancel(IdsArgs),
     /// Delete builds and their output (cancelling running ones).
@@ -40,7 +47,9 @@ impl Builds {
         match self {
             Builds::Create(args) => args.run(ctx).await,
             Builds::Ls(args) => args.run(ctx).await,
+            Builds::Get(args) => args.run(ctx).await,
             Builds::Logs(args) => args.run(ctx).await,
+            Builds::Wait(args) => args.run(ctx).await,
             Builds::Cancel(args) => args.cancel(ctx).await,
             Builds::Rm(args) => args.remove(ctx).await,
         }
@@ -72,6 +81,9 @@ pub struct CreateArgs {
     /// The Dockerfile, inside the context [default: CONTEXT_DIR/Dockerfile].
     #[arg(short = 'f', long = "file", value_name = "DOCKERFILE")]
     dockerfile: Option<PathBuf>,
+    /// Print the build's id once the context is sent, instead of following the build.
+    #[arg(short, long)]
+    detach: bool,
     /// The directory sent to the builder.
     #[arg(value_name = "CONTEXT_DIR")]
     context: PathBuf,
@@ -178,8 +190,18 @@ impl CreateArgs {
             Ok(response) => {
                 transfer.finish();
                 let build = response.into_inner().build.unwrap_or_default();
-                println!("{}", build.id);
-                Ok(0)
+                if self.detach {
+                    println!("{}", build.id);
+                    return Ok(0);
+                }
+                crate::commands::run::announce(&build.id);
+                match follow(ctx, &build.id, true, 0, true).await? {
+                    Some(ended) => Ok(outcome(&ended)),
+                    None => Err(CliError::Local(format!(
+                        "the output of build {} ended before the build did; see `bus builds wait {}`",
+                        build.id, build.id
+                    ))),
+                }
             }
             Err(status) => {
                 transfer.abandon();
@@ -252,12 +274,7 @@ impl LsArgs {
                 let rows: Vec<Vec<String>> = builds
                     .iter()
                     .map(|b| {
-                        let took = match (&b.started_at, &b.finished_at) {
-                            (Some(s), Some(f)) => {
-                                render::human_duration((f.seconds - s.seconds).max(0) as f64)
-                            }
-                            _ => "-".to_owned(),
-                        };
+                        let took = took(b);
                         vec![
                             b.id.clone(),
                             state_name(b.state).to_owned(),
@@ -297,50 +314,161 @@ pub struct LogsArgs {
 
 impl LogsArgs {
     async fn run(self, ctx: &Ctx) -> Result<u8, CliError> {
-        use std::io::Write as _;
-        let mut after = self.since_seq;
-        let mut resumes = 0;
+        match follow(ctx, &self.id, self.follow, self.since_seq, true).await? {
+            Some(ended) => Ok(outcome(&ended)),
+            None if self.follow => Err(CliError::Local(format!(
+                "the output of build {} ended before the build did; see `bus builds wait {}`",
+                self.id, self.id
+            ))),
+            None => Ok(0),
+        }
+    }
+}
+
+/// Waits for a build to end.
+#[derive(Debug, clap::Args)]
+pub struct WaitArgs {
+    /// The build.
+    #[arg(value_name = "BUILD_ID")]
+    id: String,
+}
+
+impl WaitArgs {
+    async fn run(self, ctx: &Ctx) -> Result<u8, CliError> {
+        match follow(ctx, &self.id, true, 0, false).await? {
+            Some(ended) => Ok(outcome(&ended)),
+            None => Err(CliError::Local(format!(
+                "the stream of build {} ended before the build did; run `bus builds wait {}` again",
+                self.id, self.id
+            ))),
+        }
+    }
+}
+
+/// Shows one build.
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// The build.
+    #[arg(value_name = "BUILD_ID")]
+    id: String,
+    #[command(flatten)]
+    output: render::FormatArg,
+}
+
+impl GetArgs {
+    async fn run(self, ctx: &Ctx) -> Result<u8, CliError> {
+        let build = client(ctx)
+            .get_build(ctx.request(pb::GetBuildRequest { id: self.id }))
+            .await?
+            .into_inner()
+            .build
+            .unwrap_or_default();
+        match self.output.format() {
+            Format::Json => render::print_json(&BuildJson::from(&build))?,
+            Format::Table => {
+                let or_dash = |s: Option<String>| s.unwrap_or_else(|| "-".to_owned());
+                let rows = [
+                    ("id:", build.id.clone()),
+                    ("state:", state_name(build.state).to_owned()),
+                    (
+                        "tags:",
+                        or_dash((!build.tags.is_empty()).then(|| build.tags.join(", "))),
+                    ),
+                    ("dockerfile:", build.dockerfile.clone()),
+                    (
+                        "image:",
+                        or_dash((!build.image_id.is_empty()).then(|| build.image_id.clone())),
+                    ),
+                    (
+                        "error:",
+                        or_dash((!build.error.is_empty()).then(|| build.error.clone())),
+                    ),
+                    ("created:", or_dash(rfc3339(build.created_at.as_ref()))),
+                    ("started:", or_dash(rfc3339(build.started_at.as_ref()))),
+                    ("finished:", or_dash(rfc3339(build.finished_at.as_ref()))),
+                    ("duration:", took(&build)),
+                ];
+                for (key, value) in rows {
+                    println!("{key:<12}{value}");
+                }
+            }
+        }
+        Ok(0)
+    }
+}
+
+/// How long a build took (started to finished), or `-`.
+fn took(build: &pb::Build) -> String {
+    match (&build.started_at, &build.finished_at) {
+        (Some(s), Some(f)) => render::human_duration(render::span(s, f)),
+        _ => "-".to_owned(),
+    }
+}
+
+/// The exit code for an ended build: 0 when it succeeded; else 1, after one line on stderr
+/// with the builder's own error.
+fn outcome(build: &pb::Build) -> u8 {
+    if build.state == pb::BuildState::Succeeded as i32 {
+        return 0;
+    }
+    let state = state_name(build.state);
+    // A cancelled build's error only repeats that it was cancelled.
+    if build.error.is_empty() || build.state == pb::BuildState::Cancelled as i32 {
+        eprintln!("bus: error: build {} {state}", build.id);
+    } else {
+        let error = build.error.trim_end().replace('\n', "; ");
+        eprintln!("bus: error: build {} {state}: {error}", build.id);
+    }
+    1
+}
+
+/// Reads build `id`'s output after `after`, printing each line on stdout when `print`, and
+/// with `follow` until it ended (resuming a stream that broke); returns the build as it
+/// ended, or `None` when the stream ended before it did.
+async fn follow(
+    ctx: &Ctx,
+    id: &str,
+    follow: bool,
+    mut after: u64,
+    print: bool,
+) -> Result<Option<pb::Build>, CliError> {
+    use std::io::Write as _;
+    let mut resumes = 0;
+    loop {
+        let request = ctx.session_request(pb::StreamBuildLogsRequest {
+            id: id.to_owned(),
+            follow,
+            after_seq: after,
+        });
+        let mut stream = client(ctx).stream_build_logs(request).await?.into_inner();
         loop {
-            let request = ctx.session_request(pb::StreamBuildLogsRequest {
-                id: self.id.clone(),
-                follow: self.follow,
-                after_seq: after,
-            });
-            let mut stream = client(ctx).stream_build_logs(request).await?.into_inner();
-            loop {
-                let event = match stream.message().await {
-                    Ok(Some(message)) => message.event,
-                    Ok(None) if self.follow => break,
-                    Ok(None) => return Ok(0),
-                    // A stream that broke resumes after the last line printed.
-                    Err(status)
-                        if self.follow
-                            && status.code() == Code::Unavailable
-                            && resumes < MAX_RESUMES =>
-                    {
-                        resumes += 1;
-                        tokio::time::sleep(Duration::from_millis(200 * u64::from(resumes))).await;
-                        break;
-                    }
-                    Err(status) => return Err(status.into()),
-                };
-                match event {
-                    Some(pb::stream_build_logs_response::Event::Line(line)) => {
+            let event = match stream.message().await {
+                Ok(Some(message)) => message.event,
+                Ok(None) if follow => break,
+                Ok(None) => return Ok(None),
+                // A stream that broke resumes after the last line printed.
+                Err(status)
+                    if follow && status.code() == Code::Unavailable && resumes < MAX_RESUMES =>
+                {
+                    resumes += 1;
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(resumes))).await;
+                    break;
+                }
+                Err(status) => return Err(status.into()),
+            };
+            match event {
+                Some(pb::stream_build_logs_response::Event::Line(line)) => {
+                    if print {
                         let mut out = std::io::stdout().lock();
                         writeln!(out, "{}", line.text)?;
                         out.flush()?;
-                        after = line.seq;
                     }
-                    Some(pb::stream_build_logs_response::Event::Ended(ended)) => {
-                        let build = ended.build.unwrap_or_default();
-                        if build.state == pb::BuildState::Succeeded as i32 {
-                            return Ok(0);
-                        }
-                        eprintln!("bus: build {} {}", build.id, state_name(build.state));
-                        return Ok(1);
-                    }
-                    Some(pb::stream_build_logs_response::Event::Keepalive(_)) | None => {}
+                    after = line.seq;
                 }
+                Some(pb::stream_build_logs_response::Event::Ended(ended)) => {
+                    return Ok(Some(ended.build.unwrap_or_default()));
+                }
+                Some(pb::stream_build_logs_response::Event::Keepalive(_)) | None => {}
             }
         }
     }

@@ -340,7 +340,10 @@ pub fn print_info(info: &DaemonInfo) {
     };
     println!("version:   {} (protocol {})", info.version, info.protocol);
     println!("pid:       {}", info.pid);
-    println!("uptime:    {}s", info.uptime_seconds);
+    println!(
+        "uptime:    {}",
+        crate::render::human_duration(info.uptime_seconds as f64)
+    );
     println!("upstream:  {}", info.upstream_origin);
     println!("identity:  {}", dash(&info.identity));
     println!("scopes:    {}", info.scopes.join(" "));

@@ -7,11 +7,12 @@
 //! the exit code.
 
 use bus::proto::containers::v1::{
-    CreateRunRequest, ExecStart, GetRunRequest, RunRequest, RunSpec, RunState, StreamLogsRequest,
-    run_event::Event,
+    CreateRunRequest, ExecStart, GetRunRequest, Run, RunExited, RunRequest, RunSpec, RunState,
+    StreamLogsRequest, run_event::Event,
 };
 use futures::StreamExt;
 use std::collections::HashMap;
+use time::OffsetDateTime;
 
 use crate::commands::logs::{print_logs, show_notice};
 use crate::context::Ctx;
@@ -54,6 +55,16 @@ pub struct Args {
     /// Seconds after which the run is killed [default: the profile's].
     #[arg(long, value_name = "SECONDS")]
     run_timeout: Option<u32>,
+    /// json: print one result when the run ends (id, state, exit code, times, stdout and
+    /// stderr) instead of streaming the output; bus still exits with the command's code.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        value_name = "FORMAT",
+        conflicts_with_all = ["detach", "interactive", "tty"]
+    )]
+    output: Option<render::Format>,
     /// The command and its arguments.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -70,6 +81,7 @@ impl Args {
     /// Runs the command; returns the exit code (the container's, when it exited).
     pub async fn run(self, ctx: &Ctx) -> Result<u8, CliError> {
         let detach = self.detach;
+        let json = self.output == Some(render::Format::Json);
         let spec = RunSpec {
             profile: self.profile.unwrap_or_default(),
             image: self.image.unwrap_or_default(),
@@ -92,36 +104,45 @@ impl Args {
         let mut events = ctx.containers().run(request).await?.into_inner();
         let mut run_id = String::new();
         let mut last_seq = 0;
-        let mut output = Output::lock();
-        while let Some(event) = events.next().await {
+        let mut output = if json {
+            Output::capture()
+        } else {
+            Output::lock()
+        };
+        let exited = loop {
+            let Some(event) = events.next().await else {
+                return Err(CliError::StreamCut(run_id));
+            };
             let event = match event {
                 Ok(event) => event,
                 // busd went away after the run was accepted: follow the run's output from
                 // where it stopped, through a busd started again.
                 Err(status) if busd_lost(&status) && !run_id.is_empty() => {
-                    return resume(ctx, run_id, last_seq, &mut output).await;
+                    break resume(ctx, &run_id, last_seq, &mut output).await?;
                 }
                 Err(status) => return Err(status.into()),
             };
             match event.event {
-                Some(Event::Accepted(run)) => run_id = run.id,
+                Some(Event::Accepted(run)) => {
+                    run_id = run.id;
+                    if !json {
+                        announce(&run_id);
+                    }
+                }
                 Some(Event::Output(chunk)) => {
                     output.write(&chunk)?;
                     last_seq = chunk.seq;
                 }
                 Some(Event::Notice(notice)) => show_notice(&notice),
-                Some(Event::Exited(exited)) => {
-                    return Ok(exit_code(
-                        &run_id,
-                        exited.state,
-                        exited.exit_code,
-                        &exited.reason,
-                    ));
-                }
+                Some(Event::Exited(exited)) => break exited,
                 None => {}
             }
+        };
+        let code = exit_code(&run_id, exited.state, exited.exit_code, &exited.reason);
+        if json {
+            print_result(ctx, &run_id, &exited, &mut output).await?;
         }
-        Err(CliError::StreamCut(run_id))
+        Ok(code)
     }
 }
 
@@ -134,16 +155,8 @@ async fn detached(ctx: &Ctx, spec: RunSpec) -> Result<u8, CliError> {
         spec: Some(spec),
         wait_running: true,
     });
-    let run = match ctx.containers().create_run(request).await {
-        Ok(run) => run.into_inner(),
-        // The image (or another thing the run names) does not exist: the run could not be
-        // started, 125 as for a start failure.
-        Err(status) if status.code() == tonic::Code::NotFound => {
-            eprintln!("bus: error: {}", CliError::from(status));
-            return Ok(EXIT_RUN_FAILED);
-        }
-        Err(status) => return Err(status.into()),
-    };
+    // A refusal (the image missing, say) is an error of bus' own: 125, through main.
+    let run = ctx.containers().create_run(request).await?.into_inner();
     let id = &run.id;
     let state = RunState::try_from(run.state).unwrap_or(RunState::Unspecified);
     if state == RunState::Failed && run.started_at.is_none() {
@@ -176,32 +189,68 @@ async fn detached(ctx: &Ctx, spec: RunSpec) -> Result<u8, CliError> {
     Ok(0)
 }
 
+/// Tells a run's (or build's) id on stderr, dimmed, when stderr is a terminal (so `bus
+/// containers delete`, `logs` or `get` can be given it); a pipe or a file gets only the output.
+pub fn announce(run_id: &str) {
+    use std::io::IsTerminal as _;
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    if render::colour_allowed(true, std::env::var_os("NO_COLOR").as_deref()) {
+        eprintln!("\x1b[2m{run_id} started\x1b[0m");
+    } else {
+        eprintln!("{run_id} started");
+    }
+}
+
+/// Prints the ended run's record and its captured output as one JSON document.
+async fn print_result(
+    ctx: &Ctx,
+    run_id: &str,
+    exited: &RunExited,
+    output: &mut Output,
+) -> Result<(), CliError> {
+    let request = ctx.request(GetRunRequest {
+        run_id: run_id.to_owned(),
+    });
+    // The record has the times; should it be unreadable, the exit event still says how it
+    // ended.
+    let run = match ctx.containers().get_run(request).await {
+        Ok(run) => run.into_inner(),
+        Err(_) => Run {
+            id: run_id.to_owned(),
+            state: exited.state,
+            exit_code: Some(exited.exit_code),
+            reason: exited.reason.clone(),
+            ..Default::default()
+        },
+    };
+    let (stdout, stderr) = output.captured();
+    let result = render::RunResultJson::new(&run, OffsetDateTime::now_utc(), stdout, stderr);
+    render::print_json(&result)?;
+    Ok(())
+}
+
 /// Follows run `run_id`'s output after `last_seq` through a busd reached again, to its exit.
 async fn resume(
     ctx: &Ctx,
-    run_id: String,
+    run_id: &str,
     last_seq: u64,
     output: &mut Output,
-) -> Result<u8, CliError> {
+) -> Result<RunExited, CliError> {
     // A busd that is dying may still accept a connection; print_logs retries that.
     if !ctx.reconnect().await? {
-        return Err(CliError::StreamCut(run_id));
+        return Err(CliError::StreamCut(run_id.to_owned()));
     }
     let request = StreamLogsRequest {
-        run_id: run_id.clone(),
+        run_id: run_id.to_owned(),
         follow: true,
         after_seq: last_seq,
         ..Default::default()
     };
-    match print_logs(ctx, request, output, true).await? {
-        Some(exited) => Ok(exit_code(
-            &run_id,
-            exited.state,
-            exited.exit_code,
-            &exited.reason,
-        )),
-        None => Err(CliError::StreamCut(run_id)),
-    }
+    print_logs(ctx, request, output, true)
+        .await?
+        .ok_or_else(|| CliError::StreamCut(run_id.to_owned()))
 }
 
 /// Creates the run and attaches this terminal (or stdin) to its command until it ends.
