@@ -152,9 +152,15 @@ fn out_of_descriptors_busd_backs_off_logs_once_and_recovers() {
         held.push(conn);
     }
     let exhausted = "out of file descriptors";
-    wait_for("busd to log that it is out of descriptors", Duration::from_secs(30), || {
-        std::fs::read_to_string(&log).unwrap_or_default().contains(exhausted)
-    });
+    wait_for(
+        "busd to log that it is out of descriptors",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(exhausted)
+        },
+    );
 
     // Not spinning: over 2 s busd uses a small fraction of a core.
     let before = busd.cpu();
@@ -170,7 +176,11 @@ fn out_of_descriptors_busd_backs_off_logs_once_and_recovers() {
     assert_eq!(rest.last().map(String::as_str), Some("tick19"), "{rest:?}");
     let status = run.wait().unwrap();
     let mut stderr = String::new();
-    run.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    run.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert!(status.success(), "the run failed: {stderr}");
 
     // Said once, however long it lasted.

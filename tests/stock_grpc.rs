@@ -94,8 +94,10 @@ fn a_stock_grpc_client_sees_health_reflection_and_calls_through_reflection() {
     expect("runner: state=ready");
     // A missing run: NOT_FOUND with ErrorInfo and a next step (LocalizedMessage).
     assert!(
-        lines.iter().any(|l| l.starts_with("missing run: NOT_FOUND reason=NOT_FOUND next step: ")
-            && l.contains("bus containers runs")),
+        lines.iter().any(
+            |l| l.starts_with("missing run: NOT_FOUND reason=NOT_FOUND next step: ")
+                && l.contains("bus containers runs")
+        ),
         "{printed}"
     );
     // Every call kind on default options (`unix:` and `unix://`) and with the socket path as
@@ -111,7 +113,9 @@ fn a_stock_grpc_client_sees_health_reflection_and_calls_through_reflection() {
         expect(&format!("{label}: GetStatus state=ready"));
         expect(&format!("{label}: Run output=onetwothree exit=3"));
         expect(&format!("{label}: StreamLogs after_seq matches Run: True"));
-        expect(&format!("{label}: Exec stdout=ping from a stock client exit=0"));
+        expect(&format!(
+            "{label}: Exec stdout=ping from a stock client exit=0"
+        ));
     }
     assert_eq!(lines.last(), Some(&"ok"), "{printed}");
 }
