@@ -35,6 +35,19 @@ fn two_streams_output(lines: u32) -> (String, String) {
     (stdout, stderr)
 }
 
+/// `stderr` without busd's notice that it lost the runner and retries, and how many such
+/// notices it held.
+fn without_notices(stderr: &str) -> (String, usize) {
+    let is_notice =
+        |line: &str| line.starts_with("bus: the runner at ") && line.contains("unreachable");
+    let notices = stderr.split_inclusive('\n').filter(|l| is_notice(l)).count();
+    let rest = stderr
+        .split_inclusive('\n')
+        .filter(|l| !is_notice(l))
+        .collect();
+    (rest, notices)
+}
+
 /// A `bus` process whose stdout and stderr are read as they come.
 struct Watched {
     child: Child,
@@ -177,6 +190,8 @@ fn nothing_is_lost_across_a_runner_restart(lines: u32, before: u64, down: Durati
 
     let limit = Duration::from_secs(120);
     let (code, out, err) = run.finish(limit);
+    let (err, notices) = without_notices(&err);
+    assert_eq!(notices, 1, "run says once that the runner is unreachable");
     assert_eq!(out, expected_out, "run printed every stdout byte once");
     assert_eq!(
         err, expected_err,
@@ -185,6 +200,8 @@ fn nothing_is_lost_across_a_runner_restart(lines: u32, before: u64, down: Durati
     assert_eq!(code, Some(7), "run exits with the command's code");
 
     let (code, out, err) = logs.finish(limit);
+    let (err, notices) = without_notices(&err);
+    assert_eq!(notices, 1, "logs -f says once that the runner is unreachable");
     assert_eq!(out, expected_out, "logs -f printed every stdout byte once");
     assert_eq!(
         err, expected_err,
@@ -193,10 +210,12 @@ fn nothing_is_lost_across_a_runner_restart(lines: u32, before: u64, down: Durati
     assert_eq!(code, Some(0), "logs -f");
 
     let (code, out, err) = wait.finish(limit);
+    let (err, notices) = without_notices(&err);
+    assert_eq!(notices, 1, "wait says once that the runner is unreachable");
     assert_eq!(
         (out.as_str(), err.as_str()),
         ("", ""),
-        "wait prints nothing"
+        "wait prints nothing else"
     );
     assert_eq!(code, Some(7), "wait exits with the run's code");
 
@@ -226,10 +245,7 @@ fn nothing_is_lost_when_the_runner_is_down_for_3_s() {
     nothing_is_lost_across_a_runner_restart(250, 40, Duration::from_secs(3));
 }
 
-/// Needs busd to keep resuming a broken log stream for longer than the runner is down: today it
-/// gives up after 5 failed resumes in a row (about 6 s), so `logs -f`, `run` and `wait` end
-/// `UNAVAILABLE`. The runner's side of this case is checked in `bus-runner`'s durability tests
-/// (`output_written_while_the_runner_was_down_for_30_s_is_recovered`).
+/// Longer than busd's old resume budget (5 tries, about 6 s); well within `resume_for`'s 2m.
 #[test]
 fn nothing_is_lost_when_the_runner_is_down_for_30_s() {
     // 700 lines take over 42 s: the runs outlive the 30 s without a runner.

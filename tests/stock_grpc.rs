@@ -1,7 +1,9 @@
 //! busd checked by a stock gRPC client, not our code: Python grpcio with
 //! grpcio-health-checking and grpcio-reflection (PyPI), from the project venv `.venv-ci/`
 //! that scripts/setup-python makes. The client is tests/stock_grpc.py; it speaks to busd's
-//! socket with no generated stubs of ours, only what health and reflection tell it.
+//! socket with grpcio's default channel options (so grpc-core's own `:authority`, the socket
+//! path) and no checked-in stubs of ours: what reflection tells it, and stubs it generates
+//! from proto/ itself.
 
 mod common;
 
@@ -55,6 +57,7 @@ fn a_stock_grpc_client_sees_health_reflection_and_calls_through_reflection() {
     let out = Command::new(&python)
         .arg(repo_root().join("tests/stock_grpc.py"))
         .arg(&stack.socket)
+        .arg(repo_root().join("proto"))
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", stack.home.path())
@@ -69,11 +72,6 @@ fn a_stock_grpc_client_sees_health_reflection_and_calls_through_reflection() {
     );
 
     let lines: Vec<&str> = printed.lines().collect();
-    // Reported, not asserted: grpc-core's default `:authority` on unix: targets (the socket
-    // path) is refused by h2; the script sets grpc.default_authority=localhost (see there).
-    if let Some(line) = lines.iter().find(|l| l.starts_with("default authority:")) {
-        eprintln!("stock_grpc.py: {line}");
-    }
     let expect = |line: &str| {
         assert!(
             lines.contains(&line),
@@ -94,5 +92,30 @@ fn a_stock_grpc_client_sees_health_reflection_and_calls_through_reflection() {
     // Calls built from reflected descriptors alone go through busd (its token) to the runner.
     expect("daemon: identity=alice");
     expect("runner: state=ready");
+    // A missing run: NOT_FOUND with ErrorInfo and a next step (LocalizedMessage).
+    assert!(
+        lines.iter().any(
+            |l| l.starts_with("missing run: NOT_FOUND reason=NOT_FOUND next step: ")
+                && l.contains("bus containers runs")
+        ),
+        "{printed}"
+    );
+    // Every call kind on default options (`unix:` and `unix://`) and with the socket path as
+    // the authority, raw and percent-encoded, as grpc-core, grpc-java and grpc-swift send it.
+    for label in [
+        "unix:PATH",
+        "unix://PATH",
+        "authority=raw path",
+        "authority=encoded path",
+    ] {
+        expect(&format!("{label}: health SERVING"));
+        expect(&format!("{label}: reflection lists Containers: True"));
+        expect(&format!("{label}: GetStatus state=ready"));
+        expect(&format!("{label}: Run output=onetwothree exit=3"));
+        expect(&format!("{label}: StreamLogs after_seq matches Run: True"));
+        expect(&format!(
+            "{label}: Exec stdout=ping from a stock client exit=0"
+        ));
+    }
     assert_eq!(lines.last(), Some(&"ok"), "{printed}");
 }

@@ -4,6 +4,8 @@
 //! container-runner REST API, and serves the same operations as gRPC on a Unix socket.
 //!
 //! # Layout
+//! - [`authority`]: the adapter that lets stock gRPC clients send the socket path as
+//!   `:authority`; the connection preface timeout.
 //! - [`config`]: settings and their precedence (socket, API origin, token source).
 //! - [`credentials`]: reading the token safely; never logs or echoes it.
 //! - [`upstream`]: the REST client, the only module that speaks HTTP.
@@ -19,6 +21,7 @@
 //! [`serve`] takes a bound listener and a shutdown future, so tests and the binary run it
 //! the same way.
 
+pub mod authority;
 pub mod config;
 pub mod credentials;
 pub mod deadline;
@@ -48,6 +51,11 @@ use crate::service::images::ImagesServiceImpl;
 use bus::proto::containers::v1::exec_server::ExecServer;
 use bus::proto::images::v1::builds_service_server::BuildsServiceServer;
 use bus::proto::images::v1::images_service_server::ImagesServiceServer;
+
+/// How often busd PINGs an HTTP/2 connection (busy or idle) to learn that its peer lives.
+pub const HTTP2_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long busd waits for a PING's answer before it closes the connection.
+pub const HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Serves busd's gRPC API (plus grpc.health.v1 and reflection) on `listener` until
 /// `shutdown` completes.
@@ -101,6 +109,9 @@ pub async fn serve_with(
         .expect("the embedded descriptor sets are valid");
 
     let server = tonic::transport::Server::builder()
+        // Dead or frozen peers are reaped: a PING unanswered for 20 s closes the connection.
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .layer(TrackLayer::new(lifecycle.clone()))
         .layer(crate::protocol::ProtocolLayer)
         .add_service(health)

@@ -73,6 +73,10 @@ fn main() -> ExitCode {
     let notify = std::env::var_os(NOTIFY_ENV).map(PathBuf::from);
     // The CLI starts busd with a notify socket; it may then restart a busd it finds stale.
     busd::protocol::init(notify.is_some());
+    // Every client connection holds a descriptor: allow as many as the hard limit lets.
+    if let Some(limit) = busd::socket::raise_open_file_limit() {
+        tracing::debug!(limit, "open-file limit");
+    }
     // Before any other thread exists: taking systemd's listener edits the environment.
     let env = |name: &str| std::env::var(name).ok();
     let activated = match busd::socket::activation_requested(env, std::process::id()) {

@@ -7,9 +7,10 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use tokio::net::{UnixListener, UnixStream};
-use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::authority::AuthorityFix;
 
 /// Why the socket could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -186,28 +187,92 @@ pub async fn bind(path: &Path) -> Result<UnixListener, BindError> {
     Ok(listener)
 }
 
-/// Accepted connections from processes of this user only; others are closed at once.
-pub fn same_uid_incoming(listener: UnixListener) -> impl Stream<Item = io::Result<UnixStream>> {
+/// How long the accept loop waits when the process or the system is out of file descriptors.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Whether an accept error means "out of descriptors or memory": retrying at once would spin.
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error().map(rustix::io::Errno::from_raw_os_error),
+        Some(
+            rustix::io::Errno::MFILE
+                | rustix::io::Errno::NFILE
+                | rustix::io::Errno::NOBUFS
+                | rustix::io::Errno::NOMEM
+        )
+    )
+}
+
+/// Accepted connections from processes of this user only (others are closed at once), each
+/// read through [`AuthorityFix`]. Out of descriptors (EMFILE, ENFILE), the loop waits
+/// [`ACCEPT_BACKOFF`] before it tries again and logs once until an accept succeeds; other
+/// accept errors (a peer gone before its accept) are skipped. Established connections are
+/// not touched either way.
+pub fn same_uid_incoming(
+    listener: UnixListener,
+) -> impl Stream<Item = io::Result<AuthorityFix<UnixStream>>> {
     let uid = rustix::process::getuid().as_raw();
-    UnixListenerStream::new(listener).filter_map(move |conn| async move {
-        match conn {
-            Ok(stream) => match stream.peer_cred() {
-                Ok(cred) if cred.uid() == uid => Some(Ok(stream)),
-                Ok(cred) => {
-                    tracing::warn!(
-                        peer_uid = cred.uid(),
-                        "refused a connection from another user"
-                    );
-                    None
+    futures::stream::unfold(
+        (listener, false),
+        move |(listener, mut exhausted)| async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        if exhausted {
+                            exhausted = false;
+                            tracing::info!(
+                                "file descriptors are free again; accepting connections"
+                            );
+                        }
+                        match stream.peer_cred() {
+                            Ok(cred) if cred.uid() == uid => {
+                                return Some((
+                                    Ok(AuthorityFix::new(stream)),
+                                    (listener, exhausted),
+                                ));
+                            }
+                            Ok(cred) => tracing::warn!(
+                                peer_uid = cred.uid(),
+                                "refused a connection from another user"
+                            ),
+                            Err(e) => tracing::warn!(
+                                error = %e,
+                                "refused a connection without peer credentials"
+                            ),
+                        }
+                    }
+                    Err(e) if is_resource_exhaustion(&e) => {
+                        if !exhausted {
+                            exhausted = true;
+                            tracing::warn!(
+                                error = %e,
+                                "cannot accept connections: out of file descriptors; retrying every \
+                                 100 ms, open calls go on (raise busd's open-file limit, \
+                                 `ulimit -n`, or close idle clients)"
+                            );
+                        }
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "an accept failed; skipped"),
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "refused a connection without peer credentials");
-                    None
-                }
-            },
-            Err(e) => Some(Err(e)),
+            }
+        },
+    )
+}
+
+/// Raises this process's soft limit on open files to its hard limit, so many clients can
+/// hold connections; returns the limit now in force (`None` when it could not be read).
+pub fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "could not raise the open-file limit to its hard limit");
+            return getrlimit(Resource::Nofile).current;
         }
-    })
+    }
+    limit.current
 }
 
 #[cfg(test)]

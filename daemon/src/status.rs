@@ -106,7 +106,12 @@ pub fn to_status(error: &Error) -> Status {
         ) => (
             code_for_http(problem.status, problem.code),
             problem.code.as_str().to_ascii_uppercase(),
-            problem.guidance.clone(),
+            Some(
+                problem
+                    .guidance
+                    .clone()
+                    .unwrap_or_else(|| fallback_guidance(problem.code).to_owned()),
+            ),
             problem.guidance_url.clone(),
         ),
         Error::Upstream(UpstreamError::Timeout { origin }) => (
@@ -161,6 +166,55 @@ pub fn to_status(error: &Error) -> Status {
         add_upstream_details(&mut details, upstream);
     }
     Status::with_error_details(code, message, details)
+}
+
+/// The next step for a runner problem that names none itself.
+fn fallback_guidance(code: ProblemCode) -> &'static str {
+    match code {
+        ProblemCode::TokenMissing | ProblemCode::TokenInvalid | ProblemCode::TokenExpired => {
+            "get a fresh token with `bus auth token`, then `bus auth reload`"
+        }
+        ProblemCode::ScopeMissing | ProblemCode::ScopeNotAllowed => {
+            "check the token's scopes with `bus auth status` and get one that has the scope"
+        }
+        ProblemCode::NotFound => {
+            "check the name or id: `bus containers runs`, `bus containers execs`, \
+             `bus images ls` and `bus builds ls` list what exists"
+        }
+        ProblemCode::InvalidRequest | ProblemCode::PayloadTooLarge => {
+            "fix the request as the message says; `bus help` shows each command's options"
+        }
+        ProblemCode::UnknownProfile => "name a profile the runner offers, or leave it out",
+        ProblemCode::EngineUnavailable => {
+            "try again shortly; if it persists, check the runner's container engine \
+             (`bus local status` for a local stack)"
+        }
+        ProblemCode::Internal | ProblemCode::Unknown => {
+            "try again; if it persists, check the runner's log and report the message"
+        }
+        ProblemCode::ApiKeyInvalid => {
+            "check the API key and run `bus auth token` again with the right one"
+        }
+        ProblemCode::ImageNotAllowed => {
+            "run an image the token's grant allows, or get a token that allows this one"
+        }
+        ProblemCode::LogsDisabled => "get a token whose grant allows log streaming",
+        ProblemCode::BillingRequired => "set up billing for the account, then try again",
+        ProblemCode::QuotaExhausted => {
+            "wait for a run to end (`bus containers runs`) or for the quota period to pass"
+        }
+        ProblemCode::IdempotencyKeyReused => "send a new request id for a different request",
+        ProblemCode::RunNotRunning => {
+            "check the run's state with `bus containers status RUN`; exec needs a running run"
+        }
+        ProblemCode::ImageNameTaken => "choose another image name (`bus images ls` shows yours)",
+        ProblemCode::ImageInUse => {
+            "wait for the runs that use the image to end (`bus containers runs`), then retry"
+        }
+        ProblemCode::RegistryDenied => "check the registry credentials and the image's name",
+        ProblemCode::RegistryFailed => "try again shortly; check that the registry is reachable",
+        ProblemCode::UploadTooLarge => "send a smaller build context or image archive",
+    }
 }
 
 /// The typed details of an upstream refusal: when to retry, which quota, which precondition.
@@ -311,6 +365,139 @@ mod tests {
         assert_eq!(
             status.get_error_details().error_info().unwrap().reason,
             "UPSTREAM_TIMEOUT"
+        );
+    }
+
+    /// Every kind of error busd returns: each carries ErrorInfo and a LocalizedMessage.
+    fn every_error() -> Vec<Error> {
+        let mut errors = vec![
+            Error::Credentials(CredentialError::Missing { looked: "x".into() }),
+            Error::Credentials(CredentialError::Insecure {
+                path: "/t".into(),
+                mode: 0o644,
+            }),
+            Error::Credentials(CredentialError::Unreadable {
+                path: "/t".into(),
+                source: std::io::Error::other("gone"),
+            }),
+            Error::Credentials(CredentialError::Malformed {
+                source_name: "/t".into(),
+                why: "not a JWT",
+            }),
+            Error::Credentials(CredentialError::Expired {
+                source_name: "/t".into(),
+                token_file: None,
+                expired_at: "2023-11-14T22:13:20Z".into(),
+                subject: "alice".into(),
+                scopes: "container:read".into(),
+            }),
+            Error::ApiUrl(ApiUrlError::Unparsable("x".into(), "bad".into())),
+            Error::ApiUrl(ApiUrlError::Scheme("ftp://x".into())),
+            Error::ApiUrl(ApiUrlError::HasApiPath {
+                given: "http://o/api/v1".into(),
+                origin: "http://o".into(),
+            }),
+            Error::ApiUrl(ApiUrlError::NotAnOrigin("http://o/x".into())),
+            Error::NotFound {
+                message: "no exec e-1 in run r-1".into(),
+                guidance: "list them".into(),
+            },
+            Error::InvalidArgument {
+                message: "bad".into(),
+                guidance: "fix it".into(),
+            },
+            Error::Upstream(UpstreamError::Timeout {
+                origin: "http://o".into(),
+            }),
+            Error::Upstream(UpstreamError::Unreachable {
+                origin: "http://o".into(),
+                reason: "refused".into(),
+            }),
+            Error::Upstream(UpstreamError::Unavailable {
+                origin: "http://o".into(),
+                status: "503".into(),
+                tries: 3,
+                retry_after: None,
+            }),
+            Error::Upstream(UpstreamError::Protocol {
+                origin: "http://o".into(),
+                reason: "not JSON".into(),
+            }),
+        ];
+        use ProblemCode::*;
+        let codes = [
+            TokenMissing,
+            TokenInvalid,
+            TokenExpired,
+            ScopeMissing,
+            NotFound,
+            InvalidRequest,
+            PayloadTooLarge,
+            UnknownProfile,
+            EngineUnavailable,
+            Internal,
+            ApiKeyInvalid,
+            ScopeNotAllowed,
+            ImageNotAllowed,
+            LogsDisabled,
+            BillingRequired,
+            QuotaExhausted,
+            IdempotencyKeyReused,
+            RunNotRunning,
+            ImageNameTaken,
+            ImageInUse,
+            RegistryDenied,
+            RegistryFailed,
+            UploadTooLarge,
+            Unknown,
+        ];
+        for code in codes {
+            // As the runner sends them for a missing run, exec, image or build: no guidance.
+            let problem = || Box::new(Problem::new(code, 404, "Not Found", "no such thing"));
+            errors.push(Error::Upstream(UpstreamError::Problem(problem())));
+            errors.push(Error::Upstream(UpstreamError::RetryLater {
+                problem: problem(),
+                retry_after: std::time::Duration::from_secs(1),
+            }));
+        }
+        errors
+    }
+
+    #[test]
+    fn every_error_carries_error_info_and_a_next_step() {
+        for error in every_error() {
+            let status = to_status(&error);
+            let details = status.get_error_details();
+            let info = details
+                .error_info()
+                .unwrap_or_else(|| panic!("{error:?}: no ErrorInfo"));
+            assert_eq!(info.domain, DOMAIN, "{error:?}");
+            assert!(!info.reason.is_empty(), "{error:?}");
+            let next = details
+                .localized_message()
+                .unwrap_or_else(|| panic!("{error:?}: no LocalizedMessage"));
+            assert!(!next.message.trim().is_empty(), "{error:?}");
+            assert!(
+                !next.message.contains("/api/"),
+                "{error:?}: {}",
+                next.message
+            );
+        }
+    }
+
+    #[test]
+    fn a_runner_not_found_without_guidance_names_the_listing_commands() {
+        let problem = Problem::new(ProblemCode::NotFound, 404, "Not Found", "no run r-1");
+        let status = to_status(&Error::Upstream(UpstreamError::Problem(Box::new(problem))));
+        assert_eq!(status.code(), Code::NotFound);
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "NOT_FOUND");
+        assert!(
+            details
+                .localized_message()
+                .unwrap()
+                .message
+                .contains("bus containers runs")
         );
     }
 

@@ -32,6 +32,17 @@ export const protobufFileName = "bus/containers/v1/containers.proto";
  * Compatibility: v1 only grows. Fields are added, never renumbered; removed fields are
  * `reserved`. Every enum starts with an UNSPECIFIED zero value so that an old client reading
  * a newer value sees "unknown" rather than a wrong meaning.
+ *
+ * Per-call metadata (optional, on any call of any bus service; busd's own settings apply when
+ * absent):
+ *   bus-token-file  a token file (mode 0600) to use instead of busd's token source
+ *   bus-token       a token to use instead (what the CLI sends from BUS_AI_TOKEN/BUS_API_TOKEN)
+ *   bus-api-url     a runner origin to use instead of busd's, e.g. http://127.0.0.1:8650
+ *   bus-api-key     an account's API key, read by Daemon.CreateToken only
+ * `bus-token-file` wins over `bus-token`. The standard `grpc-timeout` bounds the runner call.
+ * With grpcurl:
+ *   grpcurl -plaintext -unix -H 'bus-token-file: /home/me/.config/bus/token' \
+ *     "$XDG_RUNTIME_DIR/bus/busd.sock" bus.containers.v1.Containers/GetStatus
  */
 
 export enum RunState {

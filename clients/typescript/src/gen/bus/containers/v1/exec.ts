@@ -171,6 +171,10 @@ export interface ExecResponse {
 
 /** The command is running. */
 export interface ExecStarted {
+  /**
+   * The detached exec's id: the one `detach` created, or the `exec_id` attached to. Empty for
+   * a plain exec and for `attach`: the runner keeps no record of those to name.
+   */
   execId: string;
 }
 
@@ -1788,7 +1792,10 @@ export const ExecInfo: MessageFns<ExecInfo> = {
   },
 };
 
-/** Commands in running runs. */
+/**
+ * Commands in running runs. Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`):
+ * see bus/containers/v1/containers.proto.
+ */
 export type ExecService = typeof ExecService;
 export const ExecService = {
   /**

@@ -1095,6 +1095,10 @@ export const ShutdownResponse: MessageFns<ShutdownResponse> = {
   },
 };
 
+/**
+ * Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`, and `bus-api-key` for
+ * CreateToken): see bus/containers/v1/containers.proto.
+ */
 export type DaemonService = typeof DaemonService;
 export const DaemonService = {
   /** Version, protocol, upstream and the identity of the current credentials. */

@@ -1657,7 +1657,11 @@ export const DeleteBuildResponse: MessageFns<DeleteBuildResponse> = {
   },
 };
 
-/** Builds of the caller's account; another account's build is NOT_FOUND. */
+/**
+ * Builds of the caller's account; another account's build is NOT_FOUND.
+ * Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`): see
+ * bus/containers/v1/containers.proto.
+ */
 export type BuildsServiceService = typeof BuildsServiceService;
 export const BuildsServiceService = {
   /**

@@ -2489,6 +2489,8 @@ export const SaveImageResponse: MessageFns<SaveImageResponse> = {
 /**
  * An account sees only the images it pulled, loaded, built or tagged, and the public ones;
  * another account's image is NOT_FOUND, like a missing one.
+ * Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`): see
+ * bus/containers/v1/containers.proto.
  */
 export type ImagesServiceService = typeof ImagesServiceService;
 export const ImagesServiceService = {

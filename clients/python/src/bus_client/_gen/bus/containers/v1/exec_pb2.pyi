@@ -301,6 +301,9 @@ class ExecStarted(_message.Message):
 
     EXEC_ID_FIELD_NUMBER: _builtins.int
     exec_id: _builtins.str
+    """The detached exec's id: the one `detach` created, or the `exec_id` attached to. Empty for
+    a plain exec and for `attach`: the runner keeps no record of those to name.
+    """
     def __init__(
         self,
         *,

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class ExecStub:
-    """Commands in running runs.
+    """Commands in running runs. Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`):
+    see bus/containers/v1/containers.proto.
     """
 
     def __init__(self, channel):
@@ -48,7 +49,8 @@ class ExecStub:
 
 
 class ExecServicer:
-    """Commands in running runs.
+    """Commands in running runs. Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`):
+    see bus/containers/v1/containers.proto.
     """
 
     def Exec(self, request_iterator, context):
@@ -102,7 +104,8 @@ def add_ExecServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Exec:
-    """Commands in running runs.
+    """Commands in running runs. Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`):
+    see bus/containers/v1/containers.proto.
     """
 
     @staticmethod

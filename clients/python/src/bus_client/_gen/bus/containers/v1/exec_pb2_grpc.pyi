@@ -27,7 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ExecStub:
-    """Commands in running runs."""
+    """Commands in running runs. Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`):
+    see bus/containers/v1/containers.proto.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -56,7 +58,9 @@ class ExecStub:
 
 @_typing.type_check_only
 class ExecAsyncStub(ExecStub):
-    """Commands in running runs."""
+    """Commands in running runs. Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`):
+    see bus/containers/v1/containers.proto.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Exec: _aio.StreamStreamMultiCallable[_exec_pb2.ExecRequest, _exec_pb2.ExecResponse]  # type: ignore[assignment]
@@ -81,7 +85,9 @@ class ExecAsyncStub(ExecStub):
     """A detached exec: its state and, once it ended, its exit code."""
 
 class ExecServicer(metaclass=_abc_1.ABCMeta):
-    """Commands in running runs."""
+    """Commands in running runs. Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`):
+    see bus/containers/v1/containers.proto.
+    """
 
     @_abc_1.abstractmethod
     def Exec(

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class DaemonStub:
-    """Missing associated documentation comment in .proto file."""
+    """Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`, and `bus-api-key` for
+    CreateToken): see bus/containers/v1/containers.proto.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -57,7 +59,9 @@ class DaemonStub:
 
 
 class DaemonServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`, and `bus-api-key` for
+    CreateToken): see bus/containers/v1/containers.proto.
+    """
 
     def GetInfo(self, request, context):
         """Version, protocol, upstream and the identity of the current credentials.
@@ -122,7 +126,9 @@ def add_DaemonServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Daemon:
-    """Missing associated documentation comment in .proto file."""
+    """Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`, and `bus-api-key` for
+    CreateToken): see bus/containers/v1/containers.proto.
+    """
 
     @staticmethod
     def GetInfo(request,

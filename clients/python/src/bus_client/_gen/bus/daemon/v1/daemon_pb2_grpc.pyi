@@ -27,6 +27,10 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class DaemonStub:
+    """Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`, and `bus-api-key` for
+    CreateToken): see bus/containers/v1/containers.proto.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -48,6 +52,10 @@ class DaemonStub:
 
 @_typing.type_check_only
 class DaemonAsyncStub(DaemonStub):
+    """Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`, and `bus-api-key` for
+    CreateToken): see bus/containers/v1/containers.proto.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetInfo: _aio.UnaryUnaryMultiCallable[_daemon_pb2.GetInfoRequest, _daemon_pb2.DaemonInfo]  # type: ignore[assignment]
     """Version, protocol, upstream and the identity of the current credentials."""
@@ -65,6 +73,10 @@ class DaemonAsyncStub(DaemonStub):
     """
 
 class DaemonServicer(metaclass=_abc_1.ABCMeta):
+    """Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`, and `bus-api-key` for
+    CreateToken): see bus/containers/v1/containers.proto.
+    """
+
     @_abc_1.abstractmethod
     def GetInfo(
         self,

@@ -27,6 +27,8 @@ if _version_not_supported:
 
 class BuildsServiceStub:
     """Builds of the caller's account; another account's build is NOT_FOUND.
+    Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`): see
+    bus/containers/v1/containers.proto.
     """
 
     def __init__(self, channel):
@@ -69,6 +71,8 @@ class BuildsServiceStub:
 
 class BuildsServiceServicer:
     """Builds of the caller's account; another account's build is NOT_FOUND.
+    Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`): see
+    bus/containers/v1/containers.proto.
     """
 
     def CreateBuild(self, request_iterator, context):
@@ -157,6 +161,8 @@ def add_BuildsServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class BuildsService:
     """Builds of the caller's account; another account's build is NOT_FOUND.
+    Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`): see
+    bus/containers/v1/containers.proto.
     """
 
     @staticmethod

@@ -29,7 +29,10 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class BuildsServiceStub:
-    """Builds of the caller's account; another account's build is NOT_FOUND."""
+    """Builds of the caller's account; another account's build is NOT_FOUND.
+    Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`): see
+    bus/containers/v1/containers.proto.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -52,7 +55,10 @@ class BuildsServiceStub:
 
 @_typing.type_check_only
 class BuildsServiceAsyncStub(BuildsServiceStub):
-    """Builds of the caller's account; another account's build is NOT_FOUND."""
+    """Builds of the caller's account; another account's build is NOT_FOUND.
+    Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`): see
+    bus/containers/v1/containers.proto.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateBuild: _aio.StreamUnaryMultiCallable[_builds_pb2.CreateBuildRequest, _builds_pb2.CreateBuildResponse]  # type: ignore[assignment]
@@ -71,7 +77,10 @@ class BuildsServiceAsyncStub(BuildsServiceStub):
     """Delete a build and its output (cancelling it first)."""
 
 class BuildsServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Builds of the caller's account; another account's build is NOT_FOUND."""
+    """Builds of the caller's account; another account's build is NOT_FOUND.
+    Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`): see
+    bus/containers/v1/containers.proto.
+    """
 
     @_abc_1.abstractmethod
     def CreateBuild(

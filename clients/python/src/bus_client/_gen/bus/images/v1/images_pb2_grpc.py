@@ -28,6 +28,8 @@ if _version_not_supported:
 class ImagesServiceStub:
     """An account sees only the images it pulled, loaded, built or tagged, and the public ones;
     another account's image is NOT_FOUND, like a missing one.
+    Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`): see
+    bus/containers/v1/containers.proto.
     """
 
     def __init__(self, channel):
@@ -81,6 +83,8 @@ class ImagesServiceStub:
 class ImagesServiceServicer:
     """An account sees only the images it pulled, loaded, built or tagged, and the public ones;
     another account's image is NOT_FOUND, like a missing one.
+    Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`): see
+    bus/containers/v1/containers.proto.
     """
 
     def ListImages(self, request, context):
@@ -195,6 +199,8 @@ def add_ImagesServiceServicer_to_server(servicer, server):
 class ImagesService:
     """An account sees only the images it pulled, loaded, built or tagged, and the public ones;
     another account's image is NOT_FOUND, like a missing one.
+    Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`): see
+    bus/containers/v1/containers.proto.
     """
 
     @staticmethod

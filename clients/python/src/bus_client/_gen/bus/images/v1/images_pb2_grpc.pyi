@@ -33,6 +33,8 @@ GRPC_VERSION: str
 class ImagesServiceStub:
     """An account sees only the images it pulled, loaded, built or tagged, and the public ones;
     another account's image is NOT_FOUND, like a missing one.
+    Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`): see
+    bus/containers/v1/containers.proto.
     """
 
     @_typing.overload
@@ -64,6 +66,8 @@ class ImagesServiceStub:
 class ImagesServiceAsyncStub(ImagesServiceStub):
     """An account sees only the images it pulled, loaded, built or tagged, and the public ones;
     another account's image is NOT_FOUND, like a missing one.
+    Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`): see
+    bus/containers/v1/containers.proto.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -91,6 +95,8 @@ class ImagesServiceAsyncStub(ImagesServiceStub):
 class ImagesServiceServicer(metaclass=_abc_1.ABCMeta):
     """An account sees only the images it pulled, loaded, built or tagged, and the public ones;
     another account's image is NOT_FOUND, like a missing one.
+    Per-call metadata (`bus-token-file`, `bus-token`, `bus-api-url`): see
+    bus/containers/v1/containers.proto.
     """
 
     @_abc_1.abstractmethod
