@@ -40,7 +40,10 @@ fn two_streams_output(lines: u32) -> (String, String) {
 fn without_notices(stderr: &str) -> (String, usize) {
     let is_notice =
         |line: &str| line.starts_with("bus: the runner at ") && line.contains("unreachable");
-    let notices = stderr.split_inclusive('\n').filter(|l| is_notice(l)).count();
+    let notices = stderr
+        .split_inclusive('\n')
+        .filter(|l| is_notice(l))
+        .count();
     let rest = stderr
         .split_inclusive('\n')
         .filter(|l| !is_notice(l))
@@ -201,7 +204,10 @@ fn nothing_is_lost_across_a_runner_restart(lines: u32, before: u64, down: Durati
 
     let (code, out, err) = logs.finish(limit);
     let (err, notices) = without_notices(&err);
-    assert_eq!(notices, 1, "logs -f says once that the runner is unreachable");
+    assert_eq!(
+        notices, 1,
+        "logs -f says once that the runner is unreachable"
+    );
     assert_eq!(out, expected_out, "logs -f printed every stdout byte once");
     assert_eq!(
         err, expected_err,
