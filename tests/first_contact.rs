@@ -156,6 +156,15 @@ fn a_foreground_run_without_the_logs_grant_is_refused_before_it_starts() {
     assert!(runs.status.success(), "{}", stderr(&runs));
     assert_eq!(stdout(&runs), "", "no run was created");
 
+    // Attaching to the run's own command replays its output: refused the same way, before.
+    for flag in ["-i", "-t"] {
+        let out = stack.run(&["containers", "run", flag, "--", "cat"]);
+        let line = one_line_error(&out);
+        assert!(line.contains("no run was started"), "{flag}: {line}");
+        let runs = stack.run(&["containers", "runs", "-q"]);
+        assert_eq!(stdout(&runs), "", "{flag}: no run was created");
+    }
+
     // What the line advises works.
     let out = stack.run(&["containers", "run", "-d", "--", "sleep", "60"]);
     assert!(out.status.success(), "{}", stderr(&out));

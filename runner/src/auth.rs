@@ -41,8 +41,12 @@ pub const KEY_FILE: &str = "signing-key.pk8";
 pub const LEEWAY_SECONDS: i64 = 5;
 /// The longest TTL `mint` accepts.
 pub const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 60 * 60);
-/// The route whose output a grant with `logs: false` refuses (as routes/mod.rs spells it).
-pub const LOGS_ROUTE: &str = "/api/v1/containers/runs/{id}/logs";
+/// The routes that stream a run's output, which a grant with `logs: false` refuses (as
+/// routes/mod.rs spells them): its logs, and an attach to its command (which replays them).
+pub const OUTPUT_ROUTES: [&str; 2] = [
+    "/api/v1/containers/runs/{id}/logs",
+    "/api/v1/containers/runs/{id}/attach",
+];
 
 /// The signing key cannot be loaded or created.
 #[derive(Debug, thiserror::Error)]
@@ -479,7 +483,7 @@ impl Needs for ImageBuild {
 /// The verified caller of a request whose token carries scope `S::SCOPE`.
 ///
 /// As an extractor it rejects with `token_missing`, `token_invalid`, `token_expired` or
-/// `scope_missing` before any other extractor (such as the body) runs; on [`LOGS_ROUTE`] it
+/// `scope_missing` before any other extractor (such as the body) runs; on [`OUTPUT_ROUTES`] it
 /// also rejects with `logs_disabled` when the token's grant switches logs off (whether or not
 /// the run exists, so the answer says nothing about other accounts' runs).
 #[derive(Debug)]
@@ -542,7 +546,7 @@ impl<S: Needs> FromRequestParts<AppState> for Caller<S> {
         let on_logs = parts
             .extensions
             .get::<MatchedPath>()
-            .is_some_and(|p| p.as_str() == LOGS_ROUTE);
+            .is_some_and(|p| OUTPUT_ROUTES.contains(&p.as_str()));
         if on_logs && claims.grant.as_ref().is_some_and(|g| !g.allows_logs()) {
             return Err(ApiError::LogsDisabled);
         }

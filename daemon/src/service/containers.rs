@@ -186,8 +186,10 @@ impl Containers for ContainersService {
         let upstream = self.state.upstream(request.metadata())?;
         let pb::CreateRunRequest { spec, wait_running } = request.into_inner();
         let spec = create_run(spec)?;
+        // A run with a terminal or stdin is made to be attached to, and an attach replays its
+        // output: the runner refuses it before anything starts when the output may not be read.
         let options = CreateOptions {
-            follow: false,
+            follow: spec.tty || spec.stdin,
             wait_running,
         };
         let run = upstream
