@@ -281,6 +281,13 @@ async fn token_exchange() {
     );
     assert_eq!(grant.logs, Some(false));
 
+    // Without `resources`: every scope the account may hold, and no more.
+    for (key, scope) in [("key-reader", "container:read"), ("key-alice", EVERY)] {
+        let reply = call(&app, Method::POST, TOKEN, Some(key), Some(json!({}))).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", text(&reply));
+        assert_eq!(reply.json()["scope"], scope, "{key}");
+    }
+
     // Over-asking names what the account may not hold; unknown resources are a 400.
     let reply = call(
         &app,
@@ -312,7 +319,6 @@ async fn token_exchange() {
             json!({"resources": "container:read", "account": "x"}),
             "account",
         ),
-        (json!({}), "resources"),
     ] {
         let reply = call(
             &app,
@@ -1058,12 +1064,17 @@ async fn grants_narrow_images_and_logs() {
     let id = create(&app, &narrow, json!({"argv": ["sh", "-c", "echo secret"]})).await;
     let _cleanup = Cleanup(&podman, vec![id.clone()]);
 
-    // Logs are off: own run and a missing one get the same 403; the record is still readable.
-    for target in [id.as_str(), GHOST] {
+    // Logs are off: own run and a missing one get the same 403, for the logs and for an
+    // attach to the run's command (which replays them); the record is still readable.
+    let targets = [id.as_str(), GHOST];
+    for (target, route) in targets
+        .iter()
+        .flat_map(|t| [(t, "logs?follow=true"), (t, "attach")])
+    {
         let reply = call(
             &app,
             Method::GET,
-            &format!("{RUNS}/{target}/logs?follow=true"),
+            &format!("{RUNS}/{target}/{route}"),
             Some(&narrow),
             None,
         )
