@@ -273,15 +273,16 @@ fn render_status(status: &Status) -> String {
         _ if status.message().is_empty() => format!("busd answered {:?}", status.code()),
         _ => status.message().to_owned(),
     };
-    if let Some(guidance) = details.localized_message() {
-        line.push_str("; ");
-        line.push_str(&guidance.message);
-    } else if error_reason(status) == Some(PAYLOAD_TOO_LARGE) {
-        // What the CLI sends in bulk is a run's environment and arguments.
+    if error_reason(status) == Some(PAYLOAD_TOO_LARGE) {
+        // What the CLI sends in bulk is a run's environment and arguments; busd, which cannot
+        // know which command sent it, only says to fix the request.
         line.push_str(
             "; pass fewer or smaller -e values and arguments, or keep large data in a file in \
              the account's storage (`--profile agent` mounts it at /data) and read it there",
         );
+    } else if let Some(guidance) = details.localized_message() {
+        line.push_str("; ");
+        line.push_str(&guidance.message);
     }
     if let Some(delay) = details
         .retry_info()
