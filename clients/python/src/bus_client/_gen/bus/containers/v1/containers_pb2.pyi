@@ -15,7 +15,7 @@ absent):
   bus-api-key     an account's API key, read by Daemon.CreateToken only
 `bus-token-file` wins over `bus-token`. The standard `grpc-timeout` bounds the runner call.
 With grpcurl:
-  grpcurl -plaintext -unix -H 'bus-token-file: /home/me/.config/bus/token' \\
+  grpcurl -plaintext -unix -H 'bus-token-file: /home/me/.config/bus/auth/api-token' \\
     "$XDG_RUNTIME_DIR/bus/busd.sock" bus.containers.v1.Containers/GetStatus
 """
 
