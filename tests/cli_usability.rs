@@ -737,7 +737,7 @@ fn hints_name_cli_commands_not_rest_calls() {
     ] {
         let line = one_line_error(&bare.run(args));
         assert!(
-            line.contains("`bus local up`") && line.contains("`bus auth token --resources"),
+            line.contains("`bus local up`") && line.contains("`bus auth token`"),
             "{line}"
         );
         assert_cli_hint(&line);

@@ -210,7 +210,7 @@ fn a_token_from_another_deployment_is_refused() {
     let line = one_line_error(&stack.run(&["containers", "runs"]));
     assert!(line.contains("signature"), "{line}");
     assert!(
-        line.contains("`bus local up`") && line.contains("`bus auth token --resources"),
+        line.contains("`bus local up`") && line.contains("`bus auth token`"),
         "{line}"
     );
     assert!(!line.contains("bus-runner"), "{line}");

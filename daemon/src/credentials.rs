@@ -163,8 +163,8 @@ impl CredentialError {
     pub fn guidance(&self) -> String {
         match self {
             CredentialError::Missing { .. } => "get one with `bus local up` (the local runner) or \
-                 `bus auth token --resources \"container:read container:run container:delete\"` \
-                 (the account's API key in BUS_API_KEY), which save it to \
+                 `bus auth token` (it reads the account's API key from --api-key-file, BUS_API_KEY \
+                 or ~/.config/bus/auth/api-key), which save it to \
                  ~/.config/bus/auth/api-token; or point --token-file or BUS_AI_TOKEN at one"
                 .to_owned(),
             CredentialError::Insecure { path, .. } => {

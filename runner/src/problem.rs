@@ -22,8 +22,8 @@ pub const MINT_HINT: &str = "bus-runner token --state-dir DIR --account ID --res
 
 /// How a `bus` user gets a token this runner accepts.
 pub const RENEW_HINT: &str = "get one this runner accepts: `bus local up` for the local runner, \
-     or `bus auth token --resources \"container:read container:run container:delete\"` with \
-     the account's API key in BUS_API_KEY; it is saved to ~/.config/bus/auth/api-token and \
+     or `bus auth token` with the account's API key (from --api-key-file, BUS_API_KEY or \
+     ~/.config/bus/auth/api-key); it is saved to ~/.config/bus/auth/api-token and \
      busd picks it up without a restart";
 
 /// Everything a request can fail with.
@@ -197,8 +197,7 @@ impl ApiError {
                     format!("this token lacks the scope `{missing}`, which this endpoint needs"),
                 )
                 .with_guidance(format!(
-                    "get a token that includes it: `bus auth token --resources \"{}\"` (with the \
-                     account's API key in BUS_API_KEY)",
+                    "get a token that includes it: `bus auth token --resources \"{}\"`",
                     scopes.join(" ")
                 ))
             }
@@ -207,7 +206,8 @@ impl ApiError {
                 StatusCode::NOT_FOUND,
                 "Not found",
                 format!("no run {id} in this account"),
-            ),
+            )
+            .with_guidance("check the id: `bus containers runs` lists this account's runs"),
             ApiError::ExecNotFound(id) => p(
                 C::NotFound,
                 StatusCode::NOT_FOUND,
