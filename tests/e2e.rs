@@ -199,6 +199,8 @@ fn an_expired_token_says_how_to_renew_it() {
     let line = one_line_error(&stack.run(&["containers", "runs"]));
     assert!(line.contains("expired"), "{line}");
     assert!(line.contains("`bus local up`"), "{line}");
+    // Where `bus auth token` finds the API key, the default file included.
+    assert!(line.contains("~/.config/bus/auth/api-key"), "{line}");
     assert!(!line.contains("bus-runner"), "{line}");
 }
 

@@ -202,9 +202,9 @@ impl CredentialError {
                     format!("the API key of the account {subject}")
                 };
                 format!(
-                    "renew it with `bus auth token --resources \"{scopes}\"{file}` ({key} in \
-                     BUS_API_KEY), or with `bus local up` for the \
-                     local runner"
+                    "renew it with `bus auth token --resources \"{scopes}\"{file}` ({key} \
+                     from --api-key-file, BUS_API_KEY or ~/.config/bus/auth/api-key), or with \
+                     `bus local up` for the local runner"
                 )
             }
         }
