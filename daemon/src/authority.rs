@@ -400,10 +400,14 @@ impl Rewriter {
                 continue;
             }
             let mut field = None;
+            let plain = without_huffman(raw);
             self.decoder
-                .decode_with_cb(raw, |name: Cow<[u8]>, value: Cow<[u8]>| {
-                    field = Some((name.into_owned(), value.into_owned()));
-                })
+                .decode_with_cb(
+                    plain.as_deref().unwrap_or(raw),
+                    |name: Cow<[u8]>, value: Cow<[u8]>| {
+                        field = Some((name.into_owned(), value.into_owned()));
+                    },
+                )
                 .map_err(|e| format!("{e:?}"))?;
             let (name, value) = field.ok_or("a representation without a field")?;
             if name == b":authority" && !valid_authority(&value) {
@@ -493,6 +497,62 @@ fn representation_len(buf: &[u8]) -> Option<usize> {
         len += string_len(&buf[len..])?;
     }
     Some(len)
+}
+
+/// `raw`, one literal representation, with each Huffman-coded string written as plain
+/// octets, decoded by a table-driven decoder; `None` when it holds no Huffman-coded string or
+/// one does not decode (the HPACK decoder then reads the original and reports it). The HPACK
+/// decoder's own Huffman decoding builds a lookup map for every string, which made reading
+/// a request's headers cost more than the rest of the request.
+fn without_huffman(raw: &[u8]) -> Option<Vec<u8>> {
+    let prefix_bits = match *raw.first()? {
+        b if b & 0x80 != 0 || b & 0xe0 == 0x20 => return None,
+        b if b & 0xc0 == 0x40 => 6,
+        _ => 4,
+    };
+    let (index, mut at) = decode_int(raw, prefix_bits)?;
+    let strings = if index == 0 { 2 } else { 1 };
+    let mut plain: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    for _ in 0..strings {
+        let string = raw.get(at..)?;
+        let total = string_len(string)?;
+        if string[0] & 0x80 != 0 {
+            let (_, prefix) = decode_int(string, 7)?;
+            let coded = &string[prefix..total];
+            let mut decoded = Vec::with_capacity(total * 2);
+            httlib_huffman::decode(coded, &mut decoded, httlib_huffman::DecoderSpeed::FourBits)
+                .ok()?;
+            if !padded_by_the_rfc(coded, &decoded) {
+                return None;
+            }
+            let plain = plain.get_or_insert_with(|| Vec::with_capacity(raw.len() * 2));
+            plain.extend_from_slice(&raw[copied..at]);
+            encode_string(&decoded, plain);
+            copied = at + total;
+        }
+        at += total;
+    }
+    let mut plain = plain?;
+    plain.extend_from_slice(&raw[copied..]);
+    Some(plain)
+}
+
+/// Whether what follows the last code of `coded` is at most seven bits, all ones (RFC 7541
+/// §5.2), which the table-driven decoder does not check as strictly.
+fn padded_by_the_rfc(coded: &[u8], decoded: &[u8]) -> bool {
+    let bits: usize = decoded
+        .iter()
+        .map(|&b| usize::from(httlib_huffman::encoder::table::ENCODE_TABLE[usize::from(b)].0))
+        .sum();
+    let Some(padding) = (coded.len() * 8).checked_sub(bits) else {
+        return false;
+    };
+    let ones = (1u16 << padding.min(8)) - 1;
+    padding <= 7
+        && coded
+            .last()
+            .is_none_or(|&last| u16::from(last) & ones == ones)
 }
 
 fn encode_string(s: &[u8], out: &mut Vec<u8>) {
@@ -805,6 +865,83 @@ mod tests {
                     .clone()
             })
             .collect()
+    }
+
+    /// A string literal Huffman-coded, as grpc-core and grpc-js send most of theirs.
+    fn huffman(s: &[u8]) -> Vec<u8> {
+        let mut coded = Vec::new();
+        httlib_huffman::encode(s, &mut coded).unwrap();
+        let mut out = Vec::new();
+        loona_hpack::encoder::encode_integer_into(coded.len(), 7, 0x80, &mut out).unwrap();
+        out.extend(coded);
+        out
+    }
+
+    /// Two requests whose strings are all Huffman-coded: the first adds `authority` and a
+    /// custom field to the table, the second refers to both by index.
+    fn huffman_client(authority: &[u8]) -> Vec<u8> {
+        let mut first = vec![0x83, 0x86, 0x44]; // POST, http, :path (static name) indexed
+        first.extend(huffman(b"/grpc.health.v1.Health/Check"));
+        first.push(0x41); // :authority (static name), added to the table
+        first.extend(huffman(authority));
+        first.push(0x40); // a new name, added to the table
+        first.extend(huffman(b"x-client"));
+        first.extend(huffman(b"python grpc 1.85"));
+        first.push(0x00); // a new name, not indexed
+        first.extend(huffman(b"grpc-timeout"));
+        first.extend(huffman(b"29999m"));
+        // :path is entry 64, :authority 63, x-client 62.
+        let second = [0x83, 0x86, 0x80 | 64, 0x80 | 63, 0x80 | 62];
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(frame(0x4, 0, 0, &[]));
+        for (stream, block) in [(1, &first[..]), (3, &second[..])] {
+            bytes.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, stream, block));
+            bytes.extend(frame(0x0, FLAG_END_STREAM, stream, b"\0\0\0\0\0"));
+        }
+        bytes
+    }
+
+    #[test]
+    fn huffman_coded_blocks_are_read_like_plain_ones() {
+        let input = huffman_client(b"localhost");
+        assert_eq!(
+            rewrite(&[&input]),
+            input,
+            "a valid authority changes nothing"
+        );
+
+        let input = huffman_client(PATH);
+        let out = rewrite(&[&input]);
+        assert_eq!(authorities(&out), vec![b"localhost".to_vec(); 2]);
+        let (want, _) = read_as_server(&input).unwrap();
+        let (got, _) = read_as_server(&out).unwrap();
+        for (w, g) in want.iter().zip(&got) {
+            let others = |b: &DecodedBlock| {
+                b.fields
+                    .iter()
+                    .filter(|(n, _)| n != b":authority")
+                    .cloned()
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(others(w), others(g));
+        }
+        assert_eq!(got[1].fields.len(), 5, "{:?}", got[1].fields);
+    }
+
+    #[test]
+    fn a_huffman_string_that_does_not_decode_is_left_to_the_hpack_decoder() {
+        // `a` is 00011; the padding after it must be ones (RFC 7541 §5.2).
+        let mut rep = vec![0x41, 0x81, 0b0001_1000];
+        assert_eq!(without_huffman(&rep), None);
+        rep[2] = 0b0001_1111;
+        assert_eq!(without_huffman(&rep), Some(vec![0x41, 0x01, b'a']));
+        // Eight bits of padding are too many.
+        assert_eq!(without_huffman(&[0x41, 0x81, 0xff]), None);
+        // Indexed fields and size updates hold no strings.
+        assert_eq!(without_huffman(&[0x82]), None);
+        assert_eq!(without_huffman(&[0x3f, 0xe1, 0x1f]), None);
+        // A plain literal stays as it is.
+        assert_eq!(without_huffman(&[0x41, 0x01, b'a']), None);
     }
 
     #[test]
