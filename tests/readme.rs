@@ -1,8 +1,8 @@
-//! The README's shell examples, run: every ```sh block of README.md runs in a fresh
-//! `bash -e` (with a time limit) against a real runner on Podman and the real `bus`, which
-//! starts the real busd (see `tests/common`). A block that cannot run here is marked in the
-//! README itself by a `<!-- not-run: REASON -->` line just before its fence; nothing else
-//! skips one. A failure names the block by its line in README.md.
+//! The documentation's shell examples, run: every ```sh block of README.md and of every page
+//! under docs/ runs in a fresh `bash -e` (with a time limit) against a real runner on Podman
+//! and the real `bus`, which starts the real busd (see `tests/common`). A block that cannot
+//! run here is marked in the page itself by a `<!-- not-run: REASON -->` line just before its
+//! fence; nothing else skips one. A failure names the block by its page and line.
 
 mod common;
 
@@ -40,7 +40,7 @@ fn blocks(readme: &str) -> Vec<Block> {
         if let Some(reason) = &not_run {
             assert!(
                 !reason.is_empty(),
-                "README.md:{}: a not-run mark needs its reason",
+                "line {}: a not-run mark needs its reason",
                 i
             );
         }
@@ -69,12 +69,40 @@ fn the_marks_are_read_from_the_readme() {
     assert!(found[1].not_run.is_none());
 }
 
+/// README.md and every page under docs/, as (path from the repository root, text).
+fn pages() -> Vec<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut names = vec!["README.md".to_owned()];
+    let mut docs: Vec<String> = std::fs::read_dir(root.join("docs"))
+        .expect("docs/")
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".md"))
+        .map(|name| format!("docs/{name}"))
+        .collect();
+    docs.sort();
+    names.extend(docs);
+    names
+        .into_iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(root.join(&name)).expect(&name);
+            (name, text)
+        })
+        .collect()
+}
+
 #[test]
-fn every_shell_example_in_the_readme_works() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
-    let blocks = blocks(&readme);
-    let runnable: Vec<&Block> = blocks.iter().filter(|b| b.not_run.is_none()).collect();
+fn every_shell_example_in_the_docs_works() {
+    let pages = pages();
+    assert!(pages.len() > 1, "no pages under docs/");
+    let blocks: Vec<(String, Block)> = pages
+        .iter()
+        .flat_map(|(name, text)| blocks(text).into_iter().map(|b| (name.clone(), b)))
+        .collect();
+    let runnable: Vec<(&str, &Block)> = blocks
+        .iter()
+        .filter(|(_, b)| b.not_run.is_none())
+        .map(|(name, b)| (name.as_str(), b))
+        .collect();
     assert!(
         runnable.len() >= 5,
         "only {} runnable blocks",
@@ -99,7 +127,7 @@ fn every_shell_example_in_the_readme_works() {
         std::env::var("PATH").unwrap_or_default()
     );
     let mut failures = Vec::new();
-    for block in runnable {
+    for (page, block) in runnable {
         // Each block starts from a full token and the default settings.
         stack.write_token(&stack.runner.token("dev", SCOPES));
         let _ = std::fs::remove_file(stack.config_dir().join("config.toml"));
@@ -121,7 +149,7 @@ fn every_shell_example_in_the_readme_works() {
             .unwrap();
         if !out.status.success() {
             failures.push(format!(
-                "README.md:{} failed ({}):\n{}--- stdout:\n{}--- stderr:\n{}",
+                "{page}:{} failed ({}):\n{}--- stdout:\n{}--- stderr:\n{}",
                 block.line,
                 match out.status.code() {
                     Some(124) => format!("timed out after {BLOCK_SECONDS} s"),
