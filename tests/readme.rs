@@ -2,7 +2,8 @@
 //! under docs/ runs in a fresh `bash -e` (with a time limit) against a real runner on Podman
 //! and the real `bus`, which starts the real busd (see `tests/common`). A block that cannot
 //! run here is marked in the page itself by a `<!-- not-run: REASON -->` line just before its
-//! fence; nothing else skips one. A failure names the block by its page and line.
+//! fence; nothing else skips one. A failure names the block by its page and line. Every
+//! relative link between the pages must reach a file, and a `#heading` in it.
 
 mod common;
 
@@ -162,4 +163,61 @@ fn every_shell_example_in_the_docs_works() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The anchors of `page`'s headings, as GitHub makes them (lower case, punctuation dropped,
+/// spaces as dashes), outside code blocks.
+fn anchors(page: &str) -> Vec<String> {
+    let mut in_code = false;
+    let mut found = Vec::new();
+    for line in page.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+        } else if !in_code && line.starts_with('#') {
+            let title = line.trim_start_matches('#').trim().to_lowercase();
+            found.push(
+                title
+                    .chars()
+                    .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+                    .map(|c| if c == ' ' { '-' } else { c })
+                    .collect(),
+            );
+        }
+    }
+    found
+}
+
+#[test]
+fn every_link_between_the_pages_resolves() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut broken = Vec::new();
+    for (name, text) in pages() {
+        let dir = root.join(&name).parent().unwrap().to_path_buf();
+        // Links in prose only: drop code blocks.
+        let prose: String = text.split("```").step_by(2).collect::<Vec<_>>().join("");
+        for link in prose
+            .split("](")
+            .skip(1)
+            .filter_map(|s| s.split(')').next())
+        {
+            if link.starts_with("http") || link.contains(' ') {
+                continue;
+            }
+            let (path, anchor) = link.split_once('#').unwrap_or((link, ""));
+            let target = if path.is_empty() {
+                root.join(&name)
+            } else {
+                dir.join(path)
+            };
+            if !target.exists() {
+                broken.push(format!("{name}: {link}: no such file"));
+            } else if !anchor.is_empty() {
+                let page = std::fs::read_to_string(&target).unwrap_or_default();
+                if !anchors(&page).iter().any(|a| a == anchor) {
+                    broken.push(format!("{name}: {link}: no such heading"));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
 }
