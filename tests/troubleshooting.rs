@@ -486,6 +486,12 @@ fn produce() -> Vec<(&'static str, String)> {
         &["--timeout", "1s", "containers", "runs"],
     );
     rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+
+    // The runner up, its engine (Podman's API service) not.
+    stop_pid(stack.runner.engine.pid());
+    let mut cmd = stack.bus();
+    cmd.args(["containers", "run", "--", "true"]);
+    lines.push(("the engine is down", error_line("the engine is down", cmd)));
     lines
 }
 
