@@ -1,4 +1,4 @@
-//! The Rust SDK's example, `examples/run.rs`, run against a real busd: it is the README's
+//! The Rust SDK's example, `examples/run.rs`, run against a real busd: it is docs/clients.md's
 //! "Use from Rust" example, byte for byte, and prints `OK` and exits 0 (or the command's code).
 
 mod common;
@@ -18,13 +18,13 @@ fn example(name: &str) -> PathBuf {
     path
 }
 
-/// The first fenced block under `### {language}` in the README's "Use from" section.
+/// The first fenced block under `### {language}` in the "Use from" section of docs/clients.md.
 fn readme_block(language: &str) -> String {
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/clients.md")).unwrap();
     let section = readme
         .split_once("## Use from Python / TypeScript / Rust")
-        .expect("the README has a \"Use from\" section")
+        .expect("docs/clients.md has a \"Use from\" section")
         .1;
     let part = section.split_once(&format!("### {language}")).unwrap().1;
     let start = part.find("```").unwrap();
@@ -40,7 +40,7 @@ fn readme_rust_example_is_examples_run_rs_and_works() {
     assert_eq!(
         readme_block("Rust"),
         source,
-        "README's Rust example != examples/run.rs"
+        "the Rust example in docs/clients.md != examples/run.rs"
     );
 
     let stack = Stack::start();

@@ -1,8 +1,9 @@
-//! The README's shell examples, run: every ```sh block of README.md runs in a fresh
-//! `bash -e` (with a time limit) against a real runner on Podman and the real `bus`, which
-//! starts the real busd (see `tests/common`). A block that cannot run here is marked in the
-//! README itself by a `<!-- not-run: REASON -->` line just before its fence; nothing else
-//! skips one. A failure names the block by its line in README.md.
+//! The documentation's shell examples, run: every ```sh block of README.md and of every page
+//! under docs/ runs in a fresh `bash -e` (with a time limit) against a real runner on Podman
+//! and the real `bus`, which starts the real busd (see `tests/common`). A block that cannot
+//! run here is marked in the page itself by a `<!-- not-run: REASON -->` line just before its
+//! fence; nothing else skips one. A failure names the block by its page and line. Every
+//! relative link between the pages must reach a file, and a `#heading` in it.
 
 mod common;
 
@@ -40,7 +41,7 @@ fn blocks(readme: &str) -> Vec<Block> {
         if let Some(reason) = &not_run {
             assert!(
                 !reason.is_empty(),
-                "README.md:{}: a not-run mark needs its reason",
+                "line {}: a not-run mark needs its reason",
                 i
             );
         }
@@ -69,12 +70,40 @@ fn the_marks_are_read_from_the_readme() {
     assert!(found[1].not_run.is_none());
 }
 
+/// README.md and every page under docs/, as (path from the repository root, text).
+fn pages() -> Vec<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut names = vec!["README.md".to_owned()];
+    let mut docs: Vec<String> = std::fs::read_dir(root.join("docs"))
+        .expect("docs/")
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".md"))
+        .map(|name| format!("docs/{name}"))
+        .collect();
+    docs.sort();
+    names.extend(docs);
+    names
+        .into_iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(root.join(&name)).expect(&name);
+            (name, text)
+        })
+        .collect()
+}
+
 #[test]
-fn every_shell_example_in_the_readme_works() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
-    let blocks = blocks(&readme);
-    let runnable: Vec<&Block> = blocks.iter().filter(|b| b.not_run.is_none()).collect();
+fn every_shell_example_in_the_docs_works() {
+    let pages = pages();
+    assert!(pages.len() > 1, "no pages under docs/");
+    let blocks: Vec<(String, Block)> = pages
+        .iter()
+        .flat_map(|(name, text)| blocks(text).into_iter().map(|b| (name.clone(), b)))
+        .collect();
+    let runnable: Vec<(&str, &Block)> = blocks
+        .iter()
+        .filter(|(_, b)| b.not_run.is_none())
+        .map(|(name, b)| (name.as_str(), b))
+        .collect();
     assert!(
         runnable.len() >= 5,
         "only {} runnable blocks",
@@ -99,7 +128,7 @@ fn every_shell_example_in_the_readme_works() {
         std::env::var("PATH").unwrap_or_default()
     );
     let mut failures = Vec::new();
-    for block in runnable {
+    for (page, block) in runnable {
         // Each block starts from a full token and the default settings.
         stack.write_token(&stack.runner.token("dev", SCOPES));
         let _ = std::fs::remove_file(stack.config_dir().join("config.toml"));
@@ -121,7 +150,7 @@ fn every_shell_example_in_the_readme_works() {
             .unwrap();
         if !out.status.success() {
             failures.push(format!(
-                "README.md:{} failed ({}):\n{}--- stdout:\n{}--- stderr:\n{}",
+                "{page}:{} failed ({}):\n{}--- stdout:\n{}--- stderr:\n{}",
                 block.line,
                 match out.status.code() {
                     Some(124) => format!("timed out after {BLOCK_SECONDS} s"),
@@ -134,4 +163,61 @@ fn every_shell_example_in_the_readme_works() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The anchors of `page`'s headings, as GitHub makes them (lower case, punctuation dropped,
+/// spaces as dashes), outside code blocks.
+fn anchors(page: &str) -> Vec<String> {
+    let mut in_code = false;
+    let mut found = Vec::new();
+    for line in page.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+        } else if !in_code && line.starts_with('#') {
+            let title = line.trim_start_matches('#').trim().to_lowercase();
+            found.push(
+                title
+                    .chars()
+                    .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+                    .map(|c| if c == ' ' { '-' } else { c })
+                    .collect(),
+            );
+        }
+    }
+    found
+}
+
+#[test]
+fn every_link_between_the_pages_resolves() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut broken = Vec::new();
+    for (name, text) in pages() {
+        let dir = root.join(&name).parent().unwrap().to_path_buf();
+        // Links in prose only: drop code blocks.
+        let prose: String = text.split("```").step_by(2).collect::<Vec<_>>().join("");
+        for link in prose
+            .split("](")
+            .skip(1)
+            .filter_map(|s| s.split(')').next())
+        {
+            if link.starts_with("http") || link.contains(' ') {
+                continue;
+            }
+            let (path, anchor) = link.split_once('#').unwrap_or((link, ""));
+            let target = if path.is_empty() {
+                root.join(&name)
+            } else {
+                dir.join(path)
+            };
+            if !target.exists() {
+                broken.push(format!("{name}: {link}: no such file"));
+            } else if !anchor.is_empty() {
+                let page = std::fs::read_to_string(&target).unwrap_or_default();
+                if !anchors(&page).iter().any(|a| a == anchor) {
+                    broken.push(format!("{name}: {link}: no such heading"));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
 }

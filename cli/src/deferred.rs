@@ -35,12 +35,14 @@ impl<T: FromArgMatches> FromArgMatches for Deferred<T> {
 
 impl<T: Subcommand> Subcommand for Deferred<T> {
     fn augment_subcommands(cmd: Command) -> Command {
-        defer(cmd, |cmd| keep_about(cmd, T::augment_subcommands))
+        defer(cmd, |cmd| {
+            crate::guides::point(keep_about(cmd, T::augment_subcommands))
+        })
     }
 
     fn augment_subcommands_for_update(cmd: Command) -> Command {
         defer(cmd, |cmd| {
-            keep_about(cmd, T::augment_subcommands_for_update)
+            crate::guides::point(keep_about(cmd, T::augment_subcommands_for_update))
         })
     }
 

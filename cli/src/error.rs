@@ -1,6 +1,6 @@
 //! The CLI's errors and the one place they become a line on stderr and an exit code.
 //!
-//! Exit codes (documented in the README). `run`, `exec`, `wait` and `execs wait` pass on the
+//! Exit codes (documented in docs/cli.md). `run`, `exec`, `wait` and `execs wait` pass on the
 //! command's own code instead, 124 when the run hit its timeout, and [`exit::TOOL_FAILED`]
 //! (125, as docker does) for every failure of bus, busd or the runner, so the command's own
 //! codes stay unambiguous. Every other command:

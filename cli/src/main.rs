@@ -19,6 +19,7 @@ mod daemon;
 mod deferred;
 mod error;
 mod guard;
+mod guides;
 mod output;
 mod pipe;
 mod progress;
@@ -38,7 +39,13 @@ use crate::error::CliError;
 
 /// bus: run containers through the local busd daemon.
 #[derive(Debug, Parser)]
-#[command(name = "bus", version, about, propagate_version = true)]
+#[command(
+    name = "bus",
+    version,
+    about,
+    propagate_version = true,
+    after_help = guides::ALL
+)]
 struct Cli {
     /// The API origin busd should call, e.g. https://runner.example.com
     /// [env: BUS_AI_API_URL, BUS_API_BASE_URL]
@@ -76,13 +83,16 @@ enum Command {
     #[command(subcommand)]
     Auth(Deferred<commands::auth::Auth>),
     /// The account's plan, usage in the current period and limits.
+    #[command(after_help = guides::CREDENTIALS)]
     Billing(Deferred<commands::billing::Args>),
     /// Settings in config.toml: api_url, timeout, output, socket.
     #[command(subcommand)]
     Config(Deferred<commands::config::Config>),
     /// Print a shell completion script: `source <(bus completion bash)`.
+    #[command(after_help = guides::CLI)]
     Completion(commands::completion::CompletionArgs),
     /// Print the man page (or write every page with --dir).
+    #[command(after_help = guides::CLI)]
     Man(commands::completion::ManArgs),
     /// The whole deployment on this machine: Podman's API service, bus-runner, busd.
     #[command(subcommand)]

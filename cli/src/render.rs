@@ -34,7 +34,7 @@ pub fn ago(t: Option<&prost_types::Timestamp>, now: OffsetDateTime) -> String {
 pub enum Format {
     /// Aligned columns (or `key: value` lines) for people.
     Table,
-    /// One JSON document on stdout; its shape is documented in the README and stable.
+    /// One JSON document on stdout; its shape is documented in docs/cli.md and stable.
     Json,
 }
 

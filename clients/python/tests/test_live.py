@@ -46,8 +46,8 @@ def logs(channel, run_id, **kw):
 
 
 def readme_block(language: str) -> str:
-    """The first fenced code block under `### <language>` in the README's "Use from" section."""
-    readme = (REPO / "README.md").read_text()
+    """The first fenced code block under `### <language>` in docs/clients.md's "Use from" section."""
+    readme = (REPO / "docs" / "clients.md").read_text()
     section = readme.split("## Use from Python / TypeScript / Rust", 1)[1]
     part = section.split(f"### {language}", 1)[1]
     match = re.search(r"```\w*\n(.*?)```", part, re.S)
@@ -71,7 +71,7 @@ def test_run_prints_ok_and_exits_zero(channel):
 
 def test_readme_example_is_examples_run_py_and_works(stack: Stack):
     script = EXAMPLES / "run.py"
-    assert readme_block("Python") == script.read_text(), "README's Python example != examples/run.py"
+    assert readme_block("Python") == script.read_text(), "docs/clients.md's Python example != examples/run.py"
     out = subprocess.run(
         [sys.executable, str(script)], env=stack.env(), capture_output=True, timeout=120
     )

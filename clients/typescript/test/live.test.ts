@@ -55,7 +55,7 @@ function create(argv: string[], metadata?: Metadata): Promise<Run> {
 }
 
 function readmeBlock(language: string): string {
-  const readme = readFileSync(join(REPO, "README.md"), "utf8");
+  const readme = readFileSync(join(REPO, "docs", "clients.md"), "utf8");
   const section = readme.split("## Use from Python / TypeScript / Rust")[1];
   const part = section.split(`### ${language}`)[1];
   const match = /```\w*\n([\s\S]*?)```/.exec(part);
@@ -76,7 +76,7 @@ test("run sh -c 'printf OK' prints OK and exits 0", async () => {
   assert.equal(exited[0].state, RunState.RUN_STATE_EXITED);
 });
 
-test("the README's TypeScript example is examples/run.ts, and works", () => {
+test("the TypeScript example in docs/clients.md is examples/run.ts, and works", () => {
   assert.equal(readmeBlock("TypeScript"), readFileSync(join(PACKAGE, "examples", "run.ts"), "utf8"));
   let out = spawnSync(process.execPath, [join(EXAMPLES, "run.js")], { env: stack.env(), encoding: "utf8" });
   assert.equal(out.status, 0, out.stderr);
