@@ -226,9 +226,9 @@ pub fn render(mut api: utoipa::openapi::OpenApi) -> String {
     text
 }
 
-/// What the derives cannot say: parameters are never `null` (only absent); the stop body is
-/// optional but never `null`; `CreateRun` refuses unknown fields except the ignored `owner`
-/// and `account_id`.
+/// What the derives cannot say: parameters are never `null` (only absent); an optional
+/// request body (`Option<T>` on the handler) is `required: false` but never `null`;
+/// `CreateRun` refuses unknown fields except the ignored `owner` and `account_id`.
 fn tidy(doc: &mut serde_json::Value) {
     use serde_json::{Value, json};
     if let Some(paths) = doc["paths"].as_object_mut() {
@@ -250,13 +250,12 @@ fn tidy(doc: &mut serde_json::Value) {
                         }
                     }
                 }
+                if let Some(body) = op.get_mut("requestBody") {
+                    optional_body(body);
+                }
             }
         }
     }
-    let stop = &mut doc["paths"]["/api/v1/containers/runs/{id}/stop"]["post"]["requestBody"];
-    stop["content"]["application/json"]["schema"] = json!({"$ref": "#/components/schemas/StopRun"});
-    stop["required"] = json!(false);
-    stop["description"] = json!("Optional: an empty body means the defaults.");
     let create = &mut doc["components"]["schemas"]["CreateRun"];
     create["additionalProperties"] = json!(false);
     for field in ["owner", "account_id"] {
@@ -264,6 +263,26 @@ fn tidy(doc: &mut serde_json::Value) {
             "deprecated": true,
             "description": "Ignored: a run always belongs to the token's account."
         });
+    }
+}
+
+/// A request body utoipa leaves without `required` (the handler's `Option<T>`): `required:
+/// false`, and each schema `T` itself instead of "null or `T`".
+fn optional_body(body: &mut serde_json::Value) {
+    use serde_json::{Value, json};
+    if body.get("required").is_some() {
+        return;
+    }
+    body["required"] = json!(false);
+    let contents = body.get_mut("content").and_then(Value::as_object_mut);
+    for content in contents.into_iter().flat_map(|c| c.values_mut()) {
+        let Some(Value::Array(one_of)) = content["schema"].get_mut("oneOf") else {
+            continue;
+        };
+        one_of.retain(|s| s != &json!({"type": "null"}));
+        if let [only] = one_of.as_slice() {
+            content["schema"] = only.clone();
+        }
     }
 }
 

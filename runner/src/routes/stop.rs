@@ -33,7 +33,8 @@ const KILL_LIMIT: Duration = Duration::from_secs(30);
     operation_id = "stopRun",
     security(("bearer" = ["container:run"])),
     params(("id" = String, Path, description = "The run's id (`run_...`).")),
-    request_body(content = Option<StopRun>, content_type = "application/json"),
+    request_body(content = Option<StopRun>, content_type = "application/json",
+        description = "Optional: an empty body means the defaults."),
     responses(
         (status = 200, description = "The run, ended.", body = Run),
         (status = 400, response = BadRequest),
