@@ -21,7 +21,6 @@
 pub mod archive;
 pub mod db;
 pub mod engine;
-pub mod openapi;
 pub mod refs;
 
 use std::collections::{BTreeSet, HashMap};

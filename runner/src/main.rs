@@ -139,7 +139,7 @@ fn main() -> ExitCode {
         Command::HashKey => hash_key(),
         Command::Openapi => {
             let mut out = std::io::stdout().lock();
-            out.write_all(bus_runner::openapi::document().as_bytes())
+            out.write_all(bus_runner::routes::document().as_bytes())
                 .and_then(|()| out.flush())
                 .map_err(|e| format!("cannot write the document: {e}"))
         }

@@ -26,6 +26,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::auth::{self, Caller};
+use crate::openapi::{BadRequest, Forbidden, NotFound};
 use crate::problem::{ApiError, ApiQuery, engine_message};
 use crate::routes::input::{self, Target, Wiring};
 use crate::store::{Entry, StreamFilter};
@@ -43,7 +44,34 @@ pub struct AttachQuery {
     pub rows: Option<u16>,
 }
 
-/// Checks the request, then upgrades and attaches.
+/// Attaches to the run's own command, over a WebSocket.
+///
+/// The exec protocol of `GET /api/v1/containers/runs/{id}/exec`: the run's output from its
+/// first byte (stdout and stderr frames), then one status frame once the run has ended (its
+/// exit code; `reason` is the run's final state; without an exit code, `error`). Stdin frames
+/// reach the command when the run was created with `stdin` (close-stdin is its EOF, for
+/// good); resize frames, and `cols`/`rows`, resize its terminal when it has one; signal frames
+/// go to its main process. Input waits until the container runs.
+#[utoipa::path(
+    get,
+    path = "/api/v1/containers/runs/{id}/attach",
+    tag = "containers",
+    operation_id = "attachRun",
+    security(("bearer" = ["container:run"])),
+    params(
+        ("id" = String, Path, description = "The run's id (`run_...`)."),
+        ("cols" = Option<u16>, Query, minimum = 1,
+            description = "With a terminal: its columns (with `rows`)."),
+        ("rows" = Option<u16>, Query, minimum = 1,
+            description = "With a terminal: its rows (with `cols`)."),
+    ),
+    responses(
+        (status = 101, description = "Switched to the WebSocket exec protocol."),
+        (status = 400, response = BadRequest),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    )
+)]
 pub async fn attach(
     State(state): State<AppState>,
     caller: Caller<auth::Run>,

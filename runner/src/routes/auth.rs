@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use crate::AppState;
 use crate::auth::{account_for_api_key, parse_scopes};
 use crate::config::Account;
+use crate::openapi::{BadRequest, Forbidden, PayloadTooLarge, Unauthorized};
 use crate::problem::{ApiError, ApiJson};
 
 /// The account whose API key the request carries as `Authorization: Bearer <API key>`.
@@ -67,7 +68,27 @@ fn looks_like_jwt(key: &str) -> bool {
 /// Largest request body the endpoint accepts (a scope list and a TTL).
 pub const BODY_LIMIT: usize = 4 * 1024;
 
-/// Issues a token for the key's account with the requested subset of its resources.
+/// Issues a token.
+///
+/// Exchanges an account's API key (as `Authorization: Bearer <API key>`) for a token carrying
+/// the requested resources (a subset of the account's) for `ttl_seconds` (default 3600, at
+/// most 86400). Only a runner whose config lists accounts accepts API keys.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/token",
+    tag = "auth",
+    operation_id = "issueToken",
+    security(("api_key" = [])),
+    request_body(content = TokenRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The token; never cached (`Cache-Control: no-store`).",
+            body = TokenResponse),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 413, response = PayloadTooLarge),
+    )
+)]
 pub async fn token(
     State(state): State<AppState>,
     KeyHolder(account): KeyHolder,

@@ -7,9 +7,23 @@ use bus_api::BillingStatus;
 use crate::AppState;
 use crate::auth::{BillingRead, Caller};
 use crate::billing;
+use crate::openapi::Forbidden;
 use crate::problem::ApiError;
 
 /// The caller's billing status.
+///
+/// The account's plan, billing state, usage in the current period and limits.
+#[utoipa::path(
+    get,
+    path = "/api/v1/billing/status",
+    tag = "billing",
+    operation_id = "billingStatus",
+    security(("bearer" = ["billing:read"])),
+    responses(
+        (status = 200, description = "The billing status.", body = BillingStatus),
+        (status = 403, response = Forbidden),
+    )
+)]
 pub async fn status(
     State(state): State<AppState>,
     caller: Caller<BillingRead>,

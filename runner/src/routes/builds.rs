@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bus_api::Problem;
 use bus_api::builds::{Build, BuildList, BuildLogFrame};
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -37,7 +38,34 @@ pub struct CreateQuery {
     pub dockerfile: Option<String>,
 }
 
-/// Accepts a build (the body is the context tar) and starts it.
+/// Starts a build.
+///
+/// The body is the context as a tar. It is refused as soon as it passes the runner's limit
+/// (413 `upload_too_large`). The Dockerfile's base images must be ones the caller may see.
+/// Answers once the context is stored, with the build `queued`; the build goes on without
+/// the caller.
+#[utoipa::path(
+    post,
+    path = "/api/v1/containers/builds",
+    tag = "builds",
+    operation_id = "createBuild",
+    security(("bearer" = ["image:build"])),
+    params(
+        ("tags" = Option<String>, Query, description = "Comma-separated references the image gets."),
+        ("dockerfile" = Option<String>, Query, description = "The Dockerfile's path in the context (default `Dockerfile`)."),
+    ),
+    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    responses(
+        (status = 201, description = "The build, `queued`.", body = Build),
+        (status = 400, description = "A bad tag, Dockerfile path or context (`invalid_request`).", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `image:build`, or a tag is public.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "A base image the caller may not see (`not_found`).", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another account holds a tag (`image_name_taken`).", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than the limit (`upload_too_large`).", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The engine failed (`engine_unavailable`).", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller<auth::ImageBuild>,
@@ -63,7 +91,19 @@ pub async fn create(
         .into_response())
 }
 
-/// The caller's builds, newest first.
+/// Lists the caller's builds, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/containers/builds",
+    tag = "builds",
+    operation_id = "listBuilds",
+    security(("bearer" = ["image:read"])),
+    responses(
+        (status = 200, description = "The builds.", body = BuildList),
+        (status = 401, description = "No valid token.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `image:read` (`scope_missing`).", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller<auth::ImageRead>,
@@ -76,7 +116,21 @@ pub async fn list(
     Ok(Json(BuildList { builds }))
 }
 
-/// One build.
+/// Gets one build.
+#[utoipa::path(
+    get,
+    path = "/api/v1/containers/builds/{id}",
+    tag = "builds",
+    operation_id = "getBuild",
+    security(("bearer" = ["image:read"])),
+    params(("id" = String, Path, description = "The build's id (`bld_...`).")),
+    responses(
+        (status = 200, description = "The build.", body = Build),
+        (status = 401, description = "No valid token.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `image:read` (`scope_missing`).", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such build for this account (`not_found`).", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller<auth::ImageRead>,
@@ -94,7 +148,23 @@ fn find(state: &AppState, owner: &str, id: &str) -> Result<Build, ApiError> {
         .ok_or_else(|| ImageError::BuildNotFound(id.to_owned()))?)
 }
 
-/// Cancels a build (waiting until it has stopped); an ended build is returned as it is.
+/// Cancels a build.
+///
+/// Answers once it has stopped (`cancelled`); an ended build is returned unchanged.
+#[utoipa::path(
+    post,
+    path = "/api/v1/containers/builds/{id}/cancel",
+    tag = "builds",
+    operation_id = "cancelBuild",
+    security(("bearer" = ["image:build"])),
+    params(("id" = String, Path, description = "The build's id (`bld_...`).")),
+    responses(
+        (status = 200, description = "The build.", body = Build),
+        (status = 401, description = "No valid token.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `image:build` (`scope_missing`).", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such build for this account (`not_found`).", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller<auth::ImageBuild>,
@@ -105,7 +175,22 @@ pub async fn cancel(
     ))
 }
 
-/// Deletes a build and its output (cancelling it first).
+/// Deletes a build and its output, cancelling it first.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/containers/builds/{id}",
+    tag = "builds",
+    operation_id = "deleteBuild",
+    security(("bearer" = ["image:build"])),
+    params(("id" = String, Path, description = "The build's id (`bld_...`).")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 401, description = "No valid token.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `image:build` (`scope_missing`).", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such build for this account (`not_found`).", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The build did not stop in time (`engine_unavailable`).", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller<auth::ImageBuild>,
@@ -127,8 +212,30 @@ pub struct LogsQuery {
     pub after_seq: u64,
 }
 
-/// A build's output: stored lines after `after_seq`, then (with `follow`) new ones, and an
-/// `end` frame once the build has ended.
+/// Streams a build's output.
+///
+/// NDJSON `BuildLogFrame`s: `line` frames with a dense `seq` (resume with `after_seq`), then
+/// one `end` frame once the build has ended; with `follow`, new lines as they come, and
+/// `keepalive` frames while it is quiet.
+#[utoipa::path(
+    get,
+    path = "/api/v1/containers/builds/{id}/logs",
+    tag = "builds",
+    operation_id = "buildLogs",
+    security(("bearer" = ["image:read"])),
+    params(
+        ("id" = String, Path, description = "The build's id (`bld_...`)."),
+        ("follow" = Option<bool>, Query, description = "Keep the stream open until the build ends."),
+        ("after_seq" = Option<u64>, Query, description = "Only lines with a greater `seq`."),
+    ),
+    responses(
+        (status = 200, description = "NDJSON: one `BuildLogFrame` per line.", content_type = "application/x-ndjson", body = BuildLogFrame),
+        (status = 400, description = "A bad query (`invalid_request`).", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `image:read` (`scope_missing`).", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such build for this account (`not_found`).", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn logs(
     State(state): State<AppState>,
     caller: Caller<auth::ImageRead>,

@@ -30,6 +30,10 @@ use crate::AppState;
 use crate::auth::{self, Caller};
 use crate::engine::Engine;
 use crate::execs::{Detached, exit_status};
+use crate::openapi::{
+    BadRequest, Conflict, EngineUnavailable, Forbidden, Internal, NotFound, PayloadTooLarge,
+    Unprocessable,
+};
 use crate::problem::{ApiError, ApiJson, ApiQuery, engine_message};
 use crate::routes::input::{self, Target, Wiring};
 use crate::store::Entry;
@@ -44,7 +48,48 @@ pub fn parse_query(query: &str) -> Result<ExecQuery, ApiError> {
     ExecQuery::parse(query).map_err(ApiError::InvalidRequest)
 }
 
-/// Checks the request, creates the exec, then upgrades and bridges the WebSocket to it.
+/// Runs a command in a running run, over a WebSocket.
+///
+/// A `GET` with `Connection: Upgrade` and `Upgrade: websocket` (subprotocol
+/// `v1.exec.bus.dev`, optional); every refusal comes before the upgrade, as a problem
+/// document. After `101 Switching Protocols` every message is binary and starts with a channel
+/// byte, as Kubernetes' `v5.channel.k8s.io`: 0 stdin (client → runner), 1 stdout, 2 stderr,
+/// 3 status (JSON `ExecStatus`, the last frame, exactly once after the last output byte),
+/// 4 resize (JSON `TerminalSize`, client → runner), 5 signal (JSON `SignalFrame`, client →
+/// runner; with a terminal SIGINT, SIGQUIT and SIGTSTP are typed as ^C, ^\ and ^Z), 255 close
+/// (payload `0`: close stdin, EOF). A command that died of a signal the session sent has
+/// `signal` in its status.
+/// The status carries `exit_code` only when the engine reported one; otherwise `reason` is
+/// `error` and no exit code is made up. An idle session gets a WebSocket ping every 15 s.
+#[utoipa::path(
+    get,
+    path = "/api/v1/containers/runs/{id}/exec",
+    tag = "containers",
+    operation_id = "execRun",
+    security(("bearer" = ["container:run"])),
+    params(
+        ("id" = String, Path, description = "The run's id (`run_...`); it must be running."),
+        ("command" = Vec<String>, Query, style = Form, explode,
+            description = "The command and its arguments, one parameter each, in order."),
+        ("env" = Option<Vec<String>>, Query, style = Form, explode,
+            description = "`NAME=value` added to the command's environment (repeatable)."),
+        ("workdir" = Option<String>, Query, description = "An absolute working directory."),
+        ("tty" = Option<bool>, Query,
+            description = "Allocate a terminal; output then comes on stdout only."),
+        ("stdin" = Option<bool>, Query, description = "Attach the command's stdin."),
+        ("cols" = Option<u16>, Query, minimum = 1,
+            description = "With `tty`: the terminal's initial columns (with `rows`)."),
+        ("rows" = Option<u16>, Query, minimum = 1,
+            description = "With `tty`: the terminal's initial rows (with `cols`)."),
+    ),
+    responses(
+        (status = 101, description = "Switched to the WebSocket exec protocol."),
+        (status = 400, response = BadRequest),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+    )
+)]
 pub async fn exec(
     State(state): State<AppState>,
     caller: Caller<auth::Run>,
@@ -226,8 +271,30 @@ async fn session(engine: Arc<Engine>, exec_id: String, spec: ExecQuery, socket: 
     input_task.abort();
 }
 
-/// `POST /api/v1/containers/runs/{id}/execs`: starts a command detached; the runner captures
-/// its output ([`crate::execs`]). Answers 201 with the exec's record.
+/// Starts a command in a running run, detached.
+///
+/// The runner captures its output (kept in its state dir, with the run); read it, and its exit
+/// status, with `GET /api/v1/containers/execs/{exec_id}/attach`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/containers/runs/{id}/execs",
+    tag = "containers",
+    operation_id = "createExec",
+    security(("bearer" = ["container:run"])),
+    params(("id" = String, Path, description = "The run's id (`run_...`); it must be running.")),
+    request_body(content = CreateExec, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The exec, `running`.", body = ExecRecord),
+        (status = 400, response = BadRequest),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = Unprocessable),
+        (status = 500, response = Internal),
+        (status = 503, response = EngineUnavailable),
+    )
+)]
 pub async fn create_detached(
     State(state): State<AppState>,
     caller: Caller<auth::Run>,
@@ -260,7 +327,20 @@ pub async fn create_detached(
     Ok((StatusCode::CREATED, Json(exec.record())))
 }
 
-/// `GET /api/v1/containers/execs/{exec_id}`: a detached exec's record.
+/// One detached exec: its state and, once it ended, its exit code.
+#[utoipa::path(
+    get,
+    path = "/api/v1/containers/execs/{exec_id}",
+    tag = "containers",
+    operation_id = "getExec",
+    security(("bearer" = ["container:run"])),
+    params(("exec_id" = String, Path, description = "The exec's id (`exec_...`).")),
+    responses(
+        (status = 200, description = "The exec.", body = ExecRecord),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    )
+)]
 pub async fn get_detached(
     State(state): State<AppState>,
     caller: Caller<auth::Run>,
@@ -286,8 +366,31 @@ fn yes() -> bool {
     true
 }
 
-/// `GET /api/v1/containers/execs/{exec_id}/attach?follow=`: a detached exec's captured output
-/// and status over the exec WebSocket protocol (output only; frames sent in are ignored).
+/// A detached exec's output and status, over a WebSocket.
+///
+/// The exec protocol of `GET /api/v1/containers/runs/{id}/exec`, output only: every byte
+/// captured from the start (stdout and stderr frames), then, with `follow` (the default), new
+/// output as it comes, then the status frame. Without `follow`, an exec that still runs ends
+/// the replay with a status whose `reason` is `running` (no exit code). Frames sent in are
+/// ignored.
+#[utoipa::path(
+    get,
+    path = "/api/v1/containers/execs/{exec_id}/attach",
+    tag = "containers",
+    operation_id = "attachExec",
+    security(("bearer" = ["container:run"])),
+    params(
+        ("exec_id" = String, Path, description = "The exec's id (`exec_...`)."),
+        ("follow" = Option<bool>, Query,
+            description = "Keep sending output until the exec ends (default true)."),
+    ),
+    responses(
+        (status = 101, description = "Switched to the WebSocket exec protocol."),
+        (status = 400, response = BadRequest),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    )
+)]
 pub async fn attach_detached(
     State(state): State<AppState>,
     caller: Caller<auth::Run>,

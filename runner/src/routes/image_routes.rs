@@ -4,13 +4,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::{Body, BodyDataStream};
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
 use futures::{Stream, StreamExt as _};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter, UtoipaMethodRouterExt as _};
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::routes::{builds, images};
@@ -72,52 +72,37 @@ async fn drain_unread(request: Request, next: Next) -> Response {
     next.run(Request::from_parts(parts, body)).await
 }
 
-/// Every image and build route below `/api/v1/containers` (documented in
-/// [`crate::images::openapi`]).
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/containers/images", get(images::list))
-        .route(
-            "/api/v1/containers/images/pull",
-            super::json_limited(post(images::pull), images::BODY_LIMIT),
-        )
-        .route(
-            "/api/v1/containers/images/push",
-            super::json_limited(post(images::push), images::BODY_LIMIT),
-        )
-        // Uploads: the size limit is the config's, enforced while the body streams in.
-        .route(
-            "/api/v1/containers/images/load",
-            post(images::load)
-                .layer(DefaultBodyLimit::disable())
-                .layer(middleware::from_fn(drain_unread)),
-        )
-        .route(
-            "/api/v1/containers/images/{reference}",
-            get(images::inspect).delete(images::remove),
-        )
-        .route(
-            "/api/v1/containers/images/{reference}/tag",
-            super::json_limited(post(images::tag), images::BODY_LIMIT),
-        )
-        .route(
-            "/api/v1/containers/images/{reference}/archive",
-            get(images::save),
-        )
-        .route(
-            "/api/v1/containers/builds",
-            get(builds::list)
-                .post(builds::create)
-                .layer(DefaultBodyLimit::disable())
-                .layer(middleware::from_fn(drain_unread)),
-        )
-        .route(
-            "/api/v1/containers/builds/{id}",
-            get(builds::get).delete(builds::delete),
-        )
-        .route("/api/v1/containers/builds/{id}/logs", get(builds::logs))
-        .route(
-            "/api/v1/containers/builds/{id}/cancel",
-            post(builds::cancel),
-        )
+/// An upload route: the size limit is the config's, enforced while the body streams in, and
+/// a body refused early is drained (see [`DrainOnDrop`]).
+fn upload(route: UtoipaMethodRouter<AppState>) -> UtoipaMethodRouter<AppState> {
+    route.map(|route| {
+        route
+            .layer(DefaultBodyLimit::disable())
+            .layer(middleware::from_fn(drain_unread))
+    })
+}
+
+/// Every image and build route below `/api/v1/containers`, each with its operation.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(images::list))
+        .routes(super::json_limited(
+            routes!(images::pull),
+            images::BODY_LIMIT,
+        ))
+        .routes(super::json_limited(
+            routes!(images::push),
+            images::BODY_LIMIT,
+        ))
+        .routes(upload(routes!(images::load)))
+        .routes(routes!(images::inspect, images::remove))
+        .routes(super::json_limited(
+            routes!(images::tag),
+            images::BODY_LIMIT,
+        ))
+        .routes(routes!(images::save))
+        .routes(upload(routes!(builds::list, builds::create)))
+        .routes(routes!(builds::get, builds::delete))
+        .routes(routes!(builds::logs))
+        .routes(routes!(builds::cancel))
 }

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::AppState;
 use crate::auth::{Caller, Read};
+use crate::openapi::{BadRequest, Forbidden, NotFound};
 use crate::problem::{ApiError, ApiQuery};
 use crate::store::{Entry, Store, StreamFilter};
 
@@ -81,10 +82,43 @@ impl LogsQuery {
     }
 }
 
-/// Every output frame after the cursor, then the exit frame once the run has ended; with
-/// `follow`, new frames as they come, and a keepalive frame whenever the stream has been
-/// silent for the keepalive interval. Filtered frames keep their `seq`; the exit frame always
-/// comes last.
+/// Streams a run's output.
+///
+/// NDJSON, one `LogFrame` per line: `output` frames with a dense
+/// per-run `seq` (resume after the last one seen with `after_seq`, and nothing is lost or
+/// repeated), then one `exit` frame once the run has ended. With `follow`, the stream stays
+/// open for new frames, and an idle one carries `keepalive` frames.
+#[utoipa::path(
+    get,
+    path = "/api/v1/containers/runs/{id}/logs",
+    tag = "containers",
+    operation_id = "runLogs",
+    security(("bearer" = ["container:read"])),
+    params(
+        ("id" = String, Path, description = "The run's id (`run_...`)."),
+        ("follow" = Option<bool>, Query,
+            description = "Keep the stream open and send new frames until the exit frame."),
+        ("after_seq" = Option<u64>, Query,
+            description = "Send only frames with a greater `seq`."),
+        ("tail" = Option<u64>, Query,
+            description = "Start with the last `tail` output frames (of the streams asked for)."),
+        ("stdout" = Option<bool>, Query, description = "Include stdout frames (default true)."),
+        ("stderr" = Option<bool>, Query, description = "Include stderr frames (default true)."),
+        ("keepalive_seconds" = Option<u64>, Query, minimum = 1, maximum = 300,
+            description = "With `follow`: a keepalive frame after this many idle seconds (default 15)."),
+    ),
+    responses(
+        (status = 200, description = "NDJSON: one `LogFrame` per line.",
+            content_type = "application/x-ndjson", body = LogFrame),
+        (status = 400, response = BadRequest),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    )
+)]
+// Every output frame after the cursor, then the exit frame once the run has ended; with
+// `follow`, new frames as they come, and a keepalive frame whenever the stream has been
+// silent for the keepalive interval. Filtered frames keep their `seq`; the exit frame always
+// comes last.
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller<Read>,

@@ -15,6 +15,10 @@ use time::OffsetDateTime;
 use crate::AppState;
 use crate::auth::{self, Caller};
 use crate::executor;
+use crate::openapi::{
+    BadRequest, EngineUnavailable, Forbidden, Internal, NotFound, PayloadTooLarge, PaymentRequired,
+    TooManyRequests, Unprocessable,
+};
 use crate::problem::{ApiError, ApiJson, ApiQuery, engine_message};
 use crate::routes::idempotency;
 use crate::spec::RunSpec;
@@ -76,10 +80,55 @@ impl CreateQuery {
     }
 }
 
-/// Starts a run: validates the request, records it as `queued`, and hands it to the executor.
-/// With an `Idempotency-Key` already used by this account (24 h), answers with the original
-/// response instead (see [`idempotency`]). With `wait=running`, answers once the run runs or
-/// has ended (see [`answer_started`]).
+/// Starts a run.
+///
+/// Validates the request (every field bounded), checks grant, billing and quota before any
+/// container work, records the run as `queued` and starts it in the background.
+/// Follow it with the logs endpoint. With an `Idempotency-Key` that this account used in the
+/// last 24 hours with the same body, answers with the original run instead of starting
+/// another (`Idempotent-Replayed: true`). `owner` and `account_id` in the body are ignored:
+/// the run belongs to the token's account.
+#[utoipa::path(
+    post,
+    path = "/api/v1/containers/runs",
+    tag = "containers",
+    operation_id = "createRun",
+    security(("bearer" = ["container:run"])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
+            description = "1 to 255 printable ASCII characters without spaces, e.g. a UUID."),
+        ("wait" = Option<String>, Query, pattern = "^running$",
+            description = "`running`: answer once the run runs or has ended (a command that \
+                exits at once is answered ended, with its exit code or the reason it failed to \
+                start), at most `wait_ms`; then the run as it is."),
+        ("wait_ms" = Option<u64>, Query, minimum = 1, maximum = 600000,
+            description = "With `wait`: the longest wait in milliseconds (default 60000)."),
+        ("follow" = Option<bool>, Query,
+            description = "The caller will follow the run's output: refused with \
+                `logs_disabled`, before anything starts, when the token's grant switches logs off."),
+    ),
+    request_body(content = CreateRun, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The run: `queued`, or with `wait` as it is once it runs \
+            or has ended.", body = Run,
+            headers(
+                ("Location" = String, description = "The run's URL path."),
+                ("Idempotent-Replayed" = String,
+                    description = "`true` when this is the response to an earlier request with the same key."),
+            )),
+        (status = 400, response = BadRequest),
+        (status = 402, response = PaymentRequired),
+        (status = 403, response = Forbidden),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+    )
+)]
+// Starts a run: validates the request, records it as `queued`, and hands it to the executor.
+// With an `Idempotency-Key` already used by this account (24 h), answers with the original
+// response instead (see [`idempotency`]). With `wait=running`, answers once the run runs or
+// has ended (see [`answer_started`]).
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller<auth::Run>,
@@ -229,7 +278,27 @@ pub fn decode_page_token(token: &str) -> Result<u64, ApiError> {
         .ok_or_else(bad)
 }
 
-/// The caller's runs, newest first.
+/// Lists the caller's runs.
+///
+/// Newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/v1/containers/runs",
+    tag = "containers",
+    operation_id = "listRuns",
+    security(("bearer" = ["container:read"])),
+    params(
+        ("page_size" = Option<u32>, Query, minimum = 0,
+            description = "Runs per page: 0 or absent means 50; more than 200 means 200."),
+        ("page_token" = Option<String>, Query,
+            description = "`next_page_token` of the previous page."),
+    ),
+    responses(
+        (status = 200, description = "A page of runs.", body = RunPage),
+        (status = 400, response = BadRequest),
+        (status = 403, response = Forbidden),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller<auth::Read>,
@@ -252,7 +321,22 @@ pub async fn list(
     }))
 }
 
-/// One run.
+/// Gets one run.
+///
+/// Its state, exit code, reason, times and usage.
+#[utoipa::path(
+    get,
+    path = "/api/v1/containers/runs/{id}",
+    tag = "containers",
+    operation_id = "getRun",
+    security(("bearer" = ["container:read"])),
+    params(("id" = String, Path, description = "The run's id (`run_...`).")),
+    responses(
+        (status = 200, description = "The run.", body = Run),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller<auth::Read>,
@@ -265,7 +349,23 @@ pub async fn get(
     Ok(Json(entry.snapshot()))
 }
 
-/// Deletes a run; a live run's container is force-removed first.
+/// Deletes a run.
+///
+/// The run and its output are forgotten; a live run's container is removed first.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/containers/runs/{id}",
+    tag = "containers",
+    operation_id = "deleteRun",
+    security(("bearer" = ["container:delete"])),
+    params(("id" = String, Path, description = "The run's id (`run_...`).")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 503, response = EngineUnavailable),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller<auth::Delete>,

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use crate::AppState;
 use crate::auth::{self, Caller};
 use crate::executor;
+use crate::openapi::{BadRequest, Forbidden, NotFound, PayloadTooLarge};
 use crate::problem::{ApiError, BodyLimit};
 
 /// Largest request body the endpoint accepts.
@@ -20,10 +21,28 @@ pub const BODY_LIMIT: usize = 4 * 1024;
 /// How long the run may take to end after SIGKILL before the response goes out anyway.
 const KILL_LIMIT: Duration = Duration::from_secs(30);
 
-/// Stops the run: SIGTERM, then SIGKILL after `grace_seconds` (default 10), or SIGKILL at once
-/// with `force`. Answers with the run once it has ended: `stopped`, reason "stopped on
-/// request", the exit code when known. A run that has already ended is returned unchanged.
-/// The body is optional.
+/// Stops a run.
+///
+/// SIGTERM, then SIGKILL after `grace_seconds` (default 10), or SIGKILL at once with `force`;
+/// answers once the run has ended (`stopped`, reason "stopped on
+/// request"). A run that has already ended is returned unchanged. The body is optional.
+#[utoipa::path(
+    post,
+    path = "/api/v1/containers/runs/{id}/stop",
+    tag = "containers",
+    operation_id = "stopRun",
+    security(("bearer" = ["container:run"])),
+    params(("id" = String, Path, description = "The run's id (`run_...`).")),
+    request_body(content = Option<StopRun>, content_type = "application/json",
+        description = "Optional: an empty body means the defaults."),
+    responses(
+        (status = 200, description = "The run, ended.", body = Run),
+        (status = 400, response = BadRequest),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+    )
+)]
 pub async fn stop(
     State(state): State<AppState>,
     caller: Caller<auth::Run>,
