@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bus::proto::images::v1 as pb;
 use bus::proto::images::v1::builds_service_client::BuildsServiceClient;
 use common::registry::ImageCleanup;
-use common::{Engine, Runner, Stack, stdout};
+use common::{Podman, Runner, Stack, bins, stdout};
 use tokio_stream::StreamExt as _;
 
 const SCOPES: &str =
@@ -45,7 +45,7 @@ fn error_line(out: &Output) -> String {
 }
 
 fn stack(config: Option<&str>) -> Stack {
-    let stack = Stack::on(Runner::start_on(Engine::start(), config, false));
+    let stack = Stack::on(Runner::start_on(bins(), Podman::start(), config, false));
     stack.write_token(&stack.runner.token("alice", SCOPES));
     stack
 }

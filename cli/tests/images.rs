@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Output;
 
 use common::registry::{ImageCleanup, Registry};
-use common::{Engine, Runner, Stack, hash_key, stdout};
+use common::{Podman, Runner, Stack, bins, hash_key, stdout};
 
 /// Every scope the image commands and runs need.
 const SCOPES: &str =
@@ -49,9 +49,11 @@ fn ok(out: &Output) -> String {
 fn stack_with_registry(config: impl FnOnce(&Registry) -> Option<String>) -> (Registry, Stack) {
     let registry = Registry::start();
     let conf = registry.registries_conf();
-    let engine = Engine::start_with_env(&[("CONTAINERS_REGISTRIES_CONF", &conf)]);
+    let engine = Podman::builder()
+        .env("CONTAINERS_REGISTRIES_CONF", &conf)
+        .start();
     let config = config(&registry);
-    let runner = Runner::start_on(engine, config.as_deref(), true);
+    let runner = Runner::start_on(bins(), engine, config.as_deref(), true);
     let stack = Stack::on(runner);
     stack.write_token(&stack.runner.token("alice", SCOPES));
     (registry, stack)
@@ -335,7 +337,7 @@ fn a_grant_narrowed_to_a_prefix_refuses_other_pulls() {
 
 #[test]
 fn image_commands_need_image_scopes_and_say_how_to_get_them() {
-    let stack = Stack::on(Runner::start());
+    let stack = Stack::on(Runner::start(bins()));
     stack.write_token(&stack.runner.token("alice", "container:read container:run"));
     let out = stack.run(&["images", "ls"]);
     let line = error_line(&out);
@@ -360,7 +362,8 @@ fn image_commands_need_image_scopes_and_say_how_to_get_them() {
 #[test]
 fn save_remove_load_round_trips_to_the_same_image() {
     let stack = Stack::on(Runner::start_on(
-        Engine::start(),
+        bins(),
+        Podman::start(),
         Some("[images]\nmax_load_archive_mb = 3\n"),
         false,
     ));

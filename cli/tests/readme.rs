@@ -8,7 +8,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{Engine, Runner, Stack, bin_dir, hash_key};
+use common::{Podman, Runner, Stack, bins, hash_key};
 
 /// The README's test account: every resource, and an API key in `BUS_API_KEY`.
 const API_KEY: &str = "sk-readme-0123456789abcdef";
@@ -71,7 +71,7 @@ fn the_marks_are_read_from_the_readme() {
 
 #[test]
 fn every_shell_example_in_the_readme_works() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
         .expect("README.md");
     let blocks = blocks(&readme);
     let runnable: Vec<&Block> = blocks.iter().filter(|b| b.not_run.is_none()).collect();
@@ -91,11 +91,16 @@ fn every_shell_example_in_the_readme_works() {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let stack = Stack::on(Runner::start_on(Engine::start(), Some(&config), false));
+    let stack = Stack::on(Runner::start_on(
+        bins(),
+        Podman::start(),
+        Some(&config),
+        false,
+    ));
     let probe = stack.bus();
     let path = format!(
         "{}:{}",
-        bin_dir().display(),
+        bins().dir().display(),
         std::env::var("PATH").unwrap_or_default()
     );
     let mut failures = Vec::new();

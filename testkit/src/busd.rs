@@ -24,10 +24,13 @@ impl Busd {
             socket,
         };
         let ready = poll(Duration::from_secs(20), || {
-            UnixStream::connect(&busd.socket).is_ok()
-                || !matches!(busd.child.try_wait(), Ok(None))
+            UnixStream::connect(&busd.socket).is_ok() || !matches!(busd.child.try_wait(), Ok(None))
         });
-        assert!(ready, "busd did not serve {} within 20 s", busd.socket.display());
+        assert!(
+            ready,
+            "busd did not serve {} within 20 s",
+            busd.socket.display()
+        );
         busd
     }
 

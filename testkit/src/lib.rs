@@ -14,6 +14,7 @@ mod process;
 mod runner;
 pub mod script;
 mod stack;
+pub mod tls;
 mod watch;
 
 pub use bins::Bins;

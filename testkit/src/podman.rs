@@ -197,7 +197,10 @@ fn spawn(dir: &Path, socket: &Path, env: &[(OsString, OsString)]) -> Result<Chil
         .current_dir(dir)
         .args(["system", "service", "--time=0"])
         .arg(format!("unix://{}", socket.display()))
-        .env("CONTAINERS_CONF", repo_root().join("deploy/containers.conf"))
+        .env(
+            "CONTAINERS_CONF",
+            repo_root().join("deploy/containers.conf"),
+        )
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -14,7 +14,7 @@ use crate::{Bins, Error, Podman};
 pub const ALL_SCOPES: &str = "container:read container:run container:delete";
 
 /// How to start `bus-runner serve`: on an engine and a state directory, by default on
-/// `127.0.0.1:0` with no config, no log and `RUST_LOG` as the caller has it.
+/// `127.0.0.1:0` with no config, stderr discarded and `RUST_LOG` as the caller has it.
 #[derive(Debug, Clone)]
 pub struct Serve {
     bin: PathBuf,
@@ -73,24 +73,41 @@ impl Serve {
         self
     }
 
-    /// Starts it and reads the address it prints for each listener once it listens.
-    pub fn try_spawn(&self) -> Result<RunnerProcess, Error> {
+    /// The command line, with the listeners given (none: the caller adds its own) and
+    /// `args` after `serve`; stdin is closed and stdout and stderr are the caller's to set.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.bin);
-        command.arg("serve");
+        command.arg("serve").args(args);
         if let Some(config) = &self.config {
             command.arg("--config").arg(config);
         }
-        let listen = if self.listen.is_empty() {
-            vec!["127.0.0.1:0".to_owned()]
-        } else {
-            self.listen.clone()
-        };
-        for addr in &listen {
+        for addr in &self.listen {
             command.args(["--listen", addr]);
         }
         if let Some((cert, key)) = &self.tls {
-            command.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+            command
+                .arg("--tls-cert")
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key);
         }
+        command
+            .arg("--engine")
+            .arg(&self.engine)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Starts it (on `127.0.0.1:0` unless listeners were given) and reads the address it
+    /// prints for each listener once it listens.
+    pub fn try_spawn(&self) -> Result<RunnerProcess, Error> {
+        if self.listen.is_empty() {
+            return self.clone().listen("127.0.0.1:0").try_spawn();
+        }
+        let listen = &self.listen;
         let stderr = match &self.log {
             Some(path) => Stdio::from(
                 std::fs::OpenOptions::new()
@@ -102,13 +119,8 @@ impl Serve {
             ),
             None => Stdio::null(),
         };
-        let mut child = command
-            .arg("--engine")
-            .arg(&self.engine)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
+        let mut child = self
+            .command(&[])
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -119,14 +131,15 @@ impl Serve {
             })?;
         let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
         let mut origins = Vec::new();
-        for _ in &listen {
+        for _ in listen {
             let line = lines.next().and_then(Result::ok).unwrap_or_default();
             let Some(addr) = line.strip_prefix("listening on ") else {
                 stop_pid(child.id());
                 let _ = child.wait();
-                let seen = self.log.as_ref().map_or(String::new(), |log| {
-                    format!(" (see {})", log.display())
-                });
+                let seen = self
+                    .log
+                    .as_ref()
+                    .map_or(String::new(), |log| format!(" (see {})", log.display()));
                 return Err(Error::NotReady(format!(
                     "bus-runner printed {line:?} instead of its address{seen}"
                 )));
@@ -301,7 +314,12 @@ impl Runner {
     }
 
     fn respawn(&mut self, listen: &str) {
-        self.process = serve(&self.bins, self.state_dir.path(), &self.engine.socket, listen);
+        self.process = serve(
+            &self.bins,
+            self.state_dir.path(),
+            &self.engine.socket,
+            listen,
+        );
         self.origin = self.process.origin().to_owned();
     }
 }
@@ -332,7 +350,8 @@ impl Drop for Runner {
         // A stopped runner leaves its unfinished runs' containers for its next start to
         // re-adopt; there is no next start here, so remove them (by this runner's label).
         if let Ok(id) = std::fs::read_to_string(self.state_dir.path().join("runner-id")) {
-            self.engine.remove_labelled(&format!("bus.runner={}", id.trim()));
+            self.engine
+                .remove_labelled(&format!("bus.runner={}", id.trim()));
         }
     }
 }
@@ -366,7 +385,13 @@ pub fn hash_key(bins: &Bins, key: &str) -> String {
 }
 
 /// Mints a token with the signing key in `state_dir`, through `bus-runner token`.
-pub fn mint(bins: &Bins, state_dir: &Path, account: &str, resources: &str, extra: &[&str]) -> String {
+pub fn mint(
+    bins: &Bins,
+    state_dir: &Path,
+    account: &str,
+    resources: &str,
+    extra: &[&str],
+) -> String {
     let out = Command::new(bins.runner())
         .args(["token", "--state-dir"])
         .arg(state_dir)
