@@ -177,6 +177,16 @@ impl RunnerProcess {
         self.child.id()
     }
 
+    /// Sends it SIGTERM (a clean shutdown) and waits for it to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        self.child
+            .wait()
+            .expect("bus-runner is this process's child")
+    }
+
     /// Kills it with SIGKILL (no shutdown of any kind) and reaps it.
     pub fn kill(&mut self) {
         kill_pid(self.child.id());
