@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 pub use bus_testkit::{
-    ALL_SCOPES, Bins, Busd, Podman, Runner, Stack, Watched, one_line_error, script, stdout,
+    ALL_SCOPES, Bins, Busd, Podman, Runner, Stack, Watched, alive, one_line_error, script, stdout,
     stop_pid, wait_until,
 };
 
