@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{alive, bin, stop_pid};
+use common::{alive, bin, one_line_error, stop_pid};
 
 /// A free TCP port on 127.0.0.1.
 fn free_port() -> u16 {
@@ -104,6 +104,18 @@ fn local_up_with_a_state_dir_stays_in_its_temp_dirs_and_down_stops_every_recorde
     };
     let (home, state) = (deployment.home.path(), deployment.state.path());
     let listen = format!("127.0.0.1:{}", free_port());
+
+    // A --runner-config that cannot be read starts nothing.
+    let absent = state.join("absent.toml");
+    let out = deployment.local(&["up", "--runner-config", absent.to_str().unwrap()]);
+    let line = one_line_error(&out);
+    assert!(line.contains("--runner-config"), "{line}");
+    assert!(
+        deployment.recorded().is_empty(),
+        "{:?}",
+        deployment.recorded()
+    );
+
     let said = success(&deployment.local(&["up", "--listen", &listen]));
 
     // What `up` wrote, by what it said: all in the two temporary directories.

@@ -313,6 +313,19 @@ async fn up(
         .mode(0o700)
         .create(&paths.dir)?;
     let say = |line: String| eprintln!("bus local: {line}");
+    // Read before anything starts, so a bad file starts nothing.
+    let extra_config = match &args.runner_config {
+        Some(path) => Some((
+            path,
+            std::fs::read_to_string(path).map_err(|e| {
+                CliError::Usage(format!(
+                    "cannot read --runner-config {}: {e}; name a readable TOML file",
+                    path.display()
+                ))
+            })?,
+        )),
+        None => None,
+    };
 
     // Podman's API service.
     let podman_socket = paths.podman_socket();
@@ -373,13 +386,7 @@ async fn up(
          plan = \"local\"\nbilling = \"active\"\nresources = [{resources}]\n",
         key = key_file.display()
     );
-    if let Some(extra) = &args.runner_config {
-        let more = std::fs::read_to_string(extra).map_err(|e| {
-            CliError::Usage(format!(
-                "cannot read --runner-config {}: {e}; name a readable TOML file",
-                extra.display()
-            ))
-        })?;
+    if let Some((extra, more)) = &extra_config {
         wanted.push_str(&format!("\n# From {}:\n{more}", extra.display()));
     }
     let config_changed = std::fs::read_to_string(&config).ok().as_deref() != Some(&wanted);
