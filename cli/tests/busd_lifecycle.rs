@@ -290,19 +290,13 @@ fn busd_serves_a_socket_handed_over_by_systemd() {
 #[test]
 fn busd_exits_by_itself_when_idle_if_asked() {
     let stack = Stack::start(bins());
-    let mut busd = stack
-        .busd()
-        .args(["--idle-exit", "1s"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for("busd's socket", Duration::from_secs(10), || {
-        std::os::unix::net::UnixStream::connect(&stack.socket).is_ok()
+    let mut busd = stack.start_busd(|busd| {
+        busd.args(["--idle-exit", "1s"]).stderr(Stdio::null());
     });
     let started = Instant::now();
     // A call resets the idle clock.
     assert!(stack.run(&["containers", "status"]).status.success());
-    let status = busd.wait().unwrap();
+    let status = busd.wait();
     assert!(status.success());
     assert!(started.elapsed() >= Duration::from_secs(1));
     assert!(!stack.socket.exists(), "the socket is removed on idle exit");

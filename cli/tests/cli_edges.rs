@@ -235,13 +235,10 @@ fn a_busd_older_than_the_cli_is_restarted_when_a_cli_started_it() {
 #[test]
 fn a_busd_older_than_the_cli_that_no_cli_started_is_reported() {
     let stack = Stack::start(bins());
-    std::fs::create_dir_all(stack.socket.parent().unwrap()).unwrap();
-    let mut busd = stack
-        .busd()
-        .env("BUSD_PROTOCOL_OVERRIDE", "0")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut busd = stack.start_busd(|busd| {
+        busd.env("BUSD_PROTOCOL_OVERRIDE", "0")
+            .stderr(Stdio::null());
+    });
     let started = Instant::now();
     while !(stack.socket.exists() && info_json_ok(&stack)) {
         assert!(started.elapsed() < HARNESS_LIMIT, "busd did not start");

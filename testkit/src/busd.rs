@@ -39,6 +39,11 @@ impl Busd {
         self.child.id()
     }
 
+    /// Waits for it to exit by itself.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("busd is this process's child")
+    }
+
     /// Kills it with SIGKILL (a crash) and reaps it.
     pub fn kill(&mut self) {
         kill_pid(self.child.id());

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use crate::process::{stop_pid, write_secret};
-use crate::{ALL_SCOPES, Bins, Runner};
+use crate::{ALL_SCOPES, Bins, Busd, Runner};
 
 /// A runner, a temporary HOME with a config dir, and `bus` with that environment; busd is
 /// started by the CLI itself (on [`Stack::socket`]) and stopped by its PID on drop.
@@ -121,6 +121,15 @@ impl Stack {
             .arg(&self.socket)
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// [`Stack::busd`], adjusted by `tweak` (flags, environment), started and waited for on
+    /// this stack's socket; stopped by its PID on drop.
+    pub fn start_busd(&self, tweak: impl FnOnce(&mut Command)) -> Busd {
+        std::fs::create_dir_all(self.socket.parent().expect("a socket in a directory")).unwrap();
+        let mut command = self.busd();
+        tweak(&mut command);
+        Busd::spawn(command, &self.socket)
     }
 
     /// busd's PID, from `bus daemon info`, if one is running.
