@@ -1146,14 +1146,9 @@ async fn http_connection(state: Arc<HttpState>, client: TcpStream) {
 
 /// The runs (JSON) of `runs -o json` through the runner itself whose argv ends with `marker`.
 fn runs_with(stack: &Stack, marker: &str) -> Vec<serde_json::Value> {
-    let out = stack.run(&["containers", "runs", "-o", "json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let runs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    runs.into_iter()
+    stack
+        .runs()
+        .into_iter()
         .filter(|r| {
             r["argv"]
                 .as_array()

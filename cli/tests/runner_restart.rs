@@ -40,14 +40,9 @@ fn start_busd(stack: &Stack) -> u32 {
 
 /// The ids of every run of the stack's account.
 fn run_ids(stack: &Stack) -> Vec<String> {
-    let out = stack.run(&["containers", "runs", "-o", "json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let runs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    runs.iter()
+    stack
+        .runs()
+        .iter()
         .map(|r| r["id"].as_str().unwrap().to_owned())
         .collect()
 }

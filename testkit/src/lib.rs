@@ -19,7 +19,7 @@ mod watch;
 
 pub use bins::Bins;
 pub use busd::Busd;
-pub use output::{one_line_error, stdout};
+pub use output::{describe, expect_success, last_error_line, one_line_error, stdout};
 pub use podman::Podman;
 pub use process::{alive, stop_pid, wait_until, write_secret};
 pub use runner::{ALL_SCOPES, Runner, RunnerProcess, Serve, hash_key, mint};

@@ -84,6 +84,17 @@ impl Stack {
         self.bus().args(args).output().unwrap()
     }
 
+    /// The account's runs, from `bus containers runs -o json`.
+    pub fn runs(&self) -> Vec<serde_json::Value> {
+        let out = self.run(&["containers", "runs", "-o", "json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     /// `bus` like [`Stack::bus`], with `BUS_AI_API_URL` set to `api_url` (a proxy in front of
     /// the runner, say): the CLI sends it with each call, and a busd it starts takes it as
     /// its default origin.

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 pub use bus_testkit::{
-    ALL_SCOPES, Bins, Busd, Podman, Runner, Stack, Watched, alive, one_line_error, script, stdout,
-    stop_pid, wait_until,
+    ALL_SCOPES, Bins, Busd, Podman, Runner, Stack, Watched, alive, describe, expect_success,
+    last_error_line, one_line_error, script, stdout, stop_pid, wait_until,
 };
 
 /// The workspace's binaries, found beside this package's `bus`.
