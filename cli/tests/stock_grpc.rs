@@ -1,6 +1,6 @@
 //! busd checked by a stock gRPC client, not our code: Python grpcio with
 //! grpcio-health-checking and grpcio-reflection (PyPI), from the project venv `.venv-ci/`
-//! that scripts/setup-python makes. The client is tests/stock_grpc.py; it speaks to busd's
+//! that scripts/setup-python makes. The client is cli/tests/stock_grpc.py; it speaks to busd's
 //! socket with grpcio's default channel options (so grpc-core's own `:authority`, the socket
 //! path) and no checked-in stubs of ours: what reflection tells it, and stubs it generates
 //! from proto/ itself.
