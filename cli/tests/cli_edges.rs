@@ -1,7 +1,7 @@
 //! The CLI at its edges with busd: exit codes of the commands that pass on a container's code,
 //! a busd that accepts but does not answer (SIGSTOP), the `--timeout` expiry, a busd older
 //! than the CLI, and the one-line errors for bad input. Everything runs the real binaries
-//! (runner on Podman, busd started by the CLI); see `cli/tests/common` and `testkit`.
+//! (runner on Podman, busd started by the CLI); see `testkit`.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! How output leaves `bus`, through the real binaries (see `cli/tests/common` and `testkit`): a foreground
+//! How output leaves `bus`, through the real binaries (see `testkit`): a foreground
 //! run tells its id on a terminal and gives one JSON result with `-o json`; output into a
 //! closed pipe ends `bus` as it ends coreutils (killed by SIGPIPE, nothing on stderr) in
 //! every output mode.

@@ -1,7 +1,7 @@
 //! The CLI as people and scripts use it: `-o json` and `-q`, the settings file and its
 //! precedence, exit codes per class of failure, completions and man pages, systemd units,
 //! `runs --watch` (in tmux, and plain without a terminal), and `bus local up|down|status`
-//! against a real Podman. Everything runs the real binaries; see `cli/tests/common` and `testkit`.
+//! against a real Podman. Everything runs the real binaries; see `testkit`.
 
 mod common;
 

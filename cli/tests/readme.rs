@@ -1,6 +1,6 @@
 //! The README's shell examples, run: every ```sh block of README.md runs in a fresh
 //! `bash -e` (with a time limit) against a real runner on Podman and the real `bus`, which
-//! starts the real busd (see `cli/tests/common` and `testkit`). A block that cannot run here is marked in the
+//! starts the real busd (see `testkit`). A block that cannot run here is marked in the
 //! README itself by a `<!-- not-run: REASON -->` line just before its fence; nothing else
 //! skips one. A failure names the block by its line in README.md.
 
