@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::Error;
 use crate::process::{poll, stop_pid};
-use crate::{Error, repo_root};
 
 /// How long the service may take to answer `GET /_ping`.
 const READY_LIMIT: Duration = Duration::from_secs(30);
@@ -226,4 +226,12 @@ fn ping(socket: &Path) -> bool {
     let mut reply = String::new();
     let _ = s.read_to_string(&mut reply);
     reply.starts_with("HTTP/1.") && reply.contains(" 200 ")
+}
+
+/// The repository's root, for files the harness shares with deployments (deploy/).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit/ is inside the repository")
+        .to_path_buf()
 }
