@@ -154,7 +154,7 @@ async fn a_run_survives_a_runner_killed_with_sigkill() {
     let log = dir.path().join("runner.log");
     let mut first = serve(&podman, &state, &log);
     let token = mint(&state, "alice");
-    let client = Client::new(&first.origin(), &token);
+    let client = Client::new(first.origin(), &token);
 
     const LINES: u32 = 300;
     let id = client
@@ -187,7 +187,7 @@ async fn a_run_survives_a_runner_killed_with_sigkill() {
     );
 
     let second = serve(&podman, &state, &log);
-    let client = Client::new(&second.origin(), &token);
+    let client = Client::new(second.origin(), &token);
     let (status, run) = client.run(&id).await;
     assert_eq!(status, 200, "the run record survived: {run}");
     assert_eq!(run["state"], "running", "{run}");
@@ -273,7 +273,7 @@ async fn a_container_removed_while_the_runner_was_down_fails_the_run() {
     let log = dir.path().join("runner.log");
     let mut first = serve(&podman, &state, &log);
     let token = mint(&state, "alice");
-    let client = Client::new(&first.origin(), &token);
+    let client = Client::new(first.origin(), &token);
     let id = client.create(json!({"argv": ["sleep", "60"]})).await;
     let name = format!("bus-{id}");
     let stray = format!("bus-stray-{}", std::process::id());
@@ -311,7 +311,7 @@ async fn a_container_removed_while_the_runner_was_down_fails_the_run() {
     assert!(podman.container_exists(&stray));
 
     let second = serve(&podman, &state, &log);
-    let client = Client::new(&second.origin(), &token);
+    let client = Client::new(second.origin(), &token);
     let run = client.wait_state(&id, "an end", |s| s != "running").await;
     assert_eq!(run["state"], "failed", "{run}");
     assert_eq!(run["reason"], VANISHED);
@@ -450,7 +450,7 @@ async fn recovers_output_written_while_down(
     let log = dir.path().join("runner.log");
     let mut first = serve(&podman, &state, &log);
     let token = mint(&state, "alice");
-    let client = Client::new(&first.origin(), &token);
+    let client = Client::new(first.origin(), &token);
     let id = client
         .create(json!({"argv": ["sh", "-c", two_streams(lines, pause)]}))
         .await;
@@ -482,7 +482,7 @@ async fn recovers_output_written_while_down(
     }
     let second = serve(&podman, &state, &log);
     eprintln!("runner down {:?}", killed.elapsed());
-    let client = Client::new(&second.origin(), &token);
+    let client = Client::new(second.origin(), &token);
     client
         .follow(&id, resumed_after, |frame| taken.take(frame))
         .await;
