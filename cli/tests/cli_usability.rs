@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ALL_SCOPES, Stack, bin, bins, hash_key, one_line_error, stdout};
+use common::{ALL_SCOPES, Stack, alive, bin, bins, free_port, hash_key, one_line_error, stdout};
 use serde_json::Value;
 
 /// The documented keys of a run in `-o json`, and the JSON types each may take.
@@ -437,15 +437,6 @@ fn runs_watch_redraws_on_a_terminal_and_prints_plainly_otherwise() {
     );
 }
 
-/// A free TCP port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `bus local` in temporary XDG directories; `down` on drop.
 struct Local {
     home: tempfile::TempDir,
@@ -487,12 +478,6 @@ impl Drop for Local {
     fn drop(&mut self) {
         let _ = self.run(&["local", "down"]);
     }
-}
-
-fn gone(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
-        .unwrap_or(true)
 }
 
 #[test]
@@ -547,9 +532,9 @@ fn local_up_is_idempotent_and_down_leaves_nothing_behind() {
         String::from_utf8_lossy(&out.stderr)
     );
     for (name, pid) in &first {
-        let pid = pid.unwrap();
+        let pid = u32::try_from(pid.unwrap()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !gone(pid) {
+        while alive(pid) {
             assert!(Instant::now() < deadline, "{name} (pid {pid}) still runs");
             std::thread::sleep(Duration::from_millis(50));
         }

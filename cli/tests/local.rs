@@ -7,16 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{alive, bin, one_line_error, stop_pid};
-
-/// A free TCP port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{alive, bin, free_port, one_line_error, stop_pid};
 
 /// A deployment in a temporary HOME (config, token, busd's socket and log under it) and a
 /// temporary state directory; `down` on drop, and whatever it recorded stopped by PID.

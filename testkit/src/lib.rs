@@ -23,7 +23,7 @@ pub use busd::Busd;
 pub use error::Error;
 pub use output::{describe, expect_success, last_error_line, one_line_error, stdout};
 pub use podman::{Podman, PodmanBuilder, repo_root};
-pub use process::{alive, stop_pid, wait_until, write_secret};
+pub use process::{alive, free_port, stop_pid, wait_until, write_secret};
 pub use runner::{ALL_SCOPES, Runner, RunnerProcess, Serve, hash_key, mint};
 pub use stack::Stack;
 pub use watch::Watched;

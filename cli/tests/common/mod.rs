@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 
 pub use bus_testkit::{
     ALL_SCOPES, Bins, Busd, Podman, Runner, Stack, Watched, alive, describe, expect_success,
-    last_error_line, one_line_error, script, stdout, stop_pid, wait_until,
+    free_port, last_error_line, one_line_error, script, stdout, stop_pid, wait_until,
 };
 
 /// The workspace's binaries, found beside this package's `bus`.
