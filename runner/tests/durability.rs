@@ -15,7 +15,7 @@ use bus_api::auth::Scope;
 use bus_api::{LogFrame, RunState, Stream};
 use bus_testkit::script::{two_streams, two_streams_output};
 use bus_testkit::{RunnerProcess, Serve};
-use common::{ALL, Podman, Reply, bins, call, frames, runner};
+use common::{ALL, Cleanup, Podman, Reply, bins, call, create_run, frames, runner};
 use futures::StreamExt as _;
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
@@ -23,18 +23,6 @@ use tower::ServiceExt as _;
 
 const RUNS: &str = "/api/v1/containers/runs";
 const VANISHED: &str = "the container vanished while the runner was down";
-
-/// Removes the runs' containers (by name) when the test ends, in case a failure (or the
-/// in-process app going away mid-run) left them behind.
-struct Cleanup<'a>(&'a Podman, Vec<String>);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        for name in &self.1 {
-            self.0.remove_container(name);
-        }
-    }
-}
 
 /// `bus-runner serve` on port 0 on `podman` and `state`, its log appended to `log`.
 fn serve(podman: &Podman, state: &Path, log: &Path) -> RunnerProcess {
@@ -544,14 +532,10 @@ async fn send(app: &Router, req: Request<Body>) -> Reply {
 }
 
 async fn create(app: &Router, token: &str, body: Value) -> String {
-    let reply = call(app, Method::POST, RUNS, Some(token), Some(body)).await;
-    assert_eq!(
-        reply.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    reply.json()["id"].as_str().unwrap().to_owned()
+    create_run(app, token, body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// Follows the run's logs (in-process) until a frame's output contains `text`.

@@ -117,6 +117,37 @@ pub async fn call(
     }
 }
 
+/// `POST /api/v1/containers/runs` with `body`; asserts 201 and returns the run's record.
+pub async fn create_run(app: &Router, token: &str, body: serde_json::Value) -> serde_json::Value {
+    let reply = call(
+        app,
+        Method::POST,
+        "/api/v1/containers/runs",
+        Some(token),
+        Some(body),
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()
+}
+
+/// Removes containers (by name) when dropped, in case a failure (or the in-process app going
+/// away mid-run) left them behind.
+pub struct Cleanup<'a>(pub &'a Podman, pub Vec<String>);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for name in &self.1 {
+            self.0.remove_container(name);
+        }
+    }
+}
+
 /// Parses an NDJSON body into log frames.
 pub fn frames(body: &[u8]) -> Vec<bus_api::LogFrame> {
     body.split(|b| *b == b'\n')
