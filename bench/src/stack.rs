@@ -1,15 +1,17 @@
 //! Everything the bench measures, started on temporary paths and stopped by PID: Podman's API
 //! service, a certificate authority and a server certificate (openssl), bus-runner serving
-//! HTTPS and plain HTTP, a token, and busd started by the `bus` CLI.
+//! HTTPS and plain HTTP, a token, and busd started by the `bus` CLI. The processes are
+//! started by the workspace's test harness (bus-testkit), as the tests start theirs.
 
 use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::fs::{self, OpenOptions};
+use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use bus_testkit::{Bins, Podman, RunnerProcess, Serve, stop_pid};
 
 use crate::measure::Cmd;
 use crate::{Failed, say};
@@ -51,7 +53,8 @@ pub struct Stack {
     pub runner_pid: u32,
     token: String,
     runner_state: PathBuf,
-    children: Vec<Child>,
+    podman: Option<Podman>,
+    runner: Option<RunnerProcess>,
 }
 
 impl Stack {
@@ -65,6 +68,7 @@ impl Stack {
                 )));
             }
         }
+        let bins = Bins::in_dir(bin);
         let tmp = std::env::temp_dir().join(format!("bus-bench-{}", std::process::id()));
         fs::DirBuilder::new()
             .mode(0o700)
@@ -95,11 +99,13 @@ impl Stack {
             runner_pid: 0,
             token: String::new(),
             runner_state: tmp.join("runner"),
-            children: Vec::new(),
+            podman: None,
+            runner: None,
         };
         stack.start_podman()?;
-        stack.make_certificates()?;
-        stack.start_runner()?;
+        say("making a CA and a server certificate");
+        bus_testkit::tls::certificates(&stack.tmp).map_err(failed)?;
+        stack.start_runner(&bins)?;
         stack.start_busd()?;
         Ok(stack)
     }
@@ -109,159 +115,31 @@ impl Stack {
             "starting podman's API service on {}",
             self.podman_sock.display()
         ));
-        let log = self.file("podman.log")?;
-        let child = Command::new("podman")
-            .args(["system", "service", "--time=0"])
-            .arg(format!("unix://{}", self.podman_sock.display()))
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| Failed(format!("cannot run podman: {e}; run scripts/setup-engine")))?;
-        self.podman_pid = child.id();
-        self.children.push(child);
-        let sock = self.podman_sock.clone();
-        wait_for("podman's API service", Duration::from_secs(20), || {
-            UnixStream::connect(&sock).is_ok()
-        })
-    }
-
-    /// A CA and a server certificate for 127.0.0.1 it issued, as a remote deployment would
-    /// have (ECDSA P-256).
-    fn make_certificates(&mut self) -> Result<(), Failed> {
-        let dir = &self.tmp;
-        let ext = dir.join("server.ext");
-        fs::write(
-            &ext,
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n\
-             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-        )
-        .map_err(|e| Failed(format!("cannot write {}: {e}", ext.display())))?;
-        let p = |name: &str| dir.join(name).into_os_string();
-        let steps: [Vec<OsString>; 3] = [
-            vec![
-                "req".into(),
-                "-x509".into(),
-                "-newkey".into(),
-                "ec".into(),
-                "-pkeyopt".into(),
-                "ec_paramgen_curve:P-256".into(),
-                "-nodes".into(),
-                "-keyout".into(),
-                p("ca.key"),
-                "-out".into(),
-                p("ca.pem"),
-                "-days".into(),
-                "2".into(),
-                "-subj".into(),
-                "/CN=bus bench CA".into(),
-                "-addext".into(),
-                "basicConstraints=critical,CA:TRUE".into(),
-                "-addext".into(),
-                "keyUsage=critical,keyCertSign,cRLSign".into(),
-            ],
-            vec![
-                "req".into(),
-                "-newkey".into(),
-                "ec".into(),
-                "-pkeyopt".into(),
-                "ec_paramgen_curve:P-256".into(),
-                "-nodes".into(),
-                "-keyout".into(),
-                p("server.key"),
-                "-out".into(),
-                p("server.csr"),
-                "-subj".into(),
-                "/CN=localhost".into(),
-            ],
-            vec![
-                "x509".into(),
-                "-req".into(),
-                "-in".into(),
-                p("server.csr"),
-                "-CA".into(),
-                p("ca.pem"),
-                "-CAkey".into(),
-                p("ca.key"),
-                "-set_serial".into(),
-                "2".into(),
-                "-days".into(),
-                "2".into(),
-                "-extfile".into(),
-                ext.into_os_string(),
-                "-out".into(),
-                p("server.pem"),
-            ],
-        ];
-        for args in steps {
-            let out = Command::new("openssl")
-                .args(&args)
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| {
-                    Failed(format!(
-                        "cannot run openssl: {e}; install it (apt-get install openssl)"
-                    ))
-                })?;
-            if !out.status.success() {
-                return Err(Failed(format!(
-                    "openssl {} failed: {}",
-                    args[0].to_string_lossy(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-            }
-        }
+        let podman = Podman::builder()
+            .in_dir(&self.tmp)
+            .try_start()
+            .map_err(failed)?;
+        self.podman_pid = podman.pid();
+        self.podman_sock = podman.socket.clone();
+        self.podman = Some(podman);
         Ok(())
     }
 
-    fn start_runner(&mut self) -> Result<(), Failed> {
-        let log = self.file("bus-runner.log")?;
-        let mut child = Command::new(self.bin.join("bus-runner"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--listen",
-                "https://127.0.0.1:0",
-            ])
-            .arg("--tls-cert")
-            .arg(self.tmp.join("server.pem"))
-            .arg("--tls-key")
-            .arg(self.tmp.join("server.key"))
-            .arg("--engine")
-            .arg(format!("unix://{}", self.podman_sock.display()))
-            .arg("--state-dir")
-            .arg(&self.runner_state)
+    fn start_runner(&mut self, bins: &Bins) -> Result<(), Failed> {
+        let runner = Serve::new(bins, &self.podman_sock, &self.runner_state)
+            .map_err(failed)?
+            .listen("127.0.0.1:0")
+            .listen("https://127.0.0.1:0")
+            .tls(self.tmp.join("server.pem"), self.tmp.join("server.key"))
+            .log(&self.runner_log)
             .env("RUST_LOG", "warn,bus_runner::routes::logs=debug")
             .env("CONTAINERS_CONF", self.engine_env("CONTAINERS_CONF"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| Failed(format!("cannot run bus-runner: {e}")))?;
-        self.runner_pid = child.id();
-        let stdout = child.stdout.take().expect("piped stdout");
-        self.children.push(child);
-        let mut lines = BufReader::new(stdout).lines();
-        let mut next = || -> Result<String, Failed> {
-            let line = lines
-                .next()
-                .transpose()
-                .map_err(|e| Failed(format!("reading bus-runner's stdout: {e}")))?
-                .unwrap_or_default();
-            line.strip_prefix("listening on ")
-                .map(str::to_owned)
-                .ok_or_else(|| {
-                    Failed(format!(
-                        "bus-runner printed {line:?} instead of its address (see {})",
-                        self.runner_log.display()
-                    ))
-                })
-        };
-        self.http = format!("http://{}", next()?);
-        self.https = next()?;
+            .try_spawn()
+            .map_err(failed)?;
+        self.runner_pid = runner.pid();
+        self.http = runner.origins[0].clone();
+        self.https = runner.origins[1].clone();
+        self.runner = Some(runner);
         if !self.https.starts_with("https://") {
             return Err(Failed(format!(
                 "bus-runner's second address is {}, not https://",
@@ -270,7 +148,7 @@ impl Stack {
         }
         say(&format!("bus-runner on {} and {}", self.https, self.http));
 
-        let out = Command::new(self.bin.join("bus-runner"))
+        let out = Command::new(bins.dir().join("bus-runner"))
             .args([
                 "token",
                 "--account",
@@ -425,34 +303,6 @@ impl Stack {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-
-    fn file(&self, name: &str) -> Result<File, Failed> {
-        File::create(self.tmp.join(name)).map_err(|e| Failed(format!("cannot create {name}: {e}")))
-    }
-
-    /// Containers labelled with this runner's id (normally none are left).
-    fn remove_runner_containers(&self) {
-        let Ok(id) = fs::read_to_string(self.runner_state.join("runner-id")) else {
-            return;
-        };
-        let podman = |args: &[&str]| {
-            Command::new("podman")
-                .arg("--url")
-                .arg(format!("unix://{}", self.podman_sock.display()))
-                .args(args)
-                .env_clear()
-                .envs(self.env.iter().map(|(k, v)| (k, v)))
-                .stdin(Stdio::null())
-                .stderr(Stdio::null())
-                .output()
-        };
-        let filter = format!("label=bus.runner={}", id.trim());
-        if let Ok(out) = podman(&["ps", "-a", "-q", "--no-trunc", "--filter", &filter]) {
-            for container in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = podman(&["rm", "-f", "--ignore", container]);
-            }
-        }
-    }
 }
 
 impl Drop for Stack {
@@ -462,51 +312,19 @@ impl Drop for Stack {
             stop_pid(self.busd_pid);
         }
         // The runner first (it leaves runs running), then their containers, then podman.
-        let mut children = std::mem::take(&mut self.children);
-        while let Some(mut child) = children.pop() {
-            if child.id() == self.podman_pid {
-                self.remove_runner_containers();
+        drop(self.runner.take());
+        if let Some(podman) = self.podman.take() {
+            if let Ok(id) = fs::read_to_string(self.runner_state.join("runner-id")) {
+                podman.remove_labelled(&format!("bus.runner={}", id.trim()));
             }
-            stop_pid(child.id());
-            let _ = child.wait();
         }
         let _ = fs::remove_dir_all(&self.tmp);
     }
 }
 
-/// SIGTERM, then SIGKILL after 5 s; only PIDs this bench started.
-pub fn stop_pid(pid: u32) {
-    let Some(pid) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return;
-    };
-    if rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_err() {
-        return;
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        match fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())) {
-            Ok(stat) if !stat.contains(") Z ") => std::thread::sleep(Duration::from_millis(20)),
-            _ => return,
-        }
-    }
-    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-}
-
-fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) -> Result<(), Failed> {
-    let deadline = Instant::now() + limit;
-    while !ready() {
-        if Instant::now() > deadline {
-            return Err(Failed(format!(
-                "{what} was not ready within {} s",
-                limit.as_secs()
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
+/// A harness error as the bench's.
+fn failed(e: bus_testkit::Error) -> Failed {
+    Failed(e.to_string())
 }
 
 fn write_secret(path: &Path, content: &str) -> Result<(), Failed> {

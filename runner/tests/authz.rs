@@ -16,7 +16,7 @@ use bus_runner::AppState;
 use bus_runner::auth::{self, Keys};
 use bus_runner::config::Config;
 use bus_runner::engine::Engine;
-use common::{Podman, Reply, call, frames};
+use common::{Cleanup, Podman, Reply, call, create_run, frames};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -148,9 +148,10 @@ fn containers_of(podman: &Podman, owner: &str) -> usize {
 
 /// Creates a run as `token`, asserting 201; returns its id.
 async fn create(app: &Router, token: &str, body: Value) -> String {
-    let reply = call(app, Method::POST, RUNS, Some(token), Some(body)).await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", text(&reply));
-    reply.json()["id"].as_str().unwrap().to_owned()
+    create_run(app, token, body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// Waits until the run's container exists and runs (state `running`), at most 30 s.
@@ -188,17 +189,6 @@ async fn wait_ended(app: &Router, token: &str, id: &str) {
         ),
         "the follow ends with the exit frame"
     );
-}
-
-/// Removes the runs' containers if a failing test left them behind.
-struct Cleanup<'a>(&'a Podman, Vec<String>);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        for id in &self.1 {
-            self.0.remove_container(&format!("bus-{id}"));
-        }
-    }
 }
 
 #[tokio::test]
@@ -608,7 +598,7 @@ async fn authorization_matrix() {
         json!({"argv": ["sh", "-c", "echo hi"]}),
     )
     .await;
-    cleanup.1.push(run.clone());
+    cleanup.1.push(format!("bus-{run}"));
     wait_ended(&app, &tokens.owner, &run).await;
 
     let ep = |method: Method, path, body, need, ok, per_run| Endpoint {
@@ -728,7 +718,7 @@ async fn authorization_matrix() {
                 assert_eq!(reply.status, e.ok, "{context}: {}", text(&reply));
                 if e.method == Method::POST {
                     let id = reply.json()["id"].as_str().unwrap().to_owned();
-                    cleanup.1.push(id);
+                    cleanup.1.push(format!("bus-{id}"));
                 }
                 if e.path == BILLING {
                     let account = if who == Who::Owner {
@@ -793,7 +783,7 @@ async fn identity_comes_from_the_token_not_the_body() {
         json!({"argv": ["true"], "owner": "authz-bob", "account_id": "authz-bob"}),
     )
     .await;
-    let _cleanup = Cleanup(&podman, vec![id.clone()]);
+    let _cleanup = Cleanup(&podman, vec![format!("bus-{id}")]);
     wait_ended(&app, &alice, &id).await;
     let reply = call(
         &app,
@@ -870,7 +860,7 @@ async fn billing_and_quotas_refuse_before_the_engine() {
     // One concurrent run: the second is a 429 with Retry-After, and no container.
     let solo = exchange(&app, "key-solo", EVERY).await;
     let live = create(&app, &solo, json!({"argv": ["sleep", "30"]})).await;
-    cleanup.1.push(live.clone());
+    cleanup.1.push(format!("bus-{live}"));
     // Count only once its container exists: the executor creates it after the 201.
     wait_running(&app, &solo, &live).await;
     let count = containers_of(&podman, "authz-solo");
@@ -914,13 +904,13 @@ async fn billing_and_quotas_refuse_before_the_engine() {
     .await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
     let next = create(&app, &solo, json!({"argv": ["true"]})).await;
-    cleanup.1.push(next.clone());
+    cleanup.1.push(format!("bus-{next}"));
     wait_ended(&app, &solo, &next).await;
 
     // Run-seconds: one per day; a run of about a second uses it up.
     let meter = exchange(&app, "key-meter", EVERY).await;
     let first = create(&app, &meter, json!({"argv": ["sleep", "1"]})).await;
-    cleanup.1.push(first.clone());
+    cleanup.1.push(format!("bus-{first}"));
     wait_ended(&app, &meter, &first).await;
     let count = containers_of(&podman, "authz-meter");
     let reply = call(
@@ -970,7 +960,7 @@ async fn deleting_runs_does_not_give_run_seconds_back() {
 
     // A run of about 3 s on a plan of 2 run-seconds.
     let run = create(&app, &ledger, json!({"argv": ["sleep", "3"]})).await;
-    cleanup.1.push(run.clone());
+    cleanup.1.push(format!("bus-{run}"));
     wait_ended(&app, &ledger, &run).await;
     let status = call(&app, Method::GET, BILLING, Some(&ledger), None)
         .await
@@ -1062,7 +1052,7 @@ async fn grants_narrow_images_and_logs() {
 
     // The profile's image (localhost/busybox:latest) is covered by the repository entry.
     let id = create(&app, &narrow, json!({"argv": ["sh", "-c", "echo secret"]})).await;
-    let _cleanup = Cleanup(&podman, vec![id.clone()]);
+    let _cleanup = Cleanup(&podman, vec![format!("bus-{id}")]);
 
     // Logs are off: own run and a missing one get the same 403, for the logs and for an
     // attach to the run's command (which replays them); the record is still readable.

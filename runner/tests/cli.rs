@@ -2,11 +2,12 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-use common::Podman;
+use bus_testkit::Serve;
+use common::{Podman, bins};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bus-runner");
 
@@ -85,28 +86,8 @@ fn serve_prints_its_address_and_answers() {
     let podman = Podman::start();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--engine",
-            &podman.url(),
-            "--state-dir",
-        ])
-        .arg(&state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .to_owned();
+    let mut runner = Serve::new(bins(), &podman.socket, &state).unwrap().spawn();
+    let addr = runner.origin().trim_start_matches("http://").to_owned();
 
     let token = run(&[
         "token",
@@ -184,9 +165,7 @@ fn serve_prints_its_address_and_answers() {
     }
     assert!(podman.container_exists(&format!("bus-{id}")));
 
-    let pid = rustix::process::Pid::from_child(&child);
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let status = child.wait().unwrap();
+    let status = runner.terminate();
     assert!(
         status.success(),
         "SIGTERM stops the server cleanly: {status}"
@@ -207,16 +186,16 @@ fn serve_prints_its_address_and_answers() {
 #[test]
 fn serve_without_an_engine_says_how_to_start_one() {
     let dir = tempfile::tempdir().unwrap();
-    let sock = format!("unix://{}", dir.path().join("absent.sock").display());
-    let out = run(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--engine",
-        &sock,
-        "--state-dir",
-        dir.path().join("s").to_str().unwrap(),
-    ]);
+    let out = Serve::new(
+        bins(),
+        &dir.path().join("absent.sock"),
+        &dir.path().join("s"),
+    )
+    .unwrap()
+    .listen("127.0.0.1:0")
+    .command(&[])
+    .output()
+    .unwrap();
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(

@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -15,105 +13,28 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use bus_api::auth::Scope;
 use bus_api::{LogFrame, RunState, Stream};
-use common::{ALL, Podman, Reply, call, frames, runner};
+use bus_testkit::script::{two_streams, two_streams_output};
+use bus_testkit::{RunnerProcess, Serve};
+use common::{ALL, Cleanup, Podman, Reply, bins, call, create_run, frames, runner};
 use futures::StreamExt as _;
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bus-runner");
 const RUNS: &str = "/api/v1/containers/runs";
 const VANISHED: &str = "the container vanished while the runner was down";
 
-/// Removes the runs' containers (by name) when the test ends, in case a failure (or the
-/// in-process app going away mid-run) left them behind.
-struct Cleanup<'a>(&'a Podman, Vec<String>);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        for name in &self.1 {
-            self.0.remove_container(name);
-        }
-    }
+/// `bus-runner serve` on port 0 on `podman` and `state`, its log appended to `log`.
+fn serve(podman: &Podman, state: &Path, log: &Path) -> RunnerProcess {
+    Serve::new(bins(), &podman.socket, state)
+        .unwrap()
+        .log(log)
+        .spawn()
 }
 
-/// A `bus-runner serve` process on port 0; SIGKILLed (by its PID) on drop if still running.
-struct RunnerProcess {
-    child: Child,
-    base: String,
-}
-
-impl RunnerProcess {
-    fn start(podman: &Podman, state: &Path, log: &Path) -> RunnerProcess {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--engine",
-                &podman.url(),
-            ])
-            .arg("--state-dir")
-            .arg(state)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        // Readiness: the runner prints its bound address once it listens.
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        RunnerProcess {
-            child,
-            base: format!("http://{addr}"),
-        }
-    }
-
-    fn kill9(&mut self) {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for RunnerProcess {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.kill9();
-        }
-    }
-}
-
+/// A token for `account` with every container scope, from `bus-runner token`.
 fn mint(state: &Path, account: &str) -> String {
-    let out = Command::new(BIN)
-        .args(["token", "--state-dir"])
-        .arg(state)
-        .args([
-            "--account",
-            account,
-            "--resources",
-            "container:read container:run container:delete",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    bus_testkit::mint(bins(), state, account, bus_testkit::ALL_SCOPES, &[])
 }
 
 /// A minimal REST client for a runner process.
@@ -219,9 +140,9 @@ async fn a_run_survives_a_runner_killed_with_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let log = dir.path().join("runner.log");
-    let mut first = RunnerProcess::start(&podman, &state, &log);
+    let mut first = serve(&podman, &state, &log);
     let token = mint(&state, "alice");
-    let client = Client::new(&first.base, &token);
+    let client = Client::new(first.origin(), &token);
 
     const LINES: u32 = 300;
     let id = client
@@ -247,14 +168,14 @@ async fn a_run_survives_a_runner_killed_with_sigkill() {
         })
         .await;
 
-    first.kill9();
+    first.kill();
     assert!(
         podman.container_exists(&format!("bus-{id}")),
         "the container outlives the runner"
     );
 
-    let second = RunnerProcess::start(&podman, &state, &log);
-    let client = Client::new(&second.base, &token);
+    let second = serve(&podman, &state, &log);
+    let client = Client::new(second.origin(), &token);
     let (status, run) = client.run(&id).await;
     assert_eq!(status, 200, "the run record survived: {run}");
     assert_eq!(run["state"], "running", "{run}");
@@ -310,7 +231,7 @@ async fn a_run_survives_a_runner_killed_with_sigkill() {
     // A replay from the start gives exactly the frames followed, densely.
     let reply = client
         .http
-        .get(format!("{}{RUNS}/{id}/logs", second.base))
+        .get(format!("{}{RUNS}/{id}/logs", second.origin()))
         .bearer_auth(&token)
         .send()
         .await
@@ -338,9 +259,9 @@ async fn a_container_removed_while_the_runner_was_down_fails_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let log = dir.path().join("runner.log");
-    let mut first = RunnerProcess::start(&podman, &state, &log);
+    let mut first = serve(&podman, &state, &log);
     let token = mint(&state, "alice");
-    let client = Client::new(&first.base, &token);
+    let client = Client::new(first.origin(), &token);
     let id = client.create(json!({"argv": ["sleep", "60"]})).await;
     let name = format!("bus-{id}");
     let stray = format!("bus-stray-{}", std::process::id());
@@ -355,7 +276,7 @@ async fn a_container_removed_while_the_runner_was_down_fails_the_run() {
             &name,
         ],
     );
-    first.kill9();
+    first.kill();
 
     // While it is down: its container vanishes, and a container with its label but a run id
     // it does not know appears.
@@ -377,8 +298,8 @@ async fn a_container_removed_while_the_runner_was_down_fails_the_run() {
     );
     assert!(podman.container_exists(&stray));
 
-    let second = RunnerProcess::start(&podman, &state, &log);
-    let client = Client::new(&second.base, &token);
+    let second = serve(&podman, &state, &log);
+    let client = Client::new(second.origin(), &token);
     let run = client.wait_state(&id, "an end", |s| s != "running").await;
     assert_eq!(run["state"], "failed", "{run}");
     assert_eq!(run["reason"], VANISHED);
@@ -401,26 +322,6 @@ async fn a_container_removed_while_the_runner_was_down_fails_the_run() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// A script writing, `lines` times with `pause` seconds between: `line I out` to stdout in two
-/// writes (the first without its newline, a partial line in the engine's log) and `err I` to
-/// stderr; then a last line without a newline on each stream; it exits with 7.
-fn two_streams(lines: u32, pause: &str) -> String {
-    format!(
-        "i=0; while [ $i -lt {lines} ]; do printf \"line $i\"; sleep 0.01; echo ' out'; \
-         echo \"err $i\" >&2; i=$((i+1)); sleep {pause}; done; \
-         printf 'last words'; printf 'no newline' >&2; exit 7"
-    )
-}
-
-/// What [`two_streams`] writes to stdout and to stderr.
-fn two_streams_output(lines: u32) -> (String, String) {
-    let mut stdout: String = (0..lines).map(|i| format!("line {i} out\n")).collect();
-    stdout.push_str("last words");
-    let mut stderr: String = (0..lines).map(|i| format!("err {i}\n")).collect();
-    stderr.push_str("no newline");
-    (stdout, stderr)
 }
 
 /// What a client took from a run's log: every output frame's seq, each stream's bytes, the exit
@@ -535,9 +436,9 @@ async fn recovers_output_written_while_down(
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let log = dir.path().join("runner.log");
-    let mut first = RunnerProcess::start(&podman, &state, &log);
+    let mut first = serve(&podman, &state, &log);
     let token = mint(&state, "alice");
-    let client = Client::new(&first.base, &token);
+    let client = Client::new(first.origin(), &token);
     let id = client
         .create(json!({"argv": ["sh", "-c", two_streams(lines, pause)]}))
         .await;
@@ -552,7 +453,7 @@ async fn recovers_output_written_while_down(
         })
         .await;
     let resumed_after = taken.last_seq();
-    first.kill9();
+    first.kill();
     let killed = Instant::now();
     tokio::time::sleep(down).await;
     if exit_meanwhile {
@@ -567,9 +468,9 @@ async fn recovers_output_written_while_down(
             "the container still runs when the runner comes back (make the run longer)"
         );
     }
-    let second = RunnerProcess::start(&podman, &state, &log);
+    let second = serve(&podman, &state, &log);
     eprintln!("runner down {:?}", killed.elapsed());
-    let client = Client::new(&second.base, &token);
+    let client = Client::new(second.origin(), &token);
     client
         .follow(&id, resumed_after, |frame| taken.take(frame))
         .await;
@@ -605,10 +506,10 @@ async fn a_run_that_exited_while_the_runner_was_down_keeps_all_its_output() {
 }
 
 fn podman_output(podman: &Podman, args: &[&str]) -> String {
-    let out = Command::new("podman")
-        .arg("--url")
-        .arg(podman.url())
+    let out = podman
+        .command()
         .args(args)
+        .stderr(std::process::Stdio::piped())
         .output()
         .unwrap();
     assert!(
@@ -631,14 +532,10 @@ async fn send(app: &Router, req: Request<Body>) -> Reply {
 }
 
 async fn create(app: &Router, token: &str, body: Value) -> String {
-    let reply = call(app, Method::POST, RUNS, Some(token), Some(body)).await;
-    assert_eq!(
-        reply.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    reply.json()["id"].as_str().unwrap().to_owned()
+    create_run(app, token, body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// Follows the run's logs (in-process) until a frame's output contains `text`.

@@ -12,7 +12,7 @@ use axum::Router;
 use axum::http::{Method, StatusCode};
 use bus_api::{LogFrame, RunState, Stream};
 use bus_runner::config::{Config, Network};
-use common::{ALL, Podman, Reply, call, frames, runner, runner_with};
+use common::{ALL, Podman, Reply, call, create_run, frames, runner, runner_with};
 use serde_json::{Value, json};
 
 const RUNS: &str = "/api/v1/containers/runs";
@@ -52,14 +52,7 @@ fn account(name: &str) -> String {
 }
 
 async fn create(app: &Router, token: &str, body: Value) -> Value {
-    let reply = call(app, Method::POST, RUNS, Some(token), Some(body)).await;
-    assert_eq!(
-        reply.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    reply.json()
+    create_run(app, token, body).await
 }
 
 /// Follows the run's logs to the end; returns the frames and the final record.

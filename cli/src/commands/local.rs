@@ -4,8 +4,9 @@
 //! with a generated config (a `dev` account and its API key, kept in `<config dir>/auth/api-key`
 //! where `bus auth token` finds it), writes a token for `dev` into the token file, and starts
 //! busd. Every process it starts is recorded in a pidfile in the state
-//! directory, `${XDG_STATE_HOME:-~/.local/state}/bus/local/`; `down` stops exactly those, by
-//! PID, and removes the Podman socket. The CLI speaks no HTTP: readiness is a connect.
+//! directory, `${XDG_STATE_HOME:-~/.local/state}/bus/local/` unless `--state-dir` (or
+//! `BUS_LOCAL_STATE_DIR`) names another; `down` stops exactly those, by PID, and removes the
+//! Podman socket. The CLI speaks no HTTP: readiness is a connect.
 
 use std::io::Read as _;
 use std::net::{SocketAddr, TcpStream};
@@ -43,9 +44,28 @@ pub enum Local {
     /// Start Podman's API service, bus-runner and busd (reusing what runs) and write a token.
     Up(UpArgs),
     /// Stop what `up` started, by PID, and remove its sockets.
-    Down,
+    Down(StateDirArg),
     /// Show what runs; exit 3 unless everything does.
-    Status(FormatArg),
+    Status(StatusArgs),
+}
+
+/// Where the deployment keeps its state.
+#[derive(Debug, clap::Args)]
+pub struct StateDirArg {
+    /// The state directory: pidfiles, logs, Podman's socket, the runner's config and state
+    /// (the token, config.toml and busd's socket follow --token-file, BUS_CONFIG_DIR and
+    /// --socket) [env: BUS_LOCAL_STATE_DIR] [default: ${XDG_STATE_HOME:-~/.local/state}/bus/local]
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+/// `bus local status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    state: StateDirArg,
+    #[command(flatten)]
+    format: FormatArg,
 }
 
 /// `bus local up`.
@@ -58,6 +78,11 @@ pub struct UpArgs {
     /// Lifetime of the token written to the token file (at most 24h).
     #[arg(long, value_name = "DURATION", default_value = "12h")]
     ttl: String,
+    /// More runner configuration (plans, accounts) appended to the one `up` generates.
+    #[arg(long, value_name = "FILE")]
+    runner_config: Option<PathBuf>,
+    #[command(flatten)]
+    state: StateDirArg,
 }
 
 /// The state directory's files.
@@ -66,8 +91,20 @@ struct Paths {
 }
 
 impl Paths {
-    fn new() -> Paths {
+    /// `--state-dir`, else `$BUS_LOCAL_STATE_DIR`, else `$XDG_STATE_HOME/bus/local`, else
+    /// `~/.local/state/bus/local`.
+    fn new(arg: &StateDirArg) -> Paths {
         let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        let chosen = arg
+            .state_dir
+            .clone()
+            .filter(|d| !d.as_os_str().is_empty())
+            .or_else(|| env("BUS_LOCAL_STATE_DIR").map(PathBuf::from));
+        if let Some(dir) = chosen {
+            // Absolute: the services it starts run in other working directories.
+            let dir = std::path::absolute(&dir).unwrap_or(dir);
+            return Paths { dir };
+        }
         let state = env("XDG_STATE_HOME").map(PathBuf::from).unwrap_or_else(|| {
             PathBuf::from(env("HOME").unwrap_or_else(|| "/".into())).join(".local/state")
         });
@@ -253,11 +290,13 @@ impl Local {
         overrides: Overrides,
         token_file: Option<&Path>,
     ) -> Result<u8, CliError> {
-        let paths = Paths::new();
         match self {
-            Local::Up(args) => up(&paths, args, socket, overrides, token_file).await,
-            Local::Down => down(&paths, socket, &overrides).await,
-            Local::Status(format) => status(&paths, socket, format.format()),
+            Local::Up(args) => {
+                let paths = Paths::new(&args.state);
+                up(&paths, args, socket, overrides, token_file).await
+            }
+            Local::Down(state) => down(&Paths::new(&state), socket, &overrides).await,
+            Local::Status(args) => status(&Paths::new(&args.state), socket, args.format.format()),
         }
     }
 }
@@ -274,6 +313,19 @@ async fn up(
         .mode(0o700)
         .create(&paths.dir)?;
     let say = |line: String| eprintln!("bus local: {line}");
+    // Read before anything starts, so a bad file starts nothing.
+    let extra_config = match &args.runner_config {
+        Some(path) => Some((
+            path,
+            std::fs::read_to_string(path).map_err(|e| {
+                CliError::Usage(format!(
+                    "cannot read --runner-config {}: {e}; name a readable TOML file",
+                    path.display()
+                ))
+            })?,
+        )),
+        None => None,
+    };
 
     // Podman's API service.
     let podman_socket = paths.podman_socket();
@@ -290,7 +342,9 @@ async fn up(
             std::fs::write(&conf, CONTAINERS_CONF)?;
             let _ = std::fs::remove_file(&podman_socket);
             let mut command = Command::new("podman");
+            // conmon writes an `oom` file into the service's working directory: keep it here.
             command
+                .current_dir(&paths.dir)
                 .args(["system", "service", "--time=0"])
                 .arg(format!("unix://{}", podman_socket.display()))
                 .env("CONTAINERS_CONF", &conf);
@@ -326,12 +380,15 @@ async fn up(
         .map(|s| format!("\"{s}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    let wanted = format!(
+    let mut wanted = format!(
         "# Generated by `bus local up`: one account, `{ACCOUNT}`, whose API key is in\n\
          # {key}.\n[[accounts]]\nid = \"{ACCOUNT}\"\napi_key_sha256 = \"{hash}\"\n\
          plan = \"local\"\nbilling = \"active\"\nresources = [{resources}]\n",
         key = key_file.display()
     );
+    if let Some((extra, more)) = &extra_config {
+        wanted.push_str(&format!("\n# From {}:\n{more}", extra.display()));
+    }
     let config_changed = std::fs::read_to_string(&config).ok().as_deref() != Some(&wanted);
     if config_changed {
         write_private(&config, &wanted)?;

@@ -1,7 +1,8 @@
-"""The live stack the tests talk to, started the way tests/common/mod.rs does: a Podman API
-service on a temporary socket (CONTAINERS_CONF=deploy/containers.conf), `bus-runner serve` on
-127.0.0.1:0 with a config file, tokens from `bus-runner token`, and `busd` on a temporary
-socket holding alice's token. Everything is stopped by PID.
+"""The live stack the tests talk to, started through the product itself: `bus local up
+--state-dir` in a temporary directory (Podman's API service, bus-runner with the generated
+`dev` account plus bob's below, busd), with HOME, the config dir, busd's socket and its log in
+that directory too; tokens for alice, bob and carol from `bus-runner token`. `bus local down
+--state-dir` stops what it started, by PID.
 
 The binaries come from $BUS_BIN_DIR, else target/debug (`cargo build --workspace --bins`).
 """
@@ -9,6 +10,7 @@ The binaries come from $BUS_BIN_DIR, else target/debug (`cargo build --workspace
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -16,9 +18,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List
 
 import pytest
 
@@ -77,16 +79,55 @@ def stop_pid(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def gone(pid: int) -> bool:
+    """Whether `pid` has exited (a zombie counts)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1].startswith("Z")
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @dataclass
 class Stack:
     dir: Path
     origin: str
     socket: Path
     tokens: Dict[str, str]
-    runner_state: Path
-    engine_socket: Path
-    procs: List[subprocess.Popen] = field(default_factory=list)
-    busd: Optional[subprocess.Popen] = None
+    up_args: List[str]
+
+    @property
+    def state(self) -> Path:
+        """`bus local`'s state directory."""
+        return self.dir / "local"
+
+    def local_env(self) -> Dict[str, str]:
+        """The environment of `bus local`: everything it writes stays in the stack's dir."""
+        return {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": str(self.dir / "home"),
+            "BUS_CONFIG_DIR": str(self.dir / "config"),
+            "XDG_STATE_HOME": str(self.dir / "xdg-state"),
+            "BUS_SOCKET": str(self.socket),
+            "BUS_LOCAL_STATE_DIR": str(self.state),
+            "BUS_LOG": "warn",
+        }
+
+    def local(self, *args: str) -> str:
+        """`bus local ARGS`; its stdout, or a failure with its stderr."""
+        out = subprocess.run(
+            [str(binary("bus")), "local", *args], env=self.local_env(),
+            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"bus local {' '.join(args)} failed: {out.stderr}")
+        return out.stdout
 
     def env(self) -> Dict[str, str]:
         """The environment a client of this stack's busd runs with."""
@@ -94,16 +135,26 @@ class Stack:
         env["BUS_SOCKET"] = str(self.socket)
         return env
 
+    def busd_pid(self) -> int:
+        status = json.loads(self.local("status", "-o", "json"))
+        return next(c["pid"] for c in status["components"] if c["name"] == "busd")
+
     def start_busd(self) -> None:
-        self.busd = self.spawn_busd(self.socket)
-        wait_until("busd", 20, lambda: socket_answers(self.socket))
+        """`bus local up` again: it reuses Podman and the runner and starts busd."""
+        self.local(*self.up_args)
+
+    def stop_busd(self, *, kill: bool = False) -> None:
+        """Stops busd by its PID: SIGTERM (a drained stop), or SIGKILL (a crash) with `kill`."""
+        pid = self.busd_pid()
+        os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+        wait_until("busd's exit", 20, lambda: gone(pid))
 
     def spawn_busd(self, socket: Path, **extra_env: str) -> subprocess.Popen:
         """A busd of this stack's environment (plus ``extra_env``) on ``socket``."""
         env = {
             "PATH": os.environ.get("PATH", ""),
             "HOME": str(self.dir / "home"),
-            "BUS_CONFIG_DIR": str(self.dir / "home" / "config"),
+            "BUS_CONFIG_DIR": str(self.dir / "config"),
             "BUS_AI_API_URL": self.origin,
             "BUS_AI_TOKEN": self.tokens["alice"],
             "BUS_LOG": "warn",
@@ -117,15 +168,19 @@ class Stack:
             stderr=open(self.dir / "busd.log", "ab"),
         )
 
-    def stop_busd(self, *, kill: bool = False) -> None:
-        """Stops busd by PID: SIGTERM (a drained stop), or SIGKILL (a crash) with `kill`."""
-        if self.busd is not None:
-            if kill:
-                self.busd.kill()
-                self.busd.wait()
-            else:
-                stop_pid(self.busd)
-            self.busd = None
+    def remove_containers(self) -> None:
+        """Containers the runner left running (there is no next start to re-adopt them)."""
+        runner_id = self.state / "runner" / "runner-id"
+        if not runner_id.is_file():
+            return
+        podman = ["podman", "--url", f"unix://{self.state / 'podman.sock'}"]
+        listed = subprocess.run(
+            podman + ["ps", "-a", "-q", "--no-trunc", "--filter",
+                      f"label=bus.runner={runner_id.read_text().strip()}"],
+            capture_output=True, text=True,
+        )
+        for container in listed.stdout.split():
+            subprocess.run(podman + ["rm", "-f", "--ignore", container], capture_output=True)
 
 
 def mint(state_dir: Path, account: str, resources: str = ALL_SCOPES) -> str:
@@ -142,63 +197,25 @@ def stack() -> Iterator[Stack]:
     if shutil.which("podman") is None:
         pytest.fail("podman is missing: scripts/setup-engine installs it")
     tmp = Path(tempfile.mkdtemp(prefix="bus-pytest-"))
-    procs: List[subprocess.Popen] = []
-    stack: Optional[Stack] = None
+    bob_key = "bob-" + os.urandom(16).hex()
+    config = tmp / "bob.toml"
+    config.write_text(
+        RUNNER_CONFIG.format(bob_key_hash=hashlib.sha256(bob_key.encode()).hexdigest())
+    )
+    listen = f"127.0.0.1:{free_port()}"
+    stack = Stack(
+        dir=tmp, origin=f"http://{listen}", socket=tmp / "run" / "busd.sock", tokens={},
+        up_args=["up", "--listen", listen, "--runner-config", str(config)],
+    )
     try:
-        engine_socket = tmp / "podman.sock"
-        engine = subprocess.Popen(
-            ["podman", "system", "service", "--time=0", f"unix://{engine_socket}"],
-            env={**os.environ, "CONTAINERS_CONF": str(REPO / "deploy" / "containers.conf")},
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        procs.append(engine)
-        wait_until("podman's API service", 20, lambda: socket_answers(engine_socket))
-
-        state = tmp / "runner"
-        state.mkdir(mode=0o700)
-        config = tmp / "runner.toml"
-        bob_key = "bob-" + os.urandom(16).hex()
-        config.write_text(
-            RUNNER_CONFIG.format(bob_key_hash=hashlib.sha256(bob_key.encode()).hexdigest())
-        )
-        runner = subprocess.Popen(
-            [str(binary("bus-runner")), "serve", "--config", str(config),
-             "--listen", "127.0.0.1:0", "--engine", f"unix://{engine_socket}",
-             "--state-dir", str(state)],
-            env={**os.environ, "RUST_LOG": "warn"},
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=open(tmp / "runner.log", "ab"),
-            text=True,
-        )
-        procs.append(runner)
-        line = runner.stdout.readline().strip()
-        if not line.startswith("listening on "):
-            pytest.fail(f"bus-runner printed {line!r} instead of its address: "
-                        f"{(tmp / 'runner.log').read_text()}")
-        origin = "http://" + line.removeprefix("listening on ")
-        tokens = {name: mint(state, name) for name in ("alice", "bob", "carol")}
-        stack = Stack(
-            dir=tmp, origin=origin, socket=tmp / "run" / "busd.sock", tokens=tokens,
-            runner_state=state, engine_socket=engine_socket, procs=procs,
-        )
-        stack.start_busd()
+        stack.local(*stack.up_args)
+        stack.tokens = {
+            name: mint(stack.state / "runner", name) for name in ("alice", "bob", "carol")
+        }
         yield stack
     finally:
-        if stack is not None:
-            stack.stop_busd()
-        for proc in reversed(procs[1:]):
-            stop_pid(proc)
-        runner_id = tmp / "runner" / "runner-id"
-        if procs and runner_id.is_file():
-            # Containers this runner left running (there is no next start to re-adopt them).
-            podman = ["podman", "--url", f"unix://{tmp / 'podman.sock'}"]
-            listed = subprocess.run(
-                podman + ["ps", "-a", "-q", "--no-trunc", "--filter",
-                          f"label=bus.runner={runner_id.read_text().strip()}"],
-                capture_output=True, text=True,
-            )
-            for container in listed.stdout.split():
-                subprocess.run(podman + ["rm", "-f", "--ignore", container],
-                               capture_output=True)
-        if procs:
-            stop_pid(procs[0])
-        shutil.rmtree(tmp, ignore_errors=True)
+        stack.remove_containers()
+        try:
+            stack.local("down")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,18 +1,18 @@
 /**
- * The live stack the tests talk to, started the way tests/common/mod.rs does: a Podman API
- * service on a temporary socket (CONTAINERS_CONF=deploy/containers.conf), `bus-runner serve` on
- * 127.0.0.1:0 with a config file, tokens from `bus-runner token`, and `busd` on a temporary
- * socket holding alice's token. Everything is stopped by PID.
+ * The live stack the tests talk to, started through the product itself: `bus local up
+ * --state-dir` in a temporary directory (Podman's API service, bus-runner with the generated
+ * `dev` account plus bob's below, busd), with HOME, the config dir, busd's socket and its log
+ * in that directory too; tokens for alice, bob and carol from `bus-runner token`. `bus local
+ * down --state-dir` stops what it started, by PID.
  *
  * The binaries come from $BUS_BIN_DIR, else target/debug (`cargo build --workspace --bins`).
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { createConnection } from "node:net";
-import { existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createConnection, createServer } from "node:net";
+import { existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
-import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 
 // dist/test/stack.js -> the repository root.
@@ -54,6 +54,26 @@ export async function stop(child: ChildProcess, signal: NodeJS.Signals = "SIGTER
   clearTimeout(timer);
 }
 
+/** Whether `pid` has exited (a zombie counts). */
+function gone(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, "utf8").split(") ").pop()!.startsWith("Z");
+  } catch {
+    return true;
+  }
+}
+
+function freePort(): Promise<number> {
+  return new Promise((done, fail) => {
+    const server = createServer();
+    server.once("error", fail);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => done(port));
+    });
+  });
+}
+
 function mint(stateDir: string, account: string): string {
   const out = spawnSync(
     binary("bus-runner"),
@@ -65,50 +85,68 @@ function mint(stateDir: string, account: string): string {
 }
 
 export class Stack {
-  busd?: ChildProcess;
+  tokens: Record<string, string> = {};
   private constructor(
     readonly dir: string,
     readonly origin: string,
     readonly socket: string,
-    readonly tokens: Record<string, string>,
-    private readonly engine: ChildProcess,
-    private readonly runner: ChildProcess,
+    private readonly upArgs: string[],
   ) {}
 
   static async start(): Promise<Stack> {
     const dir = mkdtempSync(join(tmpdir(), "bus-node-test-"));
-    const engineSocket = join(dir, "podman.sock");
-    const engine = spawn("podman", ["system", "service", "--time=0", `unix://${engineSocket}`], {
-      env: { ...process.env, CONTAINERS_CONF: join(REPO, "deploy", "containers.conf") },
-      stdio: "ignore",
-    });
-    await waitForSocket("podman's API service", engineSocket, 20_000);
-    const state = join(dir, "runner");
-    mkdirSync(state, { mode: 0o700 });
     // bob's account must set up billing before any run; alice and carol are not listed, so
     // they get the built-in `local` plan (billing active).
     const bobKeyHash = createHash("sha256").update(`bob-${randomBytes(16).toString("hex")}`).digest("hex");
-    const config = join(dir, "runner.toml");
+    const config = join(dir, "bob.toml");
     writeFileSync(
       config,
       `[plans.team]\n\n[[accounts]]\nid = "bob"\napi_key_sha256 = "${bobKeyHash}"\nplan = "team"\n` +
         `billing = "required"\nresources = ["container:read", "container:run", "container:delete"]\n`,
     );
-    const runner = spawn(
-      binary("bus-runner"),
-      ["serve", "--config", config, "--listen", "127.0.0.1:0", "--engine", `unix://${engineSocket}`, "--state-dir", state],
-      { env: { ...process.env, RUST_LOG: "warn" }, stdio: ["ignore", "pipe", openSync(join(dir, "runner.log"), "a")] },
-    );
-    const lines = createInterface({ input: runner.stdout! });
-    const line: string = await new Promise((r) => lines.once("line", r));
-    lines.close();
-    if (!line.startsWith("listening on ")) {
-      throw new Error(`bus-runner printed ${JSON.stringify(line)}: ${readFileSync(join(dir, "runner.log"), "utf8")}`);
+    const listen = `127.0.0.1:${await freePort()}`;
+    const stack = new Stack(dir, `http://${listen}`, join(dir, "run", "busd.sock"), [
+      "up",
+      "--listen",
+      listen,
+      "--runner-config",
+      config,
+    ]);
+    try {
+      stack.local(...stack.upArgs);
+      for (const account of ["alice", "bob", "carol"]) {
+        stack.tokens[account] = mint(join(stack.state, "runner"), account);
+      }
+    } catch (error) {
+      await stack.stop();
+      throw error;
     }
-    const tokens = Object.fromEntries(["alice", "bob", "carol"].map((a) => [a, mint(state, a)]));
-    const stack = new Stack(dir, `http://${line.slice("listening on ".length)}`, join(dir, "run", "busd.sock"), tokens, engine, runner);
-    await stack.startBusd();
     return stack;
+  }
+
+  /** `bus local`'s state directory. */
+  get state(): string {
+    return join(this.dir, "local");
+  }
+
+  /** The environment of `bus local`: everything it writes stays in the stack's dir. */
+  private localEnv(): NodeJS.ProcessEnv {
+    return {
+      PATH: process.env.PATH ?? "",
+      HOME: join(this.dir, "home"),
+      BUS_CONFIG_DIR: join(this.dir, "config"),
+      XDG_STATE_HOME: join(this.dir, "xdg-state"),
+      BUS_SOCKET: this.socket,
+      BUS_LOCAL_STATE_DIR: this.state,
+      BUS_LOG: "warn",
+    };
+  }
+
+  /** `bus local ARGS`: its stdout, or an error with its stderr. */
+  local(...args: string[]): string {
+    const out = spawnSync(binary("bus"), ["local", ...args], { env: this.localEnv(), encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+    if (out.status !== 0) throw new Error(`bus local ${args.join(" ")} failed: ${out.stderr}`);
+    return out.stdout;
   }
 
   /** The environment a client of this stack's busd runs with. */
@@ -116,9 +154,25 @@ export class Stack {
     return { ...process.env, BUS_SOCKET: this.socket };
   }
 
+  private busdPid(): number {
+    const status = JSON.parse(this.local("status", "-o", "json"));
+    return status.components.find((c: { name: string }) => c.name === "busd").pid;
+  }
+
+  /** `bus local up` again: it reuses Podman and the runner and starts busd. */
   async startBusd(): Promise<void> {
-    this.busd = this.spawnBusd(this.socket);
-    await waitForSocket("busd", this.socket, 20_000);
+    this.local(...this.upArgs);
+  }
+
+  /** Stops busd by its PID: SIGTERM (a drained stop), or SIGKILL (a crash). */
+  async stopBusd(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+    const pid = this.busdPid();
+    process.kill(pid, signal);
+    const deadline = Date.now() + 20_000;
+    while (!gone(pid)) {
+      if (Date.now() > deadline) throw new Error(`busd (pid ${pid}) did not exit within 20 s`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
   }
 
   /** A busd of this stack's environment (plus `extraEnv`) on `socket`. */
@@ -127,7 +181,7 @@ export class Stack {
       env: {
         PATH: process.env.PATH ?? "",
         HOME: join(this.dir, "home"),
-        BUS_CONFIG_DIR: join(this.dir, "home", "config"),
+        BUS_CONFIG_DIR: join(this.dir, "config"),
         BUS_AI_API_URL: this.origin,
         BUS_AI_TOKEN: this.tokens.alice,
         BUS_LOG: "warn",
@@ -137,26 +191,21 @@ export class Stack {
     });
   }
 
-  /** Stops busd by PID: SIGTERM (a drained stop), or SIGKILL (a crash). */
-  async stopBusd(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
-    if (this.busd) await stop(this.busd, signal);
-    this.busd = undefined;
-  }
-
   async stop(): Promise<void> {
-    await this.stopBusd();
-    await stop(this.runner);
-    const idFile = join(this.dir, "runner", "runner-id");
+    const idFile = join(this.state, "runner", "runner-id");
     if (existsSync(idFile)) {
-      // Containers this runner left running (there is no next start to re-adopt them).
-      const podman = ["--url", `unix://${join(this.dir, "podman.sock")}`];
+      // Containers the runner left running (there is no next start to re-adopt them).
+      const podman = ["--url", `unix://${join(this.state, "podman.sock")}`];
       const label = `label=bus.runner=${readFileSync(idFile, "utf8").trim()}`;
       const listed = spawnSync("podman", [...podman, "ps", "-a", "-q", "--no-trunc", "--filter", label], { encoding: "utf8" });
       for (const id of (listed.stdout ?? "").split(/\s+/).filter(Boolean)) {
         spawnSync("podman", [...podman, "rm", "-f", "--ignore", id], { stdio: "ignore" });
       }
     }
-    await stop(this.engine);
-    rmSync(this.dir, { recursive: true, force: true });
+    try {
+      this.local("down");
+    } finally {
+      rmSync(this.dir, { recursive: true, force: true });
+    }
   }
 }

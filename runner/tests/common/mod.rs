@@ -1,12 +1,10 @@
-//! Test fixtures: a real Podman API service on a temp socket, and HTTP helpers.
+//! Test fixtures: the runner app in process on a real Podman API service (from the testkit
+//! crate), and HTTP helpers.
 
 #![allow(dead_code)]
 
-use std::io::{Read as _, Write as _};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::sync::OnceLock;
 
 use axum::Router;
 use axum::body::Body;
@@ -16,109 +14,17 @@ use bus_runner::AppState;
 use bus_runner::auth::Keys;
 use bus_runner::config::Config;
 use bus_runner::engine::Engine;
+pub use bus_testkit::{Bins, Podman};
 use http_body_util::BodyExt as _;
 use tower::ServiceExt as _;
 
 /// Every scope.
 pub const ALL: [Scope; 3] = [Scope::Read, Scope::Run, Scope::Delete];
 
-/// `podman system service` on a temp socket, with the project's containers.conf; stopped (by
-/// its PID) on drop.
-pub struct Podman {
-    child: Child,
-    /// The socket path.
-    pub socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Podman {
-    /// Starts the service and waits until `GET /_ping` answers (bounded).
-    pub fn start() -> Podman {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("podman.sock");
-        let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/containers.conf");
-        let log = std::fs::File::create(dir.path().join("podman.log")).unwrap();
-        // conmon writes an `oom` file into the service's working directory when the OOM
-        // killer strikes: keep it in the temp dir, out of the source tree.
-        let child = Command::new("podman")
-            .current_dir(dir.path())
-            .env("CONTAINERS_CONF", &conf)
-            .args(["system", "service", "--time=0"])
-            .arg(format!("unix://{}", socket.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("podman must be installed to run these tests (see ENGINE.md)");
-        let mut podman = Podman {
-            child,
-            socket,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ping(&podman.socket) {
-            if let Some(status) = podman.child.try_wait().unwrap() {
-                let log = std::fs::read_to_string(podman._dir.path().join("podman.log"))
-                    .unwrap_or_default();
-                panic!("podman system service exited with {status}: {log}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "podman system service did not answer /_ping in 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        podman
-    }
-
-    /// The engine URL for `--engine`.
-    pub fn url(&self) -> String {
-        format!("unix://{}", self.socket.display())
-    }
-
-    /// Whether the engine still has a container by this name or id.
-    pub fn container_exists(&self, name: &str) -> bool {
-        let status = Command::new("podman")
-            .arg("--url")
-            .arg(self.url())
-            .args(["container", "exists", name])
-            .status()
-            .unwrap();
-        status.success()
-    }
-
-    /// Force-removes a container by its name or id (cleanup after a failed test).
-    pub fn remove_container(&self, name: &str) {
-        let _ = Command::new("podman")
-            .arg("--url")
-            .arg(self.url())
-            .args(["rm", "-f", "--ignore", name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let _ = self.child.wait();
-    }
-}
-
-fn ping(socket: &Path) -> bool {
-    let Ok(mut s) = UnixStream::connect(socket) else {
-        return false;
-    };
-    if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut reply = String::new();
-    let _ = s.read_to_string(&mut reply);
-    reply.starts_with("HTTP/1.") && reply.contains(" 200 ")
+/// The workspace's binaries, found beside this package's `bus-runner`.
+pub fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| Bins::beside(env!("CARGO_BIN_EXE_bus-runner")))
 }
 
 /// A runner app on `engine_url` with a fresh state dir (kept alive by the returned dir).
@@ -208,6 +114,37 @@ pub async fn call(
         status: parts.status,
         headers: parts.headers,
         body,
+    }
+}
+
+/// `POST /api/v1/containers/runs` with `body`; asserts 201 and returns the run's record.
+pub async fn create_run(app: &Router, token: &str, body: serde_json::Value) -> serde_json::Value {
+    let reply = call(
+        app,
+        Method::POST,
+        "/api/v1/containers/runs",
+        Some(token),
+        Some(body),
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()
+}
+
+/// Removes containers (by name) when dropped, in case a failure (or the in-process app going
+/// away mid-run) left them behind.
+pub struct Cleanup<'a>(pub &'a Podman, pub Vec<String>);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for name in &self.1 {
+            self.0.remove_container(name);
+        }
     }
 }
 

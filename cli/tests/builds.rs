@@ -6,46 +6,24 @@
 mod common;
 
 use std::io::{BufRead as _, BufReader};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bus::proto::images::v1 as pb;
 use bus::proto::images::v1::builds_service_client::BuildsServiceClient;
 use common::registry::ImageCleanup;
-use common::{Engine, Runner, Stack, stdout};
+use common::{
+    Podman, Runner, Stack, bins, describe, expect_success as ok, last_error_line as error_line,
+    stdout,
+};
 use tokio_stream::StreamExt as _;
 
 const SCOPES: &str =
     "container:read container:run container:delete image:read image:write image:build";
 
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "{}", text(out));
-    stdout(out)
-}
-
-/// The last stderr line, a `bus: error:` line after plain progress lines only.
-fn error_line(out: &Output) -> String {
-    assert!(!out.status.success(), "expected a failure: {}", text(out));
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let lines: Vec<&str> = stderr.lines().collect();
-    let last = lines.last().copied().unwrap_or_default();
-    assert!(last.starts_with("bus: error: "), "{stderr}");
-    assert!(lines.iter().all(|l| l.starts_with("bus: ")), "{stderr}");
-    last.to_owned()
-}
-
 fn stack(config: Option<&str>) -> Stack {
-    let stack = Stack::on(Runner::start_on(Engine::start(), config, false));
+    let stack = Stack::on(Runner::start_on(bins(), Podman::start(), config, false));
     stack.write_token(&stack.runner.token("alice", SCOPES));
     stack
 }
@@ -120,7 +98,7 @@ fn a_build_runs_its_steps_logs_them_whole_and_its_image_runs() {
 
     ok(&stack.run(&["builds", "rm", &id]));
     let out = stack.run(&["builds", "logs", &id]);
-    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
     ok(&stack.run(&["images", "rm", tag]));
 }
 
@@ -182,7 +160,12 @@ fn a_long_build_cancelled_midway_ends_cancelled_and_names_nothing() {
     assert_eq!(build["state"], "cancelled", "{build}");
     assert!(build["image_id"].is_null());
     let out = stack.run(&["images", "inspect", tag]);
-    assert_eq!(out.status.code(), Some(5), "nothing tagged: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "nothing tagged: {}",
+        describe(&out)
+    );
     // Cancelling again answers the same.
     assert_eq!(
         ok(&stack.run(&["builds", "cancel", &id])).trim(),
@@ -212,8 +195,12 @@ fn a_bad_dockerfile_fails_with_the_builders_message() {
         let dir = context(&stack, dockerfile);
         let id = create(&stack, &[], &dir);
         let out = stack.run(&["builds", "logs", "-f", &id]);
-        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-        assert!(stdout(&out).contains(message), "{message}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(
+            stdout(&out).contains(message),
+            "{message}: {}",
+            describe(&out)
+        );
         let build = build_json(&stack, &id);
         assert_eq!(build["state"], "failed", "{build}");
         let error = build["error"].as_str().unwrap();
@@ -305,7 +292,7 @@ fn another_accounts_builds_are_out_of_sight() {
         let mut all = vec!["--token-file", bob];
         all.extend(&args);
         let out = stack.run(&all);
-        assert_eq!(out.status.code(), Some(5), "{args:?}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {}", describe(&out));
         assert!(error_line(&out).contains(&format!("no build {id}")));
     }
     assert_eq!(build_json(&stack, &id)["state"], "succeeded");
@@ -341,7 +328,7 @@ fn create_streams_the_build_and_its_image_runs_at_once() {
     assert!(
         output.lines().any(|l| l == "streamed-step"),
         "the builder's output is streamed: {}",
-        text(&built)
+        describe(&built)
     );
     assert!(
         output.lines().any(|l| l.starts_with("STEP 1/3")),
@@ -378,7 +365,7 @@ fn create_streams_the_build_and_its_image_runs_at_once() {
         "{duration} in {table}"
     );
     let out = stack.run(&["builds", "wait", id]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(
         stdout(&out),
         "",
@@ -400,8 +387,12 @@ fn a_failing_build_exits_non_zero_with_the_builders_error_line() {
         "FROM localhost/busybox\nRUN echo before-failing && exit 3\n",
     );
     let out = stack.run(&["builds", "create", dir.path().to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(stdout(&out).contains("before-failing"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stdout(&out).contains("before-failing"),
+        "{}",
+        describe(&out)
+    );
     let line = error_line(&out);
     let ids = build_ids(&stack);
     let id = &ids[0];
@@ -411,12 +402,12 @@ fn a_failing_build_exits_non_zero_with_the_builders_error_line() {
         "{line}"
     );
     let waited = stack.run(&["builds", "wait", id]);
-    assert_eq!(waited.status.code(), Some(1), "{}", text(&waited));
+    assert_eq!(waited.status.code(), Some(1), "{}", describe(&waited));
     assert_eq!(error_line(&waited), line, "wait says the same");
     let json: serde_json::Value =
         serde_json::from_str(&ok(&stack.run(&["builds", "get", id, "-o", "json"]))).unwrap();
     assert_eq!(json["state"], "failed", "{json}");
     // Not a build of this account: not found.
     let out = stack.run(&["builds", "wait", "bld_00000000000000000000000000000000"]);
-    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
 }

@@ -5,53 +5,27 @@
 mod common;
 
 use std::path::Path;
-use std::process::Output;
 
 use common::registry::{ImageCleanup, Registry};
-use common::{Engine, Runner, Stack, hash_key, stdout};
+use common::{
+    Podman, Runner, Stack, bins, describe, expect_success as ok, hash_key,
+    last_error_line as error_line,
+};
 
 /// Every scope the image commands and runs need.
 const SCOPES: &str =
     "container:read container:run container:delete image:read image:write image:build";
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Asserts a failure whose stderr ends with one `bus: error:` line (after plain progress
-/// lines, if any); returns that line.
-pub fn error_line(out: &Output) -> String {
-    assert!(!out.status.success(), "expected a failure: {}", text(out));
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let lines: Vec<&str> = stderr.lines().collect();
-    let last = lines.last().copied().unwrap_or_default();
-    assert!(last.starts_with("bus: error: "), "{stderr}");
-    assert!(
-        lines.iter().all(|l| l.starts_with("bus: ")),
-        "only progress lines before the error: {stderr}"
-    );
-    last.to_owned()
-}
-
-/// Asserts success; returns stdout.
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "{}", text(out));
-    stdout(out)
-}
 
 /// A registry, an engine that may use it, a logged runner (with `config`) and a stack whose
 /// default token is alice's, with every image scope.
 fn stack_with_registry(config: impl FnOnce(&Registry) -> Option<String>) -> (Registry, Stack) {
     let registry = Registry::start();
     let conf = registry.registries_conf();
-    let engine = Engine::start_with_env(&[("CONTAINERS_REGISTRIES_CONF", &conf)]);
+    let engine = Podman::builder()
+        .env("CONTAINERS_REGISTRIES_CONF", &conf)
+        .start();
     let config = config(&registry);
-    let runner = Runner::start_on(engine, config.as_deref(), true);
+    let runner = Runner::start_on(bins(), engine, config.as_deref(), true);
     let stack = Stack::on(runner);
     stack.write_token(&stack.runner.token("alice", SCOPES));
     (registry, stack)
@@ -127,19 +101,19 @@ fn push_remove_pull_back_and_run_with_registry_credentials() {
     assert_eq!(ok(&out).trim(), reference);
     assert!(!listed(&stack, &[]).contains(&reference));
     let out = stack.run(&["images", "inspect", &reference]);
-    assert!(error_line(&out).contains("no image"), "{}", text(&out));
+    assert!(error_line(&out).contains("no image"), "{}", describe(&out));
     assert_eq!(out.status.code(), Some(5));
     // `run` passes on its command's exit code, so its own failure is 125, as docker's is.
     let out = stack.run(&["containers", "run", "--image", &reference]);
-    assert_eq!(out.status.code(), Some(125), "{}", text(&out));
-    assert!(error_line(&out).contains("no image"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    assert!(error_line(&out).contains("no image"), "{}", describe(&out));
 
     // A pull without credentials is refused before any progress.
     let out = stack.run(&["images", "pull", &reference]);
     assert!(
         error_line(&out).contains("authentication required"),
         "{}",
-        text(&out)
+        describe(&out)
     );
     outputs.push(out);
 
@@ -195,7 +169,10 @@ fn push_remove_pull_back_and_run_with_registry_credentials() {
     assert!(!runner_log.contains(&registry.password), "runner log");
     assert!(!stack.busd_log().contains(&registry.password), "busd log");
     for out in &outputs {
-        assert!(!text(out).contains(&registry.password), "command output");
+        assert!(
+            !describe(out).contains(&registry.password),
+            "command output"
+        );
     }
 }
 
@@ -250,7 +227,12 @@ fn another_account_cannot_see_inspect_run_tag_save_push_or_remove_an_image() {
         let out = as_bob(&args);
         // `run` passes on its command's exit code, so its own failure is 125.
         let not_found = if what.starts_with("run") { 125 } else { 5 };
-        assert_eq!(out.status.code(), Some(not_found), "{what}: {}", text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(not_found),
+            "{what}: {}",
+            describe(&out)
+        );
         assert!(error_line(&out).contains("no image"), "{what}");
     }
     assert!(!save_to.exists(), "nothing written");
@@ -258,7 +240,7 @@ fn another_account_cannot_see_inspect_run_tag_save_push_or_remove_an_image() {
     let dir = tempfile::tempdir_in(stack.home.path()).unwrap();
     std::fs::write(dir.path().join("Dockerfile"), format!("FROM {private}\n")).unwrap();
     let out = as_bob(&["builds", "create", dir.path().to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
     assert!(error_line(&out).contains("the Dockerfile builds on it"));
     std::fs::write(dir.path().join("Dockerfile"), "FROM localhost/busybox\n").unwrap();
     let out = as_bob(&[
@@ -335,7 +317,7 @@ fn a_grant_narrowed_to_a_prefix_refuses_other_pulls() {
 
 #[test]
 fn image_commands_need_image_scopes_and_say_how_to_get_them() {
-    let stack = Stack::on(Runner::start());
+    let stack = Stack::on(Runner::start(bins()));
     stack.write_token(&stack.runner.token("alice", "container:read container:run"));
     let out = stack.run(&["images", "ls"]);
     let line = error_line(&out);
@@ -360,7 +342,8 @@ fn image_commands_need_image_scopes_and_say_how_to_get_them() {
 #[test]
 fn save_remove_load_round_trips_to_the_same_image() {
     let stack = Stack::on(Runner::start_on(
-        Engine::start(),
+        bins(),
+        Podman::start(),
         Some("[images]\nmax_load_archive_mb = 3\n"),
         false,
     ));
@@ -421,6 +404,6 @@ fn save_remove_load_round_trips_to_the_same_image() {
     let junk = stack.home.path().join("junk.tar");
     std::fs::write(&junk, b"not a tar").unwrap();
     let out = stack.run(&["images", "load", junk.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     ok(&stack.run(&["images", "rm", reference]));
 }

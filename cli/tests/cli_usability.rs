@@ -1,7 +1,7 @@
 //! The CLI as people and scripts use it: `-o json` and `-q`, the settings file and its
 //! precedence, exit codes per class of failure, completions and man pages, systemd units,
 //! `runs --watch` (in tmux, and plain without a terminal), and `bus local up|down|status`
-//! against a real Podman. Everything runs the real binaries; see `tests/common`.
+//! against a real Podman. Everything runs the real binaries; see `testkit`.
 
 mod common;
 
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ALL_SCOPES, Stack, bin, hash_key, one_line_error, stdout};
+use common::{ALL_SCOPES, Stack, alive, bin, bins, free_port, hash_key, one_line_error, stdout};
 use serde_json::Value;
 
 /// The documented keys of a run in `-o json`, and the JSON types each may take.
@@ -74,7 +74,7 @@ fn finished_run(stack: &Stack, script: &str) -> String {
 
 #[test]
 fn json_output_and_quiet_have_the_documented_shape() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let id = finished_run(&stack, "echo hi; exit 3");
 
     let runs = json(&stack.run(&["containers", "runs", "-o", "json"]));
@@ -153,7 +153,7 @@ fn json_output_and_quiet_have_the_documented_shape() {
 
 #[test]
 fn settings_precedence_is_flag_env_file_default() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let good = stack.runner.origin.clone();
     let dead = "http://127.0.0.1:9";
     assert!(
@@ -231,7 +231,7 @@ fn settings_precedence_is_flag_env_file_default() {
 
 #[test]
 fn exit_codes_name_the_class_of_failure() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     // usage: clap, and a bad API URL (busd's INVALID_ARGUMENT)
     assert_eq!(stack.run(&["containers", "nope"]).status.code(), Some(2));
     let out = stack.run(&[
@@ -251,7 +251,7 @@ fn exit_codes_name_the_class_of_failure() {
     let out = stack.run(&["containers", "run", "--", "sh", "-c", "exit 42"]);
     assert_eq!(out.status.code(), Some(42));
     // auth: no token at all, and an expired one
-    let bare = Stack::without_token();
+    let bare = Stack::without_token(bins());
     let out = bare.run(&["containers", "runs"]);
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     bare.write_token(&bare.runner.expired_token("alice"));
@@ -364,7 +364,7 @@ fn daemon_install_writes_socket_activated_units() {
 
 #[test]
 fn runs_watch_redraws_on_a_terminal_and_prints_plainly_otherwise() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let id = finished_run(&stack, "true");
 
     // Not a terminal: the table once (no run changed), no escape codes.
@@ -437,15 +437,6 @@ fn runs_watch_redraws_on_a_terminal_and_prints_plainly_otherwise() {
     );
 }
 
-/// A free TCP port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `bus local` in temporary XDG directories; `down` on drop.
 struct Local {
     home: tempfile::TempDir,
@@ -487,12 +478,6 @@ impl Drop for Local {
     fn drop(&mut self) {
         let _ = self.run(&["local", "down"]);
     }
-}
-
-fn gone(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
-        .unwrap_or(true)
 }
 
 #[test]
@@ -547,9 +532,9 @@ fn local_up_is_idempotent_and_down_leaves_nothing_behind() {
         String::from_utf8_lossy(&out.stderr)
     );
     for (name, pid) in &first {
-        let pid = pid.unwrap();
+        let pid = u32::try_from(pid.unwrap()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !gone(pid) {
+        while alive(pid) {
             assert!(Instant::now() < deadline, "{name} (pid {pid}) still runs");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -686,7 +671,7 @@ fn assert_cli_hint(line: &str) {
 
 #[test]
 fn a_command_without_dashes_gets_the_dashed_form() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let cases: [(&[&str], &str); 3] = [
         (
             &["containers", "run", "sh", "-c", "echo hi"],
@@ -730,7 +715,7 @@ fn a_command_without_dashes_gets_the_dashed_form() {
 #[test]
 fn hints_name_cli_commands_not_rest_calls() {
     // No token, or a token file that does not exist: `bus local up` / `bus auth token`.
-    let bare = Stack::without_token();
+    let bare = Stack::without_token(bins());
     for args in [
         &["containers", "runs"][..],
         &["--token-file", "/nonexistent", "containers", "runs"][..],
@@ -751,7 +736,7 @@ fn hints_name_cli_commands_not_rest_calls() {
         hash_key("quiet-key"),
         hash_key("unpaid-key")
     );
-    let stack = Stack::on(common::Runner::start_with_config(&config));
+    let stack = Stack::on(common::Runner::start_with_config(bins(), &config));
     // Resources the account may not hold: the `bus auth token` that asks for a subset.
     let out = stack
         .bus()

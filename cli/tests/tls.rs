@@ -6,156 +6,52 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
-use common::{ALL_SCOPES, Engine, bin, mint, one_line_error, stdout, stop_pid};
+use bus_testkit::{RunnerProcess, Serve, tls, write_secret};
+use common::{ALL_SCOPES, Podman, bin, bins, mint, one_line_error, stdout, stop_pid};
 
-/// A CA and a server certificate for 127.0.0.1 it issued, made with the openssl CLI.
-fn certificates(dir: &Path) {
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n\
-         extendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .current_dir(dir)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("openssl is installed (scripts/setup-engine installs it)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=test CA",
-            ],
-            &["-addext", "basicConstraints=critical,CA:TRUE"],
-            &["-addext", "keyUsage=critical,keyCertSign"],
-        ]
-        .concat(),
-    );
-    openssl(
-        &[
-            &["req"][..],
-            &ec,
-            &[
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-        ]
-        .concat(),
-    );
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-set_serial",
-        "2",
-        "-days",
-        "1",
-        "-extfile",
-        "server.ext",
-        "-out",
-        "server.pem",
-    ]);
-}
-
-/// `bus-runner serve` with `args` after `serve`, on `engine` and `state`.
-fn runner(engine: &Engine, state: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(bin("bus-runner"));
-    command
-        .arg("serve")
-        .args(args)
-        .arg("--engine")
-        .arg(format!("unix://{}", engine.socket.display()))
-        .arg("--state-dir")
-        .arg(state)
+/// `bus-runner serve` on `engine` and `state`, its log level `warn`.
+fn runner(engine: &Podman, state: &Path) -> Serve {
+    Serve::new(bins(), &engine.socket, state)
+        .unwrap()
         .env("RUST_LOG", "warn")
-        .stdin(Stdio::null());
-    command
 }
 
 /// A runner serving plain HTTP and HTTPS, a token, and the CLI's environment.
 struct TlsStack {
-    child: Child,
+    /// Held to keep it serving; dropped before its engine.
+    _runner: RunnerProcess,
     plain: String,
     https: String,
     dir: tempfile::TempDir,
-    engine: Engine,
+    _engine: Podman,
 }
 
 impl TlsStack {
     fn start() -> TlsStack {
-        let engine = Engine::start();
+        let engine = Podman::start();
         let dir = tempfile::tempdir().unwrap();
-        certificates(dir.path());
-        let mut child = runner(
-            &engine,
-            &dir.path().join("state"),
-            &["--listen", "127.0.0.1:0", "--listen", "https://127.0.0.1:0"],
-        )
-        .arg("--tls-cert")
-        .arg(dir.path().join("server.pem"))
-        .arg("--tls-key")
-        .arg(dir.path().join("server.key"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut next = || lines.next().unwrap().unwrap();
-        let plain = next().strip_prefix("listening on ").unwrap().to_owned();
-        let https = next().strip_prefix("listening on ").unwrap().to_owned();
+        tls::certificates(dir.path()).unwrap();
+        let runner = runner(&engine, &dir.path().join("state"))
+            .listen("127.0.0.1:0")
+            .listen("https://127.0.0.1:0")
+            .tls(dir.path().join("server.pem"), dir.path().join("server.key"))
+            .spawn();
+        let (plain, https) = (runner.origins[0].clone(), runner.origins[1].clone());
         assert!(
             https.starts_with("https://127.0.0.1:"),
             "second address: {https}"
         );
         let token = mint(&dir.path().join("state"), "alice", ALL_SCOPES, &[]);
-        let token_file = dir.path().join("config/auth/api-token");
-        std::fs::create_dir_all(token_file.parent().unwrap()).unwrap();
-        std::fs::write(&token_file, token).unwrap();
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_secret(&dir.path().join("config/auth/api-token"), &token);
         TlsStack {
-            child,
-            plain: format!("http://{plain}"),
+            _runner: runner,
+            plain,
             https,
             dir,
-            engine,
+            _engine: engine,
         }
     }
 
@@ -197,9 +93,7 @@ impl Drop for TlsStack {
                 stop_pid(pid);
             }
         }
-        stop_pid(self.child.id());
-        let _ = self.child.wait();
-        let _ = &self.engine;
+        // Then the runner, then its engine (the fields, in order).
     }
 }
 
@@ -297,13 +191,13 @@ fn a_bad_ca_file_is_refused_with_what_to_do() {
 
 #[test]
 fn the_runner_refuses_tls_flags_that_do_not_fit() {
-    let engine = Engine::start();
+    let engine = Podman::start();
     let dir = tempfile::tempdir().unwrap();
-    certificates(dir.path());
+    tls::certificates(dir.path()).unwrap();
     let state = dir.path().join("state");
     let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
     let refusal = |args: &[&str]| {
-        let out = runner(&engine, &state, args).output().unwrap();
+        let out = runner(&engine, &state).command(args).output().unwrap();
         assert!(!out.status.success(), "{args:?} succeeded");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };

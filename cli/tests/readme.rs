@@ -1,6 +1,6 @@
 //! The documentation's shell examples, run: every ```sh block of README.md and of every page
 //! under docs/ runs in a fresh `bash -e` (with a time limit) against a real runner on Podman
-//! and the real `bus`, which starts the real busd (see `tests/common`). A block that cannot
+//! and the real `bus`, which starts the real busd (see `testkit`). A block that cannot
 //! run here is marked in the page itself by a `<!-- not-run: REASON -->` line just before its
 //! fence; nothing else skips one. A failure names the block by its page and line. Every
 //! relative link between the pages must reach a file, and a `#heading` in it.
@@ -9,7 +9,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{Engine, Runner, Stack, bin_dir, hash_key};
+use common::{Podman, Runner, Stack, bins, hash_key};
 
 /// The README's test account: every resource, and an API key in `BUS_API_KEY`.
 const API_KEY: &str = "sk-readme-0123456789abcdef";
@@ -72,7 +72,7 @@ fn the_marks_are_read_from_the_readme() {
 
 /// README.md and every page under docs/, as (path from the repository root, text).
 fn pages() -> Vec<(String, String)> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let mut names = vec!["README.md".to_owned()];
     let mut docs: Vec<String> = std::fs::read_dir(root.join("docs"))
         .expect("docs/")
@@ -120,11 +120,16 @@ fn every_shell_example_in_the_docs_works() {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let stack = Stack::on(Runner::start_on(Engine::start(), Some(&config), false));
+    let stack = Stack::on(Runner::start_on(
+        bins(),
+        Podman::start(),
+        Some(&config),
+        false,
+    ));
     let probe = stack.bus();
     let path = format!(
         "{}:{}",
-        bin_dir().display(),
+        bins().dir().display(),
         std::env::var("PATH").unwrap_or_default()
     );
     let mut failures = Vec::new();
@@ -189,7 +194,7 @@ fn anchors(page: &str) -> Vec<String> {
 
 #[test]
 fn every_link_between_the_pages_resolves() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let mut broken = Vec::new();
     for (name, text) in pages() {
         let dir = root.join(&name).parent().unwrap().to_path_buf();

@@ -7,7 +7,7 @@ use bus::proto::containers::v1::{
     StreamLogsRequest, containers_client::ContainersClient, log_event::Event,
 };
 use bus::proto::daemon::v1::{GetInfoRequest, daemon_client::DaemonClient};
-use common::{Stack, stdout};
+use common::{Stack, bins, stdout};
 
 fn detached(stack: &Stack, script: &str) -> String {
     let out = stack.run(&["containers", "run", "-d", "--", "sh", "-c", script]);
@@ -21,7 +21,7 @@ fn detached(stack: &Stack, script: &str) -> String {
 
 #[test]
 fn logs_of_an_ended_run_can_be_resumed_tailed_and_filtered() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     // Pauses keep the three writes apart, so each is one chunk: a = 1, b = 2, c = 3.
     let id = detached(&stack, "echo a; sleep 0.2; echo b >&2; sleep 0.2; echo c");
     assert_eq!(
@@ -57,7 +57,7 @@ fn logs_of_an_ended_run_can_be_resumed_tailed_and_filtered() {
 
 #[test]
 fn wait_exits_with_the_runs_exit_code_and_get_shows_it() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let id = detached(&stack, "exit 7");
     assert_eq!(
         stack.run(&["containers", "wait", &id]).status.code(),
@@ -70,7 +70,7 @@ fn wait_exits_with_the_runs_exit_code_and_get_shows_it() {
 
 #[test]
 fn followers_of_one_live_run_each_get_every_chunk_once() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let id = detached(
         &stack,
         "i=0; while [ $i -lt 60 ]; do i=$((i+1)); echo line $i; sleep 0.01; done",

@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ALL_SCOPES, Stack, one_line_error, stdout};
+use common::{ALL_SCOPES, Stack, bins, one_line_error, stdout};
 
 /// A run that stays up for the test's execs.
 fn sleeper(stack: &Stack) -> String {
@@ -36,7 +36,7 @@ fn stderr(out: &std::process::Output) -> String {
 
 #[test]
 fn exec_passes_both_streams_and_the_exit_code() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let id = sleeper(&stack);
     let out = stack.run(&[
         "containers",
@@ -58,7 +58,7 @@ fn exec_passes_both_streams_and_the_exit_code() {
 
 #[test]
 fn exit_code_is_never_lost_when_output_ends_at_exit() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let id = sleeper(&stack);
     for i in 0..25 {
         let out = stack.run(&[
@@ -99,7 +99,7 @@ fn exec_with_stdin(stack: &Stack, id: &str, input: &[u8], cmd: &[&str]) -> std::
 
 #[test]
 fn stdin_reaches_the_command_and_its_eof_too() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let id = sleeper(&stack);
     let out = exec_with_stdin(&stack, &id, b"hello", &["cat"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -132,7 +132,7 @@ fn stdin_reaches_the_command_and_its_eof_too() {
 
 #[test]
 fn exec_into_another_accounts_run_or_an_ended_run_is_refused() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let id = sleeper(&stack);
     let mallory = stack.runner.token("mallory", ALL_SCOPES);
     let file = stack.token_file("mallory-token", &mallory);
@@ -218,7 +218,7 @@ fn read_until_any(reader: &mut std::fs::File, seen: &mut String, done: impl Fn(&
 
 #[test]
 fn a_tty_exec_sees_its_size_and_resizes_and_restores_the_terminal() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let id = sleeper(&stack);
     let (controller, path) = pty();
     set_size(&controller, 100, 30);
@@ -346,7 +346,7 @@ mod grpc {
 
     #[test]
     fn half_close_is_eof_and_a_resize_before_started_is_applied() {
-        let stack = Stack::start();
+        let stack = Stack::start(bins());
         let id = sleeper(&stack);
         assert!(stack.run(&["daemon", "start"]).status.success());
         let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -442,7 +442,7 @@ mod grpc {
 
     #[test]
     fn signals_kill_by_pid_or_type_a_control_character_and_exit_names_them() {
-        let stack = Stack::start();
+        let stack = Stack::start(bins());
         let id = sleeper(&stack);
         assert!(stack.run(&["daemon", "start"]).status.success());
         let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -500,7 +500,7 @@ mod grpc {
 
     #[test]
     fn a_detached_exec_is_reattached_by_its_id_from_the_first_byte() {
-        let stack = Stack::start();
+        let stack = Stack::start(bins());
         let id = sleeper(&stack);
         assert!(stack.run(&["daemon", "start"]).status.success());
         let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -679,7 +679,7 @@ fn pane_shell(stack: &Stack) -> String {
             line.push_str(&format!(" {}={}", key.to_string_lossy(), quote(value)));
         }
     }
-    let bin_dir = common::bin_dir();
+    let bin_dir = common::bins().dir();
     line.push_str(&format!(
         " BUS={} /bin/sh",
         quote(bin_dir.join("bus").as_os_str())
@@ -689,7 +689,7 @@ fn pane_shell(stack: &Stack) -> String {
 
 #[test]
 fn an_interactive_shell_in_tmux_runs_commands_and_restores_the_terminal() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let id = sleeper(&stack);
     let tmux = Tmux::start(&pane_shell(&stack));
     // The host shell first shows that the pane starts out in canonical mode with echo.
@@ -755,7 +755,7 @@ fn wait_for_exec_output(stack: &Stack, exec: &str, want: &str) -> String {
 
 #[test]
 fn a_detached_exec_is_read_waited_for_and_kept_across_a_runner_restart() {
-    let mut stack = Stack::start();
+    let mut stack = Stack::start(bins());
     let id = sleeper(&stack);
     let exec = exec_detached(
         &stack,
@@ -843,7 +843,7 @@ fn a_detached_exec_is_read_waited_for_and_kept_across_a_runner_restart() {
 
 #[test]
 fn detached_exec_errors_say_what_to_do() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let id = sleeper(&stack);
     // -d with -i or -t is a usage error.
     for flag in ["-i", "-t"] {
@@ -965,7 +965,7 @@ impl Session {
 
 #[test]
 fn signals_reach_the_command_and_its_exit_reports_them() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let id = sleeper(&stack);
     // SIGTERM to `bus` reaches the command, which handles it and exits its own way.
     let session = Session::start(
@@ -1025,7 +1025,7 @@ fn run_with_stdin(stack: &Stack, args: &[&str], input: &[u8]) -> std::process::O
 
 #[test]
 fn run_dash_i_passes_stdin_and_its_eof_and_exits_with_the_runs_code() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let out = run_with_stdin(
         &stack,
         &["-i", "--", "sh", "-c", "cat; echo err >&2; exit 3"],
@@ -1067,7 +1067,7 @@ fn run_dash_i_passes_stdin_and_its_eof_and_exits_with_the_runs_code() {
 
 #[test]
 fn run_dash_t_without_a_terminal_still_gives_the_command_one() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let out = stack.run(&[
         "containers",
         "run",
@@ -1084,7 +1084,7 @@ fn run_dash_t_without_a_terminal_still_gives_the_command_one() {
 
 #[test]
 fn run_dash_it_in_a_terminal_sizes_resizes_and_restores_it() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let (controller, path) = pty();
     set_size(&controller, 100, 30);
     let terminal = || {

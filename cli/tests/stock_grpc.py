@@ -3,10 +3,10 @@ grpcio-reflection from PyPI, none of our code and none of our checked-in stubs: 
 generated here from proto/ alone (grpcio-tools), and every channel uses grpcio's default
 options, so the `:authority` is whatever grpc-core sends for the target.
 
-    .venv-ci/bin/python tests/stock_grpc.py SOCKET_PATH PROTO_DIR
+    .venv-ci/bin/python cli/tests/stock_grpc.py SOCKET_PATH PROTO_DIR
 
 Prints one line per finding and exits 0 when every expectation holds, 1 (with the reason on
-stderr) when one does not. Run by tests/stock_grpc.rs; scripts/setup-python makes the venv.
+stderr) when one does not. Run by cli/tests/stock_grpc.rs; scripts/setup-python makes the venv.
 """
 
 import importlib

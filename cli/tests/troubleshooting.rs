@@ -6,13 +6,13 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ALL_SCOPES, Runner, Stack, bin, hash_key, stdout, stop_pid};
+use bus_testkit::{Busd, RunnerProcess, Serve};
+use common::{ALL_SCOPES, Runner, Stack, bin, bins, hash_key, stdout, stop_pid};
 
 /// The mark before each listed line's block.
 const MARK: &str = "<!-- error-line -->";
@@ -169,80 +169,17 @@ fn config(key: &str) -> String {
     )
 }
 
-/// A self-signed certificate for 127.0.0.1 (as a runner set up without a CA would serve).
-fn self_signed(dir: &Path) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "cert.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("openssl is installed (scripts/setup-engine installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A process this test started, stopped by PID when dropped.
-struct Started(Child);
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        stop_pid(self.0.id());
-        let _ = self.0.wait();
-    }
-}
-
-/// `bus-runner serve` over HTTPS with a self-signed certificate, on the stack's engine;
-/// returns it and its origin.
-fn https_runner(stack: &Stack, dir: &Path) -> (Started, String) {
-    self_signed(dir);
-    let mut child = Command::new(bin("bus-runner"))
-        .args(["serve", "--listen", "https://127.0.0.1:0", "--tls-cert"])
-        .arg(dir.join("cert.pem"))
-        .arg("--tls-key")
-        .arg(dir.join("key.pem"))
-        .arg("--engine")
-        .arg(format!("unix://{}", stack.runner.engine.socket.display()))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on https://")
-        .unwrap_or_else(|| panic!("bus-runner printed {line:?}"))
-        .to_owned();
-    (Started(child), format!("https://{addr}"))
+/// `bus-runner serve` over HTTPS with a certificate from a CA the caller does not trust, on
+/// the stack's engine; returns it (stopped by PID when dropped) and its origin.
+fn https_runner(stack: &Stack, dir: &Path) -> (RunnerProcess, String) {
+    bus_testkit::tls::certificates(dir).unwrap();
+    let runner = Serve::new(bins(), &stack.runner.engine.socket, &dir.join("state"))
+        .unwrap()
+        .listen("https://127.0.0.1:0")
+        .tls(dir.join("server.pem"), dir.join("server.key"))
+        .spawn();
+    let origin = runner.origin().to_owned();
+    (runner, origin)
 }
 
 /// `busd` with the stack's environment, on `socket`.
@@ -259,19 +196,10 @@ fn busd_on(stack: &Stack, socket: &Path) -> Command {
     cmd
 }
 
-/// Waits until `ready` holds, for at most [`LIMIT`].
-fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !ready() {
-        assert!(started.elapsed() < LIMIT, "{what} within {LIMIT:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Produces every error line the page should list, each with what produced it.
 fn produce() -> Vec<(&'static str, String)> {
     let key = "sk-troubleshooting-0123456789";
-    let stack = Stack::on(Runner::start_with_config(&config(key)));
+    let stack = Stack::on(Runner::start_with_config(bins(), &config(key)));
     let runner = &stack.runner;
     let work = tempfile::tempdir_in(stack.home.path()).unwrap();
     let mut lines = Vec::new();
@@ -453,8 +381,7 @@ fn produce() -> Vec<(&'static str, String)> {
     let old_socket = work.path().join("old.sock");
     let mut old = busd_on(&stack, &old_socket);
     old.env("BUSD_PROTOCOL_OVERRIDE", "0").stderr(Stdio::null());
-    let old = Started(old.spawn().unwrap());
-    wait_for("the old busd's socket", || old_socket.exists());
+    let old = Busd::spawn(old, &old_socket);
     bus(
         "a busd older than bus",
         &[
@@ -499,7 +426,7 @@ fn produce() -> Vec<(&'static str, String)> {
 fn the_troubleshooting_page_lists_exactly_the_lines_bus_prints() {
     let page = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/docs/troubleshooting.md"
+        "/../docs/troubleshooting.md"
     ))
     .expect("docs/troubleshooting.md");
     let listed = listed(&page);

@@ -17,7 +17,7 @@ use bus::proto::containers::v1::{
     NoticeKind, RunExited, StreamLogsRequest, StreamNotice, containers_client::ContainersClient,
     log_event::Event,
 };
-use common::{ALL_SCOPES, Stack, mint, one_line_error, stdout};
+use common::{ALL_SCOPES, Stack, Watched, bins, mint, one_line_error, stdout};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -353,7 +353,7 @@ fn resumes_logged(stack: &Stack) -> usize {
 
 #[test]
 fn followers_get_every_seq_once_through_connection_cuts() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let rt = runtime();
     let proxy = rt.block_on(Proxy::start(&stack.runner.origin));
     start_busd(&stack, &proxy.url(), &[]);
@@ -416,7 +416,7 @@ fn followers_get_every_seq_once_through_connection_cuts() {
 
 #[test]
 fn followers_resume_after_the_runner_is_killed_and_restarted() {
-    let mut stack = Stack::start();
+    let mut stack = Stack::start(bins());
     let rt = runtime();
     let proxy = rt.block_on(Proxy::start(&stack.runner.origin));
     let busd = start_busd(&stack, &proxy.url(), &[]);
@@ -488,7 +488,7 @@ fn followers_resume_after_the_runner_is_killed_and_restarted() {
 /// twice and none is missing, those written while no runner was attached included.
 #[test]
 fn attached_commands_ride_out_a_runner_that_is_down_for_a_while() {
-    let mut stack = Stack::start();
+    let mut stack = Stack::start(bins());
     let rt = runtime();
     let proxy = rt.block_on(Proxy::start(&stack.runner.origin));
     let busd = start_busd(&stack, &proxy.url(), &[]);
@@ -555,7 +555,7 @@ fn attached_commands_ride_out_a_runner_that_is_down_for_a_while() {
 
 #[test]
 fn a_rotated_token_file_does_not_disturb_a_follow_and_is_used_next() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let origin = stack.runner.origin.clone();
     let busd = start_busd(&stack, &origin, &[]);
     let id = detached(&stack, &origin, &numbered(40, "0.1"));
@@ -606,7 +606,7 @@ const FAST_KEEPALIVE: (&str, &str) = ("BUSD_UPSTREAM_KEEPALIVE_SECONDS", "1");
 
 #[test]
 fn a_silent_upstream_fails_the_follower_with_unavailable_in_bounded_time() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let rt = runtime();
     let proxy = rt.block_on(Proxy::start(&stack.runner.origin));
     // A resume budget shorter than the default two minutes, through busd's environment.
@@ -679,7 +679,7 @@ fn a_silent_upstream_fails_the_follower_with_unavailable_in_bounded_time() {
 
 #[test]
 fn a_follower_resumes_without_a_gap_when_a_silent_upstream_heals() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let rt = runtime();
     let proxy = rt.block_on(Proxy::start(&stack.runner.origin));
     start_busd(&stack, &proxy.url(), &[FAST_KEEPALIVE]);
@@ -723,78 +723,6 @@ fn a_follower_resumes_without_a_gap_when_a_silent_upstream_heals() {
 // ---------------------------------------------------------------------------------------------
 // The CLI under faults, watched line by line.
 
-/// A `bus` process whose stdout is read as it comes, line by line.
-struct Watched {
-    child: std::process::Child,
-    /// Complete lines read so far.
-    lines: Arc<AtomicU64>,
-    reader: std::thread::JoinHandle<Vec<u8>>,
-}
-
-impl Watched {
-    fn spawn(mut command: std::process::Command) -> Watched {
-        let mut child = command
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = child.stdout.take().unwrap();
-        let lines = Arc::new(AtomicU64::new(0));
-        let counter = lines.clone();
-        let reader = std::thread::spawn(move || {
-            let mut all = Vec::new();
-            let mut buf = [0u8; 4096];
-            loop {
-                match std::io::Read::read(&mut out, &mut buf) {
-                    Ok(0) | Err(_) => return all,
-                    Ok(n) => {
-                        all.extend_from_slice(&buf[..n]);
-                        let count = all.iter().filter(|b| **b == b'\n').count();
-                        counter.store(count as u64, Ordering::SeqCst);
-                    }
-                }
-            }
-        });
-        Watched {
-            child,
-            lines,
-            reader,
-        }
-    }
-
-    /// Waits until at least `n` lines were printed, for at most a minute.
-    fn reached(&self, n: u64) {
-        let start = Instant::now();
-        while self.lines.load(Ordering::SeqCst) < n {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "the CLI printed {} lines within a minute, not {n}",
-                self.lines.load(Ordering::SeqCst)
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Waits for the process (at most `limit`); returns its exit code, stdout and stderr.
-    fn finish(mut self, limit: Duration) -> (Option<i32>, String, String) {
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if start.elapsed() > limit {
-                let _ = self.child.kill();
-                panic!("the CLI did not end within {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let stdout = String::from_utf8_lossy(&self.reader.join().unwrap()).into_owned();
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut stderr).unwrap();
-        (status.code(), stdout, stderr)
-    }
-}
-
 /// `line 1\n` .. `line {count}\n`.
 fn expected_lines(count: u32) -> String {
     (1..=count).map(|i| format!("line {i}\n")).collect()
@@ -802,7 +730,7 @@ fn expected_lines(count: u32) -> String {
 
 #[test]
 fn runs_go_on_and_lose_no_output_when_the_engine_restarts() {
-    let mut stack = Stack::start();
+    let mut stack = Stack::start(bins());
     let origin = stack.runner.origin.clone();
     let busd = start_busd(&stack, &origin, &[]);
     let lines = 300;
@@ -883,7 +811,7 @@ fn resumed_after(stderr: &str) -> u64 {
 
 #[test]
 fn the_cli_starts_a_killed_busd_again_and_resumes_where_it_stopped() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let origin = stack.runner.origin.clone();
     let busd = start_busd(&stack, &origin, &[]);
     let lines = 200;
@@ -1218,14 +1146,9 @@ async fn http_connection(state: Arc<HttpState>, client: TcpStream) {
 
 /// The runs (JSON) of `runs -o json` through the runner itself whose argv ends with `marker`.
 fn runs_with(stack: &Stack, marker: &str) -> Vec<serde_json::Value> {
-    let out = stack.run(&["containers", "runs", "-o", "json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let runs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    runs.into_iter()
+    stack
+        .runs()
+        .into_iter()
         .filter(|r| {
             r["argv"]
                 .as_array()
@@ -1240,7 +1163,7 @@ const RUNS_PATH: &str = "/api/v1/containers/runs";
 
 #[test]
 fn bursts_of_503_are_retried_and_a_retried_create_makes_one_run() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let rt = runtime();
     let proxy = rt.block_on(HttpProxy::start(&stack.runner.origin));
     let url = proxy.url();
@@ -1317,7 +1240,7 @@ fn bursts_of_503_are_retried_and_a_retried_create_makes_one_run() {
 
 #[test]
 fn a_503_burst_longer_than_the_retries_ends_in_one_line_with_retry_after() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let rt = runtime();
     let proxy = rt.block_on(HttpProxy::start(&stack.runner.origin));
     let url = proxy.url();
@@ -1370,7 +1293,7 @@ fn a_503_burst_longer_than_the_retries_ends_in_one_line_with_retry_after() {
 
 #[test]
 fn a_slow_upstream_fails_the_call_at_its_deadline_and_nothing_else() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let rt = runtime();
     let proxy = rt.block_on(HttpProxy::start(&stack.runner.origin));
     let url = proxy.url();

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::registry::ImageCleanup;
-use common::{ALL_SCOPES, Engine, Runner, Stack, hash_key, one_line_error, stdout};
+use common::{ALL_SCOPES, Podman, Runner, Stack, bins, hash_key, one_line_error, stdout};
 use ed25519_dalek::Signer as _;
 use ed25519_dalek::pkcs8::DecodePrivateKey as _;
 use hmac::Mac as _;
@@ -379,7 +379,12 @@ fn secrets_never_reach_logs_files_or_command_lines() {
         "[[accounts]]\nid = \"sec\"\napi_key_sha256 = \"{}\"\nplan = \"local\"\nresources = \"{ALL_SCOPES}\"\n",
         hash_key(API_KEY)
     );
-    let stack = Stack::on(Runner::start_on(Engine::start(), Some(&config), true));
+    let stack = Stack::on(Runner::start_on(
+        bins(),
+        Podman::start(),
+        Some(&config),
+        true,
+    ));
     let runner_log = stack.runner.state_dir.path().join("runner.log");
     let bus = |args: &[&str]| {
         let out = stack
@@ -508,7 +513,7 @@ fn secrets_never_reach_logs_files_or_command_lines() {
 
 #[test]
 fn forged_and_misdirected_tokens_are_refused_with_their_reason() {
-    let stack = Stack::without_token();
+    let stack = Stack::without_token(bins());
     let forged = forged_tokens(&stack.runner, "alice", ALL_SCOPES);
     for f in &forged {
         // Over REST.
@@ -620,7 +625,7 @@ fn tar_of(name: &str, content: &str) -> Vec<u8> {
 /// matrix in runner/tests/authz.rs.
 #[test]
 fn authorization_matrix_of_exec_and_logs() {
-    let runner = Runner::start();
+    let runner = Runner::start(bins());
     let mut cleanup = ImageCleanup::new(&runner.engine.socket);
     let scopes = format!("{ALL_SCOPES} image:read image:write image:build");
     let forged = forged_tokens(&runner, "alice", &scopes);
@@ -1001,7 +1006,7 @@ impl Watched {
 /// output. Another genuine token of the owner's joins, and shares the one upstream stream.
 #[test]
 fn joining_a_live_follow_or_wait_gets_what_the_token_gets_alone() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let key = runner_key(&stack.runner);
     let mut tokens: Vec<(String, String)> = forged_tokens(&stack.runner, "alice", ALL_SCOPES)
         .into_iter()
@@ -1185,7 +1190,7 @@ fn oversized_bodies_are_refused_before_they_are_read() {
         "[[accounts]]\nid = \"limits\"\napi_key_sha256 = \"{}\"\nplan = \"local\"\nresources = \"{scopes}\"\n",
         hash_key(API_KEY)
     );
-    let runner = Runner::start_with_config(&config);
+    let runner = Runner::start_with_config(bins(), &config);
     let token = runner.token("limits", &scopes);
     let stop = format!("{RUNS}/run_00000000000000000000000000000000/stop");
     // Every endpoint that takes a body, with its limit and the credential it needs.

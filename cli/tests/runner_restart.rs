@@ -6,34 +6,10 @@
 
 mod common;
 
-use std::io::Read as _;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Stack, stdout};
-
-/// A script writing, `lines` times with `pause` seconds between: `line I out` to stdout in two
-/// writes (the first without its newline, a partial line in the engine's log) and `err I` to
-/// stderr; then a last line without a newline on each stream; it exits with 7.
-fn two_streams(lines: u32, pause: &str) -> String {
-    format!(
-        "i=0; while [ $i -lt {lines} ]; do printf \"line $i\"; sleep 0.01; echo ' out'; \
-         echo \"err $i\" >&2; i=$((i+1)); sleep {pause}; done; \
-         printf 'last words'; printf 'no newline' >&2; exit 7"
-    )
-}
-
-/// What [`two_streams`] writes to stdout and to stderr.
-fn two_streams_output(lines: u32) -> (String, String) {
-    let mut stdout: String = (0..lines).map(|i| format!("line {i} out\n")).collect();
-    stdout.push_str("last words");
-    let mut stderr: String = (0..lines).map(|i| format!("err {i}\n")).collect();
-    stderr.push_str("no newline");
-    (stdout, stderr)
-}
+use common::script::{two_streams, two_streams_output};
+use common::{Stack, Watched, bins, stdout};
 
 /// `stderr` without busd's notice that it lost the runner and retries, and how many such
 /// notices it held.
@@ -51,87 +27,6 @@ fn without_notices(stderr: &str) -> (String, usize) {
     (rest, notices)
 }
 
-/// A `bus` process whose stdout and stderr are read as they come.
-struct Watched {
-    child: Child,
-    /// Newlines read from stdout so far.
-    lines: Arc<AtomicU64>,
-    stdout: JoinHandle<Vec<u8>>,
-    stderr: JoinHandle<Vec<u8>>,
-}
-
-impl Watched {
-    fn spawn(mut command: Command) -> Watched {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(AtomicU64::new(0));
-        let counter = lines.clone();
-        let mut out = child.stdout.take().unwrap();
-        let stdout = std::thread::spawn(move || {
-            let mut all = Vec::new();
-            let mut buf = [0u8; 4096];
-            loop {
-                match out.read(&mut buf) {
-                    Ok(0) | Err(_) => return all,
-                    Ok(n) => {
-                        all.extend_from_slice(&buf[..n]);
-                        let count = all.iter().filter(|b| **b == b'\n').count();
-                        counter.store(count as u64, Ordering::SeqCst);
-                    }
-                }
-            }
-        });
-        let mut err = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut all = Vec::new();
-            let _ = err.read_to_end(&mut all);
-            all
-        });
-        Watched {
-            child,
-            lines,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// Waits until at least `n` lines were printed to stdout, for at most a minute.
-    fn reached(&self, n: u64) {
-        let start = Instant::now();
-        while self.lines.load(Ordering::SeqCst) < n {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "the CLI printed {} lines within a minute, not {n}",
-                self.lines.load(Ordering::SeqCst)
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Waits for the process (at most `limit`, then kills it by its PID and fails); returns its
-    /// exit code, stdout and stderr.
-    fn finish(mut self, limit: Duration) -> (Option<i32>, String, String) {
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if start.elapsed() > limit {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("the CLI did not end within {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let text =
-            |h: JoinHandle<Vec<u8>>| String::from_utf8_lossy(&h.join().unwrap()).into_owned();
-        (status.code(), text(self.stdout), text(self.stderr))
-    }
-}
-
 /// Starts busd through the CLI; returns its PID.
 fn start_busd(stack: &Stack) -> u32 {
     let out = stack.run(&["daemon", "start"]);
@@ -145,14 +40,9 @@ fn start_busd(stack: &Stack) -> u32 {
 
 /// The ids of every run of the stack's account.
 fn run_ids(stack: &Stack) -> Vec<String> {
-    let out = stack.run(&["containers", "runs", "-o", "json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let runs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    runs.iter()
+    stack
+        .runs()
+        .iter()
         .map(|r| r["id"].as_str().unwrap().to_owned())
         .collect()
 }
@@ -161,7 +51,7 @@ fn run_ids(stack: &Stack) -> Vec<String> {
 /// [`two_streams`], once they printed `before` lines; starts it again on the same address after
 /// `down`; checks all three commands, and a full replay of each run afterwards.
 fn nothing_is_lost_across_a_runner_restart(lines: u32, before: u64, down: Duration) {
-    let mut stack = Stack::start();
+    let mut stack = Stack::start(bins());
     let busd = start_busd(&stack);
     let script = two_streams(lines, "0.05");
     let (expected_out, expected_err) = two_streams_output(lines);

@@ -1,6 +1,6 @@
 //! busd checked by a stock gRPC client, not our code: Python grpcio with
 //! grpcio-health-checking and grpcio-reflection (PyPI), from the project venv `.venv-ci/`
-//! that scripts/setup-python makes. The client is tests/stock_grpc.py; it speaks to busd's
+//! that scripts/setup-python makes. The client is cli/tests/stock_grpc.py; it speaks to busd's
 //! socket with grpcio's default channel options (so grpc-core's own `:authority`, the socket
 //! path) and no checked-in stubs of ours: what reflection tells it, and stubs it generates
 //! from proto/ itself.
@@ -10,10 +10,11 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Stack, stdout};
+use common::{Stack, bins, stdout};
 
+/// The repository's root (this package is cli/).
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
 /// The venv's python, or a failure naming the script that makes it (never a silent skip).
@@ -45,7 +46,7 @@ fn venv_python() -> PathBuf {
 #[test]
 fn a_stock_grpc_client_sees_health_reflection_and_calls_through_reflection() {
     let python = venv_python();
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let started = stack.run(&["daemon", "start"]);
     assert!(
         started.status.success(),
@@ -55,7 +56,7 @@ fn a_stock_grpc_client_sees_health_reflection_and_calls_through_reflection() {
     assert!(stack.socket.exists(), "busd's socket is missing");
 
     let out = Command::new(&python)
-        .arg(repo_root().join("tests/stock_grpc.py"))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/stock_grpc.py"))
         .arg(&stack.socket)
         .arg(repo_root().join("proto"))
         .env_clear()

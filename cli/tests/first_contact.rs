@@ -9,7 +9,7 @@ use bus::proto::containers::v1::{
     CreateRunRequest, ExecRequest, ExecStart, RunSpec, containers_client::ContainersClient,
     exec_client::ExecClient, exec_request, exec_response,
 };
-use common::{Runner, Stack, hash_key, one_line_error, stdout};
+use common::{Runner, Stack, bins, hash_key, one_line_error, stdout};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -17,7 +17,7 @@ fn stderr(out: &std::process::Output) -> String {
 
 #[test]
 fn exec_right_after_run_dash_d_works_every_time() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     for round in 0..10 {
         let out = stack.run(&["containers", "run", "-d", "--", "sleep", "3600"]);
         assert!(out.status.success(), "round {round}: {}", stderr(&out));
@@ -38,7 +38,7 @@ fn exec_right_after_run_dash_d_works_every_time() {
 
 #[test]
 fn a_grpc_exec_right_after_create_run_waits_for_the_run_to_start() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     // busd up (the CLI starts it).
     assert!(stack.run(&["containers", "status"]).status.success());
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -94,7 +94,7 @@ fn a_grpc_exec_right_after_create_run_waits_for_the_run_to_start() {
 
 #[test]
 fn run_dash_d_says_when_the_run_already_ended_or_could_not_start() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
 
     let out = stack.run(&["containers", "run", "-d", "--", "sh", "-c", "exit 3"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -132,12 +132,15 @@ fn run_dash_d_says_when_the_run_already_ended_or_could_not_start() {
 #[test]
 fn a_foreground_run_without_the_logs_grant_is_refused_before_it_starts() {
     let key = "bus_test_key_nologs_0123456789";
-    let runner = Runner::start_with_config(&format!(
-        "[[accounts]]\nid = \"alice\"\napi_key_sha256 = \"{}\"\nplan = \"local\"\nbilling = \"active\"\n\
+    let runner = Runner::start_with_config(
+        bins(),
+        &format!(
+            "[[accounts]]\nid = \"alice\"\napi_key_sha256 = \"{}\"\nplan = \"local\"\nbilling = \"active\"\n\
          resources = [\"container:read\", \"container:run\", \"container:delete\"]\n\
          logs = false\n",
-        hash_key(key)
-    ));
+            hash_key(key)
+        ),
+    );
     let stack = Stack::on(runner);
     let out = stack
         .bus()

@@ -1,4 +1,4 @@
-//! How output leaves `bus`, through the real binaries (see `tests/common`): a foreground
+//! How output leaves `bus`, through the real binaries (see `testkit`): a foreground
 //! run tells its id on a terminal and gives one JSON result with `-o json`; output into a
 //! closed pipe ends `bus` as it ends coreutils (killed by SIGPIPE, nothing on stderr) in
 //! every output mode.
@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::process::ExitStatusExt as _;
 use std::process::{Command, Output, Stdio};
 
-use common::{Stack, stdout};
+use common::{Stack, bins, stdout};
 use serde_json::Value;
 
 fn text(out: &Output) -> String {
@@ -35,7 +35,7 @@ fn into_closed_pipe(stack: &Stack, args: &[&str]) -> Output {
 
 #[test]
 fn output_into_a_closed_pipe_ends_bus_quietly_by_sigpipe() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let out = stack.run(&["containers", "run", "-d", "--", "sh", "-c", "echo logged"]);
     assert!(out.status.success(), "{}", text(&out));
     let id = stdout(&out).trim().to_owned();
@@ -70,7 +70,7 @@ fn output_into_a_closed_pipe_ends_bus_quietly_by_sigpipe() {
 
 #[test]
 fn run_o_json_prints_one_result_and_exits_with_the_code() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let out = stack.run(&[
         "containers",
         "run",
@@ -126,7 +126,7 @@ fn run_o_json_prints_one_result_and_exits_with_the_code() {
 
 #[test]
 fn a_foreground_run_tells_its_id_on_a_terminal_only() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     // stderr a pipe: only the output.
     let out = stack.run(&["containers", "run", "--", "echo", "plain"]);
     assert_eq!(stdout(&out), "plain\n", "{}", text(&out));

@@ -9,11 +9,11 @@ use bus::proto::containers::v1::{
     GetRunRequest, RunRequest, RunSpec, StdStream, containers_client::ContainersClient,
     run_event::Event,
 };
-use common::{ALL_SCOPES, Stack, one_line_error, stdout};
+use common::{ALL_SCOPES, Stack, bins, one_line_error, stdout};
 
 #[test]
 fn run_prints_exactly_what_the_container_printed() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let out = stack.run(&[
         "containers",
         "run",
@@ -36,7 +36,7 @@ fn run_prints_exactly_what_the_container_printed() {
 
 #[test]
 fn run_passes_both_streams_and_the_exit_code() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let script = "echo out; echo err >&2; exit 3";
     let out = stack.run(&["containers", "run", "--", "sh", "-c", script]);
     assert_eq!(stdout(&out), "out\n");
@@ -46,7 +46,7 @@ fn run_passes_both_streams_and_the_exit_code() {
 
 #[test]
 fn run_stream_orders_output_by_seq_and_ends_with_one_exit() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     // Start busd through the CLI, then talk to it as an SDK user would.
     assert!(stack.run(&["containers", "status"]).status.success());
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -100,7 +100,7 @@ fn run_stream_orders_output_by_seq_and_ends_with_one_exit() {
 
 #[test]
 fn detached_runs_are_listed_and_deleted() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let out = stack.run(&["containers", "run", "-d", "--", "sh", "-c", "echo hi"]);
     assert!(
         out.status.success(),
@@ -130,7 +130,7 @@ fn detached_runs_are_listed_and_deleted() {
 
 #[test]
 fn another_account_cannot_see_read_or_delete_a_run() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let id = stdout(&stack.run(&["containers", "run", "-d", "--", "echo", "secret"]))
         .trim()
         .to_owned();
@@ -183,7 +183,7 @@ fn another_account_cannot_see_read_or_delete_a_run() {
 
 #[test]
 fn no_token_says_where_to_put_one() {
-    let stack = Stack::without_token();
+    let stack = Stack::without_token(bins());
     let line = one_line_error(&stack.run(&["containers", "status"]));
     assert!(line.contains("no API token found"), "{line}");
     assert!(
@@ -194,7 +194,7 @@ fn no_token_says_where_to_put_one() {
 
 #[test]
 fn an_expired_token_says_how_to_renew_it() {
-    let stack = Stack::without_token();
+    let stack = Stack::without_token(bins());
     stack.write_token(&stack.runner.expired_token("alice"));
     let line = one_line_error(&stack.run(&["containers", "runs"]));
     assert!(line.contains("expired"), "{line}");
@@ -206,7 +206,7 @@ fn an_expired_token_says_how_to_renew_it() {
 
 #[test]
 fn a_token_from_another_deployment_is_refused() {
-    let stack = Stack::without_token();
+    let stack = Stack::without_token(bins());
     let elsewhere = tempfile::tempdir().unwrap();
     stack.write_token(&common::mint(elsewhere.path(), "alice", ALL_SCOPES, &[]));
     let line = one_line_error(&stack.run(&["containers", "runs"]));
@@ -220,7 +220,7 @@ fn a_token_from_another_deployment_is_refused() {
 
 #[test]
 fn a_token_on_the_command_line_is_refused_before_busd() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let token = stack.runner.token("alice", ALL_SCOPES);
     for args in [
         vec!["--token", token.as_str(), "containers", "status"],
@@ -255,7 +255,7 @@ fn a_token_on_the_command_line_is_refused_before_busd() {
 
 #[test]
 fn the_token_never_reaches_logs_or_arguments() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let token = std::fs::read_to_string(stack.config_dir().join("auth/api-token")).unwrap();
     let out = stack.run(&["containers", "run", "--", "sh", "-c", "echo done"]);
     assert_eq!(stdout(&out), "done\n");
@@ -272,7 +272,7 @@ fn the_token_never_reaches_logs_or_arguments() {
 
 #[test]
 fn busd_socket_is_private() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     assert!(stack.run(&["containers", "status"]).status.success());
     assert_eq!(
         std::fs::metadata(&stack.socket).unwrap().mode() & 0o777,
@@ -289,7 +289,7 @@ fn busd_socket_is_private() {
 
 #[test]
 fn status_names_the_engine_and_profiles() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let out = stack.run(&["containers", "status"]);
     let text = stdout(&out);
     assert!(text.contains("state:    ready"), "{text}");
@@ -299,7 +299,7 @@ fn status_names_the_engine_and_profiles() {
 
 #[test]
 fn an_api_url_with_the_api_path_is_refused_with_the_fix() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let bad = format!("{}/api/v1/containers", stack.runner.origin);
     let line = one_line_error(&stack.run(&["--api-url", &bad, "containers", "status"]));
     assert!(
@@ -310,7 +310,7 @@ fn an_api_url_with_the_api_path_is_refused_with_the_fix() {
 
 #[test]
 fn an_unreachable_runner_says_which_origin() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let line =
         one_line_error(&stack.run(&["--api-url", "http://127.0.0.1:9", "containers", "runs"]));
     assert!(
@@ -329,7 +329,7 @@ fn busd_speaks_standard_health_and_reflection() {
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
 
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     assert!(stack.run(&["daemon", "info"]).status.success());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -13,7 +13,7 @@ use bus::proto::containers::v1::{
     RunRequest, RunSpec, containers_client::ContainersClient, run_event::Event,
 };
 use bus::proto::daemon::v1::{GetInfoRequest, ShutdownRequest, daemon_client::DaemonClient};
-use common::{ALL_SCOPES, Runner, Stack, one_line_error, stdout};
+use common::{ALL_SCOPES, Runner, Stack, bins, one_line_error, stdout};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -42,7 +42,7 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn a_second_busd_on_the_same_socket_refuses_with_one_clear_line() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let out = stack.run(&["daemon", "start"]);
     assert!(stdout(&out).contains("busd started (pid "), "{out:?}");
     let pid = stack.busd_pid().unwrap();
@@ -69,7 +69,7 @@ fn a_second_busd_on_the_same_socket_refuses_with_one_clear_line() {
 
 #[test]
 fn daemon_stop_removes_the_socket_and_status_then_says_not_running() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     // Not running: status says so with exit code 3, and does not start busd.
     let out = stack.run(&["daemon", "status"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
@@ -116,7 +116,7 @@ fn daemon_stop_removes_the_socket_and_status_then_says_not_running() {
 
 #[test]
 fn shutdown_lets_an_open_stream_finish_then_removes_the_socket() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     assert!(stack.run(&["daemon", "start"]).status.success());
     let pid = stack.busd_pid().unwrap();
     let (output, exited, shutdown) = runtime().block_on(async {
@@ -186,7 +186,7 @@ fn shutdown_lets_an_open_stream_finish_then_removes_the_socket() {
 
 #[test]
 fn the_drain_is_bounded() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     assert!(stack.run(&["daemon", "start"]).status.success());
     let pid = stack.busd_pid().unwrap();
     let started = runtime().block_on(async {
@@ -238,7 +238,7 @@ fn the_drain_is_bounded() {
 
 #[test]
 fn busd_serves_a_socket_handed_over_by_systemd() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let dir = stack.home.path().join("activated");
     std::fs::create_dir(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -289,20 +289,14 @@ fn busd_serves_a_socket_handed_over_by_systemd() {
 
 #[test]
 fn busd_exits_by_itself_when_idle_if_asked() {
-    let stack = Stack::start();
-    let mut busd = stack
-        .busd()
-        .args(["--idle-exit", "1s"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for("busd's socket", Duration::from_secs(10), || {
-        std::os::unix::net::UnixStream::connect(&stack.socket).is_ok()
+    let stack = Stack::start(bins());
+    let mut busd = stack.start_busd(|busd| {
+        busd.args(["--idle-exit", "1s"]).stderr(Stdio::null());
     });
     let started = Instant::now();
     // A call resets the idle clock.
     assert!(stack.run(&["containers", "status"]).status.success());
-    let status = busd.wait().unwrap();
+    let status = busd.wait();
     assert!(status.success());
     assert!(started.elapsed() >= Duration::from_secs(1));
     assert!(!stack.socket.exists(), "the socket is removed on idle exit");
@@ -310,7 +304,7 @@ fn busd_exits_by_itself_when_idle_if_asked() {
 
 #[test]
 fn a_world_readable_token_file_is_refused_until_chmod() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let path = stack.config_dir().join("auth/api-token");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let line = one_line_error(&stack.run(&["containers", "status"]));
@@ -328,7 +322,7 @@ fn a_world_readable_token_file_is_refused_until_chmod() {
 
 #[test]
 fn an_expired_token_fails_before_any_upstream_call() {
-    let stack = Stack::without_token();
+    let stack = Stack::without_token(bins());
     stack.write_token(&stack.runner.expired_token("alice"));
     // Nothing listens on this port: reaching for the runner would say "cannot reach".
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -371,7 +365,7 @@ fn an_expired_token_fails_before_any_upstream_call() {
 
 #[test]
 fn auth_status_shows_the_identity_and_never_the_token() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let token = std::fs::read_to_string(stack.config_dir().join("auth/api-token")).unwrap();
     let out = stack.run(&["auth", "status"]);
     assert!(out.status.success(), "{out:?}");
@@ -403,11 +397,14 @@ fn auth_status_shows_the_identity_and_never_the_token() {
 const API_KEY: &str = "sk-carol-0123456789abcdef";
 
 fn runner_with_carol() -> Runner {
-    Runner::start_with_config(&format!(
-        "[[accounts]]\nid = \"carol\"\napi_key_sha256 = \"{}\"\nplan = \"local\"\n\
+    Runner::start_with_config(
+        bins(),
+        &format!(
+            "[[accounts]]\nid = \"carol\"\napi_key_sha256 = \"{}\"\nplan = \"local\"\n\
          resources = [\"container:read\", \"container:run\", \"container:delete\"]\n",
-        common::hash_key(API_KEY)
-    ))
+            common::hash_key(API_KEY)
+        ),
+    )
 }
 
 #[test]
@@ -499,7 +496,7 @@ fn auth_token_exchanges_an_api_key_for_a_private_token_file() {
 
 #[test]
 fn another_user_cannot_use_the_socket() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     assert!(stack.run(&["daemon", "start"]).status.success());
     // The bus binary, where the other user can run it.
     let shared = Path::new("/tmp").join(format!("bus-lifecycle-{}", std::process::id()));

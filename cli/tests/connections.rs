@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Stack, stop_pid};
+use common::{Stack, bins, stop_pid};
 
 /// The HTTP/2 connection preface and an empty SETTINGS frame: what a client sends first.
 const HELLO: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
@@ -83,7 +83,7 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn a_connection_that_sends_nothing_is_closed() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let log = stack.home.path().join("busd.log");
     let _busd = Busd::start(&stack, &[], &log);
 
@@ -120,7 +120,7 @@ fn a_connection_that_sends_nothing_is_closed() {
 
 #[test]
 fn out_of_descriptors_busd_backs_off_logs_once_and_recovers() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let log = stack.home.path().join("busd.log");
     // A low limit for this busd alone, so it runs out after a few dozen connections.
     let busd = Busd::start(&stack, &["prlimit", "--nofile=64:64", "--"], &log);

@@ -1,7 +1,7 @@
 //! The CLI at its edges with busd: exit codes of the commands that pass on a container's code,
 //! a busd that accepts but does not answer (SIGSTOP), the `--timeout` expiry, a busd older
 //! than the CLI, and the one-line errors for bad input. Everything runs the real binaries
-//! (runner on Podman, busd started by the CLI); see `tests/common`.
+//! (runner on Podman, busd started by the CLI); see `testkit`.
 
 mod common;
 
@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Stack, one_line_error, stdout};
+use common::{Stack, bins, one_line_error, stdout};
 
 /// A bound on one CLI invocation so a hang fails the test instead of stalling the suite; the
 /// assertions are on outcomes, never on durations.
@@ -101,7 +101,7 @@ fn info_json(stack: &Stack) -> serde_json::Value {
 
 #[test]
 fn run_exec_and_wait_exit_125_when_bus_busd_or_the_runner_fails() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     // The command's own code passes through, 6 included.
     let out = run(&stack, &["containers", "run", "--", "sh", "-c", "exit 6"]);
     assert_eq!(out.status.code(), Some(6), "{out:?}");
@@ -124,7 +124,7 @@ fn run_exec_and_wait_exit_125_when_bus_busd_or_the_runner_fails() {
 
 #[test]
 fn a_busd_that_does_not_answer_is_named_and_works_again_once_continued() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let out = run(
         &stack,
         &["containers", "run", "-d", "--", "sh", "-c", "sleep 600"],
@@ -170,7 +170,7 @@ fn a_busd_that_does_not_answer_is_named_and_works_again_once_continued() {
 
 #[test]
 fn bus_daemon_restart_replaces_a_busd_that_does_not_answer() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     assert!(run(&stack, &["daemon", "start"]).status.success());
     let pid = lock_pid(&stack);
     let _stopped = Stopped::new(pid);
@@ -184,7 +184,7 @@ fn bus_daemon_restart_replaces_a_busd_that_does_not_answer() {
 
 #[test]
 fn quiet_streams_and_waits_are_not_cut() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     // Longer than busd's answer bound without a byte of output.
     let out = run(
         &stack,
@@ -211,7 +211,7 @@ fn quiet_streams_and_waits_are_not_cut() {
 
 #[test]
 fn a_busd_older_than_the_cli_is_restarted_when_a_cli_started_it() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     // A busd "from before an upgrade", started by the CLI (debug builds read the override).
     let mut start = stack.bus();
     start
@@ -234,14 +234,11 @@ fn a_busd_older_than_the_cli_is_restarted_when_a_cli_started_it() {
 
 #[test]
 fn a_busd_older_than_the_cli_that_no_cli_started_is_reported() {
-    let stack = Stack::start();
-    std::fs::create_dir_all(stack.socket.parent().unwrap()).unwrap();
-    let mut busd = stack
-        .busd()
-        .env("BUSD_PROTOCOL_OVERRIDE", "0")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let stack = Stack::start(bins());
+    let mut busd = stack.start_busd(|busd| {
+        busd.env("BUSD_PROTOCOL_OVERRIDE", "0")
+            .stderr(Stdio::null());
+    });
     let started = Instant::now();
     while !(stack.socket.exists() && info_json_ok(&stack)) {
         assert!(started.elapsed() < HARNESS_LIMIT, "busd did not start");
@@ -266,7 +263,7 @@ fn info_json_ok(stack: &Stack) -> bool {
 
 #[test]
 fn bad_input_gets_one_line_saying_what_to_do() {
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
 
     // A token file that is not text.
     let path = stack.home.path().join("binary-token");

@@ -6,13 +6,13 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::Stack;
+use common::{Stack, bins};
 
 fn example(name: &str) -> PathBuf {
-    let path = common::bin_dir().join("examples").join(name);
+    let path = common::bins().dir().join("examples").join(name);
     assert!(
         path.is_file(),
-        "{} is missing: `cargo test` builds the examples",
+        "{} is missing: `cargo test --workspace` builds the examples (or `cargo build -p bus --examples`)",
         path.display()
     );
     path
@@ -21,7 +21,7 @@ fn example(name: &str) -> PathBuf {
 /// The first fenced block under `### {language}` in the "Use from" section of docs/clients.md.
 fn readme_block(language: &str) -> String {
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/clients.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/clients.md")).unwrap();
     let section = readme
         .split_once("## Use from Python / TypeScript / Rust")
         .expect("docs/clients.md has a \"Use from\" section")
@@ -36,14 +36,15 @@ fn readme_block(language: &str) -> String {
 #[test]
 fn readme_rust_example_is_examples_run_rs_and_works() {
     let source =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/run.rs")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/run.rs"))
+            .unwrap();
     assert_eq!(
         readme_block("Rust"),
         source,
         "the Rust example in docs/clients.md != examples/run.rs"
     );
 
-    let stack = Stack::start();
+    let stack = Stack::start(bins());
     let started = stack.run(&["daemon", "start"]);
     assert!(
         started.status.success(),

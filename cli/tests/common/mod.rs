@@ -1,0 +1,40 @@
+//! The end-to-end harness, from the testkit crate: a real Podman API service, a real
+//! bus-runner, and the real `bus` and `busd` binaries, each on temporary sockets and
+//! directories, stopped by PID on drop.
+//!
+//! `bus` is this package's binary (`CARGO_BIN_EXE_bus`); `busd` and `bus-runner` are its
+//! siblings in the same target directory (`cargo build --workspace --bins` builds them; the
+//! README's test command does).
+
+#![allow(dead_code, unused_imports)]
+
+pub mod registry;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+pub use bus_testkit::{
+    ALL_SCOPES, Bins, Busd, Podman, Runner, Stack, Watched, alive, describe, expect_success,
+    free_port, last_error_line, one_line_error, script, stdout, stop_pid, wait_until,
+};
+
+/// The workspace's binaries, found beside this package's `bus`.
+pub fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| Bins::beside(env!("CARGO_BIN_EXE_bus")))
+}
+
+/// A workspace binary, checked to exist.
+pub fn bin(name: &str) -> PathBuf {
+    bins().get(name)
+}
+
+/// The SHA-256 (hex) of an API key, for `api_key_sha256` in a runner config.
+pub fn hash_key(key: &str) -> String {
+    bus_testkit::hash_key(bins(), key)
+}
+
+/// Mints a token with the signing key in `state_dir`.
+pub fn mint(state_dir: &Path, account: &str, resources: &str, extra: &[&str]) -> String {
+    bus_testkit::mint(bins(), state_dir, account, resources, extra)
+}
