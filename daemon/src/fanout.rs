@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bus_api::runs::LogsQuery;
 use bus_api::{LogFrame, RunState, Stream as StdStream};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -38,7 +39,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
-use crate::upstream::{KeepalivesSeen, LogsQuery, Upstream, UpstreamError};
+use crate::upstream::{KeepalivesSeen, Upstream, UpstreamError};
 
 /// Output bytes a group keeps for late or slow followers before dropping the oldest.
 const MAX_BUFFER_BYTES: usize = 8 * 1024 * 1024;

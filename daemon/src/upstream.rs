@@ -19,6 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bus_api::auth::{TokenRequest, TokenResponse};
+use bus_api::paths;
+use bus_api::runs::{
+    CreateRunQuery, KEEPALIVE_SECONDS, KEEPALIVE_SECONDS_RANGE, ListRunsQuery, LogsQuery,
+    MAX_WAIT_MS, StopRun, WaitFor,
+};
 use bus_api::{BillingStatus, CreateRun, LogFrame, Problem, Run, RunPage, RunnerStatus};
 use futures::{Stream, StreamExt, TryStreamExt};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -44,8 +49,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_HONOURED_RETRY_AFTER: Duration = Duration::from_secs(2);
 /// The header that makes a create safe to retry.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
-/// The longest `wait_ms` the runner accepts on a create.
-const MAX_START_WAIT_MS: u64 = 600_000;
 
 /// How a create is to be answered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -59,7 +62,7 @@ pub struct CreateOptions {
 /// The runner's default keepalive interval on follow streams (its `KEEPALIVE_SECONDS`). busd
 /// asks for it by leaving `keepalive_seconds` out, so runners from before the parameter
 /// existed (which refuse unknown query parameters) still answer.
-pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(KEEPALIVE_SECONDS);
 /// Keepalive intervals without a byte after which a log stream is presumed broken.
 pub const SILENCE_INTERVALS: u32 = 3;
 /// Test-only override of the keepalive interval busd asks follow streams for, in whole
@@ -127,21 +130,6 @@ pub enum UpstreamError {
     },
 }
 
-/// The options of a logs request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogsQuery {
-    /// Keep the stream open until the run's exit frame.
-    pub follow: bool,
-    /// Only frames with a greater seq.
-    pub after_seq: u64,
-    /// Only the last N output frames that exist now.
-    pub tail: Option<u64>,
-    /// Include stdout frames.
-    pub stdout: bool,
-    /// Include stderr frames.
-    pub stderr: bool,
-}
-
 /// Whether the runner has been seen sending keepalive frames on the streams of one follow;
 /// shared by that follow's successive (resumed) streams.
 ///
@@ -185,22 +173,9 @@ impl Silence {
 /// The keepalive interval named by [`KEEPALIVE_ENV`]'s value, if it is a valid one.
 pub fn keepalive_from_env(value: Option<&str>) -> Option<Duration> {
     let seconds: u64 = value?.trim().parse().ok()?;
-    (1..=300)
+    KEEPALIVE_SECONDS_RANGE
         .contains(&seconds)
         .then(|| Duration::from_secs(seconds))
-}
-
-impl LogsQuery {
-    /// Everything after `after_seq`, followed or not.
-    pub fn after(after_seq: u64, follow: bool) -> Self {
-        LogsQuery {
-            follow,
-            after_seq,
-            tail: None,
-            stdout: true,
-            stderr: true,
-        }
-    }
 }
 
 impl UpstreamError {
@@ -432,8 +407,7 @@ impl Upstream {
 
     /// `GET /api/v1/containers/status`.
     pub async fn status(&self) -> Result<RunnerStatus, UpstreamError> {
-        self.json(self.request(Method::GET, "/api/v1/containers/status"))
-            .await
+        self.json(self.request(Method::GET, paths::STATUS)).await
     }
 
     /// `POST /api/v1/containers/runs` with a fresh `Idempotency-Key`, so the create is retried
@@ -443,24 +417,21 @@ impl Upstream {
         spec: &CreateRun,
         options: CreateOptions,
     ) -> Result<Run, UpstreamError> {
-        let mut path = "/api/v1/containers/runs".to_owned();
-        let mut query = Vec::new();
-        if options.follow {
-            query.push("follow=true".to_owned());
-        }
+        let mut query = CreateRunQuery {
+            follow: options.follow,
+            ..CreateRunQuery::default()
+        };
         if options.wait_running {
-            query.push("wait=running".to_owned());
+            query.wait = Some(WaitFor::Running);
             // Answer before the caller gives up, with the run as it is by then.
-            if let Some(left) = self.time_left() {
-                let ms = (left.as_millis() * 9 / 10).clamp(1, u128::from(MAX_START_WAIT_MS));
-                query.push(format!("wait_ms={ms}"));
-            }
-        }
-        if !query.is_empty() {
-            path = format!("{path}?{}", query.join("&"));
+            query.wait_ms = self.time_left().map(|left| {
+                let ms = (left.as_millis() * 9 / 10).clamp(1, u128::from(MAX_WAIT_MS));
+                u64::try_from(ms).expect("clamped below MAX_WAIT_MS")
+            });
         }
         self.json(
-            self.request(Method::POST, &path)
+            self.request(Method::POST, paths::RUNS)
+                .query(&query)
                 .header(IDEMPOTENCY_KEY, new_idempotency_key())
                 .json(spec),
         )
@@ -469,7 +440,7 @@ impl Upstream {
 
     /// `GET /api/v1/billing/status`: the account's plan, usage in the period and limits.
     pub async fn billing(&self) -> Result<BillingStatus, UpstreamError> {
-        self.json(self.request(Method::GET, "/api/v1/billing/status"))
+        self.json(self.request(Method::GET, paths::BILLING_STATUS))
             .await
     }
 
@@ -485,14 +456,13 @@ impl Upstream {
             resources: resources.map(str::to_owned),
             ttl_seconds,
         };
-        self.json(self.request(Method::POST, "/api/v1/auth/token").json(&body))
+        self.json(self.request(Method::POST, paths::AUTH_TOKEN).json(&body))
             .await
     }
 
     /// `GET /api/v1/containers/runs/{id}`.
     pub async fn get_run(&self, id: &str) -> Result<Run, UpstreamError> {
-        self.json(self.request(Method::GET, &run_path(id, "")))
-            .await
+        self.json(self.request(Method::GET, &paths::run(id))).await
     }
 
     /// `GET /api/v1/containers/runs?page_size&page_token`.
@@ -501,23 +471,17 @@ impl Upstream {
         page_size: u32,
         page_token: &str,
     ) -> Result<RunPage, UpstreamError> {
-        let mut query: Vec<(&str, String)> = Vec::new();
-        if page_size > 0 {
-            query.push(("page_size", page_size.to_string()));
-        }
-        if !page_token.is_empty() {
-            query.push(("page_token", page_token.to_owned()));
-        }
-        self.json(
-            self.request(Method::GET, "/api/v1/containers/runs")
-                .query(&query),
-        )
-        .await
+        let query = ListRunsQuery {
+            page_size: (page_size > 0).then_some(page_size),
+            page_token: (!page_token.is_empty()).then(|| page_token.to_owned()),
+        };
+        self.json(self.request(Method::GET, paths::RUNS).query(&query))
+            .await
     }
 
     /// `DELETE /api/v1/containers/runs/{id}`.
     pub async fn delete_run(&self, id: &str) -> Result<(), UpstreamError> {
-        self.json::<serde::de::IgnoredAny>(self.request(Method::DELETE, &run_path(id, "")))
+        self.json::<serde::de::IgnoredAny>(self.request(Method::DELETE, &paths::run(id)))
             .await
             .map(drop)
     }
@@ -587,27 +551,15 @@ impl Upstream {
         query: &LogsQuery,
         seen: KeepalivesSeen,
     ) -> Result<impl Stream<Item = Result<LogFrame, UpstreamError>> + use<>, UpstreamError> {
-        let mut params = vec![
-            ("follow", query.follow.to_string()),
-            ("after_seq", query.after_seq.to_string()),
-        ];
-        if query.follow && self.keepalive != DEFAULT_KEEPALIVE {
+        let query = LogsQuery {
             // Named only when not the default: older runners refuse unknown parameters.
-            let seconds = self.keepalive.as_secs().max(1);
-            params.push(("keepalive_seconds", seconds.to_string()));
-        }
-        // Both streams are the default; name one only to leave it out.
-        for (name, wanted) in [("stdout", query.stdout), ("stderr", query.stderr)] {
-            if !wanted {
-                params.push((name, "false".to_owned()));
-            }
-        }
-        if let Some(tail) = query.tail {
-            params.push(("tail", tail.to_string()));
-        }
+            keepalive_seconds: (query.follow && self.keepalive != DEFAULT_KEEPALIVE)
+                .then(|| self.keepalive.as_secs().max(1)),
+            ..query.clone()
+        };
         let request = self
-            .request(Method::GET, &run_path(id, "/logs"))
-            .query(&params);
+            .request(Method::GET, &paths::run_logs(id))
+            .query(&query);
         let bound = self.silence_bound();
         let response = tokio::time::timeout(bound, self.send(request))
             .await
@@ -641,12 +593,12 @@ impl Upstream {
         grace_seconds: Option<u32>,
         force: bool,
     ) -> Result<Run, UpstreamError> {
-        let body = serde_json::json!({ "grace_seconds": grace_seconds, "force": force });
-        self.json(
-            self.request(Method::POST, &run_path(id, "/stop"))
-                .json(&body),
-        )
-        .await
+        let body = StopRun {
+            grace_seconds,
+            force,
+        };
+        self.json(self.request(Method::POST, &paths::run_stop(id)).json(&body))
+            .await
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
@@ -860,12 +812,6 @@ fn new_idempotency_key() -> String {
     }
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("busd-{hex}")
-}
-
-fn run_path(id: &str, suffix: &str) -> String {
-    // Ids are opaque; encode anything that could change the path's shape.
-    let escaped: String = url::form_urlencoded::byte_serialize(id.as_bytes()).collect();
-    format!("/api/v1/containers/runs/{escaped}{suffix}")
 }
 
 fn hint_for_status(status: StatusCode) -> &'static str {
@@ -1543,13 +1489,5 @@ mod tests {
         assert!(matches!(err, UpstreamError::Unreachable { .. }), "{err:?}");
         // Two pauses of at least 50 ms and 100 ms: it was tried three times.
         assert!(started.elapsed() >= Duration::from_millis(150));
-    }
-
-    #[test]
-    fn run_ids_cannot_change_the_path() {
-        assert_eq!(
-            run_path("../x", "/logs"),
-            "/api/v1/containers/runs/..%2Fx/logs"
-        );
     }
 }

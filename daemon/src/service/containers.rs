@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bus::proto::containers::v1 as pb;
 use bus::proto::containers::v1::containers_server::Containers;
+use bus_api::runs::LogsQuery;
 use bus_api::{
     BillingState, BillingStatus, CreateRun, LogFrame, Run, RunState, Stream as StdStream,
 };
@@ -18,7 +19,7 @@ use tonic::{Request, Response, Status};
 use super::DaemonState;
 use crate::fanout::{self, Chunk, Event as FanEvent, Exit, Fanout, Follow, Notice};
 use crate::status::Error;
-use crate::upstream::{CreateOptions, LogsQuery, Upstream, UpstreamError};
+use crate::upstream::{CreateOptions, Upstream, UpstreamError};
 
 /// Log events queued per `StreamLogs` call before the reader waits for the client.
 const LOG_EVENTS_BUFFER: usize = 64;
@@ -261,11 +262,10 @@ impl Containers for ContainersService {
         if !req.follow || tail.is_some() {
             // What exists now, straight from the runner's store.
             let query = LogsQuery {
-                follow: false,
-                after_seq: req.after_seq,
                 tail,
                 stdout: follow.stdout,
                 stderr: follow.stderr,
+                ..LogsQuery::after(req.after_seq, false)
             };
             let frames = upstream
                 .logs_with(&run_id, &query)

@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use bus_api::Problem;
-use bus_api::exec::{CreateExec, ExecQuery, ExecRecord};
+use bus_api::exec::{CreateExec, ExecAttachQuery, ExecQuery, ExecRecord};
+use bus_api::paths;
+use bus_api::runs::AttachQuery;
 use reqwest::Method;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -53,29 +55,26 @@ pub enum Session {
     },
 }
 
-fn escape(id: &str) -> String {
-    url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
-}
-
 impl Session {
     /// The endpoint's path and query.
     fn path(&self) -> String {
         match self {
             Session::Command(params) => format!(
-                "/api/v1/containers/runs/{}/exec?{}",
-                escape(&params.run_id),
+                "{}?{}",
+                paths::run_exec(&params.run_id),
                 params.exec.to_query()
             ),
-            Session::Detached { exec_id, follow } => format!(
-                "/api/v1/containers/execs/{}/attach?follow={follow}",
-                escape(exec_id)
+            Session::Detached { exec_id, follow } => paths::with_query(
+                &paths::exec_attach(exec_id),
+                &ExecAttachQuery { follow: *follow },
             ),
-            Session::Run { run_id, size } => {
-                let size = size
-                    .map(|(cols, rows)| format!("?cols={cols}&rows={rows}"))
-                    .unwrap_or_default();
-                format!("/api/v1/containers/runs/{}/attach{size}", escape(run_id))
-            }
+            Session::Run { run_id, size } => paths::with_query(
+                &paths::run_attach(run_id),
+                &AttachQuery {
+                    cols: size.map(|(cols, _)| cols),
+                    rows: size.map(|(_, rows)| rows),
+                },
+            ),
         }
     }
 }
@@ -88,15 +87,17 @@ impl Upstream {
         run_id: &str,
         body: &CreateExec,
     ) -> Result<ExecRecord, UpstreamError> {
-        let path = format!("/api/v1/containers/runs/{}/execs", escape(run_id));
-        self.json(self.request(Method::POST, &path).json(body))
-            .await
+        self.json(
+            self.request(Method::POST, &paths::run_execs(run_id))
+                .json(body),
+        )
+        .await
     }
 
     /// `GET /api/v1/containers/execs/{exec_id}`.
     pub async fn get_exec(&self, exec_id: &str) -> Result<ExecRecord, UpstreamError> {
-        let path = format!("/api/v1/containers/execs/{}", escape(exec_id));
-        self.json(self.request(Method::GET, &path)).await
+        self.json(self.request(Method::GET, &paths::exec(exec_id)))
+            .await
     }
 
     /// Opens the exec WebSocket of a command. A refusal before the upgrade comes back as the
