@@ -16,7 +16,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite};
 
-use super::{CONNECT_TIMEOUT, Upstream, UpstreamError};
+use super::client::CONNECT_TIMEOUT;
+use super::{Upstream, UpstreamError};
 
 /// An open exec session.
 pub type ExecSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;

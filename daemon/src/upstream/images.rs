@@ -13,8 +13,9 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 
+use super::error::frame_error;
 use super::ndjson::FrameDecoder;
-use super::{Upstream, UpstreamError, frame_error};
+use super::{Upstream, UpstreamError};
 
 /// A byte stream to upload; an error aborts the upload.
 pub type Upload = futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>;
