@@ -1,6 +1,7 @@
 //! Turning proto values into text for people.
 
 use bus::proto::containers::v1::{Run, RunState};
+use bus::timestamp::{timestamp_rfc3339 as rfc3339, unix_rfc3339};
 use time::OffsetDateTime;
 
 /// A run state's short name, e.g. `timed_out`.
@@ -162,14 +163,6 @@ pub struct RunJson {
     pub finished_at: Option<String>,
     /// finished (or now, while running) minus started, in seconds; null before it started.
     pub duration_seconds: Option<f64>,
-}
-
-fn rfc3339(t: Option<&prost_types::Timestamp>) -> Option<String> {
-    let t = t?;
-    let at = OffsetDateTime::from_unix_timestamp(t.seconds).ok()?
-        + time::Duration::nanoseconds(i64::from(t.nanos));
-    at.format(&time::format_description::well_known::Rfc3339)
-        .ok()
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -399,12 +392,9 @@ pub fn runs_table_styled(runs: &[Run], now: OffsetDateTime, style: TableStyle) -
 
 /// `bus containers get`: one field per line.
 pub fn run_details(run: &Run, now: OffsetDateTime) -> String {
+    // Whole seconds: a person reads these.
     let time = |t: Option<&prost_types::Timestamp>| {
-        t.and_then(|t| OffsetDateTime::from_unix_timestamp(t.seconds).ok())
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
+        t.and_then(|t| unix_rfc3339(t.seconds))
             .unwrap_or_else(|| "-".to_owned())
     };
     let dash = |s: &str| {

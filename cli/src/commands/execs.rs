@@ -7,6 +7,7 @@ use bus::proto::containers::v1::{
     ExecInfo, ExecRequest, ExecStart, ExecState, GetExecRequest, exec_request::Msg as Req,
     exec_response::Msg as Resp,
 };
+use bus::timestamp::timestamp_rfc3339 as rfc3339;
 use futures::StreamExt as _;
 use serde::Serialize;
 
@@ -176,14 +177,6 @@ fn state_name(state: i32) -> &'static str {
         ExecState::Failed => "failed",
         ExecState::Unspecified => "unknown",
     }
-}
-
-fn rfc3339(t: Option<&prost_types::Timestamp>) -> Option<String> {
-    let t = t?;
-    let at = time::OffsetDateTime::from_unix_timestamp(t.seconds).ok()?
-        + time::Duration::nanoseconds(t.nanos.into());
-    at.format(&time::format_description::well_known::Rfc3339)
-        .ok()
 }
 
 /// `execs get -o json`: fields are only ever added.

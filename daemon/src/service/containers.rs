@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use bus::proto::containers::v1 as pb;
 use bus::proto::containers::v1::containers_server::Containers;
+use bus::timestamp::from_time as timestamp;
 use bus_api::runs::LogsQuery;
 use bus_api::{
     BillingState, BillingStatus, CreateRun, LogFrame, Run, RunState, Stream as StdStream,
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -363,13 +363,6 @@ fn create_run(spec: Option<pb::RunSpec>) -> Result<CreateRun, Error> {
         // Ports and storage are not in the gRPC RunSpec yet: the profile decides.
         ..CreateRun::default()
     })
-}
-
-fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.unix_timestamp(),
-        nanos: t.nanosecond() as i32,
-    }
 }
 
 fn state_to_proto(state: RunState) -> pb::RunState {

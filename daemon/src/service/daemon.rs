@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bus::timestamp::from_unix as timestamp;
+
 use bus::proto::daemon::v1::{
     CreateTokenRequest, CreateTokenResponse, DaemonInfo, GetInfoRequest, ReloadCredentialsRequest,
     ReloadCredentialsResponse, ShutdownRequest, ShutdownResponse, daemon_server::Daemon,
@@ -45,10 +47,6 @@ impl DaemonService {
     pub fn new(state: Arc<DaemonState>) -> Self {
         DaemonService { state }
     }
-}
-
-fn timestamp(seconds: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds, nanos: 0 }
 }
 
 #[tonic::async_trait]
@@ -158,10 +156,7 @@ impl Daemon for DaemonService {
         tracing::info!(upstream = %origin, scope = %issued.scope, "token issued");
         Ok(Response::new(CreateTokenResponse {
             token: issued.token,
-            expires_at: Some(prost_types::Timestamp {
-                seconds: issued.expires_at.unix_timestamp(),
-                nanos: 0,
-            }),
+            expires_at: Some(timestamp(issued.expires_at.unix_timestamp())),
             scope: issued.scope,
         }))
     }

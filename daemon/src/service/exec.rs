@@ -168,10 +168,7 @@ impl Exec for ExecService {
 
 /// The proto form of a detached exec's record.
 pub fn exec_info(record: ExecRecord) -> pb::ExecInfo {
-    let timestamp = |t: time::OffsetDateTime| prost_types::Timestamp {
-        seconds: t.unix_timestamp(),
-        nanos: t.nanosecond() as i32,
-    };
+    use bus::timestamp::from_time as timestamp;
     let state = match record.state {
         ExecState::Running => pb::ExecState::Running,
         ExecState::Exited => pb::ExecState::Exited,
