@@ -41,6 +41,10 @@ use tokio::task::AbortHandle;
 
 use crate::upstream::{KeepalivesSeen, Upstream, UpstreamError};
 
+mod read;
+
+pub use read::LogRead;
+
 /// Output bytes a group keeps for late or slow followers before dropping the oldest.
 const MAX_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 /// How long a group goes on resuming a broken upstream stream, from the first failure without
@@ -614,7 +618,7 @@ async fn refill(
 }
 
 /// A log frame with its bytes decoded.
-pub enum Decoded {
+enum Decoded {
     /// Output.
     Chunk(Chunk),
     /// The end.
@@ -622,7 +626,7 @@ pub enum Decoded {
 }
 
 /// Decodes a frame's base64 payload.
-pub fn decode(frame: LogFrame, origin: &str) -> Result<Decoded, UpstreamError> {
+fn decode(frame: LogFrame, origin: &str) -> Result<Decoded, UpstreamError> {
     match frame {
         LogFrame::Output {
             seq,

@@ -15,6 +15,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::config::ApiUrlError;
 use crate::credentials::CredentialError;
 use crate::upstream::UpstreamError;
+use crate::upstream::exec::SessionError;
 
 /// The `ErrorInfo.domain` of every busd error.
 pub const DOMAIN: &str = "containers.bus";
@@ -47,6 +48,18 @@ pub enum Error {
         /// What to do instead.
         guidance: String,
     },
+    /// An exec session ended without an exit status: the command's exit code is unknown.
+    #[error("{0}")]
+    ExecSessionGone(String),
+}
+
+impl From<SessionError> for Error {
+    fn from(error: SessionError) -> Error {
+        match error {
+            SessionError::Gone(message) => Error::ExecSessionGone(message),
+            SessionError::Upstream(e) => Error::Upstream(e),
+        }
+    }
 }
 
 impl From<Error> for Status {
@@ -99,6 +112,15 @@ pub fn to_status(error: &Error) -> Status {
             Code::InvalidArgument,
             "INVALID_ARGUMENT".into(),
             Some(guidance.clone()),
+            None,
+        ),
+        Error::ExecSessionGone(_) => (
+            Code::Unavailable,
+            "EXEC_SESSION_GONE".into(),
+            Some(
+                "the command's exit code is unknown; check the runner and run the command again"
+                    .into(),
+            ),
             None,
         ),
         Error::Upstream(
@@ -368,6 +390,19 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_gone_exec_session_is_unavailable_with_its_own_reason() {
+        let status = to_status(&Error::ExecSessionGone("it broke".into()));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "it broke");
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "EXEC_SESSION_GONE");
+        assert_eq!(
+            details.localized_message().unwrap().message,
+            "the command's exit code is unknown; check the runner and run the command again"
+        );
+    }
+
     /// Every kind of error busd returns: each carries ErrorInfo and a LocalizedMessage.
     fn every_error() -> Vec<Error> {
         let mut errors = vec![
@@ -406,6 +441,7 @@ mod tests {
                 message: "bad".into(),
                 guidance: "fix it".into(),
             },
+            Error::ExecSessionGone("the runner closed the exec session".into()),
             Error::Upstream(UpstreamError::Timeout {
                 origin: "http://o".into(),
             }),
