@@ -79,6 +79,30 @@ impl OutputArgs {
             .or_else(|| DEFAULT_FORMAT.get().copied())
             .unwrap_or(Format::Table)
     }
+
+    /// Prints `items` as asked, the one way every listing and get command prints: their ids
+    /// one per line (`-q`), `json` of them as one JSON document, or `table` of them.
+    pub fn print<T, J: serde::Serialize>(
+        &self,
+        items: &[T],
+        id: impl Fn(&T) -> &str,
+        json: impl FnOnce(&[T]) -> J,
+        table: impl FnOnce(&[T]) -> String,
+    ) -> std::io::Result<()> {
+        if self.quiet {
+            for item in items {
+                println!("{}", id(item));
+            }
+            return Ok(());
+        }
+        match self.format() {
+            Format::Json => print_json(&json(items)),
+            Format::Table => {
+                print!("{}", table(items));
+                Ok(())
+            }
+        }
+    }
 }
 
 /// `-o` alone, for commands that show one thing without an id (status, info).

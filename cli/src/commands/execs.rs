@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::context::Ctx;
 use crate::error::CliError;
-use crate::render::{self, Format, OutputArgs};
+use crate::render::OutputArgs;
 
 /// Exit code when a detached exec ended without an exit code (as `docker exec`).
 const EXIT_NO_STATUS: u8 = 125;
@@ -90,13 +90,12 @@ impl Execs {
                     .into_inner()
                     .exec
                     .unwrap_or_default();
-                if args.output.quiet {
-                    println!("{}", exec.exec_id);
-                } else if args.output.format() == Format::Json {
-                    render::print_json(&ExecJson::new(&exec))?;
-                } else {
-                    print!("{}", details(&exec));
-                }
+                args.output.print(
+                    std::slice::from_ref(&exec),
+                    |exec| &exec.exec_id,
+                    |_| ExecJson::new(&exec),
+                    |_| details(&exec),
+                )?;
                 Ok(0)
             }
         }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use bus::proto::images::v1 as pb;
 use bus::proto::images::v1::images_service_client::ImagesServiceClient;
+use bus::timestamp::timestamp_rfc3339 as rfc3339;
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -62,15 +63,6 @@ impl Images {
 
 fn client(ctx: &Ctx) -> ImagesServiceClient<tonic::transport::Channel> {
     ImagesServiceClient::new(ctx.channel())
-}
-
-/// A timestamp as RFC 3339, or null.
-pub fn rfc3339(t: Option<&prost_types::Timestamp>) -> Option<String> {
-    let t = t?;
-    let time = OffsetDateTime::from_unix_timestamp(t.seconds).ok()?
-        + time::Duration::nanoseconds(i64::from(t.nanos));
-    time.format(&time::format_description::well_known::Rfc3339)
-        .ok()
 }
 
 /// A byte count for people: `2.1 MB`.
@@ -157,19 +149,12 @@ impl LsArgs {
             .await?
             .into_inner()
             .images;
-        if self.output.quiet {
-            for image in &images {
-                println!("{}", image.id);
-            }
-            return Ok(0);
-        }
-        match self.output.format() {
-            Format::Json => {
-                let list: Vec<ImageJson> = images.iter().map(ImageJson::from).collect();
-                render::print_json(&list)?;
-            }
-            Format::Table => {
-                let now = OffsetDateTime::now_utc();
+        let now = OffsetDateTime::now_utc();
+        self.output.print(
+            &images,
+            |image| &image.id,
+            |images| images.iter().map(ImageJson::from).collect::<Vec<_>>(),
+            |images| {
                 let rows: Vec<Vec<String>> = images
                     .iter()
                     .map(|i| {
@@ -186,12 +171,9 @@ impl LsArgs {
                         ]
                     })
                     .collect();
-                print!(
-                    "{}",
-                    table(&["ID", "REFERENCES", "SIZE", "CREATED", ""], &rows)
-                );
-            }
-        }
+                table(&["ID", "REFERENCES", "SIZE", "CREATED", ""], &rows)
+            },
+        )?;
         Ok(0)
     }
 }
