@@ -164,28 +164,24 @@ mod tests {
 
     #[test]
     fn create_build_queries_round_trip() {
-        for query in [
+        crate::assert_round_trips([
             CreateBuildQuery::default(),
             CreateBuildQuery {
                 tags: Some("a:1,b:2".to_owned()),
                 dockerfile: Some("sub/Dockerfile".to_owned()),
             },
-        ] {
-            assert_eq!(crate::round_trip(&query), query);
-        }
+        ]);
     }
 
     #[test]
     fn build_logs_queries_round_trip() {
-        for query in [
+        crate::assert_round_trips([
             BuildLogsQuery::default(),
             BuildLogsQuery {
                 follow: true,
                 after_seq: 12,
             },
-        ] {
-            assert_eq!(crate::round_trip(&query), query);
-        }
+        ]);
         assert_eq!(
             crate::query_string(&BuildLogsQuery::default()),
             "follow=false&after_seq=0"

@@ -459,10 +459,7 @@ mod tests {
 
     #[test]
     fn exec_attach_queries_round_trip() {
-        for follow in [true, false] {
-            let query = ExecAttachQuery { follow };
-            assert_eq!(crate::round_trip(&query), query);
-        }
+        crate::assert_round_trips([true, false].map(|follow| ExecAttachQuery { follow }));
         assert_eq!(
             crate::query_string(&ExecAttachQuery::default()),
             "follow=true"

@@ -46,8 +46,15 @@ pub fn query_string<Q: serde::Serialize>(query: &Q) -> String {
     serde_urlencoded::to_string(query).expect("the query types serialize as flat pairs")
 }
 
-/// Serializes a query and reads it back, as the two sides do.
+/// Serializes each query and reads it back, as the two sides do: it must come back the same.
 #[cfg(test)]
-fn round_trip<Q: serde::Serialize + serde::de::DeserializeOwned>(query: &Q) -> Q {
-    serde_urlencoded::from_str(&query_string(query)).expect("a serialized query reads back")
+fn assert_round_trips<Q>(queries: impl IntoIterator<Item = Q>)
+where
+    Q: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    for query in queries {
+        let text = query_string(&query);
+        let back: Q = serde_urlencoded::from_str(&text).expect("a serialized query reads back");
+        assert_eq!(back, query, "{text}");
+    }
 }

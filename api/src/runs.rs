@@ -586,7 +586,7 @@ mod tests {
 
     #[test]
     fn logs_queries_round_trip() {
-        for query in [
+        crate::assert_round_trips([
             LogsQuery::default(),
             LogsQuery::after(4, true),
             LogsQuery {
@@ -600,9 +600,7 @@ mod tests {
                 tail: Some(10),
                 ..LogsQuery::default()
             },
-        ] {
-            assert_eq!(crate::round_trip(&query), query);
-        }
+        ]);
         assert_eq!(
             crate::query_string(&LogsQuery::after(4, true)),
             "follow=true&after_seq=4"
@@ -611,43 +609,37 @@ mod tests {
 
     #[test]
     fn create_run_queries_round_trip() {
-        for query in [
+        crate::assert_round_trips([
             CreateRunQuery::default(),
             CreateRunQuery {
                 follow: true,
                 wait: Some(WaitFor::Running),
                 wait_ms: Some(250),
             },
-        ] {
-            assert_eq!(crate::round_trip(&query), query);
-        }
+        ]);
         assert_eq!(crate::query_string(&CreateRunQuery::default()), "");
     }
 
     #[test]
     fn list_runs_queries_round_trip() {
-        for query in [
+        crate::assert_round_trips([
             ListRunsQuery::default(),
             ListRunsQuery {
                 page_size: Some(5),
                 page_token: Some("cnVucy52MS40Mg".to_owned()),
             },
-        ] {
-            assert_eq!(crate::round_trip(&query), query);
-        }
+        ]);
     }
 
     #[test]
     fn attach_queries_round_trip() {
-        for query in [
+        crate::assert_round_trips([
             AttachQuery::default(),
             AttachQuery {
                 cols: Some(80),
                 rows: Some(24),
             },
-        ] {
-            assert_eq!(crate::round_trip(&query), query);
-        }
+        ]);
     }
 
     #[test]

@@ -775,7 +775,9 @@ mod tests {
     /// a [`REFUSED`] token), and the n-th other logs request with `replies[n]` (the last
     /// repeats).
     async fn scripted_runner(replies: Vec<Reply>) -> (ApiOrigin, Seen) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
+
+        use crate::upstream::tests::read_head;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let origin =
             ApiOrigin::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
@@ -787,15 +789,9 @@ mod tests {
                 let (mut conn, _) = listener.accept().await.unwrap();
                 let (replies, record, next) = (replies.clone(), record.clone(), next.clone());
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        if conn.read(&mut byte).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        head.push(byte[0]);
-                    }
-                    let head = String::from_utf8_lossy(&head).to_string();
+                    let Some(head) = read_head(&mut conn).await else {
+                        return;
+                    };
                     let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
                     if path.contains("tail=0") {
                         record.authorizations.fetch_add(1, Ordering::SeqCst);

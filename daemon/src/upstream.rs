@@ -32,7 +32,7 @@ pub mod origin;
 pub mod retry;
 pub mod runs;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub mod tls;
 
 pub use client::{Upstream, Upstreams};

@@ -23,6 +23,21 @@ type Seen = (String, String, Option<String>);
 /// One scripted reply: status, extra headers, body; `None` status = accept and never answer.
 type Reply = (Option<u16>, &'static str, &'static str);
 
+/// Reads a request's head (through the blank line), byte by byte so the body stays unread;
+/// `None` when the connection closed first.
+pub(crate) async fn read_head(conn: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte).await.unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(String::from_utf8_lossy(&head).to_string())
+}
+
 async fn fake(replies: Vec<Reply>) -> Fake {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -37,15 +52,9 @@ async fn fake(replies: Vec<Reply>) -> Fake {
             n += 1;
             let log = log.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if conn.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&head).to_string();
+                let Some(head) = read_head(&mut conn).await else {
+                    return;
+                };
                 let mut lines = head.lines();
                 let mut first = lines.next().unwrap().split(' ');
                 let (method, path) = (first.next().unwrap(), first.next().unwrap());
