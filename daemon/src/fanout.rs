@@ -618,7 +618,7 @@ async fn refill(
 }
 
 /// A log frame with its bytes decoded.
-enum Decoded {
+pub enum Decoded {
     /// Output.
     Chunk(Chunk),
     /// The end.
@@ -626,7 +626,7 @@ enum Decoded {
 }
 
 /// Decodes a frame's base64 payload.
-fn decode(frame: LogFrame, origin: &str) -> Result<Decoded, UpstreamError> {
+pub fn decode(frame: LogFrame, origin: &str) -> Result<Decoded, UpstreamError> {
     match frame {
         LogFrame::Output {
             seq,

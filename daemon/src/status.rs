@@ -19,6 +19,8 @@ use crate::upstream::exec::SessionError;
 
 /// The `ErrorInfo.domain` of every busd error.
 pub const DOMAIN: &str = "containers.bus";
+/// The `ErrorInfo` reason of the refusal of a client newer than busd.
+pub const PROTOCOL_MISMATCH: &str = "PROTOCOL_MISMATCH";
 
 /// Everything a busd call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,20 @@ pub enum Error {
         message: String,
         /// What to do instead.
         guidance: String,
+    },
+    /// The client speaks a newer protocol than this busd (started before an upgrade).
+    #[error(
+        "busd (pid {pid}) speaks protocol {busd}, older than this client's {client}: it was started before an upgrade"
+    )]
+    ProtocolMismatch {
+        /// busd's revision.
+        busd: u32,
+        /// The client's.
+        client: u32,
+        /// Whether a CLI started this busd (and may restart it).
+        started_by_cli: bool,
+        /// busd's PID.
+        pid: u32,
     },
     /// An exec session ended without an exit status: the command's exit code is unknown.
     #[error("{0}")]
@@ -114,6 +130,23 @@ pub fn to_status(error: &Error) -> Status {
             Some(guidance.clone()),
             None,
         ),
+        Error::ProtocolMismatch {
+            busd,
+            client,
+            started_by_cli,
+            pid,
+        } => {
+            metadata.insert("busd_protocol".to_owned(), busd.to_string());
+            metadata.insert("client_protocol".to_owned(), client.to_string());
+            metadata.insert("started_by_cli".to_owned(), started_by_cli.to_string());
+            metadata.insert("pid".to_owned(), pid.to_string());
+            (
+                Code::FailedPrecondition,
+                PROTOCOL_MISMATCH.into(),
+                Some("run `bus daemon restart` to start the busd that came with this bus".into()),
+                None,
+            )
+        }
         Error::ExecSessionGone(_) => (
             Code::Unavailable,
             "EXEC_SESSION_GONE".into(),
@@ -442,6 +475,12 @@ mod tests {
                 guidance: "fix it".into(),
             },
             Error::ExecSessionGone("the runner closed the exec session".into()),
+            Error::ProtocolMismatch {
+                busd: 3,
+                client: 4,
+                started_by_cli: true,
+                pid: 42,
+            },
             Error::Upstream(UpstreamError::Timeout {
                 origin: "http://o".into(),
             }),
