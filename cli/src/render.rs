@@ -103,6 +103,47 @@ impl OutputArgs {
             }
         }
     }
+
+    /// [`OutputArgs::print`] with a plain table: `header` over one `row` per item.
+    pub fn print_rows<T, J: serde::Serialize>(
+        &self,
+        items: &[T],
+        id: impl Fn(&T) -> &str,
+        json: impl FnOnce(&[T]) -> J,
+        header: &[&str],
+        row: impl Fn(&T) -> Vec<String>,
+    ) -> std::io::Result<()> {
+        self.print(items, id, json, |items| {
+            let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+            table(header, &rows)
+        })
+    }
+}
+
+/// Rows in aligned columns under a header.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let count = |s: &str| s.chars().count();
+    let mut widths: Vec<usize> = header.iter().map(|h| count(h)).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(count(cell));
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            line.push_str(&" ".repeat(w.saturating_sub(count(cell))));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// `-o` alone, for commands that show one thing without an id (status, info).

@@ -14,7 +14,7 @@ use tonic::Code;
 
 use bus::timestamp::timestamp_rfc3339 as rfc3339;
 
-use crate::commands::images::{file_messages, table};
+use crate::commands::images::file_messages;
 use crate::context::Ctx;
 use crate::error::CliError;
 use crate::progress::Transfer;
@@ -259,29 +259,23 @@ impl LsArgs {
             .into_inner()
             .builds;
         let now = OffsetDateTime::now_utc();
-        self.output.print(
+        self.output.print_rows(
             &builds,
             |build| &build.id,
             |builds| builds.iter().map(BuildJson::from).collect::<Vec<_>>(),
-            |builds| {
-                let rows: Vec<Vec<String>> = builds
-                    .iter()
-                    .map(|b| {
-                        let took = took(b);
-                        vec![
-                            b.id.clone(),
-                            state_name(b.state).to_owned(),
-                            if b.tags.is_empty() {
-                                "-".to_owned()
-                            } else {
-                                b.tags.join(", ")
-                            },
-                            render::ago(b.created_at.as_ref(), now),
-                            took,
-                        ]
-                    })
-                    .collect();
-                table(&["ID", "STATE", "TAGS", "CREATED", "DURATION"], &rows)
+            &["ID", "STATE", "TAGS", "CREATED", "DURATION"],
+            |b| {
+                vec![
+                    b.id.clone(),
+                    state_name(b.state).to_owned(),
+                    if b.tags.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        b.tags.join(", ")
+                    },
+                    render::ago(b.created_at.as_ref(), now),
+                    took(b),
+                ]
             },
         )?;
         Ok(0)

@@ -81,32 +81,6 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-/// Rows in aligned columns under a header.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let count = |s: &str| s.chars().count();
-    let mut widths: Vec<usize> = header.iter().map(|h| count(h)).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(count(cell));
-        }
-    }
-    let mut out = String::new();
-    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
-    for row in std::iter::once(&header).chain(rows) {
-        let mut line = String::new();
-        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
-            if i > 0 {
-                line.push_str("  ");
-            }
-            line.push_str(cell);
-            line.push_str(&" ".repeat(w.saturating_sub(count(cell))));
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 /// The JSON shape of an image (`bus images ls -o json` prints an array of these).
 #[derive(Debug, Serialize)]
 pub struct ImageJson {
@@ -150,28 +124,23 @@ impl LsArgs {
             .into_inner()
             .images;
         let now = OffsetDateTime::now_utc();
-        self.output.print(
+        self.output.print_rows(
             &images,
             |image| &image.id,
             |images| images.iter().map(ImageJson::from).collect::<Vec<_>>(),
-            |images| {
-                let rows: Vec<Vec<String>> = images
-                    .iter()
-                    .map(|i| {
-                        vec![
-                            short_id(&i.id),
-                            if i.references.is_empty() {
-                                "<none>".to_owned()
-                            } else {
-                                i.references.join(", ")
-                            },
-                            human_bytes(i.size_bytes),
-                            render::ago(i.created_at.as_ref(), now),
-                            if i.public { "public" } else { "" }.to_owned(),
-                        ]
-                    })
-                    .collect();
-                table(&["ID", "REFERENCES", "SIZE", "CREATED", ""], &rows)
+            &["ID", "REFERENCES", "SIZE", "CREATED", ""],
+            |i| {
+                vec![
+                    short_id(&i.id),
+                    if i.references.is_empty() {
+                        "<none>".to_owned()
+                    } else {
+                        i.references.join(", ")
+                    },
+                    human_bytes(i.size_bytes),
+                    render::ago(i.created_at.as_ref(), now),
+                    if i.public { "public" } else { "" }.to_owned(),
+                ]
             },
         )?;
         Ok(0)
