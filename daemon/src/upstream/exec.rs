@@ -1,7 +1,8 @@
 //! The exec WebSockets to the runner, `ws://` or `wss://` (rustls) after the origin's scheme:
 //! a command (`GET /api/v1/containers/runs/{id}/exec`), a detached exec's output
 //! (`GET /api/v1/containers/execs/{exec_id}/attach`) and a run's own command
-//! (`GET /api/v1/containers/runs/{id}/attach`); frames are [`bus_api::exec`]'s. Also the
+//! (`GET /api/v1/containers/runs/{id}/attach`); frames are [`bus_api::exec`]'s, and an open
+//! session ([`ExecSession`]) speaks only frames: the WebSocket stays in here. Also the
 //! detached exec's unary calls.
 
 use std::time::Duration;
