@@ -42,8 +42,8 @@ impl Default for Upstreams {
 
 impl Upstreams {
     /// An empty pool whose follow streams ask for a keepalive every `keepalive` (whole seconds
-    /// on the wire, at least one) and are presumed broken after [`SILENCE_INTERVALS`] times
-    /// that without a byte.
+    /// on the wire, at least one) and are presumed broken after
+    /// [`SILENCE_INTERVALS`](super::SILENCE_INTERVALS) times that without a byte.
     pub fn with_keepalive(keepalive: Duration) -> Self {
         Upstreams {
             clients: Arc::default(),
