@@ -1,6 +1,6 @@
 //! One upstream log stream per run, shared by every local follower of that run.
 //!
-//! A [`Group`] follows `GET .../runs/{id}/logs?follow=true` once and keeps the frames it has
+//! A `Group` follows `GET .../runs/{id}/logs?follow=true` once and keeps the frames it has
 //! seen in a bounded buffer; each follower reads that buffer through its own cursor (the seq
 //! of the last chunk it was given), so a slow follower never holds up the others. A follower
 //! whose cursor falls behind what the buffer still holds re-reads the missing seqs from the

@@ -37,7 +37,7 @@ pub fn retryable_status(status: StatusCode) -> bool {
 
 /// The pause after try number `tries` (1-based): "equal jitter" — half the exponential step
 /// plus a random part of the other half (`random` in `[0, 1)`), the step capped at
-/// [`MAX_BACKOFF`].
+/// `MAX_BACKOFF` (1 s).
 pub fn backoff(tries: u32, random: f64) -> Duration {
     let step = BASE_BACKOFF
         .saturating_mul(1u32 << tries.saturating_sub(1).min(16))
