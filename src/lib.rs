@@ -9,6 +9,7 @@
 //! - [`default_socket_path`]: `$BUS_SOCKET`, else `$XDG_RUNTIME_DIR/bus/busd.sock`, else a
 //!   per-user directory under the config directory.
 //! - [`connect`]: a tonic [`Channel`] over that socket.
+//! - [`timestamp`]: times between `time`, protobuf timestamps and RFC 3339.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,6 +27,7 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 pub mod config;
+pub mod timestamp;
 
 /// Generated protobuf and gRPC code.
 pub mod proto {

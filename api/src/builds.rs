@@ -123,3 +123,68 @@ pub enum BuildLogFrame {
     /// Sent on an idle follow, so a broken connection shows.
     Keepalive,
 }
+
+/// The query of `POST /api/v1/containers/builds`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::IntoParams),
+    into_params(parameter_in = Query)
+)]
+pub struct CreateBuildQuery {
+    /// Comma-separated references the image gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<String>,
+    /// The Dockerfile's path in the context (default `Dockerfile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<String>,
+}
+
+/// The query of `GET /api/v1/containers/builds/{id}/logs`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::IntoParams),
+    into_params(parameter_in = Query)
+)]
+pub struct BuildLogsQuery {
+    /// Keep the stream open until the build ends.
+    #[serde(default)]
+    pub follow: bool,
+    /// Only lines with a greater seq.
+    #[serde(default)]
+    pub after_seq: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_build_queries_round_trip() {
+        crate::assert_round_trips([
+            CreateBuildQuery::default(),
+            CreateBuildQuery {
+                tags: Some("a:1,b:2".to_owned()),
+                dockerfile: Some("sub/Dockerfile".to_owned()),
+            },
+        ]);
+    }
+
+    #[test]
+    fn build_logs_queries_round_trip() {
+        crate::assert_round_trips([
+            BuildLogsQuery::default(),
+            BuildLogsQuery {
+                follow: true,
+                after_seq: 12,
+            },
+        ]);
+        assert_eq!(
+            crate::query_string(&BuildLogsQuery::default()),
+            "follow=false&after_seq=0"
+        );
+    }
+}

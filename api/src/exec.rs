@@ -428,9 +428,43 @@ pub struct ExecRecord {
     pub finished_at: Option<time::OffsetDateTime>,
 }
 
+fn yes() -> bool {
+    true
+}
+
+/// The query of `GET /api/v1/containers/execs/{exec_id}/attach`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::IntoParams),
+    into_params(parameter_in = Query)
+)]
+pub struct ExecAttachQuery {
+    /// Keep sending output until the exec ends (default true).
+    #[serde(default = "yes")]
+    pub follow: bool,
+}
+
+impl Default for ExecAttachQuery {
+    /// Following.
+    fn default() -> Self {
+        ExecAttachQuery { follow: true }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exec_attach_queries_round_trip() {
+        crate::assert_round_trips([true, false].map(|follow| ExecAttachQuery { follow }));
+        assert_eq!(
+            crate::query_string(&ExecAttachQuery::default()),
+            "follow=true"
+        );
+    }
 
     #[test]
     fn exec_queries_round_trip_and_bad_ones_are_named() {

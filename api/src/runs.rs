@@ -327,6 +327,144 @@ pub const DEFAULT_STOP_GRACE_SECONDS: u32 = 10;
 /// Longest grace period a stop request may ask for, in seconds.
 pub const MAX_STOP_GRACE_SECONDS: u32 = 3600;
 
+/// The runner's keepalive interval on follow streams when the logs query names none, in
+/// seconds.
+pub const KEEPALIVE_SECONDS: u64 = 15;
+/// The values `keepalive_seconds` may take.
+pub const KEEPALIVE_SECONDS_RANGE: std::ops::RangeInclusive<u64> = 1..=300;
+/// The longest `wait_ms` a create accepts (10 minutes).
+pub const MAX_WAIT_MS: u64 = 600_000;
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+/// The query of `GET /api/v1/containers/runs/{id}/logs`.
+///
+/// Serialized, it names only what differs from the defaults, besides `follow` and
+/// `after_seq` (runners refuse parameters they do not know, so an old runner still answers a
+/// query that does not use what it lacks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::IntoParams),
+    into_params(parameter_in = Query)
+)]
+pub struct LogsQuery {
+    /// Keep the stream open and send new frames until the exit frame.
+    #[serde(default)]
+    pub follow: bool,
+    /// Send only frames with a greater `seq` (resume after the last one seen).
+    #[serde(default)]
+    pub after_seq: u64,
+    /// With `follow`: send a keepalive frame after this many seconds without a frame
+    /// (1 to 300; default [`KEEPALIVE_SECONDS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_seconds: Option<u64>,
+    /// Include stdout frames (default true).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub stdout: bool,
+    /// Include stderr frames (default true).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub stderr: bool,
+    /// Start with the last `tail` output frames stored (of the streams asked for); combined
+    /// with `after_seq`, whichever starts later wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<u64>,
+}
+
+impl LogsQuery {
+    /// Both streams, everything after `after_seq`, followed or not.
+    pub fn after(after_seq: u64, follow: bool) -> Self {
+        LogsQuery {
+            follow,
+            after_seq,
+            keepalive_seconds: None,
+            stdout: true,
+            stderr: true,
+            tail: None,
+        }
+    }
+}
+
+impl Default for LogsQuery {
+    /// Both streams from the start, not followed.
+    fn default() -> Self {
+        LogsQuery::after(0, false)
+    }
+}
+
+/// What `wait` in the query of `POST /api/v1/containers/runs` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum WaitFor {
+    /// The run is running (its container started) or has ended.
+    Running,
+}
+
+/// The query of `POST /api/v1/containers/runs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::IntoParams),
+    into_params(parameter_in = Query)
+)]
+pub struct CreateRunQuery {
+    /// The caller will follow the run's output: refused with `logs_disabled`, before anything
+    /// is recorded or started, when the token's grant switches logs off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub follow: bool,
+    /// `running`: answer once the run runs or has ended (at most `wait_ms`), not as soon as
+    /// it is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<WaitFor>,
+    /// With `wait`: the longest wait, 1 to [`MAX_WAIT_MS`] ms (default 60 s); after it the
+    /// answer is the run as it is then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+}
+
+/// The query of `GET /api/v1/containers/runs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::IntoParams),
+    into_params(parameter_in = Query)
+)]
+pub struct ListRunsQuery {
+    /// Runs per page; 0 or absent means the default, larger than the maximum means the maximum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_size: Option<u32>,
+    /// From a previous page's `next_page_token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_token: Option<String>,
+}
+
+/// The query of `GET /api/v1/containers/runs/{id}/attach`: the caller's terminal size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::IntoParams),
+    into_params(parameter_in = Query)
+)]
+pub struct AttachQuery {
+    /// Columns, with `rows`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cols: Option<u16>,
+    /// Rows, with `cols`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u16>,
+}
+
 /// A page of `GET /api/v1/containers/runs`, newest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -444,6 +582,78 @@ mod tests {
             !text.contains("owner") && !text.contains("account_id"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn logs_queries_round_trip() {
+        crate::assert_round_trips([
+            LogsQuery::default(),
+            LogsQuery::after(4, true),
+            LogsQuery {
+                keepalive_seconds: Some(2),
+                stdout: false,
+                tail: Some(0),
+                ..LogsQuery::after(9, true)
+            },
+            LogsQuery {
+                stderr: false,
+                tail: Some(10),
+                ..LogsQuery::default()
+            },
+        ]);
+        assert_eq!(
+            crate::query_string(&LogsQuery::after(4, true)),
+            "follow=true&after_seq=4"
+        );
+    }
+
+    #[test]
+    fn create_run_queries_round_trip() {
+        crate::assert_round_trips([
+            CreateRunQuery::default(),
+            CreateRunQuery {
+                follow: true,
+                wait: Some(WaitFor::Running),
+                wait_ms: Some(250),
+            },
+        ]);
+        assert_eq!(crate::query_string(&CreateRunQuery::default()), "");
+    }
+
+    #[test]
+    fn list_runs_queries_round_trip() {
+        crate::assert_round_trips([
+            ListRunsQuery::default(),
+            ListRunsQuery {
+                page_size: Some(5),
+                page_token: Some("cnVucy52MS40Mg".to_owned()),
+            },
+        ]);
+    }
+
+    #[test]
+    fn attach_queries_round_trip() {
+        crate::assert_round_trips([
+            AttachQuery::default(),
+            AttachQuery {
+                cols: Some(80),
+                rows: Some(24),
+            },
+        ]);
+    }
+
+    #[test]
+    fn stop_bodies_round_trip() {
+        for body in [
+            StopRun::default(),
+            StopRun {
+                grace_seconds: Some(3),
+                force: true,
+            },
+        ] {
+            let text = serde_json::to_string(&body).unwrap();
+            assert_eq!(serde_json::from_str::<StopRun>(&text).unwrap(), body);
+        }
     }
 
     #[test]

@@ -9,6 +9,8 @@ use bus::proto::daemon::v1::daemon_client::DaemonClient;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
+use crate::link::{self, default_timeout};
+
 /// Metadata keys busd reads per call (see busd's `service` module).
 const META_API_URL: &str = "bus-api-url";
 const META_TOKEN_FILE: &str = "bus-token-file";
@@ -16,23 +18,6 @@ const META_TOKEN: &str = "bus-token";
 /// Metadata key: the client's protocol revision ([`bus::PROTOCOL`]); a busd older than it
 /// refuses the call before doing anything (`PROTOCOL_MISMATCH`).
 const META_PROTOCOL: &str = "bus-protocol";
-
-/// `--timeout` (or the setting) of this invocation, for [`deadline_in_force`].
-static EXPLICIT_TIMEOUT: Mutex<Option<Duration>> = Mutex::new(None);
-
-/// The deadline of a single call when no `timeout` is set: [`bus::config::DEFAULT_TIMEOUT`].
-pub fn default_timeout() -> Duration {
-    humantime::parse_duration(bus::config::DEFAULT_TIMEOUT).expect("a valid default")
-}
-
-/// The deadline a call that ran out of time had, and whether it was the built-in default
-/// (which only single calls get).
-pub fn deadline_in_force() -> (Duration, bool) {
-    match *EXPLICIT_TIMEOUT.lock().expect("timeout lock") {
-        Some(timeout) => (timeout, false),
-        None => (default_timeout(), true),
-    }
-}
 
 /// Settings of this invocation that busd must honour for its calls, whatever environment
 /// the daemon itself was started with.
@@ -61,7 +46,7 @@ pub struct Ctx {
 impl Ctx {
     /// A context over an open channel.
     pub fn new(channel: Channel, overrides: Overrides) -> Self {
-        *EXPLICIT_TIMEOUT.lock().expect("timeout lock") = overrides.timeout;
+        link::set_timeout(overrides.timeout);
         Ctx {
             channel: Mutex::new(channel),
             overrides,
@@ -169,6 +154,7 @@ impl Ctx {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::link::deadline_in_force;
 
     fn ctx(timeout: Option<Duration>) -> Ctx {
         let channel = tonic::transport::Endpoint::from_static("http://busd.local").connect_lazy();

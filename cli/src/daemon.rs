@@ -5,11 +5,8 @@
 //! bound before spawning it: no sleeps, no polling. busd's stderr (its log) goes to
 //! [`log_path`], `${XDG_STATE_HOME:-~/.local/state}/bus/busd.log`.
 //!
-//! A busd that accepts but does not answer (stopped, wedged) is noticed without a deadline
-//! on the call: the connection sends an HTTP/2 PING after [`KEEPALIVE_INTERVAL`] without a
-//! byte from busd and gives up when no answer came [`KEEPALIVE_TIMEOUT`] later. A live busd
-//! answers PINGs whatever its calls are doing, so a long wait or a quiet log follow is never
-//! cut; [`unresponsive`] tells such a failure apart from busd going away.
+//! The connection is watched ([`Link`]) so that a busd which stopped answering is told apart
+//! from one that went away (see [`crate::link`]).
 
 use std::fs::OpenOptions;
 use std::io;
@@ -17,10 +14,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, ReadBuf};
@@ -28,58 +24,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::error::CliError;
+use crate::link::{ANSWER_BOUND, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Link};
 
 /// How long a starting busd may take to report readiness.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Silence from busd after which the connection PINGs it.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
-/// How long a PING may go unanswered before busd counts as not answering.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
-/// The bound on connecting (socket and HTTP/2 set-up) to a busd that accepted.
-pub const ANSWER_BOUND: Duration = Duration::from_secs(5);
-
-/// The connection to busd in use, for [`unresponsive`].
-static LINK: Mutex<Option<Arc<Link>>> = Mutex::new(None);
-
-/// One connection's liveness: when busd last sent a byte (or closed it).
-#[derive(Debug)]
-struct Link {
-    socket: PathBuf,
-    opened: Instant,
-    /// Milliseconds after `opened` of the last completed read.
-    last_read_ms: AtomicU64,
-    /// busd closed the connection (or it failed): busd went away rather than went silent.
-    closed: AtomicBool,
-}
-
-impl Link {
-    fn silent_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_read_ms.load(Ordering::Relaxed));
-        self.opened.elapsed().saturating_sub(last)
-    }
-
-    fn touch(&self) {
-        let now = self.opened.elapsed().as_millis() as u64;
-        self.last_read_ms.store(now, Ordering::Relaxed);
-    }
-}
-
-/// When the connection in use has heard nothing from busd (not even its closing) for as long
-/// as the keep-alive allows: the socket of that busd. A call that failed then failed because
-/// busd does not answer, not because it went away.
-pub fn unresponsive() -> Option<PathBuf> {
-    let link = LINK.lock().expect("link lock").clone()?;
-    let silent = !link.closed.load(Ordering::Relaxed) && link.silent_for() >= KEEPALIVE_TIMEOUT;
-    silent.then(|| link.socket.clone())
-}
-
-/// The PID in busd's instance lock file `<socket>.pid`, if it holds one.
-pub fn lock_pid(socket: &Path) -> Option<u32> {
-    let mut name = socket.as_os_str().to_owned();
-    name.push(".pid");
-    std::fs::read_to_string(name).ok()?.trim().parse().ok()
-}
 
 /// A stream that records each completed read in its [`Link`].
 struct Watched {
@@ -99,10 +47,7 @@ impl AsyncRead for Watched {
             // Bytes (or a read into no room at all): busd is there.
             Poll::Ready(Ok(())) if buf.filled().len() > before || room == 0 => self.link.touch(),
             // End of stream or an error: busd went away.
-            Poll::Ready(_) => {
-                self.link.closed.store(true, Ordering::Relaxed);
-                self.link.touch();
-            }
+            Poll::Ready(_) => self.link.close(),
             Poll::Pending => {}
         }
         polled
@@ -141,13 +86,7 @@ async fn connect(socket: &Path) -> Result<Result<Channel, tonic::transport::Erro
         let path = path.clone();
         async move {
             let stream = UnixStream::connect(&path).await?;
-            let link = Arc::new(Link {
-                socket: path,
-                opened: Instant::now(),
-                last_read_ms: AtomicU64::new(0),
-                closed: AtomicBool::new(false),
-            });
-            *LINK.lock().expect("link lock") = Some(link.clone());
+            let link = Link::open(path);
             Ok::<_, io::Error>(TokioIo::new(Watched { stream, link }))
         }
     }));

@@ -34,7 +34,7 @@ pub enum CliError {
     #[error(
         "busd{} at {socket} accepted the connection but did not answer within {}s; run `bus daemon restart`",
         .pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
-        crate::daemon::ANSWER_BOUND.as_secs()
+        crate::link::ANSWER_BOUND.as_secs()
     )]
     Unresponsive {
         /// The socket path.
@@ -68,6 +68,16 @@ pub enum CliError {
         "the output stream of run {0} ended before the run did; it may still be running: see `bus containers runs`"
     )]
     StreamCut(String),
+    /// A run created with `run -d` failed before its command started.
+    #[error(
+        "run {id} failed to start{reason}; check the image and the command (`bus containers get {id}` shows the run)"
+    )]
+    RunFailedToStart {
+        /// The run.
+        id: String,
+        /// `: ` and the runner's reason, or nothing.
+        reason: String,
+    },
     /// busd did not stop when asked.
     #[error("{0}")]
     DaemonStop(String),
@@ -128,7 +138,7 @@ impl CliError {
     pub fn unresponsive(socket: &Path) -> Self {
         CliError::Unresponsive {
             socket: socket.display().to_string(),
-            pid: crate::daemon::lock_pid(socket),
+            pid: crate::link::lock_pid(socket),
         }
     }
 
@@ -174,11 +184,11 @@ impl From<Status> for CliError {
     fn from(status: Status) -> Self {
         if status.get_error_details().error_info().is_none() {
             if deadline_passed(&status) {
-                let (limit, default) = crate::context::deadline_in_force();
+                let (limit, default) = crate::link::deadline_in_force();
                 return CliError::TimedOut { limit, default };
             }
             if transport_failure(&status) {
-                if let Some(socket) = crate::daemon::unresponsive() {
+                if let Some(socket) = crate::link::unresponsive() {
                     return CliError::unresponsive(&socket);
                 }
             }
@@ -236,7 +246,7 @@ pub fn busd_lost(status: &Status) -> bool {
     transport_failure(status)
         && status.get_error_details().error_info().is_none()
         && !deadline_passed(status)
-        && crate::daemon::unresponsive().is_none()
+        && crate::link::unresponsive().is_none()
 }
 
 /// `text` with every control character (and bidirectional override) escaped, so input

@@ -20,10 +20,12 @@ mod deferred;
 mod error;
 mod guard;
 mod guides;
+mod link;
 mod output;
 mod pipe;
 mod progress;
 mod render;
+mod resume;
 mod settings;
 mod usage;
 
@@ -205,7 +207,7 @@ async fn run_once_more_on_a_stale_busd(cli: Cli) -> Result<u8, CliError> {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     let (socket, _) = bus::config::resolve_socket(socket.as_deref(), env, &file);
     // Another CLI may have replaced it meanwhile: stop only the busd that refused.
-    if daemon::lock_pid(&socket) == Some(stale)
+    if link::lock_pid(&socket) == Some(stale)
         && let Some(pid) =
             commands::daemon::stop_quietly(&socket, &Overrides::default(), None).await?
     {

@@ -1,6 +1,7 @@
 //! Turning proto values into text for people.
 
 use bus::proto::containers::v1::{Run, RunState};
+use bus::timestamp::{timestamp_rfc3339 as rfc3339, unix_rfc3339};
 use time::OffsetDateTime;
 
 /// A run state's short name, e.g. `timed_out`.
@@ -78,6 +79,71 @@ impl OutputArgs {
             .or_else(|| DEFAULT_FORMAT.get().copied())
             .unwrap_or(Format::Table)
     }
+
+    /// Prints `items` as asked, the one way every listing and get command prints: their ids
+    /// one per line (`-q`), `json` of them as one JSON document, or `table` of them.
+    pub fn print<T, J: serde::Serialize>(
+        &self,
+        items: &[T],
+        id: impl Fn(&T) -> &str,
+        json: impl FnOnce(&[T]) -> J,
+        table: impl FnOnce(&[T]) -> String,
+    ) -> std::io::Result<()> {
+        if self.quiet {
+            for item in items {
+                println!("{}", id(item));
+            }
+            return Ok(());
+        }
+        match self.format() {
+            Format::Json => print_json(&json(items)),
+            Format::Table => {
+                print!("{}", table(items));
+                Ok(())
+            }
+        }
+    }
+
+    /// [`OutputArgs::print`] with a plain table: `header` over one `row` per item.
+    pub fn print_rows<T, J: serde::Serialize>(
+        &self,
+        items: &[T],
+        id: impl Fn(&T) -> &str,
+        json: impl FnOnce(&[T]) -> J,
+        header: &[&str],
+        row: impl Fn(&T) -> Vec<String>,
+    ) -> std::io::Result<()> {
+        self.print(items, id, json, |items| {
+            let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+            table(header, &rows)
+        })
+    }
+}
+
+/// Rows in aligned columns under a header.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let count = |s: &str| s.chars().count();
+    let mut widths: Vec<usize> = header.iter().map(|h| count(h)).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(count(cell));
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            line.push_str(&" ".repeat(w.saturating_sub(count(cell))));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// `-o` alone, for commands that show one thing without an id (status, info).
@@ -162,14 +228,6 @@ pub struct RunJson {
     pub finished_at: Option<String>,
     /// finished (or now, while running) minus started, in seconds; null before it started.
     pub duration_seconds: Option<f64>,
-}
-
-fn rfc3339(t: Option<&prost_types::Timestamp>) -> Option<String> {
-    let t = t?;
-    let at = OffsetDateTime::from_unix_timestamp(t.seconds).ok()?
-        + time::Duration::nanoseconds(i64::from(t.nanos));
-    at.format(&time::format_description::well_known::Rfc3339)
-        .ok()
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -399,12 +457,9 @@ pub fn runs_table_styled(runs: &[Run], now: OffsetDateTime, style: TableStyle) -
 
 /// `bus containers get`: one field per line.
 pub fn run_details(run: &Run, now: OffsetDateTime) -> String {
+    // Whole seconds: a person reads these.
     let time = |t: Option<&prost_types::Timestamp>| {
-        t.and_then(|t| OffsetDateTime::from_unix_timestamp(t.seconds).ok())
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
+        t.and_then(|t| unix_rfc3339(t.seconds))
             .unwrap_or_else(|| "-".to_owned())
     };
     let dash = |s: &str| {

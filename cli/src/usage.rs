@@ -54,6 +54,14 @@ fn shell_quote(arg: &str) -> String {
     }
 }
 
+/// A `KEY=VALUE` argument (`--env`), as its key and value; the value may be empty.
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::shell_quote;

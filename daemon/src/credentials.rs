@@ -225,13 +225,8 @@ pub fn check_expiry(
     if claims.exp > now.unix_timestamp() {
         return Ok(());
     }
-    let expired_at = time::OffsetDateTime::from_unix_timestamp(claims.exp)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| claims.exp.to_string());
+    let expired_at =
+        bus::timestamp::unix_rfc3339(claims.exp).unwrap_or_else(|| claims.exp.to_string());
     Err(CredentialError::Expired {
         source_name: source.to_string(),
         token_file: match source {

@@ -12,15 +12,15 @@
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
+use tonic::Status;
 use tonic::codegen::http;
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::status::Error;
 
 /// The metadata key a client puts its revision in.
 pub const META_PROTOCOL: &str = "bus-protocol";
 
-/// The `ErrorInfo` reason of the refusal.
-pub const PROTOCOL_MISMATCH: &str = "PROTOCOL_MISMATCH";
+pub use crate::status::PROTOCOL_MISMATCH;
 
 /// Debug builds only: the revision this busd claims instead of [`bus::PROTOCOL`]. It exists
 /// so the tests can run a busd "from before an upgrade" beside the current CLI without a
@@ -73,30 +73,15 @@ fn check(path: &str, client: Option<u32>) -> Option<Status> {
     if client <= me.revision || path.starts_with("/bus.daemon.v1.Daemon/") {
         return None;
     }
-    let pid = std::process::id();
-    let mut details = ErrorDetails::new();
-    details.set_error_info(
-        PROTOCOL_MISMATCH,
-        crate::status::DOMAIN,
-        [
-            ("busd_protocol".to_owned(), me.revision.to_string()),
-            ("client_protocol".to_owned(), client.to_string()),
-            ("started_by_cli".to_owned(), me.started_by_cli.to_string()),
-            ("pid".to_owned(), pid.to_string()),
-        ],
-    );
-    details.set_localized_message(
-        "en-US",
-        "run `bus daemon restart` to start the busd that came with this bus",
-    );
-    Some(Status::with_error_details(
-        Code::FailedPrecondition,
-        format!(
-            "busd (pid {pid}) speaks protocol {}, older than this client's {client}: it was started before an upgrade",
-            me.revision
-        ),
-        details,
-    ))
+    Some(
+        Error::ProtocolMismatch {
+            busd: me.revision,
+            client,
+            started_by_cli: me.started_by_cli,
+            pid: std::process::id(),
+        }
+        .into(),
+    )
 }
 
 /// The tower layer that refuses calls from clients newer than this busd.
@@ -156,6 +141,9 @@ where
 
 #[cfg(test)]
 mod tests {
+    use tonic::Code;
+    use tonic_types::StatusExt as _;
+
     use super::*;
 
     #[test]

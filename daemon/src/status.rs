@@ -15,9 +15,12 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::config::ApiUrlError;
 use crate::credentials::CredentialError;
 use crate::upstream::UpstreamError;
+use crate::upstream::exec::SessionError;
 
 /// The `ErrorInfo.domain` of every busd error.
 pub const DOMAIN: &str = "containers.bus";
+/// The `ErrorInfo` reason of the refusal of a client newer than busd.
+pub const PROTOCOL_MISMATCH: &str = "PROTOCOL_MISMATCH";
 
 /// Everything a busd call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +50,32 @@ pub enum Error {
         /// What to do instead.
         guidance: String,
     },
+    /// The client speaks a newer protocol than this busd (started before an upgrade).
+    #[error(
+        "busd (pid {pid}) speaks protocol {busd}, older than this client's {client}: it was started before an upgrade"
+    )]
+    ProtocolMismatch {
+        /// busd's revision.
+        busd: u32,
+        /// The client's.
+        client: u32,
+        /// Whether a CLI started this busd (and may restart it).
+        started_by_cli: bool,
+        /// busd's PID.
+        pid: u32,
+    },
+    /// An exec session ended without an exit status: the command's exit code is unknown.
+    #[error("{0}")]
+    ExecSessionGone(String),
+}
+
+impl From<SessionError> for Error {
+    fn from(error: SessionError) -> Error {
+        match error {
+            SessionError::Gone(message) => Error::ExecSessionGone(message),
+            SessionError::Upstream(e) => Error::Upstream(e),
+        }
+    }
 }
 
 impl From<Error> for Status {
@@ -99,6 +128,32 @@ pub fn to_status(error: &Error) -> Status {
             Code::InvalidArgument,
             "INVALID_ARGUMENT".into(),
             Some(guidance.clone()),
+            None,
+        ),
+        Error::ProtocolMismatch {
+            busd,
+            client,
+            started_by_cli,
+            pid,
+        } => {
+            metadata.insert("busd_protocol".to_owned(), busd.to_string());
+            metadata.insert("client_protocol".to_owned(), client.to_string());
+            metadata.insert("started_by_cli".to_owned(), started_by_cli.to_string());
+            metadata.insert("pid".to_owned(), pid.to_string());
+            (
+                Code::FailedPrecondition,
+                PROTOCOL_MISMATCH.into(),
+                Some("run `bus daemon restart` to start the busd that came with this bus".into()),
+                None,
+            )
+        }
+        Error::ExecSessionGone(_) => (
+            Code::Unavailable,
+            "EXEC_SESSION_GONE".into(),
+            Some(
+                "the command's exit code is unknown; check the runner and run the command again"
+                    .into(),
+            ),
             None,
         ),
         Error::Upstream(
@@ -368,6 +423,19 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_gone_exec_session_is_unavailable_with_its_own_reason() {
+        let status = to_status(&Error::ExecSessionGone("it broke".into()));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "it broke");
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "EXEC_SESSION_GONE");
+        assert_eq!(
+            details.localized_message().unwrap().message,
+            "the command's exit code is unknown; check the runner and run the command again"
+        );
+    }
+
     /// Every kind of error busd returns: each carries ErrorInfo and a LocalizedMessage.
     fn every_error() -> Vec<Error> {
         let mut errors = vec![
@@ -405,6 +473,13 @@ mod tests {
             Error::InvalidArgument {
                 message: "bad".into(),
                 guidance: "fix it".into(),
+            },
+            Error::ExecSessionGone("the runner closed the exec session".into()),
+            Error::ProtocolMismatch {
+                busd: 3,
+                client: 4,
+                started_by_cli: true,
+                pid: 42,
             },
             Error::Upstream(UpstreamError::Timeout {
                 origin: "http://o".into(),

@@ -12,14 +12,14 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tonic::Code;
 
-use crate::commands::images::{file_messages, rfc3339, table};
+use bus::timestamp::timestamp_rfc3339 as rfc3339;
+
+use crate::commands::images::file_messages;
 use crate::context::Ctx;
 use crate::error::CliError;
 use crate::progress::Transfer;
 use crate::render::{self, Format, OutputArgs};
-
-/// How many times `logs -f` resumes a stream that broke.
-const MAX_RESUMES: u32 = 5;
+use crate::resume::Resumes;
 
 /// Image builds.
 #[derive(Debug, clap::Subcommand)]
@@ -258,42 +258,26 @@ impl LsArgs {
             .await?
             .into_inner()
             .builds;
-        if self.output.quiet {
-            for build in &builds {
-                println!("{}", build.id);
-            }
-            return Ok(0);
-        }
-        match self.output.format() {
-            Format::Json => {
-                let list: Vec<BuildJson> = builds.iter().map(BuildJson::from).collect();
-                render::print_json(&list)?;
-            }
-            Format::Table => {
-                let now = OffsetDateTime::now_utc();
-                let rows: Vec<Vec<String>> = builds
-                    .iter()
-                    .map(|b| {
-                        let took = took(b);
-                        vec![
-                            b.id.clone(),
-                            state_name(b.state).to_owned(),
-                            if b.tags.is_empty() {
-                                "-".to_owned()
-                            } else {
-                                b.tags.join(", ")
-                            },
-                            render::ago(b.created_at.as_ref(), now),
-                            took,
-                        ]
-                    })
-                    .collect();
-                print!(
-                    "{}",
-                    table(&["ID", "STATE", "TAGS", "CREATED", "DURATION"], &rows)
-                );
-            }
-        }
+        let now = OffsetDateTime::now_utc();
+        self.output.print_rows(
+            &builds,
+            |build| &build.id,
+            |builds| builds.iter().map(BuildJson::from).collect::<Vec<_>>(),
+            &["ID", "STATE", "TAGS", "CREATED", "DURATION"],
+            |b| {
+                vec![
+                    b.id.clone(),
+                    state_name(b.state).to_owned(),
+                    if b.tags.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        b.tags.join(", ")
+                    },
+                    render::ago(b.created_at.as_ref(), now),
+                    took(b),
+                ]
+            },
+        )?;
         Ok(0)
     }
 }
@@ -433,7 +417,8 @@ async fn follow(
     print: bool,
 ) -> Result<Option<pb::Build>, CliError> {
     use std::io::Write as _;
-    let mut resumes = 0;
+    // Resumes are counted over the whole follow, not only in a row.
+    let mut resumes = Resumes::new(Duration::from_millis(200));
     loop {
         let request = ctx.session_request(pb::StreamBuildLogsRequest {
             id: id.to_owned(),
@@ -447,11 +432,10 @@ async fn follow(
                 Ok(None) if follow => break,
                 Ok(None) => return Ok(None),
                 // A stream that broke resumes after the last line printed.
-                Err(status)
-                    if follow && status.code() == Code::Unavailable && resumes < MAX_RESUMES =>
-                {
-                    resumes += 1;
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(resumes))).await;
+                Err(status) if follow && status.code() == Code::Unavailable => {
+                    if !resumes.next().await {
+                        return Err(status.into());
+                    }
                     break;
                 }
                 Err(status) => return Err(status.into()),

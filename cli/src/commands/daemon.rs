@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use bus::proto::daemon::v1::{DaemonInfo, GetInfoRequest, ShutdownRequest};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::context::{Ctx, Overrides};
 use crate::daemon::{connect_existing, connect_or_start, log_path, wait_stopped};
@@ -295,8 +294,7 @@ pub fn show_info(info: &DaemonInfo, format: Format) -> Result<(), CliError> {
         token_expires_at: info
             .token_expires_at
             .as_ref()
-            .and_then(|t| OffsetDateTime::from_unix_timestamp(t.seconds).ok())
-            .and_then(|t| t.format(&Rfc3339).ok()),
+            .and_then(|t| bus::timestamp::unix_rfc3339(t.seconds)),
         token_source: &info.token_source,
         token_error: some(&info.token_error),
         open_streams: info.open_streams,
@@ -320,7 +318,7 @@ pub fn expiry(at: Option<&prost_types::Timestamp>) -> String {
     let Some(at) = at.and_then(|t| OffsetDateTime::from_unix_timestamp(t.seconds).ok()) else {
         return "-".to_owned();
     };
-    let text = at.format(&Rfc3339).unwrap_or_else(|_| at.to_string());
+    let text = bus::timestamp::rfc3339(at).unwrap_or_else(|| at.to_string());
     if at <= OffsetDateTime::now_utc() {
         format!("{text} (expired)")
     } else {

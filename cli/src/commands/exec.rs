@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(short, long, conflicts_with_all = ["interactive", "tty"])]
     detach: bool,
     /// Set an environment variable for the command (repeatable).
-    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = super::run::parse_key_value)]
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = crate::usage::parse_key_value)]
     env: Vec<(String, String)>,
     /// Working directory inside the container.
     #[arg(short = 'w', long, value_name = "DIR")]

@@ -7,12 +7,13 @@ use bus::proto::containers::v1::{
     ExecInfo, ExecRequest, ExecStart, ExecState, GetExecRequest, exec_request::Msg as Req,
     exec_response::Msg as Resp,
 };
+use bus::timestamp::timestamp_rfc3339 as rfc3339;
 use futures::StreamExt as _;
 use serde::Serialize;
 
 use crate::context::Ctx;
 use crate::error::CliError;
-use crate::render::{self, Format, OutputArgs};
+use crate::render::OutputArgs;
 
 /// Exit code when a detached exec ended without an exit code (as `docker exec`).
 const EXIT_NO_STATUS: u8 = 125;
@@ -89,13 +90,12 @@ impl Execs {
                     .into_inner()
                     .exec
                     .unwrap_or_default();
-                if args.output.quiet {
-                    println!("{}", exec.exec_id);
-                } else if args.output.format() == Format::Json {
-                    render::print_json(&ExecJson::new(&exec))?;
-                } else {
-                    print!("{}", details(&exec));
-                }
+                args.output.print(
+                    std::slice::from_ref(&exec),
+                    |exec| &exec.exec_id,
+                    |_| ExecJson::new(&exec),
+                    |_| details(&exec),
+                )?;
                 Ok(0)
             }
         }
@@ -176,14 +176,6 @@ fn state_name(state: i32) -> &'static str {
         ExecState::Failed => "failed",
         ExecState::Unspecified => "unknown",
     }
-}
-
-fn rfc3339(t: Option<&prost_types::Timestamp>) -> Option<String> {
-    let t = t?;
-    let at = time::OffsetDateTime::from_unix_timestamp(t.seconds).ok()?
-        + time::Duration::nanoseconds(t.nanos.into());
-    at.format(&time::format_description::well_known::Rfc3339)
-        .ok()
 }
 
 /// `execs get -o json`: fields are only ever added.

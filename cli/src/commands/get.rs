@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 
 use crate::context::Ctx;
 use crate::error::CliError;
-use crate::render::{self, Format, OutputArgs, RunJson};
+use crate::render::{self, OutputArgs, RunJson};
 
 /// Shows one run.
 #[derive(Debug, clap::Args)]
@@ -25,13 +25,12 @@ impl Args {
         });
         let run = ctx.containers().get_run(request).await?.into_inner();
         let now = OffsetDateTime::now_utc();
-        if self.output.quiet {
-            println!("{}", run.id);
-        } else if self.output.format() == Format::Json {
-            render::print_json(&RunJson::new(&run, now))?;
-        } else {
-            print!("{}", render::run_details(&run, now));
-        }
+        self.output.print(
+            std::slice::from_ref(&run),
+            |run| &run.id,
+            |_| RunJson::new(&run, now),
+            |_| render::run_details(&run, now),
+        )?;
         Ok(0)
     }
 }

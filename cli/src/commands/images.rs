@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use bus::proto::images::v1 as pb;
 use bus::proto::images::v1::images_service_client::ImagesServiceClient;
+use bus::timestamp::timestamp_rfc3339 as rfc3339;
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -64,15 +65,6 @@ fn client(ctx: &Ctx) -> ImagesServiceClient<tonic::transport::Channel> {
     ImagesServiceClient::new(ctx.channel())
 }
 
-/// A timestamp as RFC 3339, or null.
-pub fn rfc3339(t: Option<&prost_types::Timestamp>) -> Option<String> {
-    let t = t?;
-    let time = OffsetDateTime::from_unix_timestamp(t.seconds).ok()?
-        + time::Duration::nanoseconds(i64::from(t.nanos));
-    time.format(&time::format_description::well_known::Rfc3339)
-        .ok()
-}
-
 /// A byte count for people: `2.1 MB`.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
@@ -87,32 +79,6 @@ pub fn human_bytes(n: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
-}
-
-/// Rows in aligned columns under a header.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let count = |s: &str| s.chars().count();
-    let mut widths: Vec<usize> = header.iter().map(|h| count(h)).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(count(cell));
-        }
-    }
-    let mut out = String::new();
-    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
-    for row in std::iter::once(&header).chain(rows) {
-        let mut line = String::new();
-        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
-            if i > 0 {
-                line.push_str("  ");
-            }
-            line.push_str(cell);
-            line.push_str(&" ".repeat(w.saturating_sub(count(cell))));
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 /// The JSON shape of an image (`bus images ls -o json` prints an array of these).
@@ -157,41 +123,26 @@ impl LsArgs {
             .await?
             .into_inner()
             .images;
-        if self.output.quiet {
-            for image in &images {
-                println!("{}", image.id);
-            }
-            return Ok(0);
-        }
-        match self.output.format() {
-            Format::Json => {
-                let list: Vec<ImageJson> = images.iter().map(ImageJson::from).collect();
-                render::print_json(&list)?;
-            }
-            Format::Table => {
-                let now = OffsetDateTime::now_utc();
-                let rows: Vec<Vec<String>> = images
-                    .iter()
-                    .map(|i| {
-                        vec![
-                            short_id(&i.id),
-                            if i.references.is_empty() {
-                                "<none>".to_owned()
-                            } else {
-                                i.references.join(", ")
-                            },
-                            human_bytes(i.size_bytes),
-                            render::ago(i.created_at.as_ref(), now),
-                            if i.public { "public" } else { "" }.to_owned(),
-                        ]
-                    })
-                    .collect();
-                print!(
-                    "{}",
-                    table(&["ID", "REFERENCES", "SIZE", "CREATED", ""], &rows)
-                );
-            }
-        }
+        let now = OffsetDateTime::now_utc();
+        self.output.print_rows(
+            &images,
+            |image| &image.id,
+            |images| images.iter().map(ImageJson::from).collect::<Vec<_>>(),
+            &["ID", "REFERENCES", "SIZE", "CREATED", ""],
+            |i| {
+                vec![
+                    short_id(&i.id),
+                    if i.references.is_empty() {
+                        "<none>".to_owned()
+                    } else {
+                        i.references.join(", ")
+                    },
+                    human_bytes(i.size_bytes),
+                    render::ago(i.created_at.as_ref(), now),
+                    if i.public { "public" } else { "" }.to_owned(),
+                ]
+            },
+        )?;
         Ok(0)
     }
 }

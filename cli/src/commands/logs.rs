@@ -3,8 +3,6 @@
 //! When busd goes away under the stream (it died, or was killed), the command starts it again
 //! and resumes after the last seq it printed, so no chunk is lost or printed twice.
 
-use std::time::Duration;
-
 use bus::proto::containers::v1::{
     NoticeKind, RunExited, StdStream, StreamLogsRequest, StreamNotice, log_event::Event,
 };
@@ -12,9 +10,7 @@ use bus::proto::containers::v1::{
 use crate::context::Ctx;
 use crate::error::{CliError, busd_lost};
 use crate::output::Output;
-
-/// How many times in a row a stream is resumed after losing busd without getting a chunk.
-pub const MAX_RESUMES: u32 = 5;
+use crate::resume::{BUSD_LOST_STEP, Resumes};
 
 /// Prints a run's output.
 #[derive(Debug, clap::Args)]
@@ -75,19 +71,16 @@ pub async fn print_logs(
     output: &mut Output,
     mut resumed: bool,
 ) -> Result<Option<RunExited>, CliError> {
-    let mut failures = 0;
+    let mut resumes = Resumes::new(BUSD_LOST_STEP);
     loop {
         let mut progressed = false;
         let outcome = stream_once(ctx, &mut request, output, &mut resumed, &mut progressed).await;
         match outcome {
             Err(CliError::Status(status)) if busd_lost(&status) => {
-                failures = if progressed { 1 } else { failures + 1 };
-                if failures > MAX_RESUMES {
-                    return Err(CliError::Status(status));
+                if progressed {
+                    resumes.progressed();
                 }
-                // A busd that is dying may still accept a connection: pause a little.
-                tokio::time::sleep(Duration::from_millis(50) * failures).await;
-                if !ctx.reconnect().await? {
+                if !resumes.reconnect(ctx).await? {
                     return Err(CliError::Status(status));
                 }
                 resumed = true;

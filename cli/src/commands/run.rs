@@ -19,6 +19,7 @@ use crate::context::Ctx;
 use crate::error::{CliError, busd_lost};
 use crate::output::Output;
 use crate::render;
+use crate::usage::parse_key_value;
 
 /// Exit code when the run was killed at its timeout (as `timeout(1)`).
 const EXIT_TIMED_OUT: u8 = 124;
@@ -68,13 +69,6 @@ pub struct Args {
     /// The command and its arguments.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
-}
-
-pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
-        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
-    }
 }
 
 impl Args {
@@ -160,12 +154,11 @@ async fn detached(ctx: &Ctx, spec: RunSpec) -> Result<u8, CliError> {
     let id = &run.id;
     let state = RunState::try_from(run.state).unwrap_or(RunState::Unspecified);
     if state == RunState::Failed && run.started_at.is_none() {
-        eprintln!(
-            "bus: error: run {id} failed to start{}; check the image and the command (`bus \
-             containers get {id}` shows the run)",
-            with_reason(&run.reason)
-        );
-        return Ok(EXIT_RUN_FAILED);
+        // Through main's error path: 125, as run's own failures.
+        return Err(CliError::RunFailedToStart {
+            id: id.clone(),
+            reason: with_reason(&run.reason),
+        });
     }
     println!("{id}");
     match state {

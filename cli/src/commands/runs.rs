@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use crate::context::Ctx;
 use crate::error::CliError;
-use crate::render::{self, Format, OutputArgs, RunJson, TableStyle};
+use crate::render::{self, OutputArgs, RunJson, TableStyle};
 
 /// The shortest refresh `--watch` allows.
 const MIN_INTERVAL: Duration = Duration::from_millis(500);
@@ -41,22 +41,16 @@ impl Args {
 
     fn print(&self, runs: &[Run]) -> Result<(), CliError> {
         let now = OffsetDateTime::now_utc();
-        if self.output.quiet {
-            for run in runs {
-                println!("{}", run.id);
-            }
-            return Ok(());
-        }
-        match self.output.format() {
-            Format::Json => {
-                let runs: Vec<RunJson> = runs.iter().map(|r| RunJson::new(r, now)).collect();
-                render::print_json(&runs)?;
-            }
-            Format::Table => print!(
-                "{}",
-                render::runs_table_styled(runs, now, TableStyle::for_stdout())
-            ),
-        }
+        self.output.print(
+            runs,
+            |run| &run.id,
+            |runs| {
+                runs.iter()
+                    .map(|r| RunJson::new(r, now))
+                    .collect::<Vec<_>>()
+            },
+            |runs| render::runs_table_styled(runs, now, TableStyle::for_stdout()),
+        )?;
         Ok(())
     }
 

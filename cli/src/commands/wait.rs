@@ -5,10 +5,11 @@
 
 use bus::proto::containers::v1::{RunExited, StreamLogsRequest, log_event::Event};
 
-use crate::commands::logs::{MAX_RESUMES, show_notice};
+use crate::commands::logs::show_notice;
 use crate::commands::run::exit_code;
 use crate::context::Ctx;
 use crate::error::{CliError, busd_lost};
+use crate::resume::{BUSD_LOST_STEP, Resumes};
 
 /// Waits for a run to end.
 #[derive(Debug, clap::Args)]
@@ -21,17 +22,14 @@ pub struct Args {
 impl Args {
     /// Runs the command; returns the run's exit code.
     pub async fn run(self, ctx: &Ctx) -> Result<u8, CliError> {
-        let mut resumes = 0;
+        let mut resumes = Resumes::new(BUSD_LOST_STEP);
         let exited = loop {
             match wait_once(ctx, &self.run_id).await {
                 Ok(Some(exited)) => break exited,
                 Ok(None) => return Err(CliError::StreamCut(self.run_id)),
                 // Waiting is idempotent: ask a busd started again.
-                Err(status) if busd_lost(&status) && resumes < MAX_RESUMES => {
-                    resumes += 1;
-                    // A busd that is dying may still accept a connection: pause a little.
-                    tokio::time::sleep(std::time::Duration::from_millis(50) * resumes).await;
-                    if !ctx.reconnect().await? {
+                Err(status) if busd_lost(&status) => {
+                    if !resumes.reconnect(ctx).await? {
                         return Err(status.into());
                     }
                 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bus::proto::images::v1 as pb;
 use bus::proto::images::v1::builds_service_server::BuildsService;
+use bus::timestamp::from_time as timestamp;
 use bus_api::builds::{Build, BuildLogFrame, BuildState};
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -12,7 +13,7 @@ use futures::stream::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::DaemonState;
-use super::images::{invalid, timestamp, upload};
+use super::images::{invalid, upload};
 use crate::status::Error;
 
 /// The Builds service.

@@ -5,23 +5,18 @@ use std::time::Duration;
 
 use bus::proto::containers::v1 as pb;
 use bus::proto::containers::v1::containers_server::Containers;
-use bus_api::{
-    BillingState, BillingStatus, CreateRun, LogFrame, Run, RunState, Stream as StdStream,
-};
+use bus::timestamp::from_time as timestamp;
+use bus_api::{BillingState, BillingStatus, CreateRun, Run, RunState, Stream as StdStream};
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::DaemonState;
-use crate::fanout::{self, Chunk, Event as FanEvent, Exit, Fanout, Follow, Notice};
+use crate::fanout::{Chunk, Event as FanEvent, Exit, Follow, LogRead, Notice};
 use crate::status::Error;
-use crate::upstream::{CreateOptions, LogsQuery, Upstream, UpstreamError};
-
-/// Log events queued per `StreamLogs` call before the reader waits for the client.
-const LOG_EVENTS_BUFFER: usize = 64;
+use crate::upstream::{CreateOptions, UpstreamError};
 
 /// The Containers service.
 pub struct ContainersService {
@@ -38,88 +33,56 @@ impl ContainersService {
 type RunEvents = BoxStream<'static, Result<pb::RunEvent, Status>>;
 type LogEvents = BoxStream<'static, Result<pb::LogEvent, Status>>;
 
-/// A follower of the run's fan-out group, as proto events.
-fn follow_logs(
-    fanout: &Arc<Fanout>,
-    upstream: Upstream,
-    run_id: &str,
-    follow: Follow,
+/// A log read's events, as proto log events.
+fn log_events(
+    events: mpsc::Receiver<Result<FanEvent, UpstreamError>>,
 ) -> impl futures::Stream<Item = Result<pb::LogEvent, Status>> + Send + 'static {
-    ReceiverStream::new(fanout.follow(upstream, run_id, follow)).map(|event| {
-        let event = match event.map_err(Error::from)? {
-            FanEvent::Chunk(chunk) => pb::log_event::Event::Output(chunk_to_proto(chunk)),
-            FanEvent::Exit(exit) => pb::log_event::Event::Exited(exit_to_proto(exit)),
-            FanEvent::Keepalive => pb::log_event::Event::Keepalive(pb::KeepAlive {}),
-            FanEvent::Notice(notice) => pb::log_event::Event::Notice(notice_to_proto(&notice)),
-            FanEvent::Gap {
-                first_available_seq,
-                reason,
-            } => pb::log_event::Event::Gap(pb::StreamGap {
-                first_available_seq,
-                reason,
-            }),
-        };
-        Ok(log_event(event))
+    ReceiverStream::new(events).map(|event| {
+        let event = log_event(event.map_err(Error::from)?);
+        Ok(pb::LogEvent { event: Some(event) })
     })
 }
 
-/// Sends what the runner's store holds now, as it arrives (never buffered whole), then — when
-/// `follow` is given and the run has not ended — joins the run's fan-out group after the last
-/// seq sent.
-async fn replay_then_follow(
-    frames: impl futures::Stream<Item = Result<LogFrame, UpstreamError>>,
-    upstream: Upstream,
-    run_id: String,
-    follow: Option<Follow>,
-    fanout: Arc<Fanout>,
-    tx: mpsc::Sender<Result<pb::LogEvent, Status>>,
-) {
-    let origin = upstream.origin().to_string();
-    let mut frames = std::pin::pin!(frames);
-    let mut last_seq = follow.as_ref().map_or(0, |f| f.after_seq);
-    while let Some(frame) = frames.next().await {
-        let event = match frame.and_then(|f| fanout::decode(f, &origin)) {
-            Ok(fanout::Decoded::Chunk(chunk)) => {
-                last_seq = chunk.seq;
-                pb::log_event::Event::Output(chunk_to_proto(chunk))
-            }
-            Ok(fanout::Decoded::Exit(exit)) => {
-                let _ = tx
-                    .send(Ok(log_event(pb::log_event::Event::Exited(exit_to_proto(
-                        exit,
-                    )))))
-                    .await;
-                return;
-            }
-            Err(e) => {
-                let _ = tx.send(Err(Error::from(e).into())).await;
-                return;
-            }
-        };
-        if tx.send(Ok(log_event(event))).await.is_err() {
-            return;
-        }
-    }
-    let Some(follow) = follow else { return };
-    let live = follow_logs(
-        &fanout,
-        upstream,
-        &run_id,
-        Follow {
-            after_seq: last_seq,
-            ..follow
-        },
-    );
-    let mut live = std::pin::pin!(live);
-    while let Some(event) = live.next().await {
-        if tx.send(event).await.is_err() {
-            return;
-        }
+/// The proto form of a log read's event: the one conversion.
+fn log_event(event: FanEvent) -> pb::log_event::Event {
+    match event {
+        FanEvent::Chunk(chunk) => pb::log_event::Event::Output(chunk_to_proto(chunk)),
+        FanEvent::Exit(exit) => pb::log_event::Event::Exited(exit_to_proto(exit)),
+        FanEvent::Keepalive => pb::log_event::Event::Keepalive(pb::KeepAlive {}),
+        FanEvent::Notice(notice) => pb::log_event::Event::Notice(notice_to_proto(&notice)),
+        FanEvent::Gap {
+            first_available_seq,
+            reason,
+        } => pb::log_event::Event::Gap(pb::StreamGap {
+            first_available_seq,
+            reason,
+        }),
     }
 }
 
-fn log_event(event: pb::log_event::Event) -> pb::LogEvent {
-    pb::LogEvent { event: Some(event) }
+/// A log event as `Run` streams it: output, notices and the exit; keepalives and gaps are
+/// left out.
+fn run_event(event: FanEvent) -> Option<pb::run_event::Event> {
+    match log_event(event) {
+        pb::log_event::Event::Output(chunk) => Some(pb::run_event::Event::Output(chunk)),
+        pb::log_event::Event::Exited(exit) => Some(pb::run_event::Event::Exited(exit)),
+        pb::log_event::Event::Notice(notice) => Some(pb::run_event::Event::Notice(notice)),
+        pb::log_event::Event::Keepalive(_) | pb::log_event::Event::Gap(_) => None,
+    }
+}
+
+/// Everything after `after_seq`, followed until the run ends.
+fn follow_from(after_seq: u64, keepalive: Option<Duration>, output: bool) -> LogRead {
+    LogRead {
+        follow: Follow {
+            after_seq,
+            stdout: output,
+            stderr: output,
+            keepalive,
+        },
+        tail: None,
+        follow_on: true,
+    }
 }
 
 #[tonic::async_trait]
@@ -161,18 +124,16 @@ impl Containers for ContainersService {
         let events = self
             .state
             .fanout
-            .follow(upstream, &run.id, Follow::after(0));
+            .read(upstream, &run.id, follow_from(0, None, true))
+            .await
+            .map_err(Error::from)?;
         let events = ReceiverStream::new(events).filter_map(|event| async move {
-            let event = match event {
-                Ok(FanEvent::Chunk(chunk)) => pb::run_event::Event::Output(chunk_to_proto(chunk)),
-                Ok(FanEvent::Exit(exit)) => pb::run_event::Event::Exited(exit_to_proto(exit)),
-                Ok(FanEvent::Notice(notice)) => {
-                    pb::run_event::Event::Notice(notice_to_proto(&notice))
-                }
-                Ok(FanEvent::Keepalive | FanEvent::Gap { .. }) => return None,
-                Err(e) => return Some(Err(Status::from(Error::from(e)))),
-            };
-            Some(Ok(pb::RunEvent { event: Some(event) }))
+            match event {
+                Ok(event) => Some(Ok(pb::RunEvent {
+                    event: Some(run_event(event)?),
+                })),
+                Err(e) => Some(Err(Status::from(Error::from(e)))),
+            }
         });
         Ok(Response::new(Box::pin(
             futures::stream::once(async { Ok(accepted) }).chain(events),
@@ -257,30 +218,18 @@ impl Containers for ContainersService {
             keepalive: (req.keepalive_seconds > 0)
                 .then(|| Duration::from_secs(req.keepalive_seconds.into())),
         };
-        let tail = (req.tail > 0 && req.after_seq == 0).then_some(u64::from(req.tail));
-        if !req.follow || tail.is_some() {
-            // What exists now, straight from the runner's store.
-            let query = LogsQuery {
-                follow: false,
-                after_seq: req.after_seq,
-                tail,
-                stdout: follow.stdout,
-                stderr: follow.stderr,
-            };
-            let frames = upstream
-                .logs_with(&run_id, &query)
-                .await
-                .map_err(Error::from)?;
-            let (tx, rx) = mpsc::channel(LOG_EVENTS_BUFFER);
-            let follow = req.follow.then_some(follow);
-            let fanout = self.state.fanout.clone();
-            tokio::spawn(replay_then_follow(
-                frames, upstream, run_id, follow, fanout, tx,
-            ));
-            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
-        }
-        let live = follow_logs(&self.state.fanout, upstream, &run_id, follow);
-        Ok(Response::new(Box::pin(live)))
+        let read = LogRead {
+            follow,
+            tail: (req.tail > 0 && req.after_seq == 0).then_some(u64::from(req.tail)),
+            follow_on: req.follow,
+        };
+        let events = self
+            .state
+            .fanout
+            .read(upstream, &run_id, read)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(Box::pin(log_events(events))))
     }
 
     async fn wait_run(
@@ -289,13 +238,12 @@ impl Containers for ContainersService {
     ) -> Result<Response<pb::Run>, Status> {
         let upstream = self.state.upstream(request.metadata())?;
         let id = run_id(&request.get_ref().run_id)?.to_owned();
-        let follow = Follow {
-            after_seq: 0,
-            stdout: false,
-            stderr: false,
-            keepalive: None,
-        };
-        let mut events = self.state.fanout.follow(upstream.clone(), &id, follow);
+        let mut events = self
+            .state
+            .fanout
+            .read(upstream.clone(), &id, follow_from(0, None, false))
+            .await
+            .map_err(Error::from)?;
         while let Some(event) = events.recv().await {
             match event {
                 Ok(FanEvent::Exit(_)) => break,
@@ -363,13 +311,6 @@ fn create_run(spec: Option<pb::RunSpec>) -> Result<CreateRun, Error> {
         // Ports and storage are not in the gRPC RunSpec yet: the profile decides.
         ..CreateRun::default()
     })
-}
-
-fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.unix_timestamp(),
-        nanos: t.nanosecond() as i32,
-    }
 }
 
 fn state_to_proto(state: RunState) -> pb::RunState {

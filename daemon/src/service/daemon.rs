@@ -8,6 +8,8 @@ use bus::proto::daemon::v1::{
     CreateTokenRequest, CreateTokenResponse, DaemonInfo, GetInfoRequest, ReloadCredentialsRequest,
     ReloadCredentialsResponse, ShutdownRequest, ShutdownResponse, daemon_server::Daemon,
 };
+use bus::timestamp::from_unix as timestamp;
+use bus_api::auth::Claims;
 use tonic::{Request, Response, Status};
 
 use super::{DaemonState, META_API_URL};
@@ -47,8 +49,23 @@ impl DaemonService {
     }
 }
 
-fn timestamp(seconds: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds, nanos: 0 }
+/// What a token says of its holder; empty without readable claims.
+struct Holder {
+    identity: String,
+    scopes: Vec<String>,
+    expires_at: Option<prost_types::Timestamp>,
+}
+
+impl Holder {
+    fn of(claims: Option<&Claims>) -> Holder {
+        Holder {
+            identity: claims.map(|c| c.sub.clone()).unwrap_or_default(),
+            scopes: claims
+                .map(|c| c.scopes().map(str::to_owned).collect())
+                .unwrap_or_default(),
+            expires_at: claims.map(|c| timestamp(c.exp)),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -68,7 +85,7 @@ impl Daemon for DaemonService {
             Err(e) => Some(describe(e)),
         }
         .unwrap_or_default();
-        let claims = token.as_ref().ok().and_then(Token::claims);
+        let holder = Holder::of(token.as_ref().ok().and_then(Token::claims));
         Ok(Response::new(DaemonInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol: crate::protocol::revision(),
@@ -76,12 +93,9 @@ impl Daemon for DaemonService {
                 Some(url) => url.to_str().unwrap_or_default().to_owned(),
                 None => config.api_origin.to_string(),
             },
-            identity: claims.as_ref().map(|c| c.sub.clone()).unwrap_or_default(),
-            scopes: claims
-                .as_ref()
-                .map(|c| c.scopes().map(str::to_owned).collect())
-                .unwrap_or_default(),
-            token_expires_at: claims.as_ref().map(|c| timestamp(c.exp)),
+            identity: holder.identity,
+            scopes: holder.scopes,
+            token_expires_at: holder.expires_at,
             token_source: source.to_string(),
             uptime_seconds: self.state.started.elapsed().as_secs(),
             pid: std::process::id(),
@@ -109,13 +123,11 @@ impl Daemon for DaemonService {
             identity = claims.as_ref().map_or("", |c| c.sub.as_str()),
             "credentials reloaded"
         );
+        let holder = Holder::of(claims);
         Ok(Response::new(ReloadCredentialsResponse {
-            identity: claims.as_ref().map(|c| c.sub.clone()).unwrap_or_default(),
-            scopes: claims
-                .as_ref()
-                .map(|c| c.scopes().map(str::to_owned).collect())
-                .unwrap_or_default(),
-            token_expires_at: claims.as_ref().map(|c| timestamp(c.exp)),
+            identity: holder.identity,
+            scopes: holder.scopes,
+            token_expires_at: holder.expires_at,
             token_source: source.to_string(),
         }))
     }
@@ -158,10 +170,7 @@ impl Daemon for DaemonService {
         tracing::info!(upstream = %origin, scope = %issued.scope, "token issued");
         Ok(Response::new(CreateTokenResponse {
             token: issued.token,
-            expires_at: Some(prost_types::Timestamp {
-                seconds: issued.expires_at.unix_timestamp(),
-                nanos: 0,
-            }),
+            expires_at: Some(timestamp(issued.expires_at.unix_timestamp())),
             scope: issued.scope,
         }))
     }

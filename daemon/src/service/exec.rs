@@ -18,19 +18,17 @@ use std::time::Duration;
 use bus::proto::containers::v1 as pb;
 use bus::proto::containers::v1::exec_server::Exec;
 use bus_api::exec::{
-    CreateExec, ExecQuery, ExecRecord, ExecState, ExecStatus, Frame, STDIN, SignalFrame,
-    TerminalSize, encode_data,
+    CreateExec, ExecQuery, ExecRecord, ExecState, ExecStatus, Frame, SignalFrame, TerminalSize,
 };
+use futures::StreamExt as _;
 use futures::stream::BoxStream;
-use futures::{SinkExt as _, StreamExt as _};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_tungstenite::tungstenite::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::DaemonState;
 use crate::status::Error;
-use crate::upstream::exec::{EXEC_SILENCE, ExecParams, ExecSocket, Session};
+use crate::upstream::exec::{ExecParams, ExecSession, Session, SessionError};
 
 /// Largest output chunk sent to the caller.
 const CHUNK: usize = 64 * 1024;
@@ -96,22 +94,6 @@ fn response(msg: pb::exec_response::Msg) -> Result<pb::ExecResponse, Status> {
     Ok(pb::ExecResponse { msg: Some(msg) })
 }
 
-/// A session that ended without an exit status.
-fn broken(message: impl Into<String>) -> Status {
-    let mut details = tonic_types::ErrorDetails::new();
-    details.set_error_info(
-        "EXEC_SESSION_GONE",
-        crate::status::DOMAIN,
-        std::collections::HashMap::new(),
-    );
-    details.set_localized_message(
-        "en-US",
-        "the command's exit code is unknown; check the runner and run the command again",
-    );
-    use tonic_types::StatusExt as _;
-    Status::with_error_details(tonic::Code::Unavailable, message, details)
-}
-
 #[tonic::async_trait]
 impl Exec for ExecService {
     type ExecStream = BoxStream<'static, Result<pb::ExecResponse, Status>>;
@@ -141,9 +123,9 @@ impl Exec for ExecService {
             return Ok(Response::new(futures::stream::iter([started]).boxed()));
         }
         let (session, stdin, exec_id) = session(&upstream, start).await?;
-        let socket = upstream.session(&session).await.map_err(Error::from)?;
+        let session = upstream.session(&session).await.map_err(Error::from)?;
         let (tx, rx) = mpsc::channel(32);
-        tokio::spawn(bridge(socket, requests, tx, stdin, exec_id));
+        tokio::spawn(bridge(session, requests, tx, stdin, exec_id));
         Ok(Response::new(ReceiverStream::new(rx).boxed()))
     }
 
@@ -168,10 +150,7 @@ impl Exec for ExecService {
 
 /// The proto form of a detached exec's record.
 pub fn exec_info(record: ExecRecord) -> pb::ExecInfo {
-    let timestamp = |t: time::OffsetDateTime| prost_types::Timestamp {
-        seconds: t.unix_timestamp(),
-        nanos: t.nanosecond() as i32,
-    };
+    use bus::timestamp::from_time as timestamp;
     let state = match record.state {
         ExecState::Running => pb::ExecState::Running,
         ExecState::Exited => pb::ExecState::Exited,
@@ -294,16 +273,21 @@ async fn output(tx: &Tx, offset: &mut u64, data: &[u8], stderr: bool) -> bool {
     true
 }
 
+/// Ends the session with `error` as the caller's status.
+async fn fail(tx: &Tx, error: impl Into<Error>) {
+    let _ = tx.send(Err(error.into().into())).await;
+}
+
 /// Moves requests to the runner and frames back until the status frame, a broken session or
 /// the caller's departure.
 async fn bridge(
-    socket: ExecSocket,
+    session: ExecSession,
     mut requests: Streaming<pb::ExecRequest>,
     tx: Tx,
     stdin: bool,
     exec_id: String,
 ) {
-    let (mut ws_tx, mut ws_rx) = socket.split();
+    let (mut sink, mut source) = session.split();
     if tx
         .send(response(pb::exec_response::Msg::Started(pb::ExecStarted {
             exec_id,
@@ -322,18 +306,18 @@ async fn bridge(
             request = requests.message(), if requests_open => {
                 let frame = match request {
                     Ok(Some(pb::ExecRequest { msg: Some(msg) })) => match msg {
-                        pb::exec_request::Msg::Stdin(data) => encode_data(STDIN, &data),
+                        pb::exec_request::Msg::Stdin(data) => Frame::Stdin(data),
                         pb::exec_request::Msg::Resize(size) => match size_of(Some(&size)) {
-                            Some((cols, rows)) => Frame::Resize(TerminalSize { cols, rows }).encode(),
+                            Some((cols, rows)) => Frame::Resize(TerminalSize { cols, rows }),
                             None => continue,
                         },
-                        pb::exec_request::Msg::CloseStdin(_) => Frame::CloseStdin.encode(),
+                        pb::exec_request::Msg::CloseStdin(_) => Frame::CloseStdin,
                         pb::exec_request::Msg::Signal(pb::ExecSignal { signal }) => {
                             if !(1..=64).contains(&signal) {
                                 let _ = tx.send(Err(invalid(&format!("{signal} is not a signal number"), "send a POSIX signal number from 1 to 64, e.g. 15 for SIGTERM"))).await;
                                 return;
                             }
-                            Frame::Signal(SignalFrame { signal }).encode()
+                            Frame::Signal(SignalFrame { signal })
                         }
                         pb::exec_request::Msg::Start(_) => {
                             let _ = tx.send(Err(invalid("`start` may be sent only once", "send stdin, resize or close_stdin"))).await;
@@ -347,66 +331,50 @@ async fn bridge(
                         if !stdin {
                             continue;
                         }
-                        Frame::CloseStdin.encode()
+                        Frame::CloseStdin
                     }
                     // The caller went away.
                     Err(_) => return,
                 };
-                if let Err(e) = ws_tx.send(Message::Binary(frame.into())).await {
-                    let _ = tx.send(Err(broken(format!("the exec session to the runner broke: {e}")))).await;
+                if let Err(e) = sink.send(&frame).await {
+                    fail(&tx, e).await;
                     return;
                 }
             }
-            message = tokio::time::timeout(EXEC_SILENCE, ws_rx.next()) => {
-                let bytes = match message {
-                    Err(_) => {
-                        let _ = tx.send(Err(broken(format!("the runner sent nothing for {} s; the exec session is taken as broken", EXEC_SILENCE.as_secs())))).await;
+            frame = source.next() => {
+                let frame = match frame {
+                    Ok(frame) => frame,
+                    Err(e) => {
+                        fail(&tx, e).await;
                         return;
                     }
-                    Ok(None) | Ok(Some(Ok(Message::Close(_)))) => {
-                        let _ = tx.send(Err(broken("the runner closed the exec session without an exit status"))).await;
-                        return;
-                    }
-                    Ok(Some(Err(e))) => {
-                        let _ = tx.send(Err(broken(format!("the exec session to the runner broke: {e}")))).await;
-                        return;
-                    }
-                    Ok(Some(Ok(Message::Binary(bytes)))) => bytes,
-                    Ok(Some(Ok(_))) => continue,
                 };
                 keepalive.reset();
-                let alive = match Frame::decode(&bytes) {
-                    Ok(Frame::Stdout(data)) => output(&tx, &mut out_offset, &data, false).await,
-                    Ok(Frame::Stderr(data)) => output(&tx, &mut err_offset, &data, true).await,
-                    Ok(Frame::Status(ExecStatus { exit_code: Some(code), signal, reason, .. })) => {
+                let alive = match frame {
+                    Frame::Stdout(data) => output(&tx, &mut out_offset, &data, false).await,
+                    Frame::Stderr(data) => output(&tx, &mut err_offset, &data, true).await,
+                    Frame::Status(ExecStatus { exit_code: Some(code), signal, reason, .. }) => {
                         let _ = tx.send(response(pb::exec_response::Msg::Exit(pb::ExecExited {
                             exit_code: code,
                             signal,
                             reason,
                         }))).await;
-                        let _ = ws_tx.close().await;
+                        sink.close().await;
                         return;
                     }
-                    Ok(Frame::Status(status)) if status.reason == "running" => {
+                    Frame::Status(status) if status.reason == "running" => {
                         // A replay without following ended; the exec goes on.
-                        let _ = ws_tx.close().await;
+                        sink.close().await;
                         return;
                     }
-                    Ok(Frame::Status(status)) => {
+                    Frame::Status(status) => {
                         let message = status.message.unwrap_or_else(|| "the runner reported no exit code".to_owned());
-                        let _ = tx.send(Err(broken(message))).await;
+                        fail(&tx, SessionError::Gone(message)).await;
                         return;
                     }
-                    Ok(other) => {
+                    other => {
                         tracing::debug!(channel = other.channel(), "unexpected exec frame ignored");
                         true
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(Error::Upstream(crate::upstream::UpstreamError::Protocol {
-                            origin: String::new(),
-                            reason: e.to_string(),
-                        }).into())).await;
-                        return;
                     }
                 };
                 if !alive {

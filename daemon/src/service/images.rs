@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 use bus::proto::images::v1 as pb;
 use bus::proto::images::v1::images_service_server::ImagesService;
+use bus::timestamp::from_time as timestamp;
 use bus_api::images::{
     ImageDetail, ImageSummary, ProgressFrame, RegistryCredentials, RegistryRequest,
 };
 use bytes::Bytes;
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
-use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -58,14 +58,6 @@ fn reference(text: &str) -> Result<&str, Status> {
         ));
     }
     Ok(text)
-}
-
-/// A time as a protobuf timestamp.
-pub fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.unix_timestamp(),
-        nanos: i32::try_from(t.nanosecond()).unwrap_or(0),
-    }
 }
 
 fn image_to_proto(image: ImageSummary) -> pb::Image {

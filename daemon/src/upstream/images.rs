@@ -3,50 +3,42 @@
 //! arrive, with their size in `Content-Length` when the caller gave it, so the runner can
 //! refuse too large an upload before it is sent.
 
-use bus_api::builds::{Build, BuildList, BuildLogFrame};
+use bus_api::builds::{Build, BuildList, BuildLogFrame, BuildLogsQuery, CreateBuildQuery};
 use bus_api::images::{
     ImageDetail, ImageList, ImageSummary, LoadResult, ProgressFrame, RegistryRequest, TagImage,
 };
+use bus_api::paths;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 
+use super::error::frame_error;
 use super::ndjson::FrameDecoder;
-use super::{Upstream, UpstreamError, frame_error};
+use super::{Upstream, UpstreamError};
 
 /// A byte stream to upload; an error aborts the upload.
 pub type Upload = futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>;
 
-fn image_path(reference: &str, suffix: &str) -> String {
-    let escaped: String =
-        url::form_urlencoded::byte_serialize(reference.trim().as_bytes()).collect();
-    format!("/api/v1/containers/images/{escaped}{suffix}")
-}
-
-fn build_path(id: &str, suffix: &str) -> String {
-    let escaped: String = url::form_urlencoded::byte_serialize(id.as_bytes()).collect();
-    format!("/api/v1/containers/builds/{escaped}{suffix}")
-}
-
 impl Upstream {
     /// `GET /api/v1/containers/images`.
     pub async fn list_images(&self) -> Result<ImageList, UpstreamError> {
-        self.json(self.request(Method::GET, "/api/v1/containers/images"))
-            .await
+        self.json(self.request(Method::GET, paths::IMAGES)).await
     }
 
     /// `GET /api/v1/containers/images/{ref}`.
     pub async fn inspect_image(&self, reference: &str) -> Result<ImageDetail, UpstreamError> {
-        self.json(self.request(Method::GET, &image_path(reference, "")))
+        self.json(self.request(Method::GET, &paths::image(reference.trim())))
             .await
     }
 
     /// `DELETE /api/v1/containers/images/{ref}`.
     pub async fn remove_image(&self, reference: &str) -> Result<(), UpstreamError> {
-        self.json::<serde::de::IgnoredAny>(self.request(Method::DELETE, &image_path(reference, "")))
-            .await
-            .map(drop)
+        self.json::<serde::de::IgnoredAny>(
+            self.request(Method::DELETE, &paths::image(reference.trim())),
+        )
+        .await
+        .map(drop)
     }
 
     /// `POST /api/v1/containers/images/{ref}/tag`.
@@ -59,7 +51,7 @@ impl Upstream {
             target: target.to_owned(),
         };
         self.json(
-            self.request(Method::POST, &image_path(source, "/tag"))
+            self.request(Method::POST, &paths::image_tag(source.trim()))
                 .json(&body),
         )
         .await
@@ -74,9 +66,9 @@ impl Upstream {
     ) -> Result<impl Stream<Item = Result<ProgressFrame, UpstreamError>> + use<>, UpstreamError>
     {
         let path = if push {
-            "/api/v1/containers/images/push"
+            paths::IMAGES_PUSH
         } else {
-            "/api/v1/containers/images/pull"
+            paths::IMAGES_PULL
         };
         let response = self
             .send(self.request(Method::POST, path).json(request))
@@ -91,7 +83,7 @@ impl Upstream {
         size: Option<u64>,
     ) -> Result<LoadResult, UpstreamError> {
         let request = self.upload(
-            self.request(Method::POST, "/api/v1/containers/images/load"),
+            self.request(Method::POST, paths::IMAGES_LOAD),
             archive,
             size,
         );
@@ -104,7 +96,7 @@ impl Upstream {
         reference: &str,
     ) -> Result<impl Stream<Item = Result<Bytes, UpstreamError>> + use<>, UpstreamError> {
         let response = self
-            .send(self.request(Method::GET, &image_path(reference, "/archive")))
+            .send(self.request(Method::GET, &paths::image_archive(reference.trim())))
             .await?;
         let upstream = self.clone();
         Ok(response
@@ -120,40 +112,34 @@ impl Upstream {
         context: Upload,
         size: Option<u64>,
     ) -> Result<Build, UpstreamError> {
-        let mut query: Vec<(&str, String)> = Vec::new();
-        if !tags.is_empty() {
-            query.push(("tags", tags.join(",")));
-        }
-        if !dockerfile.is_empty() {
-            query.push(("dockerfile", dockerfile.to_owned()));
-        }
-        let request = self
-            .request(Method::POST, "/api/v1/containers/builds")
-            .query(&query);
+        let query = CreateBuildQuery {
+            tags: (!tags.is_empty()).then(|| tags.join(",")),
+            dockerfile: (!dockerfile.is_empty()).then(|| dockerfile.to_owned()),
+        };
+        let request = self.request(Method::POST, paths::BUILDS).query(&query);
         self.json(self.upload(request, context, size)).await
     }
 
     /// `GET /api/v1/containers/builds`.
     pub async fn list_builds(&self) -> Result<BuildList, UpstreamError> {
-        self.json(self.request(Method::GET, "/api/v1/containers/builds"))
-            .await
+        self.json(self.request(Method::GET, paths::BUILDS)).await
     }
 
     /// `GET /api/v1/containers/builds/{id}`.
     pub async fn get_build(&self, id: &str) -> Result<Build, UpstreamError> {
-        self.json(self.request(Method::GET, &build_path(id, "")))
+        self.json(self.request(Method::GET, &paths::build(id)))
             .await
     }
 
     /// `POST /api/v1/containers/builds/{id}/cancel`.
     pub async fn cancel_build(&self, id: &str) -> Result<Build, UpstreamError> {
-        self.json(self.request(Method::POST, &build_path(id, "/cancel")))
+        self.json(self.request(Method::POST, &paths::build_cancel(id)))
             .await
     }
 
     /// `DELETE /api/v1/containers/builds/{id}`.
     pub async fn delete_build(&self, id: &str) -> Result<(), UpstreamError> {
-        self.json::<serde::de::IgnoredAny>(self.request(Method::DELETE, &build_path(id, "")))
+        self.json::<serde::de::IgnoredAny>(self.request(Method::DELETE, &paths::build(id)))
             .await
             .map(drop)
     }
@@ -166,10 +152,9 @@ impl Upstream {
         after_seq: u64,
     ) -> Result<impl Stream<Item = Result<BuildLogFrame, UpstreamError>> + use<>, UpstreamError>
     {
-        let request = self.request(Method::GET, &build_path(id, "/logs")).query(&[
-            ("follow", follow.to_string()),
-            ("after_seq", after_seq.to_string()),
-        ]);
+        let request = self
+            .request(Method::GET, &paths::build_logs(id))
+            .query(&BuildLogsQuery { follow, after_seq });
         let response = self.send(request).await?;
         Ok(self.ndjson(response))
     }

@@ -20,9 +20,9 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use base64::Engine as _;
 use bus_api::exec::{ExecStatus, Frame, STDERR, STDOUT, encode_data};
+use bus_api::runs::AttachQuery;
 use bus_api::{LogFrame, RunState, Stream};
 use futures::{SinkExt as _, StreamExt as _};
-use serde::Deserialize;
 
 use crate::AppState;
 use crate::auth::{self, Caller};
@@ -33,16 +33,6 @@ use crate::store::{Entry, StreamFilter};
 
 /// Output bytes read from the store at once.
 const BATCH_BYTES: usize = 256 * 1024;
-
-/// The query: the caller's terminal size.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AttachQuery {
-    /// Columns, with `rows`.
-    pub cols: Option<u16>,
-    /// Rows, with `cols`.
-    pub rows: Option<u16>,
-}
 
 /// Attaches to the run's own command, over a WebSocket.
 ///

@@ -9,8 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bus_api::Problem;
-use bus_api::builds::{Build, BuildList, BuildLogFrame};
-use serde::Deserialize;
+use bus_api::builds::{Build, BuildList, BuildLogFrame, BuildLogsQuery, CreateBuildQuery};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -27,16 +26,6 @@ const LIST_LIMIT: usize = 200;
 const READ_BATCH: usize = 1000;
 /// A follow's keepalive interval.
 const KEEPALIVE: Duration = Duration::from_secs(15);
-
-/// The query of `POST /builds`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateQuery {
-    /// Comma-separated references the image gets.
-    pub tags: Option<String>,
-    /// The Dockerfile's path in the context (default `Dockerfile`).
-    pub dockerfile: Option<String>,
-}
 
 /// Starts a build.
 ///
@@ -69,7 +58,7 @@ pub struct CreateQuery {
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller<auth::ImageBuild>,
-    ApiQuery(query): ApiQuery<CreateQuery>,
+    ApiQuery(query): ApiQuery<CreateBuildQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -200,18 +189,6 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The query of `GET /builds/{id}/logs`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogsQuery {
-    /// Keep the stream open until the build ends.
-    #[serde(default)]
-    pub follow: bool,
-    /// Only lines with a greater seq.
-    #[serde(default)]
-    pub after_seq: u64,
-}
-
 /// Streams a build's output.
 ///
 /// NDJSON `BuildLogFrame`s: `line` frames with a dense `seq` (resume with `after_seq`), then
@@ -240,7 +217,7 @@ pub async fn logs(
     State(state): State<AppState>,
     caller: Caller<auth::ImageRead>,
     Path(id): Path<String>,
-    ApiQuery(query): ApiQuery<LogsQuery>,
+    ApiQuery(query): ApiQuery<BuildLogsQuery>,
 ) -> Result<Response, ApiError> {
     let owner = caller.account().to_owned();
     find(&state, &owner, &id)?;

@@ -21,10 +21,10 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use bollard::container::LogOutput;
 use bus_api::exec::{
-    CreateExec, ExecQuery, ExecRecord, ExecStatus, Frame, STDERR, STDOUT, encode_data,
+    CreateExec, ExecAttachQuery, ExecQuery, ExecRecord, ExecStatus, Frame, STDERR, STDOUT,
+    encode_data,
 };
 use futures::{SinkExt as _, StreamExt as _};
-use serde::Deserialize;
 
 use crate::AppState;
 use crate::auth::{self, Caller};
@@ -353,19 +353,6 @@ pub async fn get_detached(
     Ok(Json(exec.record()))
 }
 
-/// The query of the attach endpoint.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AttachQuery {
-    /// Keep sending output until the exec ends (default true).
-    #[serde(default = "yes")]
-    pub follow: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
 /// A detached exec's output and status, over a WebSocket.
 ///
 /// The exec protocol of `GET /api/v1/containers/runs/{id}/exec`, output only: every byte
@@ -395,7 +382,7 @@ pub async fn attach_detached(
     State(state): State<AppState>,
     caller: Caller<auth::Run>,
     Path(exec_id): Path<String>,
-    ApiQuery(query): ApiQuery<AttachQuery>,
+    ApiQuery(query): ApiQuery<ExecAttachQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let exec = state

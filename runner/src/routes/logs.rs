@@ -9,7 +9,6 @@
 //! quiet run from a dead connection.
 
 use std::convert::Infallible;
-use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,9 +16,9 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+pub use bus_api::runs::{KEEPALIVE_SECONDS, KEEPALIVE_SECONDS_RANGE, LogsQuery};
 use bus_api::{LogFrame, NDJSON};
 use bytes::Bytes;
-use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -31,45 +30,15 @@ use crate::store::{Entry, Store, StreamFilter};
 
 /// Payload bytes gathered into one body chunk at most.
 const BATCH_BYTES: usize = 256 * 1024;
-/// Seconds a follow stream may stay silent before it sends a keepalive frame, unless the
-/// request's `keepalive_seconds` says otherwise.
-pub const KEEPALIVE_SECONDS: u64 = 15;
-/// The values `keepalive_seconds` may take.
-pub const KEEPALIVE_SECONDS_RANGE: RangeInclusive<u64> = 1..=300;
 
-fn yes() -> bool {
-    true
-}
-
-/// The query of the logs endpoint.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogsQuery {
-    /// Keep the stream open and send new frames until the exit frame.
-    #[serde(default)]
-    pub follow: bool,
-    /// Send only frames with a greater `seq` (resume after the last one seen).
-    #[serde(default)]
-    pub after_seq: u64,
-    /// Start with the last `tail` output frames stored (of the streams asked for); combined
-    /// with `after_seq`, whichever starts later wins.
-    #[serde(default)]
-    pub tail: Option<u64>,
-    /// Include stdout frames (default true).
-    #[serde(default = "yes")]
-    pub stdout: bool,
-    /// Include stderr frames (default true).
-    #[serde(default = "yes")]
-    pub stderr: bool,
-    /// With `follow`: send a keepalive frame after this many seconds without a frame
-    /// (1 to 300; default [`KEEPALIVE_SECONDS`]).
-    #[serde(default)]
-    pub keepalive_seconds: Option<u64>,
-}
-
-impl LogsQuery {
+/// The keepalive interval a logs query asks for, checked.
+pub trait Keepalive {
     /// How long a follow stream may stay silent before it sends a keepalive frame.
-    pub fn keepalive(&self) -> Result<Duration, ApiError> {
+    fn keepalive(&self) -> Result<Duration, ApiError>;
+}
+
+impl Keepalive for LogsQuery {
+    fn keepalive(&self) -> Result<Duration, ApiError> {
         match self.keepalive_seconds {
             None => Ok(Duration::from_secs(KEEPALIVE_SECONDS)),
             Some(s) if KEEPALIVE_SECONDS_RANGE.contains(&s) => Ok(Duration::from_secs(s)),

@@ -6,9 +6,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bus_api::runs::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+pub use bus_api::runs::MAX_WAIT_MS;
+use bus_api::runs::{CreateRunQuery, DEFAULT_PAGE_SIZE, ListRunsQuery, MAX_PAGE_SIZE, WaitFor};
 use bus_api::{CreateRun, Run, RunOptions, RunPage, RunState};
-use serde::Deserialize;
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -28,42 +28,19 @@ use crate::store::{Entry, Inserted, NewRun, Replay, new_run_id};
 pub const BODY_LIMIT: usize = 256 * 1024;
 /// How long `wait=running` waits when the query names no `wait_ms`.
 pub const DEFAULT_START_WAIT: Duration = Duration::from_secs(60);
-/// The longest `wait_ms` accepted (10 minutes).
-pub const MAX_WAIT_MS: u64 = 600_000;
 /// How long a started command must stay up before `wait=running` answers it running.
 pub const START_SETTLE: Duration = Duration::from_millis(50);
 /// How long an answer waits for the end of a run whose container already stopped.
 const ENDING_WAIT: Duration = Duration::from_secs(10);
 
-/// What `wait` in the query of `POST /runs` waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WaitFor {
-    /// The run is running (its container started) or has ended.
-    Running,
-}
-
-/// The query of `POST /runs`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateQuery {
-    /// `running`: answer once the run runs or has ended (at most `wait_ms`), not as soon as
-    /// it is recorded.
-    #[serde(default)]
-    pub wait: Option<WaitFor>,
-    /// With `wait`: the longest wait, 1 to [`MAX_WAIT_MS`] ms (default
-    /// [`DEFAULT_START_WAIT`]); after it the answer is the run as it is then.
-    #[serde(default)]
-    pub wait_ms: Option<u64>,
-    /// The caller will follow the run's output: refused with `logs_disabled`, before anything
-    /// is recorded or started, when the token's grant switches logs off.
-    #[serde(default)]
-    pub follow: bool,
-}
-
-impl CreateQuery {
+/// The create query's wait, checked.
+pub trait StartWait {
     /// How long to wait for the run to start; `None` without `wait`.
-    pub fn start_wait(&self) -> Result<Option<Duration>, ApiError> {
+    fn start_wait(&self) -> Result<Option<Duration>, ApiError>;
+}
+
+impl StartWait for CreateRunQuery {
+    fn start_wait(&self) -> Result<Option<Duration>, ApiError> {
         match (self.wait, self.wait_ms) {
             (None, None) => Ok(None),
             (None, Some(_)) => Err(ApiError::InvalidRequest(
@@ -133,7 +110,7 @@ pub async fn create(
     State(state): State<AppState>,
     caller: Caller<auth::Run>,
     headers: HeaderMap,
-    ApiQuery(query): ApiQuery<CreateQuery>,
+    ApiQuery(query): ApiQuery<CreateRunQuery>,
     ApiJson(request): ApiJson<CreateRun>,
 ) -> Result<Response, ApiError> {
     let start_wait = query.start_wait()?;
@@ -246,16 +223,6 @@ pub async fn answer_started(entry: &Entry, limit: Duration) -> Run {
     entry.snapshot()
 }
 
-/// The query of `GET /runs`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    /// Runs per page; 0 or absent means the default, larger than the maximum means the maximum.
-    pub page_size: Option<u32>,
-    /// From a previous page's `next_page_token`.
-    pub page_token: Option<String>,
-}
-
 const PAGE_TOKEN_PREFIX: &str = "runs.v1.";
 
 /// Encodes a listing cursor (the creation serial to continue below) as an opaque token.
@@ -302,7 +269,7 @@ pub fn decode_page_token(token: &str) -> Result<u64, ApiError> {
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller<auth::Read>,
-    ApiQuery(query): ApiQuery<ListQuery>,
+    ApiQuery(query): ApiQuery<ListRunsQuery>,
 ) -> Result<Json<RunPage>, ApiError> {
     let size = match query.page_size {
         None | Some(0) => DEFAULT_PAGE_SIZE,
@@ -406,7 +373,7 @@ mod tests {
 
     #[test]
     fn a_create_waits_only_when_asked_and_within_bounds() {
-        let query = |wait, wait_ms| CreateQuery {
+        let query = |wait, wait_ms| CreateRunQuery {
             wait,
             wait_ms,
             follow: false,
