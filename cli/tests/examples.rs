@@ -21,7 +21,8 @@ fn example(name: &str) -> PathBuf {
 /// The first fenced block under `### {language}` in the "Use from" section of docs/clients.md.
 fn readme_block(language: &str) -> String {
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/clients.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/clients.md"))
+            .unwrap();
     let section = readme
         .split_once("## Use from Python / TypeScript / Rust")
         .expect("docs/clients.md has a \"Use from\" section")
