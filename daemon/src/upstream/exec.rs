@@ -194,7 +194,7 @@ impl Upstream {
     /// problem document.
     pub async fn session(&self, session: &Session) -> Result<ExecSession, UpstreamError> {
         let path = session.path();
-        let http_url = self.origin.join(&path);
+        let http_url = self.origin.join(&path).to_string();
         let ws_url = if let Some(rest) = http_url.strip_prefix("https://") {
             format!("wss://{rest}")
         } else if let Some(rest) = http_url.strip_prefix("http://") {

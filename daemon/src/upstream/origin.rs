@@ -83,9 +83,17 @@ impl ApiOrigin {
         Ok(ApiOrigin(url))
     }
 
-    /// The URL of `path` (which starts with `/api/v1/`) below this origin.
-    pub fn join(&self, path: &str) -> String {
-        format!("{}{}", self.as_str(), path)
+    /// The URL of `path` (which starts with `/api/v1/` and may end in a query) below this
+    /// origin. Only the path and query are parsed: a busy busd builds one per call.
+    pub fn join(&self, path: &str) -> url::Url {
+        let (path, query) = match path.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path, None),
+        };
+        let mut url = self.0.clone();
+        url.set_path(path);
+        url.set_query(query);
+        url
     }
 
     /// The origin as text, without a trailing slash.
@@ -140,8 +148,16 @@ mod tests {
         assert_eq!(
             ApiOrigin::parse("http://h:1/")
                 .unwrap()
-                .join("/api/v1/containers/status"),
+                .join("/api/v1/containers/status")
+                .as_str(),
             "http://h:1/api/v1/containers/status"
+        );
+        assert_eq!(
+            ApiOrigin::parse("https://h.example")
+                .unwrap()
+                .join("/api/v1/containers/runs/run_1/logs?follow=true&tail=10")
+                .as_str(),
+            "https://h.example/api/v1/containers/runs/run_1/logs?follow=true&tail=10"
         );
     }
 
