@@ -53,13 +53,13 @@ pub mod engine;
 pub mod execs;
 pub mod executor;
 pub mod images;
+pub mod http;
 pub mod openapi;
-pub mod problem;
-pub mod routes;
 pub mod spec;
 pub mod storage;
 pub mod store;
-pub mod tls;
+
+pub use http::{problem, routes, tls};
 
 use auth::Keys;
 use config::Config;

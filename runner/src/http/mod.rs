@@ -1,0 +1,5 @@
+//! The HTTP layer: routes, problem documents, TLS.
+
+pub mod problem;
+pub mod routes;
+pub mod tls;
