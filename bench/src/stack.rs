@@ -234,7 +234,7 @@ impl Stack {
             .arg(format!("unix://{}", self.podman_sock.display()))
             .arg("--state-dir")
             .arg(&self.runner_state)
-            .env("RUST_LOG", "warn,bus_runner::routes::logs=debug")
+            .env("RUST_LOG", "warn,bus_runner::http::routes::logs=debug")
             .env("CONTAINERS_CONF", self.engine_env("CONTAINERS_CONF"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

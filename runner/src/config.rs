@@ -31,7 +31,7 @@
 //! images = ["localhost/busybox", "docker.io/library/*"]   # optional grant
 //! logs = false                                            # optional grant: no log streaming
 //!
-//! [images]                        # optional; see `crate::images::ImagesConfig`
+//! [images]                        # optional; see `ImagesConfig`
 //! public = ["localhost/busybox"]   # every account may see and run these (added to the
 //!                                  # profiles' images, which are always public)
 //! max_build_context_mb = 256       # largest build context upload
@@ -197,7 +197,7 @@ pub struct Config {
     /// Accounts that may exchange API keys for tokens; empty without a config file.
     pub accounts: Vec<Account>,
     /// Public images and upload limits.
-    pub images: crate::images::ImagesConfig,
+    pub images: ImagesConfig,
 }
 
 /// A config file that cannot be used.
@@ -241,7 +241,7 @@ struct File {
     #[serde(default)]
     accounts: Vec<AccountFile>,
     #[serde(default)]
-    images: Option<crate::images::ImagesConfig>,
+    images: Option<ImagesConfig>,
 }
 
 #[derive(Deserialize)]
@@ -307,7 +307,7 @@ impl Config {
             default_profile: DEFAULT_PROFILE.to_owned(),
             plans: BTreeMap::from([(LOCAL_PLAN.to_owned(), Plan::unlimited())]),
             accounts: Vec::new(),
-            images: crate::images::ImagesConfig::default(),
+            images: ImagesConfig::default(),
         }
     }
 
@@ -379,9 +379,9 @@ impl Config {
                 return Err(format!("profiles.{name}.image must not be empty"));
             }
             // What a profile holds must pass the checks a request naming it would.
-            crate::spec::check_image(&p.image).map_err(|e| format!("profiles.{name}.{e}"))?;
+            crate::runs::checks::check_image(&p.image).map_err(|e| format!("profiles.{name}.{e}"))?;
             for (key, value) in &p.env {
-                crate::spec::check_env(key, value).map_err(|e| format!("profiles.{name}.{e}"))?;
+                crate::runs::checks::check_env(key, value).map_err(|e| format!("profiles.{name}.{e}"))?;
             }
             if p.timeout_seconds == 0 || p.timeout_seconds > MAX_TIMEOUT_SECONDS {
                 return Err(format!(
@@ -395,7 +395,7 @@ impl Config {
                 ));
             }
             if let Some(storage) = &p.storage {
-                crate::spec::check_storage(storage)
+                crate::runs::checks::check_storage(storage)
                     .map_err(|e| format!("profiles.{name}.storage: {e}"))?;
             }
         }
@@ -584,12 +584,84 @@ pub fn parse_sha256(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// A build context's size limit when the config names none, in MiB.
+pub const DEFAULT_MAX_BUILD_CONTEXT_MB: u64 = 256;
+/// An image archive's size limit when the config names none, in MiB.
+pub const DEFAULT_MAX_LOAD_ARCHIVE_MB: u64 = 4096;
+/// `[images]` in the runner's config.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// Image names (or repositories, or prefixes ending in `*`) every account may see and
+    /// run, besides every profile's image.
+    #[serde(default)]
+    pub public: Vec<String>,
+    /// The largest build context accepted, in MiB.
+    #[serde(default = "default_context_mb")]
+    pub max_build_context_mb: u64,
+    /// The largest image archive accepted, in MiB.
+    #[serde(default = "default_archive_mb")]
+    pub max_load_archive_mb: u64,
+}
+
+fn default_context_mb() -> u64 {
+    DEFAULT_MAX_BUILD_CONTEXT_MB
+}
+
+fn default_archive_mb() -> u64 {
+    DEFAULT_MAX_LOAD_ARCHIVE_MB
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            public: Vec::new(),
+            max_build_context_mb: DEFAULT_MAX_BUILD_CONTEXT_MB,
+            max_load_archive_mb: DEFAULT_MAX_LOAD_ARCHIVE_MB,
+        }
+    }
+}
+
+/// The account whose API key is `key`: its SHA-256 is compared in constant time against
+/// every account's hash (all of them, so the time says nothing about which matched).
+pub fn account_for_api_key<'c>(config: &'c Config, key: &str) -> Option<&'c Account> {
+    let digest = crate::util::sha256(key.as_bytes());
+    let mut found = None;
+    for account in &config.accounts {
+        if bool::from(subtle::ConstantTimeEq::ct_eq(&account.api_key_sha256[..], &digest[..])) {
+            found = Some(account);
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const HASH_A: &str = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
     const HASH_B: &str = "0000000000000000000000000000000000000000000000000000000000000001";
+
+    #[test]
+    fn api_keys_match_by_hash() {
+        let hash = crate::util::to_hex(&crate::util::sha256(b"k-alice"));
+        let config = Config::parse(&format!(
+            "[[accounts]]\nid = \"alice\"\napi_key_sha256 = \"{}\"\nplan = \"local\"\nresources = \"container:read\"\n",
+            hash.to_uppercase()
+        ))
+        .unwrap();
+        assert_eq!(
+            account_for_api_key(&config, "k-alice").map(|a| a.id.as_str()),
+            Some("alice")
+        );
+        assert!(account_for_api_key(&config, "k-alic").is_none());
+        assert!(account_for_api_key(&config, "").is_none());
+        assert!(account_for_api_key(&Config::builtin(), "k-alice").is_none());
+        assert_eq!(
+            crate::util::to_hex(&crate::util::sha256(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
 
     #[test]
     fn accounts_and_plans() {

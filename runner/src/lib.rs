@@ -47,19 +47,15 @@ use futures::FutureExt as _;
 
 pub mod auth;
 pub mod billing;
-pub mod builds;
 pub mod config;
 pub mod engine;
-pub mod execs;
-pub mod executor;
-pub mod images;
 pub mod http;
+pub mod images;
 pub mod openapi;
-pub mod spec;
-pub mod storage;
+pub mod runs;
 pub mod store;
+pub mod util;
 
-pub use http::{problem, routes, tls};
 
 use auth::Keys;
 use config::Config;
@@ -80,7 +76,7 @@ struct Shared {
     store: Store,
     engine: Arc<Engine>,
     billing: billing::Billing,
-    execs: execs::Execs,
+    execs: runs::execs::Execs,
     images: Arc<images::Images>,
 }
 
@@ -95,7 +91,7 @@ impl AppState {
     /// State from its parts and an opened store.
     pub fn with_store(keys: Keys, config: Config, engine: Engine, store: Store) -> AppState {
         let state_dir = store.path().parent().unwrap_or(std::path::Path::new("."));
-        let execs = execs::Execs::open(state_dir.join("execs"), &store);
+        let execs = runs::execs::Execs::open(state_dir.join("execs"), &store);
         let images = Arc::new(images::Images::new(state_dir, &config));
         AppState(Arc::new(Shared {
             execs,
@@ -134,7 +130,7 @@ impl AppState {
     }
 
     /// The detached execs.
-    pub fn execs(&self) -> &execs::Execs {
+    pub fn execs(&self) -> &runs::execs::Execs {
         &self.0.execs
     }
 
@@ -147,9 +143,9 @@ impl AppState {
 /// The HTTP application: every route below `/api/v1`, with problem documents for unknown
 /// routes and methods.
 pub fn app(state: AppState) -> Router {
-    routes::router()
-        .fallback(problem::route_not_found)
-        .method_not_allowed_fallback(problem::method_not_allowed)
+    http::routes::router()
+        .fallback(http::problem::route_not_found)
+        .method_not_allowed_fallback(http::problem::method_not_allowed)
         .with_state(state)
 }
 
@@ -167,8 +163,8 @@ pub async fn serve(
 pub enum Listening {
     /// Plain HTTP.
     Http(tokio::net::TcpListener),
-    /// HTTPS (see [`tls`]).
-    Https(tls::TlsListener),
+    /// HTTPS (see [`http::tls`]).
+    Https(http::tls::TlsListener),
 }
 
 /// Serves `app(state)` on every listener at once until `shutdown` completes, as [`serve`]

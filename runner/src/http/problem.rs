@@ -15,7 +15,14 @@ use bus_api::problem::PROBLEM_JSON;
 use bus_api::{Problem, ProblemCode};
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
+
+use crate::auth::TokenError;
+use crate::billing::BillingError;
+use crate::engine::{EngineError, engine_message};
+use crate::images::ImageError;
+use crate::runs::spec::SpecError;
+use crate::store::StoreError;
+use crate::util::rfc3339;
 
 /// How to get a token, for people who have none or a bad one.
 pub const MINT_HINT: &str = "bus-runner token --state-dir DIR --account ID --resources \"container:read container:run container:delete\"";
@@ -93,10 +100,10 @@ pub enum ApiError {
     IdempotencyKeyReused,
     /// The run store failed.
     #[error("store: {0}")]
-    Store(crate::store::StoreError),
+    Store(StoreError),
     /// The container engine failed or cannot be reached.
     #[error("engine: {0}")]
-    Engine(#[from] bollard::errors::Error),
+    Engine(#[from] EngineError),
     /// `POST /auth/token` got no API key, or one that matches no account; the text says which.
     #[error("API key invalid: {0}")]
     ApiKeyInvalid(String),
@@ -137,7 +144,7 @@ pub enum ApiError {
         /// Its state, e.g. `exited`.
         state: String,
     },
-    /// A plan limit is reached; built by [`crate::billing`].
+    /// A plan limit is reached (see [`crate::billing`]).
     #[error("{detail}")]
     QuotaExhausted {
         /// Which limit, and the usage.
@@ -147,9 +154,9 @@ pub enum ApiError {
         /// Seconds until a retry may succeed (the `Retry-After` header).
         retry_after: u64,
     },
-    /// An image or build request failed; [`crate::images::ImageError::problem`] renders it.
+    /// An image or build request failed; [`image_problem`] renders it.
     #[error("{0}")]
-    Image(#[from] crate::images::ImageError),
+    Image(#[from] ImageError),
 }
 
 impl ApiError {
@@ -160,7 +167,7 @@ impl ApiError {
             Problem::new(code, status.as_u16(), title, detail)
         };
         match self {
-            ApiError::Image(err) => err.problem(),
+            ApiError::Image(err) => image_problem(err),
             ApiError::TokenMissing => p(
                 C::TokenMissing,
                 StatusCode::UNAUTHORIZED,
@@ -431,35 +438,151 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(err: crate::store::StoreError) -> ApiError {
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> ApiError {
         match err {
-            crate::store::StoreError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+            StoreError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
             other => ApiError::Store(other),
         }
     }
 }
 
-/// A short, Debug-free description of an engine error.
-pub fn engine_message(err: &bollard::errors::Error) -> String {
-    use bollard::errors::Error as E;
-    match err {
-        E::DockerResponseServerError {
-            status_code,
-            message,
-        } => {
-            format!("{} (HTTP {status_code})", message.trim())
+impl From<TokenError> for ApiError {
+    fn from(err: TokenError) -> ApiError {
+        match err {
+            TokenError::Invalid(why) => ApiError::TokenInvalid(why),
+            TokenError::Expired { at } => ApiError::TokenExpired { at },
         }
-        E::SocketNotFoundError(path) => format!("the engine socket {path} does not exist"),
-        E::RequestTimeoutError => "the engine did not answer in time".to_owned(),
-        other => other.to_string(),
     }
 }
 
-/// Formats a time as RFC 3339, for messages.
-pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+impl From<SpecError> for ApiError {
+    fn from(err: SpecError) -> ApiError {
+        match err {
+            SpecError::Invalid(detail) => ApiError::InvalidRequest(detail),
+            SpecError::UnknownProfile { name, valid } => ApiError::UnknownProfile { name, valid },
+        }
+    }
+}
+
+impl From<BillingError> for ApiError {
+    fn from(err: BillingError) -> ApiError {
+        match err {
+            BillingError::ImageNotAllowed { image, allowed } => {
+                ApiError::ImageNotAllowed { image, allowed }
+            }
+            BillingError::BillingRequired { account } => ApiError::BillingRequired { account },
+            BillingError::QuotaExhausted {
+                detail,
+                guidance,
+                retry_after,
+            } => ApiError::QuotaExhausted {
+                detail,
+                guidance,
+                retry_after,
+            },
+            BillingError::Store(err) => err.into(),
+        }
+    }
+}
+
+/// The problem document an image or build error renders as.
+pub fn image_problem(err: &ImageError) -> Problem {
+    use ProblemCode as C;
+    let p = |code, status: StatusCode, title: &str| {
+        Problem::new(code, status.as_u16(), title, err.to_string())
+    };
+    match err {
+        ImageError::NotFound(_) => p(C::NotFound, StatusCode::NOT_FOUND, "Not found")
+            .with_guidance(
+                "`bus images ls` lists the images this account may use; pull, load or build \
+                 the image first",
+            ),
+        ImageError::Invalid(_) => p(
+            C::InvalidRequest,
+            StatusCode::BAD_REQUEST,
+            "Invalid request",
+        ),
+        ImageError::NotAllowed { allowed, .. } => p(
+            C::ImageNotAllowed,
+            StatusCode::FORBIDDEN,
+            "Image not allowed",
+        )
+        .with_guidance(format!(
+            "this account's grant allows only: {}; name one of those, or ask the runner's \
+             operator to add the image to the account's `images`",
+            if allowed.is_empty() {
+                "no images".to_owned()
+            } else {
+                allowed.join(", ")
+            }
+        )),
+        ImageError::Public(_) => p(
+            C::ImageNotAllowed,
+            StatusCode::FORBIDDEN,
+            "Image provided by the deployment",
+        )
+        .with_guidance(
+            "every account may use it as it is; to change it, tag it under a name of your \
+             own (`bus images tag SOURCE TARGET`)",
+        ),
+        ImageError::NameTaken(_) => {
+            p(C::ImageNameTaken, StatusCode::CONFLICT, "Image name taken")
+                .with_guidance("choose another name (another repository or tag)")
+        }
+        ImageError::Busy(_) => p(C::ImageNameTaken, StatusCode::CONFLICT, "Image name busy")
+            .with_guidance("retry once the other operation has ended"),
+        ImageError::InUse(_) => p(C::ImageInUse, StatusCode::CONFLICT, "Image in use")
+            .with_guidance(
+                "stop or delete the runs that use it (`bus containers runs`), then retry",
+            ),
+        ImageError::RegistryDenied(_) => {
+            p(C::RegistryDenied, StatusCode::FORBIDDEN, "Registry denied").with_guidance(
+                "pass the registry's user name and password with --credentials-file FILE (a \
+             0600 JSON file with `username` and `password`) and check them",
+            )
+        }
+        ImageError::RegistryNotFound(_) => {
+            p(C::NotFound, StatusCode::NOT_FOUND, "Not in the registry").with_guidance(
+                "check the registry, repository and tag; the registry has no such image",
+            )
+        }
+        ImageError::RegistryFailed(_) => p(
+            C::RegistryFailed,
+            StatusCode::BAD_GATEWAY,
+            "Registry failed",
+        )
+        .with_guidance("check that the registry is reachable from the runner, then retry"),
+        ImageError::TooLarge { .. } => p(
+            C::UploadTooLarge,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Upload too large",
+        )
+        .with_guidance(
+            "send less (leave files out of the build context), or ask the runner's operator \
+             to raise [images] max_build_context_mb / max_load_archive_mb",
+        ),
+        ImageError::BuildNotFound(_) => p(C::NotFound, StatusCode::NOT_FOUND, "Not found")
+            .with_guidance("`bus builds ls` lists this account's builds"),
+        ImageError::Engine(_) => p(
+            C::EngineUnavailable,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Engine unavailable",
+        )
+        .with_guidance("check that the engine (podman system service) is running, then retry"),
+        ImageError::Db(_) => p(
+            C::Internal,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Storage failed",
+        )
+        .with_guidance("retry; if it persists, check the runner's disk and its log"),
+        ImageError::Unavailable(_) => p(
+            C::EngineUnavailable,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Images unavailable",
+        )
+        .with_guidance("start the runner with --engine naming the engine's socket"),
+    }
 }
 
 /// The largest request body a route accepts; [`limit_body`] puts it in the request's

@@ -25,9 +25,10 @@ use futures::{SinkExt as _, StreamExt as _};
 use serde::Deserialize;
 
 use crate::AppState;
-use crate::auth::{self, Caller};
-use crate::problem::{ApiError, ApiQuery, engine_message};
-use crate::routes::input::{self, Target, Wiring};
+use crate::http::auth::{self, Caller};
+use crate::engine::engine_message;
+use crate::http::problem::{ApiError, ApiQuery};
+use crate::http::routes::input::{self, Target, Wiring};
 use crate::store::{Entry, StreamFilter};
 
 /// Output bytes read from the store at once.

@@ -12,9 +12,9 @@ use bus_api::auth::{
 use time::OffsetDateTime;
 
 use crate::AppState;
-use crate::auth::{account_for_api_key, parse_scopes};
-use crate::config::Account;
-use crate::problem::{ApiError, ApiJson};
+use crate::auth::parse_scopes;
+use crate::config::{Account, account_for_api_key};
+use crate::http::problem::{ApiError, ApiJson};
 
 /// The account whose API key the request carries as `Authorization: Bearer <API key>`.
 #[derive(Debug)]

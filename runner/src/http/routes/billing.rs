@@ -5,9 +5,9 @@ use axum::extract::State;
 use bus_api::BillingStatus;
 
 use crate::AppState;
-use crate::auth::{BillingRead, Caller};
+use crate::http::auth::{BillingRead, Caller};
 use crate::billing;
-use crate::problem::ApiError;
+use crate::http::problem::ApiError;
 
 /// The caller's billing status.
 pub async fn status(

@@ -1,5 +1,5 @@
 //! `/api/v1/containers/builds...`: create (a context tar upload), list, get, logs (NDJSON,
-//! resumable by `seq`), cancel, delete. The work is [`crate::builds`]'.
+//! resumable by `seq`), cancel, delete. The work is [`crate::images::builds`]'.
 
 use std::time::Duration;
 
@@ -14,11 +14,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::AppState;
-use crate::auth::{self, Caller};
-use crate::builds;
+use crate::http::auth::{self, Caller};
+use crate::images::builds;
 use crate::images::ImageError;
-use crate::problem::{ApiError, ApiQuery};
-use crate::routes::images::content_length;
+use crate::http::problem::{ApiError, ApiQuery};
+use crate::http::routes::images::content_length;
 
 /// Builds listed at most.
 const LIST_LIMIT: usize = 200;

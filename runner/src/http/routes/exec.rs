@@ -27,11 +27,12 @@ use futures::{SinkExt as _, StreamExt as _};
 use serde::Deserialize;
 
 use crate::AppState;
-use crate::auth::{self, Caller};
+use crate::http::auth::{self, Caller};
 use crate::engine::Engine;
-use crate::execs::{Detached, exit_status};
-use crate::problem::{ApiError, ApiJson, ApiQuery, engine_message};
-use crate::routes::input::{self, Target, Wiring};
+use crate::runs::execs::{Detached, exit_status};
+use crate::engine::engine_message;
+use crate::http::problem::{ApiError, ApiJson, ApiQuery};
+use crate::http::routes::input::{self, Target, Wiring};
 use crate::store::Entry;
 
 /// Largest body of `POST .../execs`.
@@ -227,7 +228,7 @@ async fn session(engine: Arc<Engine>, exec_id: String, spec: ExecQuery, socket: 
 }
 
 /// `POST /api/v1/containers/runs/{id}/execs`: starts a command detached; the runner captures
-/// its output ([`crate::execs`]). Answers 201 with the exec's record.
+/// its output ([`crate::runs::execs`]). Answers 201 with the exec's record.
 pub async fn create_detached(
     State(state): State<AppState>,
     caller: Caller<auth::Run>,
@@ -352,7 +353,7 @@ async fn send_replay(exec: &Detached, follow: bool, tx: &mut WsTx) -> Result<(),
                 .map_err(broken)?;
             file.read_exact(&mut buf).await.map_err(broken)?;
             let mut used = 0u64;
-            for (stream, data) in crate::execs::records(&buf) {
+            for (stream, data) in crate::runs::execs::records(&buf) {
                 used += (data.len() + 5) as u64;
                 if tx
                     .send(Message::Binary(encode_data(stream, data).into()))

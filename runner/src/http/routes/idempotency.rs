@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bus_api::CreateRun;
 
-use crate::problem::ApiError;
+use crate::http::problem::ApiError;
 use crate::store::{Idempotency, Replay};
 
 /// The request header.

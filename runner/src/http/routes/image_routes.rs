@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use futures::{Stream, StreamExt as _};
 
 use crate::AppState;
-use crate::routes::{builds, images};
+use crate::http::routes::{builds, images};
 
 /// How long an upload refused early is still read (and thrown away).
 const DRAIN_FOR: Duration = Duration::from_secs(30);

@@ -12,9 +12,9 @@ use bus_api::images::{
 use futures::StreamExt as _;
 
 use crate::AppState;
-use crate::auth::{self, Caller};
+use crate::http::auth::{self, Caller};
 use crate::images::Progress;
-use crate::problem::{ApiError, ApiJson};
+use crate::http::problem::{ApiError, ApiJson, image_problem};
 
 /// Largest JSON body the image routes accept (a reference and credentials).
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -123,7 +123,10 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 fn ndjson(frames: Progress) -> Response {
-    let lines = frames.map(|frame: ProgressFrame| {
+    let lines = frames.map(|frame| {
+        let frame = frame.unwrap_or_else(|err| ProgressFrame::Error {
+            problem: image_problem(&err),
+        });
         let mut line = serde_json::to_vec(&frame).expect("a progress frame serializes");
         line.push(b'\n');
         Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line))

@@ -24,8 +24,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::AppState;
-use crate::auth::{Caller, Read};
-use crate::problem::{ApiError, ApiQuery};
+use crate::http::auth::{Caller, Read};
+use crate::http::problem::{ApiError, ApiQuery};
 use crate::store::{Entry, Store, StreamFilter};
 
 /// Payload bytes gathered into one body chunk at most.

@@ -8,7 +8,7 @@ use axum::routing::{MethodRouter, get, post};
 mod image_routes;
 
 use crate::AppState;
-use crate::problem::limit_body;
+use crate::http::problem::limit_body;
 
 pub mod attach;
 pub mod auth;

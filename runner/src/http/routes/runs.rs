@@ -13,11 +13,12 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::AppState;
-use crate::auth::{self, Caller};
-use crate::executor;
-use crate::problem::{ApiError, ApiJson, ApiQuery, engine_message};
-use crate::routes::idempotency;
-use crate::spec::RunSpec;
+use crate::http::auth::{self, Caller};
+use crate::runs::executor;
+use crate::engine::engine_message;
+use crate::http::problem::{ApiError, ApiJson, ApiQuery};
+use crate::http::routes::idempotency;
+use crate::runs::spec::RunSpec;
 use crate::store::{Entry, Inserted, NewRun, Replay, new_run_id};
 
 /// Largest request body `POST /runs` accepts.
@@ -147,7 +148,7 @@ pub async fn create(
     };
     let run = entry.snapshot();
     tracing::info!(run = %run.id, owner = caller.account(), image = %run.image, "run accepted");
-    let mounts_dir = crate::storage::mounts_dir(state.store());
+    let mounts_dir = crate::runs::storage::mounts_dir(state.store());
     executor::spawn(state.engine().clone(), entry.clone(), spec, mounts_dir);
     let run = match start_wait {
         Some(limit) => answer_started(&entry, limit).await,

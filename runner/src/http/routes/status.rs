@@ -5,7 +5,7 @@ use axum::extract::State;
 use bus_api::RunnerStatus;
 
 use crate::AppState;
-use crate::auth::{Caller, Read};
+use crate::http::auth::{Caller, Read};
 use crate::engine::PING_FRESH;
 
 /// The runner's state: `ready` when the engine answers (a ping that succeeded within

@@ -11,9 +11,9 @@ use bus_api::runs::{DEFAULT_STOP_GRACE_SECONDS, MAX_STOP_GRACE_SECONDS, StopRun}
 use bytes::Bytes;
 
 use crate::AppState;
-use crate::auth::{self, Caller};
-use crate::executor;
-use crate::problem::{ApiError, BodyLimit};
+use crate::http::auth::{self, Caller};
+use crate::runs::executor;
+use crate::http::problem::{ApiError, BodyLimit};
 
 /// Largest request body the endpoint accepts.
 pub const BODY_LIMIT: usize = 4 * 1024;

@@ -8,15 +8,29 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use bus_api::runs::{
-    MAX_ARGV, MAX_PORTS, MAX_SPEC_BYTES, MAX_STORAGE_PATH_BYTES, MAX_TIMEOUT_SECONDS,
+    MAX_ARGV, MAX_PORTS, MAX_SPEC_BYTES, MAX_TIMEOUT_SECONDS,
 };
 use bus_api::{CreateRun, Port, StorageMount};
 
+use super::checks::{check_env, check_image, check_storage};
 use crate::config::{Config, Network};
-use crate::problem::ApiError;
 
-/// Longest image reference.
-pub const MAX_IMAGE_BYTES: usize = 512;
+/// Why a run request is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// A field is malformed or out of bounds; the text names which.
+    #[error("{0}")]
+    Invalid(String),
+    /// The named profile does not exist.
+    #[error("there is no run profile \"{name}\"; valid profiles: {}", valid.join(", "))]
+    UnknownProfile {
+        /// The name asked for.
+        name: String,
+        /// The profiles that exist.
+        valid: Vec<String>,
+    },
+}
+
 /// Longest run name.
 pub const MAX_NAME_CHARS: usize = 128;
 /// Most labels on a run.
@@ -61,11 +75,11 @@ pub struct RunSpec {
     pub memory_mb: Option<u32>,
 }
 
-fn invalid(msg: impl Into<String>) -> ApiError {
-    ApiError::InvalidRequest(msg.into())
+fn invalid(msg: impl Into<String>) -> SpecError {
+    SpecError::Invalid(msg.into())
 }
 
-fn no_nul(field: &str, value: &str) -> Result<(), ApiError> {
+fn no_nul(field: &str, value: &str) -> Result<(), SpecError> {
     if value.contains('\0') {
         return Err(invalid(format!("{field} must not contain NUL bytes")));
     }
@@ -74,13 +88,13 @@ fn no_nul(field: &str, value: &str) -> Result<(), ApiError> {
 
 impl RunSpec {
     /// Validates `req` against the bounds and `config`'s profiles.
-    pub fn parse(req: CreateRun, config: &Config) -> Result<RunSpec, ApiError> {
+    pub fn parse(req: CreateRun, config: &Config) -> Result<RunSpec, SpecError> {
         let profile_name = req
             .profile
             .unwrap_or_else(|| config.default_profile.clone());
         let profile = config
             .profile(&profile_name)
-            .ok_or_else(|| ApiError::UnknownProfile {
+            .ok_or_else(|| SpecError::UnknownProfile {
                 name: profile_name.clone(),
                 valid: config.profile_names(),
             })?;
@@ -234,43 +248,7 @@ impl RunSpec {
     }
 }
 
-/// Checks an image reference (from a request or a profile): at most [`MAX_IMAGE_BYTES`],
-/// without spaces or control characters.
-pub fn check_image(image: &str) -> Result<(), String> {
-    if image.len() > MAX_IMAGE_BYTES {
-        return Err(format!("image must be at most {MAX_IMAGE_BYTES} bytes"));
-    }
-    if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("image must not contain spaces or control characters".to_owned());
-    }
-    Ok(())
-}
-
-/// Checks one environment entry (from a request or a profile): a non-empty key without `=`,
-/// and no NUL byte in key or value.
-pub fn check_env(key: &str, value: &str) -> Result<(), String> {
-    if key.is_empty() {
-        return Err("env keys must not be empty".to_owned());
-    }
-    if key.contains('=') {
-        return Err(format!(
-            "env key \"{}\" must not contain '='",
-            key.escape_debug()
-        ));
-    }
-    if key.contains('\0') {
-        return Err("env keys must not contain NUL bytes".to_owned());
-    }
-    if value.contains('\0') {
-        return Err(format!(
-            "env[\"{}\"] must not contain NUL bytes",
-            key.escape_debug()
-        ));
-    }
-    Ok(())
-}
-
-fn check_ports(ports: &[Port]) -> Result<(), ApiError> {
+fn check_ports(ports: &[Port]) -> Result<(), SpecError> {
     if ports.len() > MAX_PORTS {
         return Err(invalid(format!(
             "ports has {} entries; at most {MAX_PORTS} are allowed",
@@ -317,75 +295,14 @@ fn check_ports(ports: &[Port]) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Checks a storage mount (from a request or a profile) and returns it normalized: an absolute
-/// `mount_path` other than `/` and a relative `subpath`, both without `.`, `..`, empty
-/// components or control characters, each at most [`MAX_STORAGE_PATH_BYTES`] bytes.
-pub fn check_storage(storage: &StorageMount) -> Result<StorageMount, String> {
-    let components = |field: &str, path: &str| -> Result<Vec<String>, String> {
-        if path.len() > MAX_STORAGE_PATH_BYTES {
-            return Err(format!(
-                "{field} must be at most {MAX_STORAGE_PATH_BYTES} bytes"
-            ));
-        }
-        if path.chars().any(char::is_control) {
-            return Err(format!("{field} must not contain control characters"));
-        }
-        let parts: Vec<String> = path
-            .split('/')
-            .filter(|c| !c.is_empty())
-            .map(str::to_owned)
-            .collect();
-        if let Some(bad) = parts.iter().find(|c| *c == "." || *c == "..") {
-            return Err(format!("{field} must not contain \"{bad}\" components"));
-        }
-        if let Some(long) = parts.iter().find(|c| c.len() > 255) {
-            return Err(format!(
-                "{field} has a component of {} bytes; at most 255 are allowed",
-                long.len()
-            ));
-        }
-        Ok(parts)
-    };
-    if !storage.mount_path.starts_with('/') {
-        return Err("mount_path must be an absolute path, e.g. /data".to_owned());
-    }
-    let mount = components("mount_path", &storage.mount_path)?;
-    if mount.is_empty() {
-        return Err("mount_path must not be /; name a directory such as /data".to_owned());
-    }
-    let subpath = match &storage.subpath {
-        None => None,
-        Some(sub) => {
-            if sub.starts_with('/') {
-                return Err(format!(
-                    "subpath \"{}\" must be relative to the storage root, e.g. \"projects/a\"",
-                    sub.escape_debug()
-                ));
-            }
-            let parts = components("subpath", sub)?;
-            if parts.is_empty() {
-                return Err(
-                    "subpath must name a directory; leave it out to mount the storage root"
-                        .to_owned(),
-                );
-            }
-            Some(parts.join("/"))
-        }
-    };
-    Ok(StorageMount {
-        mount_path: format!("/{}", mount.join("/")),
-        subpath,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(req: CreateRun) -> Result<RunSpec, String> {
-        RunSpec::parse(req, &Config::builtin()).map_err(|e| {
-            let p = e.problem();
-            format!("{}: {}", p.code.as_str(), p.detail)
+        RunSpec::parse(req, &Config::builtin()).map_err(|e| match e {
+            SpecError::Invalid(detail) => format!("invalid_request: {detail}"),
+            other => format!("unknown_profile: {other}"),
         })
     }
 
@@ -541,9 +458,9 @@ mod tests {
         config.profiles.insert("web".into(), web);
         let err = RunSpec::parse(req.clone(), &config).unwrap_err();
         assert!(
-            err.problem().detail.contains("allows them: web"),
+            err.to_string().contains("allows them: web"),
             "{}",
-            err.problem().detail
+            err.to_string()
         );
         let spec = RunSpec::parse(
             CreateRun {
@@ -607,7 +524,7 @@ mod tests {
                 &config,
             )
             .unwrap_err();
-            let detail = err.problem().detail;
+            let detail = err.to_string();
             assert!(detail.contains(want), "{detail} should contain {want}");
         }
     }

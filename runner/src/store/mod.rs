@@ -52,12 +52,7 @@ const OUTPUT_BUDGET: usize = 16 * 1024 * 1024;
 
 /// Makes a new run id: `run_` and 32 hex digits (128 random bits).
 pub fn new_run_id() -> String {
-    format!("run_{}", random_hex::<16>())
-}
-
-fn random_hex<const N: usize>() -> String {
-    let bytes = crate::auth::random_bytes::<N>().expect("the system has randomness");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    format!("run_{}", crate::util::random_hex::<16>())
 }
 
 /// All runs: the in-memory index over the database.
@@ -1010,7 +1005,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new() -> Result<TempDir, StoreError> {
-        let path = std::env::temp_dir().join(format!("bus-runner-{}", random_hex::<8>()));
+        let path = std::env::temp_dir().join(format!("bus-runner-{}", crate::util::random_hex::<8>()));
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)

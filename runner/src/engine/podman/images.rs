@@ -1,17 +1,12 @@
-//! The engine calls for images and builds: a bollard client of its own (with a long request
-//! timeout, since pulls and builds take minutes, and apart from the run engine's), plus one
-//! Podman-specific read (`/libpod/images/{name}/json`) for the manifest's media type and
-//! digest, which the Docker-compatible inspect does not carry; on another engine those stay
-//! unknown.
+//! Images and builds. Podman's own image inspect (`/libpod/images/{name}/json`) adds the
+//! manifest's media type and digest, which the Docker-compatible inspect does not carry; on
+//! another engine those stay unknown.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
+use std::path::Path;
 use std::time::Duration;
 
-use bollard::Docker;
 use bollard::auth::DockerCredentials;
-use bollard::errors::Error as EngineError;
 use bollard::models::{BuildInfo, CreateImageInfo, ImageInspect, ImageSummary, PushImageInfo};
 use bollard::query_parameters::{
     BuildImageOptions, CreateImageOptions, ImportImageOptions, ListImagesOptions, PushImageOptions,
@@ -19,49 +14,18 @@ use bollard::query_parameters::{
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
-use http_body_util::BodyExt as _;
 
-use super::refs::Name;
+use super::Engine;
+use crate::engine::{EngineError, EngineStream, ManifestInfo};
+use crate::images::refs::Name;
 
-/// Seconds an engine call may take to answer (its body may then stream for longer).
-const REQUEST_TIMEOUT_SECONDS: u64 = 3600;
 /// Bytes read from an upload file per chunk sent to the engine.
 const FILE_CHUNK: usize = 256 * 1024;
 
-/// A stream of engine messages.
-pub type EngineStream<T> = Pin<Box<dyn Stream<Item = Result<T, EngineError>> + Send>>;
-
-/// The engine, for images and builds.
-#[derive(Debug, Clone)]
-pub struct ImageEngine {
-    docker: Docker,
-    socket: PathBuf,
-}
-
-/// What Podman's own inspect adds.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ManifestInfo {
-    /// The media type of the manifest the image was stored from.
-    pub media_type: Option<String>,
-    /// Its digest.
-    pub digest: Option<String>,
-}
-
-impl ImageEngine {
-    /// Connects to `unix:///path` (or a bare path); nothing is sent yet.
-    pub fn connect(url: &str) -> Result<ImageEngine, EngineError> {
-        let path = url.strip_prefix("unix://").unwrap_or(url);
-        let docker =
-            Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECONDS, bollard::API_DEFAULT_VERSION)?;
-        Ok(ImageEngine {
-            docker,
-            socket: PathBuf::from(path),
-        })
-    }
-
+impl Engine {
     /// Every tagged image in the engine's store.
-    pub async fn list(&self) -> Result<Vec<ImageSummary>, EngineError> {
-        self.docker
+    pub async fn list_images(&self) -> Result<Vec<ImageSummary>, EngineError> {
+        self.images
             // Not `digests=true`: Podman 4.3 answers it with an empty body (the digests come
             // anyway).
             .list_images(Some(ListImagesOptions {
@@ -72,8 +36,8 @@ impl ImageEngine {
     }
 
     /// One image; `None` when the engine has none by that name or id.
-    pub async fn inspect(&self, name: &str) -> Result<Option<ImageInspect>, EngineError> {
-        match self.docker.inspect_image(name).await {
+    pub async fn inspect_image(&self, name: &str) -> Result<Option<ImageInspect>, EngineError> {
+        match self.images.inspect_image(name).await {
             Ok(image) => Ok(Some(image)),
             Err(EngineError::DockerResponseServerError {
                 status_code: 404, ..
@@ -85,7 +49,7 @@ impl ImageEngine {
     /// The manifest's media type and digest, when the engine is Podman (empty otherwise).
     pub async fn manifest_info(&self, id: &str) -> ManifestInfo {
         let path = format!("/v4.0.0/libpod/images/{id}/json");
-        match tokio::time::timeout(Duration::from_secs(10), libpod_get(&self.socket, &path)).await {
+        match tokio::time::timeout(Duration::from_secs(10), self.libpod.get_json(&path)).await {
             Ok(Some(value)) => ManifestInfo {
                 media_type: value["ManifestType"]
                     .as_str()
@@ -102,8 +66,8 @@ impl ImageEngine {
 
     /// Removes one reference (untags it; the image goes when no reference is left). Never
     /// forced, so an image a container uses stays.
-    pub async fn remove(&self, reference: &str) -> Result<(), EngineError> {
-        self.docker
+    pub async fn remove_image(&self, reference: &str) -> Result<(), EngineError> {
+        self.images
             .remove_image(
                 reference,
                 Some(RemoveImageOptions {
@@ -118,12 +82,12 @@ impl ImageEngine {
     }
 
     /// Gives the image `source` (a name or id) the name `target`.
-    pub async fn tag(&self, source: &str, target: &Name) -> Result<(), EngineError> {
+    pub async fn tag_image(&self, source: &str, target: &Name) -> Result<(), EngineError> {
         let options = TagImageOptions {
             repo: Some(target.repository().to_owned()),
             tag: target.tag().map(str::to_owned),
         };
-        self.docker.tag_image(source, Some(options)).await
+        self.images.tag_image(source, Some(options)).await
     }
 
     /// Pulls `name` from its registry.
@@ -137,7 +101,7 @@ impl ImageEngine {
             tag: name.digest().or(name.tag()).map(str::to_owned),
             ..Default::default()
         };
-        self.docker
+        self.images
             .create_image(Some(options), None, credentials)
             .boxed()
     }
@@ -152,21 +116,21 @@ impl ImageEngine {
             tag: name.tag().map(str::to_owned),
             ..Default::default()
         };
-        self.docker
+        self.images
             .push_image(name.repository(), Some(options), credentials)
             .boxed()
     }
 
     /// Loads the archive in `file` (docker-archive or OCI).
     pub fn load(&self, file: &Path) -> EngineStream<BuildInfo> {
-        self.docker
+        self.images
             .import_image_stream(ImportImageOptions::default(), file_chunks(file), None)
             .boxed()
     }
 
     /// `name` as a docker-archive tar.
     pub fn save(&self, name: &str) -> EngineStream<Bytes> {
-        self.docker.export_image(name).boxed()
+        self.images.export_image(name).boxed()
     }
 
     /// Builds the context tar in `file`, untagged and without network; intermediate
@@ -183,7 +147,7 @@ impl ImageEngine {
         // `build_image`'s stream borrows the client, so a task owns a clone (cheap: a shared
         // connection pool) and forwards the stream; dropping the returned stream ends the task
         // at its next message, and with it the engine call.
-        let docker = self.docker.clone();
+        let docker = self.images.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(docker.build_image(options, None, Some(body)));
@@ -230,25 +194,6 @@ fn file_chunks(file: &Path) -> impl Stream<Item = Result<Bytes, std::io::Error>>
             }
         }
     })
-}
-
-/// A GET on the engine's socket, as JSON; `None` on any failure.
-async fn libpod_get(socket: &Path, path: &str) -> Option<serde_json::Value> {
-    let stream = tokio::net::UnixStream::connect(socket).await.ok()?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .ok()?;
-    let driver = tokio::spawn(connection);
-    let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, "engine")
-        .body(http_body_util::Empty::<Bytes>::new())
-        .ok()?;
-    let response = sender.send_request(request).await.ok()?;
-    let ok = response.status().is_success();
-    let body = response.into_body().collect().await.ok()?.to_bytes();
-    driver.abort();
-    ok.then(|| serde_json::from_slice(&body).ok()).flatten()
 }
 
 /// Credentials for the engine's `X-Registry-Auth`, for the registry `domain`.

@@ -41,7 +41,7 @@ pub fn volume_name(account: &str) -> String {
     if plain {
         format!("{VOLUME_PREFIX}{account}")
     } else {
-        let hash = crate::auth::to_hex(&crate::auth::sha256(account.as_bytes()));
+        let hash = crate::util::to_hex(&crate::util::sha256(account.as_bytes()));
         format!("{VOLUME_PREFIX}-{}", &hash[..32])
     }
 }

@@ -27,8 +27,7 @@ use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::watch;
 
-use crate::engine::{Engine, Output};
-use crate::problem::engine_message;
+use crate::engine::{Engine, Output, engine_message};
 use crate::store::Store;
 
 /// How long the engine may take to report an exit code after the output ended.
@@ -41,7 +40,7 @@ pub const RUNNER_RESTARTED: &str =
 
 /// Makes a new exec id: `exec_` and 32 hex digits.
 pub fn new_exec_id() -> String {
-    let bytes = crate::auth::random_bytes::<16>().expect("the system has randomness");
+    let bytes = crate::util::random_bytes::<16>().expect("the system has randomness");
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("exec_{hex}")
 }

@@ -31,10 +31,9 @@ use futures::StreamExt as _;
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
-use crate::engine::{ContainerStatus, Engine, Output};
-use crate::problem::engine_message;
-use crate::spec::RunSpec;
-use crate::storage;
+use crate::engine::{ContainerStatus, Engine, Output, engine_message};
+use super::spec::RunSpec;
+use super::storage;
 use crate::store::{Entry, Store};
 
 /// How long the output stream may go without delivering a byte once the container has stopped

@@ -153,7 +153,7 @@ pub(super) fn open(path: &Path) -> Result<Opened, StoreError> {
     {
         Some(id) => id,
         None => {
-            let id = super::random_hex::<8>();
+            let id = crate::util::random_hex::<8>();
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('runner_id', ?1)",
                 params![id],

@@ -10,9 +10,8 @@
 //! (a `RUN` step already running may finish in the background, but nothing is committed or
 //! tagged).
 
-use std::collections::HashMap;
 use std::io::Read as _;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bus_api::builds::{Build, BuildState, MAX_TAGS};
@@ -21,7 +20,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::images::refs::{self, ImageRef, Name};
-use crate::images::{ClaimGuard, ImageError, Images, Source, Spooled};
+use crate::images::{ClaimGuard, ImageError, Images, LiveBuild, Source, Spooled};
 
 /// The Dockerfile's path when the request names none.
 pub const DEFAULT_DOCKERFILE: &str = "Dockerfile";
@@ -31,31 +30,6 @@ const MAX_DOCKERFILE_BYTES: u64 = 1024 * 1024;
 const MAX_LINE_BYTES: usize = 16 * 1024;
 /// How long cancel and delete wait for a build to end.
 const CANCEL_WAIT: Duration = Duration::from_secs(15);
-
-/// Builds in flight: how to cancel each, and how followers learn of new output.
-#[derive(Debug, Default)]
-pub struct Live {
-    builds: Mutex<HashMap<String, Arc<LiveBuild>>>,
-}
-
-/// One build in flight.
-#[derive(Debug)]
-pub struct LiveBuild {
-    cancel: watch::Sender<bool>,
-    /// The last stored seq and whether the build has ended; changes wake log followers.
-    pub progress: watch::Sender<(u64, bool)>,
-}
-
-impl Live {
-    /// The build `id`, if it is in flight.
-    pub fn get(&self, id: &str) -> Option<Arc<LiveBuild>> {
-        self.lock().get(id).cloned()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LiveBuild>>> {
-        self.builds.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
 
 /// A validated build request.
 #[derive(Debug)]
@@ -120,7 +94,7 @@ pub fn parse_request(
 pub fn new_build_id() -> String {
     format!(
         "bld_{}",
-        crate::store::new_run_id().trim_start_matches("run_")
+        crate::util::random_hex::<16>()
     )
 }
 
@@ -427,7 +401,7 @@ async fn run(
                     Some(Err(e)) => {
                         let message = match e {
                             bollard::errors::Error::DockerStreamError { error } => error,
-                            other => crate::problem::engine_message(&other),
+                            other => crate::engine::engine_message(&other),
                         };
                         failure = Some(message.trim().to_owned());
                         break;
@@ -511,7 +485,7 @@ async fn name_image(
         )?;
     }
     for tag in tags {
-        engine.tag(id, tag).await?;
+        engine.tag_image(id, tag).await?;
         db.hold(owner, tag.as_str(), id, Source::Build.as_str())?;
     }
     Ok(())
