@@ -19,6 +19,7 @@ use futures::StreamExt as _;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+use crate::engine::{EngineError, engine_message};
 use crate::images::refs::{self, ImageRef, Name};
 use crate::images::{ClaimGuard, ImageError, Images, LiveBuild, Source, Spooled};
 
@@ -394,14 +395,14 @@ async fn run(
                             let batch = lines.push(text);
                             store(&mut lines, batch);
                         }
-                        if let Some(id) = info.aux.and_then(|aux| aux.id) {
+                        if let Some(id) = info.image_id {
                             image = Some(id);
                         }
                     }
                     Some(Err(e)) => {
                         let message = match e {
-                            bollard::errors::Error::DockerStreamError { error } => error,
-                            other => crate::engine::engine_message(&other),
+                            EngineError::Stream(error) => error,
+                            other => engine_message(&other),
                         };
                         failure = Some(message.trim().to_owned());
                         break;
@@ -485,7 +486,7 @@ async fn name_image(
         )?;
     }
     for tag in tags {
-        engine.tag_image(id, tag).await?;
+        engine.tag_image(id, tag.repository(), tag.tag()).await?;
         db.hold(owner, tag.as_str(), id, Source::Build.as_str())?;
     }
     Ok(())

@@ -68,8 +68,9 @@ pub enum ImageError {
 /// What a registry operation's engine error means for the caller.
 pub fn registry_error(err: EngineError) -> ImageError {
     let message = match &err {
-        EngineError::DockerStreamError { error } => error.trim().to_owned(),
-        EngineError::DockerResponseServerError { message, .. } => message.trim().to_owned(),
+        EngineError::Stream(message) | EngineError::Status { message, .. } => {
+            message.trim().to_owned()
+        }
         _ => return ImageError::Engine(err),
     };
     let lower = message.to_ascii_lowercase();
@@ -94,7 +95,7 @@ pub fn registry_error(err: EngineError) -> ImageError {
 
 fn err_text(err: &EngineError) -> String {
     match err {
-        EngineError::DockerStreamError { error } => error.trim().to_owned(),
+        EngineError::Stream(message) => message.trim().to_owned(),
         other => engine_message(other),
     }
 }

@@ -32,14 +32,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use bollard::models::ImageInspect;
 use bus_api::images::{
-    Descriptor, ImageConfig, ImageDetail, ImageList, ImageSummary, ManifestRef,
+    Descriptor, ImageDetail, ImageList, ImageSummary, ManifestRef,
 };
-use time::OffsetDateTime;
 
 use crate::config::ImagesConfig;
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, ImageDetails};
 use db::{Db, Held};
 use refs::{ImageRef, Name};
 
@@ -122,7 +120,7 @@ struct Visible {
 
 /// An image the caller may see, resolved.
 struct Resolved {
-    inspect: ImageInspect,
+    inspect: ImageDetails,
     /// What the caller may see of it.
     visible: Visible,
     /// The caller's holds on it.
@@ -345,12 +343,11 @@ impl Images {
             }
         };
         let inspect = engine.inspect_image(&target).await?.ok_or_else(not_found)?;
-        let id = inspect.id.clone().unwrap_or_default();
         let visible = self.visible(
             &holds,
-            &id,
-            inspect.repo_tags.as_deref().unwrap_or_default(),
-            inspect.repo_digests.as_deref().unwrap_or_default(),
+            &inspect.id,
+            &inspect.repo_tags,
+            &inspect.repo_digests,
         );
         if visible.names.is_empty() {
             return Err(not_found());
@@ -384,9 +381,9 @@ impl Images {
             images.push(ImageSummary {
                 id: image.id.clone(),
                 references: visible.names,
-                created_at: OffsetDateTime::from_unix_timestamp(image.created).ok(),
+                created_at: image.created_at,
                 updated_at,
-                size_bytes: u64::try_from(image.size).unwrap_or(0),
+                size_bytes: image.size_bytes,
                 public: visible.public,
             });
         }
@@ -408,9 +405,7 @@ impl Images {
         let summary = summary_of(&r);
         let i = &r.inspect;
         let manifest = self.engine()?.manifest_info(&summary.id).await;
-        let os = i.os.clone().unwrap_or_default();
-        let architecture = i.architecture.clone().unwrap_or_default();
-        let platform = format!("{os}/{architecture}");
+        let platform = format!("{}/{}", i.config.os, i.config.architecture);
         let mut manifests: Vec<ManifestRef> = Vec::new();
         for reference in r.visible.names.iter().chain(&r.visible.digests) {
             if let Some((_, digest)) = reference.split_once('@') {
@@ -422,11 +417,10 @@ impl Images {
                 }
             }
         }
-        let config = i.config.clone().unwrap_or_default();
         Ok(ImageDetail {
             id: summary.id,
             references: summary.references,
-            labels: crate::engine::podman::labels(config.labels.clone()),
+            labels: i.labels.clone(),
             created_at: summary.created_at,
             updated_at: summary.updated_at,
             target: Descriptor {
@@ -434,21 +428,8 @@ impl Images {
                 digest: manifest.digest,
             },
             manifests,
-            config: ImageConfig {
-                env: config.env.unwrap_or_default(),
-                cmd: config.cmd.unwrap_or_default(),
-                entrypoint: config.entrypoint.unwrap_or_default(),
-                working_dir: config.working_dir.filter(|w| !w.is_empty()),
-                user: config.user.filter(|u| !u.is_empty()),
-                exposed_ports: config.exposed_ports.unwrap_or_default(),
-                os,
-                architecture,
-            },
-            layers: i
-                .root_fs
-                .as_ref()
-                .and_then(|r| r.layers.clone())
-                .unwrap_or_default(),
+            config: i.config.clone(),
+            layers: i.layers.clone(),
             content_size_bytes: summary.size_bytes,
             public: summary.public,
         })
@@ -481,11 +462,9 @@ impl Images {
             if !others && !self.is_public(&name) {
                 match self.engine()?.remove_image(&name).await {
                     Ok(())
-                    | Err(EngineError::DockerResponseServerError {
-                        status_code: 404, ..
-                    }) => {}
-                    Err(EngineError::DockerResponseServerError {
-                        status_code: 409,
+                    | Err(EngineError::Status { status: 404, .. }) => {}
+                    Err(EngineError::Status {
+                        status: 409,
                         message,
                     }) => {
                         return Err(ImageError::InUse(format!(
@@ -518,9 +497,11 @@ impl Images {
             }
         };
         let r = self.resolve(owner, source).await?;
-        let id = r.inspect.id.clone().unwrap_or_default();
+        let id = r.inspect.id.clone();
         let _claim = self.claim(owner, std::slice::from_ref(&target), Source::Tag)?;
-        self.engine()?.tag_image(&id, &target).await?;
+        self.engine()?
+            .tag_image(&id, target.repository(), target.tag())
+            .await?;
         self.db()?
             .hold(owner, target.as_str(), &id, Source::Tag.as_str())?;
         tracing::info!(owner, image = %target, "image tagged");
@@ -531,17 +512,11 @@ impl Images {
 
 fn summary_of(r: &Resolved) -> ImageSummary {
     ImageSummary {
-        id: r.inspect.id.clone().unwrap_or_default(),
+        id: r.inspect.id.clone(),
         references: r.visible.names.clone(),
-        created_at: r.inspect.created.as_deref().and_then(|c| {
-            OffsetDateTime::parse(c, &time::format_description::well_known::Rfc3339).ok()
-        }),
+        created_at: r.inspect.created_at,
         updated_at: r.held.iter().map(|h| h.updated_at).max(),
-        size_bytes: r
-            .inspect
-            .size
-            .and_then(|s| u64::try_from(s).ok())
-            .unwrap_or(0),
+        size_bytes: r.inspect.size_bytes,
         public: r.visible.public,
     }
 }
@@ -586,7 +561,7 @@ mod tests {
 
     #[test]
     fn registry_errors_are_classified() {
-        let e = |s: &str| EngineError::DockerStreamError { error: s.into() };
+        let e = |s: &str| EngineError::Stream(s.into());
         assert!(matches!(
             registry_error(e("initializing source docker://r/x:1: reading manifest 1 in r/x: unauthorized: authentication required")),
             ImageError::RegistryDenied(m) if m.contains("authentication required") && !m.contains("reading manifest")

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::{ImageError, registry_error};
-use crate::engine::EngineError;
+use crate::engine::{EngineStream, TransferProgress};
 
 /// Progress frames queued per stream before the engine's stream waits.
 const PROGRESS_BUFFER: usize = 64;
@@ -16,34 +16,21 @@ const PROGRESS_BUFFER: usize = 64;
 /// A stream of progress frames, ending with a `result` frame or the error that ended it.
 pub type Progress = Pin<Box<dyn Stream<Item = Result<ProgressFrame, ImageError>> + Send>>;
 
-pub(super) type RawProgress = Result<
-    (
-        Option<String>,
-        Option<String>,
-        Option<bollard::models::ProgressDetail>,
-    ),
-    EngineError,
->;
-
-fn progress_frame(
-    id: Option<String>,
-    status: Option<String>,
-    detail: Option<bollard::models::ProgressDetail>,
-) -> Option<ProgressFrame> {
-    let status = status.filter(|s| !s.trim().is_empty())?;
-    let detail = detail.unwrap_or_default();
+/// A pull's or push's progress message as a frame; `None` for one without a status.
+fn progress_frame(message: TransferProgress) -> Option<ProgressFrame> {
+    let status = message.status.filter(|s| !s.trim().is_empty())?;
     Some(ProgressFrame::Progress {
-        id: id.filter(|i| !i.is_empty()),
+        id: message.id.filter(|i| !i.is_empty()),
         status,
-        current: detail.current.and_then(|n| u64::try_from(n).ok()),
-        total: detail.total.and_then(|n| u64::try_from(n).ok()),
+        current: message.current.and_then(|n| u64::try_from(n).ok()),
+        total: message.total.and_then(|n| u64::try_from(n).ok()),
     })
 }
 
 /// Drives an engine progress stream on a task of its own: the first item decides between an
 /// error (returned) and a stream of frames that ends with `finish()`'s result or an error.
 pub(super) async fn progress<F, Fut>(
-    mut stream: Pin<Box<dyn Stream<Item = RawProgress> + Send>>,
+    mut stream: EngineStream<TransferProgress>,
     finish: F,
 ) -> Result<Progress, ImageError>
 where
@@ -52,7 +39,7 @@ where
 {
     let first = match stream.next().await {
         Some(Err(e)) => return Err(registry_error(e)),
-        Some(Ok((id, status, detail))) => progress_frame(id, status, detail),
+        Some(Ok(message)) => progress_frame(message),
         None => None,
     };
     let (tx, rx) = mpsc::channel(PROGRESS_BUFFER);
@@ -64,8 +51,8 @@ where
         let mut failed = None;
         while let Some(item) = stream.next().await {
             match item {
-                Ok((id, status, detail)) => {
-                    if let Some(frame) = progress_frame(id, status, detail) {
+                Ok(message) => {
+                    if let Some(frame) = progress_frame(message) {
                         let _ = tx.send(Ok(frame)).await;
                     }
                 }

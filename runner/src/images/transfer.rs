@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt as _;
 use super::progress::{Progress, progress};
 use super::refs::{self, ImageRef, Name};
 use super::{ImageError, Images, Source, archive};
-use crate::engine::{EngineError, engine_message};
+use crate::engine::{EngineError, RegistryAuth, engine_message};
 
 impl Images {
     /// Pulls `request.reference` for the caller. Refusals the engine gives at once (a bad
@@ -36,14 +36,12 @@ impl Images {
             }
         }
         let claim = self.claim(&owner, std::slice::from_ref(&name), Source::Pull)?;
-        let credentials = request
-            .credentials
-            .as_ref()
-            .map(|c| crate::engine::podman::docker_credentials(c, name.domain()));
-        let stream = self
-            .engine()?
-            .pull(&name, credentials)
-            .map(|item| item.map(|i| (i.id, i.status, i.progress_detail)));
+        let auth = registry_auth(&request, &name);
+        let stream = self.engine()?.pull(
+            name.repository(),
+            name.digest().or(name.tag()),
+            auth,
+        );
         tracing::info!(owner, image = %name, "pull started");
         let images = self.clone();
         let finish = move || async move {
@@ -57,14 +55,13 @@ impl Images {
                         "the engine reported {name} pulled but does not have it"
                     ))
                 })?;
-            let id = inspect.id.unwrap_or_default();
             images
                 .db()?
-                .hold(&owner, name.as_str(), &id, Source::Pull.as_str())?;
+                .hold(&owner, name.as_str(), &inspect.id, Source::Pull.as_str())?;
             tracing::info!(owner, image = %name, "pull done");
             images.summary(&owner, name.as_str()).await
         };
-        progress(stream.boxed(), finish).await
+        progress(stream, finish).await
     }
 
     /// Pushes a name the caller holds to its registry.
@@ -77,14 +74,10 @@ impl Images {
         if !self.holds(owner)?.contains_key(name.as_str()) {
             return Err(ImageError::NotFound(name.to_string()));
         }
-        let credentials = request
-            .credentials
-            .as_ref()
-            .map(|c| crate::engine::podman::docker_credentials(c, name.domain()));
+        let auth = registry_auth(&request, &name);
         let stream = self
             .engine()?
-            .push(&name, credentials)
-            .map(|item| item.map(|i| (None, i.status, i.progress_detail)));
+            .push(name.repository(), name.tag(), auth);
         tracing::info!(owner, image = %name, "push started");
         let images = self.clone();
         let owner = owner.to_owned();
@@ -92,7 +85,7 @@ impl Images {
             tracing::info!(owner, image = %name, "push done");
             images.summary(&owner, name.as_str()).await
         };
-        progress(stream.boxed(), finish).await
+        progress(stream, finish).await
     }
 
     /// Spools an upload to a file below the state dir, refusing it as soon as it passes
@@ -175,14 +168,14 @@ impl Images {
         let mut loaded = Vec::new();
         while let Some(item) = stream.next().await {
             let info = item.map_err(|e| match e {
-                EngineError::DockerResponseServerError {
-                    status_code: 400..=500,
+                EngineError::Status {
+                    status: 400..=500,
                     message,
                 } => ImageError::Invalid(format!(
                     "the engine cannot load the archive: {}",
                     message.lines().next().unwrap_or_default().trim()
                 )),
-                EngineError::DockerStreamError { error } => {
+                EngineError::Stream(error) => {
                     ImageError::Invalid(format!("the engine cannot load the archive: {error}"))
                 }
                 other => ImageError::Engine(other),
@@ -203,7 +196,7 @@ impl Images {
             let Some(inspect) = engine.inspect_image(text).await? else {
                 continue;
             };
-            let id = inspect.id.unwrap_or_default();
+            let id = inspect.id;
             let reference = match refs::parse(text) {
                 Ok(ImageRef::Name(name)) => {
                     if !names.contains(&name) {
@@ -251,7 +244,7 @@ impl Images {
             .iter()
             .find(|v| !v.starts_with("sha256:") && !v.contains('@'))
             .cloned()
-            .unwrap_or_else(|| r.inspect.id.clone().unwrap_or_default());
+            .unwrap_or_else(|| r.inspect.id.clone());
         let mut stream = self.engine()?.save(&name);
         let first = match stream.next().await {
             Some(Ok(bytes)) => Some(bytes),
@@ -297,4 +290,13 @@ fn registry_name(text: &str, action: &str) -> Result<Name, ImageError> {
             "{action} needs an image reference (registry/repository:tag), not an id"
         ))),
     }
+}
+
+/// The request's registry login, for the registry `name` is in.
+fn registry_auth(request: &RegistryRequest, name: &Name) -> Option<RegistryAuth> {
+    request.credentials.as_ref().map(|c| RegistryAuth {
+        username: c.username.clone(),
+        password: c.password.clone(),
+        server: name.domain().to_owned(),
+    })
 }

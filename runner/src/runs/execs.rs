@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bollard::container::LogOutput;
 use bus_api::exec::{ExecRecord, ExecState, ExecStatus, STDERR, STDOUT};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
@@ -27,7 +26,7 @@ use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::watch;
 
-use crate::engine::{Engine, Output, engine_message};
+use crate::engine::{Chunk, Engine, Output, engine_message};
 use crate::store::Store;
 
 /// How long the engine may take to report an exit code after the output ended.
@@ -427,9 +426,8 @@ async fn capture(
     let mut failure = None;
     while let Some(item) = output.next().await {
         let (stream, data) = match item {
-            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => (STDOUT, message),
-            Ok(LogOutput::StdErr { message }) => (STDERR, message),
-            Ok(LogOutput::StdIn { .. }) => continue,
+            Ok(Chunk::Stdout(message)) => (STDOUT, message),
+            Ok(Chunk::Stderr(message)) => (STDERR, message),
             Err(e) => {
                 failure = Some(format!(
                     "the engine's output stream broke: {}",

@@ -24,14 +24,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bollard::container::LogOutput;
-use bollard::errors::Error as EngineError;
 use bus_api::{RunState, Stream};
 use futures::StreamExt as _;
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
-use crate::engine::{ContainerStatus, Engine, Output, engine_message};
+use crate::engine::{Chunk, ContainerStatus, Engine, EngineError, Output, engine_message};
 use super::spec::RunSpec;
 use super::storage;
 use crate::store::{Entry, Store};
@@ -99,10 +97,8 @@ async fn execute(engine: &Engine, entry: &Arc<Entry>, spec: &RunSpec, mounts_dir
     };
     let mount = storage.as_ref().map(|s| s.mount.clone());
     let begun = Instant::now();
-    let attached = match engine
-        .create(&entry.id, &entry.owner, entry.runner_id(), spec, mount)
-        .await
-    {
+    let container = spec.container(&entry.id, &entry.owner, entry.runner_id(), mount);
+    let attached = match engine.create(&container).await {
         Ok(attached) => attached,
         Err(e) => {
             entry
@@ -317,11 +313,8 @@ impl Captured {
 async fn pump(mut output: Output, entry: Arc<Entry>, captured: Arc<Captured>, mut skip: [u64; 2]) {
     while let Some(item) = output.next().await {
         let (index, stream, mut message) = match item {
-            Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
-                (0, Stream::Stdout, message)
-            }
-            Ok(LogOutput::StdErr { message }) => (1, Stream::Stderr, message),
-            Ok(LogOutput::StdIn { .. }) => continue,
+            Ok(Chunk::Stdout(message)) => (0, Stream::Stdout, message),
+            Ok(Chunk::Stderr(message)) => (1, Stream::Stderr, message),
             Err(e) => {
                 tracing::warn!(run = %entry.id, error = %engine_message(&e), "output stream failed");
                 break;
@@ -361,11 +354,7 @@ async fn drain(mut pump: JoinHandle<()>, captured: Option<&Captured>) -> bool {
 /// Whether a failed engine call means the engine itself went away (its connection broke or
 /// it did not answer) rather than an answer about the container.
 fn engine_lost(error: &EngineError) -> bool {
-    !matches!(
-        error,
-        EngineError::DockerResponseServerError { .. }
-            | EngineError::DockerContainerWaitError { .. }
-    )
+    !error.is_answer()
 }
 
 /// Waits until the engine answers a ping again; `false` when `deadline` passed first.
@@ -662,9 +651,7 @@ fn exit_code(code: i64) -> i32 {
 
 fn create_failure(image: &str, err: &EngineError) -> String {
     match err {
-        EngineError::DockerResponseServerError {
-            status_code: 404, ..
-        } => {
+        EngineError::Status { status: 404, .. } => {
             format!("image {image} not found on the engine")
         }
         other => format!(

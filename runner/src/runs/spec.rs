@@ -14,6 +14,7 @@ use bus_api::{CreateRun, Port, StorageMount};
 
 use super::checks::{check_env, check_image, check_storage};
 use crate::config::{Config, Network};
+use crate::engine::{ContainerSpec, Mount, OWNER_LABEL, RUN_LABEL, RUNNER_LABEL};
 
 /// Why a run request is refused.
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +246,37 @@ impl RunSpec {
             storage,
             memory_mb: profile.memory_limit_mb(),
         })
+    }
+}
+
+impl RunSpec {
+    /// The container this spec asks for, for the run `run_id` of `owner`, labelled as the
+    /// runner `runner_id`'s, with the account's storage `mount` when it has one.
+    pub fn container(
+        &self,
+        run_id: &str,
+        owner: &str,
+        runner_id: &str,
+        mount: Option<Mount>,
+    ) -> ContainerSpec {
+        let mut labels = self.labels.clone();
+        labels.insert(RUN_LABEL.to_owned(), run_id.to_owned());
+        labels.insert(OWNER_LABEL.to_owned(), owner.to_owned());
+        labels.insert(RUNNER_LABEL.to_owned(), runner_id.to_owned());
+        ContainerSpec {
+            name: format!("bus-{run_id}"),
+            image: self.image.clone(),
+            argv: self.argv.clone(),
+            env: self.env.clone(),
+            workdir: self.workdir.clone(),
+            labels,
+            tty: self.tty,
+            stdin: self.stdin,
+            network: self.network.mode().to_owned(),
+            ports: self.ports.clone(),
+            memory_mb: self.memory_mb,
+            mount,
+        }
     }
 }
 

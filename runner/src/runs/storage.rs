@@ -17,12 +17,11 @@ use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
-use bollard::models::{Mount, MountBindOptions, MountBindOptionsPropagationEnum, MountType};
 use bus_api::StorageMount;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Mount};
 use crate::store::Store;
 
 /// The prefix of every storage volume's name.
@@ -80,11 +79,9 @@ pub async fn prepare(
         .map_err(|e| format!("the account's storage volume {name} cannot be used: {e}"))?;
     let Some(subpath) = &storage.subpath else {
         return Ok(Prepared {
-            mount: Mount {
-                target: Some(storage.mount_path.clone()),
-                source: Some(name),
-                typ: Some(MountType::VOLUME),
-                ..Default::default()
+            mount: Mount::Volume {
+                name,
+                target: storage.mount_path.clone(),
             },
             _staging: None,
         });
@@ -92,15 +89,9 @@ pub async fn prepare(
     let staging = stage(Path::new(&mountpoint), subpath, &mounts_dir.join(run_id))
         .map_err(|e| format!("cannot mount the storage subpath \"{subpath}\": {e}"))?;
     Ok(Prepared {
-        mount: Mount {
-            target: Some(storage.mount_path.clone()),
-            source: Some(staging.path.display().to_string()),
-            typ: Some(MountType::BIND),
-            bind_options: Some(MountBindOptions {
-                propagation: Some(MountBindOptionsPropagationEnum::RPRIVATE),
-                ..Default::default()
-            }),
-            ..Default::default()
+        mount: Mount::Bind {
+            source: staging.path.display().to_string(),
+            target: storage.mount_path.clone(),
         },
         _staging: Some(staging),
     })

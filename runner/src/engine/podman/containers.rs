@@ -2,8 +2,13 @@
 
 use std::collections::HashMap;
 
+use std::pin::Pin;
+
+use bollard::container::LogOutput;
+use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, HostConfig, Mount, PortBinding, PortMap, VolumeCreateRequest,
+    ContainerCreateBody, HostConfig, MountBindOptions, MountBindOptionsPropagationEnum,
+    MountType, PortBinding, PortMap, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptionsBuilder, InspectContainerOptions,
@@ -12,32 +17,28 @@ use bollard::query_parameters::{
 use bus_api::Port;
 use futures::StreamExt as _;
 
-use super::Engine;
+use super::{Podman, engine_error};
 use crate::engine::{
-    Attached, ContainerStatus, EngineError, OWNER_LABEL, Output, Owned, RUN_LABEL, RUNNER_LABEL,
+    ContainerSpec, ContainerStatus, Input, Mount, OWNER_LABEL, Owned, RUN_LABEL, RUNNER_LABEL,
     STORAGE_LABEL, VolumeError,
 };
-use crate::runs::spec::RunSpec;
 
-impl Engine {
-    /// Creates the run's container and attaches to its output, without starting it, so no
-    /// output is lost. `storage` is the account's storage mount, when the run has one.
-    pub async fn create(
+/// Output as bollard delivers it.
+pub(super) type DockerOutput =
+    Pin<Box<dyn futures::Stream<Item = Result<LogOutput, DockerError>> + Send>>;
+
+impl Podman {
+    /// Creates the container and attaches to its output, without starting it, so no output is
+    /// lost.
+    pub(super) async fn create_attached(
         &self,
-        run_id: &str,
-        owner: &str,
-        runner_id: &str,
-        spec: &RunSpec,
-        storage: Option<Mount>,
-    ) -> Result<Attached, EngineError> {
-        let mut labels: HashMap<String, String> = spec
+        spec: &ContainerSpec,
+    ) -> Result<(String, DockerOutput), DockerError> {
+        let labels: HashMap<String, String> = spec
             .labels
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        labels.insert(RUN_LABEL.to_owned(), run_id.to_owned());
-        labels.insert(OWNER_LABEL.to_owned(), owner.to_owned());
-        labels.insert(RUNNER_LABEL.to_owned(), runner_id.to_owned());
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: (!spec.argv.is_empty()).then(|| spec.argv.clone()),
@@ -54,20 +55,18 @@ impl Engine {
             exposed_ports: (!spec.ports.is_empty())
                 .then(|| spec.ports.iter().map(port_key).collect()),
             host_config: Some(HostConfig {
-                network_mode: Some(spec.network.mode().to_owned()),
+                network_mode: Some(spec.network.clone()),
                 // Swap counts against the limit too, so the limit is hard and an allocation
                 // beyond it ends in the OOM killer rather than in swapping.
                 memory: spec.memory_mb.map(mib),
                 memory_swap: spec.memory_mb.map(mib),
                 port_bindings: (!spec.ports.is_empty()).then(|| port_bindings(&spec.ports)),
-                mounts: storage.map(|m| vec![m]),
+                mounts: spec.mount.as_ref().map(|m| vec![bollard_mount(m)]),
                 ..Default::default()
             }),
             ..Default::default()
         };
-        let options = CreateContainerOptionsBuilder::new()
-            .name(&format!("bus-{run_id}"))
-            .build();
+        let options = CreateContainerOptionsBuilder::new().name(&spec.name).build();
         let created = self.docker.create_container(Some(options), body).await?;
         let attach = AttachContainerOptions {
             stream: true,
@@ -80,19 +79,16 @@ impl Engine {
             .attach_container(&created.id, Some(attach))
             .await
         {
-            Ok(results) => Ok(Attached {
-                id: created.id,
-                output: results.output,
-            }),
+            Ok(results) => Ok((created.id, results.output)),
             Err(e) => {
-                let _ = self.remove(&created.id).await;
+                let _ = self.remove_container(&created.id).await;
                 Err(e)
             }
         }
     }
 
     /// Attaches to a running container's output from now on (no replay of earlier output).
-    pub async fn attach(&self, id: &str) -> Result<Output, EngineError> {
+    pub(super) async fn attach_output(&self, id: &str) -> Result<DockerOutput, DockerError> {
         let attach = AttachContainerOptions {
             stream: true,
             logs: false,
@@ -105,7 +101,7 @@ impl Engine {
 
     /// The container's output from its start, as the engine logged it, followed until the
     /// container stops: for following a container again after the engine went away.
-    pub fn replay_output(&self, id: &str) -> Output {
+    pub(super) fn logs(&self, id: &str) -> DockerOutput {
         let options = LogsOptions {
             follow: true,
             stdout: true,
@@ -116,7 +112,7 @@ impl Engine {
     }
 
     /// Every container (running or not) labelled as owned by `runner_id`.
-    pub async fn list_owned(&self, runner_id: &str) -> Result<Vec<Owned>, EngineError> {
+    pub(super) async fn owned(&self, runner_id: &str) -> Result<Vec<Owned>, DockerError> {
         let filters = HashMap::from([(
             "label".to_owned(),
             vec![format!("{RUNNER_LABEL}={runner_id}")],
@@ -139,7 +135,10 @@ impl Engine {
     }
 
     /// The container's status; `None` when it does not exist.
-    pub async fn status(&self, id: &str) -> Result<Option<ContainerStatus>, EngineError> {
+    pub(super) async fn container_status(
+        &self,
+        id: &str,
+    ) -> Result<Option<ContainerStatus>, DockerError> {
         match self
             .docker
             .inspect_container(id, None::<InspectContainerOptions>)
@@ -164,7 +163,7 @@ impl Engine {
                     },
                 ))
             }
-            Err(EngineError::DockerResponseServerError {
+            Err(DockerError::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(None),
             Err(e) => Err(e),
@@ -173,7 +172,7 @@ impl Engine {
 
     /// Whether the engine says the kernel's OOM killer ended the container; `None` when the
     /// container cannot be inspected. (Podman 4 with runc on cgroup v1 never says so.)
-    pub async fn oom_killed(&self, id: &str) -> Option<bool> {
+    pub(super) async fn was_oom_killed(&self, id: &str) -> Option<bool> {
         let inspect = self
             .docker
             .inspect_container(id, None::<InspectContainerOptions>)
@@ -184,7 +183,7 @@ impl Engine {
 
     /// `ports` with the host ports the engine bound filled in (it picks one where the request
     /// named none); `ports` unchanged when the engine does not say.
-    pub async fn published_ports(&self, id: &str, ports: &[Port]) -> Vec<Port> {
+    pub(super) async fn bound_ports(&self, id: &str, ports: &[Port]) -> Vec<Port> {
         let bound: PortMap = match self
             .docker
             .inspect_container(id, None::<InspectContainerOptions>)
@@ -220,10 +219,10 @@ impl Engine {
     /// The account's storage volume `name`, created (labelled with its owner) on first use;
     /// returns its mountpoint on the engine's host. A volume of that name that is labelled for
     /// another owner is refused.
-    pub async fn ensure_volume(&self, name: &str, owner: &str) -> Result<String, VolumeError> {
+    pub(super) async fn volume(&self, name: &str, owner: &str) -> Result<String, VolumeError> {
         let volume = match self.docker.inspect_volume(name).await {
             Ok(volume) => volume,
-            Err(EngineError::DockerResponseServerError {
+            Err(DockerError::DockerResponseServerError {
                 status_code: 404, ..
             }) => {
                 let labels = HashMap::from([
@@ -238,10 +237,14 @@ impl Engine {
                 match self.docker.create_volume(request).await {
                     Ok(volume) => volume,
                     // Created meanwhile by a concurrent run of the same account.
-                    Err(_) => self.docker.inspect_volume(name).await?,
+                    Err(_) => self
+                        .docker
+                        .inspect_volume(name)
+                        .await
+                        .map_err(engine_error)?,
                 }
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(engine_error(e).into()),
         };
         match volume.labels.get(OWNER_LABEL) {
             Some(o) if o == owner => Ok(volume.mountpoint),
@@ -249,47 +252,23 @@ impl Engine {
         }
     }
 
-    /// Removes a volume (and its files); one already gone is fine.
-    pub async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {
-        let options = bollard::query_parameters::RemoveVolumeOptions { force: true };
-        match self.docker.remove_volume(name, Some(options)).await {
-            Err(EngineError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(()),
-            other => other,
-        }
-    }
-
-    /// Sends `signal` (e.g. `SIGTERM`) to the container's main process.
-    pub async fn signal(&self, id: &str, signal: &str) -> Result<(), EngineError> {
+    /// Sends `signal` (e.g. `SIGTERM`, `SIGKILL`) to the container's main process.
+    pub(super) async fn kill_with(&self, id: &str, signal: &str) -> Result<(), DockerError> {
         let options = KillContainerOptions {
             signal: signal.to_owned(),
         };
         self.docker.kill_container(id, Some(options)).await
     }
 
-    /// Starts a created container.
-    pub async fn start(&self, id: &str) -> Result<(), EngineError> {
-        self.docker.start_container(id, None).await
-    }
-
-    /// Kills the container (SIGKILL).
-    pub async fn kill(&self, id: &str) -> Result<(), EngineError> {
-        let options = KillContainerOptions {
-            signal: "SIGKILL".to_owned(),
-        };
-        self.docker.kill_container(id, Some(options)).await
-    }
-
     /// Force-removes the container; a container already gone is fine.
-    pub async fn remove(&self, id: &str) -> Result<(), EngineError> {
+    pub(super) async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
         let options = RemoveContainerOptions {
             force: true,
             v: true,
             ..Default::default()
         };
         match self.docker.remove_container(id, Some(options)).await {
-            Err(EngineError::DockerResponseServerError {
+            Err(DockerError::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(()),
             other => other,
@@ -297,13 +276,10 @@ impl Engine {
     }
 }
 
-impl Engine {
+impl Podman {
     /// Attaches to a running container's stdin only (its output is captured elsewhere);
     /// shutting the writer down closes the command's stdin.
-    pub async fn attach_stdin(
-        &self,
-        id: &str,
-    ) -> Result<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>, EngineError> {
+    pub(super) async fn attach_input(&self, id: &str) -> Result<Input, DockerError> {
         // Podman passes no input to a terminal through an attach that takes no output, so
         // this one takes it too, and drops it (the run's capture already has it).
         let attach = AttachContainerOptions {
@@ -323,12 +299,7 @@ impl Engine {
     }
 
     /// Resizes a container's terminal.
-    pub async fn resize_container(
-        &self,
-        id: &str,
-        cols: u16,
-        rows: u16,
-    ) -> Result<(), EngineError> {
+    pub(super) async fn resize_tty(&self, id: &str, cols: u16, rows: u16) -> Result<(), DockerError> {
         let options = bollard::query_parameters::ResizeContainerTTYOptions {
             h: i32::from(rows),
             w: i32::from(cols),
@@ -339,7 +310,7 @@ impl Engine {
 
 
     /// The host PID of a running container's first process.
-    pub async fn container_pid(&self, id: &str) -> Result<Option<i32>, EngineError> {
+    pub(super) async fn pid(&self, id: &str) -> Result<Option<i32>, DockerError> {
         let inspect = self
             .docker
             .inspect_container(id, None::<InspectContainerOptions>)
@@ -412,5 +383,26 @@ impl tokio::io::AsyncWrite for DrainedAttach {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         self.input.as_mut().poll_shutdown(cx)
+    }
+}
+/// A storage mount in bollard's terms.
+fn bollard_mount(mount: &Mount) -> bollard::models::Mount {
+    match mount {
+        Mount::Volume { name, target } => bollard::models::Mount {
+            target: Some(target.clone()),
+            source: Some(name.clone()),
+            typ: Some(MountType::VOLUME),
+            ..Default::default()
+        },
+        Mount::Bind { source, target } => bollard::models::Mount {
+            target: Some(target.clone()),
+            source: Some(source.clone()),
+            typ: Some(MountType::BIND),
+            bind_options: Some(MountBindOptions {
+                propagation: Some(MountBindOptionsPropagationEnum::RPRIVATE),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
     }
 }

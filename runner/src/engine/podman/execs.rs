@@ -2,17 +2,20 @@
 
 use bus_api::exec::ExecQuery;
 
-use super::Engine;
-use crate::engine::{EngineError, ExecStreams};
+use bollard::errors::Error as DockerError;
 
-impl Engine {
+use super::Podman;
+use super::containers::DockerOutput;
+use crate::engine::Input;
+
+impl Podman {
     /// Creates an exec in the container (not started yet) and returns its id. The initial
     /// terminal size goes in `ConsoleSize`, so the command sees it from its first instruction.
-    pub async fn create_exec(
+    pub(super) async fn new_exec(
         &self,
         container: &str,
         spec: &ExecQuery,
-    ) -> Result<String, EngineError> {
+    ) -> Result<String, DockerError> {
         let config = bollard::models::ExecConfig {
             attach_stdin: Some(spec.stdin),
             attach_stdout: Some(true),
@@ -31,7 +34,11 @@ impl Engine {
     }
 
     /// Starts a created exec, attached.
-    pub async fn start_exec(&self, exec_id: &str, tty: bool) -> Result<ExecStreams, EngineError> {
+    pub(super) async fn run_exec(
+        &self,
+        exec_id: &str,
+        tty: bool,
+    ) -> Result<(DockerOutput, Input), DockerError> {
         let options = bollard::exec::StartExecOptions {
             detach: false,
             tty,
@@ -39,21 +46,21 @@ impl Engine {
         };
         match self.docker.start_exec(exec_id, Some(options)).await? {
             bollard::exec::StartExecResults::Attached { output, input } => {
-                Ok(ExecStreams { output, input })
+                Ok((output, input))
             }
-            bollard::exec::StartExecResults::Detached => Err(EngineError::DockerStreamError {
+            bollard::exec::StartExecResults::Detached => Err(DockerError::DockerStreamError {
                 error: "the engine started the exec detached".to_owned(),
             }),
         }
     }
 
     /// Resizes an exec's terminal.
-    pub async fn resize_exec(
+    pub(super) async fn resize_exec_tty(
         &self,
         exec_id: &str,
         cols: u16,
         rows: u16,
-    ) -> Result<(), EngineError> {
+    ) -> Result<(), DockerError> {
         let options = bollard::exec::ResizeExecOptions {
             height: rows,
             width: cols,
@@ -62,14 +69,17 @@ impl Engine {
     }
 
     /// Whether the exec's process has been started (it may have ended since).
-    pub async fn exec_started(&self, exec_id: &str) -> Result<bool, EngineError> {
+    pub(super) async fn exec_has_started(&self, exec_id: &str) -> Result<bool, DockerError> {
         let inspect = self.docker.inspect_exec(exec_id).await?;
         Ok(inspect.running == Some(true) || inspect.pid.is_some_and(|pid| pid > 0))
     }
 
     /// The exec's process as the engine's host sees it: (host PID, container id), while it
     /// runs; `None` once it ended.
-    pub async fn exec_process(&self, exec_id: &str) -> Result<Option<(i32, String)>, EngineError> {
+    pub(super) async fn exec_host_process(
+        &self,
+        exec_id: &str,
+    ) -> Result<Option<(i32, String)>, DockerError> {
         let inspect = self.docker.inspect_exec(exec_id).await?;
         Ok(match (inspect.running, inspect.pid, inspect.container_id) {
             (Some(true), Some(pid), Some(container)) if pid > 0 => {
@@ -80,7 +90,7 @@ impl Engine {
     }
     /// The exec's exit code once the engine reports it not running; `None` while it runs (or
     /// when the engine reports no code).
-    pub async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, EngineError> {
+    pub(super) async fn exec_code(&self, exec_id: &str) -> Result<Option<i64>, DockerError> {
         let inspect = self.docker.inspect_exec(exec_id).await?;
         Ok(match inspect.running {
             Some(false) => inspect.exit_code,

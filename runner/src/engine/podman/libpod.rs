@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt as _;
 
 use super::stream_error;
-use crate::engine::EngineError;
+use bollard::errors::Error as DockerError;
 
 /// How often Podman checks a container's state while a libpod wait is open; the
 /// Docker-compatible wait answers a short run hundreds of milliseconds late.
@@ -29,7 +29,7 @@ impl Libpod {
 
     /// `POST /v4.0.0/libpod/containers/{id}/wait?condition=exited&interval=5ms`, whose body is
     /// the exit code.
-    pub(super) async fn wait(&self, id: &str) -> Result<i64, EngineError> {
+    pub(super) async fn wait(&self, id: &str) -> Result<i64, DockerError> {
         let path = format!(
             "/v4.0.0/libpod/containers/{}/wait?condition=exited&interval={WAIT_INTERVAL}",
             url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
@@ -41,7 +41,7 @@ impl Libpod {
                 .ok()
                 .and_then(|v| v["message"].as_str().map(str::to_owned))
                 .unwrap_or_else(|| text.trim().to_owned());
-            return Err(EngineError::DockerResponseServerError {
+            return Err(DockerError::DockerResponseServerError {
                 status_code: status.as_u16(),
                 message,
             });
@@ -66,7 +66,7 @@ impl Libpod {
         &self,
         method: hyper::Method,
         path: &str,
-    ) -> Result<(hyper::StatusCode, Bytes), EngineError> {
+    ) -> Result<(hyper::StatusCode, Bytes), DockerError> {
         let stream = tokio::net::UnixStream::connect(Path::new(&self.socket)).await?;
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))

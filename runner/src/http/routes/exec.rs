@@ -19,7 +19,6 @@ use axum::extract::ws::{
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use bollard::container::LogOutput;
 use bus_api::exec::{
     CreateExec, ExecQuery, ExecRecord, ExecStatus, Frame, STDERR, STDOUT, encode_data,
 };
@@ -30,7 +29,7 @@ use crate::AppState;
 use crate::http::auth::{self, Caller};
 use crate::engine::Engine;
 use crate::runs::execs::{Detached, exit_status};
-use crate::engine::engine_message;
+use crate::engine::{Chunk, EngineError, engine_message};
 use crate::http::problem::{ApiError, ApiJson, ApiQuery};
 use crate::http::routes::input::{self, Target, Wiring};
 use crate::store::Entry;
@@ -102,8 +101,8 @@ async fn create_exec(
 ) -> Result<String, ApiError> {
     match engine.create_exec(container, spec).await {
         Ok(exec_id) => Ok(exec_id),
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404 | 409,
+        Err(EngineError::Status {
+            status: 404 | 409,
             message,
         }) => {
             tracing::debug!(run = %run_id, %message, "exec refused by the engine");
@@ -193,11 +192,10 @@ async fn session(engine: Arc<Engine>, exec_id: String, spec: ExecQuery, socket: 
         };
         let frame = match item {
             None => break,
-            Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
+            Some(Ok(Chunk::Stdout(message))) => {
                 encode_data(STDOUT, &message)
             }
-            Some(Ok(LogOutput::StdErr { message })) => encode_data(STDERR, &message),
-            Some(Ok(LogOutput::StdIn { .. })) => continue,
+            Some(Ok(Chunk::Stderr(message))) => encode_data(STDERR, &message),
             Some(Err(e)) => {
                 failure = Some(format!(
                     "the engine's output stream broke: {}",
