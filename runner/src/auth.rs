@@ -474,21 +474,13 @@ mod tests {
         let mut c = claims("a", &[Scope::Read], now, now + 60);
         c.aud = "someone-else".into();
         let err = k.verify(&k.sign(&c)).unwrap_err();
-        assert!(
-            err.to_string().contains("audience"),
-            "{}",
-            err.to_string()
-        );
+        assert!(err.to_string().contains("audience"), "{}", err.to_string());
         assert!(matches!(err, TokenError::Invalid(_)), "{err:?}");
 
         let mut c = claims("a", &[Scope::Read], now, now + 60);
         c.iss = "mallory".into();
         let err = k.verify(&k.sign(&c)).unwrap_err();
-        assert!(
-            err.to_string().contains("issuer"),
-            "{}",
-            err.to_string()
-        );
+        assert!(err.to_string().contains("issuer"), "{}", err.to_string());
     }
 
     #[test]
@@ -595,11 +587,7 @@ mod tests {
         c.scope = "container:read container:run container:delete".into();
         parts[1] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c).unwrap());
         let err = k.verify(&parts.join(".")).unwrap_err();
-        assert!(
-            err.to_string().contains("signature"),
-            "{}",
-            err.to_string()
-        );
+        assert!(err.to_string().contains("signature"), "{}", err.to_string());
         assert!(matches!(k.verify("not-a-jwt"), Err(TokenError::Invalid(_))));
     }
 

@@ -25,8 +25,8 @@ use tokio::sync::OwnedMutexGuard;
 
 use crate::AppState;
 use crate::config::{Config, LOCAL_PLAN, Plan};
-use crate::util::rfc3339;
 use crate::store::{Store, StoreError};
+use crate::util::rfc3339;
 
 /// Where an account sets up billing.
 pub const SETUP_URL: &str = "https://bus.dev/billing/setup";
@@ -149,7 +149,11 @@ pub async fn usage(
 }
 
 /// Checks that the caller may start a run of `image` now: grant, billing, then quotas.
-pub async fn admit(state: &AppState, claims: &Claims, image: &str) -> Result<Admission, BillingError> {
+pub async fn admit(
+    state: &AppState,
+    claims: &Claims,
+    image: &str,
+) -> Result<Admission, BillingError> {
     if let Some(grant) = &claims.grant {
         if !grant.allows_image(image) {
             return Err(BillingError::ImageNotAllowed {
@@ -346,10 +350,7 @@ mod tests {
             }
         ));
         let err = check_quota(&terms, &used(0, 1), at(0), at(3600)).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("1 concurrent run and 1 is live")
-        );
+        assert!(err.to_string().contains("1 concurrent run and 1 is live"));
         assert!(matches!(
             err,
             BillingError::QuotaExhausted {

@@ -379,9 +379,11 @@ impl Config {
                 return Err(format!("profiles.{name}.image must not be empty"));
             }
             // What a profile holds must pass the checks a request naming it would.
-            crate::runs::checks::check_image(&p.image).map_err(|e| format!("profiles.{name}.{e}"))?;
+            crate::runs::checks::check_image(&p.image)
+                .map_err(|e| format!("profiles.{name}.{e}"))?;
             for (key, value) in &p.env {
-                crate::runs::checks::check_env(key, value).map_err(|e| format!("profiles.{name}.{e}"))?;
+                crate::runs::checks::check_env(key, value)
+                    .map_err(|e| format!("profiles.{name}.{e}"))?;
             }
             if p.timeout_seconds == 0 || p.timeout_seconds > MAX_TIMEOUT_SECONDS {
                 return Err(format!(
@@ -628,7 +630,10 @@ pub fn account_for_api_key<'c>(config: &'c Config, key: &str) -> Option<&'c Acco
     let digest = crate::util::sha256(key.as_bytes());
     let mut found = None;
     for account in &config.accounts {
-        if bool::from(subtle::ConstantTimeEq::ct_eq(&account.api_key_sha256[..], &digest[..])) {
+        if bool::from(subtle::ConstantTimeEq::ct_eq(
+            &account.api_key_sha256[..],
+            &digest[..],
+        )) {
             found = Some(account);
         }
     }

@@ -64,7 +64,6 @@ pub mod runs;
 pub mod store;
 pub mod util;
 
-
 use auth::Keys;
 use config::Config;
 use engine::Engine;

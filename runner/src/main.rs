@@ -10,8 +10,8 @@ use bus_runner::AppState;
 use bus_runner::auth::{self, Keys};
 use bus_runner::config::Config;
 use bus_runner::engine::Engine;
-use bus_runner::runs::executor;
 use bus_runner::engine::engine_message;
+use bus_runner::runs::executor;
 use bus_runner::store::{self, Retention, Store};
 use clap::{Parser, Subcommand};
 

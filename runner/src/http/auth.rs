@@ -18,7 +18,6 @@ pub const OUTPUT_ROUTES: [&str; 2] = [
     "/api/v1/containers/runs/{id}/attach",
 ];
 
-
 /// A scope an endpoint requires, as a type: [`Read`], [`Run`], [`Delete`] or [`BillingRead`].
 pub trait Needs {
     /// The scope.

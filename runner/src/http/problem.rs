@@ -526,10 +526,8 @@ pub fn image_problem(err: &ImageError) -> Problem {
             "every account may use it as it is; to change it, tag it under a name of your \
              own (`bus images tag SOURCE TARGET`)",
         ),
-        ImageError::NameTaken(_) => {
-            p(C::ImageNameTaken, StatusCode::CONFLICT, "Image name taken")
-                .with_guidance("choose another name (another repository or tag)")
-        }
+        ImageError::NameTaken(_) => p(C::ImageNameTaken, StatusCode::CONFLICT, "Image name taken")
+            .with_guidance("choose another name (another repository or tag)"),
         ImageError::Busy(_) => p(C::ImageNameTaken, StatusCode::CONFLICT, "Image name busy")
             .with_guidance("retry once the other operation has ended"),
         ImageError::InUse(_) => p(C::ImageInUse, StatusCode::CONFLICT, "Image in use")

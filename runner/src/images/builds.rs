@@ -93,10 +93,7 @@ pub fn parse_request(
 
 /// Makes a new build id: `bld_` and 32 hex digits.
 pub fn new_build_id() -> String {
-    format!(
-        "bld_{}",
-        crate::util::random_hex::<16>()
-    )
+    format!("bld_{}", crate::util::random_hex::<16>())
 }
 
 /// The images a Dockerfile reads (`FROM`, `COPY/ADD --from`, `RUN --mount=from=`), other than

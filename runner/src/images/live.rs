@@ -29,4 +29,3 @@ impl Live {
         self.builds.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
-

@@ -32,9 +32,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use bus_api::images::{
-    Descriptor, ImageDetail, ImageList, ImageSummary, ManifestRef,
-};
+use bus_api::images::{Descriptor, ImageDetail, ImageList, ImageSummary, ManifestRef};
 
 use crate::config::ImagesConfig;
 use crate::engine::{Engine, EngineError, ImageDetails};
@@ -461,8 +459,7 @@ impl Images {
             let others = db.holders(&name)?.into_iter().any(|h| h.owner != owner);
             if !others && !self.is_public(&name) {
                 match self.engine()?.remove_image(&name).await {
-                    Ok(())
-                    | Err(EngineError::Status { status: 404, .. }) => {}
+                    Ok(()) | Err(EngineError::Status { status: 404, .. }) => {}
                     Err(EngineError::Status {
                         status: 409,
                         message,
@@ -507,7 +504,6 @@ impl Images {
         tracing::info!(owner, image = %target, "image tagged");
         self.summary(owner, target.as_str()).await
     }
-
 }
 
 fn summary_of(r: &Resolved) -> ImageSummary {

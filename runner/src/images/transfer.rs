@@ -37,11 +37,9 @@ impl Images {
         }
         let claim = self.claim(&owner, std::slice::from_ref(&name), Source::Pull)?;
         let auth = registry_auth(&request, &name);
-        let stream = self.engine()?.pull(
-            name.repository(),
-            name.digest().or(name.tag()),
-            auth,
-        );
+        let stream = self
+            .engine()?
+            .pull(name.repository(), name.digest().or(name.tag()), auth);
         tracing::info!(owner, image = %name, "pull started");
         let images = self.clone();
         let finish = move || async move {
@@ -75,9 +73,7 @@ impl Images {
             return Err(ImageError::NotFound(name.to_string()));
         }
         let auth = registry_auth(&request, &name);
-        let stream = self
-            .engine()?
-            .push(name.repository(), name.tag(), auth);
+        let stream = self.engine()?.push(name.repository(), name.tag(), auth);
         tracing::info!(owner, image = %name, "push started");
         let images = self.clone();
         let owner = owner.to_owned();
@@ -106,10 +102,7 @@ impl Images {
         std::fs::create_dir_all(&dir).map_err(|e| {
             ImageError::Unavailable(format!("cannot create {}: {e}", dir.display()))
         })?;
-        let path = dir.join(format!(
-            "upload-{}",
-            crate::util::random_hex::<16>()
-        ));
+        let path = dir.join(format!("upload-{}", crate::util::random_hex::<16>()));
         let spooled = Spooled {
             path: path.clone(),
             bytes: 0,

@@ -29,9 +29,9 @@ use futures::StreamExt as _;
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
-use crate::engine::{Chunk, ContainerStatus, Engine, EngineError, Output, engine_message};
 use super::spec::RunSpec;
 use super::storage;
+use crate::engine::{Chunk, ContainerStatus, Engine, EngineError, Output, engine_message};
 use crate::store::{Entry, Store};
 
 /// How long the output stream may go without delivering a byte once the container has stopped

@@ -7,9 +7,7 @@ use std::time::Duration;
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use bus_api::runs::{
-    MAX_ARGV, MAX_PORTS, MAX_SPEC_BYTES, MAX_TIMEOUT_SECONDS,
-};
+use bus_api::runs::{MAX_ARGV, MAX_PORTS, MAX_SPEC_BYTES, MAX_TIMEOUT_SECONDS};
 use bus_api::{CreateRun, Port, StorageMount};
 
 use super::checks::{check_env, check_image, check_storage};

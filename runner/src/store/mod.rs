@@ -647,7 +647,6 @@ fn frame_seq(frame: &LogFrame) -> u64 {
     }
 }
 
-
 /// Parses a retention age like `90m`, `12h` or `7d` (units s, m, h, d).
 pub fn parse_age(text: &str) -> Result<Duration, String> {
     let usage =
@@ -699,7 +698,8 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new() -> Result<TempDir, StoreError> {
-        let path = std::env::temp_dir().join(format!("bus-runner-{}", crate::util::random_hex::<8>()));
+        let path =
+            std::env::temp_dir().join(format!("bus-runner-{}", crate::util::random_hex::<8>()));
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)

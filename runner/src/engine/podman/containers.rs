@@ -7,8 +7,8 @@ use std::pin::Pin;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, HostConfig, MountBindOptions, MountBindOptionsPropagationEnum,
-    MountType, PortBinding, PortMap, VolumeCreateRequest,
+    ContainerCreateBody, HostConfig, MountBindOptions, MountBindOptionsPropagationEnum, MountType,
+    PortBinding, PortMap, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptionsBuilder, InspectContainerOptions,
@@ -66,7 +66,9 @@ impl Podman {
             }),
             ..Default::default()
         };
-        let options = CreateContainerOptionsBuilder::new().name(&spec.name).build();
+        let options = CreateContainerOptionsBuilder::new()
+            .name(&spec.name)
+            .build();
         let created = self.docker.create_container(Some(options), body).await?;
         let attach = AttachContainerOptions {
             stream: true,
@@ -299,15 +301,18 @@ impl Podman {
     }
 
     /// Resizes a container's terminal.
-    pub(super) async fn resize_tty(&self, id: &str, cols: u16, rows: u16) -> Result<(), DockerError> {
+    pub(super) async fn resize_tty(
+        &self,
+        id: &str,
+        cols: u16,
+        rows: u16,
+    ) -> Result<(), DockerError> {
         let options = bollard::query_parameters::ResizeContainerTTYOptions {
             h: i32::from(rows),
             w: i32::from(cols),
         };
         self.docker.resize_container_tty(id, options).await
     }
-
-
 
     /// The host PID of a running container's first process.
     pub(super) async fn pid(&self, id: &str) -> Result<Option<i32>, DockerError> {
@@ -321,7 +326,6 @@ impl Podman {
             .filter(|pid| *pid > 0)
             .and_then(|pid| i32::try_from(pid).ok()))
     }
-
 }
 
 /// `8080/tcp`: how the engine keys a container port.

@@ -45,9 +45,7 @@ impl Podman {
             output_capacity: Some(64 * 1024),
         };
         match self.docker.start_exec(exec_id, Some(options)).await? {
-            bollard::exec::StartExecResults::Attached { output, input } => {
-                Ok((output, input))
-            }
+            bollard::exec::StartExecResults::Attached { output, input } => Ok((output, input)),
             bollard::exec::StartExecResults::Detached => Err(DockerError::DockerStreamError {
                 error: "the engine started the exec detached".to_owned(),
             }),

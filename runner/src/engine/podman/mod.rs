@@ -18,8 +18,8 @@ use tokio::sync::OnceCell;
 
 use super::{
     Attached, Backend, BuildMessage, Chunk, ContainerSpec, ContainerStatus, EngineError,
-    EngineInfo, EngineStream, ExecStreams, ImageDetails, Input, ListedImage, ManifestInfo,
-    Output, Owned, RegistryAuth, TransferProgress, VolumeError,
+    EngineInfo, EngineStream, ExecStreams, ImageDetails, Input, ListedImage, ManifestInfo, Output,
+    Owned, RegistryAuth, TransferProgress, VolumeError,
 };
 
 mod containers;
@@ -186,7 +186,10 @@ impl Backend for Podman {
     }
 
     async fn start(&self, id: &str) -> Result<(), EngineError> {
-        self.docker.start_container(id, None).await.map_err(engine_error)
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(engine_error)
     }
 
     async fn attach(&self, id: &str) -> Result<Output, EngineError> {
@@ -258,7 +261,9 @@ impl Backend for Podman {
     }
 
     async fn resize_exec(&self, exec_id: &str, cols: u16, rows: u16) -> Result<(), EngineError> {
-        self.resize_exec_tty(exec_id, cols, rows).await.map_err(engine_error)
+        self.resize_exec_tty(exec_id, cols, rows)
+            .await
+            .map_err(engine_error)
     }
 
     async fn exec_started(&self, exec_id: &str) -> Result<bool, EngineError> {
@@ -295,7 +300,9 @@ impl Backend for Podman {
         repository: &str,
         tag: Option<&str>,
     ) -> Result<(), EngineError> {
-        self.name_image(source, repository, tag).await.map_err(engine_error)
+        self.name_image(source, repository, tag)
+            .await
+            .map_err(engine_error)
     }
 
     fn pull(
@@ -304,7 +311,10 @@ impl Backend for Podman {
         reference: Option<&str>,
         auth: Option<RegistryAuth>,
     ) -> EngineStream<TransferProgress> {
-        messages(self.pull_stream(repository, reference, auth), images::pull_progress)
+        messages(
+            self.pull_stream(repository, reference, auth),
+            images::pull_progress,
+        )
     }
 
     fn push(
@@ -313,7 +323,10 @@ impl Backend for Podman {
         tag: Option<&str>,
         auth: Option<RegistryAuth>,
     ) -> EngineStream<TransferProgress> {
-        messages(self.push_stream(repository, tag, auth), images::push_progress)
+        messages(
+            self.push_stream(repository, tag, auth),
+            images::push_progress,
+        )
     }
 
     fn load(&self, file: &Path) -> EngineStream<BuildMessage> {
@@ -383,7 +396,8 @@ mod tests {
         let pings = Arc::new(AtomicUsize::new(0));
         let failing = Arc::new(AtomicBool::new(false));
         fake_engine(&socket, pings.clone(), failing.clone()).await;
-        let engine = crate::engine::Engine::connect(&format!("unix://{}", socket.display())).unwrap();
+        let engine =
+            crate::engine::Engine::connect(&format!("unix://{}", socket.display())).unwrap();
         let count = || pings.load(Ordering::SeqCst);
 
         for _ in 0..3 {

@@ -25,8 +25,8 @@ use futures::{SinkExt as _, StreamExt as _};
 use serde::Deserialize;
 
 use crate::AppState;
-use crate::http::auth::{self, Caller};
 use crate::engine::engine_message;
+use crate::http::auth::{self, Caller};
 use crate::http::problem::{ApiError, ApiQuery};
 use crate::http::routes::input::{self, Target, Wiring};
 use crate::store::{Entry, StreamFilter};

@@ -5,8 +5,8 @@ use axum::extract::State;
 use bus_api::BillingStatus;
 
 use crate::AppState;
-use crate::http::auth::{BillingRead, Caller};
 use crate::billing;
+use crate::http::auth::{BillingRead, Caller};
 use crate::http::problem::ApiError;
 
 /// The caller's billing status.

@@ -15,10 +15,10 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::AppState;
 use crate::http::auth::{self, Caller};
-use crate::images::builds;
-use crate::images::ImageError;
 use crate::http::problem::{ApiError, ApiQuery};
 use crate::http::routes::images::content_length;
+use crate::images::ImageError;
+use crate::images::builds;
 
 /// Builds listed at most.
 const LIST_LIMIT: usize = 200;

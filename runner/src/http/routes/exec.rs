@@ -26,12 +26,12 @@ use futures::{SinkExt as _, StreamExt as _};
 use serde::Deserialize;
 
 use crate::AppState;
-use crate::http::auth::{self, Caller};
 use crate::engine::Engine;
-use crate::runs::execs::{Detached, exit_status};
 use crate::engine::{Chunk, EngineError, engine_message};
+use crate::http::auth::{self, Caller};
 use crate::http::problem::{ApiError, ApiJson, ApiQuery};
 use crate::http::routes::input::{self, Target, Wiring};
+use crate::runs::execs::{Detached, exit_status};
 use crate::store::Entry;
 
 /// Largest body of `POST .../execs`.
@@ -192,9 +192,7 @@ async fn session(engine: Arc<Engine>, exec_id: String, spec: ExecQuery, socket: 
         };
         let frame = match item {
             None => break,
-            Some(Ok(Chunk::Stdout(message))) => {
-                encode_data(STDOUT, &message)
-            }
+            Some(Ok(Chunk::Stdout(message))) => encode_data(STDOUT, &message),
             Some(Ok(Chunk::Stderr(message))) => encode_data(STDERR, &message),
             Some(Err(e)) => {
                 failure = Some(format!(

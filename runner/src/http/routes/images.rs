@@ -13,8 +13,8 @@ use futures::StreamExt as _;
 
 use crate::AppState;
 use crate::http::auth::{self, Caller};
-use crate::images::Progress;
 use crate::http::problem::{ApiError, ApiJson, image_problem};
+use crate::images::Progress;
 
 /// Largest JSON body the image routes accept (a reference and credentials).
 pub const BODY_LIMIT: usize = 64 * 1024;

@@ -12,8 +12,8 @@ use futures::stream::SplitStream;
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 
 use crate::engine::Engine;
-use crate::runs::execs::{control_character, signal_exec};
 use crate::engine::engine_message;
+use crate::runs::execs::{control_character, signal_exec};
 
 /// The write half of an engine attach: the command's stdin.
 pub type Input = Pin<Box<dyn AsyncWrite + Send>>;

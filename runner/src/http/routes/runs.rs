@@ -13,11 +13,11 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::AppState;
-use crate::http::auth::{self, Caller};
-use crate::runs::executor;
 use crate::engine::engine_message;
+use crate::http::auth::{self, Caller};
 use crate::http::problem::{ApiError, ApiJson, ApiQuery};
 use crate::http::routes::idempotency;
+use crate::runs::executor;
 use crate::runs::spec::RunSpec;
 use crate::store::{Entry, Inserted, NewRun, Replay, new_run_id};
 

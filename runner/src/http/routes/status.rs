@@ -5,8 +5,8 @@ use axum::extract::State;
 use bus_api::RunnerStatus;
 
 use crate::AppState;
-use crate::http::auth::{Caller, Read};
 use crate::engine::PING_FRESH;
+use crate::http::auth::{Caller, Read};
 
 /// The runner's state: `ready` when the engine answers (a ping that succeeded within
 /// [`PING_FRESH`] stands; a failed one is never reused), else `degraded`; the engine's version

@@ -12,8 +12,8 @@ use bytes::Bytes;
 
 use crate::AppState;
 use crate::http::auth::{self, Caller};
-use crate::runs::executor;
 use crate::http::problem::{ApiError, BodyLimit};
+use crate::runs::executor;
 
 /// Largest request body the endpoint accepts.
 pub const BODY_LIMIT: usize = 4 * 1024;

@@ -86,7 +86,10 @@ pub(in crate::store) struct FoundKey {
 
 impl Writer {
     /// Starts the writer thread; it ends when every sender is gone.
-    pub(in crate::store) fn spawn(self, rx: mpsc::UnboundedReceiver<Cmd>) -> Result<(), StoreError> {
+    pub(in crate::store) fn spawn(
+        self,
+        rx: mpsc::UnboundedReceiver<Cmd>,
+    ) -> Result<(), StoreError> {
         std::thread::Builder::new()
             .name("bus-runner-store".to_owned())
             .spawn(move || self.run(rx))
