@@ -1,4 +1,4 @@
-//! Tokens: the runner's verification (`bus_runner::auth::authorize`, `Keys::verify`) and
+//! Tokens: the runner's verification (`bus_runner::http::auth::authorize`, `Keys::verify`) and
 //! busd's unverified decoding of the same token (`busd::credentials::Token::claims`,
 //! `check_expiry`).
 //!

@@ -393,10 +393,11 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn keys() -> (tempfile::TempDir, Keys) {
+    /// Keys in a fresh state dir (removed with the returned guard).
+    pub(crate) fn keys() -> (tempfile::TempDir, Keys) {
         let dir = tempfile::tempdir().unwrap();
         let keys = Keys::load_or_create(&dir.path().join("state")).unwrap();
         (dir, keys)

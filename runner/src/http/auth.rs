@@ -154,12 +154,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-
-    fn keys() -> (tempfile::TempDir, Keys) {
-        let dir = tempfile::tempdir().unwrap();
-        let keys = Keys::load_or_create(&dir.path().join("state")).unwrap();
-        (dir, keys)
-    }
+    use crate::auth::tests::keys;
 
     fn code(err: ApiError) -> &'static str {
         err.problem().code.as_str()
