@@ -16,10 +16,10 @@
 //! ([`openapi`], served at `/api/v1/openapi.json` and checked in as `api/openapi.json`).
 //!
 //! **Domain**, each module with its own typed error:
-//! - [`runs`]: a `CreateRun` validated into a `RunSpec` (`runs::spec`, field checks shared with
-//!   the config in `runs::checks`), driven from create to removal and re-adopted after a
-//!   restart (`runs::executor`), exec'd commands and detached execs (`runs::execs`), each
-//!   account's storage volume (`runs::storage`).
+//! - [`runs`]: a `CreateRun` validated into a `RunSpec` (`runs::spec`, with the field checks
+//!   it shares with the config's profiles, `config::checks`), driven from create to removal
+//!   and re-adopted after a restart (`runs::executor`), exec'd commands and detached execs
+//!   (`runs::execs`), each account's storage volume (`runs::storage`).
 //! - [`images`]: images and builds scoped to accounts (`images.db`): names held and claimed,
 //!   references (`images::refs`), archives, pulls, pushes, loads and saves, builds.
 //! - [`billing`]: plans, billing state and quotas, checked before a create reaches the engine.
@@ -28,8 +28,9 @@
 //! - [`store`]: run records and output frames in SQLite (`runs.db` in the state dir), with
 //!   idempotency keys, retention and the usage ledger billing counts from.
 //!
-//! **Engine** ([`engine`]): containers, execs, volumes and images on Podman, through one
-//! bollard client and one libpod client.
+//! **Engine** ([`engine`]): the `Backend` trait the domain calls through the `Engine` handle
+//! (containers, execs, volumes, images) with the engine's own types; the Podman backend
+//! (`engine::podman`) holds the one bollard client and the one libpod client.
 //!
 //! [`util`] holds the small helpers every layer shares (RFC 3339, random ids, hex, SHA-256).
 //!

@@ -2,7 +2,6 @@
 //! from create to removal, commands exec'd into them ([`execs`]), and each account's storage
 //! volume they may mount ([`storage`]).
 
-pub mod checks;
 pub mod execs;
 pub mod executor;
 pub mod spec;

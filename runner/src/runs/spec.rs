@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use bus_api::runs::{MAX_ARGV, MAX_PORTS, MAX_SPEC_BYTES, MAX_TIMEOUT_SECONDS};
 use bus_api::{CreateRun, Port, StorageMount};
 
-use super::checks::{check_env, check_image, check_storage};
+use crate::config::checks::{check_env, check_image, check_storage};
 use crate::config::{Config, Network};
 use crate::engine::{ContainerSpec, Mount, OWNER_LABEL, RUN_LABEL, RUNNER_LABEL};
 

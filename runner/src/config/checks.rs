@@ -1,5 +1,6 @@
-//! Checks of the run fields that a request and a profile in the config both carry: images,
-//! environment entries, storage mounts. Each returns the violation as one sentence.
+//! Checks of the run fields that a profile here and a run request (`runs::spec`) both
+//! carry: images, environment entries, storage mounts. Each returns the violation as one
+//! sentence.
 
 use bus_api::StorageMount;
 use bus_api::runs::MAX_STORAGE_PATH_BYTES;

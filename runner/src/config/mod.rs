@@ -47,6 +47,8 @@
 //! Periods are aligned to the Unix epoch: a `30d` period starts at a multiple of 30 days
 //! since 1970-01-01T00:00:00Z.
 
+pub mod checks;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -379,11 +381,9 @@ impl Config {
                 return Err(format!("profiles.{name}.image must not be empty"));
             }
             // What a profile holds must pass the checks a request naming it would.
-            crate::runs::checks::check_image(&p.image)
-                .map_err(|e| format!("profiles.{name}.{e}"))?;
+            checks::check_image(&p.image).map_err(|e| format!("profiles.{name}.{e}"))?;
             for (key, value) in &p.env {
-                crate::runs::checks::check_env(key, value)
-                    .map_err(|e| format!("profiles.{name}.{e}"))?;
+                checks::check_env(key, value).map_err(|e| format!("profiles.{name}.{e}"))?;
             }
             if p.timeout_seconds == 0 || p.timeout_seconds > MAX_TIMEOUT_SECONDS {
                 return Err(format!(
@@ -397,7 +397,7 @@ impl Config {
                 ));
             }
             if let Some(storage) = &p.storage {
-                crate::runs::checks::check_storage(storage)
+                checks::check_storage(storage)
                     .map_err(|e| format!("profiles.{name}.storage: {e}"))?;
             }
         }
