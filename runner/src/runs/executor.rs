@@ -389,24 +389,27 @@ async fn resume_output(
         tracing::warn!(run = %entry.id, "the output stream did not end when the engine went away");
     }
     let Some(captured) = output.captured else {
-        let pump = match engine.attach(container).await {
-            Ok(stream) => Some(tokio::spawn(pump(
-                stream,
-                entry.clone(),
-                Arc::new(Captured::default()),
-                [0, 0],
-            ))),
-            Err(e) => {
-                tracing::warn!(run = %entry.id, error = %engine_message(&e), "cannot attach to the container again; its further output is lost");
-                None
-            }
-        };
-        return Following {
-            pump,
-            captured: None,
-        };
+        return follow_live(
+            engine,
+            entry,
+            container,
+            "cannot attach to the container again; its further output is lost",
+        )
+        .await;
     };
     let skip = captured.counts();
+    follow_replay(engine, entry, container, captured, skip)
+}
+
+/// Follows the container's output again from its engine log, dropping the bytes of each stream
+/// that `skip` says are stored already; `captured` goes on counting.
+fn follow_replay(
+    engine: &Engine,
+    entry: &Arc<Entry>,
+    container: &str,
+    captured: Arc<Captured>,
+    skip: [u64; 2],
+) -> Following {
     let replay = engine.replay_output(container);
     Following {
         pump: Some(tokio::spawn(pump(
@@ -416,6 +419,32 @@ async fn resume_output(
             skip,
         ))),
         captured: Some(captured),
+    }
+}
+
+/// Follows the container's output from now on (nothing replayed); `lost` is logged when the
+/// engine refuses the attach.
+async fn follow_live(
+    engine: &Engine,
+    entry: &Arc<Entry>,
+    container: &str,
+    lost: &'static str,
+) -> Following {
+    let pump = match engine.attach(container).await {
+        Ok(stream) => Some(tokio::spawn(pump(
+            stream,
+            entry.clone(),
+            Arc::new(Captured::default()),
+            [0, 0],
+        ))),
+        Err(e) => {
+            tracing::warn!(run = %entry.id, error = %engine_message(&e), "{lost}");
+            None
+        }
+    };
+    Following {
+        pump,
+        captured: None,
     }
 }
 
@@ -576,36 +605,15 @@ fn adopt(
     tracing::info!(run = %entry.id, container, exited, ?stored, "re-adopting a container");
     tokio::spawn(async move {
         let output = match stored {
-            Some(skip) => {
-                let captured = Arc::new(Captured::default());
-                let replay = engine.replay_output(&container);
-                Following {
-                    pump: Some(tokio::spawn(pump(
-                        replay,
-                        entry.clone(),
-                        captured.clone(),
-                        skip,
-                    ))),
-                    captured: Some(captured),
-                }
-            }
+            Some(skip) => follow_replay(&engine, &entry, &container, Arc::default(), skip),
             None => {
-                let pump = match engine.attach(&container).await {
-                    Ok(output) => Some(tokio::spawn(pump(
-                        output,
-                        entry.clone(),
-                        Arc::new(Captured::default()),
-                        [0, 0],
-                    ))),
-                    Err(e) => {
-                        tracing::warn!(run = %entry.id, error = %engine_message(&e), "cannot attach to a re-adopted container; its further output is lost");
-                        None
-                    }
-                };
-                Following {
-                    pump,
-                    captured: None,
-                }
+                follow_live(
+                    &engine,
+                    &entry,
+                    &container,
+                    "cannot attach to a re-adopted container; its further output is lost",
+                )
+                .await
             }
         };
         supervise(&engine, &entry, &container, output, remaining).await;
