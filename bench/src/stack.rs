@@ -132,7 +132,7 @@ impl Stack {
             .listen("https://127.0.0.1:0")
             .tls(self.tmp.join("server.pem"), self.tmp.join("server.key"))
             .log(&self.runner_log)
-            .env("RUST_LOG", "warn,bus_runner::routes::logs=debug")
+            .env("RUST_LOG", "warn,bus_runner::http::routes::logs=debug")
             .env("CONTAINERS_CONF", self.engine_env("CONTAINERS_CONF"))
             .try_spawn()
             .map_err(failed)?;

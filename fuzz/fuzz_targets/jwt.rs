@@ -1,4 +1,4 @@
-//! Tokens: the runner's verification (`bus_runner::auth::authorize`, `Keys::verify`) and
+//! Tokens: the runner's verification (`bus_runner::http::auth::authorize`, `Keys::verify`) and
 //! busd's unverified decoding of the same token (`busd::credentials::Token::claims`,
 //! `check_expiry`).
 //!
@@ -17,7 +17,8 @@ use arbitrary::Arbitrary;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bus_api::auth::{AUDIENCE, Claims, Grant, Scope};
-use bus_runner::auth::{ISSUER, Keys, LEEWAY_SECONDS, authorize};
+use bus_runner::auth::{ISSUER, Keys, LEEWAY_SECONDS};
+use bus_runner::http::auth::authorize;
 use busd::credentials::{Token, TokenSource, check_expiry};
 use ed25519_dalek::{Signer as _, SigningKey};
 use libfuzzer_sys::fuzz_target;
@@ -195,7 +196,7 @@ fuzz_target!(|input: Input| {
                     );
                 }
                 Err(refused) => {
-                    check_refusal(&refused.problem().detail, &sent);
+                    check_refusal(&refused.to_string(), &sent);
                     // A good token, unchanged, with times clear of the edges, must pass.
                     let clear = |delta: i32| {
                         (i64::from(delta) - LEEWAY_SECONDS).abs() > 3
@@ -219,7 +220,7 @@ fuzz_target!(|input: Input| {
                         assert!(
                             !good,
                             "a good token was refused: {:?}",
-                            refused.problem().detail
+                            refused.to_string()
                         );
                     }
                 }

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 
 use bus_api::CreateRun;
 use bus_runner::config::{Config, LOCAL_PLAN, MAX_PERIOD};
-use bus_runner::spec::RunSpec;
+use bus_runner::runs::spec::RunSpec;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
@@ -44,7 +44,7 @@ fuzz_target!(|text: &str| {
             ..CreateRun::default()
         };
         let spec = RunSpec::parse(plain, &config)
-            .unwrap_or_else(|e| panic!("profile {name:?} cannot run: {:?}", e.problem().detail));
+            .unwrap_or_else(|e| panic!("profile {name:?} cannot run: {:?}", e.to_string()));
         let stated = CreateRun {
             profile: Some(name.clone()),
             image: Some(spec.image.clone()),
@@ -55,7 +55,7 @@ fuzz_target!(|text: &str| {
         if let Err(e) = RunSpec::parse(stated, &config) {
             panic!(
                 "profile {name:?} holds what a request may not say: {:?}",
-                e.problem().detail
+                e.to_string()
             );
         }
     }

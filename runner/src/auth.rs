@@ -1,23 +1,18 @@
 //! Tokens: the runner's Ed25519 signing key, minting JWTs, and verifying them on every request;
-//! API keys, which accounts exchange for tokens.
+//! the scopes a token request names.
 //!
 //! The key lives in the state dir as `signing-key.pk8` (PKCS#8 DER, mode 0600), generated on
 //! first use. Tokens are EdDSA JWTs with [`Claims`]; nothing else is accepted (no `alg: none`,
 //! no HMAC, so a token signed with HS256 using the public key as the secret is refused). The
 //! token itself never reaches a message or a log line.
-//!
-//! API keys are never stored: the config holds their SHA-256, and a presented key is hashed
-//! and compared in constant time against every account's hash.
+//! Checking a request's bearer token is the HTTP layer's ([`crate::http::auth`]).
 
 use std::fs;
 use std::io::{self, Write as _};
-use std::marker::PhantomData;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, MatchedPath};
-use axum::http::{header, request::Parts};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bus_api::auth::{AUDIENCE, Claims, Grant, Scope};
@@ -25,13 +20,10 @@ use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use sha2::{Digest as _, Sha256};
-use subtle::ConstantTimeEq as _;
 use time::OffsetDateTime;
 
-use crate::AppState;
-use crate::config::{Account, Config};
-use crate::problem::{ApiError, rfc3339};
+use crate::util::rfc3339;
+pub use crate::util::{random_bytes, sha256, to_hex};
 
 /// The `iss` of every token a runner mints and requires.
 pub const ISSUER: &str = "bus-runner";
@@ -41,12 +33,20 @@ pub const KEY_FILE: &str = "signing-key.pk8";
 pub const LEEWAY_SECONDS: i64 = 5;
 /// The longest TTL `mint` accepts.
 pub const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 60 * 60);
-/// The routes that stream a run's output, which a grant with `logs: false` refuses (as
-/// routes/mod.rs spells them): its logs, and an attach to its command (which replays them).
-pub const OUTPUT_ROUTES: [&str; 2] = [
-    "/api/v1/containers/runs/{id}/logs",
-    "/api/v1/containers/runs/{id}/attach",
-];
+
+/// A token is refused; the text says why (and never holds the token).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Malformed, signed by another key, for another audience or issuer, not yet valid.
+    #[error("{0}")]
+    Invalid(String),
+    /// Its `exp` has passed.
+    #[error("the token expired at {}", rfc3339(*.at))]
+    Expired {
+        /// When it expired.
+        at: OffsetDateTime,
+    },
+}
 
 /// The signing key cannot be loaded or created.
 #[derive(Debug, thiserror::Error)]
@@ -98,17 +98,6 @@ impl std::fmt::Debug for Keys {
     }
 }
 
-/// Fills a buffer with random bytes from the system.
-pub fn random_bytes<const N: usize>() -> Result<[u8; N], getrandom::Error> {
-    let mut bytes = [0u8; N];
-    getrandom::fill(&mut bytes)?;
-    Ok(bytes)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Keys {
     /// Loads the state dir's signing key, generating it (and the dir, 0700) on first use.
     pub fn load_or_create(state_dir: &Path) -> Result<Keys, KeyError> {
@@ -150,7 +139,7 @@ impl Keys {
         let der = key.to_pkcs8_der().map_err(|_| KeyError::Malformed {
             path: path.to_owned(),
         })?;
-        let suffix = hex(&random_bytes::<8>().map_err(KeyError::Random)?);
+        let suffix = to_hex(&random_bytes::<8>().map_err(KeyError::Random)?);
         let tmp = path.with_extension(format!("tmp-{suffix}"));
         let io = |action, p: &Path| {
             let p = p.to_owned();
@@ -239,7 +228,7 @@ impl Keys {
 
     /// Verifies a token: EdDSA only, signature, `aud`, `iss`, `exp` and `nbf` (with
     /// [`LEEWAY_SECONDS`]).
-    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         check_algorithm(token)?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_audience(&[AUDIENCE]);
@@ -249,24 +238,24 @@ impl Keys {
         validation.validate_exp = false;
         validation.validate_nbf = false;
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
-            .map_err(|e| ApiError::TokenInvalid(invalid_reason(e.kind())))?;
+            .map_err(|e| TokenError::Invalid(invalid_reason(e.kind())))?;
         let claims = data.claims;
         let now = OffsetDateTime::now_utc().unix_timestamp();
         if now > claims.exp.saturating_add(LEEWAY_SECONDS) {
             let at = OffsetDateTime::from_unix_timestamp(claims.exp)
                 .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-            return Err(ApiError::TokenExpired { at });
+            return Err(TokenError::Expired { at });
         }
         if claims.nbf > now.saturating_add(LEEWAY_SECONDS) {
             let at = OffsetDateTime::from_unix_timestamp(claims.nbf)
                 .map(rfc3339)
                 .unwrap_or_else(|_| claims.nbf.to_string());
-            return Err(ApiError::TokenInvalid(format!(
+            return Err(TokenError::Invalid(format!(
                 "the token is not valid before {at}"
             )));
         }
         if claims.sub.trim().is_empty() {
-            return Err(ApiError::TokenInvalid(
+            return Err(TokenError::Invalid(
                 "the token names no account (`sub`)".to_owned(),
             ));
         }
@@ -275,8 +264,8 @@ impl Keys {
 }
 
 /// Refuses tokens whose header names another algorithm than EdDSA, with a message that says so.
-fn check_algorithm(token: &str) -> Result<(), ApiError> {
-    let malformed = || ApiError::TokenInvalid("the token is malformed: it is not a JWT".to_owned());
+fn check_algorithm(token: &str) -> Result<(), TokenError> {
+    let malformed = || TokenError::Invalid("the token is malformed: it is not a JWT".to_owned());
     let header = token.split('.').next().ok_or_else(malformed)?;
     let bytes = URL_SAFE_NO_PAD
         .decode(header.trim_end_matches('='))
@@ -284,11 +273,11 @@ fn check_algorithm(token: &str) -> Result<(), ApiError> {
     let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| malformed())?;
     match value.get("alg").and_then(|a| a.as_str()) {
         Some("EdDSA") => Ok(()),
-        Some(alg) => Err(ApiError::TokenInvalid(format!(
+        Some(alg) => Err(TokenError::Invalid(format!(
             "the token's algorithm \"{}\" is not accepted; this runner only accepts EdDSA",
             alg.escape_debug()
         ))),
-        None => Err(ApiError::TokenInvalid(
+        None => Err(TokenError::Invalid(
             "the token's header names no algorithm".to_owned(),
         )),
     }
@@ -325,7 +314,7 @@ fn invalid_reason(kind: &ErrorKind) -> String {
 
 /// The claims of a new token.
 pub fn claims(account: &str, scopes: &[Scope], now: i64, exp: i64) -> Claims {
-    let jti = random_bytes::<16>().map(|b| hex(&b)).unwrap_or_default();
+    let jti = random_bytes::<16>().map(|b| to_hex(&b)).unwrap_or_default();
     Claims {
         sub: account.to_owned(),
         iss: ISSUER.to_owned(),
@@ -341,29 +330,6 @@ pub fn claims(account: &str, scopes: &[Scope], now: i64, exp: i64) -> Claims {
         jti,
         grant: None,
     }
-}
-
-/// SHA-256 of an API key, as the config's `api_key_sha256` holds it.
-pub fn sha256(key: &[u8]) -> [u8; 32] {
-    Sha256::digest(key).into()
-}
-
-/// Lower-case hex of bytes.
-pub fn to_hex(bytes: &[u8]) -> String {
-    hex(bytes)
-}
-
-/// The account whose API key is `key`: its SHA-256 is compared in constant time against
-/// every account's hash (all of them, so the time says nothing about which matched).
-pub fn account_for_api_key<'c>(config: &'c Config, key: &str) -> Option<&'c Account> {
-    let digest = sha256(key.as_bytes());
-    let mut found = None;
-    for account in &config.accounts {
-        if bool::from(account.api_key_sha256.ct_eq(&digest)) {
-            found = Some(account);
-        }
-    }
-    found
 }
 
 /// Parses space-separated scope names; unknown names are refused with the valid ones listed.
@@ -426,149 +392,15 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
-/// A scope an endpoint requires, as a type: [`Read`], [`Run`], [`Delete`] or [`BillingRead`].
-pub trait Needs {
-    /// The scope.
-    const SCOPE: Scope;
-}
-
-/// Requires `container:read`.
-#[derive(Debug)]
-pub struct Read;
-/// Requires `container:run`.
-#[derive(Debug)]
-pub struct Run;
-/// Requires `container:delete`.
-#[derive(Debug)]
-pub struct Delete;
-
-impl Needs for Read {
-    const SCOPE: Scope = Scope::Read;
-}
-impl Needs for Run {
-    const SCOPE: Scope = Scope::Run;
-}
-impl Needs for Delete {
-    const SCOPE: Scope = Scope::Delete;
-}
-
-/// Requires `billing:read`.
-#[derive(Debug)]
-pub struct BillingRead;
-
-impl Needs for BillingRead {
-    const SCOPE: Scope = Scope::BillingRead;
-}
-
-/// Requires `image:read`.
-#[derive(Debug)]
-pub struct ImageRead;
-/// Requires `image:write`.
-#[derive(Debug)]
-pub struct ImageWrite;
-/// Requires `image:build`.
-#[derive(Debug)]
-pub struct ImageBuild;
-
-impl Needs for ImageRead {
-    const SCOPE: Scope = Scope::ImageRead;
-}
-impl Needs for ImageWrite {
-    const SCOPE: Scope = Scope::ImageWrite;
-}
-impl Needs for ImageBuild {
-    const SCOPE: Scope = Scope::ImageBuild;
-}
-
-/// The verified caller of a request whose token carries scope `S::SCOPE`.
-///
-/// As an extractor it rejects with `token_missing`, `token_invalid`, `token_expired` or
-/// `scope_missing` before any other extractor (such as the body) runs; on [`OUTPUT_ROUTES`] it
-/// also rejects with `logs_disabled` when the token's grant switches logs off (whether or not
-/// the run exists, so the answer says nothing about other accounts' runs).
-#[derive(Debug)]
-pub struct Caller<S> {
-    /// The token's verified claims; `claims.sub` owns what the request creates.
-    pub claims: Claims,
-    _scope: PhantomData<S>,
-}
-
-impl<S> Caller<S> {
-    /// The account the caller speaks for.
-    pub fn account(&self) -> &str {
-        &self.claims.sub
-    }
-}
-
-/// Verifies a request's `Authorization` header and the scope it needs.
-pub fn authorize(
-    keys: &Keys,
-    authorization: Option<&[u8]>,
-    need: Scope,
-) -> Result<Claims, ApiError> {
-    let value = authorization.ok_or(ApiError::TokenMissing)?;
-    let value = std::str::from_utf8(value)
-        .map_err(|_| ApiError::TokenInvalid("the Authorization header is not text".to_owned()))?
-        .trim();
-    if value.is_empty() {
-        return Err(ApiError::TokenMissing);
-    }
-    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(ApiError::TokenInvalid(
-            "the Authorization header must read `Bearer <token>`".to_owned(),
-        ));
-    }
-    let token = token.trim();
-    if token.is_empty() {
-        return Err(ApiError::TokenMissing);
-    }
-    let claims = keys.verify(token)?;
-    if !claims.has(need) {
-        let held = claims.scopes().map(str::to_owned).collect();
-        return Err(ApiError::ScopeMissing {
-            missing: need,
-            held,
-        });
-    }
-    Ok(claims)
-}
-
-impl<S: Needs> FromRequestParts<AppState> for Caller<S> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .map(|v| v.as_bytes());
-        let claims = authorize(state.keys(), header, S::SCOPE)?;
-        let on_logs = parts
-            .extensions
-            .get::<MatchedPath>()
-            .is_some_and(|p| OUTPUT_ROUTES.contains(&p.as_str()));
-        if on_logs && claims.grant.as_ref().is_some_and(|g| !g.allows_logs()) {
-            return Err(ApiError::LogsDisabled);
-        }
-        Ok(Caller {
-            claims,
-            _scope: PhantomData,
-        })
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn keys() -> (tempfile::TempDir, Keys) {
+    /// Keys in a fresh state dir (removed with the returned guard).
+    pub(crate) fn keys() -> (tempfile::TempDir, Keys) {
         let dir = tempfile::tempdir().unwrap();
         let keys = Keys::load_or_create(&dir.path().join("state")).unwrap();
         (dir, keys)
-    }
-
-    fn code(err: ApiError) -> &'static str {
-        err.problem().code.as_str()
     }
 
     #[test]
@@ -617,8 +449,8 @@ mod tests {
         let (_d, k) = keys();
         let token = k.mint_expired("a", &[Scope::Read]);
         let err = k.verify(&token).unwrap_err();
-        let detail = err.problem().detail;
-        assert_eq!(code(err), "token_expired");
+        let detail = err.to_string();
+        assert!(matches!(err, TokenError::Expired { .. }), "{err:?}");
         assert!(detail.starts_with("the token expired at 20"), "{detail}");
     }
 
@@ -629,11 +461,11 @@ mod tests {
         let token = k1.mint("a", &[Scope::Read], Duration::from_secs(60));
         let err = k2.verify(&token).unwrap_err();
         assert!(
-            err.problem().detail.contains("another deployment"),
+            err.to_string().contains("another deployment"),
             "{}",
-            err.problem().detail
+            err.to_string()
         );
-        assert_eq!(code(err), "token_invalid");
+        assert!(matches!(err, TokenError::Invalid(_)), "{err:?}");
     }
 
     #[test]
@@ -643,21 +475,13 @@ mod tests {
         let mut c = claims("a", &[Scope::Read], now, now + 60);
         c.aud = "someone-else".into();
         let err = k.verify(&k.sign(&c)).unwrap_err();
-        assert!(
-            err.problem().detail.contains("audience"),
-            "{}",
-            err.problem().detail
-        );
-        assert_eq!(code(err), "token_invalid");
+        assert!(err.to_string().contains("audience"), "{}", err.to_string());
+        assert!(matches!(err, TokenError::Invalid(_)), "{err:?}");
 
         let mut c = claims("a", &[Scope::Read], now, now + 60);
         c.iss = "mallory".into();
         let err = k.verify(&k.sign(&c)).unwrap_err();
-        assert!(
-            err.problem().detail.contains("issuer"),
-            "{}",
-            err.problem().detail
-        );
+        assert!(err.to_string().contains("issuer"), "{}", err.to_string());
     }
 
     #[test]
@@ -668,9 +492,9 @@ mod tests {
         c.nbf = now + 3600;
         let err = k.verify(&k.sign(&c)).unwrap_err();
         assert!(
-            err.problem().detail.contains("not valid before"),
+            err.to_string().contains("not valid before"),
             "{}",
-            err.problem().detail
+            err.to_string()
         );
     }
 
@@ -683,8 +507,8 @@ mod tests {
         let mut c = claims("a", &[Scope::Read], now, now + 60);
         c.nbf = -1;
         let err = k.verify(&k.sign(&c)).unwrap_err();
-        let detail = err.problem().detail;
-        assert_eq!(code(err), "token_invalid");
+        let detail = err.to_string();
+        assert!(matches!(err, TokenError::Invalid(_)), "{err:?}");
         assert_eq!(
             detail,
             "the token's `nbf` claim is missing or not a time in seconds since 1970"
@@ -700,8 +524,8 @@ mod tests {
             let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#));
             let forged = format!("{header}.{payload}.");
             let err = k.verify(&forged).unwrap_err();
-            let detail = err.problem().detail;
-            assert_eq!(code(err), "token_invalid");
+            let detail = err.to_string();
+            assert!(matches!(err, TokenError::Invalid(_)), "{err:?}");
             assert!(
                 detail.contains(&format!("\"{alg}\" is not accepted")),
                 "{detail}"
@@ -720,7 +544,7 @@ mod tests {
         let secrets = [
             public.to_vec(),
             URL_SAFE_NO_PAD.encode(public).into_bytes(),
-            hex(&public).into_bytes(),
+            to_hex(&public).into_bytes(),
         ];
         for secret in secrets {
             let forged = jsonwebtoken::encode(
@@ -730,8 +554,8 @@ mod tests {
             )
             .unwrap();
             let err = k.verify(&forged).unwrap_err();
-            let detail = err.problem().detail;
-            assert_eq!(code(err), "token_invalid");
+            let detail = err.to_string();
+            assert!(matches!(err, TokenError::Invalid(_)), "{err:?}");
             assert!(detail.contains("\"HS256\" is not accepted"), "{detail}");
         }
     }
@@ -754,27 +578,6 @@ mod tests {
     }
 
     #[test]
-    fn api_keys_match_by_hash() {
-        let hash = to_hex(&sha256(b"k-alice"));
-        let config = Config::parse(&format!(
-            "[[accounts]]\nid = \"alice\"\napi_key_sha256 = \"{}\"\nplan = \"local\"\nresources = \"container:read\"\n",
-            hash.to_uppercase()
-        ))
-        .unwrap();
-        assert_eq!(
-            account_for_api_key(&config, "k-alice").map(|a| a.id.as_str()),
-            Some("alice")
-        );
-        assert!(account_for_api_key(&config, "k-alic").is_none());
-        assert!(account_for_api_key(&config, "").is_none());
-        assert!(account_for_api_key(&Config::builtin(), "k-alice").is_none());
-        assert_eq!(
-            to_hex(&sha256(b"abc")),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-    }
-
-    #[test]
     fn tampered_payload_refused() {
         let (_d, k) = keys();
         let token = k.mint("a", &[Scope::Read], Duration::from_secs(60));
@@ -785,39 +588,8 @@ mod tests {
         c.scope = "container:read container:run container:delete".into();
         parts[1] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c).unwrap());
         let err = k.verify(&parts.join(".")).unwrap_err();
-        assert!(
-            err.problem().detail.contains("signature"),
-            "{}",
-            err.problem().detail
-        );
-        assert_eq!(code(k.verify("not-a-jwt").unwrap_err()), "token_invalid");
-    }
-
-    #[test]
-    fn authorize_checks_header_and_scope() {
-        let (_d, k) = keys();
-        let token = k.mint("a", &[Scope::Read], Duration::from_secs(60));
-        let bearer = format!("Bearer {token}");
-        assert_eq!(
-            code(authorize(&k, None, Scope::Read).unwrap_err()),
-            "token_missing"
-        );
-        assert_eq!(
-            code(authorize(&k, Some(b"  "), Scope::Read).unwrap_err()),
-            "token_missing"
-        );
-        assert_eq!(
-            code(authorize(&k, Some(b"Bearer "), Scope::Read).unwrap_err()),
-            "token_missing"
-        );
-        assert_eq!(
-            code(authorize(&k, Some(b"Basic abc"), Scope::Read).unwrap_err()),
-            "token_invalid"
-        );
-        assert!(authorize(&k, Some(bearer.as_bytes()), Scope::Read).is_ok());
-        let err = authorize(&k, Some(bearer.as_bytes()), Scope::Delete).unwrap_err();
-        assert!(!err.problem().detail.contains(&token));
-        assert_eq!(code(err), "scope_missing");
+        assert!(err.to_string().contains("signature"), "{}", err.to_string());
+        assert!(matches!(k.verify("not-a-jwt"), Err(TokenError::Invalid(_))));
     }
 
     #[test]

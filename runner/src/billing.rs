@@ -25,8 +25,8 @@ use tokio::sync::OwnedMutexGuard;
 
 use crate::AppState;
 use crate::config::{Config, LOCAL_PLAN, Plan};
-use crate::problem::{ApiError, rfc3339};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+use crate::util::rfc3339;
 
 /// Where an account sets up billing.
 pub const SETUP_URL: &str = "https://bus.dev/billing/setup";
@@ -34,6 +34,38 @@ pub const SETUP_URL: &str = "https://bus.dev/billing/setup";
 pub const UPGRADE_URL: &str = "https://bus.dev/billing/upgrade";
 /// `Retry-After` when the account's concurrent runs are at the plan's limit.
 pub const CONCURRENCY_RETRY_SECONDS: u64 = 5;
+
+/// Why a run may not start now, or the billing status cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BillingError {
+    /// The token's grant does not cover the run's image.
+    #[error("image {image} not allowed")]
+    ImageNotAllowed {
+        /// The image the run would use.
+        image: String,
+        /// The grant's image names and prefixes.
+        allowed: Vec<String>,
+    },
+    /// The account must set up billing before runs start.
+    #[error("billing required for {account}")]
+    BillingRequired {
+        /// The account.
+        account: String,
+    },
+    /// A plan limit is reached.
+    #[error("{detail}")]
+    QuotaExhausted {
+        /// Which limit, and the usage.
+        detail: String,
+        /// What to do.
+        guidance: String,
+        /// Seconds until a retry may succeed.
+        retry_after: u64,
+    },
+    /// The usage ledger cannot be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// Per-account locks that serialize admission checks with the creates they admit.
 #[derive(Debug, Default)]
@@ -108,7 +140,7 @@ pub async fn usage(
     account: &str,
     (start, end): (OffsetDateTime, OffsetDateTime),
     now: OffsetDateTime,
-) -> Result<Usage, ApiError> {
+) -> Result<Usage, BillingError> {
     let run_seconds = store.run_seconds(account, start, end, now).await?;
     Ok(Usage {
         run_seconds,
@@ -117,10 +149,14 @@ pub async fn usage(
 }
 
 /// Checks that the caller may start a run of `image` now: grant, billing, then quotas.
-pub async fn admit(state: &AppState, claims: &Claims, image: &str) -> Result<Admission, ApiError> {
+pub async fn admit(
+    state: &AppState,
+    claims: &Claims,
+    image: &str,
+) -> Result<Admission, BillingError> {
     if let Some(grant) = &claims.grant {
         if !grant.allows_image(image) {
-            return Err(ApiError::ImageNotAllowed {
+            return Err(BillingError::ImageNotAllowed {
                 image: image.to_owned(),
                 allowed: grant.images.clone().unwrap_or_default(),
             });
@@ -129,7 +165,7 @@ pub async fn admit(state: &AppState, claims: &Claims, image: &str) -> Result<Adm
     let account = claims.sub.as_str();
     let terms = terms(state.config(), account);
     if terms.billing != BillingState::Active {
-        return Err(ApiError::BillingRequired {
+        return Err(BillingError::BillingRequired {
             account: account.to_owned(),
         });
     }
@@ -146,12 +182,12 @@ fn check_quota(
     used: &Usage,
     now: OffsetDateTime,
     period_end: OffsetDateTime,
-) -> Result<(), ApiError> {
+) -> Result<(), BillingError> {
     let plan = &terms.plan_name;
     if let Some(limit) = terms.plan.run_seconds_per_period {
         if used.run_seconds >= limit {
             let wait = (period_end - now).whole_seconds().max(1) as u64;
-            return Err(ApiError::QuotaExhausted {
+            return Err(BillingError::QuotaExhausted {
                 detail: format!(
                     "the plan \"{plan}\" allows {limit} run-seconds per {} period and {} are used; \
                      the period ends at {}",
@@ -169,7 +205,7 @@ fn check_quota(
     }
     if let Some(limit) = terms.plan.max_concurrent_runs {
         if used.concurrent_runs >= limit {
-            return Err(ApiError::QuotaExhausted {
+            return Err(BillingError::QuotaExhausted {
                 detail: format!(
                     "the plan \"{plan}\" allows {limit} concurrent run{} and {} {} live",
                     if limit == 1 { "" } else { "s" },
@@ -192,7 +228,7 @@ fn check_quota(
 }
 
 /// The account's billing status now.
-pub async fn status(state: &AppState, account: &str) -> Result<BillingStatus, ApiError> {
+pub async fn status(state: &AppState, account: &str) -> Result<BillingStatus, BillingError> {
     let terms = terms(state.config(), account);
     let now = OffsetDateTime::now_utc();
     let (start, end) = period(&terms.plan, now);
@@ -301,26 +337,23 @@ mod tests {
         };
         assert!(check_quota(&terms, &used(59, 0), at(0), at(3600)).is_ok());
         let err = check_quota(&terms, &used(60, 0), at(600), at(3600)).unwrap_err();
-        let p = err.problem();
-        assert_eq!((p.status, p.code.as_str()), (429, "quota_exhausted"));
-        assert!(p.detail.contains("60 run-seconds"), "{}", p.detail);
-        assert_eq!(p.guidance_url.as_deref(), Some(UPGRADE_URL));
+        assert!(err.to_string().contains("60 run-seconds"), "{err}");
+        assert!(
+            matches!(&err, BillingError::QuotaExhausted { guidance, .. } if guidance.contains(UPGRADE_URL)),
+            "{err:?}"
+        );
         assert!(matches!(
             err,
-            ApiError::QuotaExhausted {
+            BillingError::QuotaExhausted {
                 retry_after: 3000,
                 ..
             }
         ));
         let err = check_quota(&terms, &used(0, 1), at(0), at(3600)).unwrap_err();
-        assert!(
-            err.problem()
-                .detail
-                .contains("1 concurrent run and 1 is live")
-        );
+        assert!(err.to_string().contains("1 concurrent run and 1 is live"));
         assert!(matches!(
             err,
-            ApiError::QuotaExhausted {
+            BillingError::QuotaExhausted {
                 retry_after: CONCURRENCY_RETRY_SECONDS,
                 ..
             }

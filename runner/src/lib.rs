@@ -4,26 +4,35 @@
 //! contract of [`bus_api`] and runs real containers through the Docker Engine API (bollard),
 //! here Podman's docker-compatible socket.
 //!
-//! # Layout
-//! - [`serve`] / [`app`]: the server, on a bound listener with a shutdown future.
-//! - [`routes`]: one module per resource (`status`, `runs`, `logs`); handlers parse, then act.
-//! - [`auth`]: the Ed25519 signing key, minting and verifying JWTs, the scope extractor.
-//! - [`problem`]: the one place errors become `application/problem+json` responses.
-//! - [`spec`]: a `CreateRun` request validated into a `RunSpec` (ports, tty, storage, limits).
-//! - [`openapi`]: the OpenAPI 3.1 document of every route, served at `/api/v1/openapi.json`
-//!   and checked in as `api/openapi.json`.
-//! - [`storage`]: each account's persistent volume, and how runs mount it.
-//! - [`config`]: run profiles (built-in `codex` and `agent`), plans and accounts, from an
-//!   optional TOML file.
+//! # Layout: three layers
+//! Imports go down only: the HTTP layer calls the domain, the domain calls the engine, and no
+//! module imports one that imports it back.
+//!
+//! **HTTP** ([`http`]): [`serve`] / [`app`] and [`AppState`] here; the routes, one module per
+//! resource (`http::routes`: status, auth, billing, runs, logs, stop, exec, attach, images,
+//! builds, idempotency, input); the bearer-token extractor with the scope each route needs
+//! ([`http::auth`]); the one mapping from every error to an `application/problem+json`
+//! document ([`http::problem`]); HTTPS listeners ([`http::tls`]); the OpenAPI 3.1 document
+//! ([`openapi`], served at `/api/v1/openapi.json` and checked in as `api/openapi.json`).
+//!
+//! **Domain**, each module with its own typed error:
+//! - [`runs`]: a `CreateRun` validated into a `RunSpec` (`runs::spec`, with the field checks
+//!   it shares with the config's profiles, `config::checks`), driven from create to removal
+//!   and re-adopted after a restart (`runs::executor`), exec'd commands and detached execs
+//!   (`runs::execs`), each account's storage volume (`runs::storage`).
+//! - [`images`]: images and builds scoped to accounts (`images.db`): names held and claimed,
+//!   references (`images::refs`), archives, pulls, pushes, loads and saves, builds.
 //! - [`billing`]: plans, billing state and quotas, checked before a create reaches the engine.
-//! - [`store`]: run records and output frames, persisted in SQLite (`runs.db` in the state
-//!   dir), with idempotency keys, retention and the usage ledger billing counts from.
-//! - [`tls`]: HTTPS serving (`--tls-cert`, `--tls-key`) for `https://` listen addresses.
-//! - [`execs`]: signals for exec'd commands and detached execs (output kept in the state dir).
-//! - [`images`], [`builds`]: images and builds scoped to accounts (`images.db`), with an
-//!   engine client of their own.
-//! - [`engine`]: the bollard client; [`executor`]: drives one run from create to removal, and
-//!   re-adopts the runs of an earlier runner process on start.
+//! - [`auth`]: the Ed25519 signing key, minting and verifying JWTs, scope names;
+//!   [`config`]: run profiles, plans, accounts and their API keys, `[images]`, from TOML.
+//! - [`store`]: run records and output frames in SQLite (`runs.db` in the state dir), with
+//!   idempotency keys, retention and the usage ledger billing counts from.
+//!
+//! **Engine** ([`engine`]): the `Backend` trait the domain calls through the `Engine` handle
+//! (containers, execs, volumes, images) with the engine's own types; the Podman backend
+//! (`engine::podman`) holds the one bollard client and the one libpod client.
+//!
+//! [`util`] holds the small helpers every layer shares (RFC 3339, random ids, hex, SHA-256).
 //!
 //! # Invariants
 //! - The token never reaches a message or a log line.
@@ -34,7 +43,7 @@
 //! - On shutdown the server stops accepting, ends log followers' streams (clients resume with
 //!   `after_seq`), stores what is queued and drops connections still open after a short
 //!   grace period. Runs in flight are left running: their containers carry this runner's
-//!   label, and the next start re-adopts them ([`executor::readopt`]).
+//!   label, and the next start re-adopts them ([`runs::executor::readopt`]).
 
 use std::future::{Future, IntoFuture as _};
 use std::io;
@@ -47,19 +56,13 @@ use futures::FutureExt as _;
 
 pub mod auth;
 pub mod billing;
-pub mod builds;
 pub mod config;
 pub mod engine;
-pub mod execs;
-pub mod executor;
+pub mod http;
 pub mod images;
-pub mod openapi;
-pub mod problem;
-pub mod routes;
-pub mod spec;
-pub mod storage;
+pub mod runs;
 pub mod store;
-pub mod tls;
+pub mod util;
 
 use auth::Keys;
 use config::Config;
@@ -80,7 +83,7 @@ struct Shared {
     store: Store,
     engine: Arc<Engine>,
     billing: billing::Billing,
-    execs: execs::Execs,
+    execs: runs::execs::Execs,
     images: Arc<images::Images>,
 }
 
@@ -95,7 +98,7 @@ impl AppState {
     /// State from its parts and an opened store.
     pub fn with_store(keys: Keys, config: Config, engine: Engine, store: Store) -> AppState {
         let state_dir = store.path().parent().unwrap_or(std::path::Path::new("."));
-        let execs = execs::Execs::open(state_dir.join("execs"), &store);
+        let execs = runs::execs::Execs::open(state_dir.join("execs"), &store);
         let images = Arc::new(images::Images::new(state_dir, &config));
         AppState(Arc::new(Shared {
             execs,
@@ -134,7 +137,7 @@ impl AppState {
     }
 
     /// The detached execs.
-    pub fn execs(&self) -> &execs::Execs {
+    pub fn execs(&self) -> &runs::execs::Execs {
         &self.0.execs
     }
 
@@ -147,9 +150,9 @@ impl AppState {
 /// The HTTP application: every route below `/api/v1`, with problem documents for unknown
 /// routes and methods.
 pub fn app(state: AppState) -> Router {
-    routes::router()
-        .fallback(problem::route_not_found)
-        .method_not_allowed_fallback(problem::method_not_allowed)
+    http::routes::router()
+        .fallback(http::problem::route_not_found)
+        .method_not_allowed_fallback(http::problem::method_not_allowed)
         .with_state(state)
 }
 
@@ -167,8 +170,8 @@ pub async fn serve(
 pub enum Listening {
     /// Plain HTTP.
     Http(tokio::net::TcpListener),
-    /// HTTPS (see [`tls`]).
-    Https(tls::TlsListener),
+    /// HTTPS (see [`http::tls`]).
+    Https(http::tls::TlsListener),
 }
 
 /// Serves `app(state)` on every listener at once until `shutdown` completes, as [`serve`]

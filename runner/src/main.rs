@@ -10,8 +10,8 @@ use bus_runner::AppState;
 use bus_runner::auth::{self, Keys};
 use bus_runner::config::Config;
 use bus_runner::engine::Engine;
-use bus_runner::executor;
-use bus_runner::problem::engine_message;
+use bus_runner::engine::engine_message;
+use bus_runner::runs::executor;
 use bus_runner::store::{self, Retention, Store};
 use clap::{Parser, Subcommand};
 
@@ -139,7 +139,7 @@ fn main() -> ExitCode {
         Command::HashKey => hash_key(),
         Command::Openapi => {
             let mut out = std::io::stdout().lock();
-            out.write_all(bus_runner::routes::document().as_bytes())
+            out.write_all(bus_runner::http::routes::document().as_bytes())
                 .and_then(|()| out.flush())
                 .map_err(|e| format!("cannot write the document: {e}"))
         }
@@ -224,7 +224,7 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
     let keys = Keys::load_or_create(&args.state_dir).map_err(|e| e.to_string())?;
     let store = Store::open(&args.state_dir).map_err(|e| e.to_string())?;
     // Staging mounts of storage subpaths left by a runner process that died mid-start.
-    bus_runner::storage::clean_stale(&bus_runner::storage::mounts_dir(&store));
+    bus_runner::runs::storage::clean_stale(&bus_runner::runs::storage::mounts_dir(&store));
     let engine = Engine::connect(&args.engine).map_err(|e| {
         format!(
             "cannot use the engine at {}: {}; start one with `podman system service --time=0 {}`",
@@ -241,7 +241,7 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
     }
     let acceptor = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
-            Some(bus_runner::tls::acceptor(cert, key).map_err(|e| e.to_string())?)
+            Some(bus_runner::http::tls::acceptor(cert, key).map_err(|e| e.to_string())?)
         }
         _ => None,
     };
@@ -268,7 +268,7 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         match &acceptor {
             Some(acceptor) if listen.tls => {
-                let tls = bus_runner::tls::TlsListener::new(listener, acceptor.clone())
+                let tls = bus_runner::http::tls::TlsListener::new(listener, acceptor.clone())
                     .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
                 listeners.push(bus_runner::Listening::Https(tls));
                 bound.push(format!("https://{addr}"));
@@ -289,13 +289,7 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
     }
     tracing::info!(addr = ?bound, profiles = ?config.profile_names(), "serving");
     let state = AppState::with_store(keys, config, engine, store);
-    state.images().connect_engine(&args.engine).map_err(|e| {
-        format!(
-            "cannot use the engine at {}: {}",
-            args.engine,
-            engine_message(&e)
-        )
-    })?;
+    state.images().connect_engine(state.engine().clone());
     // Runs left by an earlier runner process: their containers may still run.
     executor::spawn_readopt(state.engine().clone(), state.store().clone());
     let retention = Retention {

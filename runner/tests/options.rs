@@ -300,8 +300,8 @@ async fn storage_persists_across_runs_of_one_account_only() {
         podman: &podman,
         runs: vec![],
         volumes: vec![
-            bus_runner::storage::volume_name(&a),
-            bus_runner::storage::volume_name(&b),
+            bus_runner::runs::storage::volume_name(&a),
+            bus_runner::runs::storage::volume_name(&b),
         ],
     };
     let mut run = async |token: &str, body: Value| {

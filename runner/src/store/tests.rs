@@ -1,5 +1,8 @@
 use std::collections::BTreeMap;
 
+use bus_api::{RunState, Stream};
+use bytes::Bytes;
+
 use super::*;
 
 fn record(id: &str) -> Run {

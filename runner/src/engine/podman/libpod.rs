@@ -1,0 +1,97 @@
+//! The libpod calls bollard does not make (it speaks only the Docker API): one HTTP/1.1
+//! exchange each, on a connection of its own to the engine's socket.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+
+use super::stream_error;
+use bollard::errors::Error as DockerError;
+
+/// How often Podman checks a container's state while a libpod wait is open; the
+/// Docker-compatible wait answers a short run hundreds of milliseconds late.
+pub(super) const WAIT_INTERVAL: &str = "5ms";
+
+/// The client: the socket's path (a connection is made per call).
+#[derive(Debug)]
+pub(super) struct Libpod {
+    socket: PathBuf,
+}
+
+impl Libpod {
+    /// A client of the engine on `socket`; nothing is sent yet.
+    pub(super) fn new(socket: &str) -> Libpod {
+        Libpod {
+            socket: PathBuf::from(socket),
+        }
+    }
+
+    /// `POST /v4.0.0/libpod/containers/{id}/wait?condition=exited&interval=5ms`, whose body is
+    /// the exit code.
+    pub(super) async fn wait(&self, id: &str) -> Result<i64, DockerError> {
+        let path = format!(
+            "/v4.0.0/libpod/containers/{}/wait?condition=exited&interval={WAIT_INTERVAL}",
+            url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
+        );
+        let (status, body) = self.request(hyper::Method::POST, &path).await?;
+        let text = String::from_utf8_lossy(&body);
+        if !status.is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| text.trim().to_owned());
+            return Err(DockerError::DockerResponseServerError {
+                status_code: status.as_u16(),
+                message,
+            });
+        }
+        text.trim().parse::<i64>().map_err(|_| {
+            stream_error(format!(
+                "the engine's wait answered {text:?}, not an exit code"
+            ))
+        })
+    }
+
+    /// A GET answered with JSON (`/v4.0.0/libpod/images/{id}/json`); `None` on any failure.
+    pub(super) async fn get_json(&self, path: &str) -> Option<serde_json::Value> {
+        match self.request(hyper::Method::GET, path).await {
+            Ok((status, body)) if status.is_success() => serde_json::from_slice(&body).ok(),
+            _ => None,
+        }
+    }
+
+    /// One request without a body; the status and the whole response body.
+    async fn request(
+        &self,
+        method: hyper::Method,
+        path: &str,
+    ) -> Result<(hyper::StatusCode, Bytes), DockerError> {
+        let stream = tokio::net::UnixStream::connect(Path::new(&self.socket)).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(stream_error)?;
+        let connection = tokio::spawn(connection);
+        let result = async {
+            let request = hyper::Request::builder()
+                .method(method)
+                .uri(path)
+                .header(hyper::header::HOST, "podman")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .map_err(|e| stream_error(e.to_string()))?;
+            let response = sender.send_request(request).await.map_err(stream_error)?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(stream_error)?
+                .to_bytes();
+            Ok((status, body))
+        }
+        .await;
+        connection.abort();
+        result
+    }
+}

@@ -1,0 +1,422 @@
+//! `POST/GET /api/v1/containers/runs` and `GET/DELETE /api/v1/containers/runs/{id}`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+pub use bus_api::runs::MAX_WAIT_MS;
+use bus_api::runs::{CreateRunQuery, DEFAULT_PAGE_SIZE, ListRunsQuery, MAX_PAGE_SIZE, WaitFor};
+use bus_api::{CreateRun, Run, RunOptions, RunPage, RunState};
+use std::time::Duration;
+use time::OffsetDateTime;
+
+use crate::AppState;
+use crate::engine::engine_message;
+use crate::http::auth::{self, Caller};
+use crate::http::openapi::{
+    BadRequest, EngineUnavailable, Forbidden, Internal, NotFound, PayloadTooLarge, PaymentRequired,
+    TooManyRequests, Unprocessable,
+};
+use crate::http::problem::{ApiError, ApiJson, ApiQuery};
+use crate::http::routes::idempotency;
+use crate::runs::executor;
+use crate::runs::spec::RunSpec;
+use crate::store::{Entry, Inserted, NewRun, Replay, new_run_id};
+
+/// Largest request body `POST /runs` accepts.
+pub const BODY_LIMIT: usize = 256 * 1024;
+/// How long `wait=running` waits when the query names no `wait_ms`.
+pub const DEFAULT_START_WAIT: Duration = Duration::from_secs(60);
+/// How long a started command must stay up before `wait=running` answers it running.
+pub const START_SETTLE: Duration = Duration::from_millis(50);
+/// How long an answer waits for the end of a run whose container already stopped.
+const ENDING_WAIT: Duration = Duration::from_secs(10);
+
+/// The create query's wait, checked.
+pub trait StartWait {
+    /// How long to wait for the run to start; `None` without `wait`.
+    fn start_wait(&self) -> Result<Option<Duration>, ApiError>;
+}
+
+impl StartWait for CreateRunQuery {
+    fn start_wait(&self) -> Result<Option<Duration>, ApiError> {
+        match (self.wait, self.wait_ms) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(ApiError::InvalidRequest(
+                "wait_ms needs wait=running".to_owned(),
+            )),
+            (Some(WaitFor::Running), None) => Ok(Some(DEFAULT_START_WAIT)),
+            (Some(WaitFor::Running), Some(ms)) if (1..=MAX_WAIT_MS).contains(&ms) => {
+                Ok(Some(Duration::from_millis(ms)))
+            }
+            (Some(_), Some(ms)) => Err(ApiError::InvalidRequest(format!(
+                "wait_ms must be from 1 to {MAX_WAIT_MS}, not {ms}"
+            ))),
+        }
+    }
+}
+
+/// Starts a run.
+///
+/// Validates the request (every field bounded), checks grant, billing and quota before any
+/// container work, records the run as `queued` and starts it in the background.
+/// Follow it with the logs endpoint. With an `Idempotency-Key` that this account used in the
+/// last 24 hours with the same body, answers with the original run instead of starting
+/// another (`Idempotent-Replayed: true`). `owner` and `account_id` in the body are ignored:
+/// the run belongs to the token's account.
+#[utoipa::path(
+    post,
+    path = "/api/v1/containers/runs",
+    tag = "containers",
+    operation_id = "createRun",
+    security(("bearer" = ["container:run"])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
+            description = "1 to 255 printable ASCII characters without spaces, e.g. a UUID."),
+        ("wait" = Option<String>, Query, pattern = "^running$",
+            description = "`running`: answer once the run runs or has ended (a command that \
+                exits at once is answered ended, with its exit code or the reason it failed to \
+                start), at most `wait_ms`; then the run as it is."),
+        ("wait_ms" = Option<u64>, Query, minimum = 1, maximum = 600000,
+            description = "With `wait`: the longest wait in milliseconds (default 60000)."),
+        ("follow" = Option<bool>, Query,
+            description = "The caller will follow the run's output: refused with \
+                `logs_disabled`, before anything starts, when the token's grant switches logs off."),
+    ),
+    request_body(content = CreateRun, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The run: `queued`, or with `wait` as it is once it runs \
+            or has ended.", body = Run,
+            headers(
+                ("Location" = String, description = "The run's URL path."),
+                ("Idempotent-Replayed" = String,
+                    description = "`true` when this is the response to an earlier request with the same key."),
+            )),
+        (status = 400, response = BadRequest),
+        (status = 402, response = PaymentRequired),
+        (status = 403, response = Forbidden),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+    )
+)]
+// Starts a run: validates the request, records it as `queued`, and hands it to the executor.
+// With an `Idempotency-Key` already used by this account (24 h), answers with the original
+// response instead (see [`idempotency`]). With `wait=running`, answers once the run runs or
+// has ended (see [`answer_started`]).
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller<auth::Run>,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<CreateRunQuery>,
+    ApiJson(request): ApiJson<CreateRun>,
+) -> Result<Response, ApiError> {
+    let start_wait = query.start_wait()?;
+    // A caller that will follow the output is refused before anything starts when it may not.
+    if query.follow
+        && caller
+            .claims
+            .grant
+            .as_ref()
+            .is_some_and(|g| !g.allows_logs())
+    {
+        return Err(ApiError::FollowDisabled);
+    }
+    let idempotency = idempotency::from_request(&headers, &request)?;
+    if let Some(key) = &idempotency {
+        if let Some(replay) = state.store().find_replay(caller.account(), key).await? {
+            return Ok(replayed(&state, caller.account(), replay, start_wait).await);
+        }
+    }
+    let spec = RunSpec::parse(request, state.config())?;
+    // Grant, billing and quota, before any engine call; held until the run is recorded.
+    let _admission = crate::billing::admit(&state, &caller.claims, &spec.image).await?;
+    // Only an image the account may see: public, or one it pulled, loaded, built or tagged.
+    state
+        .images()
+        .check_run(caller.account(), &spec.image)
+        .await?;
+    let record = Run {
+        id: new_run_id(),
+        state: RunState::Queued,
+        exit_code: None,
+        profile: Some(spec.profile.clone()),
+        image: spec.image.clone(),
+        argv: spec.argv.clone(),
+        name: spec.name.clone(),
+        labels: spec.labels.clone(),
+        created_at: OffsetDateTime::now_utc(),
+        started_at: None,
+        finished_at: None,
+        reason: None,
+        wall_seconds: None,
+        options: RunOptions {
+            ports: spec.ports.clone(),
+            tty: spec.tty,
+            stdin: spec.stdin,
+            storage: spec.storage.clone(),
+            memory_mb: spec.memory_mb,
+        },
+    };
+    let new = NewRun {
+        record,
+        timeout: spec.timeout,
+        idempotency,
+    };
+    let entry = match state.store().insert(caller.account(), new).await? {
+        Inserted::Created(entry) => entry,
+        Inserted::Replayed(replay) => {
+            return Ok(replayed(&state, caller.account(), replay, start_wait).await);
+        }
+    };
+    let run = entry.snapshot();
+    tracing::info!(run = %run.id, owner = caller.account(), image = %run.image, "run accepted");
+    let mounts_dir = crate::runs::storage::mounts_dir(state.store());
+    executor::spawn(state.engine().clone(), entry.clone(), spec, mounts_dir);
+    let run = match start_wait {
+        Some(limit) => answer_started(&entry, limit).await,
+        None => run,
+    };
+    let location = format!("/api/v1/containers/runs/{}", run.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(run),
+    )
+        .into_response())
+}
+
+/// The original answer to a repeated request; with `wait=running`, the run as it is once it
+/// runs or has ended (the original answer when it was deleted meanwhile).
+async fn replayed(
+    state: &AppState,
+    owner: &str,
+    replay: Replay,
+    start_wait: Option<Duration>,
+) -> Response {
+    let entry = state.store().get(owner, &replay.run_id);
+    match (start_wait, entry) {
+        (Some(limit), Some(entry)) => {
+            let run = answer_started(&entry, limit).await;
+            let mut response = idempotency::replay(replay);
+            *response.body_mut() =
+                axum::body::Body::from(serde_json::to_vec(&run).expect("a run always serializes"));
+            response
+        }
+        _ => idempotency::replay(replay),
+    }
+}
+
+/// The run once it runs or has ended, or as it is when `limit` passed first. A run counts as
+/// running once its command has stayed up for [`START_SETTLE`] (as supervisord's
+/// `startsecs`): a command that exits sooner (a typo in a script, a missing file) is answered
+/// once its end is recorded, so the caller learns that it ended and how.
+pub async fn answer_started(entry: &Entry, limit: Duration) -> Run {
+    if entry.wait_started(limit).await
+        && entry.snapshot().state == RunState::Running
+        && entry.wait_output_ended(START_SETTLE).await
+    {
+        entry.wait_ended(ENDING_WAIT).await;
+    }
+    entry.snapshot()
+}
+
+const PAGE_TOKEN_PREFIX: &str = "runs.v1.";
+
+/// Encodes a listing cursor (the creation serial to continue below) as an opaque token.
+pub fn encode_page_token(serial: u64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{serial}"))
+}
+
+/// Decodes a token from [`encode_page_token`]; anything else is a 400.
+pub fn decode_page_token(token: &str) -> Result<u64, ApiError> {
+    let bad = || {
+        ApiError::InvalidRequest(
+            "page_token is not one this runner issued; pass next_page_token from the previous page"
+                .to_owned(),
+        )
+    };
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    text.strip_prefix(PAGE_TOKEN_PREFIX)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(bad)
+}
+
+/// Lists the caller's runs.
+///
+/// Newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/v1/containers/runs",
+    tag = "containers",
+    operation_id = "listRuns",
+    security(("bearer" = ["container:read"])),
+    params(
+        ("page_size" = Option<u32>, Query, minimum = 0,
+            description = "Runs per page: 0 or absent means 50; more than 200 means 200."),
+        ("page_token" = Option<String>, Query,
+            description = "`next_page_token` of the previous page."),
+    ),
+    responses(
+        (status = 200, description = "A page of runs.", body = RunPage),
+        (status = 400, response = BadRequest),
+        (status = 403, response = Forbidden),
+    )
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller<auth::Read>,
+    ApiQuery(query): ApiQuery<ListRunsQuery>,
+) -> Result<Json<RunPage>, ApiError> {
+    let size = match query.page_size {
+        None | Some(0) => DEFAULT_PAGE_SIZE,
+        Some(n) => n.min(MAX_PAGE_SIZE),
+    };
+    let before = query
+        .page_token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .map(decode_page_token)
+        .transpose()?;
+    let (runs, next) = state.store().list(caller.account(), before, size as usize);
+    Ok(Json(RunPage {
+        runs,
+        next_page_token: next.map(encode_page_token),
+    }))
+}
+
+/// Gets one run.
+///
+/// Its state, exit code, reason, times and usage.
+#[utoipa::path(
+    get,
+    path = "/api/v1/containers/runs/{id}",
+    tag = "containers",
+    operation_id = "getRun",
+    security(("bearer" = ["container:read"])),
+    params(("id" = String, Path, description = "The run's id (`run_...`).")),
+    responses(
+        (status = 200, description = "The run.", body = Run),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    )
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller<auth::Read>,
+    Path(id): Path<String>,
+) -> Result<Json<Run>, ApiError> {
+    let entry = state
+        .store()
+        .get(caller.account(), &id)
+        .ok_or(ApiError::RunNotFound(id))?;
+    Ok(Json(entry.snapshot()))
+}
+
+/// Deletes a run.
+///
+/// The run and its output are forgotten; a live run's container is removed first.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/containers/runs/{id}",
+    tag = "containers",
+    operation_id = "deleteRun",
+    security(("bearer" = ["container:delete"])),
+    params(("id" = String, Path, description = "The run's id (`run_...`).")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 503, response = EngineUnavailable),
+    )
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller<auth::Delete>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let store = state.store();
+    let entry = store
+        .get(caller.account(), &id)
+        .ok_or_else(|| ApiError::RunNotFound(id.clone()))?;
+    // Remove a live container before forgetting the run, so an engine failure changes nothing.
+    if let Some(container) = entry.container() {
+        if !entry.snapshot().state.is_terminal() {
+            entry.set_deleting(true);
+            if let Err(e) = state.engine().remove(&container).await {
+                entry.set_deleting(false);
+                return Err(e.into());
+            }
+        }
+    }
+    let entry = store
+        .remove(caller.account(), &id)
+        .ok_or(ApiError::RunNotFound(id))?;
+    // The executor may have created the container meanwhile (it removes it itself when it
+    // sees the run deleted before it recorded the container).
+    if let Some(container) = entry.container() {
+        if let Err(e) = state.engine().remove(&container).await {
+            tracing::warn!(run = %entry.id, error = %engine_message(&e), "removing the container failed");
+        }
+    }
+    state.execs().remove_run(&entry.id);
+    tracing::info!(run = %entry.id, owner = caller.account(), "run deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_create_waits_only_when_asked_and_within_bounds() {
+        let query = |wait, wait_ms| CreateRunQuery {
+            wait,
+            wait_ms,
+            follow: false,
+        };
+        assert_eq!(query(None, None).start_wait().unwrap(), None);
+        assert_eq!(
+            query(Some(WaitFor::Running), None).start_wait().unwrap(),
+            Some(DEFAULT_START_WAIT)
+        );
+        assert_eq!(
+            query(Some(WaitFor::Running), Some(250))
+                .start_wait()
+                .unwrap(),
+            Some(Duration::from_millis(250))
+        );
+        for bad in [
+            query(None, Some(10)),
+            query(Some(WaitFor::Running), Some(0)),
+            query(Some(WaitFor::Running), Some(MAX_WAIT_MS + 1)),
+        ] {
+            let err = bad.start_wait().unwrap_err();
+            assert_eq!(err.problem().status, 400, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn page_token_round_trip() {
+        for serial in [0, 1, 42, u64::MAX] {
+            assert_eq!(
+                decode_page_token(&encode_page_token(serial)).unwrap(),
+                serial
+            );
+        }
+        for bad in [
+            "",
+            "abc",
+            "!!",
+            &URL_SAFE_NO_PAD.encode("runs.v1.x"),
+            &URL_SAFE_NO_PAD.encode("7"),
+        ] {
+            let err = decode_page_token(bad).unwrap_err();
+            assert_eq!(err.problem().status, 400, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! Moving images in and out: pulls and pushes (registries), loads and saves (archives), and
+//! the spooled uploads loads and builds read from.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bus_api::auth::Claims;
+use bus_api::images::{LoadResult, RegistryRequest};
+use bytes::Bytes;
+use futures::{Stream, StreamExt as _};
+use tokio::io::AsyncWriteExt as _;
+
+use super::progress::{Progress, progress};
+use super::refs::{self, ImageRef, Name};
+use super::{ImageError, Images, Source, archive};
+use crate::engine::{EngineError, RegistryAuth, engine_message};
+
+impl Images {
+    /// Pulls `request.reference` for the caller. Refusals the engine gives at once (a bad
+    /// name, the registry's "unauthorized") come back as errors; later failures as the
+    /// stream's last frame. The pull goes on if the caller leaves.
+    pub async fn pull(
+        self: &Arc<Self>,
+        claims: &Claims,
+        request: RegistryRequest,
+    ) -> Result<Progress, ImageError> {
+        let owner = claims.sub.clone();
+        let name = registry_name(&request.reference, "pull")?;
+        if let Some(grant) = &claims.grant {
+            if !grant.allows_image(name.as_str()) && !grant.allows_image(request.reference.trim()) {
+                return Err(ImageError::NotAllowed {
+                    action: "pull",
+                    image: name.to_string(),
+                    allowed: grant.images.clone().unwrap_or_default(),
+                });
+            }
+        }
+        let claim = self.claim(&owner, std::slice::from_ref(&name), Source::Pull)?;
+        let auth = registry_auth(&request, &name);
+        let stream = self
+            .engine()?
+            .pull(name.repository(), name.digest().or(name.tag()), auth);
+        tracing::info!(owner, image = %name, "pull started");
+        let images = self.clone();
+        let finish = move || async move {
+            let _claim = claim;
+            let inspect = images
+                .engine()?
+                .inspect_image(name.as_str())
+                .await?
+                .ok_or_else(|| {
+                    ImageError::RegistryFailed(format!(
+                        "the engine reported {name} pulled but does not have it"
+                    ))
+                })?;
+            images
+                .db()?
+                .hold(&owner, name.as_str(), &inspect.id, Source::Pull.as_str())?;
+            tracing::info!(owner, image = %name, "pull done");
+            images.summary(&owner, name.as_str()).await
+        };
+        progress(stream, finish).await
+    }
+
+    /// Pushes a name the caller holds to its registry.
+    pub async fn push(
+        self: &Arc<Self>,
+        owner: &str,
+        request: RegistryRequest,
+    ) -> Result<Progress, ImageError> {
+        let name = registry_name(&request.reference, "push")?;
+        if !self.holds(owner)?.contains_key(name.as_str()) {
+            return Err(ImageError::NotFound(name.to_string()));
+        }
+        let auth = registry_auth(&request, &name);
+        let stream = self.engine()?.push(name.repository(), name.tag(), auth);
+        tracing::info!(owner, image = %name, "push started");
+        let images = self.clone();
+        let owner = owner.to_owned();
+        let finish = move || async move {
+            tracing::info!(owner, image = %name, "push done");
+            images.summary(&owner, name.as_str()).await
+        };
+        progress(stream, finish).await
+    }
+
+    /// Spools an upload to a file below the state dir, refusing it as soon as it passes
+    /// `limit_mb` (or at once when `declared` says it will).
+    pub async fn spool(
+        &self,
+        body: axum::body::Body,
+        declared: Option<u64>,
+        limit_mb: u64,
+        what: &'static str,
+    ) -> Result<Spooled, ImageError> {
+        let limit = limit_mb.saturating_mul(1024 * 1024);
+        let too_large = || ImageError::TooLarge { what, limit_mb };
+        if declared.is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let dir = self.dir.join("uploads");
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            ImageError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+        })?;
+        let path = dir.join(format!("upload-{}", crate::util::random_hex::<16>()));
+        let spooled = Spooled {
+            path: path.clone(),
+            bytes: 0,
+        };
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| ImageError::Unavailable(format!("cannot spool the upload: {e}")))?;
+        let mut spooled = spooled;
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                ImageError::Invalid(format!("the upload broke off: {}", e.to_string().trim()))
+            })?;
+            spooled.bytes += chunk.len() as u64;
+            if spooled.bytes > limit {
+                return Err(too_large());
+            }
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| ImageError::Unavailable(format!("cannot spool the upload: {e}")))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| ImageError::Unavailable(format!("cannot spool the upload: {e}")))?;
+        Ok(spooled)
+    }
+
+    /// Loads an uploaded archive for `owner`: the names it gives are claimed first (refused
+    /// when another account holds one), then held by `owner`.
+    pub async fn load(
+        self: &Arc<Self>,
+        owner: &str,
+        body: axum::body::Body,
+        declared: Option<u64>,
+    ) -> Result<LoadResult, ImageError> {
+        let limit = self.config.max_load_archive_mb;
+        let spooled = self.spool(body, declared, limit, "image archive").await?;
+        let path = spooled.path.clone();
+        let contents = tokio::task::spawn_blocking(move || archive::read(&path))
+            .await
+            .map_err(|e| ImageError::Unavailable(format!("reading the archive failed: {e}")))?
+            .map_err(ImageError::Invalid)?;
+        let mut names = Vec::new();
+        for text in &contents.names {
+            match refs::parse(text) {
+                Ok(ImageRef::Name(name)) => names.push(name),
+                _ => {
+                    return Err(ImageError::Invalid(format!(
+                        "the archive names an image \"{text}\", which is not a valid reference"
+                    )));
+                }
+            }
+        }
+        let _claim = self.claim(owner, &names, Source::Load)?;
+        let mut stream = self.engine()?.load(&spooled.path);
+        let mut loaded = Vec::new();
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| match e {
+                EngineError::Status {
+                    status: 400..=500,
+                    message,
+                } => ImageError::Invalid(format!(
+                    "the engine cannot load the archive: {}",
+                    message.lines().next().unwrap_or_default().trim()
+                )),
+                EngineError::Stream(error) => {
+                    ImageError::Invalid(format!("the engine cannot load the archive: {error}"))
+                }
+                other => ImageError::Engine(other),
+            })?;
+            for text in [info.stream, info.status].into_iter().flatten() {
+                for line in text.lines() {
+                    if let Some(rest) = line.trim().strip_prefix("Loaded image") {
+                        let rest = rest.trim_start_matches(['s', ':', ' ']);
+                        loaded.extend(rest.split(',').map(|s| s.trim().to_owned()));
+                    }
+                }
+            }
+        }
+        let db = self.db()?;
+        let engine = self.engine()?;
+        let mut ids = Vec::new();
+        for text in loaded.iter().filter(|t| !t.is_empty()) {
+            let Some(inspect) = engine.inspect_image(text).await? else {
+                continue;
+            };
+            let id = inspect.id;
+            let reference = match refs::parse(text) {
+                Ok(ImageRef::Name(name)) => {
+                    if !names.contains(&name) {
+                        tracing::warn!(owner, image = %name, "the engine loaded a name the archive did not list");
+                    }
+                    name.to_string()
+                }
+                _ => format!("sha256:{}", refs::bare_id(&id)),
+            };
+            db.hold(owner, &reference, &id, Source::Load.as_str())?;
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        let mut images = Vec::new();
+        for id in ids {
+            images.push(self.summary(owner, refs::bare_id(&id)).await?);
+        }
+        tracing::info!(
+            owner,
+            images = images.len(),
+            bytes = spooled.bytes,
+            "archive loaded"
+        );
+        Ok(LoadResult { images })
+    }
+
+    /// The image `text` names as a docker-archive: its file name and its bytes. An error the
+    /// engine gives before the first byte comes back as an error.
+    pub async fn save(
+        &self,
+        owner: &str,
+        text: &str,
+    ) -> Result<
+        (
+            String,
+            impl Stream<Item = Result<Bytes, std::io::Error>> + use<>,
+        ),
+        ImageError,
+    > {
+        let r = self.resolve(owner, text).await?;
+        let name = r
+            .visible
+            .names
+            .iter()
+            .find(|v| !v.starts_with("sha256:") && !v.contains('@'))
+            .cloned()
+            .unwrap_or_else(|| r.inspect.id.clone());
+        let mut stream = self.engine()?.save(&name);
+        let first = match stream.next().await {
+            Some(Ok(bytes)) => Some(bytes),
+            Some(Err(e)) => return Err(e.into()),
+            None => None,
+        };
+        let file = format!(
+            "{}.tar",
+            name.rsplit('/')
+                .next()
+                .unwrap_or("image")
+                .replace([':', '@'], "-")
+        );
+        let rest = stream.map(|r| r.map_err(|e| std::io::Error::other(engine_message(&e))));
+        Ok((file, futures::stream::iter(first.map(Ok)).chain(rest)))
+    }
+}
+
+/// A spooled upload; the file is removed on drop.
+#[derive(Debug)]
+pub struct Spooled {
+    /// The file.
+    pub path: PathBuf,
+    /// Its size.
+    pub bytes: u64,
+}
+
+impl Drop for Spooled {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A name for pull or push: a valid reference that names a registry.
+fn registry_name(text: &str, action: &str) -> Result<Name, ImageError> {
+    match refs::parse(text).map_err(ImageError::Invalid)? {
+        ImageRef::Name(name) if !name.is_local() => Ok(name),
+        ImageRef::Name(name) => Err(ImageError::Invalid(format!(
+            "{name} names no registry; {action} needs registry[:port]/repository[:tag], e.g. \
+             127.0.0.1:5000/team/app:1"
+        ))),
+        ImageRef::Id(_) => Err(ImageError::Invalid(format!(
+            "{action} needs an image reference (registry/repository:tag), not an id"
+        ))),
+    }
+}
+
+/// The request's registry login, for the registry `name` is in.
+fn registry_auth(request: &RegistryRequest, name: &Name) -> Option<RegistryAuth> {
+    request.credentials.as_ref().map(|c| RegistryAuth {
+        username: c.username.clone(),
+        password: c.password.clone(),
+        server: name.domain().to_owned(),
+    })
+}
