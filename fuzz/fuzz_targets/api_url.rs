@@ -19,7 +19,8 @@ fuzz_target!(|given: &str| {
             assert!(!text.ends_with('/'), "{text}");
             assert_eq!(ApiOrigin::parse(text).as_ref(), Ok(&origin), "{text}");
             let parsed = url::Url::parse(given.trim()).expect("accepted, so a URL");
-            let joined = url::Url::parse(&origin.join(PATH)).expect("a URL busd builds parses");
+            let joined =
+                url::Url::parse(origin.join(PATH).as_str()).expect("a URL busd builds parses");
             assert_eq!(joined.scheme(), parsed.scheme());
             assert_eq!(joined.host(), parsed.host());
             assert_eq!(
