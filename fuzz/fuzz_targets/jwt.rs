@@ -217,11 +217,7 @@ fuzz_target!(|input: Input| {
                             && c.nbf >= 0
                             && clear(f.exp)
                             && clear(f.nbf);
-                        assert!(
-                            !good,
-                            "a good token was refused: {:?}",
-                            refused.to_string()
-                        );
+                        assert!(!good, "a good token was refused: {:?}", refused.to_string());
                     }
                 }
             }
