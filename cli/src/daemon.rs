@@ -28,6 +28,8 @@ use crate::link::{ANSWER_BOUND, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Link};
 
 /// How long a starting busd may take to report readiness.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a report busd sent just before it exited may take to be read.
+const REPORT_AFTER_EXIT: Duration = Duration::from_millis(500);
 
 /// A stream that records each completed read in its [`Link`].
 struct Watched {
@@ -181,10 +183,15 @@ async fn start(socket: &Path, dir: &Path) -> Result<(), CliError> {
             .await?;
         Ok::<_, io::Error>(line.trim().to_owned())
     };
+    let mut report = std::pin::pin!(report);
     let outcome = tokio::select! {
-        line = report => line.map_err(|e| format!("no readiness report: {e}")),
-        status = child.wait() => Err(format!("busd exited ({}) before it was ready",
-            status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()))),
+        line = &mut report => line.map_err(|e| format!("no readiness report: {e}")),
+        status = child.wait() => match tokio::time::timeout(REPORT_AFTER_EXIT, &mut report).await {
+            // busd reports why it cannot start, then exits: the report may be read second.
+            Ok(Ok(line)) if !line.is_empty() => Ok(line),
+            _ => Err(format!("busd exited ({}) before it was ready",
+                status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()))),
+        },
         _ = tokio::time::sleep(START_TIMEOUT) => Err(format!(
             "busd did not report readiness within {}s", START_TIMEOUT.as_secs())),
     };
