@@ -18,6 +18,9 @@ use crate::runs::execs::{control_character, signal_exec};
 /// The write half of an engine attach: the command's stdin.
 pub type Input = Pin<Box<dyn AsyncWrite + Send>>;
 
+/// How long after a session's first resize that size (or a later one) is applied again.
+const RESIZE_SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// What a session's frames act on.
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -73,7 +76,24 @@ pub async fn apply(
     wiring: Wiring,
 ) {
     let mut closed = None;
-    while let Some(Ok(message)) = rx.next().await {
+    // The engine applies a terminal's initial size when the command starts, after a resize
+    // that came right behind the start (Podman's console is set up asynchronously), so the
+    // first resize is applied again once, a moment later.
+    let mut again: Option<(u16, u16)> = None;
+    let mut resized = false;
+    let settle = tokio::time::sleep(RESIZE_SETTLE);
+    tokio::pin!(settle);
+    loop {
+        let message = tokio::select! {
+            message = rx.next() => message,
+            () = &mut settle, if again.is_some() => {
+                if let Some((cols, rows)) = again.take() {
+                    target.resize(&engine, cols, rows).await;
+                }
+                continue;
+            }
+        };
+        let Some(Ok(message)) = message else { break };
         let bytes = match message {
             Message::Binary(bytes) => bytes,
             Message::Close(_) => break,
@@ -96,6 +116,15 @@ pub async fn apply(
                 }
             }
             Ok(Frame::Resize(size)) if wiring.tty => {
+                if !resized {
+                    resized = true;
+                    settle
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + RESIZE_SETTLE);
+                }
+                if again.is_some() || !settle.is_elapsed() {
+                    again = Some((size.cols, size.rows));
+                }
                 target.resize(&engine, size.cols, size.rows).await
             }
             Ok(Frame::Signal(SignalFrame { signal })) => {
