@@ -8,14 +8,11 @@
 //! upstream is held until one round trip after the accept plus the usual half, which is when
 //! it would arrive had SYN and SYN-ACK crossed the link first.
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use std::io::{Read as _, Write as _};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 use crate::Failed;
 
@@ -24,47 +21,41 @@ const IN_FLIGHT: usize = 1024;
 /// The largest chunk one read takes.
 const CHUNK: usize = 64 * 1024;
 
-/// A running delay proxy; dropping it stops the listener and every connection.
+/// A running delay proxy; dropping it stops the listener and ends every connection.
+///
+/// Each direction of each connection has a reading and a releasing thread: the releaser
+/// sleeps with the kernel's high-resolution timer until a chunk is due, so the delay is not
+/// rounded up to an async runtime's millisecond ticks.
 pub struct DelayProxy {
     /// The proxy's own address (127.0.0.1, an ephemeral port).
     pub addr: SocketAddr,
     /// The simulated round trip.
     pub rtt: Duration,
-    stop: Option<oneshot::Sender<()>>,
+    stopping: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl DelayProxy {
-    /// Listens on 127.0.0.1 and forwards to `upstream` with `rtt` (half each way), on a
-    /// thread and runtime of its own so that the bench's other work does not hold it up.
+    /// Listens on 127.0.0.1 and forwards to `upstream` with `rtt` (half each way).
     pub fn start(upstream: SocketAddr, rtt: Duration) -> Result<DelayProxy, Failed> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Failed(format!("cannot start the delay proxy's runtime: {e}")))?;
-        let listener = runtime
-            .block_on(TcpListener::bind("127.0.0.1:0"))
+        let listener = TcpListener::bind("127.0.0.1:0")
             .map_err(|e| Failed(format!("the delay proxy cannot listen on 127.0.0.1: {e}")))?;
         let addr = listener
             .local_addr()
             .map_err(|e| Failed(format!("the delay proxy has no address: {e}")))?;
-        let (stop, stopped) = oneshot::channel();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let (stop, streams) = (stopping.clone(), open.clone());
         let thread = std::thread::Builder::new()
             .name("delay-proxy".to_owned())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    tokio::select! {
-                        () = serve(listener, upstream, rtt) => {}
-                        _ = stopped => {}
-                    }
-                });
-                // Dropping the runtime here ends every connection task.
-            })
+            .spawn(move || serve(&listener, upstream, rtt, &stop, &streams))
             .map_err(|e| Failed(format!("cannot start the delay proxy's thread: {e}")))?;
         Ok(DelayProxy {
             addr,
             rtt,
-            stop: Some(stop),
+            stopping,
+            open,
             thread: Some(thread),
         })
     }
@@ -78,78 +69,96 @@ impl DelayProxy {
 
 impl Drop for DelayProxy {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.stopping.store(true, Ordering::SeqCst);
+        // Wakes the listener so that it sees the flag.
+        let _ = TcpStream::connect(self.addr);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        for stream in self
+            .open
+            .lock()
+            .map(|mut v| v.split_off(0))
+            .unwrap_or_default()
+        {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
     }
 }
 
-async fn serve(listener: TcpListener, upstream: SocketAddr, rtt: Duration) {
-    loop {
-        let Ok((client, _)) = listener.accept().await else {
+fn serve(
+    listener: &TcpListener,
+    upstream: SocketAddr,
+    rtt: Duration,
+    stopping: &AtomicBool,
+    open: &Mutex<Vec<TcpStream>>,
+) {
+    for client in listener.incoming() {
+        if stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let accepted = Instant::now();
+        let Ok(client) = client else { continue };
+        let Ok(server) = TcpStream::connect(upstream) else {
             continue;
         };
-        let accepted = Instant::now();
-        tokio::spawn(async move {
-            let Ok(server) = TcpStream::connect(upstream).await else {
-                return;
-            };
-            let _ = client.set_nodelay(true);
-            let _ = server.set_nodelay(true);
-            let half = rtt / 2;
-            let (client_read, client_write) = client.into_split();
-            let (server_read, server_write) = server.into_split();
-            let up = pipe(client_read, server_write, half, accepted + rtt);
-            let down = pipe(server_read, client_write, half, accepted);
-            tokio::join!(up, down);
-        });
-    }
-}
-
-/// Copies `from` to `to`, each chunk released `delay` after it was read and never before
-/// `not_before + delay`; an end of input is passed on (as a write shutdown) the same way.
-async fn pipe(mut from: OwnedReadHalf, to: OwnedWriteHalf, delay: Duration, not_before: Instant) {
-    let (tx, rx) = mpsc::channel::<(Instant, Option<Vec<u8>>)>(IN_FLIGHT);
-    let writer = tokio::spawn(release(rx, to));
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let read = from.read(&mut buf).await;
-        let due = Instant::now().max(not_before) + delay;
-        let chunk = match read {
-            Ok(0) | Err(_) => None,
-            Ok(n) => Some(buf[..n].to_vec()),
+        let _ = client.set_nodelay(true);
+        let _ = server.set_nodelay(true);
+        let half = rtt / 2;
+        let ends = [&client, &server].map(TcpStream::try_clone);
+        let [Ok(client_out), Ok(server_out)] = ends else {
+            continue;
         };
-        let end = chunk.is_none();
-        if tx.send((due, chunk)).await.is_err() || end {
-            break;
+        if let Ok(mut list) = open.lock() {
+            list.extend(client.try_clone().ok());
+            list.extend(server.try_clone().ok());
         }
+        pipe(client, server_out, half, accepted + rtt);
+        pipe(server, client_out, half, accepted);
     }
-    drop(tx);
-    let _ = writer.await;
 }
 
-/// Writes each chunk at its due time, in the order read; shuts the write side down at the end.
-async fn release(mut rx: mpsc::Receiver<(Instant, Option<Vec<u8>>)>, mut to: OwnedWriteHalf) {
-    while let Some((due, chunk)) = rx.recv().await {
-        tokio::time::sleep_until(due).await;
-        match chunk {
-            Some(bytes) => {
-                if to.write_all(&bytes).await.is_err() {
-                    return;
+/// Copies `from` to `to` on two threads, each chunk released `delay` after it was read and
+/// never before `not_before + delay`; an end of input is passed on (as a write shutdown) the
+/// same way.
+fn pipe(mut from: TcpStream, mut to: TcpStream, delay: Duration, not_before: Instant) {
+    let (tx, rx) = mpsc::sync_channel::<(Instant, Option<Vec<u8>>)>(IN_FLIGHT);
+    let _ = std::thread::Builder::new()
+        .name("delay-release".to_owned())
+        .spawn(move || {
+            while let Ok((due, chunk)) = rx.recv() {
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                match chunk {
+                    Some(bytes) if to.write_all(&bytes).is_ok() => {}
+                    _ => break,
                 }
             }
-            None => break,
-        }
-    }
-    let _ = to.shutdown().await;
+            let _ = to.shutdown(Shutdown::Write);
+        });
+    let _ = std::thread::Builder::new()
+        .name("delay-read".to_owned())
+        .spawn(move || {
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let read = from.read(&mut buf);
+                let due = Instant::now().max(not_before) + delay;
+                let chunk = match read {
+                    Ok(0) | Err(_) => None,
+                    Ok(n) => Some(buf[..n].to_vec()),
+                };
+                let end = chunk.is_none();
+                if tx.send((due, chunk)).is_err() || end {
+                    break;
+                }
+            }
+        });
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read as _, Write as _};
     use std::net::TcpListener as StdListener;
     use std::sync::mpsc as std_mpsc;
     use std::time::Instant as StdInstant;
