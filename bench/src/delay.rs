@@ -32,6 +32,8 @@ pub struct DelayProxy {
     /// The simulated round trip.
     pub rtt: Duration,
     stopping: Arc<AtomicBool>,
+    /// Both ends of every connection accepted, shut down when the proxy stops (a bench makes
+    /// a few dozen, so closed ones are not pruned).
     open: Arc<Mutex<Vec<TcpStream>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
