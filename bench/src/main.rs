@@ -342,8 +342,7 @@ fn measure_all(stack: &Stack, plan: &Plan) -> Result<(String, Vec<Row>), Failed>
 
     if plan.wants("throughput") {
         say("measuring unary throughput (64 concurrent clients)");
-        let ca = std::fs::read(&stack.ca)
-            .map_err(|e| Failed(format!("cannot read {}: {e}", stack.ca.display())))?;
+        let ca = stack.ca_pem()?;
         let pids = [stack.busd_pid, stack.runner_pid, 0];
         let cpu =
             || -> Result<Vec<u64>, Failed> { pids.iter().map(|&p| measure::cpu_us(p)).collect() };
@@ -533,8 +532,7 @@ fn end_run(stack: &Stack, run: &str) -> Result<(), Failed> {
 fn fanout(stack: &Stack, plan: &Plan, runtime: &tokio::runtime::Runtime) -> Result<Row, Failed> {
     const FOLLOWERS: usize = 100;
     say("measuring fan-out: 100 followers of one live run");
-    let ca = std::fs::read(&stack.ca)
-        .map_err(|e| Failed(format!("cannot read {}: {e}", stack.ca.display())))?;
+    let ca = stack.ca_pem()?;
     let run = live_run(stack)?;
     let busd = stack.busd_pid;
     let runner = stack.runner_pid;

@@ -253,6 +253,11 @@ impl Stack {
         Cmd::new(label, argv, &self.env)
     }
 
+    /// The CA certificate (PEM), for the bench's own in-process REST clients.
+    pub fn ca_pem(&self) -> Result<Vec<u8>, Failed> {
+        fs::read(&self.ca).map_err(|e| Failed(format!("cannot read {}: {e}", self.ca.display())))
+    }
+
     /// The token, for the bench's own in-process REST clients (never printed).
     pub fn token(&self) -> &str {
         &self.token
