@@ -11,10 +11,14 @@ use bus::proto::containers::v1::containers_client::ContainersClient;
 use bus::proto::containers::v1::log_event::Event;
 use bus::proto::containers::v1::{GetRunRequest, StreamLogsRequest};
 use futures::StreamExt as _;
+use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 use crate::Failed;
 use crate::measure::Cmd;
+
+/// The request metadata that names the API origin busd calls for that request.
+const API_URL_KEY: &str = "bus-api-url";
 
 /// How many calls completed in the measured window, per second.
 #[derive(Debug, Clone, Copy)]
@@ -174,28 +178,51 @@ fn now_ns() -> i128 {
         .unwrap_or_default()
 }
 
-/// `followers` `StreamLogs(follow)` calls of `run_id` through busd, spread over `connections`
-/// connections, held for `window` once all are open; `during` is called at its end.
+/// How a set of busd followers is made up.
+#[derive(Debug, Clone, Copy)]
+pub struct Follow<'a> {
+    /// How many `StreamLogs(follow)` calls.
+    pub followers: usize,
+    /// Over how many connections to busd they are spread.
+    pub connections: usize,
+    /// How long they are held once all are open.
+    pub window: Duration,
+    /// The API origin busd should call for them (its own when `None`).
+    pub api_url: Option<&'a str>,
+}
+
+/// `StreamLogs(follow)` calls of `run_id` through busd, made up as `follow` says; `during` is
+/// called at the end of its window.
 pub async fn follow_busd(
     socket: &Path,
     run_id: &str,
-    followers: usize,
-    connections: usize,
-    window: Duration,
+    follow: Follow<'_>,
     during: impl FnOnce() -> u64,
 ) -> Result<Followed, Failed> {
+    let Follow {
+        followers,
+        connections,
+        window,
+        api_url,
+    } = follow;
     let mut channels = Vec::with_capacity(connections);
     for _ in 0..connections {
         channels.push(connect(socket).await?);
     }
+    let api_url = api_url
+        .map(|url| MetadataValue::try_from(url).map_err(|e| Failed(format!("API URL {url}: {e}"))))
+        .transpose()?;
     let mut streams = Vec::with_capacity(followers);
     for i in 0..followers {
         let mut client = ContainersClient::new(channels[i % connections].clone());
-        let request = StreamLogsRequest {
+        let mut request = tonic::Request::new(StreamLogsRequest {
             run_id: run_id.to_owned(),
             follow: true,
             ..Default::default()
-        };
+        });
+        if let Some(url) = &api_url {
+            request.metadata_mut().insert(API_URL_KEY, url.clone());
+        }
         let stream = client
             .stream_logs(request)
             .await

@@ -12,8 +12,11 @@
 //! `/usr/bin/time -f %M`'s. It is a benchmark, not a test: it asserts nothing, and prints each
 //! target beside what was measured.
 
+mod delay;
 mod load;
 mod measure;
+mod output;
+mod remote;
 mod stack;
 
 use std::fmt::Write as _;
@@ -50,9 +53,12 @@ struct Args {
     #[arg(long, value_name = "MB")]
     log_mb: Option<u64>,
     /// Only these figures (comma-separated): reads, status, memory, run, exec, throughput,
-    /// fanout, logs
+    /// fanout, logs, live, remote
     #[arg(long, value_delimiter = ',', value_name = "FIGURES")]
     only: Vec<String>,
+    /// The round trip the remote figures' delay proxy adds, ms (half each way)
+    #[arg(long, value_name = "MS", default_value_t = 20)]
+    rtt: u64,
     /// Where bus, busd and bus-runner are [default: this binary's directory]
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
@@ -69,6 +75,7 @@ struct Plan {
     log_bytes: u64,
     log_reps: usize,
     rss_runs: usize,
+    rtt: Duration,
     only: Vec<String>,
 }
 
@@ -102,6 +109,7 @@ fn main() -> ExitCode {
         log_bytes: args.log_mb.unwrap_or(if quick { 64 } else { 500 }) * 1_000_000,
         log_reps: if quick { 1 } else { 3 },
         rss_runs: if quick { 3 } else { 5 },
+        rtt: Duration::from_millis(args.rtt),
         only: args.only,
     };
     let bin = match args.bin_dir {
@@ -334,8 +342,7 @@ fn measure_all(stack: &Stack, plan: &Plan) -> Result<(String, Vec<Row>), Failed>
 
     if plan.wants("throughput") {
         say("measuring unary throughput (64 concurrent clients)");
-        let ca = std::fs::read(&stack.ca)
-            .map_err(|e| Failed(format!("cannot read {}: {e}", stack.ca.display())))?;
+        let ca = stack.ca_pem()?;
         let pids = [stack.busd_pid, stack.runner_pid, 0];
         let cpu =
             || -> Result<Vec<u64>, Failed> { pids.iter().map(|&p| measure::cpu_us(p)).collect() };
@@ -393,9 +400,12 @@ fn measure_all(stack: &Stack, plan: &Plan) -> Result<(String, Vec<Row>), Failed>
         let followed = runtime.block_on(load::follow_busd(
             &stack.socket,
             &run,
-            1000,
-            16,
-            plan.streams_window,
+            load::Follow {
+                followers: 1000,
+                connections: 16,
+                window: plan.streams_window,
+                api_url: None,
+            },
             || measure::vm_rss_kib(busd).unwrap_or(0),
         ))?;
         end_run(stack, &run)?;
@@ -440,7 +450,13 @@ fn measure_all(stack: &Stack, plan: &Plan) -> Result<(String, Vec<Row>), Failed>
     }
 
     if plan.wants("logs") {
-        rows.push(log_throughput(stack, plan)?);
+        rows.push(output::log_throughput(stack, plan)?);
+    }
+    if plan.wants("live") {
+        rows.push(output::live_output(stack, plan)?);
+    }
+    if plan.wants("remote") {
+        rows.extend(remote::figures(stack, plan, &runtime)?);
     }
     let _ = write!(
         preamble,
@@ -516,8 +532,7 @@ fn end_run(stack: &Stack, run: &str) -> Result<(), Failed> {
 fn fanout(stack: &Stack, plan: &Plan, runtime: &tokio::runtime::Runtime) -> Result<Row, Failed> {
     const FOLLOWERS: usize = 100;
     say("measuring fan-out: 100 followers of one live run");
-    let ca = std::fs::read(&stack.ca)
-        .map_err(|e| Failed(format!("cannot read {}: {e}", stack.ca.display())))?;
+    let ca = stack.ca_pem()?;
     let run = live_run(stack)?;
     let busd = stack.busd_pid;
     let runner = stack.runner_pid;
@@ -527,9 +542,12 @@ fn fanout(stack: &Stack, plan: &Plan, runtime: &tokio::runtime::Runtime) -> Resu
     let ours = runtime.block_on(load::follow_busd(
         &stack.socket,
         &run,
-        FOLLOWERS,
-        FOLLOWERS,
-        plan.follow_window,
+        load::Follow {
+            followers: FOLLOWERS,
+            connections: FOLLOWERS,
+            window: plan.follow_window,
+            api_url: None,
+        },
         || measure::vm_rss_kib(busd).unwrap_or(0),
     ))?;
     std::thread::sleep(Duration::from_millis(300));
@@ -585,91 +603,4 @@ fn min_max(values: &[usize]) -> (usize, usize) {
         values.iter().copied().min().unwrap_or(0),
         values.iter().copied().max().unwrap_or(0),
     )
-}
-
-fn log_throughput(stack: &Stack, plan: &Plan) -> Result<Row, Failed> {
-    let bytes = plan.log_bytes;
-    let mb = bytes as f64 / 1e6;
-    let script = format!(
-        "yes 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde | head -c {bytes}"
-    );
-    say(&format!("measuring log throughput ({mb:.0} MB of output)"));
-    let run = stack
-        .bus(&["containers", "run", "-d", "--", "sh", "-c", &script])?
-        .trim()
-        .to_owned();
-    let name = format!("bus-bench-logs-{}", std::process::id());
-    let podman = |args: &[&str]| -> Result<String, Failed> {
-        let out = stack
-            .engine_cmd("podman", &[&["podman"][..], args].concat())
-            .command()
-            .output()
-            .map_err(|e| Failed(format!("cannot run podman: {e}")))?;
-        if !out.status.success() {
-            return Err(Failed(format!(
-                "podman {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    podman(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--network",
-        "none",
-        "localhost/busybox",
-        "sh",
-        "-c",
-        &script,
-    ])?;
-    let result = (|| {
-        stack.bus(&["containers", "wait", &run])?;
-        podman(&["wait", &name])?;
-        let mut ours = Vec::new();
-        let mut theirs = Vec::new();
-        let bus = stack.bus_cmd("bus", &["containers", "logs", &run]);
-        let podman_logs = stack.engine_cmd("podman", &["podman", "logs", &name]);
-        for _ in 0..plan.log_reps {
-            ours.push(read_rate(&bus, bytes)?);
-            theirs.push(read_rate(&podman_logs, bytes)?);
-        }
-        Ok::<_, Failed>((median(&mut ours), median(&mut theirs)))
-    })();
-    let _ = podman(&["rm", "-f", &name]);
-    let _ = stack.bus(&["containers", "delete", &run]);
-    let (ours, theirs) = result?;
-    let ratio = ours / theirs;
-    Ok(Row {
-        figure: format!(
-            "log throughput: reading a finished run's {mb:.0} MB of output (median of {})",
-            plan.log_reps
-        ),
-        ours: format!("{ours:.0} MB/s (`bus containers logs RUN`)"),
-        anchors: format!(
-            "`podman logs` of a container that printed the same: {theirs:.0} MB/s; ours is \
-             **{ratio:.1}×** of it"
-        ),
-        target: format!("≥ 0.8×: {}", check(ratio >= 0.8)),
-    })
-}
-
-/// MB/s of reading everything `cmd` prints; it must print at least 99% of `expected` bytes.
-fn read_rate(cmd: &Cmd, expected: u64) -> Result<f64, Failed> {
-    let (wall, got) = load::read_all(cmd)?;
-    if got < expected - expected / 100 {
-        return Err(Failed(format!(
-            "`{}` printed {got} bytes, not the {expected} the run wrote",
-            cmd.display()
-        )));
-    }
-    Ok(got as f64 / 1e6 / wall.as_secs_f64())
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }

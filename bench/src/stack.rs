@@ -253,6 +253,11 @@ impl Stack {
         Cmd::new(label, argv, &self.env)
     }
 
+    /// The CA certificate (PEM), for the bench's own in-process REST clients.
+    pub fn ca_pem(&self) -> Result<Vec<u8>, Failed> {
+        fs::read(&self.ca).map_err(|e| Failed(format!("cannot read {}: {e}", self.ca.display())))
+    }
+
     /// The token, for the bench's own in-process REST clients (never printed).
     pub fn token(&self) -> &str {
         &self.token
@@ -269,11 +274,12 @@ impl Stack {
 
     /// How many followed log streams (`log stream opened` lines with `follow=true`) the
     /// runner has logged for `run_id` so far; busd's per-follower authorizations
-    /// (`tail=0`, not followed) are not among them.
+    /// (`tail=0`, not followed) are not among them. The log's colour codes are ignored.
     pub fn runner_log_requests(&self, run_id: &str) -> usize {
         fs::read_to_string(&self.runner_log)
             .unwrap_or_default()
             .lines()
+            .map(without_ansi)
             .filter(|l| {
                 l.contains("log stream opened") && l.contains("follow=true") && l.contains(run_id)
             })
@@ -322,6 +328,24 @@ impl Drop for Stack {
     }
 }
 
+/// `line` without its ANSI escape sequences (`ESC [ … letter`).
+fn without_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A harness error as the bench's.
 fn failed(e: bus_testkit::Error) -> Failed {
     Failed(e.to_string())
@@ -342,4 +366,16 @@ fn write_secret(path: &Path, content: &str) -> Result<(), Failed> {
         .open(path)
         .and_then(|mut f| f.write_all(content.as_bytes()))
         .map_err(|e| Failed(format!("cannot write {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_ansi;
+
+    #[test]
+    fn colour_codes_are_dropped_from_log_lines() {
+        let line = "\u{1b}[3mfollow\u{1b}[0m\u{1b}[2m=\u{1b}[0mtrue run_1";
+        assert_eq!(without_ansi(line), "follow=true run_1");
+        assert_eq!(without_ansi("plain"), "plain");
+    }
 }
