@@ -23,7 +23,6 @@ use bus_api::billing::{BillingState, BillingStatus, Limits, Usage};
 use time::OffsetDateTime;
 use tokio::sync::OwnedMutexGuard;
 
-use crate::AppState;
 use crate::config::{Config, LOCAL_PLAN, Plan};
 use crate::store::{Store, StoreError};
 use crate::util::rfc3339;
@@ -148,9 +147,12 @@ pub async fn usage(
     })
 }
 
-/// Checks that the caller may start a run of `image` now: grant, billing, then quotas.
+/// Checks that the caller may start a run of `image` now: grant, billing, then quotas. The
+/// admission holds the account's lock in `locks` until the run is recorded.
 pub async fn admit(
-    state: &AppState,
+    locks: &Billing,
+    config: &Config,
+    store: &Store,
     claims: &Claims,
     image: &str,
 ) -> Result<Admission, BillingError> {
@@ -163,16 +165,16 @@ pub async fn admit(
         }
     }
     let account = claims.sub.as_str();
-    let terms = terms(state.config(), account);
+    let terms = terms(config, account);
     if terms.billing != BillingState::Active {
         return Err(BillingError::BillingRequired {
             account: account.to_owned(),
         });
     }
-    let guard = state.billing().lock(account).await;
+    let guard = locks.lock(account).await;
     let now = OffsetDateTime::now_utc();
     let (start, end) = period(&terms.plan, now);
-    let used = usage(state.store(), account, (start, end), now).await?;
+    let used = usage(store, account, (start, end), now).await?;
     check_quota(&terms, &used, now, end)?;
     Ok(Admission { _guard: guard })
 }
@@ -228,11 +230,15 @@ fn check_quota(
 }
 
 /// The account's billing status now.
-pub async fn status(state: &AppState, account: &str) -> Result<BillingStatus, BillingError> {
-    let terms = terms(state.config(), account);
+pub async fn status(
+    config: &Config,
+    store: &Store,
+    account: &str,
+) -> Result<BillingStatus, BillingError> {
+    let terms = terms(config, account);
     let now = OffsetDateTime::now_utc();
     let (start, end) = period(&terms.plan, now);
-    let used = usage(state.store(), account, (start, end), now).await?;
+    let used = usage(store, account, (start, end), now).await?;
     let guidance_url = if terms.billing != BillingState::Active {
         Some(SETUP_URL.to_owned())
     } else if check_quota(&terms, &used, now, end).is_err() {

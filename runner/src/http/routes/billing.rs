@@ -28,5 +28,7 @@ pub async fn status(
     State(state): State<AppState>,
     caller: Caller<BillingRead>,
 ) -> Result<Json<BillingStatus>, ApiError> {
-    Ok(Json(billing::status(&state, caller.account()).await?))
+    Ok(Json(
+        billing::status(state.config(), state.store(), caller.account()).await?,
+    ))
 }

@@ -133,7 +133,14 @@ pub async fn create(
     }
     let spec = RunSpec::parse(request, state.config())?;
     // Grant, billing and quota, before any engine call; held until the run is recorded.
-    let _admission = crate::billing::admit(&state, &caller.claims, &spec.image).await?;
+    let _admission = crate::billing::admit(
+        state.billing(),
+        state.config(),
+        state.store(),
+        &caller.claims,
+        &spec.image,
+    )
+    .await?;
     // Only an image the account may see: public, or one it pulled, loaded, built or tagged.
     state
         .images()
