@@ -155,6 +155,11 @@ pub async fn apply(
             Err(e) => tracing::debug!(on = ?target, error = %e, "bad frame ignored"),
         }
     }
+    // A client that sent its frames and closed still gets its size applied again.
+    if let Some((cols, rows)) = again {
+        settle.await;
+        target.resize(&engine, cols, rows).await;
+    }
     // The writers stay alive until the task is dropped with the session.
     let _writers = (input, closed);
     std::future::pending::<()>().await;
