@@ -57,6 +57,10 @@ pub enum ProblemCode {
     RegistryFailed,
     /// An upload (a build context, an image archive) is larger than the runner accepts.
     UploadTooLarge,
+    /// A run of the account that has not ended already has the name.
+    RunNameTaken,
+    /// The name matches several ended runs, so it cannot stand for one.
+    RunNameAmbiguous,
     /// A code this client version does not know.
     #[serde(other)]
     Unknown,
@@ -89,6 +93,8 @@ impl ProblemCode {
             Self::RegistryDenied => "registry_denied",
             Self::RegistryFailed => "registry_failed",
             Self::UploadTooLarge => "upload_too_large",
+            Self::RunNameTaken => "run_name_taken",
+            Self::RunNameAmbiguous => "run_name_ambiguous",
             Self::Unknown => "unknown",
         }
     }

@@ -22,6 +22,8 @@ pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PORTS: usize = 16;
 /// Longest storage `mount_path` or `subpath`, in bytes.
 pub const MAX_STORAGE_PATH_BYTES: usize = 1024;
+/// Every run id starts with this; run names may not, so the two never mix.
+pub const RUN_ID_PREFIX: &str = "run_";
 /// The host address a published port binds when the request names none.
 pub const DEFAULT_HOST_IP: &str = "127.0.0.1";
 
@@ -75,6 +77,44 @@ pub struct CreateRun {
     /// Mount the account's persistent storage; overrides the profile's storage mount.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageMount>,
+    /// Who the run is for, e.g. the user an agent acts for (1 to 128 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participant: Option<String>,
+    /// The role the run acts in, e.g. `agent` (1 to 64 of `a-z0-9_.-`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Whether to pull the image first: `missing` (the default), `always` or `never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<PullPolicy>,
+    /// Credentials for the image's registry when it has to be pulled; used for that pull
+    /// only, never stored or logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<crate::images::RegistryCredentials>,
+}
+
+/// When a run pulls its image before it starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum PullPolicy {
+    /// Only when the runner does not have the image (the account must be allowed to pull it).
+    #[default]
+    Missing,
+    /// Every time, so the run gets the registry's current image.
+    Always,
+    /// Never: a missing image is refused.
+    Never,
+}
+
+impl PullPolicy {
+    /// The policy's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Missing => "missing",
+            PullPolicy::Always => "always",
+            PullPolicy::Never => "never",
+        }
+    }
 }
 
 /// A container port published on the host.
@@ -169,6 +209,14 @@ struct CreateRunBody {
     stdin: bool,
     #[serde(default)]
     storage: Option<StorageMount>,
+    #[serde(default)]
+    participant: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    pull: Option<PullPolicy>,
+    #[serde(default)]
+    credentials: Option<crate::images::RegistryCredentials>,
     /// Ignored: the owner is the token's account.
     #[serde(default, rename = "owner")]
     _owner: Option<serde::de::IgnoredAny>,
@@ -192,6 +240,10 @@ impl From<CreateRunBody> for CreateRun {
             tty: body.tty,
             stdin: body.stdin,
             storage: body.storage,
+            participant: body.participant,
+            role: body.role,
+            pull: body.pull,
+            credentials: body.credentials,
         }
     }
 }
@@ -224,6 +276,22 @@ impl RunState {
             self,
             Self::Exited | Self::Failed | Self::Stopped | Self::TimedOut
         )
+    }
+
+    /// Every state, in life order.
+    pub const ALL: [RunState; 7] = [
+        Self::Queued,
+        Self::Starting,
+        Self::Running,
+        Self::Exited,
+        Self::Failed,
+        Self::Stopped,
+        Self::TimedOut,
+    ];
+
+    /// The state named `name` on the wire (`timed_out`), if there is one.
+    pub fn from_name(name: &str) -> Option<RunState> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
     }
 
     /// The state's name on the wire, e.g. `timed_out`.
@@ -259,9 +327,16 @@ pub struct Run {
     /// The command.
     #[serde(default)]
     pub argv: Vec<String>,
-    /// The run's human name, if given.
+    /// The run's human name, if given: unique among the account's live runs, and usable
+    /// wherever the run's id is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Who the run is for, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participant: Option<String>,
+    /// The role the run acts in, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
     /// Labels given at creation.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -446,6 +521,18 @@ pub struct ListRunsQuery {
     /// From a previous page's `next_page_token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page_token: Option<String>,
+    /// Only runs in these states: comma-separated, e.g. `running,queued`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Only runs with this name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Only runs for this participant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participant: Option<String>,
+    /// Only runs in this role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 /// The query of `GET /api/v1/containers/runs/{id}/attach`: the caller's terminal size.
@@ -585,6 +672,27 @@ mod tests {
     }
 
     #[test]
+    fn create_run_takes_identity_pull_and_credentials() {
+        let req: CreateRun = serde_json::from_str(
+            r#"{"participant":"ann","role":"agent","pull":"always",
+                "credentials":{"username":"u","password":"secret-pw"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (req.participant.as_deref(), req.role.as_deref(), req.pull),
+            (Some("ann"), Some("agent"), Some(PullPolicy::Always))
+        );
+        assert!(!format!("{req:?}").contains("secret-pw"));
+        let back: CreateRun = serde_json::from_str(&serde_json::to_string(&req).unwrap()).unwrap();
+        assert_eq!(back, req);
+        let err = serde_json::from_str::<CreateRun>(r#"{"pull":"sometimes"}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown variant `sometimes`"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn logs_queries_round_trip() {
         crate::assert_round_trips([
             LogsQuery::default(),
@@ -627,6 +735,14 @@ mod tests {
             ListRunsQuery {
                 page_size: Some(5),
                 page_token: Some("cnVucy52MS40Mg".to_owned()),
+                ..ListRunsQuery::default()
+            },
+            ListRunsQuery {
+                state: Some("running,queued".to_owned()),
+                name: Some("web 1".to_owned()),
+                participant: Some("ann@example.com".to_owned()),
+                role: Some("agent".to_owned()),
+                ..ListRunsQuery::default()
             },
         ]);
     }

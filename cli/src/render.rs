@@ -1,6 +1,6 @@
 //! Turning proto values into text for people.
 
-use bus::proto::containers::v1::{Run, RunState};
+use bus::proto::containers::v1::{PortMapping, Run, RunState};
 use bus::timestamp::{timestamp_rfc3339 as rfc3339, unix_rfc3339};
 use time::OffsetDateTime;
 
@@ -218,6 +218,15 @@ pub struct RunJson {
     pub argv: Vec<String>,
     /// The run's name, or null.
     pub name: Option<String>,
+    /// Who the run is for, or null.
+    pub participant: Option<String>,
+    /// The role the run acts in, or null.
+    pub role: Option<String>,
+    /// Published ports: `host_ip`, `host_port` (null until the engine picked one),
+    /// `container_port`, `protocol`.
+    pub ports: Vec<PortJson>,
+    /// Where the account's storage is mounted (`mount_path`, `subpath`), or null.
+    pub storage: Option<StorageJson>,
     /// Labels.
     pub labels: std::collections::BTreeMap<String, String>,
     /// When it was created.
@@ -228,6 +237,48 @@ pub struct RunJson {
     pub finished_at: Option<String>,
     /// finished (or now, while running) minus started, in seconds; null before it started.
     pub duration_seconds: Option<f64>,
+}
+
+/// A published port in JSON output.
+#[derive(Debug, serde::Serialize)]
+pub struct PortJson {
+    /// The host address it is bound to.
+    pub host_ip: String,
+    /// The host port, once known.
+    pub host_port: Option<u32>,
+    /// The port inside the container.
+    pub container_port: u32,
+    /// tcp or udp.
+    pub protocol: String,
+}
+
+/// A storage mount in JSON output.
+#[derive(Debug, serde::Serialize)]
+pub struct StorageJson {
+    /// The path inside the container.
+    pub mount_path: String,
+    /// The directory of the storage mounted there, or null for its root.
+    pub subpath: Option<String>,
+}
+
+/// A published port as docker shows it: `127.0.0.1:8080->80/tcp` (`?` for a host port the
+/// engine has not picked yet).
+pub fn port_text(port: &PortMapping) -> String {
+    let host = match port.host_port {
+        0 => "?".to_owned(),
+        n => n.to_string(),
+    };
+    let ip = if port.host_ip.contains(':') {
+        format!("[{}]", port.host_ip)
+    } else {
+        port.host_ip.clone()
+    };
+    let protocol = if port.protocol.is_empty() {
+        "tcp"
+    } else {
+        &port.protocol
+    };
+    format!("{ip}:{host}->{}/{protocol}", port.container_port)
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -293,6 +344,22 @@ impl RunJson {
             profile: non_empty(&run.profile),
             argv: run.argv.clone(),
             name: non_empty(&run.name),
+            participant: non_empty(&run.participant),
+            role: non_empty(&run.role),
+            ports: run
+                .ports
+                .iter()
+                .map(|p| PortJson {
+                    host_ip: p.host_ip.clone(),
+                    host_port: (p.host_port > 0).then_some(p.host_port),
+                    container_port: p.container_port,
+                    protocol: p.protocol.clone(),
+                })
+                .collect(),
+            storage: run.storage.as_ref().map(|s| StorageJson {
+                mount_path: s.mount_path.clone(),
+                subpath: non_empty(&s.subpath),
+            }),
             labels: run.labels.clone().into_iter().collect(),
             created_at: rfc3339(run.created_at.as_ref()),
             started_at: rfc3339(run.started_at.as_ref()),
@@ -383,17 +450,36 @@ fn state_colour(run: &Run) -> &'static str {
 }
 
 /// The IMAGE column's index: the one shortened to fit the terminal.
-const IMAGE_COLUMN: usize = 3;
+const IMAGE_COLUMN: usize = 4;
+/// The column coloured by state.
+const STATE_COLUMN: usize = 2;
 
 /// The runs table with `style`: IMAGE is cut (with `…`) so lines fit the width; STATE is
 /// coloured when asked.
 pub fn runs_table_styled(runs: &[Run], now: OffsetDateTime, style: TableStyle) -> String {
-    let header = ["ID", "STATE", "EXIT", "IMAGE", "CREATED", "DURATION"].map(str::to_owned);
-    let mut rows: Vec<[String; 6]> = runs
+    // PORTS only when a run has some, so the usual table stays narrow.
+    let with_ports = runs.iter().any(|r| !r.ports.is_empty());
+    let mut header: Vec<String> = [
+        "ID", "NAME", "STATE", "EXIT", "IMAGE", "CREATED", "DURATION", "PORTS",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    if !with_ports {
+        header.pop();
+    }
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    let mut rows: Vec<Vec<String>> = runs
         .iter()
         .map(|run| {
-            [
+            let mut row = vec![
                 run.id.clone(),
+                dash(&run.name),
                 state_name(run.state).to_owned(),
                 run.exit_code
                     .map_or_else(|| "-".to_owned(), |c| c.to_string()),
@@ -404,11 +490,18 @@ pub fn runs_table_styled(runs: &[Run], now: OffsetDateTime, style: TableStyle) -
                 },
                 ago(run.created_at.as_ref(), now),
                 duration(run, now).map_or_else(|| "-".to_owned(), human_duration),
-            ]
+                run.ports
+                    .iter()
+                    .map(port_text)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ];
+            row.truncate(header.len());
+            row
         })
         .collect();
     let count = |s: &str| s.chars().count();
-    let mut widths = header.clone().map(|h| count(&h));
+    let mut widths: Vec<usize> = header.iter().map(|h| count(h)).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(count(cell));
@@ -430,15 +523,17 @@ pub fn runs_table_styled(runs: &[Run], now: OffsetDateTime, style: TableStyle) -
         }
     }
     let mut out = String::new();
-    let mut line = |cells: &[String; 6], colour: Option<&str>| {
+    let mut line = |cells: &[String], colour: Option<&str>| {
         let mut text = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
             if i > 0 {
                 text.push_str("  ");
             }
             let pad = " ".repeat(w.saturating_sub(count(cell)));
             match colour {
-                Some(code) if i == 1 => text.push_str(&format!("\x1b[{code}m{cell}\x1b[0m{pad}")),
+                Some(code) if i == STATE_COLUMN => {
+                    text.push_str(&format!("\x1b[{code}m{cell}\x1b[0m{pad}"))
+                }
                 _ => {
                     text.push_str(cell);
                     text.push_str(&pad);
@@ -483,6 +578,28 @@ pub fn run_details(run: &Run, now: OffsetDateTime) -> String {
     line("profile:", dash(&run.profile));
     line("command:", run.argv.join(" "));
     line("name:", dash(&run.name));
+    if !run.participant.is_empty() || !run.role.is_empty() {
+        line("for:", dash(&run.participant));
+        line("role:", dash(&run.role));
+    }
+    if !run.ports.is_empty() {
+        line(
+            "ports:",
+            run.ports
+                .iter()
+                .map(port_text)
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+    }
+    if let Some(storage) = &run.storage {
+        let from = if storage.subpath.is_empty() {
+            String::new()
+        } else {
+            format!(" (storage: {})", storage.subpath)
+        };
+        line("storage:", format!("{}{from}", storage.mount_path));
+    }
     line(
         "created:",
         format!(
@@ -522,8 +639,24 @@ mod tests {
         let table = runs_table(std::slice::from_ref(&run), now);
         assert_eq!(
             table,
-            "ID       STATE   EXIT  IMAGE                             CREATED  DURATION\n\
-             run_abc  exited  3     localhost/busybox:latest (codex)  2m ago   -\n"
+            "ID       NAME  STATE   EXIT  IMAGE                             CREATED  DURATION\n\
+             run_abc  -     exited  3     localhost/busybox:latest (codex)  2m ago   -\n"
+        );
+        // PORTS once a run publishes some.
+        let mut web = run.clone();
+        web.name = "web".into();
+        web.ports = vec![PortMapping {
+            container_port: 80,
+            host_port: 8080,
+            protocol: "tcp".into(),
+            host_ip: "127.0.0.1".into(),
+        }];
+        let table = runs_table(&[web, run.clone()], now);
+        assert_eq!(
+            table,
+            "ID       NAME  STATE   EXIT  IMAGE                             CREATED  DURATION  PORTS\n\
+             run_abc  web   exited  3     localhost/busybox:latest (codex)  2m ago   -         127.0.0.1:8080->80/tcp\n\
+             run_abc  -     exited  3     localhost/busybox:latest (codex)  2m ago   -\n"
         );
         let mut timed = run.clone();
         timed.started_at = Some(prost_types::Timestamp {
@@ -538,7 +671,7 @@ mod tests {
             &[timed],
             now,
             TableStyle {
-                width: Some(50),
+                width: Some(56),
                 colour: true,
             },
         );
@@ -546,7 +679,7 @@ mod tests {
         assert!(row.contains("\x1b[31mexited\x1b[0m"), "{row:?}");
         assert!(row.contains("  localho…  "), "{row:?}");
         assert!(row.ends_with("1m05s"), "{row:?}");
-        assert!(narrow.lines().next().unwrap().chars().count() <= 50);
+        assert!(narrow.lines().next().unwrap().chars().count() <= 56);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 
+use bus::proto::containers::v1::PortMapping;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 
 /// For a command given to `containers run` or `containers exec` without `--` before it (clap
@@ -62,9 +63,98 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// A `-p` value, `[HOST_IP:][HOST_PORT:]CONTAINER_PORT[/PROTO]` as docker takes it: host
+/// port absent or empty means one the engine picks; an IPv6 host address goes in brackets.
+pub fn parse_publish(s: &str) -> Result<PortMapping, String> {
+    let usage = || {
+        format!(
+            "expected [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp], e.g. 8080, 8080:80 or \
+             127.0.0.1:8080:80/tcp; got {s:?}"
+        )
+    };
+    let (rest, protocol) = match s.rsplit_once('/') {
+        Some((rest, protocol @ ("tcp" | "udp"))) => (rest, protocol),
+        Some(_) => return Err(usage()),
+        None => (s, "tcp"),
+    };
+    let (host_ip, ports) = match rest.strip_prefix('[') {
+        Some(bracketed) => {
+            let (ip, ports) = bracketed.split_once("]:").ok_or_else(usage)?;
+            (Some(ip), ports)
+        }
+        None => match rest.matches(':').count() {
+            0 | 1 => (None, rest),
+            2 => {
+                let (ip, ports) = rest.split_once(':').ok_or_else(usage)?;
+                (Some(ip), ports)
+            }
+            _ => return Err(usage()),
+        },
+    };
+    let number = |text: &str| -> Result<u32, String> {
+        match text.parse::<u16>() {
+            Ok(n) if n > 0 => Ok(n.into()),
+            _ => Err(format!(
+                "port {text:?} in {s:?} is not a port number from 1 to 65535"
+            )),
+        }
+    };
+    let (host_port, container_port) = match ports.split_once(':') {
+        Some(("", container)) if host_ip.is_some() => (0, number(container)?),
+        Some((host, container)) => (number(host)?, number(container)?),
+        None => (0, number(ports)?),
+    };
+    if let Some(ip) = host_ip {
+        ip.parse::<std::net::IpAddr>().map_err(|_| {
+            format!("{ip:?} in {s:?} is not an IP address; e.g. 127.0.0.1 or [::1]")
+        })?;
+    }
+    Ok(PortMapping {
+        container_port,
+        host_port,
+        protocol: protocol.to_owned(),
+        host_ip: host_ip.unwrap_or_default().to_owned(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::shell_quote;
+    use super::{parse_publish, shell_quote};
+
+    #[test]
+    fn publish_takes_what_docker_takes() {
+        let p = |s: &str| {
+            parse_publish(s).map(|p| (p.host_ip, p.host_port, p.container_port, p.protocol))
+        };
+        let tcp = "tcp".to_owned();
+        assert_eq!(p("80"), Ok((String::new(), 0, 80, tcp.clone())));
+        assert_eq!(p("8080:80"), Ok((String::new(), 8080, 80, tcp.clone())));
+        assert_eq!(
+            p("127.0.0.1:8080:80/udp"),
+            Ok(("127.0.0.1".into(), 8080, 80, "udp".into()))
+        );
+        assert_eq!(
+            p("127.0.0.1::80"),
+            Ok(("127.0.0.1".into(), 0, 80, tcp.clone()))
+        );
+        assert_eq!(p("[::1]:8080:80"), Ok(("::1".into(), 8080, 80, tcp)));
+        for bad in [
+            "",
+            "0",
+            "70000",
+            "80/sctp",
+            "a:80",
+            "1:2:3:4",
+            "localhost:8080:80",
+            "8080:",
+        ] {
+            let err = parse_publish(bad).unwrap_err();
+            assert!(
+                !err.contains('\n') && err.contains(&format!("{bad:?}")),
+                "{bad}: {err}"
+            );
+        }
+    }
 
     #[test]
     fn words_are_quoted_only_when_needed() {

@@ -269,6 +269,10 @@ fn fallback_guidance(code: ProblemCode) -> &'static str {
         ProblemCode::RegistryDenied => "check the registry credentials and the image's name",
         ProblemCode::RegistryFailed => "try again shortly; check that the registry is reachable",
         ProblemCode::UploadTooLarge => "send a smaller build context or image archive",
+        ProblemCode::RunNameTaken => {
+            "choose another name, or stop and delete the run that has it (`bus containers runs`)"
+        }
+        ProblemCode::RunNameAmbiguous => "use one of the run ids the message lists",
     }
 }
 
@@ -524,6 +528,8 @@ mod tests {
             RegistryDenied,
             RegistryFailed,
             UploadTooLarge,
+            RunNameTaken,
+            RunNameAmbiguous,
             Unknown,
         ];
         for code in codes {

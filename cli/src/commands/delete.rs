@@ -8,8 +8,8 @@ use crate::error::CliError;
 /// Deletes runs.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The runs to delete.
-    #[arg(required = true, value_name = "RUN_ID")]
+    /// The runs to delete, by id or name.
+    #[arg(required = true, value_name = "RUN")]
     run_ids: Vec<String>,
 }
 

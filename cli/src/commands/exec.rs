@@ -50,7 +50,7 @@ pub struct Args {
     /// Working directory inside the container.
     #[arg(short = 'w', long, value_name = "DIR")]
     workdir: Option<String>,
-    /// The run to execute in.
+    /// The run to execute in, by id or name.
     #[arg(value_name = "RUN")]
     run_id: String,
     /// The command and its arguments.

@@ -10,8 +10,8 @@ use crate::render::{self, OutputArgs, RunJson};
 /// Shows one run.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The run.
-    #[arg(value_name = "RUN_ID")]
+    /// The run, by id or name.
+    #[arg(value_name = "RUN")]
     run_id: String,
     #[command(flatten)]
     output: OutputArgs,

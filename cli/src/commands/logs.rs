@@ -15,8 +15,8 @@ use crate::resume::{BUSD_LOST_STEP, Resumes};
 /// Prints a run's output.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The run.
-    #[arg(value_name = "RUN_ID")]
+    /// The run, by id or name.
+    #[arg(value_name = "RUN")]
     run_id: String,
     /// Keep printing new output until the run ends.
     #[arg(short, long)]

@@ -7,8 +7,8 @@
 //! the exit code.
 
 use bus::proto::containers::v1::{
-    CreateRunRequest, ExecStart, GetRunRequest, Run, RunExited, RunRequest, RunSpec, RunState,
-    StreamLogsRequest, run_event::Event,
+    CreateRunRequest, ExecStart, GetRunRequest, PortMapping, PullPolicy, RegistryLogin, Run,
+    RunExited, RunRequest, RunSpec, RunState, StorageMount, StreamLogsRequest, run_event::Event,
 };
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -19,7 +19,7 @@ use crate::context::Ctx;
 use crate::error::{CliError, busd_lost};
 use crate::output::Output;
 use crate::render;
-use crate::usage::parse_key_value;
+use crate::usage::{parse_key_value, parse_publish};
 
 /// Exit code when the run was killed at its timeout (as `timeout(1)`).
 const EXIT_TIMED_OUT: u8 = 124;
@@ -56,6 +56,33 @@ pub struct Args {
     /// Seconds after which the run is killed [default: the profile's].
     #[arg(long, value_name = "SECONDS")]
     run_timeout: Option<u32>,
+    /// Publish a container port on the host, as docker does (repeatable); without
+    /// --profile the run gets the runner's profile for that (network bridge). The host
+    /// address defaults to 127.0.0.1 and an absent host port to one the engine picks
+    /// (`bus containers get` shows it).
+    #[arg(short = 'p', long = "publish", value_name = "[HOST_IP:][HOST_PORT:]CONTAINER_PORT[/PROTO]",
+          value_parser = parse_publish)]
+    publish: Vec<PortMapping>,
+    /// Mount the account's persistent storage at this absolute path in the container.
+    #[arg(long, value_name = "PATH")]
+    mount_path: Option<String>,
+    /// With --mount-path: mount this directory of the storage (relative; created when
+    /// missing) instead of its root.
+    #[arg(long, value_name = "DIR", requires = "mount_path")]
+    mount_subpath: Option<String>,
+    /// Who the run is for (recorded, shown by get, filterable with `runs --participant`).
+    #[arg(long, value_name = "NAME")]
+    participant: Option<String>,
+    /// The role the run acts in, e.g. agent (recorded, filterable with `runs --role`).
+    #[arg(long, value_name = "ROLE")]
+    role: Option<String>,
+    /// Pull the image first: missing (when the runner lacks it), always, or never.
+    #[arg(long, value_enum, value_name = "WHEN", default_value = "missing")]
+    pull: Pull,
+    /// Registry credentials for that pull: a 0600 JSON file {"username": ..., "password": ...};
+    /// used for the pull only, never stored.
+    #[arg(long, value_name = "FILE")]
+    credentials_file: Option<std::path::PathBuf>,
     /// json: print one result when the run ends (id, state, exit code, times, stdout and
     /// stderr) instead of streaming the output; bus still exits with the command's code.
     #[arg(
@@ -71,11 +98,41 @@ pub struct Args {
     command: Vec<String>,
 }
 
+/// When a run pulls its image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pull {
+    /// When the runner lacks the image.
+    Missing,
+    /// Every time.
+    Always,
+    /// Never; a registry image not pulled before is refused.
+    Never,
+}
+
+impl Pull {
+    fn policy(self) -> PullPolicy {
+        match self {
+            Pull::Missing => PullPolicy::Missing,
+            Pull::Always => PullPolicy::Always,
+            Pull::Never => PullPolicy::Never,
+        }
+    }
+}
+
 impl Args {
     /// Runs the command; returns the exit code (the container's, when it exited).
     pub async fn run(self, ctx: &Ctx) -> Result<u8, CliError> {
         let detach = self.detach;
         let json = self.output == Some(render::Format::Json);
+        let credentials = self
+            .credentials_file
+            .as_deref()
+            .map(crate::commands::images::read_credentials)
+            .transpose()?
+            .map(|c| RegistryLogin {
+                username: c.username,
+                password: c.password,
+            });
         let spec = RunSpec {
             profile: self.profile.unwrap_or_default(),
             image: self.image.unwrap_or_default(),
@@ -87,6 +144,15 @@ impl Args {
             timeout_seconds: self.run_timeout.unwrap_or(0),
             tty: self.tty,
             stdin: self.interactive,
+            ports: self.publish,
+            storage: self.mount_path.map(|mount_path| StorageMount {
+                mount_path,
+                subpath: self.mount_subpath.unwrap_or_default(),
+            }),
+            participant: self.participant.unwrap_or_default(),
+            role: self.role.unwrap_or_default(),
+            pull: self.pull.policy() as i32,
+            credentials,
         };
         if self.interactive || self.tty {
             return attached(ctx, spec).await;

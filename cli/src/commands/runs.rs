@@ -3,7 +3,7 @@
 use std::io::{IsTerminal as _, Write as _};
 use std::time::Duration;
 
-use bus::proto::containers::v1::{ListRunsRequest, Run};
+use bus::proto::containers::v1::{ListRunsRequest, Run, RunState};
 use time::OffsetDateTime;
 
 use crate::context::Ctx;
@@ -26,6 +26,54 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
           default_value = "2s", requires = "watch")]
     interval: Duration,
+    #[command(flatten)]
+    filter: Filter,
+}
+
+/// Which runs to list.
+#[derive(Debug, Clone, clap::Args)]
+struct Filter {
+    /// Only runs in these states (comma-separated or repeated), e.g. running,queued
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "STATE")]
+    state: Vec<StateArg>,
+    /// Only runs with this name
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Only runs for this participant
+    #[arg(long, value_name = "NAME")]
+    participant: Option<String>,
+    /// Only runs in this role
+    #[arg(long, value_name = "ROLE")]
+    role: Option<String>,
+    /// At most this many runs, newest first
+    #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    limit: Option<u32>,
+}
+
+/// A run state as `--state` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StateArg {
+    Queued,
+    Starting,
+    Running,
+    Exited,
+    Failed,
+    Stopped,
+    TimedOut,
+}
+
+impl StateArg {
+    fn proto(self) -> RunState {
+        match self {
+            StateArg::Queued => RunState::Queued,
+            StateArg::Starting => RunState::Starting,
+            StateArg::Running => RunState::Running,
+            StateArg::Exited => RunState::Exited,
+            StateArg::Failed => RunState::Failed,
+            StateArg::Stopped => RunState::Stopped,
+            StateArg::TimedOut => RunState::TimedOut,
+        }
+    }
 }
 
 impl Args {
@@ -34,7 +82,7 @@ impl Args {
         if self.watch {
             return self.watch(ctx).await;
         }
-        let runs = list(ctx).await?;
+        let runs = list(ctx, &self.filter).await?;
         self.print(&runs)?;
         Ok(0)
     }
@@ -63,7 +111,7 @@ impl Args {
         let stop = tokio::signal::ctrl_c();
         tokio::pin!(stop);
         loop {
-            let runs = list(ctx).await?;
+            let runs = list(ctx, &self.filter).await?;
             let now = OffsetDateTime::now_utc();
             let table = if terminal {
                 render::runs_table_styled(&runs, now, TableStyle::for_stdout())
@@ -104,17 +152,27 @@ impl Args {
     }
 }
 
-/// Every run of the account, newest first, over all pages.
-async fn list(ctx: &Ctx) -> Result<Vec<Run>, CliError> {
+/// The account's runs that `filter` asks for, newest first, over as many pages as needed.
+async fn list(ctx: &Ctx, filter: &Filter) -> Result<Vec<Run>, CliError> {
+    let limit = filter.limit.map_or(usize::MAX, |n| n as usize);
     let mut runs = Vec::new();
     let mut page_token = String::new();
     loop {
         let request = ctx.request(ListRunsRequest {
-            page_size: 0,
+            // The server caps it; 0 is its default.
+            page_size: filter.limit.unwrap_or(0),
             page_token,
+            states: filter.state.iter().map(|s| s.proto() as i32).collect(),
+            name: filter.name.clone().unwrap_or_default(),
+            participant: filter.participant.clone().unwrap_or_default(),
+            role: filter.role.clone().unwrap_or_default(),
         });
         let page = ctx.containers().list_runs(request).await?.into_inner();
         runs.extend(page.runs);
+        if runs.len() >= limit {
+            runs.truncate(limit);
+            return Ok(runs);
+        }
         if page.next_page_token.is_empty() {
             return Ok(runs);
         }

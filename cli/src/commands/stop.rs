@@ -8,8 +8,8 @@ use crate::error::CliError;
 /// Stops runs: SIGTERM, then SIGKILL after the grace period.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The runs to stop.
-    #[arg(required = true, value_name = "RUN_ID")]
+    /// The runs to stop, by id or name.
+    #[arg(required = true, value_name = "RUN")]
     run_ids: Vec<String>,
     /// Seconds between SIGTERM and SIGKILL [default: the runner's, 10].
     #[arg(long, value_name = "SECONDS")]

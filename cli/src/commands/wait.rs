@@ -14,8 +14,8 @@ use crate::resume::{BUSD_LOST_STEP, Resumes};
 /// Waits for a run to end.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The run.
-    #[arg(value_name = "RUN_ID")]
+    /// The run, by id or name.
+    #[arg(value_name = "RUN")]
     run_id: String,
 }
 

@@ -6,7 +6,12 @@ use std::time::Duration;
 use bus::proto::containers::v1 as pb;
 use bus::proto::containers::v1::containers_server::Containers;
 use bus::timestamp::from_time as timestamp;
-use bus_api::{BillingState, BillingStatus, CreateRun, Run, RunState, Stream as StdStream};
+use bus_api::images::RegistryCredentials;
+use bus_api::runs::{DEFAULT_HOST_IP, ListRunsQuery, PullPolicy, RUN_ID_PREFIX};
+use bus_api::{
+    BillingState, BillingStatus, CreateRun, Port, Protocol, Run, RunState, StorageMount,
+    Stream as StdStream,
+};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::sync::mpsc;
@@ -16,7 +21,7 @@ use tonic::{Request, Response, Status};
 use super::DaemonState;
 use crate::fanout::{Chunk, Event as FanEvent, Exit, Follow, LogRead, Notice};
 use crate::status::Error;
-use crate::upstream::{CreateOptions, UpstreamError};
+use crate::upstream::{CreateOptions, Upstream, UpstreamError};
 
 /// The Containers service.
 pub struct ContainersService {
@@ -175,14 +180,8 @@ impl Containers for ContainersService {
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
         let upstream = self.state.upstream(request.metadata())?;
-        let pb::ListRunsRequest {
-            page_size,
-            page_token,
-        } = request.into_inner();
-        let page = upstream
-            .list_runs(page_size, &page_token)
-            .await
-            .map_err(Error::from)?;
+        let query = list_query(request.into_inner())?;
+        let page = upstream.list_runs(&query).await.map_err(Error::from)?;
         Ok(Response::new(pb::ListRunsResponse {
             runs: page.runs.into_iter().map(run_to_proto).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -207,7 +206,7 @@ impl Containers for ContainersService {
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
         let upstream = self.state.upstream(request.metadata())?;
         let req = request.into_inner();
-        let run_id = run_id(&req.run_id)?.to_owned();
+        let run_id = run_key(&upstream, &req.run_id).await?;
         let wanted = |s: pb::StdStream| {
             !req.exit_only && (req.streams.is_empty() || req.streams.contains(&(s as i32)))
         };
@@ -237,7 +236,7 @@ impl Containers for ContainersService {
         request: Request<pb::WaitRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         let upstream = self.state.upstream(request.metadata())?;
-        let id = run_id(&request.get_ref().run_id)?.to_owned();
+        let id = run_key(&upstream, &request.get_ref().run_id).await?;
         let mut events = self
             .state
             .fanout
@@ -284,19 +283,78 @@ impl Containers for ContainersService {
     }
 }
 
+/// The id of the run `id_or_name` names, for the calls that share one upstream stream per
+/// run: a name is asked of the runner first, so that readers of one run meet in one stream
+/// whichever way they named it.
+async fn run_key(upstream: &Upstream, id_or_name: &str) -> Result<String, Error> {
+    let id = run_id(id_or_name)?;
+    if id.starts_with(RUN_ID_PREFIX) {
+        return Ok(id.to_owned());
+    }
+    Ok(upstream.get_run(id).await?.id)
+}
+
 fn run_id(id: &str) -> Result<&str, Error> {
     if id.trim().is_empty() {
         return Err(Error::InvalidArgument {
             message: "no run id given".into(),
-            guidance: "pass a run id as printed by `bus containers runs`".into(),
+            guidance: "pass a run id or name as `bus containers runs` prints them".into(),
         });
     }
     Ok(id)
 }
 
+/// The REST list query of a `ListRuns` request.
+fn list_query(request: pb::ListRunsRequest) -> Result<ListRunsQuery, Error> {
+    let mut states = Vec::with_capacity(request.states.len());
+    for state in request.states {
+        match pb::RunState::try_from(state)
+            .ok()
+            .and_then(state_from_proto)
+        {
+            Some(state) => states.push(state.as_str()),
+            None => {
+                return Err(Error::InvalidArgument {
+                    message: format!("states holds {state}, which is not a run state"),
+                    guidance: "name states from RUNNING to TIMED_OUT (1 to 7)".into(),
+                });
+            }
+        }
+    }
+    Ok(ListRunsQuery {
+        page_size: (request.page_size > 0).then_some(request.page_size),
+        page_token: non_empty(request.page_token),
+        state: (!states.is_empty()).then(|| states.join(",")),
+        name: non_empty(request.name),
+        participant: non_empty(request.participant),
+        role: non_empty(request.role),
+    })
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
 fn create_run(spec: Option<pb::RunSpec>) -> Result<CreateRun, Error> {
     let spec = spec.unwrap_or_default();
-    let non_empty = |s: String| (!s.is_empty()).then_some(s);
+    let pull = match pb::PullPolicy::try_from(spec.pull) {
+        Ok(pb::PullPolicy::Unspecified) => None,
+        Ok(pb::PullPolicy::Missing) => Some(PullPolicy::Missing),
+        Ok(pb::PullPolicy::Always) => Some(PullPolicy::Always),
+        Ok(pb::PullPolicy::Never) => Some(PullPolicy::Never),
+        Err(_) => {
+            return Err(Error::InvalidArgument {
+                message: format!("pull is {}, which is not a pull policy", spec.pull),
+                guidance: "use PULL_POLICY_MISSING, PULL_POLICY_ALWAYS or PULL_POLICY_NEVER".into(),
+            });
+        }
+    };
+    let ports = spec
+        .ports
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| port_from_proto(i, p))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(CreateRun {
         profile: non_empty(spec.profile),
         image: non_empty(spec.image),
@@ -308,8 +366,73 @@ fn create_run(spec: Option<pb::RunSpec>) -> Result<CreateRun, Error> {
         timeout_seconds: (spec.timeout_seconds > 0).then_some(spec.timeout_seconds),
         tty: spec.tty,
         stdin: spec.stdin,
-        // Ports and storage are not in the gRPC RunSpec yet: the profile decides.
-        ..CreateRun::default()
+        ports,
+        storage: spec.storage.map(|s| StorageMount {
+            mount_path: s.mount_path,
+            subpath: non_empty(s.subpath),
+        }),
+        participant: non_empty(spec.participant),
+        role: non_empty(spec.role),
+        pull,
+        credentials: spec.credentials.map(|c| RegistryCredentials {
+            username: c.username,
+            password: c.password,
+        }),
+    })
+}
+
+/// A published port of a `RunSpec`; out-of-range numbers are left for the runner, which
+/// names the bound (only a value too large for the REST field is refused here).
+fn port_from_proto(i: usize, port: pb::PortMapping) -> Result<Port, Error> {
+    let number = |field: &str, value: u32| {
+        u16::try_from(value).map_err(|_| Error::InvalidArgument {
+            message: format!("ports[{i}].{field} is {value}; it must be between 1 and 65535"),
+            guidance: "publish ports as CONTAINER_PORT or HOST_PORT:CONTAINER_PORT".into(),
+        })
+    };
+    let protocol = match port.protocol.as_str() {
+        "" | "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        other => {
+            return Err(Error::InvalidArgument {
+                message: format!(
+                    "ports[{i}].protocol is \"{}\"; use tcp or udp",
+                    other.escape_debug()
+                ),
+                guidance: "publish ports as CONTAINER_PORT/tcp or CONTAINER_PORT/udp".into(),
+            });
+        }
+    };
+    Ok(Port {
+        container_port: number("container_port", port.container_port)?,
+        host_port: match port.host_port {
+            0 => None,
+            n => Some(number("host_port", n)?),
+        },
+        protocol,
+        host_ip: non_empty(port.host_ip).unwrap_or_else(|| DEFAULT_HOST_IP.to_owned()),
+    })
+}
+
+fn port_to_proto(port: Port) -> pb::PortMapping {
+    pb::PortMapping {
+        container_port: port.container_port.into(),
+        host_port: port.host_port.map_or(0, u32::from),
+        protocol: port.protocol.as_str().to_owned(),
+        host_ip: port.host_ip,
+    }
+}
+
+fn state_from_proto(state: pb::RunState) -> Option<RunState> {
+    Some(match state {
+        pb::RunState::Unspecified => return None,
+        pb::RunState::Queued => RunState::Queued,
+        pb::RunState::Starting => RunState::Starting,
+        pb::RunState::Running => RunState::Running,
+        pb::RunState::Exited => RunState::Exited,
+        pb::RunState::Failed => RunState::Failed,
+        pb::RunState::Stopped => RunState::Stopped,
+        pb::RunState::TimedOut => RunState::TimedOut,
     })
 }
 
@@ -339,6 +462,13 @@ fn run_to_proto(run: Run) -> pb::Run {
         started_at: run.started_at.map(timestamp),
         finished_at: run.finished_at.map(timestamp),
         reason: run.reason.unwrap_or_default(),
+        ports: run.options.ports.into_iter().map(port_to_proto).collect(),
+        storage: run.options.storage.map(|s| pb::StorageMount {
+            mount_path: s.mount_path,
+            subpath: s.subpath.unwrap_or_default(),
+        }),
+        participant: run.participant.unwrap_or_default(),
+        role: run.role.unwrap_or_default(),
     }
 }
 

@@ -81,17 +81,9 @@ impl Upstream {
         self.json(self.request(Method::GET, &paths::run(id))).await
     }
 
-    /// `GET /api/v1/containers/runs?page_size&page_token`.
-    pub async fn list_runs(
-        &self,
-        page_size: u32,
-        page_token: &str,
-    ) -> Result<RunPage, UpstreamError> {
-        let query = ListRunsQuery {
-            page_size: (page_size > 0).then_some(page_size),
-            page_token: (!page_token.is_empty()).then(|| page_token.to_owned()),
-        };
-        self.json(self.request(Method::GET, paths::RUNS).query(&query))
+    /// `GET /api/v1/containers/runs?page_size&page_token&state&name&participant&role`.
+    pub async fn list_runs(&self, query: &ListRunsQuery) -> Result<RunPage, UpstreamError> {
+        self.json(self.request(Method::GET, paths::RUNS).query(query))
             .await
     }
 

@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! default_profile = "codex"
+//! ports_profile = "service"        # what a run that publishes ports gets when it names none
 //!
 //! [profiles.codex]
 //! image = "localhost/busybox:latest"
@@ -10,6 +11,9 @@
 //! timeout_seconds = 600
 //! memory_mb = 512                  # the container's memory limit; 0: none (default 512)
 //! env = { LANG = "C.UTF-8" }
+//!
+//! [profiles.service]               # built in like this: the codex profile with
+//! network = "bridge"               # network "bridge", so `-p` works by default
 //!
 //! [profiles.agent]                 # built in like this
 //! image = "localhost/busybox:latest"
@@ -61,6 +65,8 @@ use serde::Deserialize;
 
 /// The profile a run gets when it names none.
 pub const DEFAULT_PROFILE: &str = "codex";
+/// The built-in profile with a network, which runs that publish ports get by default.
+pub const SERVICE_PROFILE: &str = "service";
 /// The built-in profile that mounts the account's storage at `/data`.
 pub const AGENT_PROFILE: &str = "agent";
 /// A profile's memory limit when it names none, in MiB.
@@ -194,6 +200,9 @@ pub struct Config {
     pub profiles: BTreeMap<String, Profile>,
     /// The profile a run gets when it names none.
     pub default_profile: String,
+    /// The profile a run that publishes ports gets when it names none (its network is not
+    /// `none`).
+    pub ports_profile: String,
     /// Plans by name (always holds [`LOCAL_PLAN`]).
     pub plans: BTreeMap<String, Plan>,
     /// Accounts that may exchange API keys for tokens; empty without a config file.
@@ -236,6 +245,8 @@ pub enum ConfigError {
 struct File {
     #[serde(default)]
     default_profile: Option<String>,
+    #[serde(default)]
+    ports_profile: Option<String>,
     #[serde(default)]
     profiles: BTreeMap<String, Profile>,
     #[serde(default)]
@@ -282,8 +293,9 @@ enum Resources {
 
 impl Config {
     /// The configuration when no file is given: the `codex` profile on the local busybox
-    /// image, and `agent`, which also mounts the account's storage at `/data` (and says so in
-    /// `AGENT_HOME`).
+    /// image; `service`, the same on the `bridge` network (the profile of runs that publish
+    /// ports); and `agent`, which also mounts the account's storage at `/data` (and says so
+    /// in `AGENT_HOME`).
     pub fn builtin() -> Config {
         let codex = Profile {
             image: "localhost/busybox:latest".to_owned(),
@@ -301,12 +313,18 @@ impl Config {
             env: BTreeMap::from([("AGENT_HOME".to_owned(), "/data".to_owned())]),
             ..codex.clone()
         };
+        let service = Profile {
+            network: Network::Bridge,
+            ..codex.clone()
+        };
         Config {
             profiles: BTreeMap::from([
                 (DEFAULT_PROFILE.to_owned(), codex),
+                (SERVICE_PROFILE.to_owned(), service),
                 (AGENT_PROFILE.to_owned(), agent),
             ]),
             default_profile: DEFAULT_PROFILE.to_owned(),
+            ports_profile: SERVICE_PROFILE.to_owned(),
             plans: BTreeMap::from([(LOCAL_PLAN.to_owned(), Plan::unlimited())]),
             accounts: Vec::new(),
             images: ImagesConfig::default(),
@@ -345,6 +363,9 @@ impl Config {
         };
         let mut config = Config::builtin();
         config.profiles.extend(file.profiles);
+        if let Some(ports) = file.ports_profile {
+            config.ports_profile = ports;
+        }
         if let Some(default) = file.default_profile {
             config.default_profile = default;
         }
@@ -370,6 +391,23 @@ impl Config {
                 self.default_profile,
                 self.profile_names().join(", ")
             ));
+        }
+        match self.profiles.get(&self.ports_profile) {
+            None => {
+                return Err(format!(
+                    "ports_profile \"{}\" is not defined; defined profiles: {}",
+                    self.ports_profile,
+                    self.profile_names().join(", ")
+                ));
+            }
+            Some(p) if p.network == Network::None => {
+                return Err(format!(
+                    "ports_profile \"{}\" has network \"none\", so its runs cannot publish \
+                     ports; name a profile with network = \"bridge\"",
+                    self.ports_profile
+                ));
+            }
+            Some(_) => {}
         }
         for (name, p) in &self.profiles {
             if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -853,8 +891,9 @@ resources = "container:read"
             "default_profile = \"quick\"\n[profiles.quick]\nimage = \"localhost/x\"\ntimeout_seconds = 5\nenv = { A = \"1\" }\n",
         )
         .unwrap();
-        assert_eq!(c.profile_names(), ["agent", "codex", "quick"]);
+        assert_eq!(c.profile_names(), ["agent", "codex", "quick", "service"]);
         assert_eq!(c.default_profile, "quick");
+        assert_eq!(c.ports_profile, "service");
         assert_eq!(c.profile("quick").unwrap().env["A"], "1");
     }
 
@@ -873,6 +912,23 @@ resources = "container:read"
         assert!(err.to_string().contains("host"), "{err}");
         let err = Config::parse("imgae = 1\n").unwrap_err();
         assert!(err.to_string().contains("imgae"), "{err}");
+        let err = Config::parse("ports_profile = \"nope\"\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("ports_profile \"nope\" is not defined"),
+            "{err}"
+        );
+        // The ports profile must have a network, replaced or not.
+        let err = Config::parse("ports_profile = \"codex\"\n").unwrap_err();
+        assert!(err.to_string().contains("network = \"bridge\""), "{err}");
+        let err =
+            Config::parse("[profiles.service]\nimage = \"localhost/x\"\ntimeout_seconds = 5\n")
+                .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("ports_profile \"service\" has network \"none\""),
+            "{err}"
+        );
     }
 
     /// Found by fuzzing: a value with a newline made a two-line error.
@@ -882,6 +938,7 @@ resources = "container:read"
             "[profiles.p]\nimage = \"x\"\ntimeout_seconds = 5\nnetwork = \"\\none\"\n",
             "[profiles.\"a\\nb\"]\nimage = \"x\"\ntimeout_seconds = 5\n",
             "default_profile = \"\\n\"\n",
+            "ports_profile = \"\\n\"\n",
         ] {
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(!err.contains('\n') && err.contains("\\n"), "{text}: {err}");

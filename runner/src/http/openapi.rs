@@ -166,7 +166,10 @@ problem_response!(
 );
 problem_response!(
     Conflict,
-    "The run is not running (`run_not_running`): it is queued, starting or has ended."
+    "The run is not running (`run_not_running`): it is queued, starting or has ended; or the \
+     run's name stands for several ended runs (`run_name_ambiguous`; the detail lists their \
+     ids); or, creating a run, a run that has not ended already has its name \
+     (`run_name_taken`)."
 );
 problem_response!(
     Unauthorized,

@@ -21,7 +21,7 @@ use crate::billing::BillingError;
 use crate::engine::{EngineError, engine_message};
 use crate::images::ImageError;
 use crate::runs::spec::SpecError;
-use crate::store::StoreError;
+use crate::store::{FindError, StoreError};
 use crate::util::rfc3339;
 
 /// How to get a token, for people who have none or a bad one.
@@ -59,6 +59,22 @@ pub enum ApiError {
     /// No such run for this account (or it is another account's: the two look the same).
     #[error("no run {0} in this account")]
     RunNotFound(String),
+    /// The name matches several ended runs of the account and no live one.
+    #[error("the name {name} matches several runs")]
+    RunNameAmbiguous {
+        /// The name.
+        name: String,
+        /// The matching runs, newest first.
+        ids: Vec<String>,
+    },
+    /// A live run of the account already has the name a new run asks for.
+    #[error("the name {name} is taken by {id}")]
+    RunNameTaken {
+        /// The name.
+        name: String,
+        /// The run that has it.
+        id: String,
+    },
     /// No such detached exec for this account (or its run is gone).
     #[error("no exec {0} in this account")]
     ExecNotFound(String),
@@ -215,6 +231,26 @@ impl ApiError {
                 format!("no run {id} in this account"),
             )
             .with_guidance("check the id: `bus containers runs` lists this account's runs"),
+            ApiError::RunNameAmbiguous { name, ids } => p(
+                C::RunNameAmbiguous,
+                StatusCode::CONFLICT,
+                "Ambiguous run name",
+                format!(
+                    "the name \"{name}\" matches {} ended runs: {}",
+                    ids.len(),
+                    ids.join(", ")
+                ),
+            )
+            .with_guidance("use one of these ids instead of the name"),
+            ApiError::RunNameTaken { name, id } => p(
+                C::RunNameTaken,
+                StatusCode::CONFLICT,
+                "Run name taken",
+                format!("the run {id} already has the name \"{name}\" and has not ended"),
+            )
+            .with_guidance(format!(
+                "choose another name, or stop it first: `bus containers stop {name}`"
+            )),
             ApiError::ExecNotFound(id) => p(
                 C::NotFound,
                 StatusCode::NOT_FOUND,
@@ -442,7 +478,17 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         match err {
             StoreError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+            StoreError::NameTaken { name, id } => ApiError::RunNameTaken { name, id },
             other => ApiError::Store(other),
+        }
+    }
+}
+
+impl From<FindError> for ApiError {
+    fn from(err: FindError) -> ApiError {
+        match err {
+            FindError::NotFound(id) => ApiError::RunNotFound(id),
+            FindError::Ambiguous { name, ids } => ApiError::RunNameAmbiguous { name, ids },
         }
     }
 }
@@ -498,6 +544,10 @@ pub fn image_problem(err: &ImageError) -> Problem {
                 "`bus images ls` lists the images this account may use; pull, load or build \
                  the image first",
             ),
+        ImageError::NotPulled(image) => p(C::NotFound, StatusCode::NOT_FOUND, "Not found")
+            .with_guidance(format!(
+                "pull it first (`bus images pull {image}`), or run with `--pull missing`"
+            )),
         ImageError::Invalid(_) => p(
             C::InvalidRequest,
             StatusCode::BAD_REQUEST,

@@ -9,6 +9,9 @@ pub enum ImageError {
     /// No such image for this account (or another account's).
     #[error("no image {0} in this account")]
     NotFound(String),
+    /// A run with pull policy `never` names a registry image the account has not pulled.
+    #[error("the image {0} is not on the runner and the run's pull policy is never")]
+    NotPulled(String),
     /// A malformed reference or request.
     #[error("{0}")]
     Invalid(String),

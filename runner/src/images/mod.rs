@@ -22,6 +22,7 @@ pub mod archive;
 pub mod builds;
 pub mod db;
 mod error;
+mod for_run;
 mod live;
 mod progress;
 pub mod refs;

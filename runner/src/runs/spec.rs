@@ -7,7 +7,7 @@ use std::time::Duration;
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use bus_api::runs::{MAX_ARGV, MAX_PORTS, MAX_SPEC_BYTES, MAX_TIMEOUT_SECONDS};
+use bus_api::runs::{MAX_ARGV, MAX_PORTS, MAX_SPEC_BYTES, MAX_TIMEOUT_SECONDS, RUN_ID_PREFIX};
 use bus_api::{CreateRun, Port, StorageMount};
 
 use crate::config::checks::{check_env, check_image, check_storage};
@@ -38,6 +38,10 @@ pub const MAX_LABELS: usize = 64;
 pub const MAX_LABEL_KEY_BYTES: usize = 256;
 /// Longest working directory.
 pub const MAX_WORKDIR_BYTES: usize = 4096;
+/// Longest participant.
+pub const MAX_PARTICIPANT_CHARS: usize = 128;
+/// Longest role.
+pub const MAX_ROLE_BYTES: usize = 64;
 /// Label keys with this prefix are the runner's own.
 pub const RESERVED_LABEL_PREFIX: &str = "bus.";
 
@@ -56,6 +60,10 @@ pub struct RunSpec {
     pub workdir: Option<String>,
     /// The human name, if given.
     pub name: Option<String>,
+    /// Who the run is for, if given.
+    pub participant: Option<String>,
+    /// The role the run acts in, if given.
+    pub role: Option<String>,
     /// The caller's labels.
     pub labels: BTreeMap<String, String>,
     /// When to kill the run.
@@ -88,9 +96,15 @@ fn no_nul(field: &str, value: &str) -> Result<(), SpecError> {
 impl RunSpec {
     /// Validates `req` against the bounds and `config`'s profiles.
     pub fn parse(req: CreateRun, config: &Config) -> Result<RunSpec, SpecError> {
-        let profile_name = req
-            .profile
-            .unwrap_or_else(|| config.default_profile.clone());
+        // A run that publishes ports needs a network: without a profile named, it gets the
+        // one the deployment keeps for that.
+        let profile_name = req.profile.unwrap_or_else(|| {
+            if req.ports.is_empty() {
+                config.default_profile.clone()
+            } else {
+                config.ports_profile.clone()
+            }
+        });
         let profile = config
             .profile(&profile_name)
             .ok_or_else(|| SpecError::UnknownProfile {
@@ -185,6 +199,24 @@ impl RunSpec {
             if name.chars().any(char::is_control) {
                 return Err(invalid("name must not contain control characters"));
             }
+            if name.starts_with(RUN_ID_PREFIX) {
+                return Err(invalid(format!(
+                    "name must not start with \"{RUN_ID_PREFIX}\", which marks run ids"
+                )));
+            }
+        }
+        if let Some(participant) = &req.participant {
+            if participant.is_empty() || participant.chars().count() > MAX_PARTICIPANT_CHARS {
+                return Err(invalid(format!(
+                    "participant must be 1 to {MAX_PARTICIPANT_CHARS} characters long"
+                )));
+            }
+            if participant.chars().any(char::is_control) {
+                return Err(invalid("participant must not contain control characters"));
+            }
+        }
+        if let Some(role) = &req.role {
+            check_role(role).map_err(invalid)?;
         }
 
         let timeout = match req.timeout_seconds {
@@ -235,6 +267,8 @@ impl RunSpec {
             env,
             workdir: req.workdir,
             name: req.name,
+            participant: req.participant,
+            role: req.role,
             labels: req.labels,
             timeout,
             network: profile.network,
@@ -276,6 +310,18 @@ impl RunSpec {
             mount,
         }
     }
+}
+
+/// A role: 1 to [`MAX_ROLE_BYTES`] of `a-z`, `0-9`, `_`, `.` and `-`.
+pub fn check_role(role: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c);
+    if role.is_empty() || role.len() > MAX_ROLE_BYTES || !role.chars().all(allowed) {
+        return Err(format!(
+            "role \"{}\" must be 1 to {MAX_ROLE_BYTES} of a-z, 0-9, '_', '.' and '-', e.g. agent",
+            role.escape_debug()
+        ));
+    }
+    Ok(())
 }
 
 fn check_ports(ports: &[Port]) -> Result<(), SpecError> {
@@ -373,7 +419,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err,
-            "unknown_profile: there is no run profile \"nope\"; valid profiles: agent, codex"
+            "unknown_profile: there is no run profile \"nope\"; valid profiles: agent, codex, service"
         );
     }
 
@@ -471,27 +517,43 @@ mod tests {
 
     #[test]
     fn ports_need_a_network() {
+        // Without a profile named, a run that publishes ports gets the ports profile.
         let req = CreateRun {
             ports: vec![port(8080)],
             ..argv(&["true"])
         };
-        let err = parse(req.clone()).unwrap_err();
+        let spec = parse(req.clone()).unwrap();
+        assert_eq!(
+            (spec.profile.as_str(), spec.network, &spec.ports[..]),
+            ("service", Network::Bridge, &[port(8080)][..])
+        );
+        // A profile without a network refuses them, naming the ones that allow them.
+        let codex = CreateRun {
+            profile: Some("codex".into()),
+            ..req.clone()
+        };
+        let err = parse(codex.clone()).unwrap_err();
         assert!(
             err.starts_with("invalid_request: ports cannot be published: the profile \"codex\" has network \"none\""),
             "{err}"
         );
-        assert!(err.contains("network = \"bridge\""), "{err}");
+        assert!(err.contains("allows them: service"), "{err}");
 
         let mut config = Config::builtin();
         let mut web = config.profiles["codex"].clone();
         web.network = Network::Bridge;
         config.profiles.insert("web".into(), web);
-        let err = RunSpec::parse(req.clone(), &config).unwrap_err();
+        let err = RunSpec::parse(codex.clone(), &config).unwrap_err();
         assert!(
-            err.to_string().contains("allows them: web"),
+            err.to_string().contains("allows them: service, web"),
             "{}",
             err.to_string()
         );
+        // With no profile that has a network, the operator is told how to make one.
+        let mut none = Config::builtin();
+        none.profiles.remove("service");
+        let err = RunSpec::parse(codex, &none).unwrap_err().to_string();
+        assert!(err.contains("network = \"bridge\""), "{err}");
         let spec = RunSpec::parse(
             CreateRun {
                 profile: Some("web".into()),

@@ -19,6 +19,8 @@ pub struct Entry {
     pub id: String,
     /// The account that owns it.
     pub owner: String,
+    /// Its name, if it has one (fixed at creation).
+    pub name: Option<String>,
     /// Creation order, for newest-first listing (stable across restarts).
     pub serial: u64,
     /// The run's timeout, counted from `started_at`.
@@ -56,6 +58,7 @@ impl Entry {
     ) -> Entry {
         Entry {
             id: record.id.clone(),
+            name: record.name.clone(),
             owner: owner.to_owned(),
             serial,
             timeout,

@@ -21,13 +21,13 @@
 mod db;
 mod entry;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bus_api::{LogFrame, Run};
+use bus_api::{LogFrame, Run, RunState};
 use time::OffsetDateTime;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -53,7 +53,11 @@ const OUTPUT_BUDGET: usize = 16 * 1024 * 1024;
 
 /// Makes a new run id: `run_` and 32 hex digits (128 random bits).
 pub fn new_run_id() -> String {
-    format!("run_{}", crate::util::random_hex::<16>())
+    format!(
+        "{}{}",
+        bus_api::runs::RUN_ID_PREFIX,
+        crate::util::random_hex::<16>()
+    )
 }
 
 /// All runs: the in-memory index over the database.
@@ -102,6 +106,55 @@ struct Runs {
     by_id: HashMap<String, Arc<Entry>>,
     by_serial: BTreeMap<u64, Arc<Entry>>,
     next_serial: u64,
+    /// Names of runs being inserted, by owner, so that two requests cannot both take one.
+    claimed_names: HashSet<(String, String)>,
+}
+
+/// Why a run named by id or name is not one run of the caller's.
+#[derive(Debug, thiserror::Error)]
+pub enum FindError {
+    /// No run of the account has that id or name.
+    #[error("no run {0} in this account")]
+    NotFound(String),
+    /// No run that has not ended has the name, and several ended ones do.
+    #[error("the name {name} matches {} ended runs", ids.len())]
+    Ambiguous {
+        /// The name.
+        name: String,
+        /// The matching runs' ids, newest first.
+        ids: Vec<String>,
+    },
+}
+
+/// Which of an owner's runs [`Store::list`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    /// Only runs in one of these states; empty means any.
+    pub states: Vec<RunState>,
+    /// Only runs with this name.
+    pub name: Option<String>,
+    /// Only runs for this participant.
+    pub participant: Option<String>,
+    /// Only runs in this role.
+    pub role: Option<String>,
+}
+
+impl Runs {
+    /// `owner`'s run named `name` that has not ended, if there is one (there is at most one).
+    fn live_named(&self, owner: &str, name: &str) -> Option<&Arc<Entry>> {
+        self.by_serial.values().rev().find(|e| {
+            e.owner == owner && e.name.as_deref() == Some(name) && !e.snapshot().state.is_terminal()
+        })
+    }
+}
+
+impl RunFilter {
+    fn matches(&self, run: &Run) -> bool {
+        (self.states.is_empty() || self.states.contains(&run.state))
+            && (self.name.is_none() || run.name == self.name)
+            && (self.participant.is_none() || run.participant == self.participant)
+            && (self.role.is_none() || run.role == self.role)
+    }
 }
 
 /// A new run for [`Store::insert`].
@@ -324,8 +377,23 @@ impl Store {
     /// `owner` used within [`IDEMPOTENCY_WINDOW`]: the original response when the request is
     /// the same, [`StoreError::IdempotencyKeyReused`] when it is not; no new run either way.
     pub async fn insert(&self, owner: &str, new: NewRun) -> Result<Inserted, StoreError> {
+        let name = new.record.name.clone().map(|n| (owner.to_owned(), n));
         let (entry, done) = {
             let mut runs = self.lock();
+            if let Some(key) = &name {
+                if let Some(live) = runs.live_named(owner, &key.1) {
+                    return Err(StoreError::NameTaken {
+                        name: key.1.clone(),
+                        id: live.id.clone(),
+                    });
+                }
+                if !runs.claimed_names.insert(key.clone()) {
+                    return Err(StoreError::NameTaken {
+                        name: key.1.clone(),
+                        id: "(being created)".to_owned(),
+                    });
+                }
+            }
             let serial = runs.next_serial;
             runs.next_serial += 1;
             let entry = Arc::new(Entry::new(
@@ -345,9 +413,13 @@ impl Store {
             });
             (entry, done)
         };
-        match done.await.map_err(|_| StoreError::WriterGone)?? {
+        let outcome = done.await;
+        let mut runs = self.lock();
+        if let Some(key) = &name {
+            runs.claimed_names.remove(key);
+        }
+        match outcome.map_err(|_| StoreError::WriterGone)?? {
             db::InsertOutcome::Created => {
-                let mut runs = self.lock();
                 runs.by_id.insert(entry.id.clone(), entry.clone());
                 runs.by_serial.insert(entry.serial, entry.clone());
                 Ok(Inserted::Created(entry))
@@ -391,6 +463,36 @@ impl Store {
             .get(id)
             .filter(|e| e.owner == owner)
             .cloned()
+    }
+
+    /// `owner`'s run with the id or name `id_or_name`: an id first; else the run with that
+    /// name that has not ended; else the one ended run with it. Several ended runs with the
+    /// name and none live is [`FindError::Ambiguous`].
+    pub fn find(&self, owner: &str, id_or_name: &str) -> Result<Arc<Entry>, FindError> {
+        let runs = self.lock();
+        if let Some(entry) = runs.by_id.get(id_or_name).filter(|e| e.owner == owner) {
+            return Ok(entry.clone());
+        }
+        if let Some(live) = runs.live_named(owner, id_or_name) {
+            return Ok(live.clone());
+        }
+        let mut named = runs
+            .by_serial
+            .values()
+            .rev()
+            .filter(|e| e.owner == owner && e.name.as_deref() == Some(id_or_name));
+        match (named.next(), named.next()) {
+            (None, _) => Err(FindError::NotFound(id_or_name.to_owned())),
+            (Some(one), None) => Ok(one.clone()),
+            (Some(first), Some(second)) => Err(FindError::Ambiguous {
+                name: id_or_name.to_owned(),
+                ids: [first, second]
+                    .into_iter()
+                    .chain(named)
+                    .map(|e| e.id.clone())
+                    .collect(),
+            }),
+        }
     }
 
     /// The run `id` of any owner.
@@ -440,16 +542,26 @@ impl Store {
         )
     }
 
-    /// Up to `limit` of `owner`'s runs created before `before` (a serial), newest first, and
-    /// the serial to continue from when there may be more.
-    pub fn list(&self, owner: &str, before: Option<u64>, limit: usize) -> (Vec<Run>, Option<u64>) {
+    /// Up to `limit` of `owner`'s runs that `filter` matches, created before `before` (a
+    /// serial), newest first, and the serial to continue from when there may be more.
+    pub fn list(
+        &self,
+        owner: &str,
+        filter: &RunFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> (Vec<Run>, Option<u64>) {
         let runs = self.lock();
         let mut page = Vec::with_capacity(limit.min(64));
         let mut last = None;
         let range = runs.by_serial.range(..before.unwrap_or(u64::MAX));
-        let mut iter = range.rev().filter(|(_, e)| e.owner == owner);
-        for (serial, entry) in iter.by_ref().take(limit) {
-            page.push(entry.snapshot());
+        let mut iter = range
+            .rev()
+            .filter(|(_, e)| e.owner == owner)
+            .map(|(serial, e)| (serial, e.snapshot()))
+            .filter(|(_, run)| filter.matches(run));
+        for (serial, run) in iter.by_ref().take(limit) {
+            page.push(run);
             last = Some(*serial);
         }
         let more = iter.next().is_some();

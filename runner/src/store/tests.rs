@@ -14,6 +14,8 @@ fn record(id: &str) -> Run {
         image: "img".to_owned(),
         argv: vec!["sh".into(), "-c".into(), "echo hi".into()],
         name: None,
+        participant: None,
+        role: None,
         labels: BTreeMap::from([("k".into(), "v".into())]),
         created_at: OffsetDateTime::now_utc(),
         started_at: None,
@@ -108,10 +110,10 @@ async fn list_pages_newest_first() {
     for i in 0..5 {
         insert(&s, if i == 2 { "b" } else { "a" }, &format!("run_{i}")).await;
     }
-    let (page, next) = s.list("a", None, 2);
+    let (page, next) = s.list("a", &RunFilter::default(), None, 2);
     let ids: Vec<_> = page.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, ["run_4", "run_3"]);
-    let (page, next) = s.list("a", next, 2);
+    let (page, next) = s.list("a", &RunFilter::default(), next, 2);
     let ids: Vec<_> = page.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, ["run_1", "run_0"]);
     assert_eq!(next, None);
@@ -328,7 +330,10 @@ async fn records_and_frames_survive_a_reopen_and_seq_continues() {
     assert!(done.wall_seconds.is_some() && done.finished_at.is_some());
     // A new run after the reopen lists first.
     insert(&s, "b", "run_new").await;
-    assert_eq!(s.list("b", None, 1).0[0].id, "run_new");
+    assert_eq!(
+        s.list("b", &RunFilter::default(), None, 1).0[0].id,
+        "run_new"
+    );
     assert_eq!(s.runner_id().len(), 16);
     let runner_id = s.runner_id().to_owned();
     drop(s);
@@ -363,7 +368,7 @@ async fn run_options_survive_a_reopen_and_a_version_1_database_opens() {
     };
     {
         let s = Store::open(&dir.0).unwrap();
-        let mut new = new_run("run_opts");
+        let mut new = named("run_opts", "opts", Some("ann"), Some("agent"));
         new.record.options = options.clone();
         let Inserted::Created(e) = s.insert("a", new).await.unwrap() else {
             panic!("a new run")
@@ -382,15 +387,26 @@ async fn run_options_survive_a_reopen_and_a_version_1_database_opens() {
         (run.options.tty, &run.options.storage, run.options.memory_mb),
         (true, &options.storage, Some(64))
     );
+    assert_eq!(
+        (
+            run.name.as_deref(),
+            run.participant.as_deref(),
+            run.role.as_deref()
+        ),
+        (Some("opts"), Some("ann"), Some("agent"))
+    );
     let plain = s.get("a", "run_plain").unwrap().snapshot();
     assert_eq!(plain.options, bus_api::RunOptions::default());
+    assert_eq!((plain.participant, plain.role), (None, None));
     drop(s);
 
     // A database from before the options column (version 1) gains it on open.
     {
         let conn = rusqlite::Connection::open(dir.0.join(DB_FILE)).unwrap();
         conn.execute_batch(
-            "DROP TABLE usage; ALTER TABLE runs DROP COLUMN options; PRAGMA user_version = 1;",
+            "DROP TABLE usage; ALTER TABLE runs DROP COLUMN options;
+             ALTER TABLE runs DROP COLUMN participant; ALTER TABLE runs DROP COLUMN role;
+             PRAGMA user_version = 1;",
         )
         .unwrap();
     }
@@ -467,7 +483,11 @@ async fn retention_deletes_old_and_excess_ended_runs_only() {
     let later = now + time::Duration::hours(2);
     assert_eq!(s.apply_retention(later, &policy), 2);
     assert!(s.get("a", "run_a4").is_none() && s.get("b", "run_b0").is_none());
-    assert_eq!(s.list("a", None, 10).0.len(), 3, "a1..a3 are live");
+    assert_eq!(
+        s.list("a", &RunFilter::default(), None, 10).0.len(),
+        3,
+        "a1..a3 are live"
+    );
     s.flush().await;
 
     // The database holds no frames of deleted runs.
@@ -696,8 +716,11 @@ async fn a_version_2_database_gains_a_usage_ledger_of_its_runs() {
     }
     {
         let conn = rusqlite::Connection::open(dir.0.join(DB_FILE)).unwrap();
-        conn.execute_batch("DROP TABLE usage; PRAGMA user_version = 2;")
-            .unwrap();
+        conn.execute_batch(
+            "DROP TABLE usage; ALTER TABLE runs DROP COLUMN participant;
+             ALTER TABLE runs DROP COLUMN role; PRAGMA user_version = 2;",
+        )
+        .unwrap();
     }
     let s = Store::open(&dir.0).unwrap();
     assert_eq!(usage_rows(&s), 2, "the runs that started");
@@ -719,9 +742,9 @@ async fn a_version_2_database_gains_a_usage_ledger_of_its_runs() {
     // A database from a newer runner is refused.
     {
         let conn = rusqlite::Connection::open(dir.0.join(DB_FILE)).unwrap();
-        conn.execute_batch("PRAGMA user_version = 4;").unwrap();
+        conn.execute_batch("PRAGMA user_version = 5;").unwrap();
     }
-    assert!(matches!(Store::open(&dir.0), Err(StoreError::TooNew(4))));
+    assert!(matches!(Store::open(&dir.0), Err(StoreError::TooNew(5))));
 }
 
 /// The database, its WAL files and the runner id are private even in a state dir others may
@@ -751,4 +774,109 @@ async fn the_store_files_are_private_whatever_the_dir_allows() {
     std::fs::set_permissions(dir.0.join(DB_FILE), std::fs::Permissions::from_mode(0o644)).unwrap();
     let _s = Store::open(&dir.0).unwrap();
     assert_eq!(mode(DB_FILE), 0o600);
+}
+
+fn named(id: &str, name: &str, participant: Option<&str>, role: Option<&str>) -> NewRun {
+    let mut new = new_run(id);
+    new.record.name = Some(name.to_owned());
+    new.record.participant = participant.map(str::to_owned);
+    new.record.role = role.map(str::to_owned);
+    new
+}
+
+/// A name stands for the account's live run that has it, else for its one ended run with it;
+/// a second live run cannot take it, and several ended runs make it ambiguous.
+#[tokio::test]
+async fn runs_are_found_by_name_and_a_live_name_is_taken_once() {
+    let s = Store::temporary().unwrap();
+    let first = insert_new(&s, "a", named("run_1", "web", None, None)).await;
+    // Another account's run and name are its own.
+    insert_new(&s, "b", named("run_b", "web", None, None)).await;
+    assert_eq!(s.find("a", "web").unwrap().id, "run_1");
+    assert_eq!(s.find("a", "run_1").unwrap().id, "run_1");
+    assert_eq!(s.find("b", "web").unwrap().id, "run_b");
+    assert!(matches!(s.find("a", "run_b"), Err(FindError::NotFound(_))));
+    assert!(matches!(s.find("a", "db"), Err(FindError::NotFound(_))));
+
+    match s.insert("a", named("run_2", "web", None, None)).await {
+        Err(StoreError::NameTaken { name, id }) => {
+            assert_eq!((name, id), ("web".into(), "run_1".into()))
+        }
+        other => panic!("expected the name to be taken, got {other:?}"),
+    }
+    assert!(s.get("a", "run_2").is_none(), "nothing was recorded");
+
+    // Once it ended, the name is free; the live run wins the lookup.
+    first.finish(RunState::Exited, Some(0), None).await;
+    let second = insert_new(&s, "a", named("run_2", "web", None, None)).await;
+    assert_eq!(s.find("a", "web").unwrap().id, "run_2");
+    // With both ended, the name is ambiguous and the error lists both, newest first.
+    second.finish(RunState::Exited, Some(0), None).await;
+    match s.find("a", "web") {
+        Err(FindError::Ambiguous { name, ids }) => {
+            assert_eq!(name, "web");
+            assert_eq!(ids, ["run_2", "run_1"]);
+        }
+        other => panic!("expected an ambiguous name, got {other:?}"),
+    }
+    // Deleting one leaves the other as the name's run.
+    s.remove("a", "run_2").unwrap();
+    assert_eq!(s.find("a", "web").unwrap().id, "run_1");
+}
+
+/// Two requests for one name at once: one run gets it.
+#[tokio::test]
+async fn concurrent_runs_with_one_name_get_it_once() {
+    let s = Store::temporary().unwrap();
+    let (x, y) = tokio::join!(
+        s.insert("a", named("run_x", "job", None, None)),
+        s.insert("a", named("run_y", "job", None, None))
+    );
+    let created = [x, y]
+        .into_iter()
+        .filter(|r| matches!(r, Ok(Inserted::Created(_))))
+        .count();
+    assert_eq!(created, 1);
+}
+
+#[tokio::test]
+async fn lists_filter_by_state_name_participant_and_role() {
+    let s = Store::temporary().unwrap();
+    let done = insert_new(&s, "a", named("run_1", "one", Some("ann"), Some("agent"))).await;
+    done.finish(RunState::Exited, Some(0), None).await;
+    let live = insert_new(&s, "a", named("run_2", "two", Some("bob"), Some("agent"))).await;
+    live.set_state(RunState::Running);
+    insert_new(&s, "a", named("run_3", "three", Some("ann"), None)).await;
+    let ids = |filter: RunFilter| -> Vec<String> {
+        s.list("a", &filter, None, 10)
+            .0
+            .into_iter()
+            .map(|r| r.id)
+            .collect()
+    };
+    assert_eq!(ids(RunFilter::default()), ["run_3", "run_2", "run_1"]);
+    let states = |states: &[RunState]| RunFilter {
+        states: states.to_vec(),
+        ..RunFilter::default()
+    };
+    assert_eq!(ids(states(&[RunState::Running])), ["run_2"]);
+    assert_eq!(
+        ids(states(&[RunState::Queued, RunState::Exited])),
+        ["run_3", "run_1"]
+    );
+    let by = |participant: Option<&str>, role: Option<&str>, name: Option<&str>| RunFilter {
+        participant: participant.map(str::to_owned),
+        role: role.map(str::to_owned),
+        name: name.map(str::to_owned),
+        ..RunFilter::default()
+    };
+    assert_eq!(ids(by(Some("ann"), None, None)), ["run_3", "run_1"]);
+    assert_eq!(ids(by(None, Some("agent"), None)), ["run_2", "run_1"]);
+    assert_eq!(ids(by(Some("ann"), Some("agent"), None)), ["run_1"]);
+    assert_eq!(ids(by(None, None, Some("two"))), ["run_2"]);
+    // A page of a filtered list continues after the last run it held.
+    let (page, next) = s.list("a", &by(Some("ann"), None, None), None, 1);
+    assert_eq!(page[0].id, "run_3");
+    let (page, next) = s.list("a", &by(Some("ann"), None, None), next, 1);
+    assert_eq!((page[0].id.as_str(), next), ("run_1", None));
 }

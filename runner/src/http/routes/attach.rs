@@ -50,7 +50,7 @@ const BATCH_BYTES: usize = 256 * 1024;
     operation_id = "attachRun",
     security(("bearer" = ["container:run"])),
     params(
-        ("id" = String, Path, description = "The run's id (`run_...`)."),
+        ("id" = String, Path, description = "The run's id (`run_...`) or its name."),
         ("cols" = Option<u16>, Query, minimum = 1,
             description = "With a terminal: its columns (with `rows`)."),
         ("rows" = Option<u16>, Query, minimum = 1,
@@ -70,10 +70,9 @@ pub async fn attach(
     ApiQuery(query): ApiQuery<AttachQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let entry = state
-        .store()
-        .get(caller.account(), &id)
-        .ok_or_else(|| ApiError::RunNotFound(id.clone()))?;
+    let entry = state.store().find(caller.account(), &id)?;
+    // Named by its name, the run is its id from here on.
+    let id = entry.id.clone();
     let size = match (query.cols, query.rows) {
         (Some(c), Some(r)) if c > 0 && r > 0 => Some((c, r)),
         (None, None) => None,

@@ -68,7 +68,7 @@ pub fn parse_query(query: &str) -> Result<ExecQuery, ApiError> {
     operation_id = "execRun",
     security(("bearer" = ["container:run"])),
     params(
-        ("id" = String, Path, description = "The run's id (`run_...`); it must be running."),
+        ("id" = String, Path, description = "The run's id (`run_...`) or its name; it must be running."),
         ("command" = Vec<String>, Query, style = Form, explode,
             description = "The command and its arguments, one parameter each, in order."),
         ("env" = Option<Vec<String>>, Query, style = Form, explode,
@@ -97,10 +97,9 @@ pub async fn exec(
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let entry = state
-        .store()
-        .get(caller.account(), &id)
-        .ok_or_else(|| ApiError::RunNotFound(id.clone()))?;
+    let entry = state.store().find(caller.account(), &id)?;
+    // Named by its name, the run is its id from here on.
+    let id = entry.id.clone();
     let spec = parse_query(query.as_deref().unwrap_or(""))?;
     let upgrade = upgrade.map_err(|e| {
         ApiError::InvalidRequest(format!(
@@ -278,7 +277,7 @@ async fn session(engine: Arc<Engine>, exec_id: String, spec: ExecQuery, socket: 
     tag = "containers",
     operation_id = "createExec",
     security(("bearer" = ["container:run"])),
-    params(("id" = String, Path, description = "The run's id (`run_...`); it must be running.")),
+    params(("id" = String, Path, description = "The run's id (`run_...`) or its name; it must be running.")),
     request_body(content = CreateExec, content_type = "application/json"),
     responses(
         (status = 201, description = "The exec, `running`.", body = ExecRecord),
@@ -298,10 +297,9 @@ pub async fn create_detached(
     Path(id): Path<String>,
     ApiJson(request): ApiJson<CreateExec>,
 ) -> Result<(StatusCode, Json<ExecRecord>), ApiError> {
-    let entry = state
-        .store()
-        .get(caller.account(), &id)
-        .ok_or_else(|| ApiError::RunNotFound(id.clone()))?;
+    let entry = state.store().find(caller.account(), &id)?;
+    // Named by its name, the run is its id from here on.
+    let id = entry.id.clone();
     let spec = request.to_query().map_err(ApiError::InvalidRequest)?;
     let container = running_container(&entry, &id).await?;
     let engine = state.engine();

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use crate::AppState;
 use crate::http::auth::{Caller, Read};
-use crate::http::openapi::{BadRequest, Forbidden, NotFound};
+use crate::http::openapi::{BadRequest, Conflict, Forbidden, NotFound};
 use crate::http::problem::{ApiError, ApiQuery};
 use crate::store::{Entry, Store, StreamFilter};
 
@@ -64,7 +64,7 @@ impl Keepalive for LogsQuery {
     operation_id = "runLogs",
     security(("bearer" = ["container:read"])),
     params(
-        ("id" = String, Path, description = "The run's id (`run_...`)."),
+        ("id" = String, Path, description = "The run's id (`run_...`) or its name."),
         ("follow" = Option<bool>, Query,
             description = "Keep the stream open and send new frames until the exit frame."),
         ("after_seq" = Option<u64>, Query,
@@ -82,6 +82,7 @@ impl Keepalive for LogsQuery {
         (status = 400, response = BadRequest),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
     )
 )]
 // Every output frame after the cursor, then the exit frame once the run has ended; with
@@ -95,10 +96,7 @@ pub async fn get(
     ApiQuery(query): ApiQuery<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let keepalive = query.keepalive()?;
-    let entry = state
-        .store()
-        .get(caller.account(), &id)
-        .ok_or(ApiError::RunNotFound(id))?;
+    let entry = state.store().find(caller.account(), &id)?;
     let filter = StreamFilter {
         stdout: query.stdout,
         stderr: query.stderr,
@@ -258,6 +256,8 @@ mod tests {
             image: "img".to_owned(),
             argv: vec![],
             name: None,
+            participant: None,
+            role: None,
             labels: BTreeMap::new(),
             created_at: OffsetDateTime::now_utc(),
             started_at: None,

@@ -16,14 +16,14 @@ use crate::AppState;
 use crate::engine::engine_message;
 use crate::http::auth::{self, Caller};
 use crate::http::openapi::{
-    BadRequest, EngineUnavailable, Forbidden, Internal, NotFound, PayloadTooLarge, PaymentRequired,
-    TooManyRequests, Unprocessable,
+    BadRequest, Conflict, EngineUnavailable, Forbidden, Internal, NotFound, PayloadTooLarge,
+    PaymentRequired, TooManyRequests, Unprocessable,
 };
 use crate::http::problem::{ApiError, ApiJson, ApiQuery};
 use crate::http::routes::idempotency;
 use crate::runs::executor;
 use crate::runs::spec::RunSpec;
-use crate::store::{Entry, Inserted, NewRun, Replay, new_run_id};
+use crate::store::{Entry, Inserted, NewRun, Replay, RunFilter, new_run_id};
 
 /// Largest request body `POST /runs` accepts.
 pub const BODY_LIMIT: usize = 256 * 1024;
@@ -98,6 +98,7 @@ impl StartWait for CreateRunQuery {
         (status = 402, response = PaymentRequired),
         (status = 403, response = Forbidden),
         (status = 413, response = PayloadTooLarge),
+        (status = 409, response = Conflict),
         (status = 422, response = Unprocessable),
         (status = 429, response = TooManyRequests),
         (status = 500, response = Internal),
@@ -112,7 +113,7 @@ pub async fn create(
     caller: Caller<auth::Run>,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<CreateRunQuery>,
-    ApiJson(request): ApiJson<CreateRun>,
+    ApiJson(mut request): ApiJson<CreateRun>,
 ) -> Result<Response, ApiError> {
     let start_wait = query.start_wait()?;
     // A caller that will follow the output is refused before anything starts when it may not.
@@ -125,13 +126,22 @@ pub async fn create(
     {
         return Err(ApiError::FollowDisabled);
     }
+    // Used for this request's pull only: never part of the run, its record or the stored
+    // request an idempotent replay is compared with.
+    let credentials = request.credentials.take();
     let idempotency = idempotency::from_request(&headers, &request)?;
     if let Some(key) = &idempotency {
         if let Some(replay) = state.store().find_replay(caller.account(), key).await? {
             return Ok(replayed(&state, caller.account(), replay, start_wait).await);
         }
     }
+    let pull = request.pull.unwrap_or_default();
     let spec = RunSpec::parse(request, state.config())?;
+    // The image first (a pull can take a while; nothing is held meanwhile).
+    state
+        .images()
+        .prepare_run(&caller.claims, &spec.image, pull, credentials)
+        .await?;
     // Grant, billing and quota, before any engine call; held until the run is recorded.
     let _admission = crate::billing::admit(
         state.billing(),
@@ -141,7 +151,8 @@ pub async fn create(
         &spec.image,
     )
     .await?;
-    // Only an image the account may see: public, or one it pulled, loaded, built or tagged.
+    // Only an image the account may see: public, or one it pulled, loaded, built or tagged
+    // (checked again: it may have been removed during the admission).
     state
         .images()
         .check_run(caller.account(), &spec.image)
@@ -154,6 +165,8 @@ pub async fn create(
         image: spec.image.clone(),
         argv: spec.argv.clone(),
         name: spec.name.clone(),
+        participant: spec.participant.clone(),
+        role: spec.role.clone(),
         labels: spec.labels.clone(),
         created_at: OffsetDateTime::now_utc(),
         started_at: None,
@@ -267,6 +280,11 @@ pub fn decode_page_token(token: &str) -> Result<u64, ApiError> {
             description = "Runs per page: 0 or absent means 50; more than 200 means 200."),
         ("page_token" = Option<String>, Query,
             description = "`next_page_token` of the previous page."),
+        ("state" = Option<String>, Query,
+            description = "Only runs in these states, comma-separated, e.g. `running,queued`."),
+        ("name" = Option<String>, Query, description = "Only runs with this name."),
+        ("participant" = Option<String>, Query, description = "Only runs for this participant."),
+        ("role" = Option<String>, Query, description = "Only runs in this role."),
     ),
     responses(
         (status = 200, description = "A page of runs.", body = RunPage),
@@ -289,11 +307,37 @@ pub async fn list(
         .filter(|t| !t.is_empty())
         .map(decode_page_token)
         .transpose()?;
-    let (runs, next) = state.store().list(caller.account(), before, size as usize);
+    let filter = RunFilter {
+        states: match query.state.as_deref() {
+            None | Some("") => Vec::new(),
+            Some(states) => parse_states(states)?,
+        },
+        name: query.name,
+        participant: query.participant,
+        role: query.role,
+    };
+    let (runs, next) = state
+        .store()
+        .list(caller.account(), &filter, before, size as usize);
     Ok(Json(RunPage {
         runs,
         next_page_token: next.map(encode_page_token),
     }))
+}
+
+/// `running,queued` as states; an unknown name is refused with the ones there are.
+fn parse_states(text: &str) -> Result<Vec<RunState>, ApiError> {
+    text.split(',')
+        .map(|name| {
+            RunState::from_name(name.trim()).ok_or_else(|| {
+                ApiError::InvalidRequest(format!(
+                    "state \"{}\" is not a run state; use {}",
+                    name.escape_debug(),
+                    RunState::ALL.map(RunState::as_str).join(", ")
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Gets one run.
@@ -305,11 +349,12 @@ pub async fn list(
     tag = "containers",
     operation_id = "getRun",
     security(("bearer" = ["container:read"])),
-    params(("id" = String, Path, description = "The run's id (`run_...`).")),
+    params(("id" = String, Path, description = "The run's id (`run_...`) or its name.")),
     responses(
         (status = 200, description = "The run.", body = Run),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
     )
 )]
 pub async fn get(
@@ -317,10 +362,7 @@ pub async fn get(
     caller: Caller<auth::Read>,
     Path(id): Path<String>,
 ) -> Result<Json<Run>, ApiError> {
-    let entry = state
-        .store()
-        .get(caller.account(), &id)
-        .ok_or(ApiError::RunNotFound(id))?;
+    let entry = state.store().find(caller.account(), &id)?;
     Ok(Json(entry.snapshot()))
 }
 
@@ -333,11 +375,12 @@ pub async fn get(
     tag = "containers",
     operation_id = "deleteRun",
     security(("bearer" = ["container:delete"])),
-    params(("id" = String, Path, description = "The run's id (`run_...`).")),
+    params(("id" = String, Path, description = "The run's id (`run_...`) or its name.")),
     responses(
         (status = 204, description = "Deleted."),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
         (status = 503, response = EngineUnavailable),
     )
 )]
@@ -347,9 +390,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let store = state.store();
-    let entry = store
-        .get(caller.account(), &id)
-        .ok_or_else(|| ApiError::RunNotFound(id.clone()))?;
+    let entry = store.find(caller.account(), &id)?;
     // Remove a live container before forgetting the run, so an engine failure changes nothing.
     if let Some(container) = entry.container() {
         if !entry.snapshot().state.is_terminal() {
@@ -361,7 +402,7 @@ pub async fn delete(
         }
     }
     let entry = store
-        .remove(caller.account(), &id)
+        .remove(caller.account(), &entry.id)
         .ok_or(ApiError::RunNotFound(id))?;
     // The executor may have created the container meanwhile (it removes it itself when it
     // sees the run deleted before it recorded the container).

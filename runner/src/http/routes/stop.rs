@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use crate::AppState;
 use crate::http::auth::{self, Caller};
-use crate::http::openapi::{BadRequest, Forbidden, NotFound, PayloadTooLarge};
+use crate::http::openapi::{BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge};
 use crate::http::problem::{ApiError, BodyLimit};
 use crate::runs::executor;
 
@@ -32,7 +32,7 @@ const KILL_LIMIT: Duration = Duration::from_secs(30);
     tag = "containers",
     operation_id = "stopRun",
     security(("bearer" = ["container:run"])),
-    params(("id" = String, Path, description = "The run's id (`run_...`).")),
+    params(("id" = String, Path, description = "The run's id (`run_...`) or its name.")),
     request_body(content = Option<StopRun>, content_type = "application/json",
         description = "Optional: an empty body means the defaults."),
     responses(
@@ -40,6 +40,7 @@ const KILL_LIMIT: Duration = Duration::from_secs(30);
         (status = 400, response = BadRequest),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
         (status = 413, response = PayloadTooLarge),
     )
 )]
@@ -57,10 +58,7 @@ pub async fn stop(
         )),
     })?;
     let request = parse(&body)?;
-    let entry = state
-        .store()
-        .get(caller.account(), &id)
-        .ok_or(ApiError::RunNotFound(id))?;
+    let entry = state.store().find(caller.account(), &id)?;
     let grace = Duration::from_secs(
         request
             .grace_seconds

@@ -1,6 +1,6 @@
 //! The SQLite side of the store: schema, loading, the writer thread and the reads.
 //!
-//! Schema (`PRAGMA user_version = 3`):
+//! Schema (`PRAGMA user_version = 4`):
 //! - `meta(key, value)`: `runner_id`, the label value of this runner's containers.
 //! - `runs`: one row per run; `serial` is the creation order (and the listing cursor), the
 //!   `bus_api::Run` fields as columns (`argv` and `labels` as JSON), plus `owner`,
@@ -15,6 +15,8 @@
 //!   or retention) does not delete its row, so billing counts it; rows are pruned only once
 //!   they ended more than [`crate::config::MAX_PERIOD`] (366 days, the longest plan period)
 //!   ago, when no period can contain them. Upgrading from version 2 fills it from `runs`.
+//! - `runs.participant`, `runs.role` (added in version 4): who a run is for and the role it
+//!   acts in, NULL when not given.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -51,7 +53,7 @@ const MAX_READ_FRAMES: usize = 4096;
 /// How long a connection waits for a lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The schema version this runner writes (`PRAGMA user_version`).
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// The store failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +83,14 @@ pub enum StoreError {
     /// The `Idempotency-Key` was used before with a different request.
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
+    /// A run of the owner that has not ended already has the name.
+    #[error("the run {id} already has the name {name}")]
+    NameTaken {
+        /// The name.
+        name: String,
+        /// The run that has it.
+        id: String,
+    },
 }
 
 /// A command to the writer.
@@ -290,6 +300,16 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         ))?;
         tx.commit()?;
     }
+    if version < 4 {
+        // Version 4: who a run is for and the role it acts in.
+        let tx = conn.transaction()?;
+        tx.execute_batch(
+            "ALTER TABLE runs ADD COLUMN participant TEXT;
+             ALTER TABLE runs ADD COLUMN role TEXT;
+             PRAGMA user_version = 4;",
+        )?;
+        tx.commit()?;
+    }
     Ok(())
 }
 
@@ -323,7 +343,7 @@ fn load(conn: &Connection) -> Result<Vec<Loaded>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT serial, id, owner, state, exit_code, profile, image, argv, name, labels,
                 created_at, started_at, finished_at, reason, wall_seconds, container,
-                timeout_seconds, last_seq, options
+                timeout_seconds, last_seq, options, participant, role
          FROM runs ORDER BY serial",
     )?;
     let mut rows = stmt.query([])?;
@@ -342,6 +362,8 @@ fn load(conn: &Connection) -> Result<Vec<Loaded>, StoreError> {
             image: row.get(6)?,
             argv: serde_json::from_str(&argv).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             name: row.get(8)?,
+            participant: row.get(19)?,
+            role: row.get(20)?,
             labels: serde_json::from_str(&labels)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             created_at: from_nanos(row.get(10)?)?,

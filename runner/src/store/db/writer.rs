@@ -408,9 +408,10 @@ impl Writer {
                     tx.prepare_cached(
                         "INSERT INTO runs (serial, id, owner, state, exit_code, profile, image,
                              argv, name, labels, created_at, started_at, finished_at, reason,
-                             wall_seconds, container, timeout_seconds, last_seq, options)
+                             wall_seconds, container, timeout_seconds, last_seq, options,
+                             participant, role)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
-                             ?15, NULL, ?16, 0, ?17)",
+                             ?15, NULL, ?16, 0, ?17, ?18, ?19)",
                     )?
                     .execute(params![
                         entry.serial as i64,
@@ -430,6 +431,8 @@ impl Writer {
                         record.wall_seconds.map(|s| s as i64),
                         entry.timeout.as_secs() as i64,
                         options_json(&record.options),
+                        record.participant,
+                        record.role,
                     ])?;
                 }
                 Op::InsertKey {

@@ -45,6 +45,56 @@ export const protobufFileName = "bus/containers/v1/containers.proto";
  *     "$XDG_RUNTIME_DIR/bus/busd.sock" bus.containers.v1.Containers/GetStatus
  */
 
+/** When a run pulls its image before it starts. */
+export enum PullPolicy {
+  /** PULL_POLICY_UNSPECIFIED - The default: as MISSING. */
+  PULL_POLICY_UNSPECIFIED = 0,
+  /** PULL_POLICY_MISSING - Only when the runner lacks the image (within the token's image grant). */
+  PULL_POLICY_MISSING = 1,
+  /** PULL_POLICY_ALWAYS - Every time. */
+  PULL_POLICY_ALWAYS = 2,
+  /** PULL_POLICY_NEVER - Never: a registry image not pulled before is refused (NOT_FOUND). */
+  PULL_POLICY_NEVER = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function pullPolicyFromJSON(object: any): PullPolicy {
+  switch (object) {
+    case 0:
+    case "PULL_POLICY_UNSPECIFIED":
+      return PullPolicy.PULL_POLICY_UNSPECIFIED;
+    case 1:
+    case "PULL_POLICY_MISSING":
+      return PullPolicy.PULL_POLICY_MISSING;
+    case 2:
+    case "PULL_POLICY_ALWAYS":
+      return PullPolicy.PULL_POLICY_ALWAYS;
+    case 3:
+    case "PULL_POLICY_NEVER":
+      return PullPolicy.PULL_POLICY_NEVER;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return PullPolicy.UNRECOGNIZED;
+  }
+}
+
+export function pullPolicyToJSON(object: PullPolicy): string {
+  switch (object) {
+    case PullPolicy.PULL_POLICY_UNSPECIFIED:
+      return "PULL_POLICY_UNSPECIFIED";
+    case PullPolicy.PULL_POLICY_MISSING:
+      return "PULL_POLICY_MISSING";
+    case PullPolicy.PULL_POLICY_ALWAYS:
+      return "PULL_POLICY_ALWAYS";
+    case PullPolicy.PULL_POLICY_NEVER:
+      return "PULL_POLICY_NEVER";
+    case PullPolicy.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 export enum RunState {
   RUN_STATE_UNSPECIFIED = 0,
   RUN_STATE_QUEUED = 1,
@@ -272,6 +322,26 @@ export interface RunSpec {
   tty: boolean;
   /** Keep the command's stdin open for an `Exec` call with `attach`. */
   stdin: boolean;
+  /**
+   * Container ports to publish on the host (at most 16). A run that publishes ports and names
+   * no profile gets the runner's ports profile (`service` by default, network `bridge`).
+   */
+  ports: PortMapping[];
+  /** Mount the account's persistent storage; overrides the profile's storage mount. */
+  storage?:
+    | StorageMount
+    | undefined;
+  /** Who the run is for, e.g. the user an agent acts for (1 to 128 characters). */
+  participant: string;
+  /** The role the run acts in, e.g. `agent` (1 to 64 of `a-z0-9_.-`). */
+  role: string;
+  /** Whether the image is pulled first; UNSPECIFIED means MISSING. */
+  pull: PullPolicy;
+  /**
+   * For a private registry when the image is pulled: used for that pull only, never stored
+   * or logged.
+   */
+  credentials?: RegistryLogin | undefined;
 }
 
 export interface RunSpec_EnvEntry {
@@ -282,6 +352,36 @@ export interface RunSpec_EnvEntry {
 export interface RunSpec_LabelsEntry {
   key: string;
   value: string;
+}
+
+/** A container port published on the host. */
+export interface PortMapping {
+  /** The port inside the container (1 to 65535). */
+  containerPort: number;
+  /** The host port; 0 lets the engine pick a free one (the run shows it once running). */
+  hostPort: number;
+  /** `tcp` (the default when empty) or `udp`. */
+  protocol: string;
+  /** The host address to bind; empty means 127.0.0.1 (loopback only). */
+  hostIp: string;
+}
+
+/**
+ * Where a run mounts its account's persistent storage (one volume per account; files
+ * written there outlive the run).
+ */
+export interface StorageMount {
+  /** An absolute path inside the container, e.g. `/data`. */
+  mountPath: string;
+  /** A directory inside the storage to mount instead of its root: relative, without `..`. */
+  subpath: string;
+}
+
+/** A registry login for one pull. */
+export interface RegistryLogin {
+  username: string;
+  /** The password or access token. */
+  password: string;
 }
 
 export interface RunRequest {
@@ -310,6 +410,14 @@ export interface ListRunsRequest {
   pageSize: number;
   /** Opaque; from a previous response's `next_page_token`. */
   pageToken: string;
+  /** Only runs in these states; empty means any. */
+  states: RunState[];
+  /** Only runs with this name. */
+  name: string;
+  /** Only runs for this participant. */
+  participant: string;
+  /** Only runs in this role. */
+  role: string;
 }
 
 export interface ListRunsResponse {
@@ -343,6 +451,16 @@ export interface Run {
     | undefined;
   /** Why the run ended when it did not simply exit (start failure, timeout, ...). */
   reason: string;
+  /** Published ports; a host port the engine picked shows once the run is running. */
+  ports: PortMapping[];
+  /** Where the account's storage is mounted, if it is. */
+  storage?:
+    | StorageMount
+    | undefined;
+  /** Who the run is for, if given. */
+  participant: string;
+  /** The role the run acts in, if given. */
+  role: string;
 }
 
 export interface Run_LabelsEntry {
@@ -659,6 +777,12 @@ function createBaseRunSpec(): RunSpec {
     timeoutSeconds: 0,
     tty: false,
     stdin: false,
+    ports: [],
+    storage: undefined,
+    participant: "",
+    role: "",
+    pull: 0,
+    credentials: undefined,
   };
 }
 
@@ -693,6 +817,24 @@ export const RunSpec: MessageFns<RunSpec> = {
     }
     if (message.stdin !== false) {
       writer.uint32(80).bool(message.stdin);
+    }
+    for (const v of message.ports) {
+      PortMapping.encode(v!, writer.uint32(90).fork()).join();
+    }
+    if (message.storage !== undefined) {
+      StorageMount.encode(message.storage, writer.uint32(98).fork()).join();
+    }
+    if (message.participant !== "") {
+      writer.uint32(106).string(message.participant);
+    }
+    if (message.role !== "") {
+      writer.uint32(114).string(message.role);
+    }
+    if (message.pull !== 0) {
+      writer.uint32(120).int32(message.pull);
+    }
+    if (message.credentials !== undefined) {
+      RegistryLogin.encode(message.credentials, writer.uint32(130).fork()).join();
     }
     return writer;
   },
@@ -796,6 +938,54 @@ export const RunSpec: MessageFns<RunSpec> = {
             message.stdin = reader.bool();
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.ports.push(PortMapping.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.storage = StorageMount.decode(reader, reader.uint32());
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.participant = reader.string();
+            continue;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.role = reader.string();
+            continue;
+          }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.pull = reader.int32() as any;
+            continue;
+          }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.credentials = RegistryLogin.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -850,6 +1040,14 @@ export const RunSpec: MessageFns<RunSpec> = {
         : 0,
       tty: isSet(object.tty) ? globalThis.Boolean(object.tty) : false,
       stdin: isSet(object.stdin) ? globalThis.Boolean(object.stdin) : false,
+      ports: globalThis.Array.isArray(object?.ports)
+        ? object.ports.map((e: any) => PortMapping.fromJSON(e))
+        : [],
+      storage: isSet(object.storage) ? StorageMount.fromJSON(object.storage) : undefined,
+      participant: isSet(object.participant) ? globalThis.String(object.participant) : "",
+      role: isSet(object.role) ? globalThis.String(object.role) : "",
+      pull: isSet(object.pull) ? pullPolicyFromJSON(object.pull) : 0,
+      credentials: isSet(object.credentials) ? RegistryLogin.fromJSON(object.credentials) : undefined,
     };
   },
 
@@ -897,6 +1095,24 @@ export const RunSpec: MessageFns<RunSpec> = {
     if (message.stdin !== false) {
       obj.stdin = message.stdin;
     }
+    if (message.ports?.length) {
+      obj.ports = message.ports.map((e) => PortMapping.toJSON(e));
+    }
+    if (message.storage !== undefined) {
+      obj.storage = StorageMount.toJSON(message.storage);
+    }
+    if (message.participant !== "") {
+      obj.participant = message.participant;
+    }
+    if (message.role !== "") {
+      obj.role = message.role;
+    }
+    if (message.pull !== 0) {
+      obj.pull = pullPolicyToJSON(message.pull);
+    }
+    if (message.credentials !== undefined) {
+      obj.credentials = RegistryLogin.toJSON(message.credentials);
+    }
     return obj;
   },
 
@@ -931,6 +1147,16 @@ export const RunSpec: MessageFns<RunSpec> = {
     message.timeoutSeconds = object.timeoutSeconds ?? 0;
     message.tty = object.tty ?? false;
     message.stdin = object.stdin ?? false;
+    message.ports = object.ports?.map((e) => PortMapping.fromPartial(e)) || [];
+    message.storage = (object.storage !== undefined && object.storage !== null)
+      ? StorageMount.fromPartial(object.storage)
+      : undefined;
+    message.participant = object.participant ?? "";
+    message.role = object.role ?? "";
+    message.pull = object.pull ?? 0;
+    message.credentials = (object.credentials !== undefined && object.credentials !== null)
+      ? RegistryLogin.fromPartial(object.credentials)
+      : undefined;
     return message;
   },
 };
@@ -1101,6 +1327,309 @@ export const RunSpec_LabelsEntry: MessageFns<RunSpec_LabelsEntry> = {
     const message = createBaseRunSpec_LabelsEntry();
     message.key = object.key ?? "";
     message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBasePortMapping(): PortMapping {
+  return { containerPort: 0, hostPort: 0, protocol: "", hostIp: "" };
+}
+
+export const PortMapping: MessageFns<PortMapping> = {
+  encode(message: PortMapping, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.containerPort !== 0) {
+      writer.uint32(8).uint32(message.containerPort);
+    }
+    if (message.hostPort !== 0) {
+      writer.uint32(16).uint32(message.hostPort);
+    }
+    if (message.protocol !== "") {
+      writer.uint32(26).string(message.protocol);
+    }
+    if (message.hostIp !== "") {
+      writer.uint32(34).string(message.hostIp);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PortMapping {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePortMapping();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.containerPort = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.hostPort = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.protocol = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.hostIp = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PortMapping {
+    return {
+      containerPort: isSet(object.containerPort)
+        ? globalThis.Number(object.containerPort)
+        : isSet(object.container_port)
+        ? globalThis.Number(object.container_port)
+        : 0,
+      hostPort: isSet(object.hostPort)
+        ? globalThis.Number(object.hostPort)
+        : isSet(object.host_port)
+        ? globalThis.Number(object.host_port)
+        : 0,
+      protocol: isSet(object.protocol) ? globalThis.String(object.protocol) : "",
+      hostIp: isSet(object.hostIp)
+        ? globalThis.String(object.hostIp)
+        : isSet(object.host_ip)
+        ? globalThis.String(object.host_ip)
+        : "",
+    };
+  },
+
+  toJSON(message: PortMapping): unknown {
+    const obj: any = {};
+    if (message.containerPort !== 0) {
+      obj.containerPort = Math.round(message.containerPort);
+    }
+    if (message.hostPort !== 0) {
+      obj.hostPort = Math.round(message.hostPort);
+    }
+    if (message.protocol !== "") {
+      obj.protocol = message.protocol;
+    }
+    if (message.hostIp !== "") {
+      obj.hostIp = message.hostIp;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PortMapping>, I>>(base?: I): PortMapping {
+    return PortMapping.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PortMapping>, I>>(object: I): PortMapping {
+    const message = createBasePortMapping();
+    message.containerPort = object.containerPort ?? 0;
+    message.hostPort = object.hostPort ?? 0;
+    message.protocol = object.protocol ?? "";
+    message.hostIp = object.hostIp ?? "";
+    return message;
+  },
+};
+
+function createBaseStorageMount(): StorageMount {
+  return { mountPath: "", subpath: "" };
+}
+
+export const StorageMount: MessageFns<StorageMount> = {
+  encode(message: StorageMount, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.mountPath !== "") {
+      writer.uint32(10).string(message.mountPath);
+    }
+    if (message.subpath !== "") {
+      writer.uint32(18).string(message.subpath);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StorageMount {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStorageMount();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.mountPath = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.subpath = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StorageMount {
+    return {
+      mountPath: isSet(object.mountPath)
+        ? globalThis.String(object.mountPath)
+        : isSet(object.mount_path)
+        ? globalThis.String(object.mount_path)
+        : "",
+      subpath: isSet(object.subpath) ? globalThis.String(object.subpath) : "",
+    };
+  },
+
+  toJSON(message: StorageMount): unknown {
+    const obj: any = {};
+    if (message.mountPath !== "") {
+      obj.mountPath = message.mountPath;
+    }
+    if (message.subpath !== "") {
+      obj.subpath = message.subpath;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StorageMount>, I>>(base?: I): StorageMount {
+    return StorageMount.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StorageMount>, I>>(object: I): StorageMount {
+    const message = createBaseStorageMount();
+    message.mountPath = object.mountPath ?? "";
+    message.subpath = object.subpath ?? "";
+    return message;
+  },
+};
+
+function createBaseRegistryLogin(): RegistryLogin {
+  return { username: "", password: "" };
+}
+
+export const RegistryLogin: MessageFns<RegistryLogin> = {
+  encode(message: RegistryLogin, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.username !== "") {
+      writer.uint32(10).string(message.username);
+    }
+    if (message.password !== "") {
+      writer.uint32(18).string(message.password);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RegistryLogin {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRegistryLogin();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.username = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.password = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RegistryLogin {
+    return {
+      username: isSet(object.username) ? globalThis.String(object.username) : "",
+      password: isSet(object.password) ? globalThis.String(object.password) : "",
+    };
+  },
+
+  toJSON(message: RegistryLogin): unknown {
+    const obj: any = {};
+    if (message.username !== "") {
+      obj.username = message.username;
+    }
+    if (message.password !== "") {
+      obj.password = message.password;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RegistryLogin>, I>>(base?: I): RegistryLogin {
+    return RegistryLogin.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RegistryLogin>, I>>(object: I): RegistryLogin {
+    const message = createBaseRegistryLogin();
+    message.username = object.username ?? "";
+    message.password = object.password ?? "";
     return message;
   },
 };
@@ -1335,7 +1864,7 @@ export const GetRunRequest: MessageFns<GetRunRequest> = {
 };
 
 function createBaseListRunsRequest(): ListRunsRequest {
-  return { pageSize: 0, pageToken: "" };
+  return { pageSize: 0, pageToken: "", states: [], name: "", participant: "", role: "" };
 }
 
 export const ListRunsRequest: MessageFns<ListRunsRequest> = {
@@ -1345,6 +1874,22 @@ export const ListRunsRequest: MessageFns<ListRunsRequest> = {
     }
     if (message.pageToken !== "") {
       writer.uint32(18).string(message.pageToken);
+    }
+    if (message.states.length !== 0) {
+      writer.uint32(26).fork();
+      for (const v of message.states) {
+        writer.int32(v);
+      }
+      writer.join();
+    }
+    if (message.name !== "") {
+      writer.uint32(34).string(message.name);
+    }
+    if (message.participant !== "") {
+      writer.uint32(42).string(message.participant);
+    }
+    if (message.role !== "") {
+      writer.uint32(50).string(message.role);
     }
     return writer;
   },
@@ -1378,6 +1923,48 @@ export const ListRunsRequest: MessageFns<ListRunsRequest> = {
             message.pageToken = reader.string();
             continue;
           }
+          case 3: {
+            if (tag === 24) {
+              message.states.push(reader.int32() as any);
+
+              continue;
+            }
+
+            if (tag === 26) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.states.push(reader.int32() as any);
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.participant = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.role = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1402,6 +1989,10 @@ export const ListRunsRequest: MessageFns<ListRunsRequest> = {
         : isSet(object.page_token)
         ? globalThis.String(object.page_token)
         : "",
+      states: globalThis.Array.isArray(object?.states) ? object.states.map((e: any) => runStateFromJSON(e)) : [],
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      participant: isSet(object.participant) ? globalThis.String(object.participant) : "",
+      role: isSet(object.role) ? globalThis.String(object.role) : "",
     };
   },
 
@@ -1413,6 +2004,18 @@ export const ListRunsRequest: MessageFns<ListRunsRequest> = {
     if (message.pageToken !== "") {
       obj.pageToken = message.pageToken;
     }
+    if (message.states?.length) {
+      obj.states = message.states.map((e) => runStateToJSON(e));
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.participant !== "") {
+      obj.participant = message.participant;
+    }
+    if (message.role !== "") {
+      obj.role = message.role;
+    }
     return obj;
   },
 
@@ -1423,6 +2026,10 @@ export const ListRunsRequest: MessageFns<ListRunsRequest> = {
     const message = createBaseListRunsRequest();
     message.pageSize = object.pageSize ?? 0;
     message.pageToken = object.pageToken ?? "";
+    message.states = object.states?.map((e) => e) || [];
+    message.name = object.name ?? "";
+    message.participant = object.participant ?? "";
+    message.role = object.role ?? "";
     return message;
   },
 };
@@ -1655,6 +2262,10 @@ function createBaseRun(): Run {
     startedAt: undefined,
     finishedAt: undefined,
     reason: "",
+    ports: [],
+    storage: undefined,
+    participant: "",
+    role: "",
   };
 }
 
@@ -1695,6 +2306,18 @@ export const Run: MessageFns<Run> = {
     }
     if (message.reason !== "") {
       writer.uint32(98).string(message.reason);
+    }
+    for (const v of message.ports) {
+      PortMapping.encode(v!, writer.uint32(106).fork()).join();
+    }
+    if (message.storage !== undefined) {
+      StorageMount.encode(message.storage, writer.uint32(114).fork()).join();
+    }
+    if (message.participant !== "") {
+      writer.uint32(122).string(message.participant);
+    }
+    if (message.role !== "") {
+      writer.uint32(130).string(message.role);
     }
     return writer;
   },
@@ -1811,6 +2434,38 @@ export const Run: MessageFns<Run> = {
             message.reason = reader.string();
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.ports.push(PortMapping.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.storage = StorageMount.decode(reader, reader.uint32());
+            continue;
+          }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.participant = reader.string();
+            continue;
+          }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.role = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1866,6 +2521,12 @@ export const Run: MessageFns<Run> = {
         ? fromJsonTimestamp(object.finished_at)
         : undefined,
       reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      ports: globalThis.Array.isArray(object?.ports)
+        ? object.ports.map((e: any) => PortMapping.fromJSON(e))
+        : [],
+      storage: isSet(object.storage) ? StorageMount.fromJSON(object.storage) : undefined,
+      participant: isSet(object.participant) ? globalThis.String(object.participant) : "",
+      role: isSet(object.role) ? globalThis.String(object.role) : "",
     };
   },
 
@@ -1913,6 +2574,18 @@ export const Run: MessageFns<Run> = {
     if (message.reason !== "") {
       obj.reason = message.reason;
     }
+    if (message.ports?.length) {
+      obj.ports = message.ports.map((e) => PortMapping.toJSON(e));
+    }
+    if (message.storage !== undefined) {
+      obj.storage = StorageMount.toJSON(message.storage);
+    }
+    if (message.participant !== "") {
+      obj.participant = message.participant;
+    }
+    if (message.role !== "") {
+      obj.role = message.role;
+    }
     return obj;
   },
 
@@ -1941,6 +2614,12 @@ export const Run: MessageFns<Run> = {
     message.startedAt = object.startedAt ?? undefined;
     message.finishedAt = object.finishedAt ?? undefined;
     message.reason = object.reason ?? "";
+    message.ports = object.ports?.map((e) => PortMapping.fromPartial(e)) || [];
+    message.storage = (object.storage !== undefined && object.storage !== null)
+      ? StorageMount.fromPartial(object.storage)
+      : undefined;
+    message.participant = object.participant ?? "";
+    message.role = object.role ?? "";
     return message;
   },
 };
@@ -3506,7 +4185,12 @@ export const BillingStatus: MessageFns<BillingStatus> = {
   },
 };
 
-/** Runs are short-lived, isolated containers owned by the account in the token. */
+/**
+ * Runs are short-lived, isolated containers owned by the account in the token. Wherever a
+ * request names a run (`run_id`), the run's name works too: it stands for the account's run
+ * with that name that has not ended (there is at most one), else for the one ended run that
+ * has it; several ended runs with the name are refused (FAILED_PRECONDITION, listing ids).
+ */
 export type ContainersService = typeof ContainersService;
 export const ContainersService = {
   /** The runner's state and engine. */

@@ -36,6 +36,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _PullPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PullPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PullPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PULL_POLICY_UNSPECIFIED: _PullPolicy.ValueType  # 0
+    """The default: as MISSING."""
+    PULL_POLICY_MISSING: _PullPolicy.ValueType  # 1
+    """Only when the runner lacks the image (within the token's image grant)."""
+    PULL_POLICY_ALWAYS: _PullPolicy.ValueType  # 2
+    """Every time."""
+    PULL_POLICY_NEVER: _PullPolicy.ValueType  # 3
+    """Never: a registry image not pulled before is refused (NOT_FOUND)."""
+
+class PullPolicy(_PullPolicy, metaclass=_PullPolicyEnumTypeWrapper):
+    """When a run pulls its image before it starts."""
+
+PULL_POLICY_UNSPECIFIED: PullPolicy.ValueType  # 0
+"""The default: as MISSING."""
+PULL_POLICY_MISSING: PullPolicy.ValueType  # 1
+"""Only when the runner lacks the image (within the token's image grant)."""
+PULL_POLICY_ALWAYS: PullPolicy.ValueType  # 2
+"""Every time."""
+PULL_POLICY_NEVER: PullPolicy.ValueType  # 3
+"""Never: a registry image not pulled before is refused (NOT_FOUND)."""
+Global___PullPolicy: _TypeAlias = PullPolicy  # noqa: Y015
+
 class _RunState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -237,6 +265,12 @@ class RunSpec(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     TTY_FIELD_NUMBER: _builtins.int
     STDIN_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
+    STORAGE_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    PULL_FIELD_NUMBER: _builtins.int
+    CREDENTIALS_FIELD_NUMBER: _builtins.int
     profile: _builtins.str
     image: _builtins.str
     workdir: _builtins.str
@@ -247,6 +281,12 @@ class RunSpec(_message.Message):
     """Allocate a terminal for the command (its stderr then comes as stdout)."""
     stdin: _builtins.bool
     """Keep the command's stdin open for an `Exec` call with `attach`."""
+    participant: _builtins.str
+    """Who the run is for, e.g. the user an agent acts for (1 to 128 characters)."""
+    role: _builtins.str
+    """The role the run acts in, e.g. `agent` (1 to 64 of `a-z0-9_.-`)."""
+    pull: Global___PullPolicy.ValueType
+    """Whether the image is pulled first; UNSPECIFIED means MISSING."""
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The command; empty means the image's default."""
@@ -255,6 +295,22 @@ class RunSpec(_message.Message):
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortMapping]:
+        """Container ports to publish on the host (at most 16). A run that publishes ports and names
+        no profile gets the runner's ports profile (`service` by default, network `bridge`).
+        """
+
+    @_builtins.property
+    def storage(self) -> Global___StorageMount:
+        """Mount the account's persistent storage; overrides the profile's storage mount."""
+
+    @_builtins.property
+    def credentials(self) -> Global___RegistryLogin:
+        """For a private registry when the image is pulled: used for that pull only, never stored
+        or logged.
+        """
+
     def __init__(
         self,
         *,
@@ -268,14 +324,107 @@ class RunSpec(_message.Message):
         timeout_seconds: _builtins.int = ...,
         tty: _builtins.bool = ...,
         stdin: _builtins.bool = ...,
+        ports: _abc.Iterable[Global___PortMapping] | None = ...,
+        storage: Global___StorageMount | None = ...,
+        participant: _builtins.str = ...,
+        role: _builtins.str = ...,
+        pull: Global___PullPolicy.ValueType = ...,
+        credentials: Global___RegistryLogin | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials", "storage", b"storage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "env", b"env", "image", b"image", "labels", b"labels", "name", b"name", "profile", b"profile", "stdin", b"stdin", "timeout_seconds", b"timeout_seconds", "tty", b"tty", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "credentials", b"credentials", "env", b"env", "image", b"image", "labels", b"labels", "name", b"name", "participant", b"participant", "ports", b"ports", "profile", b"profile", "pull", b"pull", "role", b"role", "stdin", b"stdin", "storage", b"storage", "timeout_seconds", b"timeout_seconds", "tty", b"tty", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunSpec: _TypeAlias = RunSpec  # noqa: Y015
+
+@_typing.final
+class PortMapping(_message.Message):
+    """A container port published on the host."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_PORT_FIELD_NUMBER: _builtins.int
+    HOST_PORT_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    HOST_IP_FIELD_NUMBER: _builtins.int
+    container_port: _builtins.int
+    """The port inside the container (1 to 65535)."""
+    host_port: _builtins.int
+    """The host port; 0 lets the engine pick a free one (the run shows it once running)."""
+    protocol: _builtins.str
+    """`tcp` (the default when empty) or `udp`."""
+    host_ip: _builtins.str
+    """The host address to bind; empty means 127.0.0.1 (loopback only)."""
+    def __init__(
+        self,
+        *,
+        container_port: _builtins.int = ...,
+        host_port: _builtins.int = ...,
+        protocol: _builtins.str = ...,
+        host_ip: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_port", b"container_port", "host_ip", b"host_ip", "host_port", b"host_port", "protocol", b"protocol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PortMapping: _TypeAlias = PortMapping  # noqa: Y015
+
+@_typing.final
+class StorageMount(_message.Message):
+    """Where a run mounts its account's persistent storage (one volume per account; files
+    written there outlive the run).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOUNT_PATH_FIELD_NUMBER: _builtins.int
+    SUBPATH_FIELD_NUMBER: _builtins.int
+    mount_path: _builtins.str
+    """An absolute path inside the container, e.g. `/data`."""
+    subpath: _builtins.str
+    """A directory inside the storage to mount instead of its root: relative, without `..`."""
+    def __init__(
+        self,
+        *,
+        mount_path: _builtins.str = ...,
+        subpath: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mount_path", b"mount_path", "subpath", b"subpath"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StorageMount: _TypeAlias = StorageMount  # noqa: Y015
+
+@_typing.final
+class RegistryLogin(_message.Message):
+    """A registry login for one pull."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USERNAME_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    username: _builtins.str
+    password: _builtins.str
+    """The password or access token."""
+    def __init__(
+        self,
+        *,
+        username: _builtins.str = ...,
+        password: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["password", b"password", "username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegistryLogin: _TypeAlias = RegistryLogin  # noqa: Y015
 
 @_typing.final
 class RunRequest(_message.Message):
@@ -350,19 +499,37 @@ class ListRunsRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Capped by the server; 0 means the default (50)."""
     page_token: _builtins.str
     """Opaque; from a previous response's `next_page_token`."""
+    name: _builtins.str
+    """Only runs with this name."""
+    participant: _builtins.str
+    """Only runs for this participant."""
+    role: _builtins.str
+    """Only runs in this role."""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___RunState.ValueType]:
+        """Only runs in these states; empty means any."""
+
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        states: _abc.Iterable[Global___RunState.ValueType] | None = ...,
+        name: _builtins.str = ...,
+        participant: _builtins.str = ...,
+        role: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "page_size", b"page_size", "page_token", b"page_token", "participant", b"participant", "role", b"role", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -464,6 +631,10 @@ class Run(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
+    STORAGE_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___RunState.ValueType
     exit_code: _builtins.int
@@ -473,6 +644,10 @@ class Run(_message.Message):
     name: _builtins.str
     reason: _builtins.str
     """Why the run ended when it did not simply exit (start failure, timeout, ...)."""
+    participant: _builtins.str
+    """Who the run is for, if given."""
+    role: _builtins.str
+    """The role the run acts in, if given."""
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -483,6 +658,14 @@ class Run(_message.Message):
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortMapping]:
+        """Published ports; a host port the engine picked shows once the run is running."""
+
+    @_builtins.property
+    def storage(self) -> Global___StorageMount:
+        """Where the account's storage is mounted, if it is."""
+
     def __init__(
         self,
         *,
@@ -498,10 +681,14 @@ class Run(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         reason: _builtins.str = ...,
+        ports: _abc.Iterable[Global___PortMapping] | None = ...,
+        storage: Global___StorageMount | None = ...,
+        participant: _builtins.str = ...,
+        role: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "created_at", b"created_at", "exit_code", b"exit_code", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "created_at", b"created_at", "exit_code", b"exit_code", "finished_at", b"finished_at", "started_at", b"started_at", "storage", b"storage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "argv", b"argv", "created_at", b"created_at", "exit_code", b"exit_code", "finished_at", b"finished_at", "id", b"id", "image", b"image", "labels", b"labels", "name", b"name", "profile", b"profile", "reason", b"reason", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "argv", b"argv", "created_at", b"created_at", "exit_code", b"exit_code", "finished_at", b"finished_at", "id", b"id", "image", b"image", "labels", b"labels", "name", b"name", "participant", b"participant", "ports", b"ports", "profile", b"profile", "reason", b"reason", "role", b"role", "started_at", b"started_at", "state", b"state", "storage", b"storage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015

@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class ContainersStub:
-    """Runs are short-lived, isolated containers owned by the account in the token.
+    """Runs are short-lived, isolated containers owned by the account in the token. Wherever a
+    request names a run (`run_id`), the run's name works too: it stands for the account's run
+    with that name that has not ended (there is at most one), else for the one ended run that
+    has it; several ended runs with the name are refused (FAILED_PRECONDITION, listing ids).
     """
 
     def __init__(self, channel):
@@ -88,7 +91,10 @@ class ContainersStub:
 
 
 class ContainersServicer:
-    """Runs are short-lived, isolated containers owned by the account in the token.
+    """Runs are short-lived, isolated containers owned by the account in the token. Wherever a
+    request names a run (`run_id`), the run's name works too: it stands for the account's run
+    with that name that has not ended (there is at most one), else for the one ended run that
+    has it; several ended runs with the name are refused (FAILED_PRECONDITION, listing ids).
     """
 
     def GetStatus(self, request, context):
@@ -231,7 +237,10 @@ def add_ContainersServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Containers:
-    """Runs are short-lived, isolated containers owned by the account in the token.
+    """Runs are short-lived, isolated containers owned by the account in the token. Wherever a
+    request names a run (`run_id`), the run's name works too: it stands for the account's run
+    with that name that has not ended (there is at most one), else for the one ended run that
+    has it; several ended runs with the name are refused (FAILED_PRECONDITION, listing ids).
     """
 
     @staticmethod

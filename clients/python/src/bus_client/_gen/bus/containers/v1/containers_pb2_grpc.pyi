@@ -43,7 +43,11 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ContainersStub:
-    """Runs are short-lived, isolated containers owned by the account in the token."""
+    """Runs are short-lived, isolated containers owned by the account in the token. Wherever a
+    request names a run (`run_id`), the run's name works too: it stands for the account's run
+    with that name that has not ended (there is at most one), else for the one ended run that
+    has it; several ended runs with the name are refused (FAILED_PRECONDITION, listing ids).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -84,7 +88,11 @@ class ContainersStub:
 
 @_typing.type_check_only
 class ContainersAsyncStub(ContainersStub):
-    """Runs are short-lived, isolated containers owned by the account in the token."""
+    """Runs are short-lived, isolated containers owned by the account in the token. Wherever a
+    request names a run (`run_id`), the run's name works too: it stands for the account's run
+    with that name that has not ended (there is at most one), else for the one ended run that
+    has it; several ended runs with the name are refused (FAILED_PRECONDITION, listing ids).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetStatus: _aio.UnaryUnaryMultiCallable[_containers_pb2.GetStatusRequest, _containers_pb2.RunnerStatus]  # type: ignore[assignment]
@@ -121,7 +129,11 @@ class ContainersAsyncStub(ContainersStub):
     """The account's plan, usage in the current period and limits (needs `billing:read`)."""
 
 class ContainersServicer(metaclass=_abc_1.ABCMeta):
-    """Runs are short-lived, isolated containers owned by the account in the token."""
+    """Runs are short-lived, isolated containers owned by the account in the token. Wherever a
+    request names a run (`run_id`), the run's name works too: it stands for the account's run
+    with that name that has not ended (there is at most one), else for the one ended run that
+    has it; several ended runs with the name are refused (FAILED_PRECONDITION, listing ids).
+    """
 
     @_abc_1.abstractmethod
     def GetStatus(

@@ -1,0 +1,509 @@
+//! `bus containers run` as the service's documentation and docker users expect it: published
+//! ports, the account's storage at a path of the caller's choosing, runs named and found by
+//! name, the list filtered, and who a run is for. Everything on the real chain (Podman,
+//! bus-runner, busd, the `bus` binary); see `testkit`.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{Stack, bins, describe, expect_success, free_port, one_line_error};
+use serde_json::Value;
+
+fn json(stack: &Stack, args: &[&str]) -> Value {
+    let out = stack.run(args);
+    serde_json::from_str(&expect_success(&out))
+        .unwrap_or_else(|e| panic!("{e}: {}", describe(&out)))
+}
+
+/// `GET path` on 127.0.0.1:`port`, the whole reply, or `None` while nothing answers.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    Some(reply)
+}
+
+/// The reply once `port` serves `path` with 200, failing after 30 s.
+fn served(port: u16, path: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(reply) = http_get(port, path).filter(|r| r.contains(" 200 ")) {
+            return reply;
+        }
+        assert!(Instant::now() < deadline, "nothing serves on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A shell command for busybox's httpd serving `text` at `/index.html` on `port`.
+fn serve(port: u16, text: &str) -> String {
+    format!("mkdir -p /w && echo {text} > /w/index.html && exec httpd -f -p {port} -h /w")
+}
+
+#[test]
+fn ports_publish_as_docker_does_on_a_default_runner() {
+    let stack = Stack::start(bins());
+    let host_port = free_port();
+    let publish = format!("127.0.0.1:{host_port}:8080");
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "-d",
+        "-p",
+        &publish,
+        "--",
+        "sh",
+        "-c",
+        &serve(8080, "hello"),
+    ]);
+    let id = expect_success(&out).trim().to_owned();
+    assert!(id.starts_with("run_"), "{}", describe(&out));
+
+    // Served on the host port asked for.
+    assert!(served(host_port, "/index.html").ends_with("hello\n"));
+
+    // get and runs show it, in text and JSON; the profile is the runner's ports profile.
+    let run = json(&stack, &["containers", "get", &id, "-o", "json"]);
+    assert_eq!(run["profile"], "service", "{run}");
+    assert_eq!(
+        run["ports"],
+        serde_json::json!([{"host_ip": "127.0.0.1", "host_port": host_port,
+                            "container_port": 8080, "protocol": "tcp"}])
+    );
+    let text = expect_success(&stack.run(&["containers", "get", &id]));
+    assert!(
+        text.contains(&format!("ports:     127.0.0.1:{host_port}->8080/tcp")),
+        "{text}"
+    );
+    let runs = json(&stack, &["containers", "runs", "-o", "json"]);
+    assert_eq!(runs[0]["ports"], run["ports"]);
+    let table = expect_success(&stack.run(&["containers", "runs"]));
+    assert!(table.lines().next().unwrap().ends_with("PORTS"), "{table}");
+    assert!(
+        table.contains(&format!("127.0.0.1:{host_port}->8080/tcp")),
+        "{table}"
+    );
+
+    // Without a host port the engine picks one, and get shows it once the run runs.
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "-d",
+        "-p",
+        "8081",
+        "--",
+        "sh",
+        "-c",
+        &serve(8081, "picked"),
+    ]);
+    let picked = expect_success(&out).trim().to_owned();
+    let run = json(&stack, &["containers", "get", &picked, "-o", "json"]);
+    let port = run["ports"][0]["host_port"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{run}"));
+    assert!(served(port as u16, "/index.html").ends_with("picked\n"));
+
+    // A port already in use: one line naming it, and no run left running.
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "-d",
+        "-p",
+        &publish,
+        "--",
+        "sh",
+        "-c",
+        &serve(8080, "second"),
+    ]);
+    let line = one_line_error(&out);
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    assert!(line.contains(&host_port.to_string()), "{line}");
+    let live = json(
+        &stack,
+        &["containers", "runs", "--state", "running", "-o", "json"],
+    );
+    assert_eq!(live.as_array().unwrap().len(), 2, "{live}");
+
+    // Bad values are refused by the CLI before anything is sent.
+    for bad in ["0", "8080/sctp", "localhost:80:80", "1:2:3:4"] {
+        let out = stack.run(&["containers", "run", "-d", "-p", bad, "--", "true"]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("-p"),
+            "{}",
+            describe(&out)
+        );
+    }
+    // A profile without a network refuses ports, naming the one that allows them.
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "--profile",
+        "codex",
+        "-p",
+        "80",
+        "--",
+        "true",
+    ]);
+    let line = one_line_error(&out);
+    assert!(line.contains("allows them: service"), "{line}");
+
+    for id in [&id, &picked] {
+        expect_success(&stack.run(&["containers", "stop", "--force", id]));
+    }
+}
+
+#[test]
+fn storage_mounts_at_the_path_and_subpath_asked_for() {
+    let stack = Stack::start(bins());
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "--mount-path",
+        "/work",
+        "--mount-subpath",
+        "proj/a",
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /work/note && pwd > /dev/null",
+    ]);
+    expect_success(&out);
+    // Another run sees it at the storage root under that subpath.
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "--mount-path",
+        "/s",
+        "--",
+        "cat",
+        "/s/proj/a/note",
+    ]);
+    assert_eq!(expect_success(&out), "kept\n");
+    let run = json(
+        &stack,
+        &["containers", "runs", "--limit", "1", "-o", "json"],
+    );
+    assert_eq!(
+        run[0]["storage"],
+        serde_json::json!({"mount_path": "/s", "subpath": null})
+    );
+
+    // Paths that cannot be mounted: one line each, and nothing runs.
+    let before = stack.runs().len();
+    for (args, says) in [
+        (&["--mount-path", "data"][..], "absolute"),
+        (
+            &["--mount-path", "/d", "--mount-subpath", "../up"][..],
+            "..",
+        ),
+        (
+            &["--mount-path", "/d", "--mount-subpath", "/abs"][..],
+            "relative",
+        ),
+    ] {
+        let mut cmd = vec!["containers", "run"];
+        cmd.extend_from_slice(args);
+        cmd.extend(["--", "true"]);
+        let out = stack.run(&cmd);
+        let line = one_line_error(&out);
+        assert!(line.contains(says), "{args:?}: {line}");
+    }
+    assert_eq!(stack.runs().len(), before, "nothing was started");
+    // A subpath alone is a usage error.
+    let out = stack.run(&["containers", "run", "--mount-subpath", "x", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+}
+
+#[test]
+fn runs_are_addressed_by_name_wherever_an_id_is() {
+    let stack = Stack::start(bins());
+    let id = expect_success(&stack.run(&[
+        "containers",
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "echo up; sleep 60",
+    ]))
+    .trim()
+    .to_owned();
+
+    // get, exec, logs and wait take the name.
+    let run = json(&stack, &["containers", "get", "web", "-o", "json"]);
+    assert_eq!(
+        (run["id"].as_str(), run["name"].as_str()),
+        (Some(&*id), Some("web"))
+    );
+    let out = stack.run(&["containers", "exec", "web", "--", "echo", "inside"]);
+    assert_eq!(expect_success(&out), "inside\n");
+    let out = stack.run(&["containers", "logs", "web"]);
+    assert_eq!(expect_success(&out), "up\n");
+
+    // The table has a NAME column.
+    let table = expect_success(&stack.run(&["containers", "runs"]));
+    let mut lines = table.lines();
+    assert!(lines.next().unwrap().starts_with("ID  "), "{table}");
+    assert!(
+        table.lines().any(|l| l
+            .split_whitespace()
+            .take(3)
+            .eq([id.as_str(), "web", "running"])),
+        "{table}"
+    );
+
+    // A second live run cannot take the name: one line naming the run that has it.
+    let before = stack.runs().len();
+    let out = stack.run(&["containers", "run", "-d", "--name", "web", "--", "true"]);
+    let line = one_line_error(&out);
+    assert!(line.contains(&id) && line.contains("\"web\""), "{line}");
+    assert_eq!(stack.runs().len(), before, "nothing was started");
+    // Names cannot pass for ids.
+    let out = stack.run(&["containers", "run", "--name", "run_x", "--", "true"]);
+    assert!(one_line_error(&out).contains("run_"), "{}", describe(&out));
+
+    // stop by name; then the name is free again.
+    expect_success(&stack.run(&["containers", "stop", "--force", "web"]));
+    let out = stack.run(&["containers", "run", "--name", "web", "--", "echo", "again"]);
+    assert_eq!(expect_success(&out), "again\n");
+    // Two ended runs with the name: it is ambiguous, and the error lists both ids.
+    let out = stack.run(&["containers", "get", "web"]);
+    let line = one_line_error(&out);
+    assert!(
+        line.contains(&id) && line.contains("matches 2 ended runs"),
+        "{line}"
+    );
+    // delete by name works once it stands for one run.
+    expect_success(&stack.run(&["containers", "delete", &id]));
+    let run = json(&stack, &["containers", "get", "web", "-o", "json"]);
+    assert_ne!(run["id"].as_str(), Some(&*id));
+    expect_success(&stack.run(&["containers", "delete", "web"]));
+    let out = stack.run(&["containers", "get", "web"]);
+    assert!(
+        one_line_error(&out).contains("no run web"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn the_list_filters_by_state_name_participant_and_role_and_stops_at_a_limit() {
+    let stack = Stack::start(bins());
+    let run = |args: &[&str]| {
+        let mut cmd = vec!["containers", "run"];
+        cmd.extend_from_slice(args);
+        expect_success(&stack.run(&cmd)).trim().to_owned()
+    };
+    run(&["--participant", "ann", "--role", "agent", "--", "true"]);
+    run(&["--participant", "bob", "--role", "agent", "--", "true"]);
+    let live = run(&[
+        "-d",
+        "--participant",
+        "ann",
+        "--name",
+        "svc",
+        "--",
+        "sleep",
+        "60",
+    ]);
+
+    let ids = |args: &[&str]| -> Vec<String> {
+        let mut cmd = vec!["containers", "runs", "-o", "json"];
+        cmd.extend_from_slice(args);
+        json(&stack, &cmd)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = ids(&[]);
+    assert_eq!(all.len(), 3);
+    assert_eq!(ids(&["--state", "running"]), [live.as_str()]);
+    assert_eq!(ids(&["--state", "exited,stopped"]), all[1..]);
+    assert_eq!(
+        ids(&["--participant", "ann"]),
+        [all[0].clone(), all[2].clone()]
+    );
+    assert_eq!(ids(&["--role", "agent"]), all[1..]);
+    assert_eq!(
+        ids(&["--participant", "ann", "--role", "agent"]),
+        [all[2].clone()]
+    );
+    assert_eq!(ids(&["--name", "svc"]), [live.as_str()]);
+    assert_eq!(ids(&["--limit", "2"]), all[..2]);
+    // -q prints ids only, filtered too.
+    let quiet = expect_success(&stack.run(&["containers", "runs", "-q", "--role", "agent"]));
+    assert_eq!(quiet.lines().collect::<Vec<_>>(), all[1..]);
+
+    // Shown by get.
+    let run = json(&stack, &["containers", "get", &all[2], "-o", "json"]);
+    assert_eq!(
+        (run["participant"].as_str(), run["role"].as_str()),
+        (Some("ann"), Some("agent"))
+    );
+    let text = expect_success(&stack.run(&["containers", "get", &all[2]]));
+    assert!(
+        text.contains("for:       ann") && text.contains("role:      agent"),
+        "{text}"
+    );
+
+    // Bad values: one line each, nothing started.
+    let out = stack.run(&["containers", "run", "--role", "Admin!", "--", "true"]);
+    assert!(
+        one_line_error(&out).contains("role \"Admin!\""),
+        "{}",
+        describe(&out)
+    );
+    let out = stack.run(&["containers", "runs", "--state", "sleeping"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let out = stack.run(&["containers", "runs", "--limit", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert_eq!(ids(&[]).len(), 3, "nothing was started");
+    expect_success(&stack.run(&["containers", "stop", "--force", &live]));
+}
+
+/// `run` pulls a registry image it lacks (docker's default), with `--credentials-file` for a
+/// private registry; `--pull never` refuses instead, and `--pull always` pulls again.
+#[test]
+fn run_pulls_a_missing_image_with_the_credentials_given() {
+    use common::registry::{ImageCleanup, Registry};
+    use common::{Podman, Runner};
+    let registry = Registry::start();
+    let engine = Podman::builder()
+        .env("CONTAINERS_REGISTRIES_CONF", registry.registries_conf())
+        .start();
+    let stack = Stack::on(Runner::start_on(bins(), engine, None, true));
+    // Runs need only the container scopes, pulls on run included; the image is made with
+    // the image scopes.
+    stack.write_token(&stack.runner.token("alice", common::ALL_SCOPES));
+    let images = stack.token_file(
+        "images-token",
+        &stack
+            .runner
+            .token("alice", "image:read image:write image:build"),
+    );
+    let images = images.to_str().unwrap();
+    let mut cleanup = ImageCleanup::new(&stack.runner.engine.socket);
+    let credentials = registry.credentials_file(stack.home.path());
+    let credentials = credentials.to_str().unwrap();
+    let reference = format!("{}/alice/greet:1", registry.host);
+
+    // An image in the registry, and not on the runner.
+    let dir = tempfile::tempdir_in(stack.home.path()).unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM localhost/busybox\nRUN echo pulled-on-run > /msg\nCMD [\"cat\", \"/msg\"]\n",
+    )
+    .unwrap();
+    let context = dir.path().to_str().unwrap();
+    let with_images = |args: &[&str]| {
+        let mut cmd = vec!["--token-file", images];
+        cmd.extend_from_slice(args);
+        expect_success(&stack.run(&cmd))
+    };
+    let build = with_images(&["builds", "create", "-d", "-t", &reference, context]);
+    with_images(&["builds", "logs", "-f", build.trim()]);
+    let image: Value = serde_json::from_str(&with_images(&[
+        "images", "inspect", &reference, "-o", "json",
+    ]))
+    .unwrap();
+    cleanup.add(image["id"].as_str().unwrap());
+    with_images(&[
+        "images",
+        "push",
+        &reference,
+        "--credentials-file",
+        credentials,
+    ]);
+    with_images(&["images", "rm", &reference]);
+    let mut outputs = Vec::new();
+
+    // Never: refused, saying how to get it; nothing recorded.
+    let before = stack.runs().len();
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "--pull",
+        "never",
+        "--image",
+        &reference,
+    ]);
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("is not on the runner") && line.contains("--pull missing"),
+        "{line}"
+    );
+    assert_eq!(out.status.code(), Some(125));
+    outputs.push(out);
+    // Missing (the default), without credentials: the registry's refusal, saying how to
+    // pass them.
+    let out = stack.run(&["containers", "run", "--image", &reference]);
+    let line = one_line_error(&out);
+    assert!(line.contains("--credentials-file"), "{line}");
+    outputs.push(out);
+    assert_eq!(stack.runs().len(), before, "nothing was started");
+
+    // With them: pulled, then run.
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "--image",
+        &reference,
+        "--credentials-file",
+        credentials,
+    ]);
+    assert_eq!(expect_success(&out), "pulled-on-run\n");
+    outputs.push(out);
+    // Now on the runner: no pull needed, and none made (no credentials needed).
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "--pull",
+        "never",
+        "--image",
+        &reference,
+    ]);
+    assert_eq!(expect_success(&out), "pulled-on-run\n");
+    // Always pulls again: without credentials the registry refuses.
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "--pull",
+        "always",
+        "--image",
+        &reference,
+    ]);
+    assert!(
+        one_line_error(&out).contains("--credentials-file"),
+        "{}",
+        describe(&out)
+    );
+    outputs.push(out);
+
+    // The password is in no log and no output.
+    let runner_log =
+        std::fs::read_to_string(stack.runner.state_dir.path().join("runner.log")).unwrap();
+    assert!(runner_log.contains("pull done"), "{runner_log}");
+    assert!(!runner_log.contains(&registry.password), "runner log");
+    assert!(!stack.busd_log().contains(&registry.password), "busd log");
+    for out in &outputs {
+        assert!(
+            !describe(out).contains(&registry.password),
+            "command output"
+        );
+    }
+    let db = std::fs::read(stack.runner.state_dir.path().join("runs.db")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&db).contains(&registry.password),
+        "the run store"
+    );
+}
