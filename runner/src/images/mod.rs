@@ -25,6 +25,7 @@ mod error;
 mod live;
 mod progress;
 pub mod refs;
+pub mod stored;
 mod transfer;
 
 use std::collections::{BTreeSet, HashMap};
