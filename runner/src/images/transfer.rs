@@ -277,12 +277,21 @@ impl Images {
         ImageError,
     > {
         let r = self.resolve(owner, text).await?;
-        let name = r
-            .visible
-            .names
-            .iter()
-            .find(|v| !v.starts_with("sha256:") && !v.contains('@'))
-            .cloned()
+        // The name asked for, when it is one: the archive gives its image that name (an image
+        // may have others); for an id, the first name the caller may see.
+        let asked = match refs::parse(text) {
+            Ok(ImageRef::Name(name)) => Some(name.to_string()),
+            _ => None,
+        };
+        let name = asked
+            .filter(|n| r.visible.names.contains(n) && !n.contains('@'))
+            .or_else(|| {
+                r.visible
+                    .names
+                    .iter()
+                    .find(|v| !v.starts_with("sha256:") && !v.contains('@'))
+                    .cloned()
+            })
             .unwrap_or_else(|| r.inspect.id.clone());
         let mut stream = self.engine()?.save(&name, format);
         let first = match stream.next().await {
