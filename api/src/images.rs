@@ -1,6 +1,7 @@
 //! Images: `GET /api/v1/containers/images`, `GET/DELETE /api/v1/containers/images/{ref}`,
 //! `POST .../images/{ref}/tag`, `POST .../images/pull` and `.../images/push` (NDJSON progress),
-//! `POST .../images/load` (an archive upload) and `GET .../images/{ref}/archive` (a download).
+//! `POST .../images/load` (an archive upload), `POST .../images/load-from-storage` (an archive
+//! in the account's storage) and `GET .../images/{ref}/archive?format` (a download).
 //!
 //! Images are account-scoped: an account sees the references it pulled, loaded, built or
 //! tagged, and the ones the deployment marks public.
@@ -205,6 +206,57 @@ pub enum ProgressFrame {
     },
 }
 
+/// The kind of archive `GET /api/v1/containers/images/{ref}/archive` writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum ArchiveFormat {
+    /// A docker-archive (`docker save`): `manifest.json` and one tar per layer.
+    #[default]
+    Docker,
+    /// An OCI image layout in a tar: `oci-layout`, `index.json` and `blobs/sha256/...`.
+    Oci,
+}
+
+impl ArchiveFormat {
+    /// The name on the wire and on the command line: `docker` or `oci`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArchiveFormat::Docker => "docker",
+            ArchiveFormat::Oci => "oci",
+        }
+    }
+}
+
+/// The query of `GET /api/v1/containers/images/{ref}/archive`.
+///
+/// Serialized, it names the format only when it is not the default (docker), so an older
+/// runner still answers the default request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::IntoParams),
+    into_params(parameter_in = Query)
+)]
+pub struct SaveImageQuery {
+    /// `docker` (the default) or `oci`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", param(inline))]
+    pub format: Option<ArchiveFormat>,
+}
+
+/// The body of `POST /api/v1/containers/images/load-from-storage`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LoadFromStorage {
+    /// The archive's path relative to the root of the account's storage, e.g.
+    /// `images/app.tar` for what a run of the `agent` profile wrote to `/data/images/app.tar`.
+    /// Absolute paths, `..` and symlinks are refused.
+    pub path: String,
+}
+
 /// The reply of `POST /api/v1/containers/images/load`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -228,6 +280,33 @@ mod tests {
             credentials: Some(c),
         };
         assert!(!format!("{request:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn save_queries_round_trip() {
+        crate::assert_round_trips([
+            SaveImageQuery::default(),
+            SaveImageQuery {
+                format: Some(ArchiveFormat::Docker),
+            },
+            SaveImageQuery {
+                format: Some(ArchiveFormat::Oci),
+            },
+        ]);
+        assert_eq!(crate::query_string(&SaveImageQuery::default()), "");
+        assert_eq!(
+            crate::query_string(&SaveImageQuery {
+                format: Some(ArchiveFormat::Oci)
+            }),
+            "format=oci"
+        );
+    }
+
+    #[test]
+    fn load_from_storage_bodies_refuse_unknown_fields() {
+        let body: LoadFromStorage = serde_json::from_str(r#"{"path":"a/b.tar"}"#).unwrap();
+        assert_eq!(body.path, "a/b.tar");
+        assert!(serde_json::from_str::<LoadFromStorage>(r#"{"path":"a","x":1}"#).is_err());
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub const IMAGES_PULL: &str = "/api/v1/containers/images/pull";
 pub const IMAGES_PUSH: &str = "/api/v1/containers/images/push";
 /// `POST /api/v1/containers/images/load`.
 pub const IMAGES_LOAD: &str = "/api/v1/containers/images/load";
+/// `POST /api/v1/containers/images/load-from-storage`.
+pub const IMAGES_LOAD_FROM_STORAGE: &str = "/api/v1/containers/images/load-from-storage";
 /// `POST` (create) and `GET` (list) builds.
 pub const BUILDS: &str = "/api/v1/containers/builds";
 

@@ -418,3 +418,244 @@ fn save_remove_load_round_trips_to_the_same_image() {
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     ok(&stack.run(&["images", "rm", reference]));
 }
+
+/// The names of the entries in the tar at `path`, and the text of its `index.json`, if any.
+fn tar_entries(path: &Path) -> (Vec<String>, Option<String>) {
+    let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
+    let mut names = Vec::new();
+    let mut index = None;
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        if name == "index.json" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+            index = Some(text);
+        }
+        names.push(name);
+    }
+    (names, index)
+}
+
+#[test]
+fn save_as_oci_writes_an_oci_layout_that_loads_back_and_runs() {
+    let stack = Stack::on(Runner::start_on(bins(), Podman::start(), None, false));
+    stack.write_token(&stack.runner.token("alice", SCOPES));
+    let mut cleanup = ImageCleanup::new(&stack.runner.engine.socket);
+    let reference = "localhost/alice/oci-round-trip:1";
+    let id = build(
+        &stack,
+        &[],
+        reference,
+        "FROM localhost/busybox\nRUN echo oci-loaded > /msg\nCMD [\"cat\", \"/msg\"]\n",
+    );
+    cleanup.add(&id);
+
+    let oci = stack.home.path().join("oci.tar");
+    let out = stack.run(&[
+        "images",
+        "save",
+        reference,
+        "-o",
+        oci.to_str().unwrap(),
+        "--format",
+        "oci",
+    ]);
+    ok(&out);
+    let (names, index) = tar_entries(&oci);
+    assert!(names.iter().any(|n| n == "oci-layout"), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.starts_with("blobs/sha256/")),
+        "{names:?}"
+    );
+    assert!(!names.iter().any(|n| n == "manifest.json"), "{names:?}");
+    let index: serde_json::Value = serde_json::from_str(&index.expect("an index.json")).unwrap();
+    assert_eq!(
+        index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"], reference,
+        "{index}"
+    );
+    // The default is still a docker-archive.
+    let docker = stack.home.path().join("docker.tar");
+    ok(&stack.run(&["images", "save", reference, "-o", docker.to_str().unwrap()]));
+    let (names, index) = tar_entries(&docker);
+    assert!(
+        names.iter().any(|n| n == "manifest.json") && index.is_none(),
+        "{names:?}"
+    );
+
+    ok(&stack.run(&["images", "rm", reference]));
+    let out = stack.run(&["images", "load", oci.to_str().unwrap()]);
+    assert_eq!(ok(&out), format!("{reference}\n"), "the names loaded");
+    // The engine converts the config to OCI's when it writes the layout, so the id may
+    // differ; the name and what runs are the same.
+    cleanup.add(&inspect_id(&stack, &[], reference));
+    let out = stack.run(&["containers", "run", "--image", reference]);
+    assert_eq!(ok(&out), "oci-loaded\n");
+
+    let out = stack.run(&[
+        "images", "save", reference, "-o", "x.tar", "--format", "zip",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    ok(&stack.run(&["images", "rm", reference]));
+}
+
+/// Removes an account's storage volume at the end.
+struct VolumeCleanup<'a> {
+    socket: &'a Path,
+    volume: String,
+}
+
+impl Drop for VolumeCleanup<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("podman")
+            .arg("--url")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(["volume", "rm", "--force", &self.volume])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+#[test]
+fn load_from_storage_reads_an_archive_a_run_wrote_and_nothing_outside_the_storage() {
+    let stack = Stack::on(Runner::start_on(bins(), Podman::start(), None, false));
+    // An account of its own: storage volumes are the engine's, shared by every test.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let account = format!("oci-store-{}-{nanos}", std::process::id());
+    stack.write_token(&stack.runner.token(&account, SCOPES));
+    let _volume = VolumeCleanup {
+        socket: &stack.runner.engine.socket,
+        volume: format!("bus-storage-{account}"),
+    };
+    let mut cleanup = ImageCleanup::new(&stack.runner.engine.socket);
+    let reference = "localhost/store/from-storage:1";
+    let id = build(
+        &stack,
+        &[],
+        reference,
+        "FROM localhost/busybox\nRUN echo from-storage > /msg\nCMD [\"cat\", \"/msg\"]\n",
+    );
+    cleanup.add(&id);
+    let archive = stack.home.path().join("app.tar");
+    ok(&stack.run(&[
+        "images",
+        "save",
+        reference,
+        "-o",
+        archive.to_str().unwrap(),
+        "--format",
+        "oci",
+    ]));
+
+    // A run of the agent profile (storage at /data) copies the archive in from its stdin and
+    // leaves symlinks pointing out of the storage.
+    let out = stack
+        .bus()
+        .args([
+            "containers",
+            "run",
+            "--profile",
+            "agent",
+            "-i",
+            "--",
+            "sh",
+            "-c",
+            "mkdir -p /data/images && cat > /data/images/app.tar && \
+             ln -s /etc/passwd /data/link.tar && ln -s .. /data/up && wc -c < /data/images/app.tar",
+        ])
+        .stdin(std::fs::File::open(&archive).unwrap())
+        .output()
+        .unwrap();
+    let size = std::fs::metadata(&archive).unwrap().len();
+    assert_eq!(
+        ok(&out).trim(),
+        size.to_string(),
+        "the archive arrived whole"
+    );
+
+    ok(&stack.run(&["images", "rm", reference]));
+    let out = stack.run(&["images", "load", "--from-storage", "images/app.tar"]);
+    assert_eq!(ok(&out), format!("{reference}\n"), "the names loaded");
+    cleanup.add(&inspect_id(&stack, &[], reference));
+    let out = stack.run(&["containers", "run", "--image", reference]);
+    assert_eq!(ok(&out), "from-storage\n");
+    // `./` and doubled slashes are fine.
+    let out = stack.run(&["images", "load", "--from-storage", "./images//app.tar"]);
+    assert_eq!(ok(&out), format!("{reference}\n"));
+
+    // Paths out of the storage, symlinks, directories and missing files: one line each that
+    // says what to do.
+    for (path, code, said, hint) in [
+        (
+            "/data/images/app.tar",
+            2,
+            "the storage path \"/data/images/app.tar\" is absolute",
+            "relative to the storage root",
+        ),
+        (
+            "images/../../etc/passwd",
+            2,
+            "goes up with \"..\"",
+            "relative to the storage root",
+        ),
+        (
+            "link.tar",
+            2,
+            "\"link.tar\" in the storage path \"link.tar\" is a symlink",
+            "follow no symlinks",
+        ),
+        (
+            "up/etc/passwd",
+            2,
+            "\"up\" in the storage path",
+            "follow no symlinks",
+        ),
+        (
+            "images",
+            2,
+            "\"images\" in this account's storage is not a regular file",
+            "not a directory",
+        ),
+        (
+            "images/none.tar",
+            5,
+            "there is no file \"images/none.tar\" in this account's storage",
+            "--profile agent",
+        ),
+    ] {
+        let out = stack.run(&["images", "load", "--from-storage", path]);
+        let line = error_line(&out);
+        assert!(line.contains(said) && line.contains(hint), "{path}: {line}");
+        assert_eq!(out.status.code(), Some(code), "{path}: {}", describe(&out));
+    }
+    // Another account's storage is its own: the same path is missing there.
+    let bob = stack.token_file(
+        "bob-token",
+        &stack.runner.token(&format!("{account}-b"), SCOPES),
+    );
+    let _bob_volume = VolumeCleanup {
+        socket: &stack.runner.engine.socket,
+        volume: format!("bus-storage-{account}-b"),
+    };
+    let out = stack.run(&[
+        "--token-file",
+        bob.to_str().unwrap(),
+        "images",
+        "load",
+        "--from-storage",
+        "images/app.tar",
+    ]);
+    assert!(
+        error_line(&out).contains("there is no file"),
+        "{}",
+        describe(&out)
+    );
+    // A file or --from-storage, not both.
+    let out = stack.run(&["images", "load", "x.tar", "--from-storage", "x.tar"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    ok(&stack.run(&["images", "rm", reference]));
+}

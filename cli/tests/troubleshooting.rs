@@ -288,6 +288,19 @@ fn produce() -> Vec<(&'static str, String)> {
         &["containers", "run", "--", "no-such-command"],
         &[],
     );
+    let images = token("images", &runner.token("dev", "image:read image:write"));
+    bus(
+        "an absolute storage path",
+        &[
+            "--token-file",
+            &images,
+            "images",
+            "load",
+            "--from-storage",
+            "/data/app.tar",
+        ],
+        &[],
+    );
     let out = stack.run(&["containers", "run", "-d", "--", "true"]);
     let ended = stdout(&out).trim().to_owned();
     assert!(ended.starts_with("run_"), "{out:?}");

@@ -39,9 +39,10 @@ pub enum Images {
     Pull(RegistryArgs),
     /// Push an image (a name the account holds) to its registry.
     Push(RegistryArgs),
-    /// Load the images of a docker or OCI archive; prints the names loaded.
+    /// Load the images of a docker or OCI archive, from a file or from the account's storage;
+    /// prints the names loaded.
     Load(LoadArgs),
-    /// Save an image as a docker-archive.
+    /// Save an image as a docker-archive or an OCI archive (--format oci).
     Save(SaveArgs),
 }
 
@@ -466,10 +467,19 @@ async fn follow<M>(
 
 /// Loads an archive.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  \
+    bus images load app.tar\n  \
+    bus containers run --profile agent -i -- sh -c 'cat > /data/app.tar' < app.tar\n  \
+    bus images load --from-storage app.tar")]
 pub struct LoadArgs {
     /// A docker-archive or OCI archive (tar), e.g. from `bus images save`.
-    #[arg(value_name = "FILE")]
-    file: PathBuf,
+    #[arg(value_name = "FILE", required_unless_present = "from_storage")]
+    file: Option<PathBuf>,
+    /// Load the archive at PATH in the account's storage instead of uploading a file: PATH is
+    /// relative to the storage root (what a run of the `agent` profile sees below /data);
+    /// absolute paths, `..` and symlinks are refused.
+    #[arg(long, value_name = "PATH", conflicts_with = "file")]
+    from_storage: Option<String>,
 }
 
 /// The chunks of `file` as request messages, after `first`, reporting to `transfer`.
@@ -499,39 +509,13 @@ pub fn file_messages<T: Send + 'static>(
 
 impl LoadArgs {
     async fn run(self, ctx: &Ctx) -> Result<u8, CliError> {
-        let shown = self.file.display().to_string();
-        let file = tokio::fs::File::open(&self.file)
-            .await
-            .map_err(|e| CliError::Local(format!("cannot read {shown}: {e}")))?;
-        let size = file
-            .metadata()
-            .await
-            .map_err(|e| CliError::Local(format!("cannot read {shown}: {e}")))?
-            .len();
-        let transfer = Transfer::new(&format!("uploading {shown}"), Some(size));
-        let first = pb::LoadImageRequest {
-            part: Some(pb::load_image_request::Part::Start(pb::LoadStart {
-                size_bytes: size,
-            })),
-        };
-        let messages = file_messages(
-            file,
-            first,
-            |data| pb::LoadImageRequest {
-                part: Some(pb::load_image_request::Part::Data(data)),
-            },
-            transfer.clone(),
-        );
-        // An upload lasts as long as the file takes: `--timeout` must not cut it off.
-        let result = client(ctx).load_image(ctx.session_request(messages)).await;
-        let images = match result {
-            Ok(response) => {
-                transfer.finish();
-                response.into_inner().images
-            }
-            Err(status) => {
-                transfer.abandon();
-                return Err(status.into());
+        let images = match (&self.file, &self.from_storage) {
+            (_, Some(path)) => from_storage(ctx, path).await?,
+            (Some(file), None) => upload(ctx, file).await?,
+            (None, None) => {
+                return Err(CliError::Usage(
+                    "name an archive FILE, or --from-storage PATH".to_owned(),
+                ));
             }
         };
         for image in images {
@@ -546,6 +530,62 @@ impl LoadArgs {
     }
 }
 
+/// Loads the archive at `path` in the account's storage.
+async fn from_storage(ctx: &Ctx, path: &str) -> Result<Vec<pb::Image>, CliError> {
+    let first = pb::LoadImageRequest {
+        part: Some(pb::load_image_request::Part::Start(pb::LoadStart {
+            size_bytes: 0,
+            storage_path: path.to_owned(),
+        })),
+    };
+    // The runner copies and loads the archive: `--timeout` must not cut that off.
+    let messages = futures::stream::iter([first]);
+    let response = client(ctx)
+        .load_image(ctx.session_request(messages))
+        .await?;
+    Ok(response.into_inner().images)
+}
+
+/// Uploads the archive `path` and loads it.
+async fn upload(ctx: &Ctx, path: &Path) -> Result<Vec<pb::Image>, CliError> {
+    let shown = path.display().to_string();
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| CliError::Local(format!("cannot read {shown}: {e}")))?;
+    let size = file
+        .metadata()
+        .await
+        .map_err(|e| CliError::Local(format!("cannot read {shown}: {e}")))?
+        .len();
+    let transfer = Transfer::new(&format!("uploading {shown}"), Some(size));
+    let first = pb::LoadImageRequest {
+        part: Some(pb::load_image_request::Part::Start(pb::LoadStart {
+            size_bytes: size,
+            storage_path: String::new(),
+        })),
+    };
+    let messages = file_messages(
+        file,
+        first,
+        |data| pb::LoadImageRequest {
+            part: Some(pb::load_image_request::Part::Data(data)),
+        },
+        transfer.clone(),
+    );
+    // An upload lasts as long as the file takes: `--timeout` must not cut it off.
+    let result = client(ctx).load_image(ctx.session_request(messages)).await;
+    match result {
+        Ok(response) => {
+            transfer.finish();
+            Ok(response.into_inner().images)
+        }
+        Err(status) => {
+            transfer.abandon();
+            Err(status.into())
+        }
+    }
+}
+
 /// Saves an image.
 #[derive(Debug, clap::Args)]
 pub struct SaveArgs {
@@ -555,6 +595,29 @@ pub struct SaveArgs {
     /// Where to write the archive (`-` for stdout); written whole or not at all.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     output: PathBuf,
+    /// `docker`: a docker-archive (`docker load`, `podman load`); `oci`: an OCI image layout
+    /// in a tar (`oci-layout`, `index.json`, `blobs/`), e.g. for skopeo `oci-archive:`. `bus
+    /// images load` takes both.
+    #[arg(long, value_enum, default_value_t = ArchiveFormat::Docker)]
+    format: ArchiveFormat,
+}
+
+/// The kinds of archive `bus images save` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArchiveFormat {
+    /// A docker-archive.
+    Docker,
+    /// An OCI image layout in a tar.
+    Oci,
+}
+
+impl From<ArchiveFormat> for pb::ArchiveFormat {
+    fn from(format: ArchiveFormat) -> Self {
+        match format {
+            ArchiveFormat::Docker => pb::ArchiveFormat::Docker,
+            ArchiveFormat::Oci => pb::ArchiveFormat::Oci,
+        }
+    }
 }
 
 impl SaveArgs {
@@ -569,6 +632,7 @@ impl SaveArgs {
         let mut stream = client(ctx)
             .save_image(ctx.session_request(pb::SaveImageRequest {
                 reference: self.reference.clone(),
+                format: pb::ArchiveFormat::from(self.format).into(),
             }))
             .await?
             .into_inner();

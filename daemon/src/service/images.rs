@@ -11,7 +11,7 @@ use bus::proto::images::v1 as pb;
 use bus::proto::images::v1::images_service_server::ImagesService;
 use bus::timestamp::from_time as timestamp;
 use bus_api::images::{
-    ImageDetail, ImageSummary, ProgressFrame, RegistryCredentials, RegistryRequest,
+    ArchiveFormat, ImageDetail, ImageSummary, ProgressFrame, RegistryCredentials, RegistryRequest,
 };
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -313,10 +313,8 @@ impl ImagesService for ImagesServiceImpl {
         let upstream = self.state.upstream(request.metadata())?;
         let mut stream = request.into_inner();
         let first = stream.message().await?.and_then(|m| m.part);
-        let size = match first {
-            Some(pb::load_image_request::Part::Start(start)) => {
-                (start.size_bytes > 0).then_some(start.size_bytes)
-            }
+        let start = match first {
+            Some(pb::load_image_request::Part::Start(start)) => start,
             _ => {
                 return Err(invalid(
                     "the first LoadImage message must be `start`",
@@ -324,6 +322,22 @@ impl ImagesService for ImagesServiceImpl {
                 ));
             }
         };
+        if !start.storage_path.is_empty() {
+            if let Some(pb::LoadImageRequest { part: Some(_) }) = stream.message().await? {
+                return Err(invalid(
+                    "a LoadImage whose `start` names a storage_path takes no `data`",
+                    "send either `start` with storage_path alone, or `start` then `data` chunks",
+                ));
+            }
+            let result = upstream
+                .load_image_from_storage(&start.storage_path)
+                .await
+                .map_err(Error::from)?;
+            return Ok(Response::new(pb::LoadImageResponse {
+                images: result.images.into_iter().map(image_to_proto).collect(),
+            }));
+        }
+        let size = (start.size_bytes > 0).then_some(start.size_bytes);
         let archive = upload(stream, |m: pb::LoadImageRequest| match m.part {
             Some(pb::load_image_request::Part::Data(data)) => Some(Bytes::from(data)),
             _ => None,
@@ -342,8 +356,19 @@ impl ImagesService for ImagesServiceImpl {
         request: Request<pb::SaveImageRequest>,
     ) -> Result<Response<Self::SaveImageStream>, Status> {
         let upstream = self.state.upstream(request.metadata())?;
+        let req = request.get_ref();
+        let format = match pb::ArchiveFormat::try_from(req.format) {
+            Ok(pb::ArchiveFormat::Unspecified | pb::ArchiveFormat::Docker) => ArchiveFormat::Docker,
+            Ok(pb::ArchiveFormat::Oci) => ArchiveFormat::Oci,
+            Err(_) => {
+                return Err(invalid(
+                    &format!("unknown archive format {}", req.format),
+                    "ask for ARCHIVE_FORMAT_DOCKER or ARCHIVE_FORMAT_OCI",
+                ));
+            }
+        };
         let bytes = upstream
-            .save_image(reference(&request.get_ref().reference)?)
+            .save_image(reference(&req.reference)?, format)
             .await
             .map_err(Error::from)?;
         let chunks = bytes.flat_map(|item| {

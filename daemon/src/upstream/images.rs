@@ -5,7 +5,8 @@
 
 use bus_api::builds::{Build, BuildList, BuildLogFrame, BuildLogsQuery, CreateBuildQuery};
 use bus_api::images::{
-    ImageDetail, ImageList, ImageSummary, LoadResult, ProgressFrame, RegistryRequest, TagImage,
+    ArchiveFormat, ImageDetail, ImageList, ImageSummary, LoadFromStorage, LoadResult,
+    ProgressFrame, RegistryRequest, SaveImageQuery, TagImage,
 };
 use bus_api::paths;
 use bytes::Bytes;
@@ -90,13 +91,34 @@ impl Upstream {
         self.json(request).await
     }
 
-    /// `GET /api/v1/containers/images/{ref}/archive`: the archive's bytes.
+    /// `POST /api/v1/containers/images/load-from-storage`: the archive at `path` in the
+    /// account's storage.
+    pub async fn load_image_from_storage(&self, path: &str) -> Result<LoadResult, UpstreamError> {
+        let body = LoadFromStorage {
+            path: path.to_owned(),
+        };
+        self.json(
+            self.request(Method::POST, paths::IMAGES_LOAD_FROM_STORAGE)
+                .json(&body),
+        )
+        .await
+    }
+
+    /// `GET /api/v1/containers/images/{ref}/archive?format`: the archive's bytes.
     pub async fn save_image(
         &self,
         reference: &str,
+        format: ArchiveFormat,
     ) -> Result<impl Stream<Item = Result<Bytes, UpstreamError>> + use<>, UpstreamError> {
+        // The default goes without a query, so a runner that knows no formats still answers.
+        let query = SaveImageQuery {
+            format: (format != ArchiveFormat::Docker).then_some(format),
+        };
         let response = self
-            .send(self.request(Method::GET, &paths::image_archive(reference.trim())))
+            .send(
+                self.request(Method::GET, &paths::image_archive(reference.trim()))
+                    .query(&query),
+            )
             .await?;
         let upstream = self.clone();
         Ok(response

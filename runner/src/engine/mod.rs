@@ -389,8 +389,8 @@ pub trait Backend: std::fmt::Debug + Send + Sync {
     ) -> EngineStream<TransferProgress>;
     /// Loads the image archive in `file` (docker-archive or OCI).
     fn load(&self, file: &Path) -> EngineStream<BuildMessage>;
-    /// `name` as a docker-archive tar.
-    fn save(&self, name: &str) -> EngineStream<Bytes>;
+    /// `name` as a docker-archive or an OCI archive (an OCI image layout in a tar).
+    fn save(&self, name: &str, format: bus_api::images::ArchiveFormat) -> EngineStream<Bytes>;
     /// Builds the context tar in `file`, untagged and without network.
     fn build(&self, dockerfile: &str, file: &Path) -> EngineStream<BuildMessage>;
 }

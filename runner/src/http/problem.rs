@@ -20,6 +20,7 @@ use crate::auth::TokenError;
 use crate::billing::BillingError;
 use crate::engine::{EngineError, engine_message};
 use crate::images::ImageError;
+use crate::images::stored::StoragePathError;
 use crate::runs::spec::SpecError;
 use crate::store::{FindError, StoreError};
 use crate::util::rfc3339;
@@ -610,6 +611,7 @@ pub fn image_problem(err: &ImageError) -> Problem {
             "send less (leave files out of the build context), or ask the runner's operator \
              to raise [images] max_build_context_mb / max_load_archive_mb",
         ),
+        ImageError::Storage(e) => storage_problem(e, p),
         ImageError::BuildNotFound(_) => p(C::NotFound, StatusCode::NOT_FOUND, "Not found")
             .with_guidance("`bus builds ls` lists this account's builds"),
         ImageError::Engine(_) => p(
@@ -630,6 +632,52 @@ pub fn image_problem(err: &ImageError) -> Problem {
             "Images unavailable",
         )
         .with_guidance("start the runner with --engine naming the engine's socket"),
+    }
+}
+
+/// How to name an archive in the account's storage, for every refusal of a storage path.
+const STORAGE_PATH_HINT: &str = "name the archive relative to the storage root, as a run of \
+     the `agent` profile sees it below /data (e.g. `images/app.tar` for /data/images/app.tar)";
+
+/// The problem of an archive in the account's storage that cannot be loaded.
+fn storage_problem(
+    err: &StoragePathError,
+    p: impl Fn(ProblemCode, StatusCode, &str) -> Problem,
+) -> Problem {
+    use ProblemCode as C;
+    use StoragePathError as E;
+    match err {
+        E::Empty | E::Absolute(_) | E::Parent(_) | E::Nul => p(
+            C::InvalidRequest,
+            StatusCode::BAD_REQUEST,
+            "Not a storage path",
+        )
+        .with_guidance(STORAGE_PATH_HINT),
+        E::Symlink { .. } => p(
+            C::InvalidRequest,
+            StatusCode::BAD_REQUEST,
+            "Symlink in the storage path",
+        )
+        .with_guidance(
+            "loads from storage follow no symlinks: name the archive itself, or copy it there \
+             (`cp -L` in a run of the `agent` profile)",
+        ),
+        E::NotAFile(_) => p(C::InvalidRequest, StatusCode::BAD_REQUEST, "Not a file")
+            .with_guidance("name the archive file itself, not a directory"),
+        E::Missing(_) => p(C::NotFound, StatusCode::NOT_FOUND, "Not in the storage").with_guidance(
+            "write the archive there first, e.g. `bus containers run --profile agent -i -- sh -c \
+             'mkdir -p /data/images && cat > /data/images/app.tar' < app.tar`, or check the \
+             path with `bus containers run --profile agent -- ls -R /data`",
+        ),
+        E::Unreachable(_) => p(
+            C::EngineUnavailable,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Storage unreachable",
+        )
+        .with_guidance(
+            "loads from storage need the runner on the engine's host; upload the archive \
+             instead (`bus images load FILE`)",
+        ),
     }
 }
 

@@ -2,6 +2,7 @@
 
 use crate::engine::{EngineError, engine_message};
 use crate::images::db::DbError;
+use crate::images::stored::StoragePathError;
 
 /// Everything an image or build request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,9 @@ pub enum ImageError {
         /// The limit.
         limit_mb: u64,
     },
+    /// An archive in the account's storage cannot be loaded.
+    #[error(transparent)]
+    Storage(#[from] StoragePathError),
     /// No such build for this account.
     #[error("no build {0} in this account")]
     BuildNotFound(String),

@@ -26,6 +26,7 @@ mod for_run;
 mod live;
 mod progress;
 pub mod refs;
+pub mod stored;
 mod transfer;
 
 use std::collections::{BTreeSet, HashMap};

@@ -1,19 +1,20 @@
 //! Moving images in and out: pulls and pushes (registries), loads and saves (archives), and
 //! the spooled uploads loads and builds read from.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bus_api::auth::Claims;
-use bus_api::images::{LoadResult, RegistryRequest};
+use bus_api::images::{ArchiveFormat, LoadResult, RegistryRequest};
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 use tokio::io::AsyncWriteExt as _;
 
 use super::progress::{Progress, progress};
 use super::refs::{self, ImageRef, Name};
+use super::stored::{self, StoragePathError};
 use super::{ImageError, Images, Source, archive};
-use crate::engine::{EngineError, RegistryAuth, engine_message};
+use crate::engine::{EngineError, RegistryAuth, VolumeError, engine_message};
 
 impl Images {
     /// Pulls `request.reference` for the caller. Refusals the engine gives at once (a bad
@@ -84,6 +85,15 @@ impl Images {
         progress(stream, finish).await
     }
 
+    /// The directory uploads are spooled in, made on first use.
+    fn uploads_dir(&self) -> Result<PathBuf, ImageError> {
+        let dir = self.dir.join("uploads");
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            ImageError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+        })?;
+        Ok(dir)
+    }
+
     /// Spools an upload to a file below the state dir, refusing it as soon as it passes
     /// `limit_mb` (or at once when `declared` says it will).
     pub async fn spool(
@@ -98,11 +108,7 @@ impl Images {
         if declared.is_some_and(|n| n > limit) {
             return Err(too_large());
         }
-        let dir = self.dir.join("uploads");
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            ImageError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-        })?;
-        let path = dir.join(format!("upload-{}", crate::util::random_hex::<16>()));
+        let path = upload_path(&self.uploads_dir()?);
         let spooled = Spooled {
             path: path.clone(),
             bytes: 0,
@@ -140,6 +146,45 @@ impl Images {
     ) -> Result<LoadResult, ImageError> {
         let limit = self.config.max_load_archive_mb;
         let spooled = self.spool(body, declared, limit, "image archive").await?;
+        self.load_spooled(owner, spooled).await
+    }
+
+    /// Loads the archive at `path` in `owner`'s storage (relative to its root; see
+    /// [`stored`]), as [`Images::load`] loads an upload. The file is copied first, up to the
+    /// load limit.
+    pub async fn load_from_storage(
+        self: &Arc<Self>,
+        owner: &str,
+        path: &str,
+    ) -> Result<LoadResult, ImageError> {
+        stored::components(path)?;
+        let volume = crate::runs::storage::volume_name(owner);
+        let root = self
+            .engine()?
+            .ensure_volume(&volume, owner)
+            .await
+            .map_err(|e| match e {
+                VolumeError::Engine(e) => ImageError::Engine(e),
+                other => StoragePathError::Unreachable(other.to_string()).into(),
+            })?;
+        let dir = self.uploads_dir()?;
+        let limit_mb = self.config.max_load_archive_mb;
+        let path = path.to_owned();
+        let spooled = tokio::task::spawn_blocking(move || {
+            let mut file = stored::open(Path::new(&root), &path)?;
+            copy_limited(&mut file, &dir, limit_mb)
+        })
+        .await
+        .map_err(|e| ImageError::Unavailable(format!("copying the archive failed: {e}")))??;
+        self.load_spooled(owner, spooled).await
+    }
+
+    /// Loads the archive spooled for `owner`.
+    async fn load_spooled(
+        self: &Arc<Self>,
+        owner: &str,
+        spooled: Spooled,
+    ) -> Result<LoadResult, ImageError> {
         let path = spooled.path.clone();
         let contents = tokio::task::spawn_blocking(move || archive::read(&path))
             .await
@@ -217,12 +262,13 @@ impl Images {
         Ok(LoadResult { images })
     }
 
-    /// The image `text` names as a docker-archive: its file name and its bytes. An error the
-    /// engine gives before the first byte comes back as an error.
+    /// The image `text` names as an archive of `format`: its file name and its bytes. An error
+    /// the engine gives before the first byte comes back as an error.
     pub async fn save(
         &self,
         owner: &str,
         text: &str,
+        format: ArchiveFormat,
     ) -> Result<
         (
             String,
@@ -231,14 +277,23 @@ impl Images {
         ImageError,
     > {
         let r = self.resolve(owner, text).await?;
-        let name = r
-            .visible
-            .names
-            .iter()
-            .find(|v| !v.starts_with("sha256:") && !v.contains('@'))
-            .cloned()
+        // The name asked for, when it is one: the archive gives its image that name (an image
+        // may have others); for an id, the first name the caller may see.
+        let asked = match refs::parse(text) {
+            Ok(ImageRef::Name(name)) => Some(name.to_string()),
+            _ => None,
+        };
+        let name = asked
+            .filter(|n| r.visible.names.contains(n) && !n.contains('@'))
+            .or_else(|| {
+                r.visible
+                    .names
+                    .iter()
+                    .find(|v| !v.starts_with("sha256:") && !v.contains('@'))
+                    .cloned()
+            })
             .unwrap_or_else(|| r.inspect.id.clone());
-        let mut stream = self.engine()?.save(&name);
+        let mut stream = self.engine()?.save(&name, format);
         let first = match stream.next().await {
             Some(Ok(bytes)) => Some(bytes),
             Some(Err(e)) => return Err(e.into()),
@@ -254,6 +309,42 @@ impl Images {
         let rest = stream.map(|r| r.map_err(|e| std::io::Error::other(engine_message(&e))));
         Ok((file, futures::stream::iter(first.map(Ok)).chain(rest)))
     }
+}
+
+/// A new spool file's path in `dir`.
+fn upload_path(dir: &Path) -> PathBuf {
+    dir.join(format!("upload-{}", crate::util::random_hex::<16>()))
+}
+
+/// Copies `file` to a new spool file in `dir`, refusing it once it passes `limit_mb`.
+fn copy_limited(
+    file: &mut std::fs::File,
+    dir: &Path,
+    limit_mb: u64,
+) -> Result<Spooled, ImageError> {
+    let limit = limit_mb.saturating_mul(1024 * 1024);
+    let too_large = || ImageError::TooLarge {
+        what: "image archive",
+        limit_mb,
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > limit {
+        return Err(too_large());
+    }
+    let mut spooled = Spooled {
+        path: upload_path(dir),
+        bytes: 0,
+    };
+    let mut out = std::fs::File::create(&spooled.path)
+        .map_err(|e| ImageError::Unavailable(format!("cannot spool the archive: {e}")))?;
+    let mut limited = std::io::Read::take(file, limit + 1);
+    spooled.bytes = std::io::copy(&mut limited, &mut out).map_err(|e| {
+        ImageError::Unavailable(format!("cannot copy the archive from the storage: {e}"))
+    })?;
+    if spooled.bytes > limit {
+        return Err(too_large());
+    }
+    Ok(spooled)
 }
 
 /// A spooled upload; the file is removed on drop.

@@ -14,7 +14,7 @@ use bollard::errors::Error as DockerError;
 pub(super) const WAIT_INTERVAL: &str = "5ms";
 
 /// The client: the socket's path (a connection is made per call).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Libpod {
     socket: PathBuf,
 }
@@ -37,13 +37,9 @@ impl Libpod {
         let (status, body) = self.request(hyper::Method::POST, &path).await?;
         let text = String::from_utf8_lossy(&body);
         if !status.is_success() {
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["message"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| text.trim().to_owned());
             return Err(DockerError::DockerResponseServerError {
                 status_code: status.as_u16(),
-                message,
+                message: error_message(&body),
             });
         }
         text.trim().parse::<i64>().map_err(|_| {
@@ -59,6 +55,46 @@ impl Libpod {
             Ok((status, body)) if status.is_success() => serde_json::from_slice(&body).ok(),
             _ => None,
         }
+    }
+
+    /// A GET whose body streams back as it comes (`/v4.0.0/libpod/images/{name}/get?...`).
+    /// A failure status is an error carrying the engine's message.
+    pub(super) async fn get_stream(
+        &self,
+        path: &str,
+    ) -> Result<impl futures::Stream<Item = Result<Bytes, DockerError>> + Send + use<>, DockerError>
+    {
+        let stream = tokio::net::UnixStream::connect(Path::new(&self.socket)).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(stream_error)?;
+        // The connection lives as long as the body is read; it ends with the body.
+        tokio::spawn(connection);
+        let request = hyper::Request::builder()
+            .method(hyper::Method::GET)
+            .uri(path)
+            .header(hyper::header::HOST, "podman")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| stream_error(e.to_string()))?;
+        let response = sender.send_request(request).await.map_err(stream_error)?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(stream_error)?
+                .to_bytes();
+            return Err(DockerError::DockerResponseServerError {
+                status_code: status.as_u16(),
+                message: error_message(&body),
+            });
+        }
+        Ok(futures::StreamExt::map(
+            response.into_body().into_data_stream(),
+            |item| item.map_err(stream_error),
+        ))
     }
 
     /// One request without a body; the status and the whole response body.
@@ -94,4 +130,12 @@ impl Libpod {
         connection.abort();
         result
     }
+}
+
+/// The `message` of a libpod error body, or the body's text.
+fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned())
 }

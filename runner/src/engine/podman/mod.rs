@@ -12,6 +12,7 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bus_api::Port;
 use bus_api::exec::ExecQuery;
+use bus_api::images::ArchiveFormat;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use tokio::sync::OnceCell;
@@ -333,8 +334,27 @@ impl Backend for Podman {
         messages(self.load_stream(file), images::build_message)
     }
 
-    fn save(&self, name: &str) -> EngineStream<Bytes> {
-        messages(self.images.export_image(name), std::convert::identity)
+    fn save(&self, name: &str, format: ArchiveFormat) -> EngineStream<Bytes> {
+        match format {
+            ArchiveFormat::Docker => {
+                messages(self.images.export_image(name), std::convert::identity)
+            }
+            ArchiveFormat::Oci => {
+                // The Docker API saves docker-archives only; libpod's `get` takes a format.
+                let path = format!(
+                    "/v4.0.0/libpod/images/{}/get?format=oci-archive",
+                    url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
+                );
+                let libpod = self.libpod.clone();
+                let bytes = futures::stream::once(async move { libpod.get_stream(&path).await })
+                    .map(|opened| match opened {
+                        Ok(stream) => stream.boxed(),
+                        Err(e) => futures::stream::once(futures::future::ready(Err(e))).boxed(),
+                    })
+                    .flatten();
+                messages(bytes, std::convert::identity)
+            }
+        }
     }
 
     fn build(&self, dockerfile: &str, file: &Path) -> EngineStream<BuildMessage> {

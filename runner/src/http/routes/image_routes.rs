@@ -95,6 +95,10 @@ pub fn router() -> OpenApiRouter<AppState> {
             images::BODY_LIMIT,
         ))
         .routes(upload(routes!(images::load)))
+        .routes(super::json_limited(
+            routes!(images::load_from_storage),
+            images::BODY_LIMIT,
+        ))
         .routes(routes!(images::inspect, images::remove))
         .routes(super::json_limited(
             routes!(images::tag),

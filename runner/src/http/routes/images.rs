@@ -1,4 +1,5 @@
-//! `/api/v1/containers/images...`: list, inspect, remove, tag, pull, push, load, save. The
+//! `/api/v1/containers/images...`: list, inspect, remove, tag, pull, push, load (an upload or
+//! a file in the account's storage), save. The
 //! work is [`crate::images`]'s; these parse the request and shape the response.
 
 use axum::Json;
@@ -8,13 +9,14 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bus_api::Problem;
 use bus_api::images::{
-    ImageDetail, ImageList, ImageSummary, LoadResult, ProgressFrame, RegistryRequest, TagImage,
+    ImageDetail, ImageList, ImageSummary, LoadFromStorage, LoadResult, ProgressFrame,
+    RegistryRequest, SaveImageQuery, TagImage,
 };
 use futures::StreamExt as _;
 
 use crate::AppState;
 use crate::http::auth::{self, Caller};
-use crate::http::problem::{ApiError, ApiJson, image_problem};
+use crate::http::problem::{ApiError, ApiJson, ApiQuery, image_problem};
 use crate::images::Progress;
 
 /// Largest JSON body the image routes accept (a reference and credentials).
@@ -236,17 +238,59 @@ pub async fn load(
     Ok(Json(result))
 }
 
-/// Downloads an image as a docker-archive.
+/// Loads an image archive from the account's storage.
+///
+/// The archive (docker or OCI, as for an upload) is a file in the account's storage volume,
+/// the one runs mount (the `agent` profile at `/data`), named relative to its root. Absolute
+/// paths, `..`, symlinks and anything but a regular file are refused (400), a missing file is
+/// 404; the file is copied, up to the upload limit, before it is read.
+#[utoipa::path(
+    post,
+    path = "/api/v1/containers/images/load-from-storage",
+    tag = "images",
+    operation_id = "loadImageFromStorage",
+    security(("bearer" = ["image:write"])),
+    request_body(content = LoadFromStorage, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The images loaded.", body = LoadResult),
+        (status = 400, description = "Not a path inside the storage, not a regular file, or not an image archive (`invalid_request`).", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `image:write`, or a name is public.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such file in the account's storage (`not_found`).", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another account holds a name (`image_name_taken`).", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than the limit (`upload_too_large`), or the body is too large (`payload_too_large`).", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The engine failed, or the runner cannot read the storage (`engine_unavailable`).", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn load_from_storage(
+    State(state): State<AppState>,
+    caller: Caller<auth::ImageWrite>,
+    ApiJson(request): ApiJson<LoadFromStorage>,
+) -> Result<Json<LoadResult>, ApiError> {
+    let result = state
+        .images()
+        .load_from_storage(caller.account(), &request.path)
+        .await?;
+    Ok(Json(result))
+}
+
+/// Downloads an image as a docker-archive or an OCI archive.
+///
+/// `format=oci` answers an OCI image layout in a tar (`oci-layout`, `index.json` naming the
+/// image by its full reference, `blobs/sha256/...`); the default is a docker-archive.
 #[utoipa::path(
     get,
     path = "/api/v1/containers/images/{reference}/archive",
     tag = "images",
     operation_id = "saveImage",
     security(("bearer" = ["image:read"])),
-    params(("reference" = String, Path, description = "A reference (percent-encoded) or an image id (prefix).")),
+    params(
+        ("reference" = String, Path, description = "A reference (percent-encoded) or an image id (prefix)."),
+        SaveImageQuery,
+    ),
     responses(
         (status = 200, description = "The archive.", body = Vec<u8>, content_type = "application/x-tar"),
-        (status = 400, description = "Not a valid reference (`invalid_request`).", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Not a valid reference, or an unknown format (`invalid_request`).", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token.", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks `image:read` (`scope_missing`).", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such image for this account (`not_found`).", body = Problem, content_type = "application/problem+json"),
@@ -257,8 +301,13 @@ pub async fn save(
     State(state): State<AppState>,
     caller: Caller<auth::ImageRead>,
     Path(reference): Path<String>,
+    ApiQuery(query): ApiQuery<SaveImageQuery>,
 ) -> Result<Response, ApiError> {
-    let (file, bytes) = state.images().save(caller.account(), &reference).await?;
+    let format = query.format.unwrap_or_default();
+    let (file, bytes) = state
+        .images()
+        .save(caller.account(), &reference, format)
+        .await?;
     let disposition = format!("attachment; filename=\"{file}\"");
     Ok((
         [

@@ -35,6 +35,49 @@ export const protobufFileName = "bus/images/v1/images.proto";
  * Compatibility: v1 only grows, as bus.containers.v1.
  */
 
+/** The kind of archive SaveImage writes. */
+export enum ArchiveFormat {
+  /** ARCHIVE_FORMAT_UNSPECIFIED - A docker-archive, as ARCHIVE_FORMAT_DOCKER. */
+  ARCHIVE_FORMAT_UNSPECIFIED = 0,
+  /** ARCHIVE_FORMAT_DOCKER - A docker-archive (`docker save`): `manifest.json` and one tar per layer. */
+  ARCHIVE_FORMAT_DOCKER = 1,
+  /** ARCHIVE_FORMAT_OCI - An OCI image layout in a tar: `oci-layout`, `index.json`, `blobs/sha256/...`. */
+  ARCHIVE_FORMAT_OCI = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function archiveFormatFromJSON(object: any): ArchiveFormat {
+  switch (object) {
+    case 0:
+    case "ARCHIVE_FORMAT_UNSPECIFIED":
+      return ArchiveFormat.ARCHIVE_FORMAT_UNSPECIFIED;
+    case 1:
+    case "ARCHIVE_FORMAT_DOCKER":
+      return ArchiveFormat.ARCHIVE_FORMAT_DOCKER;
+    case 2:
+    case "ARCHIVE_FORMAT_OCI":
+      return ArchiveFormat.ARCHIVE_FORMAT_OCI;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ArchiveFormat.UNRECOGNIZED;
+  }
+}
+
+export function archiveFormatToJSON(object: ArchiveFormat): string {
+  switch (object) {
+    case ArchiveFormat.ARCHIVE_FORMAT_UNSPECIFIED:
+      return "ARCHIVE_FORMAT_UNSPECIFIED";
+    case ArchiveFormat.ARCHIVE_FORMAT_DOCKER:
+      return "ARCHIVE_FORMAT_DOCKER";
+    case ArchiveFormat.ARCHIVE_FORMAT_OCI:
+      return "ARCHIVE_FORMAT_OCI";
+    case ArchiveFormat.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** One image as the account sees it. */
 export interface Image {
   /** The engine's id, `sha256:...`. */
@@ -182,6 +225,12 @@ export interface PushImageResponse {
 export interface LoadStart {
   /** The archive's size, when known: lets the runner refuse too large an upload at once. */
   sizeBytes: number;
+  /**
+   * Load the archive at this path in the account's storage (relative to its root, as a run
+   * of the `agent` profile sees it below /data) instead of an upload: then no `data` follows.
+   * Absolute paths, `..` and symlinks are INVALID_ARGUMENT; a missing file is NOT_FOUND.
+   */
+  storagePath: string;
 }
 
 export interface LoadImageRequest {
@@ -198,6 +247,7 @@ export interface LoadImageResponse {
 
 export interface SaveImageRequest {
   reference: string;
+  format: ArchiveFormat;
 }
 
 export interface SaveImageResponse {
@@ -2126,13 +2176,16 @@ export const PushImageResponse: MessageFns<PushImageResponse> = {
 };
 
 function createBaseLoadStart(): LoadStart {
-  return { sizeBytes: 0 };
+  return { sizeBytes: 0, storagePath: "" };
 }
 
 export const LoadStart: MessageFns<LoadStart> = {
   encode(message: LoadStart, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.sizeBytes !== 0) {
       writer.uint32(8).uint64(message.sizeBytes);
+    }
+    if (message.storagePath !== "") {
+      writer.uint32(18).string(message.storagePath);
     }
     return writer;
   },
@@ -2158,6 +2211,14 @@ export const LoadStart: MessageFns<LoadStart> = {
             message.sizeBytes = longToNumber(reader.uint64());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.storagePath = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2177,6 +2238,11 @@ export const LoadStart: MessageFns<LoadStart> = {
         : isSet(object.size_bytes)
         ? globalThis.Number(object.size_bytes)
         : 0,
+      storagePath: isSet(object.storagePath)
+        ? globalThis.String(object.storagePath)
+        : isSet(object.storage_path)
+        ? globalThis.String(object.storage_path)
+        : "",
     };
   },
 
@@ -2184,6 +2250,9 @@ export const LoadStart: MessageFns<LoadStart> = {
     const obj: any = {};
     if (message.sizeBytes !== 0) {
       obj.sizeBytes = Math.round(message.sizeBytes);
+    }
+    if (message.storagePath !== "") {
+      obj.storagePath = message.storagePath;
     }
     return obj;
   },
@@ -2194,6 +2263,7 @@ export const LoadStart: MessageFns<LoadStart> = {
   fromPartial<I extends Exact<DeepPartial<LoadStart>, I>>(object: I): LoadStart {
     const message = createBaseLoadStart();
     message.sizeBytes = object.sizeBytes ?? 0;
+    message.storagePath = object.storagePath ?? "";
     return message;
   },
 };
@@ -2353,13 +2423,16 @@ export const LoadImageResponse: MessageFns<LoadImageResponse> = {
 };
 
 function createBaseSaveImageRequest(): SaveImageRequest {
-  return { reference: "" };
+  return { reference: "", format: 0 };
 }
 
 export const SaveImageRequest: MessageFns<SaveImageRequest> = {
   encode(message: SaveImageRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.reference !== "") {
       writer.uint32(10).string(message.reference);
+    }
+    if (message.format !== 0) {
+      writer.uint32(16).int32(message.format);
     }
     return writer;
   },
@@ -2385,6 +2458,14 @@ export const SaveImageRequest: MessageFns<SaveImageRequest> = {
             message.reference = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.format = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2398,13 +2479,19 @@ export const SaveImageRequest: MessageFns<SaveImageRequest> = {
   },
 
   fromJSON(object: any): SaveImageRequest {
-    return { reference: isSet(object.reference) ? globalThis.String(object.reference) : "" };
+    return {
+      reference: isSet(object.reference) ? globalThis.String(object.reference) : "",
+      format: isSet(object.format) ? archiveFormatFromJSON(object.format) : 0,
+    };
   },
 
   toJSON(message: SaveImageRequest): unknown {
     const obj: any = {};
     if (message.reference !== "") {
       obj.reference = message.reference;
+    }
+    if (message.format !== 0) {
+      obj.format = archiveFormatToJSON(message.format);
     }
     return obj;
   },
@@ -2415,6 +2502,7 @@ export const SaveImageRequest: MessageFns<SaveImageRequest> = {
   fromPartial<I extends Exact<DeepPartial<SaveImageRequest>, I>>(object: I): SaveImageRequest {
     const message = createBaseSaveImageRequest();
     message.reference = object.reference ?? "";
+    message.format = object.format ?? 0;
     return message;
   },
 };
@@ -2560,7 +2648,8 @@ export const ImagesServiceService = {
   },
   /**
    * Upload a docker or OCI archive: `start` first, then `data` chunks; answers with the
-   * images it held. Too large an upload ends early with RESOURCE_EXHAUSTED.
+   * images it held. Too large an upload ends early with RESOURCE_EXHAUSTED. A `start` naming
+   * a `storage_path` loads that file of the account's storage instead, with no `data`.
    */
   loadImage: {
     path: "/bus.images.v1.ImagesService/LoadImage" as const,
@@ -2571,7 +2660,7 @@ export const ImagesServiceService = {
     responseSerialize: (value: LoadImageResponse): Buffer => Buffer.from(LoadImageResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): LoadImageResponse => LoadImageResponse.decode(value),
   },
-  /** Download an image as a docker-archive, in chunks. */
+  /** Download an image as a docker-archive (the default) or an OCI archive, in chunks. */
   saveImage: {
     path: "/bus.images.v1.ImagesService/SaveImage" as const,
     requestStream: false as const,
@@ -2601,10 +2690,11 @@ export interface ImagesServiceServer extends UntypedServiceImplementation {
   pushImage: handleServerStreamingCall<PushImageRequest, PushImageResponse>;
   /**
    * Upload a docker or OCI archive: `start` first, then `data` chunks; answers with the
-   * images it held. Too large an upload ends early with RESOURCE_EXHAUSTED.
+   * images it held. Too large an upload ends early with RESOURCE_EXHAUSTED. A `start` naming
+   * a `storage_path` loads that file of the account's storage instead, with no `data`.
    */
   loadImage: handleClientStreamingCall<LoadImageRequest, LoadImageResponse>;
-  /** Download an image as a docker-archive, in chunks. */
+  /** Download an image as a docker-archive (the default) or an OCI archive, in chunks. */
   saveImage: handleServerStreamingCall<SaveImageRequest, SaveImageResponse>;
 }
 
@@ -2692,7 +2782,8 @@ export interface ImagesServiceClient extends Client {
   ): ClientReadableStream<PushImageResponse>;
   /**
    * Upload a docker or OCI archive: `start` first, then `data` chunks; answers with the
-   * images it held. Too large an upload ends early with RESOURCE_EXHAUSTED.
+   * images it held. Too large an upload ends early with RESOURCE_EXHAUSTED. A `start` naming
+   * a `storage_path` loads that file of the account's storage instead, with no `data`.
    */
   loadImage(
     callback: (error: ServiceError | null, response: LoadImageResponse) => void,
@@ -2710,7 +2801,7 @@ export interface ImagesServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: LoadImageResponse) => void,
   ): ClientWritableStream<LoadImageRequest>;
-  /** Download an image as a docker-archive, in chunks. */
+  /** Download an image as a docker-archive (the default) or an OCI archive, in chunks. */
   saveImage(request: SaveImageRequest, options?: Partial<CallOptions>): ClientReadableStream<SaveImageResponse>;
   saveImage(
     request: SaveImageRequest,

@@ -12,6 +12,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -22,6 +23,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ArchiveFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ArchiveFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ArchiveFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ARCHIVE_FORMAT_UNSPECIFIED: _ArchiveFormat.ValueType  # 0
+    """A docker-archive, as ARCHIVE_FORMAT_DOCKER."""
+    ARCHIVE_FORMAT_DOCKER: _ArchiveFormat.ValueType  # 1
+    """A docker-archive (`docker save`): `manifest.json` and one tar per layer."""
+    ARCHIVE_FORMAT_OCI: _ArchiveFormat.ValueType  # 2
+    """An OCI image layout in a tar: `oci-layout`, `index.json`, `blobs/sha256/...`."""
+
+class ArchiveFormat(_ArchiveFormat, metaclass=_ArchiveFormatEnumTypeWrapper):
+    """The kind of archive SaveImage writes."""
+
+ARCHIVE_FORMAT_UNSPECIFIED: ArchiveFormat.ValueType  # 0
+"""A docker-archive, as ARCHIVE_FORMAT_DOCKER."""
+ARCHIVE_FORMAT_DOCKER: ArchiveFormat.ValueType  # 1
+"""A docker-archive (`docker save`): `manifest.json` and one tar per layer."""
+ARCHIVE_FORMAT_OCI: ArchiveFormat.ValueType  # 2
+"""An OCI image layout in a tar: `oci-layout`, `index.json`, `blobs/sha256/...`."""
+Global___ArchiveFormat: _TypeAlias = ArchiveFormat  # noqa: Y015
 
 @_typing.final
 class Image(_message.Message):
@@ -546,16 +571,23 @@ class LoadStart(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    STORAGE_PATH_FIELD_NUMBER: _builtins.int
     size_bytes: _builtins.int
     """The archive's size, when known: lets the runner refuse too large an upload at once."""
+    storage_path: _builtins.str
+    """Load the archive at this path in the account's storage (relative to its root, as a run
+    of the `agent` profile sees it below /data) instead of an upload: then no `data` follows.
+    Absolute paths, `..` and symlinks are INVALID_ARGUMENT; a missing file is NOT_FOUND.
+    """
     def __init__(
         self,
         *,
         size_bytes: _builtins.int = ...,
+        storage_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["size_bytes", b"size_bytes", "storage_path", b"storage_path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -612,15 +644,18 @@ class SaveImageRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REFERENCE_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
     reference: _builtins.str
+    format: Global___ArchiveFormat.ValueType
     def __init__(
         self,
         *,
         reference: _builtins.str = ...,
+        format: Global___ArchiveFormat.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reference", b"reference"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "reference", b"reference"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -132,14 +132,15 @@ class ImagesServiceServicer:
 
     def LoadImage(self, request_iterator, context):
         """Upload a docker or OCI archive: `start` first, then `data` chunks; answers with the
-        images it held. Too large an upload ends early with RESOURCE_EXHAUSTED.
+        images it held. Too large an upload ends early with RESOURCE_EXHAUSTED. A `start` naming
+        a `storage_path` loads that file of the account's storage instead, with no `data`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SaveImage(self, request, context):
-        """Download an image as a docker-archive, in chunks.
+        """Download an image as a docker-archive (the default) or an OCI archive, in chunks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -57,10 +57,11 @@ class ImagesServiceStub:
     """Push a name the account holds: progress, then exactly one `result`; failures as PullImage."""
     LoadImage: _grpc.StreamUnaryMultiCallable[_images_pb2.LoadImageRequest, _images_pb2.LoadImageResponse]
     """Upload a docker or OCI archive: `start` first, then `data` chunks; answers with the
-    images it held. Too large an upload ends early with RESOURCE_EXHAUSTED.
+    images it held. Too large an upload ends early with RESOURCE_EXHAUSTED. A `start` naming
+    a `storage_path` loads that file of the account's storage instead, with no `data`.
     """
     SaveImage: _grpc.UnaryStreamMultiCallable[_images_pb2.SaveImageRequest, _images_pb2.SaveImageResponse]
-    """Download an image as a docker-archive, in chunks."""
+    """Download an image as a docker-archive (the default) or an OCI archive, in chunks."""
 
 @_typing.type_check_only
 class ImagesServiceAsyncStub(ImagesServiceStub):
@@ -87,10 +88,11 @@ class ImagesServiceAsyncStub(ImagesServiceStub):
     """Push a name the account holds: progress, then exactly one `result`; failures as PullImage."""
     LoadImage: _aio.StreamUnaryMultiCallable[_images_pb2.LoadImageRequest, _images_pb2.LoadImageResponse]  # type: ignore[assignment]
     """Upload a docker or OCI archive: `start` first, then `data` chunks; answers with the
-    images it held. Too large an upload ends early with RESOURCE_EXHAUSTED.
+    images it held. Too large an upload ends early with RESOURCE_EXHAUSTED. A `start` naming
+    a `storage_path` loads that file of the account's storage instead, with no `data`.
     """
     SaveImage: _aio.UnaryStreamMultiCallable[_images_pb2.SaveImageRequest, _images_pb2.SaveImageResponse]  # type: ignore[assignment]
-    """Download an image as a docker-archive, in chunks."""
+    """Download an image as a docker-archive (the default) or an OCI archive, in chunks."""
 
 class ImagesServiceServicer(metaclass=_abc_1.ABCMeta):
     """An account sees only the images it pulled, loaded, built or tagged, and the public ones;
@@ -156,7 +158,8 @@ class ImagesServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_images_pb2.LoadImageResponse, _abc.Awaitable[_images_pb2.LoadImageResponse]]:
         """Upload a docker or OCI archive: `start` first, then `data` chunks; answers with the
-        images it held. Too large an upload ends early with RESOURCE_EXHAUSTED.
+        images it held. Too large an upload ends early with RESOURCE_EXHAUSTED. A `start` naming
+        a `storage_path` loads that file of the account's storage instead, with no `data`.
         """
 
     @_abc_1.abstractmethod
@@ -165,6 +168,6 @@ class ImagesServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _images_pb2.SaveImageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_images_pb2.SaveImageResponse], _abc.AsyncIterator[_images_pb2.SaveImageResponse]]:
-        """Download an image as a docker-archive, in chunks."""
+        """Download an image as a docker-archive (the default) or an OCI archive, in chunks."""
 
 def add_ImagesServiceServicer_to_server(servicer: ImagesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
