@@ -13,7 +13,7 @@ use common::{ALL_SCOPES, Stack, alive, bin, bins, free_port, hash_key, one_line_
 use serde_json::Value;
 
 /// The documented keys of a run in `-o json`, and the JSON types each may take.
-const RUN_FIELDS: [(&str, &[&str]); 13] = [
+const RUN_FIELDS: [(&str, &[&str]); 17] = [
     ("id", &["string"]),
     ("state", &["string"]),
     ("exit_code", &["number", "null"]),
@@ -22,6 +22,10 @@ const RUN_FIELDS: [(&str, &[&str]); 13] = [
     ("profile", &["string", "null"]),
     ("argv", &["array"]),
     ("name", &["string", "null"]),
+    ("participant", &["string", "null"]),
+    ("role", &["string", "null"]),
+    ("ports", &["array"]),
+    ("storage", &["object", "null"]),
     ("labels", &["object"]),
     ("created_at", &["string", "null"]),
     ("started_at", &["string", "null"]),
@@ -111,7 +115,9 @@ fn json_output_and_quiet_have_the_documented_shape() {
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["ID", "STATE", "EXIT", "IMAGE", "CREATED", "DURATION"]
+        [
+            "ID", "NAME", "STATE", "EXIT", "IMAGE", "CREATED", "DURATION"
+        ]
     );
     assert!(
         !table.contains('\x1b'),
