@@ -22,6 +22,8 @@ pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PORTS: usize = 16;
 /// Longest storage `mount_path` or `subpath`, in bytes.
 pub const MAX_STORAGE_PATH_BYTES: usize = 1024;
+/// How many times a service that failed is started again before it is left failed.
+pub const MAX_SERVICE_RESTARTS: u32 = 3;
 /// Every run id starts with this; run names may not, so the two never mix.
 pub const RUN_ID_PREFIX: &str = "run_";
 /// The host address a published port binds when the request names none.
@@ -90,6 +92,11 @@ pub struct CreateRun {
     /// only, never stored or logged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<crate::images::RegistryCredentials>,
+    /// A long-running service: it publishes a TCP port, has no timeout of its own (only the
+    /// plan's run-seconds bound it), and is started again when its command fails, at most
+    /// [`MAX_SERVICE_RESTARTS`] times. Combine with `wait=ready`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub service: bool,
 }
 
 /// When a run pulls its image before it starts.
@@ -217,6 +224,8 @@ struct CreateRunBody {
     pull: Option<PullPolicy>,
     #[serde(default)]
     credentials: Option<crate::images::RegistryCredentials>,
+    #[serde(default)]
+    service: bool,
     /// Ignored: the owner is the token's account.
     #[serde(default, rename = "owner")]
     _owner: Option<serde::de::IgnoredAny>,
@@ -244,6 +253,7 @@ impl From<CreateRunBody> for CreateRun {
             role: body.role,
             pull: body.pull,
             credentials: body.credentials,
+            service: body.service,
         }
     }
 }
@@ -380,6 +390,16 @@ pub struct RunOptions {
     /// The container's memory limit in MiB, from the profile; absent means none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u32>,
+    /// Whether the run is a service (restarted when it fails).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub service: bool,
+    /// How many times the service was started again after its command failed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The body of `POST /api/v1/containers/runs/{id}/stop`; an empty body means the defaults.
@@ -481,6 +501,8 @@ impl Default for LogsQuery {
 pub enum WaitFor {
     /// The run is running (its container started) or has ended.
     Running,
+    /// Every TCP port the run publishes accepts connections, or the run has ended.
+    Ready,
 }
 
 /// The query of `POST /api/v1/containers/runs`.
@@ -497,7 +519,8 @@ pub struct CreateRunQuery {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub follow: bool,
     /// `running`: answer once the run runs or has ended (at most `wait_ms`), not as soon as
-    /// it is recorded.
+    /// it is recorded; `ready`: once every TCP port it publishes accepts connections, or it
+    /// has ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait: Option<WaitFor>,
     /// With `wait`: the longest wait, 1 to [`MAX_WAIT_MS`] ms (default 60 s); after it the

@@ -78,6 +78,14 @@ pub enum CliError {
         /// `: ` and the runner's reason, or nothing.
         reason: String,
     },
+    /// `run --service` ended, or its port did not accept connections in time.
+    #[error("service {id} {why}; its last output is above (`bus containers logs {id}` shows all)")]
+    ServiceNotReady {
+        /// The run.
+        id: String,
+        /// What happened, e.g. `ended exited with code 1`.
+        why: String,
+    },
     /// busd did not stop when asked.
     #[error("{0}")]
     DaemonStop(String),

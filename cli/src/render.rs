@@ -227,6 +227,10 @@ pub struct RunJson {
     pub ports: Vec<PortJson>,
     /// Where the account's storage is mounted (`mount_path`, `subpath`), or null.
     pub storage: Option<StorageJson>,
+    /// Whether the run is a service (started again when it fails).
+    pub service: bool,
+    /// How many times the service was started again.
+    pub restarts: u32,
     /// Labels.
     pub labels: std::collections::BTreeMap<String, String>,
     /// When it was created.
@@ -360,6 +364,8 @@ impl RunJson {
                 mount_path: s.mount_path.clone(),
                 subpath: non_empty(&s.subpath),
             }),
+            service: run.service,
+            restarts: run.restarts,
             labels: run.labels.clone().into_iter().collect(),
             created_at: rfc3339(run.created_at.as_ref()),
             started_at: rfc3339(run.started_at.as_ref()),
@@ -590,6 +596,12 @@ pub fn run_details(run: &Run, now: OffsetDateTime) -> String {
                 .map(port_text)
                 .collect::<Vec<_>>()
                 .join(", "),
+        );
+    }
+    if run.service {
+        line(
+            "service:",
+            format!("yes, started again {} times", run.restarts),
         );
     }
     if let Some(storage) = &run.storage {

@@ -13,7 +13,7 @@ use common::{ALL_SCOPES, Stack, alive, bin, bins, free_port, hash_key, one_line_
 use serde_json::Value;
 
 /// The documented keys of a run in `-o json`, and the JSON types each may take.
-const RUN_FIELDS: [(&str, &[&str]); 17] = [
+const RUN_FIELDS: [(&str, &[&str]); 19] = [
     ("id", &["string"]),
     ("state", &["string"]),
     ("exit_code", &["number", "null"]),
@@ -26,6 +26,8 @@ const RUN_FIELDS: [(&str, &[&str]); 17] = [
     ("role", &["string", "null"]),
     ("ports", &["array"]),
     ("storage", &["object", "null"]),
+    ("service", &["bool"]),
+    ("restarts", &["number"]),
     ("labels", &["object"]),
     ("created_at", &["string", "null"]),
     ("started_at", &["string", "null"]),

@@ -55,7 +55,7 @@ fn a_grpc_exec_right_after_create_run_waits_for_the_run_to_start() {
         let run = ContainersClient::new(channel.clone())
             .create_run(CreateRunRequest {
                 spec: Some(spec),
-                wait_running: false,
+                ..CreateRunRequest::default()
             })
             .await
             .unwrap()

@@ -507,3 +507,108 @@ fn run_pulls_a_missing_image_with_the_credentials_given() {
         "the run store"
     );
 }
+
+/// A command for busybox that counts its starts in the storage file `count` and serves on
+/// `port` from the `ready_at`th start on, failing before it.
+fn flaky_server(count: &str, port: u16, ready_at: u32) -> String {
+    format!(
+        "n=$(cat {count} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {count}; \
+         echo start $n; [ $n -ge {ready_at} ] || exit 1; {}",
+        serve(port, "service")
+    )
+}
+
+#[test]
+fn a_service_returns_once_it_serves_and_is_started_again_when_it_fails() {
+    let stack = Stack::start(bins());
+    let unique = format!("svc-{}", free_port());
+    let host_port = free_port();
+    let publish = format!("127.0.0.1:{host_port}:8080");
+
+    // Fails on its first start, serves on its second: bus returns once it serves, with its URL.
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "--service",
+        "--name",
+        "api",
+        "-p",
+        &publish,
+        "--mount-path",
+        "/s",
+        "--mount-subpath",
+        &unique,
+        "--",
+        "sh",
+        "-c",
+        &flaky_server("/s/count", 8080, 2),
+    ]);
+    assert_eq!(
+        expect_success(&out),
+        format!("http://127.0.0.1:{host_port}\n")
+    );
+    // Ready means ready: it answers at once.
+    let reply = http_get(host_port, "/index.html").expect("the service answers at once");
+    assert!(reply.ends_with("service\n"), "{reply}");
+    let run = json(&stack, &["containers", "get", "api", "-o", "json"]);
+    assert_eq!(
+        (
+            run["service"].as_bool(),
+            run["restarts"].as_u64(),
+            run["state"].as_str()
+        ),
+        (Some(true), Some(1), Some("running")),
+        "{run}"
+    );
+    // Both starts' output is the run's, in order.
+    let logs = expect_success(&stack.run(&["containers", "logs", "api"]));
+    assert_eq!(logs, "start 1\nstart 2\n");
+    expect_success(&stack.run(&["containers", "stop", "api"]));
+    let run = json(&stack, &["containers", "get", "api", "-o", "json"]);
+    assert_eq!(
+        run["state"], "stopped",
+        "a stopped service stays stopped: {run}"
+    );
+
+    // One that never serves: started again 3 times, then bus fails with its last output.
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "--service",
+        "--name",
+        "broken",
+        "-p",
+        "8080",
+        "--",
+        "sh",
+        "-c",
+        "echo boom >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("boom").count(), 4, "{stderr}");
+    let line = stderr.lines().last().unwrap();
+    assert!(
+        line.contains("exited with code 3 before it was ready")
+            && line.contains("bus containers logs"),
+        "{line}"
+    );
+    let run = json(&stack, &["containers", "get", "broken", "-o", "json"]);
+    assert_eq!(
+        (run["restarts"].as_u64(), run["exit_code"].as_i64()),
+        (Some(3), Some(3)),
+        "{run}"
+    );
+
+    // A service needs a port, and has no timeout of its own: usage errors.
+    for args in [
+        &["--service", "--", "true"][..],
+        &["--service", "-p", "80", "--run-timeout", "5", "--", "true"][..],
+        &["--service", "-d", "-p", "80", "--", "true"][..],
+    ] {
+        let mut cmd = vec!["containers", "run"];
+        cmd.extend_from_slice(args);
+        let out = stack.run(&cmd);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+    }
+}

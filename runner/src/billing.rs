@@ -91,6 +91,14 @@ impl Billing {
 #[derive(Debug)]
 pub struct Admission {
     _guard: OwnedMutexGuard<()>,
+    run_seconds_left: Option<u64>,
+}
+
+impl Admission {
+    /// The run-seconds the plan has left in this period, when it limits them.
+    pub fn run_seconds_left(&self) -> Option<u64> {
+        self.run_seconds_left
+    }
 }
 
 /// An account's plan and billing state.
@@ -176,7 +184,13 @@ pub async fn admit(
     let (start, end) = period(&terms.plan, now);
     let used = usage(store, account, (start, end), now).await?;
     check_quota(&terms, &used, now, end)?;
-    Ok(Admission { _guard: guard })
+    Ok(Admission {
+        _guard: guard,
+        run_seconds_left: terms
+            .plan
+            .run_seconds_per_period
+            .map(|limit| limit.saturating_sub(used.run_seconds)),
+    })
 }
 
 fn check_quota(

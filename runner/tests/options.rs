@@ -403,3 +403,51 @@ async fn storage_persists_across_runs_of_one_account_only() {
         assert!(detail.contains(want), "{detail}");
     }
 }
+
+/// A service has no timeout of its own: the plan's run-seconds left in the period bound it
+/// (here 2), where a plain run gets the profile's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_runs_until_the_plan_s_run_seconds_are_used() {
+    let podman = Podman::start();
+    let mut config = Config::builtin();
+    config
+        .plans
+        .get_mut("local")
+        .unwrap()
+        .run_seconds_per_period = Some(2);
+    let (_dir, keys, app) = runner_with(&podman.url(), config);
+    let alice = keys.mint(&account("svc"), &ALL, Duration::from_secs(300));
+    let run = create(
+        &app,
+        &alice,
+        json!({"service": true, "argv": ["sh", "-c", "exec httpd -f -p 8080"],
+               "ports": [{"container_port": 8080}]}),
+    )
+    .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    let _cleanup = Cleanup {
+        podman: &podman,
+        runs: vec![id.clone()],
+        volumes: vec![],
+    };
+    assert_eq!(
+        (run["service"].as_bool(), run["profile"].as_str()),
+        (Some(true), Some("service"))
+    );
+    let (_, run) = finish(&app, &alice, &id).await;
+    assert_eq!(run["state"], "timed_out", "{run}");
+    assert!(
+        run["reason"].as_str().unwrap().contains("timeout of 2 s"),
+        "{run}"
+    );
+
+    // A service without a TCP port, or with a timeout, is refused.
+    for body in [
+        json!({"service": true, "argv": ["true"]}),
+        json!({"service": true, "argv": ["true"], "timeout_seconds": 5,
+               "ports": [{"container_port": 8080}]}),
+    ] {
+        let reply = call(&app, Method::POST, RUNS, Some(&alice), Some(body.clone())).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body}");
+    }
+}

@@ -209,7 +209,7 @@ async fn main() {
     for _ in 0..o.runs {
         let request = CreateRunRequest {
             spec: Some(spec(&script)),
-            wait_running: false,
+            ..CreateRunRequest::default()
         };
         match client.create_run(request).await {
             Ok(run) => live.push(run.into_inner().id),

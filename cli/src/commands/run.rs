@@ -38,6 +38,11 @@ pub struct Args {
     /// Start the run and print its id instead of following it.
     #[arg(short, long, conflicts_with_all = ["interactive", "tty"])]
     detach: bool,
+    /// Run a long-lived service: return once its published port (-p) accepts connections and
+    /// print its URL, or fail with its last output. It has no timeout of its own and is
+    /// started again when it fails (at most 3 times).
+    #[arg(long, requires = "publish", conflicts_with_all = ["detach", "interactive", "tty", "run_timeout", "output"])]
+    service: bool,
     /// Pass this process's stdin to the command (EOF closes the command's stdin).
     #[arg(short, long)]
     interactive: bool,
@@ -153,7 +158,11 @@ impl Args {
             role: self.role.unwrap_or_default(),
             pull: self.pull.policy() as i32,
             credentials,
+            service: self.service,
         };
+        if self.service {
+            return service(ctx, spec).await;
+        }
         if self.interactive || self.tty {
             return attached(ctx, spec).await;
         }
@@ -214,6 +223,7 @@ async fn detached(ctx: &Ctx, spec: RunSpec) -> Result<u8, CliError> {
     let request = ctx.request(CreateRunRequest {
         spec: Some(spec),
         wait_running: true,
+        wait_ready: false,
     });
     // A refusal (the image missing, say) is an error of bus' own: 125, through main.
     let run = ctx.containers().create_run(request).await?.into_inner();
@@ -246,6 +256,96 @@ async fn detached(ctx: &Ctx, spec: RunSpec) -> Result<u8, CliError> {
         ),
     }
     Ok(0)
+}
+
+/// How long `--service` waits for the port, beyond the usual call deadline.
+const SERVICE_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How much of a service's output a failed start shows.
+const SERVICE_TAIL_CHUNKS: u32 = 20;
+
+/// `--service`: starts the run and returns once every TCP port it publishes accepts
+/// connections, printing their URLs; a run that ended first (or never became ready) fails
+/// with its last output on stderr.
+async fn service(ctx: &Ctx, spec: RunSpec) -> Result<u8, CliError> {
+    let request = ctx.request_allowing(
+        CreateRunRequest {
+            spec: Some(spec),
+            wait_running: false,
+            wait_ready: true,
+        },
+        SERVICE_READY_WAIT,
+    );
+    let run = ctx.containers().create_run(request).await?.into_inner();
+    let id = &run.id;
+    let state = RunState::try_from(run.state).unwrap_or(RunState::Unspecified);
+    let urls: Vec<String> = run
+        .ports
+        .iter()
+        .filter(|p| p.protocol.is_empty() || p.protocol == "tcp")
+        .filter(|p| p.host_port > 0)
+        .map(|p| {
+            let host = match p.host_ip.as_str() {
+                "" | "0.0.0.0" => "127.0.0.1".to_owned(),
+                "::" => "[::1]".to_owned(),
+                ip if ip.contains(':') => format!("[{ip}]"),
+                ip => ip.to_owned(),
+            };
+            format!("http://{host}:{}", p.host_port)
+        })
+        .collect();
+    if state == RunState::Running && !urls.is_empty() {
+        for url in &urls {
+            println!("{url}");
+        }
+        eprintln!(
+            "bus: service {id} is ready; `bus containers logs -f {id}` follows it, `bus \
+             containers stop {id}` stops it"
+        );
+        return Ok(0);
+    }
+    print_tail(ctx, id).await;
+    let why = match state {
+        RunState::Queued | RunState::Starting | RunState::Running | RunState::Unspecified => {
+            format!(
+                "is {} but no published port accepts connections yet; it is left running \
+                 (`bus containers stop {id}` stops it)",
+                render::state_name(run.state)
+            )
+        }
+        RunState::Exited => format!(
+            "exited with code {} before it was ready",
+            run.exit_code.unwrap_or_default()
+        ),
+        RunState::Failed | RunState::Stopped | RunState::TimedOut => format!(
+            "ended {}{} before it was ready",
+            render::state_name(run.state),
+            with_reason(&run.reason)
+        ),
+    };
+    Err(CliError::ServiceNotReady {
+        id: id.clone(),
+        why,
+    })
+}
+
+/// The last lines of a run's output, on stderr (best effort: a failure to read them is not
+/// the error to report).
+async fn print_tail(ctx: &Ctx, id: &str) {
+    let request = ctx.request(StreamLogsRequest {
+        run_id: id.to_owned(),
+        tail: SERVICE_TAIL_CHUNKS,
+        ..StreamLogsRequest::default()
+    });
+    let Ok(response) = ctx.containers().stream_logs(request).await else {
+        return;
+    };
+    let mut events = response.into_inner();
+    let mut err = std::io::stderr().lock();
+    while let Some(Ok(event)) = events.next().await {
+        if let Some(bus::proto::containers::v1::log_event::Event::Output(chunk)) = event.event {
+            let _ = std::io::Write::write_all(&mut err, &chunk.data);
+        }
+    }
 }
 
 /// Tells a run's (or build's) id on stderr, dimmed, when stderr is a terminal (so `bus
@@ -318,6 +418,7 @@ async fn attached(ctx: &Ctx, spec: RunSpec) -> Result<u8, CliError> {
     let request = ctx.request(CreateRunRequest {
         spec: Some(spec),
         wait_running: false,
+        wait_ready: false,
     });
     let run = ctx.containers().create_run(request).await?.into_inner();
     let start = ExecStart {

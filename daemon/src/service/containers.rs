@@ -7,7 +7,7 @@ use bus::proto::containers::v1 as pb;
 use bus::proto::containers::v1::containers_server::Containers;
 use bus::timestamp::from_time as timestamp;
 use bus_api::images::RegistryCredentials;
-use bus_api::runs::{DEFAULT_HOST_IP, ListRunsQuery, PullPolicy, RUN_ID_PREFIX};
+use bus_api::runs::{DEFAULT_HOST_IP, ListRunsQuery, PullPolicy, RUN_ID_PREFIX, WaitFor};
 use bus_api::{
     BillingState, BillingStatus, CreateRun, Port, Protocol, Run, RunState, StorageMount,
     Stream as StdStream,
@@ -117,7 +117,7 @@ impl Containers for ContainersService {
         // The runner refuses, before anything starts, a run whose output may not be read.
         let options = CreateOptions {
             follow: true,
-            wait_running: false,
+            wait: None,
         };
         let run = upstream
             .create_run(&spec, options)
@@ -150,13 +150,21 @@ impl Containers for ContainersService {
         request: Request<pb::CreateRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         let upstream = self.state.upstream(request.metadata())?;
-        let pb::CreateRunRequest { spec, wait_running } = request.into_inner();
+        let pb::CreateRunRequest {
+            spec,
+            wait_running,
+            wait_ready,
+        } = request.into_inner();
         let spec = create_run(spec)?;
         // A run with a terminal or stdin is made to be attached to, and an attach replays its
         // output: the runner refuses it before anything starts when the output may not be read.
         let options = CreateOptions {
             follow: spec.tty || spec.stdin,
-            wait_running,
+            wait: if wait_ready {
+                Some(WaitFor::Ready)
+            } else {
+                wait_running.then_some(WaitFor::Running)
+            },
         };
         let run = upstream
             .create_run(&spec, options)
@@ -378,6 +386,7 @@ fn create_run(spec: Option<pb::RunSpec>) -> Result<CreateRun, Error> {
             username: c.username,
             password: c.password,
         }),
+        service: spec.service,
     })
 }
 
@@ -469,6 +478,8 @@ fn run_to_proto(run: Run) -> pb::Run {
         }),
         participant: run.participant.unwrap_or_default(),
         role: run.role.unwrap_or_default(),
+        service: run.options.service,
+        restarts: run.options.restarts,
     }
 }
 

@@ -16,8 +16,9 @@ pub struct CreateOptions {
     /// The caller will follow the output: the runner refuses the create, before anything
     /// starts, when the token may not read logs.
     pub follow: bool,
-    /// Answer once the run runs or has ended (within the deadline), not once it is recorded.
-    pub wait_running: bool,
+    /// Answer once the run runs (or is ready) or has ended, within the deadline, not once it
+    /// is recorded.
+    pub wait: Option<WaitFor>,
 }
 
 impl Upstream {
@@ -37,8 +38,8 @@ impl Upstream {
             follow: options.follow,
             ..CreateRunQuery::default()
         };
-        if options.wait_running {
-            query.wait = Some(WaitFor::Running);
+        if options.wait.is_some() {
+            query.wait = options.wait;
             // Answer before the caller gives up, with the run as it is by then.
             query.wait_ms = self.time_left().map(|left| {
                 let ms = (left.as_millis() * 9 / 10).clamp(1, u128::from(MAX_WAIT_MS));

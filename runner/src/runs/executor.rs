@@ -1,7 +1,8 @@
 //! Drives one run from `queued` to its end, detached from the HTTP request that created it:
 //! create and attach (so no output is lost), start, capture output into the store as it
 //! arrives, wait for the exit (or kill at the timeout, or stop on request), remove the
-//! container, record the end.
+//! container, record the end. A service whose command failed is started again, in a new
+//! container whose output continues the run's (at most `MAX_SERVICE_RESTARTS` times).
 //!
 //! Runs outlive the runner process: on shutdown (or a crash) their containers keep running,
 //! and on start [`readopt`] picks them up again from the store. The engine logged everything
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bus_api::runs::MAX_SERVICE_RESTARTS;
 use bus_api::{RunState, Stream};
 use futures::StreamExt as _;
 use time::OffsetDateTime;
@@ -43,6 +45,8 @@ const KILL_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 const READOPT_MAX_PAUSE: Duration = Duration::from_secs(30);
 /// Longest pause between pings while waiting for a lost engine to come back.
 const RECONNECT_MAX_PAUSE: Duration = Duration::from_secs(2);
+/// The pause before a failed service is started again the first time; it doubles each time.
+const RESTART_PAUSE: Duration = Duration::from_millis(500);
 /// How many times one run follows its container again after losing the engine.
 const MAX_ENGINE_RECONNECTS: u32 = 20;
 
@@ -80,7 +84,43 @@ fn log_end(entry: &Entry) {
     );
 }
 
+/// Runs the spec's container, and for a service, runs it again after it failed (at most
+/// [`MAX_SERVICE_RESTARTS`] times, pausing a little longer each time); records the end.
 async fn execute(engine: &Engine, entry: &Arc<Entry>, spec: &RunSpec, mounts_dir: &Path) {
+    let deadline = Instant::now() + entry.timeout;
+    let mut restarts = 0;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let Some(ended) = run_container(engine, entry, spec, mounts_dir, remaining).await else {
+            return;
+        };
+        let again = spec.service
+            && ended.failed()
+            && restarts < MAX_SERVICE_RESTARTS
+            && !entry.stop_requested()
+            && !entry.is_deleted();
+        if !again {
+            entry
+                .finish(ended.state, ended.exit_code, ended.reason)
+                .await;
+            return;
+        }
+        restarts += 1;
+        tracing::info!(run = %entry.id, restarts, exit_code = ended.exit_code, reason = ended.reason.as_deref().unwrap_or(""), "the service failed; starting it again");
+        entry.restarting(restarts);
+        tokio::time::sleep(RESTART_PAUSE * 2u32.pow(restarts - 1)).await;
+    }
+}
+
+/// Creates, starts and supervises the spec's container once; `None` when it never ran (the
+/// run is then recorded as ended already).
+async fn run_container(
+    engine: &Engine,
+    entry: &Arc<Entry>,
+    spec: &RunSpec,
+    mounts_dir: &Path,
+    remaining: Duration,
+) -> Option<Ended> {
     entry.set_state(RunState::Starting);
     // Held until the container has started: it keeps a subpath's staging mount alive.
     let storage = match &spec.storage {
@@ -89,7 +129,7 @@ async fn execute(engine: &Engine, entry: &Arc<Entry>, spec: &RunSpec, mounts_dir
                 Ok(prepared) => Some(prepared),
                 Err(reason) => {
                     entry.finish(RunState::Failed, None, Some(reason)).await;
-                    return;
+                    return None;
                 }
             }
         }
@@ -108,7 +148,7 @@ async fn execute(engine: &Engine, entry: &Arc<Entry>, spec: &RunSpec, mounts_dir
                     Some(create_failure(&spec.image, &e)),
                 )
                 .await;
-            return;
+            return None;
         }
     };
     let container = attached.id;
@@ -128,7 +168,7 @@ async fn execute(engine: &Engine, entry: &Arc<Entry>, spec: &RunSpec, mounts_dir
                 )
                 .await;
         }
-        return;
+        return None;
     }
     // The attach began before the start: the counts are offsets into the container's log.
     let captured = Arc::new(Captured::default());
@@ -145,7 +185,7 @@ async fn execute(engine: &Engine, entry: &Arc<Entry>, spec: &RunSpec, mounts_dir
         entry
             .finish(RunState::Stopped, None, Some(STOPPED_ON_REQUEST.to_owned()))
             .await;
-        return;
+        return None;
     }
     if let Err(e) = engine.start(&container).await {
         pump.abort();
@@ -155,7 +195,7 @@ async fn execute(engine: &Engine, entry: &Arc<Entry>, spec: &RunSpec, mounts_dir
         );
         remove(engine, &container).await;
         entry.finish(RunState::Failed, None, Some(reason)).await;
-        return;
+        return None;
     }
     drop(storage);
     tracing::debug!(run = %entry.id, create_attach_ms = ms(created), start_ms = ms(begun.elapsed() - created), "container started");
@@ -167,7 +207,7 @@ async fn execute(engine: &Engine, entry: &Arc<Entry>, spec: &RunSpec, mounts_dir
         pump: Some(pump),
         captured: Some(captured),
     };
-    supervise(engine, entry, &container, output, spec.timeout).await;
+    Some(supervise(engine, entry, &container, output, remaining).await)
 }
 
 /// Why a container that exited with `code` ended, when the OOM killer ended it: the engine
@@ -192,15 +232,34 @@ async fn oom_reason(engine: &Engine, entry: &Entry, container: &str, code: i64) 
     }
 }
 
+/// How a container's run ended, before it is recorded.
+struct Ended {
+    state: RunState,
+    exit_code: Option<i32>,
+    reason: Option<String>,
+}
+
+impl Ended {
+    /// Whether the command failed: a non-zero exit, the OOM killer, a lost container (not a
+    /// stop or a timeout; a deleted run is never started again).
+    fn failed(&self) -> bool {
+        match self.state {
+            RunState::Exited => self.exit_code != Some(0),
+            RunState::Failed => true,
+            _ => false,
+        }
+    }
+}
+
 /// Waits for the container to stop (killing it at the timeout, `remaining` from now), lets the
-/// output drain, removes the container and records the end.
+/// output drain and removes the container; says how the run ended.
 async fn supervise(
     engine: &Engine,
     entry: &Arc<Entry>,
     container: &str,
     mut output: Following,
     remaining: Duration,
-) {
+) -> Ended {
     let begun = Instant::now();
     let deadline = begun + remaining;
     let mut reconnects = 0;
@@ -275,8 +334,12 @@ async fn supervise(
     // Remove first: once a client sees the exit frame, the container is gone.
     remove(engine, container).await;
     let removed = begun.elapsed();
-    entry.finish(state, exit_code, reason).await;
-    tracing::debug!(run = %entry.id, wait_ms, drain_ms = ms(drained) - wait_ms, remove_ms = ms(removed - drained), finish_ms = ms(begun.elapsed() - removed), "container ended");
+    tracing::debug!(run = %entry.id, wait_ms, drain_ms = ms(drained) - wait_ms, remove_ms = ms(removed - drained), "container ended");
+    Ended {
+        state,
+        exit_code,
+        reason,
+    }
 }
 
 /// Milliseconds, for timing logs.
@@ -616,7 +679,10 @@ fn adopt(
                 .await
             }
         };
-        supervise(&engine, &entry, &container, output, remaining).await;
+        let ended = supervise(&engine, &entry, &container, output, remaining).await;
+        entry
+            .finish(ended.state, ended.exit_code, ended.reason)
+            .await;
         log_end(&entry);
     });
 }

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use bus_api::runs::{MAX_ARGV, MAX_PORTS, MAX_SPEC_BYTES, MAX_TIMEOUT_SECONDS, RUN_ID_PREFIX};
-use bus_api::{CreateRun, Port, StorageMount};
+use bus_api::{CreateRun, Port, Protocol, StorageMount};
 
 use crate::config::checks::{check_env, check_image, check_storage};
 use crate::config::{Config, Network};
@@ -64,6 +64,9 @@ pub struct RunSpec {
     pub participant: Option<String>,
     /// The role the run acts in, if given.
     pub role: Option<String>,
+    /// Whether the run is a service: started again when its command fails, with no timeout
+    /// of its own.
+    pub service: bool,
     /// The caller's labels.
     pub labels: BTreeMap<String, String>,
     /// When to kill the run.
@@ -219,6 +222,19 @@ impl RunSpec {
             check_role(role).map_err(invalid)?;
         }
 
+        if req.service {
+            if !req.ports.iter().any(|p| p.protocol == Protocol::Tcp) {
+                return Err(invalid(
+                    "a service must publish a TCP port (ports), which tells when it is ready",
+                ));
+            }
+            if req.timeout_seconds.is_some() {
+                return Err(invalid(
+                    "a service has no timeout of its own (the plan's run-seconds bound it); \
+                     leave timeout_seconds out",
+                ));
+            }
+        }
         let timeout = match req.timeout_seconds {
             Some(0) => return Err(invalid("timeout_seconds must be at least 1")),
             Some(t) if t > MAX_TIMEOUT_SECONDS => {
@@ -269,6 +285,7 @@ impl RunSpec {
             name: req.name,
             participant: req.participant,
             role: req.role,
+            service: req.service,
             labels: req.labels,
             timeout,
             network: profile.network,

@@ -151,6 +151,22 @@ impl Entry {
         true
     }
 
+    /// A failed service is being started again (the `restarts`th time): back to `starting`,
+    /// its new container's output still to come. No-op once the run is ending.
+    pub fn restarting(&self, restarts: u32) {
+        {
+            let mut data = self.data();
+            if data.ending || data.record.state.is_terminal() {
+                return;
+            }
+            data.record.state = RunState::Starting;
+            data.record.options.restarts = restarts;
+            data.output_ended = false;
+            self.save(&data);
+        }
+        self.notify();
+    }
+
     /// Records the ports as the engine published them (with the host ports it picked); no-op
     /// once the run is ending.
     pub fn set_ports(&self, ports: Vec<bus_api::Port>) {

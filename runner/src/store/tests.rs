@@ -365,6 +365,8 @@ async fn run_options_survive_a_reopen_and_a_version_1_database_opens() {
             subpath: Some("a/b".into()),
         }),
         memory_mb: Some(64),
+        service: true,
+        restarts: 2,
     };
     {
         let s = Store::open(&dir.0).unwrap();
@@ -387,6 +389,7 @@ async fn run_options_survive_a_reopen_and_a_version_1_database_opens() {
         (run.options.tty, &run.options.storage, run.options.memory_mb),
         (true, &options.storage, Some(64))
     );
+    assert_eq!((run.options.service, run.options.restarts), (true, 2));
     assert_eq!(
         (
             run.name.as_deref(),

@@ -31,25 +31,29 @@ pub const BODY_LIMIT: usize = 256 * 1024;
 pub const DEFAULT_START_WAIT: Duration = Duration::from_secs(60);
 /// How long a started command must stay up before `wait=running` answers it running.
 pub const START_SETTLE: Duration = Duration::from_millis(50);
+/// How often `wait=ready` tries the published ports.
+const READY_POLL: Duration = Duration::from_millis(100);
+/// A service's timeout when the plan does not limit run-seconds: a year.
+pub const SERVICE_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// How long an answer waits for the end of a run whose container already stopped.
 const ENDING_WAIT: Duration = Duration::from_secs(10);
 
 /// The create query's wait, checked.
 pub trait StartWait {
-    /// How long to wait for the run to start; `None` without `wait`.
-    fn start_wait(&self) -> Result<Option<Duration>, ApiError>;
+    /// What to wait for and how long at most; `None` without `wait`.
+    fn start_wait(&self) -> Result<Option<(WaitFor, Duration)>, ApiError>;
 }
 
 impl StartWait for CreateRunQuery {
-    fn start_wait(&self) -> Result<Option<Duration>, ApiError> {
+    fn start_wait(&self) -> Result<Option<(WaitFor, Duration)>, ApiError> {
         match (self.wait, self.wait_ms) {
             (None, None) => Ok(None),
             (None, Some(_)) => Err(ApiError::InvalidRequest(
-                "wait_ms needs wait=running".to_owned(),
+                "wait_ms needs wait=running or wait=ready".to_owned(),
             )),
-            (Some(WaitFor::Running), None) => Ok(Some(DEFAULT_START_WAIT)),
-            (Some(WaitFor::Running), Some(ms)) if (1..=MAX_WAIT_MS).contains(&ms) => {
-                Ok(Some(Duration::from_millis(ms)))
+            (Some(what), None) => Ok(Some((what, DEFAULT_START_WAIT))),
+            (Some(what), Some(ms)) if (1..=MAX_WAIT_MS).contains(&ms) => {
+                Ok(Some((what, Duration::from_millis(ms))))
             }
             (Some(_), Some(ms)) => Err(ApiError::InvalidRequest(format!(
                 "wait_ms must be from 1 to {MAX_WAIT_MS}, not {ms}"
@@ -143,7 +147,7 @@ pub async fn create(
         .prepare_run(&caller.claims, &spec.image, pull, credentials)
         .await?;
     // Grant, billing and quota, before any engine call; held until the run is recorded.
-    let _admission = crate::billing::admit(
+    let admission = crate::billing::admit(
         state.billing(),
         state.config(),
         state.store(),
@@ -179,11 +183,22 @@ pub async fn create(
             stdin: spec.stdin,
             storage: spec.storage.clone(),
             memory_mb: spec.memory_mb,
+            service: spec.service,
+            restarts: 0,
         },
+    };
+    // A service runs until stopped, or until the plan's run-seconds are used up.
+    let timeout = if spec.service {
+        admission
+            .run_seconds_left()
+            .map_or(SERVICE_TIMEOUT, Duration::from_secs)
+            .min(SERVICE_TIMEOUT)
+    } else {
+        spec.timeout
     };
     let new = NewRun {
         record,
-        timeout: spec.timeout,
+        timeout,
         idempotency,
     };
     let entry = match state.store().insert(caller.account(), new).await? {
@@ -196,8 +211,9 @@ pub async fn create(
     tracing::info!(run = %run.id, owner = caller.account(), image = %run.image, "run accepted");
     let mounts_dir = crate::runs::storage::mounts_dir(state.store());
     executor::spawn(state.engine().clone(), entry.clone(), spec, mounts_dir);
+    drop(admission);
     let run = match start_wait {
-        Some(limit) => answer_started(&entry, limit).await,
+        Some(wait) => answer_waited(&entry, wait).await,
         None => run,
     };
     let location = format!("/api/v1/containers/runs/{}", run.id);
@@ -215,12 +231,12 @@ async fn replayed(
     state: &AppState,
     owner: &str,
     replay: Replay,
-    start_wait: Option<Duration>,
+    start_wait: Option<(WaitFor, Duration)>,
 ) -> Response {
     let entry = state.store().get(owner, &replay.run_id);
     match (start_wait, entry) {
-        (Some(limit), Some(entry)) => {
-            let run = answer_started(&entry, limit).await;
+        (Some(wait), Some(entry)) => {
+            let run = answer_waited(&entry, wait).await;
             let mut response = idempotency::replay(replay);
             *response.body_mut() =
                 axum::body::Body::from(serde_json::to_vec(&run).expect("a run always serializes"));
@@ -228,6 +244,55 @@ async fn replayed(
         }
         _ => idempotency::replay(replay),
     }
+}
+
+/// The run as `wait` asks for it: running ([`answer_started`]) or ready ([`answer_ready`]).
+async fn answer_waited(entry: &Entry, (what, limit): (WaitFor, Duration)) -> Run {
+    match what {
+        WaitFor::Running => answer_started(entry, limit).await,
+        WaitFor::Ready => answer_ready(entry, limit).await,
+    }
+}
+
+/// The run once every TCP port it publishes accepts a connection on the host, or once it
+/// has ended, or as it is when `limit` passed first.
+pub async fn answer_ready(entry: &Entry, limit: Duration) -> Run {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let run = entry.snapshot();
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if run.state.is_terminal() || left.is_zero() {
+            return run;
+        }
+        if run.state == RunState::Running && ports_accept(&run.options.ports).await {
+            return run;
+        }
+        let mut changed = entry.subscribe();
+        let _ = tokio::time::timeout(READY_POLL.min(left), changed.changed()).await;
+    }
+}
+
+/// Whether every published TCP port (whose host port is known) accepts a connection.
+async fn ports_accept(ports: &[bus_api::Port]) -> bool {
+    for port in ports
+        .iter()
+        .filter(|p| p.protocol == bus_api::Protocol::Tcp)
+    {
+        let Some(host_port) = port.host_port else {
+            return false;
+        };
+        // A wildcard bind is reached through loopback.
+        let ip = match port.host_ip.parse::<std::net::IpAddr>() {
+            Ok(ip) if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
+            Ok(ip) => ip,
+            Err(_) => return false,
+        };
+        let connect = tokio::net::TcpStream::connect((ip, host_port));
+        if !matches!(tokio::time::timeout(READY_POLL, connect).await, Ok(Ok(_))) {
+            return false;
+        }
+    }
+    true
 }
 
 /// The run once it runs or has ended, or as it is when `limit` passed first. A run counts as
@@ -430,13 +495,11 @@ mod tests {
         assert_eq!(query(None, None).start_wait().unwrap(), None);
         assert_eq!(
             query(Some(WaitFor::Running), None).start_wait().unwrap(),
-            Some(DEFAULT_START_WAIT)
+            Some((WaitFor::Running, DEFAULT_START_WAIT))
         );
         assert_eq!(
-            query(Some(WaitFor::Running), Some(250))
-                .start_wait()
-                .unwrap(),
-            Some(Duration::from_millis(250))
+            query(Some(WaitFor::Ready), Some(250)).start_wait().unwrap(),
+            Some((WaitFor::Ready, Duration::from_millis(250)))
         );
         for bad in [
             query(None, Some(10)),

@@ -341,7 +341,14 @@ export interface RunSpec {
    * For a private registry when the image is pulled: used for that pull only, never stored
    * or logged.
    */
-  credentials?: RegistryLogin | undefined;
+  credentials?:
+    | RegistryLogin
+    | undefined;
+  /**
+   * A long-running service: it publishes a TCP port, has no timeout of its own (the plan's
+   * run-seconds bound it), and is started again when its command fails (at most 3 times).
+   */
+  service: boolean;
 }
 
 export interface RunSpec_EnvEntry {
@@ -399,6 +406,11 @@ export interface CreateRunRequest {
    * runner's own limit, 60 s): after it, the run as it is then.
    */
   waitRunning: boolean;
+  /**
+   * Answer once every TCP port the run publishes accepts connections on the runner's host,
+   * or once it has ended; bounded as `wait_running` is. For services.
+   */
+  waitReady: boolean;
 }
 
 export interface GetRunRequest {
@@ -461,6 +473,10 @@ export interface Run {
   participant: string;
   /** The role the run acts in, if given. */
   role: string;
+  /** Whether the run is a service. */
+  service: boolean;
+  /** How many times the service was started again after its command failed. */
+  restarts: number;
 }
 
 export interface Run_LabelsEntry {
@@ -783,6 +799,7 @@ function createBaseRunSpec(): RunSpec {
     role: "",
     pull: 0,
     credentials: undefined,
+    service: false,
   };
 }
 
@@ -835,6 +852,9 @@ export const RunSpec: MessageFns<RunSpec> = {
     }
     if (message.credentials !== undefined) {
       RegistryLogin.encode(message.credentials, writer.uint32(130).fork()).join();
+    }
+    if (message.service !== false) {
+      writer.uint32(136).bool(message.service);
     }
     return writer;
   },
@@ -986,6 +1006,14 @@ export const RunSpec: MessageFns<RunSpec> = {
             message.credentials = RegistryLogin.decode(reader, reader.uint32());
             continue;
           }
+          case 17: {
+            if (tag !== 136) {
+              break;
+            }
+
+            message.service = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1048,6 +1076,7 @@ export const RunSpec: MessageFns<RunSpec> = {
       role: isSet(object.role) ? globalThis.String(object.role) : "",
       pull: isSet(object.pull) ? pullPolicyFromJSON(object.pull) : 0,
       credentials: isSet(object.credentials) ? RegistryLogin.fromJSON(object.credentials) : undefined,
+      service: isSet(object.service) ? globalThis.Boolean(object.service) : false,
     };
   },
 
@@ -1113,6 +1142,9 @@ export const RunSpec: MessageFns<RunSpec> = {
     if (message.credentials !== undefined) {
       obj.credentials = RegistryLogin.toJSON(message.credentials);
     }
+    if (message.service !== false) {
+      obj.service = message.service;
+    }
     return obj;
   },
 
@@ -1157,6 +1189,7 @@ export const RunSpec: MessageFns<RunSpec> = {
     message.credentials = (object.credentials !== undefined && object.credentials !== null)
       ? RegistryLogin.fromPartial(object.credentials)
       : undefined;
+    message.service = object.service ?? false;
     return message;
   },
 };
@@ -1702,7 +1735,7 @@ export const RunRequest: MessageFns<RunRequest> = {
 };
 
 function createBaseCreateRunRequest(): CreateRunRequest {
-  return { spec: undefined, waitRunning: false };
+  return { spec: undefined, waitRunning: false, waitReady: false };
 }
 
 export const CreateRunRequest: MessageFns<CreateRunRequest> = {
@@ -1712,6 +1745,9 @@ export const CreateRunRequest: MessageFns<CreateRunRequest> = {
     }
     if (message.waitRunning !== false) {
       writer.uint32(16).bool(message.waitRunning);
+    }
+    if (message.waitReady !== false) {
+      writer.uint32(24).bool(message.waitReady);
     }
     return writer;
   },
@@ -1745,6 +1781,14 @@ export const CreateRunRequest: MessageFns<CreateRunRequest> = {
             message.waitRunning = reader.bool();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.waitReady = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1765,6 +1809,11 @@ export const CreateRunRequest: MessageFns<CreateRunRequest> = {
         : isSet(object.wait_running)
         ? globalThis.Boolean(object.wait_running)
         : false,
+      waitReady: isSet(object.waitReady)
+        ? globalThis.Boolean(object.waitReady)
+        : isSet(object.wait_ready)
+        ? globalThis.Boolean(object.wait_ready)
+        : false,
     };
   },
 
@@ -1776,6 +1825,9 @@ export const CreateRunRequest: MessageFns<CreateRunRequest> = {
     if (message.waitRunning !== false) {
       obj.waitRunning = message.waitRunning;
     }
+    if (message.waitReady !== false) {
+      obj.waitReady = message.waitReady;
+    }
     return obj;
   },
 
@@ -1786,6 +1838,7 @@ export const CreateRunRequest: MessageFns<CreateRunRequest> = {
     const message = createBaseCreateRunRequest();
     message.spec = (object.spec !== undefined && object.spec !== null) ? RunSpec.fromPartial(object.spec) : undefined;
     message.waitRunning = object.waitRunning ?? false;
+    message.waitReady = object.waitReady ?? false;
     return message;
   },
 };
@@ -2266,6 +2319,8 @@ function createBaseRun(): Run {
     storage: undefined,
     participant: "",
     role: "",
+    service: false,
+    restarts: 0,
   };
 }
 
@@ -2318,6 +2373,12 @@ export const Run: MessageFns<Run> = {
     }
     if (message.role !== "") {
       writer.uint32(130).string(message.role);
+    }
+    if (message.service !== false) {
+      writer.uint32(136).bool(message.service);
+    }
+    if (message.restarts !== 0) {
+      writer.uint32(144).uint32(message.restarts);
     }
     return writer;
   },
@@ -2466,6 +2527,22 @@ export const Run: MessageFns<Run> = {
             message.role = reader.string();
             continue;
           }
+          case 17: {
+            if (tag !== 136) {
+              break;
+            }
+
+            message.service = reader.bool();
+            continue;
+          }
+          case 18: {
+            if (tag !== 144) {
+              break;
+            }
+
+            message.restarts = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2527,6 +2604,8 @@ export const Run: MessageFns<Run> = {
       storage: isSet(object.storage) ? StorageMount.fromJSON(object.storage) : undefined,
       participant: isSet(object.participant) ? globalThis.String(object.participant) : "",
       role: isSet(object.role) ? globalThis.String(object.role) : "",
+      service: isSet(object.service) ? globalThis.Boolean(object.service) : false,
+      restarts: isSet(object.restarts) ? globalThis.Number(object.restarts) : 0,
     };
   },
 
@@ -2586,6 +2665,12 @@ export const Run: MessageFns<Run> = {
     if (message.role !== "") {
       obj.role = message.role;
     }
+    if (message.service !== false) {
+      obj.service = message.service;
+    }
+    if (message.restarts !== 0) {
+      obj.restarts = Math.round(message.restarts);
+    }
     return obj;
   },
 
@@ -2620,6 +2705,8 @@ export const Run: MessageFns<Run> = {
       : undefined;
     message.participant = object.participant ?? "";
     message.role = object.role ?? "";
+    message.service = object.service ?? false;
+    message.restarts = object.restarts ?? 0;
     return message;
   },
 };

@@ -271,6 +271,7 @@ class RunSpec(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     PULL_FIELD_NUMBER: _builtins.int
     CREDENTIALS_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
     profile: _builtins.str
     image: _builtins.str
     workdir: _builtins.str
@@ -287,6 +288,10 @@ class RunSpec(_message.Message):
     """The role the run acts in, e.g. `agent` (1 to 64 of `a-z0-9_.-`)."""
     pull: Global___PullPolicy.ValueType
     """Whether the image is pulled first; UNSPECIFIED means MISSING."""
+    service: _builtins.bool
+    """A long-running service: it publishes a TCP port, has no timeout of its own (the plan's
+    run-seconds bound it), and is started again when its command fails (at most 3 times).
+    """
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The command; empty means the image's default."""
@@ -330,10 +335,11 @@ class RunSpec(_message.Message):
         role: _builtins.str = ...,
         pull: Global___PullPolicy.ValueType = ...,
         credentials: Global___RegistryLogin | None = ...,
+        service: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials", "storage", b"storage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "credentials", b"credentials", "env", b"env", "image", b"image", "labels", b"labels", "name", b"name", "participant", b"participant", "ports", b"ports", "profile", b"profile", "pull", b"pull", "role", b"role", "stdin", b"stdin", "storage", b"storage", "timeout_seconds", b"timeout_seconds", "tty", b"tty", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "credentials", b"credentials", "env", b"env", "image", b"image", "labels", b"labels", "name", b"name", "participant", b"participant", "ports", b"ports", "profile", b"profile", "pull", b"pull", "role", b"role", "service", b"service", "stdin", b"stdin", "storage", b"storage", "timeout_seconds", b"timeout_seconds", "tty", b"tty", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -452,11 +458,16 @@ class CreateRunRequest(_message.Message):
 
     SPEC_FIELD_NUMBER: _builtins.int
     WAIT_RUNNING_FIELD_NUMBER: _builtins.int
+    WAIT_READY_FIELD_NUMBER: _builtins.int
     wait_running: _builtins.bool
     """Answer once the run is running (an `Exec` into it then works at once) or has ended (a
     command that exits at once comes back ended: `exit_code`, or `reason` when it failed to
     start), instead of as soon as it is accepted. Bounded by the call's deadline (else the
     runner's own limit, 60 s): after it, the run as it is then.
+    """
+    wait_ready: _builtins.bool
+    """Answer once every TCP port the run publishes accepts connections on the runner's host,
+    or once it has ended; bounded as `wait_running` is. For services.
     """
     @_builtins.property
     def spec(self) -> Global___RunSpec: ...
@@ -465,10 +476,11 @@ class CreateRunRequest(_message.Message):
         *,
         spec: Global___RunSpec | None = ...,
         wait_running: _builtins.bool = ...,
+        wait_ready: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec", "wait_running", b"wait_running"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec", "wait_ready", b"wait_ready", "wait_running", b"wait_running"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -635,6 +647,8 @@ class Run(_message.Message):
     STORAGE_FIELD_NUMBER: _builtins.int
     PARTICIPANT_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    RESTARTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___RunState.ValueType
     exit_code: _builtins.int
@@ -648,6 +662,10 @@ class Run(_message.Message):
     """Who the run is for, if given."""
     role: _builtins.str
     """The role the run acts in, if given."""
+    service: _builtins.bool
+    """Whether the run is a service."""
+    restarts: _builtins.int
+    """How many times the service was started again after its command failed."""
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -685,10 +703,12 @@ class Run(_message.Message):
         storage: Global___StorageMount | None = ...,
         participant: _builtins.str = ...,
         role: _builtins.str = ...,
+        service: _builtins.bool = ...,
+        restarts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "created_at", b"created_at", "exit_code", b"exit_code", "finished_at", b"finished_at", "started_at", b"started_at", "storage", b"storage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "argv", b"argv", "created_at", b"created_at", "exit_code", b"exit_code", "finished_at", b"finished_at", "id", b"id", "image", b"image", "labels", b"labels", "name", b"name", "participant", b"participant", "ports", b"ports", "profile", b"profile", "reason", b"reason", "role", b"role", "started_at", b"started_at", "state", b"state", "storage", b"storage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "argv", b"argv", "created_at", b"created_at", "exit_code", b"exit_code", "finished_at", b"finished_at", "id", b"id", "image", b"image", "labels", b"labels", "name", b"name", "participant", b"participant", "ports", b"ports", "profile", b"profile", "reason", b"reason", "restarts", b"restarts", "role", b"role", "service", b"service", "started_at", b"started_at", "state", b"state", "storage", b"storage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
