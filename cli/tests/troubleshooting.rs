@@ -279,6 +279,43 @@ fn produce() -> Vec<(&'static str, String)> {
         &[],
     );
     bus(
+        "a registry image not pulled, with --pull never",
+        &[
+            "containers",
+            "run",
+            "--pull",
+            "never",
+            "--image",
+            "127.0.0.1:1/team/app:1",
+            "--",
+            "true",
+        ],
+        &[],
+    );
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    let web = stdout(&out).trim().to_owned();
+    assert!(web.starts_with("run_"), "{out:?}");
+    bus(
+        "a run name in use",
+        &["containers", "run", "-d", "--name", "web", "--", "true"],
+        &[],
+    );
+    let _ = stack.run(&["containers", "stop", "--force", &web]);
+    for _ in 0..2 {
+        let out = stack.run(&["containers", "run", "--name", "job", "--", "true"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    bus("an ambiguous run name", &["containers", "logs", "job"], &[]);
+    bus(
         "no such profile",
         &["containers", "run", "--profile", "nope", "--", "true"],
         &[],
