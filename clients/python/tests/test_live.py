@@ -198,3 +198,34 @@ def test_connect_refuses_a_busd_older_than_the_client(stack: Stack, tmp_path):
     # The current busd passes.
     with bus_client.connect(stack.socket) as channel:
         assert channel is not None
+
+
+def test_named_runs_with_ports_and_identity_through_the_stubs(channel):
+    stub = bus_client.ContainersStub(channel)
+    spec = pb.RunSpec(
+        argv=["sh", "-c", "exec httpd -f -p 8080"],
+        name="py-web",
+        participant="ann",
+        role="agent",
+        ports=[pb.PortMapping(container_port=8080)],
+    )
+    run = stub.CreateRun(pb.CreateRunRequest(spec=spec, wait_ready=True), timeout=90)
+    try:
+        assert run.state == pb.RUN_STATE_RUNNING
+        assert run.profile == "service"
+        assert run.ports[0].container_port == 8080 and run.ports[0].host_port > 0
+        assert run.ports[0].host_ip == "127.0.0.1"
+        # The name stands for the run wherever an id does.
+        got = stub.GetRun(pb.GetRunRequest(run_id="py-web"), timeout=30)
+        assert (got.id, got.participant, got.role) == (run.id, "ann", "agent")
+        listed = stub.ListRuns(
+            pb.ListRunsRequest(states=[pb.RUN_STATE_RUNNING], participant="ann"), timeout=30
+        )
+        assert [r.id for r in listed.runs] == [run.id]
+        # A second live run cannot take the name.
+        with pytest.raises(grpc.RpcError) as err:
+            stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(argv=["true"], name="py-web")), timeout=30)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert run.id in err.value.details()
+    finally:
+        stub.StopRun(pb.StopRunRequest(run_id=run.id, force=True), timeout=30)

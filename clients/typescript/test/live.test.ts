@@ -13,10 +13,12 @@ import {
   CreateRunRequest,
   defaultSocketPath,
   GetRunRequest,
+  ListRunsRequest,
   Metadata,
   RunRequest,
   RunState,
   StaleDaemonError,
+  StopRunRequest,
   StreamLogsRequest,
   unary,
   type Bus,
@@ -219,4 +221,44 @@ test("connect() rejects a busd older than the client", async () => {
   }
   // The current busd passes.
   (await connect({ socketPath: stack.socket })).close();
+});
+
+test("a named run with a published port and an identity, through the stubs", async () => {
+  const request = CreateRunRequest.fromPartial({
+    spec: {
+      argv: ["sh", "-c", "exec httpd -f -p 8080"],
+      name: "ts-web",
+      participant: "ann",
+      role: "agent",
+      ports: [{ containerPort: 8080 }],
+    },
+    waitReady: true,
+  });
+  const run = await unary(bus.containers, bus.containers.createRun, request);
+  try {
+    assert.equal(run.state, RunState.RUN_STATE_RUNNING);
+    assert.equal(run.profile, "service");
+    assert.ok(run.ports[0].hostPort > 0);
+    const got = await unary(
+      bus.containers,
+      bus.containers.getRun,
+      GetRunRequest.fromPartial({ runId: "ts-web" }),
+    );
+    assert.deepEqual([got.id, got.participant, got.role], [run.id, "ann", "agent"]);
+    const listed = await unary(
+      bus.containers,
+      bus.containers.listRuns,
+      ListRunsRequest.fromPartial({ states: [RunState.RUN_STATE_RUNNING], role: "agent" }),
+    );
+    assert.deepEqual(
+      listed.runs.map((r) => r.id),
+      [run.id],
+    );
+  } finally {
+    await unary(
+      bus.containers,
+      bus.containers.stopRun,
+      StopRunRequest.fromPartial({ runId: run.id, force: true }),
+    );
+  }
 });
