@@ -211,21 +211,22 @@ async fn ports_are_published_on_loopback_only_where_the_profile_allows_a_network
     let (_dir, keys, app) = runner_with(&podman.url(), config);
     let alice = keys.mint("alice", &ALL, Duration::from_secs(300));
 
-    // Under network "none" ports are refused, naming the profile that allows them.
+    // Under network "none" ports are refused, naming the profiles that allow them.
     let serve = "mkdir -p /w && echo hello > /w/index.html && exec httpd -f -p 8080 -h /w";
     let reply = call(
         &app,
         Method::POST,
         RUNS,
         Some(&alice),
-        Some(json!({"argv": ["sh", "-c", serve], "ports": [{"container_port": 8080}]})),
+        Some(json!({"profile": "codex", "argv": ["sh", "-c", serve],
+                    "ports": [{"container_port": 8080}]})),
     )
     .await;
     let (code, detail) = problem(&reply);
     assert_eq!(code, "invalid_request");
     assert!(
         detail.contains("the profile \"codex\" has network \"none\"")
-            && detail.contains("allows them: web"),
+            && detail.contains("web"),
         "{detail}"
     );
 

@@ -470,7 +470,8 @@ async fn follow<M>(
 #[command(after_help = "Examples:\n  \
     bus images load app.tar\n  \
     bus containers run --profile agent -i -- sh -c 'cat > /data/app.tar' < app.tar\n  \
-    bus images load --from-storage app.tar")]
+    bus images load --from-storage app.tar\n\n\
+    Guide: docs/images.md in the bus repository")]
 pub struct LoadArgs {
     /// A docker-archive or OCI archive (tar), e.g. from `bus images save`.
     #[arg(value_name = "FILE", required_unless_present = "from_storage")]

@@ -21,6 +21,7 @@ use crate::http::openapi::{
 };
 use crate::http::problem::{ApiError, ApiJson, ApiQuery};
 use crate::http::routes::idempotency;
+use crate::images::Images;
 use crate::runs::executor;
 use crate::runs::spec::RunSpec;
 use crate::store::{Entry, Inserted, NewRun, Replay, RunFilter, new_run_id};
@@ -141,10 +142,11 @@ pub async fn create(
     }
     let pull = request.pull.unwrap_or_default();
     let spec = RunSpec::parse(request, state.config())?;
-    // The image first (a pull can take a while; nothing is held meanwhile).
+    // A pull first, when the run asks for one (it can take a while; nothing is held
+    // meanwhile). The pull checks the token's image grant itself.
     state
         .images()
-        .prepare_run(&caller.claims, &spec.image, pull, credentials)
+        .pull_for_run(&caller.claims, &spec.image, pull, credentials)
         .await?;
     // Grant, billing and quota, before any engine call; held until the run is recorded.
     let admission = crate::billing::admit(
@@ -155,12 +157,12 @@ pub async fn create(
         &spec.image,
     )
     .await?;
-    // Only an image the account may see: public, or one it pulled, loaded, built or tagged
-    // (checked again: it may have been removed during the admission).
+    // Only an image the account may see: public, or one it pulled, loaded, built or tagged.
     state
         .images()
         .check_run(caller.account(), &spec.image)
-        .await?;
+        .await
+        .map_err(|e| Images::not_pulled(&spec.image, pull, e))?;
     let record = Run {
         id: new_run_id(),
         state: RunState::Queued,
