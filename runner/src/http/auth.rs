@@ -126,6 +126,22 @@ pub fn authorize(
     Ok(claims)
 }
 
+/// Refuses a run token (one with a `run` claim) once its run has ended or is gone.
+pub fn check_run_live(state: &AppState, claims: &Claims) -> Result<(), ApiError> {
+    let Some(run) = &claims.run else {
+        return Ok(());
+    };
+    let live = state
+        .store()
+        .get(&claims.sub, run)
+        .is_some_and(|entry| !entry.snapshot().state.is_terminal());
+    if live {
+        Ok(())
+    } else {
+        Err(ApiError::RunTokenEnded { run: run.clone() })
+    }
+}
+
 impl<S: Needs> FromRequestParts<AppState> for Caller<S> {
     type Rejection = ApiError;
 
@@ -135,6 +151,7 @@ impl<S: Needs> FromRequestParts<AppState> for Caller<S> {
             .get(header::AUTHORIZATION)
             .map(|v| v.as_bytes());
         let claims = authorize(state.keys(), header, S::SCOPE)?;
+        check_run_live(state, &claims)?;
         let on_logs = parts
             .extensions
             .get::<MatchedPath>()

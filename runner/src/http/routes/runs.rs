@@ -21,8 +21,8 @@ use crate::http::openapi::{
 };
 use crate::http::problem::{ApiError, ApiJson, ApiQuery};
 use crate::http::routes::idempotency;
-use crate::runs::executor;
 use crate::runs::spec::RunSpec;
+use crate::runs::{agent, executor};
 use crate::store::{Entry, Inserted, NewRun, Replay, RunFilter, new_run_id};
 
 /// Largest request body `POST /runs` accepts.
@@ -136,7 +136,13 @@ pub async fn create(
         }
     }
     let pull = request.pull.unwrap_or_default();
-    let spec = RunSpec::parse(request, state.config())?;
+    let mut spec = RunSpec::parse(request, state.config())?;
+    agent::check(
+        state.config(),
+        state.container_origin(),
+        &caller.claims,
+        &spec,
+    )?;
     // The image first (a pull can take a while; nothing is held meanwhile).
     state
         .images()
@@ -194,6 +200,15 @@ pub async fn create(
     };
     let run = entry.snapshot();
     tracing::info!(run = %run.id, owner = caller.account(), image = %run.image, "run accepted");
+    let origin = state.container_origin();
+    agent::equip(
+        state.keys(),
+        state.config(),
+        origin,
+        &caller.claims,
+        &run.id,
+        &mut spec,
+    );
     let mounts_dir = crate::runs::storage::mounts_dir(state.store());
     executor::spawn(state.engine().clone(), entry.clone(), spec, mounts_dir);
     let run = match start_wait {
