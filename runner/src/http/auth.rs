@@ -98,6 +98,19 @@ pub fn authorize(
     authorization: Option<&[u8]>,
     need: Scope,
 ) -> Result<Claims, ApiError> {
+    let claims = authorize_token(keys, authorization)?;
+    if !claims.has(need) {
+        let held = claims.scopes().map(str::to_owned).collect();
+        return Err(ApiError::ScopeMissing {
+            missing: need,
+            held,
+        });
+    }
+    Ok(claims)
+}
+
+/// Verifies a request's `Authorization: Bearer` header, whatever its scopes.
+pub fn authorize_token(keys: &Keys, authorization: Option<&[u8]>) -> Result<Claims, ApiError> {
     let value = authorization.ok_or(ApiError::TokenMissing)?;
     let value = std::str::from_utf8(value)
         .map_err(|_| ApiError::TokenInvalid("the Authorization header is not text".to_owned()))?
@@ -115,15 +128,7 @@ pub fn authorize(
     if token.is_empty() {
         return Err(ApiError::TokenMissing);
     }
-    let claims = keys.verify(token).map_err(ApiError::from)?;
-    if !claims.has(need) {
-        let held = claims.scopes().map(str::to_owned).collect();
-        return Err(ApiError::ScopeMissing {
-            missing: need,
-            held,
-        });
-    }
-    Ok(claims)
+    keys.verify(token).map_err(ApiError::from)
 }
 
 /// Refuses a run token (one with a `run` claim) once its run has ended or is gone.
