@@ -1,5 +1,6 @@
 //! What a profile with `token_scopes` gives its runs: `BUS_AI_API_URL` (the runner as seen
-//! from the container), `BUS_AI_TOKEN` (a token minted for the run only) and, per proxy the
+//! from the container), `BUS_AI_TOKEN` (a token minted for the run only), `BUS_RUN_ID` and,
+//! per proxy the
 //! profile lists, `NAME_BASE_URL` (the runner's proxy route) with the run token as its key.
 //!
 //! The run token carries the account (`sub`), the profile's scopes that the creating token
@@ -22,6 +23,8 @@ pub const AGENT_ROLE: &str = "agent";
 pub const API_URL_ENV: &str = "BUS_AI_API_URL";
 /// The env variable with the run token.
 pub const TOKEN_ENV: &str = "BUS_AI_TOKEN";
+/// The env variable with the run's own id.
+pub const RUN_ID_ENV: &str = "BUS_RUN_ID";
 /// Time a run token lives beyond the run's timeout, for the time a run waits to start.
 pub const QUEUE_ALLOWANCE: Duration = Duration::from_secs(120);
 /// The route prefix of the egress proxies.
@@ -117,6 +120,7 @@ pub fn equip(
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let token = keys.sign(&run_claims(creator, &scopes, run_id, spec, now));
     spec.env.insert(API_URL_ENV.to_owned(), origin.to_owned());
+    spec.env.insert(RUN_ID_ENV.to_owned(), run_id.to_owned());
     for name in &profile.proxies {
         if let Some(proxy) = config.proxies.get(name) {
             spec.env.insert(
@@ -175,6 +179,7 @@ mod tests {
             &mut spec,
         );
         assert_eq!(spec.env[API_URL_ENV], "http://10.0.2.2:8650");
+        assert_eq!(spec.env[RUN_ID_ENV], "run-1");
         let claims = k.verify(&spec.env[TOKEN_ENV]).unwrap();
         assert_eq!(claims.sub, "acct");
         assert_eq!(claims.scope, "container:read");
