@@ -150,7 +150,7 @@ mod tests {
     use super::*;
     use crate::auth::tests::keys;
 
-    fn spec(profile: &str, role: Option<&str>) -> RunSpec {
+    fn spec_of(profile: &str, role: Option<&str>) -> RunSpec {
         let request: bus_api::runs::CreateRun = serde_json::from_value(serde_json::json!({
             "profile": profile,
             "argv": ["true"],
@@ -168,7 +168,7 @@ mod tests {
         let creator = k
             .verify(&k.mint("acct", &[Scope::Read, Scope::Run], Duration::from_secs(600)))
             .unwrap();
-        let mut spec = spec("agent", None);
+        let mut spec = spec_of("agent", None);
         spec.participant = Some("p1".into());
         equip(
             &k,
@@ -197,7 +197,7 @@ mod tests {
             &writer,
             &[Scope::Read, Scope::Run],
             "run-2",
-            &spec("agent", Some("reviewer")),
+            &spec_of("agent", Some("reviewer")),
             now,
         );
         assert_eq!(
@@ -212,7 +212,7 @@ mod tests {
         let creator = k
             .verify(&k.mint("acct", &[Scope::Read], Duration::from_secs(60)))
             .unwrap();
-        let mut plain = spec("codex", None);
+        let mut plain = spec_of("codex", None);
         equip(
             &k,
             &Config::builtin(),
@@ -226,10 +226,10 @@ mod tests {
         let mut run_token = creator.clone();
         run_token.run = Some("r".into());
         let origin = Some("http://o");
-        let err = check(&Config::builtin(), origin, &run_token, &spec("agent", None)).unwrap_err();
+        let err = check(&Config::builtin(), origin, &run_token, &spec_of("agent", None)).unwrap_err();
         assert!(err.to_string().contains("cannot mint another"), "{err}");
         assert!(check(&Config::builtin(), origin, &run_token, &plain).is_ok());
-        let err = check(&Config::builtin(), None, &creator, &spec("agent", None)).unwrap_err();
+        let err = check(&Config::builtin(), None, &creator, &spec_of("agent", None)).unwrap_err();
         assert!(err.to_string().contains("no plain-HTTP address"), "{err}");
     }
 
