@@ -131,7 +131,7 @@ fn check_caller(state: &AppState, proxy: &Proxy, headers: &HeaderMap) -> Result<
     let allowed = profile
         .as_deref()
         .and_then(|p| state.config().profile(p))
-        .is_some_and(|p| p.proxies.iter().any(|n| *n == proxy.name));
+        .is_some_and(|p| p.proxies.contains(&proxy.name));
     if !allowed {
         return Err(ApiError::RunTokenRefused(format!(
             "run {run}'s profile does not list the proxy \"{}\"",
