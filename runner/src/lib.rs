@@ -194,6 +194,14 @@ pub async fn serve_all(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    // Runs of token profiles reach the API through the first plain-HTTP listener.
+    let plain = listeners.iter().find_map(|l| match l {
+        Listening::Http(tcp) => tcp.local_addr().ok(),
+        Listening::Https(_) => None,
+    });
+    if let Some(addr) = plain {
+        state.set_container_origin(runs::agent::origin_for(addr));
+    }
     let shutdown = shutdown.boxed().shared();
     let servers = listeners.into_iter().map(|listener| match listener {
         Listening::Http(tcp) => {

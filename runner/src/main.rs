@@ -258,7 +258,6 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
     }
     let mut listeners = Vec::new();
     let mut bound = Vec::new();
-    let mut plain = None;
     for listen in &args.listen {
         if !listen.tls && !listen.addr.ip().is_loopback() {
             tracing::warn!(listen = %listen.addr, "listening beyond loopback without TLS: tokens cross the network in clear");
@@ -275,7 +274,6 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
                 bound.push(format!("https://{addr}"));
             }
             _ => {
-                plain.get_or_insert(addr);
                 listeners.push(bus_runner::Listening::Http(listener));
                 bound.push(addr.to_string());
             }
@@ -292,9 +290,6 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
     tracing::info!(addr = ?bound, profiles = ?config.profile_names(), "serving");
     let state = AppState::with_store(keys, config, engine, store);
     state.images().connect_engine(state.engine().clone());
-    if let Some(addr) = plain {
-        state.set_container_origin(bus_runner::runs::agent::origin_for(addr));
-    }
     // Runs left by an earlier runner process: their containers may still run.
     executor::spawn_readopt(state.engine().clone(), state.store().clone());
     let retention = Retention {

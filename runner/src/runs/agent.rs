@@ -42,35 +42,15 @@ pub enum AgentError {
         /// The run's profile.
         profile: String,
     },
-    /// The runner does not know its own address as seen from containers.
-    #[error(
-        "the profile \"{profile}\" gives its runs the runner's address, and this runner \
-         listens on no plain-HTTP address a container can reach"
-    )]
-    NoOrigin {
-        /// The run's profile.
-        profile: String,
-    },
 }
 
-/// Whether runs of `spec`'s profile get a token, and if so whether `creator` may create one
-/// and the runner knows its `origin` as seen from containers.
-pub fn check(
-    config: &Config,
-    origin: Option<&str>,
-    creator: &Claims,
-    spec: &RunSpec,
-) -> Result<(), AgentError> {
+/// Whether runs of `spec`'s profile get a token, and if so whether `creator` may create one.
+pub fn check(config: &Config, creator: &Claims, spec: &RunSpec) -> Result<(), AgentError> {
     let gets_token = config
         .profile(&spec.profile)
         .is_some_and(|p| p.token_scopes.is_some());
     if gets_token && creator.run.is_some() {
         return Err(AgentError::Nested {
-            profile: spec.profile.clone(),
-        });
-    }
-    if gets_token && origin.is_none() {
-        return Err(AgentError::NoOrigin {
             profile: spec.profile.clone(),
         });
     }
@@ -101,8 +81,8 @@ pub fn run_claims(
 }
 
 /// Adds the run token and the proxies' settings to `spec`'s environment, when its profile
-/// gives runs a token and `origin` (the runner as seen from the container) is known, as
-/// [`check`] made sure.
+/// gives runs a token and `origin` (the runner as seen from the container) is known: a runner
+/// with no plain-HTTP listener (HTTPS only, or a router tested in-process) gives none.
 pub fn equip(
     keys: &Keys,
     config: &Config,
@@ -225,12 +205,19 @@ mod tests {
 
         let mut run_token = creator.clone();
         run_token.run = Some("r".into());
-        let origin = Some("http://o");
-        let err = check(&Config::builtin(), origin, &run_token, &spec_of("agent", None)).unwrap_err();
+        let err = check(&Config::builtin(), &run_token, &spec_of("agent", None)).unwrap_err();
         assert!(err.to_string().contains("cannot mint another"), "{err}");
-        assert!(check(&Config::builtin(), origin, &run_token, &plain).is_ok());
-        let err = check(&Config::builtin(), None, &creator, &spec_of("agent", None)).unwrap_err();
-        assert!(err.to_string().contains("no plain-HTTP address"), "{err}");
+        assert!(check(&Config::builtin(), &run_token, &plain).is_ok());
+        let mut unreachable = spec_of("agent", None);
+        equip(
+            &k,
+            &Config::builtin(),
+            None,
+            &creator,
+            "r",
+            &mut unreachable,
+        );
+        assert!(!unreachable.env.contains_key(TOKEN_ENV));
     }
 
     #[test]

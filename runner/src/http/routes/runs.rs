@@ -137,12 +137,7 @@ pub async fn create(
     }
     let pull = request.pull.unwrap_or_default();
     let mut spec = RunSpec::parse(request, state.config())?;
-    agent::check(
-        state.config(),
-        state.container_origin(),
-        &caller.claims,
-        &spec,
-    )?;
+    agent::check(state.config(), &caller.claims, &spec)?;
     // The image first (a pull can take a while; nothing is held meanwhile).
     state
         .images()
