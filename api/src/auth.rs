@@ -83,6 +83,16 @@ pub struct Claims {
     /// What the account may do beyond its scopes' defaults; absent means no narrowing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<Grant>,
+    /// The run this token was minted for (a run token, given to the run's container as
+    /// `BUS_AI_TOKEN`): refused once that run has ended, and never mints other tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// The role a run token acts in (`agent` unless the run named its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// The participant a run token acts for, when the run named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participant: Option<String>,
 }
 
 /// A token's narrowing of what its scopes allow, from the account's configuration.

@@ -151,7 +151,7 @@ fn ports_publish_as_docker_does_on_a_default_runner() {
         "true",
     ]);
     let line = one_line_error(&out);
-    assert!(line.contains("allows them: service"), "{line}");
+    assert!(line.contains("allows them: agent, service"), "{line}");
 
     for id in [&id, &picked] {
         expect_success(&stack.run(&["containers", "stop", "--force", id]));

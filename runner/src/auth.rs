@@ -329,6 +329,9 @@ pub fn claims(account: &str, scopes: &[Scope], now: i64, exp: i64) -> Claims {
             .join(" "),
         jti,
         grant: None,
+        run: None,
+        role: None,
+        participant: None,
     }
 }
 

@@ -85,6 +85,7 @@ struct Shared {
     billing: billing::Billing,
     execs: runs::execs::Execs,
     images: Arc<images::Images>,
+    container_origin: std::sync::OnceLock<String>,
 }
 
 impl AppState {
@@ -108,6 +109,7 @@ impl AppState {
             store,
             engine: Arc::new(engine),
             billing: billing::Billing::new(),
+            container_origin: std::sync::OnceLock::new(),
         }))
     }
 
@@ -139,6 +141,17 @@ impl AppState {
     /// The detached execs.
     pub fn execs(&self) -> &runs::execs::Execs {
         &self.0.execs
+    }
+
+    /// Sets the runner's origin as its runs' containers see it (`BUS_AI_API_URL`), once;
+    /// see [`runs::agent::origin_for`].
+    pub fn set_container_origin(&self, origin: String) {
+        let _ = self.0.container_origin.set(origin);
+    }
+
+    /// The runner's origin as its runs' containers see it, when known.
+    pub fn container_origin(&self) -> Option<&str> {
+        self.0.container_origin.get().map(String::as_str)
     }
 
     /// Images and builds, scoped to accounts.
@@ -181,6 +194,14 @@ pub async fn serve_all(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    // Runs of token profiles reach the API through the first plain-HTTP listener.
+    let plain = listeners.iter().find_map(|l| match l {
+        Listening::Http(tcp) => tcp.local_addr().ok(),
+        Listening::Https(_) => None,
+    });
+    if let Some(addr) = plain {
+        state.set_container_origin(runs::agent::origin_for(addr));
+    }
     let shutdown = shutdown.boxed().shared();
     let servers = listeners.into_iter().map(|listener| match listener {
         Listening::Http(tcp) => {

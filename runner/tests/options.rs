@@ -225,8 +225,7 @@ async fn ports_are_published_on_loopback_only_where_the_profile_allows_a_network
     let (code, detail) = problem(&reply);
     assert_eq!(code, "invalid_request");
     assert!(
-        detail.contains("the profile \"codex\" has network \"none\"")
-            && detail.contains("web"),
+        detail.contains("the profile \"codex\" has network \"none\"") && detail.contains("web"),
         "{detail}"
     );
 

@@ -21,6 +21,17 @@
 //! storage = { mount_path = "/data" }   # the account's storage; optional subpath = "dir"
 //! env = { AGENT_HOME = "/data" }
 //!
+//! [profiles.agent]                 # built in as above, plus:
+//! network = "runner"               # slirp4netns with the host's loopback at 10.0.2.2
+//! token_scopes = ["container:read"]  # runs get BUS_AI_API_URL and a run token, BUS_AI_TOKEN
+//! proxies = ["openai"]             # egress proxies its runs get (none built in)
+//!
+//! [proxies.openai]                 # see `proxies::ProxyConfig`
+//! upstream = "http://127.0.0.1:9000/v1"
+//! credential_file = "/etc/bus/openai-key"   # read at start, never logged
+//! base_url_env = "OPENAI_BASE_URL"
+//! key_env = "OPENAI_API_KEY"
+//!
 //! [plans.team]
 //! max_concurrent_runs = 4          # absent: no limit
 //! run_seconds_per_period = 36000   # absent: no limit
@@ -52,6 +63,7 @@
 //! since 1970-01-01T00:00:00Z.
 
 pub mod checks;
+pub mod proxies;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -142,7 +154,14 @@ pub enum Network {
     None,
     /// The engine's default bridge network: outbound access, and runs may publish ports.
     Bridge,
+    /// slirp4netns with the host's loopback reachable at [`RUNNER_HOST`]: outbound access,
+    /// and the runner's API on 127.0.0.1 reachable from inside (the network of runs that
+    /// get a run token).
+    Runner,
 }
+
+/// The address the host's loopback has inside a container on [`Network::Runner`].
+pub const RUNNER_HOST: &str = "10.0.2.2";
 
 impl Network {
     /// The engine's `NetworkMode` value, which is also the name in the config.
@@ -150,6 +169,7 @@ impl Network {
         match self {
             Network::None => "none",
             Network::Bridge => "bridge",
+            Network::Runner => "slirp4netns:allow_host_loopback=true",
         }
     }
 }
@@ -175,6 +195,13 @@ pub struct Profile {
     /// Environment every run of the profile gets; a request's env wins on conflicts.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// When set, each run gets `BUS_AI_API_URL` and `BUS_AI_TOKEN`, a token minted for that
+    /// run only with these scopes (those the creating token also holds).
+    #[serde(default)]
+    pub token_scopes: Option<Vec<String>>,
+    /// The egress proxies (`[proxies.NAME]`) this profile's runs get; needs `token_scopes`.
+    #[serde(default)]
+    pub proxies: Vec<String>,
 }
 
 fn default_memory_mb() -> u32 {
@@ -185,6 +212,13 @@ impl Profile {
     /// The profile's timeout.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_seconds.into())
+    }
+
+    /// The scopes of the run token its runs get, if they get one (names checked at load).
+    pub fn run_token_scopes(&self) -> Option<Vec<Scope>> {
+        self.token_scopes
+            .as_ref()
+            .map(|names| names.iter().filter_map(|n| Scope::parse(n)).collect())
     }
 
     /// The memory limit in MiB, if there is one.
@@ -209,6 +243,8 @@ pub struct Config {
     pub accounts: Vec<Account>,
     /// Public images and upload limits.
     pub images: ImagesConfig,
+    /// Egress proxies by name, with their credentials (`[proxies.NAME]`).
+    pub proxies: BTreeMap<String, proxies::Proxy>,
 }
 
 /// A config file that cannot be used.
@@ -255,6 +291,8 @@ struct File {
     accounts: Vec<AccountFile>,
     #[serde(default)]
     images: Option<ImagesConfig>,
+    #[serde(default)]
+    proxies: BTreeMap<String, proxies::ProxyConfig>,
 }
 
 #[derive(Deserialize)]
@@ -304,6 +342,8 @@ impl Config {
             memory_mb: DEFAULT_MEMORY_MB,
             storage: None,
             env: BTreeMap::new(),
+            token_scopes: None,
+            proxies: Vec::new(),
         };
         let agent = Profile {
             storage: Some(StorageMount {
@@ -311,6 +351,8 @@ impl Config {
                 subpath: None,
             }),
             env: BTreeMap::from([("AGENT_HOME".to_owned(), "/data".to_owned())]),
+            network: Network::Runner,
+            token_scopes: Some(vec![Scope::Read.as_str().to_owned()]),
             ..codex.clone()
         };
         let service = Profile {
@@ -328,6 +370,7 @@ impl Config {
             plans: BTreeMap::from([(LOCAL_PLAN.to_owned(), Plan::unlimited())]),
             accounts: Vec::new(),
             images: ImagesConfig::default(),
+            proxies: BTreeMap::new(),
         }
     }
 
@@ -379,6 +422,10 @@ impl Config {
         }
         if let Some(images) = file.images {
             config.images = images;
+        }
+        for (name, proxy) in file.proxies {
+            let proxy = proxies::Proxy::from_config(&name, proxy).map_err(invalid)?;
+            config.proxies.insert(name, proxy);
         }
         config.check().map_err(invalid)?;
         Ok(config)
@@ -438,6 +485,7 @@ impl Config {
                 checks::check_storage(storage)
                     .map_err(|e| format!("profiles.{name}.storage: {e}"))?;
             }
+            proxies::check_profile(name, p, &self.proxies)?;
         }
         for name in self.plans.keys() {
             if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {

@@ -98,6 +98,19 @@ pub fn authorize(
     authorization: Option<&[u8]>,
     need: Scope,
 ) -> Result<Claims, ApiError> {
+    let claims = authorize_token(keys, authorization)?;
+    if !claims.has(need) {
+        let held = claims.scopes().map(str::to_owned).collect();
+        return Err(ApiError::ScopeMissing {
+            missing: need,
+            held,
+        });
+    }
+    Ok(claims)
+}
+
+/// Verifies a request's `Authorization: Bearer` header, whatever its scopes.
+pub fn authorize_token(keys: &Keys, authorization: Option<&[u8]>) -> Result<Claims, ApiError> {
     let value = authorization.ok_or(ApiError::TokenMissing)?;
     let value = std::str::from_utf8(value)
         .map_err(|_| ApiError::TokenInvalid("the Authorization header is not text".to_owned()))?
@@ -115,15 +128,23 @@ pub fn authorize(
     if token.is_empty() {
         return Err(ApiError::TokenMissing);
     }
-    let claims = keys.verify(token).map_err(ApiError::from)?;
-    if !claims.has(need) {
-        let held = claims.scopes().map(str::to_owned).collect();
-        return Err(ApiError::ScopeMissing {
-            missing: need,
-            held,
-        });
+    keys.verify(token).map_err(ApiError::from)
+}
+
+/// Refuses a run token (one with a `run` claim) once its run has ended or is gone.
+pub fn check_run_live(state: &AppState, claims: &Claims) -> Result<(), ApiError> {
+    let Some(run) = &claims.run else {
+        return Ok(());
+    };
+    let live = state
+        .store()
+        .get(&claims.sub, run)
+        .is_some_and(|entry| !entry.snapshot().state.is_terminal());
+    if live {
+        Ok(())
+    } else {
+        Err(ApiError::RunTokenEnded { run: run.clone() })
     }
-    Ok(claims)
 }
 
 impl<S: Needs> FromRequestParts<AppState> for Caller<S> {
@@ -135,6 +156,7 @@ impl<S: Needs> FromRequestParts<AppState> for Caller<S> {
             .get(header::AUTHORIZATION)
             .map(|v| v.as_bytes());
         let claims = authorize(state.keys(), header, S::SCOPE)?;
+        check_run_live(state, &claims)?;
         let on_logs = parts
             .extensions
             .get::<MatchedPath>()

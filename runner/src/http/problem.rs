@@ -60,6 +60,22 @@ pub enum ApiError {
     /// No such run for this account (or it is another account's: the two look the same).
     #[error("no run {0} in this account")]
     RunNotFound(String),
+    /// A run token whose run has ended (or was deleted).
+    #[error("this token was minted for run {run}, which has ended")]
+    RunTokenEnded {
+        /// The run the token was minted for.
+        run: String,
+    },
+    /// A run token asked for what only an account's token may do (mint another token, use a
+    /// proxy its run's profile does not list).
+    #[error("{0}")]
+    RunTokenRefused(String),
+    /// No egress proxy of that name on this runner.
+    #[error("no proxy {0} on this runner")]
+    ProxyNotFound(String),
+    /// A proxy's upstream failed or cannot be reached.
+    #[error("the proxy's upstream failed: {0}")]
+    ProxyUpstream(String),
     /// The name matches several ended runs of the account and no live one.
     #[error("the name {name} matches several runs")]
     RunNameAmbiguous {
@@ -225,6 +241,39 @@ impl ApiError {
                     scopes.join(" ")
                 ))
             }
+            ApiError::RunTokenEnded { run } => p(
+                C::TokenExpired,
+                StatusCode::UNAUTHORIZED,
+                "Token expired",
+                format!("this token was minted for run {run}, which has ended"),
+            )
+            .with_guidance(
+                "a run token lives only as long as its run: start a new run, or use the                  account's own token",
+            ),
+            ApiError::RunTokenRefused(why) => p(
+                C::ScopeNotAllowed,
+                StatusCode::FORBIDDEN,
+                "Not allowed with a run token",
+                why.clone(),
+            )
+            .with_guidance("use the account's own token for this"),
+            ApiError::ProxyNotFound(name) => p(
+                C::NotFound,
+                StatusCode::NOT_FOUND,
+                "Not found",
+                format!("no proxy \"{name}\" on this runner"),
+            )
+            .with_guidance(
+                "use the NAME_BASE_URL the run was given; the runner's operator defines \
+                 proxies as [proxies.NAME] in its config",
+            ),
+            ApiError::ProxyUpstream(why) => p(
+                C::Internal,
+                StatusCode::BAD_GATEWAY,
+                "Proxy upstream failed",
+                format!("the proxy's upstream failed: {why}"),
+            )
+            .with_guidance("retry; if it persists, the runner's operator should check the proxy's upstream"),
             ApiError::RunNotFound(id) => p(
                 C::NotFound,
                 StatusCode::NOT_FOUND,
@@ -462,6 +511,7 @@ impl IntoResponse for ApiError {
             ApiError::TokenMissing => Some("Bearer realm=\"bus\""),
             ApiError::TokenInvalid(_)
             | ApiError::TokenExpired { .. }
+            | ApiError::RunTokenEnded { .. }
             | ApiError::ApiKeyInvalid(_) => Some("Bearer realm=\"bus\", error=\"invalid_token\""),
             _ => None,
         };
@@ -472,6 +522,12 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+impl From<crate::runs::agent::AgentError> for ApiError {
+    fn from(err: crate::runs::agent::AgentError) -> ApiError {
+        ApiError::RunTokenRefused(err.to_string())
     }
 }
 

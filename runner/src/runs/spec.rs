@@ -554,7 +554,7 @@ mod tests {
             err.starts_with("invalid_request: ports cannot be published: the profile \"codex\" has network \"none\""),
             "{err}"
         );
-        assert!(err.contains("allows them: service"), "{err}");
+        assert!(err.contains("allows them: agent, service"), "{err}");
 
         let mut config = Config::builtin();
         let mut web = config.profiles["codex"].clone();
@@ -562,13 +562,14 @@ mod tests {
         config.profiles.insert("web".into(), web);
         let err = RunSpec::parse(codex.clone(), &config).unwrap_err();
         assert!(
-            err.to_string().contains("allows them: service, web"),
+            err.to_string().contains("allows them: agent, service, web"),
             "{}",
             err.to_string()
         );
         // With no profile that has a network, the operator is told how to make one.
         let mut none = Config::builtin();
         none.profiles.remove("service");
+        none.profiles.remove("agent");
         let err = RunSpec::parse(codex, &none).unwrap_err().to_string();
         assert!(err.contains("network = \"bridge\""), "{err}");
         let spec = RunSpec::parse(

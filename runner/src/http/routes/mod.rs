@@ -6,6 +6,7 @@ use axum::Extension;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
+use axum::routing::any;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter, UtoipaMethodRouterExt as _};
 use utoipa_axum::routes;
@@ -25,6 +26,7 @@ pub mod idempotency;
 pub mod images;
 pub mod input;
 pub mod logs;
+pub mod proxy;
 pub mod runs;
 pub mod status;
 pub mod stop;
@@ -58,7 +60,11 @@ fn documented() -> OpenApiRouter<AppState> {
 /// Every route below `/api/v1`; `GET /api/v1/openapi.json` serves their document.
 pub fn router() -> Router<AppState> {
     let (router, api) = documented().split_for_parts();
-    router.layer(Extension(Document::new(api)))
+    // The proxies pass arbitrary upstream APIs through: not described by the document.
+    let proxies = Router::new()
+        .route("/api/v1/proxy/{name}", any(proxy::forward_root))
+        .route("/api/v1/proxy/{name}/{*path}", any(proxy::forward_path));
+    router.layer(Extension(Document::new(api))).merge(proxies)
 }
 
 /// The routes' OpenAPI document as [`openapi::render`] writes it: what `bus-runner openapi`

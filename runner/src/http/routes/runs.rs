@@ -22,8 +22,8 @@ use crate::http::openapi::{
 use crate::http::problem::{ApiError, ApiJson, ApiQuery};
 use crate::http::routes::idempotency;
 use crate::images::Images;
-use crate::runs::executor;
 use crate::runs::spec::RunSpec;
+use crate::runs::{agent, executor};
 use crate::store::{Entry, Inserted, NewRun, Replay, RunFilter, new_run_id};
 
 /// Largest request body `POST /runs` accepts.
@@ -141,7 +141,8 @@ pub async fn create(
         }
     }
     let pull = request.pull.unwrap_or_default();
-    let spec = RunSpec::parse(request, state.config())?;
+    let mut spec = RunSpec::parse(request, state.config())?;
+    agent::check(state.config(), &caller.claims, &spec)?;
     // A pull first, when the run asks for one (it can take a while; nothing is held
     // meanwhile). The pull checks the token's image grant itself.
     state
@@ -211,6 +212,15 @@ pub async fn create(
     };
     let run = entry.snapshot();
     tracing::info!(run = %run.id, owner = caller.account(), image = %run.image, "run accepted");
+    let origin = state.container_origin();
+    agent::equip(
+        state.keys(),
+        state.config(),
+        origin,
+        &caller.claims,
+        &run.id,
+        &mut spec,
+    );
     let mounts_dir = crate::runs::storage::mounts_dir(state.store());
     executor::spawn(state.engine().clone(), entry.clone(), spec, mounts_dir);
     drop(admission);
