@@ -71,6 +71,10 @@ struct FuzzClaims {
     jti: String,
     images: Option<Vec<String>>,
     logs: Option<bool>,
+    /// A run token's claims.
+    run: Option<String>,
+    role: Option<String>,
+    participant: Option<String>,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -138,6 +142,9 @@ fuzz_target!(|input: Input| {
                             images: c.images.clone(),
                             logs: c.logs,
                         }),
+                        run: c.run.clone(),
+                        role: c.role.clone(),
+                        participant: c.participant.clone(),
                     };
                     (serde_json::to_string(&claims).unwrap(), Some(claims))
                 }
