@@ -178,6 +178,79 @@ fn a_proxy_forwards_with_the_real_credential_which_never_enters_the_container() 
     assert!(!stack.busd_log().contains(CREDENTIAL), "busd logged it");
 }
 
+/// An `https://` upstream signed by a private CA: trusted through the proxy's `ca_file`, and
+/// refused without it. The upstream is a second runner serving HTTPS; the proxy's credential
+/// is that runner's token for another account, which its answer names.
+#[test]
+fn a_proxy_reaches_an_https_upstream_it_trusts_through_its_ca_file_only() {
+    let dir = tempfile::tempdir().unwrap();
+    bus_testkit::tls::certificates(dir.path()).unwrap();
+    let upstream_engine = Podman::start();
+    let upstream_state = dir.path().join("upstream");
+    let upstream = bus_testkit::Serve::new(bins(), &upstream_engine.socket, &upstream_state)
+        .unwrap()
+        .env("RUST_LOG", "warn")
+        .listen("https://127.0.0.1:0")
+        .tls(dir.path().join("server.pem"), dir.path().join("server.key"))
+        .spawn();
+    let origin = upstream.origins[0].clone();
+    assert!(origin.starts_with("https://"), "{origin}");
+    let credential = common::mint(&upstream_state, "upstream-acct", "billing:read", &[]);
+    let key = dir.path().join("upstream-key");
+    std::fs::write(&key, format!("{credential}\n")).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = format!(
+        "[proxies.up]\n\
+         upstream = \"{origin}/api/v1\"\n\
+         credential_file = \"{key}\"\n\
+         ca_file = \"{ca}\"\n\
+         [proxies.untrusted]\n\
+         upstream = \"{origin}/api/v1\"\n\
+         credential_file = \"{key}\"\n\
+         [profiles.agent]\n\
+         image = \"localhost/busybox:latest\"\n\
+         timeout_seconds = 120\n\
+         network = \"runner\"\n\
+         token_scopes = [\"container:read\"]\n\
+         proxies = [\"up\", \"untrusted\"]\n",
+        key = key.display(),
+        ca = dir.path().join("ca.pem").display(),
+    );
+    let stack = Stack::on(Runner::start_on(
+        bins(),
+        Podman::start(),
+        Some(&config),
+        true,
+    ));
+    stack.write_token(&stack.runner.token("alice", ALL_SCOPES));
+
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "--profile",
+        "agent",
+        "--",
+        "sh",
+        "-c",
+        "wget -qO- --header \"Authorization: Bearer $UP_API_KEY\" \"$UP_BASE_URL/billing/status\"; \
+         echo; wget -qO- --header \"Authorization: Bearer $UNTRUSTED_API_KEY\" \
+         \"$UNTRUSTED_BASE_URL/billing/status\" || echo untrusted-refused",
+    ]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (first, rest) = text.split_once('\n').unwrap();
+    let billing: serde_json::Value = serde_json::from_str(first).unwrap();
+    assert_eq!(billing["account"], "upstream-acct", "{billing}");
+    assert_eq!(rest, "untrusted-refused\n", "{text}");
+    let runner_log =
+        std::fs::read_to_string(stack.runner.state_dir.path().join("runner.log")).unwrap();
+    assert!(!runner_log.contains(&credential), "the runner logged it");
+}
+
 #[test]
 fn a_profile_naming_an_unknown_proxy_stops_the_runner_at_start() {
     let dir = tempfile::tempdir().unwrap();

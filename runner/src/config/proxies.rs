@@ -3,8 +3,9 @@
 //!
 //! ```toml
 //! [proxies.openai]
-//! upstream = "http://127.0.0.1:9000/v1"     # http:// only for now
+//! upstream = "https://api.openai.com/v1"    # https:// (public roots) or http://
 //! credential_file = "/etc/bus/openai-key"   # mode 0600; read once at start, never logged
+//! ca_file = "/etc/bus/private-ca.pem"       # optional: CAs trusted beside the public roots
 //! base_url_env = "OPENAI_BASE_URL"          # default NAME_BASE_URL (NAME upper-cased)
 //! key_env = "OPENAI_API_KEY"                # default NAME_API_KEY
 //! header = "authorization"                  # default: `Authorization: Bearer CREDENTIAL`;
@@ -13,7 +14,12 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
+use tokio_rustls::rustls;
 
 use serde::Deserialize;
 
@@ -36,7 +42,67 @@ pub struct ProxyConfig {
     /// The header the credential goes upstream in.
     #[serde(default)]
     pub header: Option<String>,
+    /// PEM certificates of CAs an `https://` upstream may be signed by, beside the public
+    /// roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
+
+/// How an `https://` upstream is trusted: the public roots and the `ca_file`'s CAs.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    /// The client configuration every connection to the upstream uses.
+    pub config: Arc<rustls::ClientConfig>,
+    ca_file: Option<PathBuf>,
+}
+
+impl UpstreamTls {
+    fn new(ca_file: Option<&Path>) -> Result<UpstreamTls, String> {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        if let Some(path) = ca_file {
+            let shown = path.display();
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("ca_file {shown}: {e}"))?;
+            if certs.is_empty() {
+                return Err(format!("ca_file {shown} holds no CERTIFICATE block"));
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("ca_file {shown}: a certificate is not usable: {e}"))?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(UpstreamTls {
+            config: Arc::new(config),
+            ca_file: ca_file.map(Path::to_owned),
+        })
+    }
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("ca_file", &self.ca_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.ca_file == other.ca_file
+    }
+}
+
+impl Eq for UpstreamTls {}
 
 /// The credential a proxy forwards with; its `Debug` hides it.
 #[derive(Clone, PartialEq, Eq)]
@@ -70,6 +136,8 @@ pub struct Proxy {
     pub base_url_env: String,
     /// The env variable with the run token.
     pub key_env: String,
+    /// For an `https://` upstream: how its certificate is checked.
+    pub tls: Option<UpstreamTls>,
 }
 
 impl Proxy {
@@ -87,12 +155,22 @@ impl Proxy {
         }
         let upstream = url::Url::parse(&file.upstream)
             .map_err(|e| format!("{at}.upstream is not a URL: {e}"))?;
-        if upstream.scheme() != "http" || upstream.host_str().is_none() {
+        if !matches!(upstream.scheme(), "http" | "https") || upstream.host_str().is_none() {
             return Err(format!(
-                "{at}.upstream must be an http:// URL with a host (https upstreams are not \
-                 supported yet)"
+                "{at}.upstream must be an https:// or http:// URL with a host"
             ));
         }
+        let tls = match upstream.scheme() {
+            "https" => {
+                Some(UpstreamTls::new(file.ca_file.as_deref()).map_err(|e| format!("{at}.{e}"))?)
+            }
+            _ if file.ca_file.is_some() => {
+                return Err(format!(
+                    "{at}.ca_file is for an https:// upstream; this one is http://"
+                ));
+            }
+            _ => None,
+        };
         let path = &file.credential_file;
         let meta = std::fs::metadata(path)
             .map_err(|e| format!("{at}.credential_file {}: {e}", path.display()))?;
@@ -136,6 +214,7 @@ impl Proxy {
             header,
             base_url_env,
             key_env,
+            tls,
         })
     }
 }
@@ -224,12 +303,35 @@ mod tests {
             "{err}"
         );
         let err = Config::parse(&format!(
-            "[proxies.p]\nupstream = \"https://x/\"\ncredential_file = \"{}\"\n",
+            "[proxies.p]\nupstream = \"ftp://x/\"\ncredential_file = \"{}\"\n",
             key.display()
         ))
         .unwrap_err()
         .to_string();
-        assert!(err.contains("must be an http:// URL"), "{err}");
+        assert!(err.contains("must be an https:// or http:// URL"), "{err}");
+        // https upstreams are checked against the public roots, and a ca_file's CAs.
+        let https = Config::parse(&format!(
+            "[proxies.p]\nupstream = \"https://api.example.com/v1\"\ncredential_file = \"{}\"\n",
+            key.display()
+        ))
+        .unwrap();
+        assert!(https.proxies["p"].tls.is_some());
+        let no_ca = dir.path().join("empty.pem");
+        std::fs::write(&no_ca, "not a certificate\n").unwrap();
+        for (upstream, says) in [
+            ("https://x/", "holds no CERTIFICATE block"),
+            ("http://x/", "ca_file is for an https:// upstream"),
+        ] {
+            let err = Config::parse(&format!(
+                "[proxies.p]\nupstream = \"{upstream}\"\ncredential_file = \"{}\"\n\
+                 ca_file = \"{}\"\n",
+                key.display(),
+                no_ca.display()
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(says), "{err}");
+        }
         let open = dir.path().join("open");
         std::fs::create_dir(&open).unwrap();
         let loose = write_key(&open, 0o644);

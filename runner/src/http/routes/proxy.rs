@@ -13,6 +13,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri, header};
 use axum::response::Response;
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
 
 use crate::AppState;
 use crate::config::proxies::Proxy;
@@ -87,7 +88,35 @@ async fn forward(
         .await
         .map_err(|e| upstream(&format!("cannot connect to {authority}: {e}")))?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let reply = match &proxy.tls {
+        None => send(stream, outgoing, &authority).await?,
+        Some(tls) => {
+            let name = ServerName::try_from(host.clone())
+                .map_err(|_| upstream(&format!("{host} is not a TLS server name")))?;
+            let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+                .connect(name, stream)
+                .await
+                .map_err(|e| upstream(&format!("TLS with {authority} failed: {e}")))?;
+            send(stream, outgoing, &authority).await?
+        }
+    };
+    let (mut parts, body) = reply.into_parts();
+    for name in HOP_BY_HOP {
+        parts.headers.remove(name);
+    }
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// Sends `request` over a fresh HTTP/1.1 connection on `io`.
+async fn send<IO>(
+    io: IO,
+    request: axum::http::Request<Body>,
+    authority: &str,
+) -> Result<axum::http::Response<hyper::body::Incoming>, ApiError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| upstream(&format!("{authority}: {e}")))?;
     tokio::spawn(async move {
@@ -95,15 +124,10 @@ async fn forward(
             tracing::debug!(error = %e, "proxy connection ended");
         }
     });
-    let reply = sender
-        .send_request(outgoing)
+    sender
+        .send_request(request)
         .await
-        .map_err(|e| upstream(&format!("{authority}: {e}")))?;
-    let (mut parts, body) = reply.into_parts();
-    for name in HOP_BY_HOP {
-        parts.headers.remove(name);
-    }
-    Ok(Response::from_parts(parts, Body::new(body)))
+        .map_err(|e| upstream(&format!("{authority}: {e}")))
 }
 
 /// Verifies the caller's run token: a live run whose profile lists `proxy`.
