@@ -198,6 +198,7 @@ fn storage_mounts_at_the_path_and_subpath_asked_for() {
     let before = stack.runs().len();
     for (args, says) in [
         (&["--mount-path", "data"][..], "absolute"),
+        (&["--mount-path", "/etc/app"][..], "inside /etc"),
         (
             &["--mount-path", "/d", "--mount-subpath", "../up"][..],
             "..",

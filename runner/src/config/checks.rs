@@ -44,9 +44,15 @@ pub fn check_env(key: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Top-level directories storage may not be mounted in: the kernel's and the image's own.
+const SYSTEM_DIRS: [&str; 10] = [
+    "proc", "sys", "dev", "etc", "bin", "sbin", "usr", "lib", "lib64", "run",
+];
+
 /// Checks a storage mount (from a request or a profile) and returns it normalized: an absolute
-/// `mount_path` other than `/` and a relative `subpath`, both without `.`, `..`, empty
-/// components or control characters, each at most [`MAX_STORAGE_PATH_BYTES`] bytes.
+/// `mount_path` other than `/` and outside the system directories (`/proc`, `/etc`, `/usr`
+/// ...), and a relative `subpath`, both without `.`, `..`, empty components or control
+/// characters, each at most [`MAX_STORAGE_PATH_BYTES`] bytes.
 pub fn check_storage(storage: &StorageMount) -> Result<StorageMount, String> {
     let components = |field: &str, path: &str| -> Result<Vec<String>, String> {
         if path.len() > MAX_STORAGE_PATH_BYTES {
@@ -79,6 +85,13 @@ pub fn check_storage(storage: &StorageMount) -> Result<StorageMount, String> {
     let mount = components("mount_path", &storage.mount_path)?;
     if mount.is_empty() {
         return Err("mount_path must not be /; name a directory such as /data".to_owned());
+    }
+    if let Some(system) = SYSTEM_DIRS.iter().find(|dir| mount[0] == **dir) {
+        return Err(format!(
+            "mount_path {} is inside /{system}, which the container's system needs; mount the \
+             storage at a directory of its own such as /data or /work",
+            storage.mount_path.escape_debug()
+        ));
     }
     let subpath = match &storage.subpath {
         None => None,

@@ -652,6 +652,9 @@ mod tests {
         for (bad, want) in [
             (mount("data", None), "mount_path must be an absolute path"),
             (mount("/", None), "mount_path must not be /"),
+            (mount("/proc", None), "inside /proc"),
+            (mount("/usr/local/x", None), "inside /usr"),
+            (mount("/etc/", None), "inside /etc"),
             (mount("/a/../b", None), "mount_path must not contain \"..\""),
             (mount("/a", Some("/abs")), "must be relative"),
             (
