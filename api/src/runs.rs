@@ -514,8 +514,9 @@ pub enum WaitFor {
     into_params(parameter_in = Query)
 )]
 pub struct CreateRunQuery {
-    /// The caller will follow the run's output: refused with `logs_disabled`, before anything
-    /// is recorded or started, when the token's grant switches logs off.
+    /// The caller will follow the run's output: refused before anything is recorded or
+    /// started when the token lacks `container:read` (`scope_missing`) or its grant switches
+    /// logs off (`logs_disabled`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub follow: bool,
     /// `running`: answer once the run runs or has ended (at most `wait_ms`), not as soon as

@@ -300,17 +300,42 @@ impl Fanout {
         run_id: &str,
         follow: Follow,
     ) -> mpsc::Receiver<Result<Event, UpstreamError>> {
+        self.follow_checked(upstream, run_id, follow, true)
+    }
+
+    /// Follows `run_id` as [`Fanout::follow`] does, for the caller that has just created it
+    /// with `follow=true`: the runner accepted that caller's token for the run's logs in the
+    /// create itself, so it joins without a `logs?tail=0` of its own (one round trip less on
+    /// `Run`).
+    pub fn follow_created(
+        self: &Arc<Self>,
+        upstream: Upstream,
+        run_id: &str,
+        follow: Follow,
+    ) -> mpsc::Receiver<Result<Event, UpstreamError>> {
+        self.follow_checked(upstream, run_id, follow, false)
+    }
+
+    fn follow_checked(
+        self: &Arc<Self>,
+        upstream: Upstream,
+        run_id: &str,
+        follow: Follow,
+        check: bool,
+    ) -> mpsc::Receiver<Result<Event, UpstreamError>> {
         let (tx, rx) = mpsc::channel(FOLLOWER_BUFFER);
         let fanout = self.clone();
         let run_id = run_id.to_owned();
         tokio::spawn(async move {
-            let accepted = tokio::select! {
-                accepted = upstream.authorize_logs(&run_id) => accepted,
-                () = tx.closed() => return,
-            };
-            if let Err(e) = accepted {
-                let _ = tx.send(Err(e)).await;
-                return;
+            if check {
+                let accepted = tokio::select! {
+                    accepted = upstream.authorize_logs(&run_id) => accepted,
+                    () = tx.closed() => return,
+                };
+                if let Err(e) = accepted {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
             }
             // Only now is the token's subject one the runner has verified.
             let account = match upstream.token_subject() {

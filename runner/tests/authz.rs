@@ -1125,3 +1125,39 @@ fn hash_key_reads_stdin_only() {
     let out = run(b"", &["key-alice"]);
     assert_eq!(out.status.code(), Some(2), "no key on the command line");
 }
+
+/// A create whose caller will follow the output (`follow=true`) answers for the logs read
+/// too: without `container:read` it is refused before anything is recorded, so busd can
+/// follow a run it created for a caller without asking the runner again.
+#[tokio::test]
+async fn a_create_with_follow_needs_container_read_and_records_nothing_without_it() {
+    let (_dir, keys, app) = runner_without_engine(Config::builtin());
+    let runner_only = keys.mint("authz-follow", &[Scope::Run], Duration::from_secs(60));
+    let reply = call(
+        &app,
+        Method::POST,
+        &format!("{RUNS}?follow=true"),
+        Some(&runner_only),
+        Some(json!({"argv": ["true"]})),
+    )
+    .await;
+    assert_problem(
+        &reply,
+        StatusCode::FORBIDDEN,
+        "scope_missing",
+        "create, follow",
+    );
+    assert!(
+        reply.json()["guidance"]
+            .as_str()
+            .unwrap()
+            .contains("container:read"),
+        "{}",
+        text(&reply)
+    );
+    let reader = keys.mint("authz-follow", &[Scope::Read], Duration::from_secs(60));
+    let page = call(&app, Method::GET, RUNS, Some(&reader), None)
+        .await
+        .json();
+    assert_eq!(page["runs"], json!([]), "nothing was recorded: {page}");
+}

@@ -364,3 +364,45 @@ fn a_group_started_mid_run_holds_nothing_before_its_start() {
         Read::Behind { first_held: 8 }
     ));
 }
+
+/// The caller that created the run (the runner accepted it for the logs in that create)
+/// follows without a `tail=0` of its own; anyone who joins its group after it still asks,
+/// and a refused token still gets nothing.
+#[tokio::test]
+async fn only_the_creator_follows_without_an_authorization_of_its_own() {
+    let (origin, seen) = scripted_runner(vec![Reply {
+        lines: vec![output(1), KEEPALIVE.into()],
+        hang: true,
+    }])
+    .await;
+    let fanout = Arc::new(Fanout::default());
+    let mut creator = fanout.follow_created(
+        upstream_to(&origin, Duration::from_secs(30)),
+        "run_1",
+        Follow::after(0),
+    );
+    let first = tokio::time::timeout(Duration::from_secs(10), creator.recv())
+        .await
+        .unwrap();
+    assert!(matches!(first, Some(Ok(Event::Chunk(_)))), "{first:?}");
+    assert_eq!(seen.authorizations.load(Ordering::SeqCst), 0);
+
+    let forged = fanout.follow(
+        upstream_with(
+            &origin,
+            Duration::from_secs(30),
+            &format!("eyJ.{REFUSED}.b"),
+        ),
+        "run_1",
+        Follow::after(0),
+    );
+    let (got, ended) = events(forged, Duration::from_secs(10)).await;
+    assert!(ended, "{got:?}");
+    assert!(
+        chunk_seqs(&got).is_empty(),
+        "a refused token read output: {got:?}"
+    );
+    assert_eq!(seen.authorizations.load(Ordering::SeqCst), 1);
+    // One upstream stream, the creator's.
+    assert_eq!(seen.paths().len(), 1, "{:?}", seen.paths());
+}

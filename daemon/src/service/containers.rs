@@ -126,12 +126,11 @@ impl Containers for ContainersService {
         let accepted = pb::RunEvent {
             event: Some(pb::run_event::Event::Accepted(run_to_proto(run.clone()))),
         };
+        // Created with `follow`: the runner has accepted this caller for the run's logs.
         let events = self
             .state
             .fanout
-            .read(upstream, &run.id, follow_from(0, None, true))
-            .await
-            .map_err(Error::from)?;
+            .follow_created(upstream, &run.id, Follow::after(0));
         let events = ReceiverStream::new(events).filter_map(|event| async move {
             match event {
                 Ok(event) => Some(Ok(pb::RunEvent {

@@ -6,6 +6,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bus_api::auth::Scope;
 pub use bus_api::runs::MAX_WAIT_MS;
 use bus_api::runs::{CreateRunQuery, DEFAULT_PAGE_SIZE, ListRunsQuery, MAX_PAGE_SIZE, WaitFor};
 use bus_api::{CreateRun, Run, RunOptions, RunPage, RunState};
@@ -87,8 +88,9 @@ impl StartWait for CreateRunQuery {
         ("wait_ms" = Option<u64>, Query, minimum = 1, maximum = 600000,
             description = "With `wait`: the longest wait in milliseconds (default 60000)."),
         ("follow" = Option<bool>, Query,
-            description = "The caller will follow the run's output: refused with \
-                `logs_disabled`, before anything starts, when the token's grant switches logs off."),
+            description = "The caller will follow the run's output: refused before anything \
+                starts when the token lacks `container:read` (`scope_missing`) or its grant \
+                switches logs off (`logs_disabled`)."),
     ),
     request_body(content = CreateRun, content_type = "application/json"),
     responses(
@@ -121,15 +123,24 @@ pub async fn create(
     ApiJson(mut request): ApiJson<CreateRun>,
 ) -> Result<Response, ApiError> {
     let start_wait = query.start_wait()?;
-    // A caller that will follow the output is refused before anything starts when it may not.
-    if query.follow
-        && caller
+    // A caller that will follow the output is refused before anything starts when it may
+    // not read it: without `container:read`, or under a grant that switches logs off. So a
+    // create with `follow` answers for the logs read too.
+    if query.follow {
+        if !caller.claims.has(Scope::Read) {
+            return Err(ApiError::ScopeMissing {
+                missing: Scope::Read,
+                held: caller.claims.scopes().map(str::to_owned).collect(),
+            });
+        }
+        if caller
             .claims
             .grant
             .as_ref()
             .is_some_and(|g| !g.allows_logs())
-    {
-        return Err(ApiError::FollowDisabled);
+        {
+            return Err(ApiError::FollowDisabled);
+        }
     }
     // Used for this request's pull only: never part of the run, its record or the stored
     // request an idempotent replay is compared with.
