@@ -4,7 +4,8 @@
 //! last seq printed through a busd started again (as `logs -f` does). With `-i` (stdin) or `-t`
 //! (a terminal) the session is attached to the run's command as `exec -i -t` is to its command
 //! (raw mode, resizes, signals), through `Exec` with `attach`; the run's final record decides
-//! the exit code.
+//! the exit code. With `--service` it returns once the run's published ports accept
+//! connections, printing their URLs.
 
 use bus::proto::containers::v1::{
     CreateRunRequest, ExecStart, GetRunRequest, PortMapping, PullPolicy, RegistryLogin, Run,
