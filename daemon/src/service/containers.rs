@@ -323,7 +323,7 @@ fn list_query(request: pb::ListRunsRequest) -> Result<ListRunsQuery, Error> {
             None => {
                 return Err(Error::InvalidArgument {
                     message: format!("states holds {state}, which is not a run state"),
-                    guidance: "name states from RUNNING to TIMED_OUT (1 to 7)".into(),
+                    guidance: "name states from RUN_STATE_QUEUED (1) to RUN_STATE_TIMED_OUT (7), or none for all".into(),
                 });
             }
         }
@@ -538,5 +538,92 @@ fn exit_to_proto(exit: Exit) -> pb::RunExited {
         reason: exit.reason.unwrap_or_default(),
         last_seq: exit.last_seq,
         finished_at: exit.finished_at.map(timestamp),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid(err: Error) -> String {
+        match err {
+            Error::InvalidArgument { message, guidance } => {
+                assert!(!guidance.is_empty(), "{message}: no next step");
+                message
+            }
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+
+    /// What a stub may send that REST cannot carry is refused here, one line each; what
+    /// REST can carry is left for the runner to judge.
+    #[test]
+    fn run_specs_map_to_rest_and_bad_values_are_refused() {
+        let spec = pb::RunSpec {
+            ports: vec![pb::PortMapping {
+                container_port: 80,
+                host_port: 0,
+                protocol: String::new(),
+                host_ip: String::new(),
+            }],
+            storage: Some(pb::StorageMount {
+                mount_path: "/data".into(),
+                subpath: String::new(),
+            }),
+            pull: pb::PullPolicy::Never as i32,
+            service: true,
+            ..pb::RunSpec::default()
+        };
+        let rest = create_run(Some(spec.clone())).unwrap();
+        assert_eq!(
+            (
+                &rest.ports[0].host_ip[..],
+                rest.ports[0].host_port,
+                rest.ports[0].protocol
+            ),
+            (DEFAULT_HOST_IP, None, Protocol::Tcp)
+        );
+        assert_eq!(rest.storage.unwrap().subpath, None);
+        assert_eq!((rest.pull, rest.service), (Some(PullPolicy::Never), true));
+        assert_eq!(
+            create_run(None).unwrap().pull,
+            None,
+            "UNSPECIFIED is the runner's default"
+        );
+
+        let bad = |tweak: fn(&mut pb::RunSpec)| {
+            let mut spec = spec.clone();
+            tweak(&mut spec);
+            invalid(create_run(Some(spec)).unwrap_err())
+        };
+        assert!(
+            bad(|s| s.ports[0].container_port = 70_000)
+                .contains("ports[0].container_port is 70000")
+        );
+        assert!(bad(|s| s.ports[0].host_port = 65_536).contains("ports[0].host_port"));
+        assert!(bad(|s| s.ports[0].protocol = "sctp".into()).contains("use tcp or udp"));
+        assert!(bad(|s| s.pull = 9).contains("not a pull policy"));
+    }
+
+    #[test]
+    fn list_filters_map_to_the_rest_query_and_unknown_states_are_refused() {
+        let query = list_query(pb::ListRunsRequest {
+            states: vec![pb::RunState::Running as i32, pb::RunState::TimedOut as i32],
+            role: "agent".into(),
+            ..pb::ListRunsRequest::default()
+        })
+        .unwrap();
+        assert_eq!(query.state.as_deref(), Some("running,timed_out"));
+        assert_eq!((query.role.as_deref(), query.name), (Some("agent"), None));
+        for state in [pb::RunState::Unspecified as i32, 42] {
+            let message = invalid(
+                list_query(pb::ListRunsRequest {
+                    states: vec![state],
+                    ..pb::ListRunsRequest::default()
+                })
+                .unwrap_err(),
+            );
+            assert!(message.contains("not a run state"), "{message}");
+        }
     }
 }

@@ -139,7 +139,7 @@ pub fn check_run_live(state: &AppState, claims: &Claims) -> Result<(), ApiError>
     let live = state
         .store()
         .get(&claims.sub, run)
-        .is_some_and(|entry| !entry.snapshot().state.is_terminal());
+        .is_some_and(|entry| !entry.state().is_terminal());
     if live {
         Ok(())
     } else {

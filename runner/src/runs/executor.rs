@@ -552,7 +552,7 @@ pub async fn readopt(engine: &Arc<Engine>, store: &Store) -> Result<Readopted, E
             },
             None => None,
         };
-        let had_container = container.is_some() || entry.snapshot().state == RunState::Running;
+        let had_container = container.is_some() || entry.state() == RunState::Running;
         match (container, status) {
             (Some(container), Some(status @ ContainerStatus::Running))
             | (Some(container), Some(status @ ContainerStatus::Exited(Some(_)))) => {
@@ -599,7 +599,7 @@ pub async fn readopt(engine: &Arc<Engine>, store: &Store) -> Result<Readopted, E
     for (run, container) in by_run {
         let known = store
             .get_any(&run)
-            .is_some_and(|e| !e.snapshot().state.is_terminal());
+            .is_some_and(|e| !e.state().is_terminal());
         if !known {
             strays.push(container);
         }

@@ -90,6 +90,11 @@ impl Entry {
         self.data().record.clone()
     }
 
+    /// Where the run is in its life now (without copying its record).
+    pub fn state(&self) -> RunState {
+        self.data().record.state
+    }
+
     /// The label value of the runner that owns this run's container.
     pub fn runner_id(&self) -> &str {
         &self.link.runner_id

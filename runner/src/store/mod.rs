@@ -143,7 +143,7 @@ impl Runs {
     /// `owner`'s run named `name` that has not ended, if there is one (there is at most one).
     fn live_named(&self, owner: &str, name: &str) -> Option<&Arc<Entry>> {
         self.by_serial.values().rev().find(|e| {
-            e.owner == owner && e.name.as_deref() == Some(name) && !e.snapshot().state.is_terminal()
+            e.owner == owner && e.name.as_deref() == Some(name) && !e.state().is_terminal()
         })
     }
 }
@@ -525,7 +525,7 @@ impl Store {
         let runs = self.lock();
         runs.by_serial
             .values()
-            .filter(|e| !e.snapshot().state.is_terminal())
+            .filter(|e| !e.state().is_terminal())
             .cloned()
             .collect()
     }

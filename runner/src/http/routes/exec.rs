@@ -125,7 +125,7 @@ pub const START_WAIT: Duration = Duration::from_secs(60);
 /// `run_not_running` with its state.
 async fn running_container(entry: &Entry, id: &str) -> Result<String, ApiError> {
     entry.wait_started(START_WAIT).await;
-    let run_state = entry.snapshot().state;
+    let run_state = entry.state();
     match entry.container() {
         Some(c) if run_state == bus_api::RunState::Running => Ok(c),
         _ => Err(ApiError::RunNotRunning {

@@ -201,18 +201,17 @@ pub async fn create(
             restarts: 0,
         },
     };
-    // A service runs until stopped, or until the plan's run-seconds are used up.
-    let timeout = if spec.service {
-        admission
+    // A service runs until stopped, or until the plan's run-seconds are used up; the spec
+    // says so to all that reads its timeout (the executor, a run token's expiry).
+    if spec.service {
+        spec.timeout = admission
             .run_seconds_left()
             .map_or(SERVICE_TIMEOUT, Duration::from_secs)
-            .min(SERVICE_TIMEOUT)
-    } else {
-        spec.timeout
-    };
+            .min(SERVICE_TIMEOUT);
+    }
     let new = NewRun {
         record,
-        timeout,
+        timeout: spec.timeout,
         idempotency,
     };
     let entry = match state.store().insert(caller.account(), new).await? {
@@ -324,7 +323,7 @@ async fn ports_accept(ports: &[bus_api::Port]) -> bool {
 /// once its end is recorded, so the caller learns that it ended and how.
 pub async fn answer_started(entry: &Entry, limit: Duration) -> Run {
     if entry.wait_started(limit).await
-        && entry.snapshot().state == RunState::Running
+        && entry.state() == RunState::Running
         && entry.wait_output_ended(START_SETTLE).await
     {
         entry.wait_ended(ENDING_WAIT).await;
@@ -481,7 +480,7 @@ pub async fn delete(
     let entry = store.find(caller.account(), &id)?;
     // Remove a live container before forgetting the run, so an engine failure changes nothing.
     if let Some(container) = entry.container() {
-        if !entry.snapshot().state.is_terminal() {
+        if !entry.state().is_terminal() {
             entry.set_deleting(true);
             if let Err(e) = state.engine().remove(&container).await {
                 entry.set_deleting(false);
@@ -531,6 +530,25 @@ mod tests {
         ] {
             let err = bad.start_wait().unwrap_err();
             assert_eq!(err.problem().status, 400, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn list_states_are_names_and_an_unknown_one_lists_the_valid_ones() {
+        assert_eq!(
+            parse_states("running, timed_out").unwrap(),
+            [RunState::Running, RunState::TimedOut]
+        );
+        for bad in ["sleeping", "running,", "RUNNING"] {
+            let problem = parse_states(bad).unwrap_err().problem();
+            assert_eq!(problem.status, 400, "{bad}");
+            assert!(
+                problem
+                    .detail
+                    .contains("use queued, starting, running, exited"),
+                "{}",
+                problem.detail
+            );
         }
     }
 

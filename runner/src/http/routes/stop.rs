@@ -65,7 +65,7 @@ pub async fn stop(
             .unwrap_or(DEFAULT_STOP_GRACE_SECONDS)
             .into(),
     );
-    if !entry.snapshot().state.is_terminal() {
+    if !entry.state().is_terminal() {
         tracing::info!(run = %entry.id, owner = caller.account(), force = request.force, grace_seconds = grace.as_secs(), "stopping the run");
         executor::stop(state.engine(), &entry, grace, request.force, KILL_LIMIT).await;
     }
