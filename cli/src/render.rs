@@ -601,7 +601,11 @@ pub fn run_details(run: &Run, now: OffsetDateTime) -> String {
     if run.service {
         line(
             "service:",
-            format!("yes, started again {} times", run.restarts),
+            match run.restarts {
+                0 => "yes".to_owned(),
+                1 => "yes, started again once after it failed".to_owned(),
+                n => format!("yes, started again {n} times after it failed"),
+            },
         );
     }
     if let Some(storage) = &run.storage {

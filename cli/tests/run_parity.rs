@@ -561,6 +561,11 @@ fn a_service_returns_once_it_serves_and_is_started_again_when_it_fails() {
         (Some(true), Some(1), Some("running")),
         "{run}"
     );
+    let text = expect_success(&stack.run(&["containers", "get", "api"]));
+    assert!(
+        text.contains("service:   yes, started again once after it failed"),
+        "{text}"
+    );
     // Both starts' output is the run's, in order.
     let logs = expect_success(&stack.run(&["containers", "logs", "api"]));
     assert_eq!(logs, "start 1\nstart 2\n");
