@@ -330,6 +330,8 @@ fn the_list_filters_by_state_name_participant_and_role_and_stops_at_a_limit() {
     assert_eq!(all.len(), 3);
     assert_eq!(ids(&["--state", "running"]), [live.as_str()]);
     assert_eq!(ids(&["--state", "exited,stopped"]), all[1..]);
+    // State names as the JSON output writes them, `timed_out` included.
+    assert!(ids(&["--state", "timed_out,failed"]).is_empty());
     assert_eq!(
         ids(&["--participant", "ann"]),
         [all[0].clone(), all[2].clone()]

@@ -59,6 +59,8 @@ enum StateArg {
     Exited,
     Failed,
     Stopped,
+    /// As the JSON output and the runner name it.
+    #[value(name = "timed_out")]
     TimedOut,
 }
 
