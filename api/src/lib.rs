@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`runs`]: run requests and records, list pages, log frames.
+//! - [`frames`]: the log stream's binary framing, and log frames with their bytes decoded.
 //! - [`status`]: the runner's status document.
 //! - [`problem`]: RFC 9457 problem documents and the stable error codes.
 //! - [`auth`]: scope names, the JWT claims (and grant) the runner issues, token exchange.
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod billing;
 pub mod builds;
 pub mod exec;
+pub mod frames;
 pub mod images;
 pub mod paths;
 pub mod problem;

@@ -32,8 +32,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bus_api::runs::LogsQuery;
+use bus_api::frames::Frame;
 use bus_api::{LogFrame, RunState, Stream as StdStream};
-use bytes::Bytes;
 use futures::StreamExt;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
@@ -57,18 +57,8 @@ pub const MAX_RESUME_PAUSE: Duration = Duration::from_secs(2);
 /// Events queued per follower before its reader waits for the client.
 const FOLLOWER_BUFFER: usize = 64;
 
-/// One chunk of a run's output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Chunk {
-    /// Dense per-run sequence number.
-    pub seq: u64,
-    /// stdout or stderr.
-    pub stream: StdStream,
-    /// The bytes.
-    pub data: Bytes,
-    /// When the runner read them.
-    pub time: OffsetDateTime,
-}
+/// One chunk of a run's output, its bytes decoded.
+pub use bus_api::frames::Output as Chunk;
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -650,50 +640,30 @@ pub enum Decoded {
     Exit(Exit),
 }
 
-/// Decodes a frame's base64 payload.
-pub fn decode(frame: LogFrame, origin: &str) -> Result<Decoded, UpstreamError> {
+/// Takes a frame's parts: its output, or its exit.
+pub fn decode(frame: Frame, origin: &str) -> Result<Decoded, UpstreamError> {
     match frame {
-        LogFrame::Output {
-            seq,
-            stream,
-            ref data,
-            time,
-        } => {
-            let bytes = base64_decode(data).ok_or_else(|| UpstreamError::Protocol {
-                origin: origin.to_owned(),
-                reason: format!("log frame {seq} has invalid base64 data"),
-            })?;
-            Ok(Decoded::Chunk(Chunk {
-                seq,
-                stream,
-                data: Bytes::from(bytes),
-                time,
-            }))
-        }
-        LogFrame::Exit {
+        Frame::Output(chunk) => Ok(Decoded::Chunk(chunk)),
+        Frame::Control(LogFrame::Exit {
             state,
             exit_code,
             reason,
             last_seq,
             finished_at,
-        } => Ok(Decoded::Exit(Exit {
+        }) => Ok(Decoded::Exit(Exit {
             state,
             exit_code,
             reason,
             last_seq,
             finished_at,
         })),
-        // The upstream's frame reader drops keepalives; one here is out of place.
-        LogFrame::Keepalive => Err(UpstreamError::Protocol {
+        // The upstream's frame readers drop keepalives and decode output; others are out of
+        // place here.
+        Frame::Control(other) => Err(UpstreamError::Protocol {
             origin: origin.to_owned(),
-            reason: "a keepalive frame reached the log decoder".to_owned(),
+            reason: format!("a {other:?} frame reached the log decoder"),
         }),
     }
-}
-
-fn base64_decode(data: &str) -> Option<Vec<u8>> {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.decode(data).ok()
 }
 
 #[cfg(test)]

@@ -62,7 +62,7 @@ impl Fanout {
 /// `follow` is given and the run has not ended — joins the run's fan-out group after the last
 /// seq sent.
 async fn replay_then_follow(
-    frames: impl futures::Stream<Item = Result<bus_api::LogFrame, UpstreamError>>,
+    frames: impl futures::Stream<Item = Result<bus_api::frames::Frame, UpstreamError>>,
     upstream: Upstream,
     run_id: String,
     follow: Option<Follow>,

@@ -1,5 +1,7 @@
 //! The buffer, and groups against a scripted runner: resumes, silence, refusals.
 
+use bytes::Bytes;
+
 use super::*;
 use crate::config::ApiOrigin;
 

@@ -1,15 +1,16 @@
-//! Log streams: NDJSON frames with keepalives dropped and silence bounded, so a half-open
-//! connection fails instead of hanging.
+//! Log streams: frames (binary when the runner offers it, NDJSON otherwise) with keepalives
+//! dropped and silence bounded, so a half-open connection fails instead of hanging.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bus_api::LogFrame;
-use bus_api::paths;
+use bus_api::frames::{self, Frame, FrameError, LOG_FRAMES};
+use bus_api::{LogFrame, NDJSON, paths};
 use bus_api::runs::{KEEPALIVE_SECONDS, KEEPALIVE_SECONDS_RANGE, LogsQuery};
 use futures::{Stream, StreamExt, TryStreamExt};
 use reqwest::Method;
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
 
 use super::error::frame_error;
 use super::{Upstream, UpstreamError, ndjson};
@@ -81,7 +82,7 @@ impl Upstream {
         id: &str,
         after_seq: u64,
         follow: bool,
-    ) -> Result<impl Stream<Item = Result<LogFrame, UpstreamError>> + use<>, UpstreamError> {
+    ) -> Result<impl Stream<Item = Result<Frame, UpstreamError>> + use<>, UpstreamError> {
         self.logs_with(id, &LogsQuery::after(after_seq, follow))
             .await
     }
@@ -109,14 +110,16 @@ impl Upstream {
         id: &str,
         after_seq: u64,
         seen: &KeepalivesSeen,
-    ) -> Result<impl Stream<Item = Result<LogFrame, UpstreamError>> + use<>, UpstreamError> {
+    ) -> Result<impl Stream<Item = Result<Frame, UpstreamError>> + use<>, UpstreamError> {
         self.logs_seen(id, &LogsQuery::after(after_seq, true), seen.clone())
             .await
     }
 
     /// `GET /api/v1/containers/runs/{id}/logs` with every option of [`LogsQuery`].
     ///
-    /// Keepalive frames are dropped. The response's headers must come within the silence
+    /// The runner is asked for the binary framing ([`LOG_FRAMES`]) and NDJSON is read when it
+    /// answers that (as runners from before the binary framing do). Keepalive frames are
+    /// dropped. The response's headers must come within the silence
     /// bound ([`SILENCE_INTERVALS`] keepalive intervals); then a stream that is not followed
     /// is cut as broken (`Unreachable`) after that long without a byte, and a followed one
     /// too once a keepalive has come on it.
@@ -124,7 +127,7 @@ impl Upstream {
         &self,
         id: &str,
         query: &LogsQuery,
-    ) -> Result<impl Stream<Item = Result<LogFrame, UpstreamError>> + use<>, UpstreamError> {
+    ) -> Result<impl Stream<Item = Result<Frame, UpstreamError>> + use<>, UpstreamError> {
         self.logs_seen(id, query, KeepalivesSeen::default()).await
     }
 
@@ -138,7 +141,7 @@ impl Upstream {
         id: &str,
         query: &LogsQuery,
         seen: KeepalivesSeen,
-    ) -> Result<impl Stream<Item = Result<LogFrame, UpstreamError>> + use<>, UpstreamError> {
+    ) -> Result<impl Stream<Item = Result<Frame, UpstreamError>> + use<>, UpstreamError> {
         let query = LogsQuery {
             // Named only when not the default: older runners refuse unknown parameters.
             keepalive_seconds: (query.follow && self.keepalive != DEFAULT_KEEPALIVE)
@@ -147,6 +150,7 @@ impl Upstream {
         };
         let request = self
             .request(Method::GET, &paths::run_logs(id))
+            .header(ACCEPT, ACCEPTED)
             .query(&query);
         let bound = self.silence_bound();
         let response = tokio::time::timeout(bound, self.send(request))
@@ -164,6 +168,12 @@ impl Upstream {
             seen,
         };
         let origin = self.origin.to_string();
+        let decoder = LogDecoder::for_content_type(
+            response
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+        );
         let bytes = response.bytes_stream().map_err({
             let origin = origin.clone();
             move |e| UpstreamError::Unreachable {
@@ -171,7 +181,53 @@ impl Upstream {
                 reason: e.to_string(),
             }
         });
-        Ok(ndjson_frames(bytes, origin, silence))
+        Ok(log_frames(bytes, decoder, origin, silence))
+    }
+}
+
+/// What busd's log requests accept: the binary framing first.
+const ACCEPTED: &str = "application/vnd.bus.log-frames, application/x-ndjson;q=0.5";
+
+/// A log stream's decoder, for the framing the runner answered with.
+#[derive(Debug)]
+enum LogDecoder {
+    Ndjson(ndjson::FrameDecoder<LogFrame>),
+    Binary(frames::FrameDecoder),
+}
+
+impl LogDecoder {
+    /// The binary decoder for [`LOG_FRAMES`], NDJSON for anything else.
+    fn for_content_type(content_type: Option<&str>) -> LogDecoder {
+        let media_type = content_type
+            .and_then(|v| v.split(';').next())
+            .map(str::trim)
+            .unwrap_or(NDJSON);
+        if media_type.eq_ignore_ascii_case(LOG_FRAMES) {
+            LogDecoder::Binary(frames::FrameDecoder::new())
+        } else {
+            LogDecoder::Ndjson(ndjson::FrameDecoder::new())
+        }
+    }
+
+    fn push(&mut self, chunk: &[u8]) {
+        match self {
+            LogDecoder::Ndjson(d) => d.push(chunk),
+            LogDecoder::Binary(d) => d.push(chunk),
+        }
+    }
+
+    fn next_frame(&mut self) -> Option<Result<Frame, FrameError>> {
+        match self {
+            LogDecoder::Ndjson(d) => d.next_frame().map(|f| f.and_then(Frame::try_from)),
+            LogDecoder::Binary(d) => d.next_frame(),
+        }
+    }
+
+    fn finish(&self) -> Result<(), FrameError> {
+        match self {
+            LogDecoder::Ndjson(d) => d.finish(),
+            LogDecoder::Binary(d) => d.finish(),
+        }
     }
 }
 
@@ -180,27 +236,27 @@ fn seconds(d: Duration) -> String {
     format!("{} s", d.as_secs_f64())
 }
 
-/// Splits an NDJSON byte stream into frames ([`ndjson::FrameDecoder`]), dropping keepalive
-/// frames; past `silence`'s bound without a byte, once it is enforced, the stream ends with
-/// `Unreachable`.
-fn ndjson_frames<S>(
+/// Splits a log stream's bytes into frames with `decoder`, dropping keepalive frames; past
+/// `silence`'s bound without a byte, once it is enforced, the stream ends with `Unreachable`.
+fn log_frames<S>(
     bytes: S,
+    decoder: LogDecoder,
     origin: String,
     silence: Silence,
-) -> impl Stream<Item = Result<LogFrame, UpstreamError>>
+) -> impl Stream<Item = Result<Frame, UpstreamError>>
 where
     S: Stream<Item = Result<bytes::Bytes, UpstreamError>> + Unpin,
 {
     let protocol = frame_error;
     futures::stream::unfold(
-        (bytes, ndjson::FrameDecoder::new(), origin, silence, false),
+        (bytes, decoder, origin, silence, false),
         move |(mut bytes, mut decoder, origin, silence, done)| async move {
             if done {
                 return None;
             }
             loop {
                 match decoder.next_frame() {
-                    Some(Ok(LogFrame::Keepalive)) => {
+                    Some(Ok(Frame::Control(LogFrame::Keepalive))) => {
                         silence.seen.set();
                         continue;
                     }
@@ -251,7 +307,18 @@ mod tests {
     use crate::credentials::Token;
     use crate::upstream::{ApiOrigin, Upstreams};
 
-    fn frames_of(chunks: Vec<&'static [u8]>) -> Vec<Result<LogFrame, String>> {
+    fn ndjson_frames<S>(
+        bytes: S,
+        origin: String,
+        silence: Silence,
+    ) -> impl Stream<Item = Result<Frame, UpstreamError>>
+    where
+        S: Stream<Item = Result<bytes::Bytes, UpstreamError>> + Unpin,
+    {
+        log_frames(bytes, LogDecoder::for_content_type(Some(NDJSON)), origin, silence)
+    }
+
+    fn frames_of(chunks: Vec<&'static [u8]>) -> Vec<Result<Frame, String>> {
         let bytes = futures::stream::iter(
             chunks
                 .into_iter()
@@ -270,17 +337,17 @@ mod tests {
             b"\"exit_code\":0,\"last_seq\":1}\n",
         ]);
         assert_eq!(got.len(), 2, "{got:?}");
-        assert_eq!(
-            got[0].as_ref().unwrap().output_bytes().unwrap().unwrap(),
-            b"OK"
+        assert!(
+            matches!(&got[0], Ok(Frame::Output(o)) if o.data == b"OK"[..]),
+            "{got:?}"
         );
         assert!(matches!(
             got[1],
-            Ok(LogFrame::Exit {
+            Ok(Frame::Control(LogFrame::Exit {
                 exit_code: Some(0),
                 last_seq: 1,
                 ..
-            })
+            }))
         ));
     }
 
@@ -302,7 +369,7 @@ mod tests {
         silence: Silence,
     ) -> (
         tokio::sync::mpsc::UnboundedSender<&'static [u8]>,
-        impl Stream<Item = Result<LogFrame, UpstreamError>>,
+        impl Stream<Item = Result<Frame, UpstreamError>>,
     ) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<&'static [u8]>();
         let bytes = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
@@ -336,7 +403,7 @@ mod tests {
             .collect()
             .await;
         assert_eq!(got.len(), 1, "{got:?}");
-        assert!(matches!(got[0], Ok(LogFrame::Output { seq: 1, .. })));
+        assert!(matches!(got[0], Ok(Frame::Output(frames::Output { seq: 1, .. }))));
         assert!(seen.get());
     }
 
@@ -348,7 +415,7 @@ mod tests {
         tx.send(KEEPALIVE).unwrap();
         assert!(matches!(
             frames.next().await,
-            Some(Ok(LogFrame::Output { seq: 1, .. }))
+            Some(Ok(Frame::Output(frames::Output { seq: 1, .. })))
         ));
         let started = tokio::time::Instant::now();
         let err = frames.next().await.unwrap().unwrap_err();
@@ -378,7 +445,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         assert!(matches!(
             frames.next().await,
-            Some(Ok(LogFrame::Output { seq: 1, .. }))
+            Some(Ok(Frame::Output(frames::Output { seq: 1, .. })))
         ));
         assert_eq!(started.elapsed(), Duration::from_secs(12));
         drop(feeder.await.unwrap());
@@ -458,5 +525,49 @@ mod tests {
     fn garbage_is_a_protocol_error() {
         let got = frames_of(vec![b"<html>\n"]);
         assert!(got[0].as_ref().unwrap_err().contains("invalid frame"));
+    }
+
+    #[test]
+    fn the_binary_framing_is_read_when_the_runner_answers_with_it() {
+        let at = time::OffsetDateTime::UNIX_EPOCH;
+        let mut wire = Vec::new();
+        frames::put_output(&mut wire, 1, bus_api::Stream::Stdout, at, b"raw\x00bytes");
+        frames::put_control(&mut wire, &LogFrame::Keepalive);
+        frames::put_control(
+            &mut wire,
+            &LogFrame::Exit {
+                state: bus_api::RunState::Exited,
+                exit_code: Some(0),
+                reason: None,
+                last_seq: 1,
+                finished_at: None,
+            },
+        );
+        let decoder =
+            LogDecoder::for_content_type(Some("application/vnd.bus.log-frames; charset=binary"));
+        assert!(matches!(decoder, LogDecoder::Binary(_)), "{decoder:?}");
+        let chunks = wire
+            .chunks(5)
+            .map(|c| Ok::<_, UpstreamError>(bytes::Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>();
+        let got: Vec<_> = futures::executor::block_on(
+            log_frames(futures::stream::iter(chunks), decoder, "http://o".into(), unbounded())
+                .collect(),
+        );
+        assert_eq!(got.len(), 2, "the keepalive is dropped: {got:?}");
+        assert!(
+            matches!(&got[0], Ok(Frame::Output(o)) if o.data == b"raw\x00bytes"[..]),
+            "{got:?}"
+        );
+        assert!(matches!(
+            got[1],
+            Ok(Frame::Control(LogFrame::Exit { last_seq: 1, .. }))
+        ));
+        for other in [None, Some("application/x-ndjson"), Some("text/plain")] {
+            assert!(
+                matches!(LogDecoder::for_content_type(other), LogDecoder::Ndjson(_)),
+                "{other:?}"
+            );
+        }
     }
 }

@@ -15,19 +15,8 @@ use serde::de::DeserializeOwned;
 /// Longest NDJSON line accepted (a 64 KiB chunk in base64 plus its envelope).
 pub const MAX_FRAME_LINE: usize = 256 * 1024;
 
-/// Why the bytes are not a stream of frames.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
-    /// A line that is not a frame of the stream's kind.
-    #[error("invalid frame: {0}")]
-    Invalid(String),
-    /// A line longer than [`MAX_FRAME_LINE`].
-    #[error("a frame is larger than any the API sends")]
-    TooLong,
-    /// The stream ended after part of a line.
-    #[error("the stream ended in the middle of a frame")]
-    Truncated,
-}
+/// Why the bytes are not a stream of frames: the same reasons as the binary framing's.
+pub use bus_api::frames::FrameError;
 
 /// Splits a byte stream into frames of type `T` (log frames unless said otherwise):
 /// [`push`](Self::push) chunks, then take frames with

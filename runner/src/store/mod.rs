@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bus_api::frames::Output;
 use bus_api::{LogFrame, Run, RunState};
 use time::OffsetDateTime;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -220,7 +221,7 @@ impl StreamFilter {
 #[derive(Debug)]
 pub struct LogRead {
     /// Output frames, in `seq` order (only the streams asked for).
-    pub frames: Vec<LogFrame>,
+    pub frames: Vec<Output>,
     /// The cursor to read after next: every frame up to it was returned or filtered out.
     pub last_seq: u64,
     /// The exit frame, when the run has ended and the cursor reached its last output.
@@ -595,7 +596,7 @@ impl Store {
             .await
             .map_err(|_| StoreError::WriterGone)??;
             if !complete {
-                read.last_seq = frames.last().map_or(committed, frame_seq);
+                read.last_seq = frames.last().map_or(committed, |f| f.seq);
             }
             read.frames = frames;
         }
@@ -750,14 +751,6 @@ impl Store {
     }
 }
 
-fn frame_seq(frame: &LogFrame) -> u64 {
-    match frame {
-        LogFrame::Output { seq, .. } => *seq,
-        LogFrame::Exit { last_seq, .. } => *last_seq,
-        // Keepalives are made by the logs route and never stored.
-        LogFrame::Keepalive => 0,
-    }
-}
 
 /// Parses a retention age like `90m`, `12h` or `7d` (units s, m, h, d).
 pub fn parse_age(text: &str) -> Result<Duration, String> {

@@ -53,9 +53,7 @@ async fn read_all(
     loop {
         let read = s.read(e, cursor, filter, 10).await.unwrap();
         for f in &read.frames {
-            if let LogFrame::Output { seq, stream, .. } = f {
-                out.push((*seq, *stream, f.output_bytes().unwrap().unwrap()));
-            }
+            out.push((f.seq, f.stream, f.data.to_vec()));
         }
         let progressed = read.last_seq > cursor;
         cursor = read.last_seq;

@@ -18,7 +18,6 @@ use axum::extract::ws::{
 };
 use axum::extract::{Path, State};
 use axum::response::Response;
-use base64::Engine as _;
 use bus_api::exec::{ExecStatus, Frame, STDERR, STDOUT, encode_data};
 use bus_api::runs::AttachQuery;
 use bus_api::{LogFrame, RunState, Stream};
@@ -180,18 +179,12 @@ async fn follow(
         };
         cursor = read.last_seq;
         for frame in &read.frames {
-            let LogFrame::Output { stream, data, .. } = frame else {
-                continue;
-            };
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(data)
-                .unwrap_or_default();
-            let channel = if *stream == Stream::Stderr {
+            let channel = if frame.stream == Stream::Stderr {
                 STDERR
             } else {
                 STDOUT
             };
-            tx.send(Message::Binary(encode_data(channel, &bytes).into()))
+            tx.send(Message::Binary(encode_data(channel, &frame.data).into()))
                 .await
                 .ok()?;
         }

@@ -1,5 +1,5 @@
 //! `GET /api/v1/containers/runs/{id}/logs?follow=&after_seq=&tail=&stdout=&stderr=`: the run's
-//! output as NDJSON.
+//! output as NDJSON, or in the binary framing of [`bus_api::frames`] when `Accept` names it.
 //!
 //! Stored frames and live ones are read through one cursor (the `seq` of the last frame
 //! covered), always from the store, so nothing is lost or repeated between the two.
@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 pub use bus_api::runs::{KEEPALIVE_SECONDS, KEEPALIVE_SECONDS_RANGE, LogsQuery};
+use bus_api::frames::{self, LOG_FRAMES, Output};
 use bus_api::{LogFrame, NDJSON};
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -53,7 +54,8 @@ impl Keepalive for LogsQuery {
 
 /// Streams a run's output.
 ///
-/// NDJSON, one `LogFrame` per line: `output` frames with a dense
+/// NDJSON, one `LogFrame` per line (or, when `Accept` names `application/vnd.bus.log-frames`,
+/// the same frames in that binary framing, the output's bytes as they are): `output` frames with a dense
 /// per-run `seq` (resume after the last one seen with `after_seq`, and nothing is lost or
 /// repeated), then one `exit` frame once the run has ended. With `follow`, the stream stays
 /// open for new frames, and an idle one carries `keepalive` frames.
@@ -77,8 +79,15 @@ impl Keepalive for LogsQuery {
             description = "With `follow`: a keepalive frame after this many idle seconds (default 15)."),
     ),
     responses(
-        (status = 200, description = "NDJSON: one `LogFrame` per line.",
-            content_type = "application/x-ndjson", body = LogFrame),
+        (status = 200, description = "NDJSON: one `LogFrame` per line. A reader whose `Accept` \
+            names `application/vnd.bus.log-frames` gets the same frames in that binary framing: \
+            each a kind byte, then for output (0x01) seq u64, stream u8 (1 stdout, 2 stderr), \
+            time i64 (ns since the Unix epoch), length u32 and the bytes; for any other frame \
+            (0x02) length u32 and its JSON. Integers are big-endian.",
+            content(
+                (LogFrame = "application/x-ndjson"),
+                (Vec<u8> = "application/vnd.bus.log-frames"),
+            )),
         (status = 400, response = BadRequest),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
@@ -94,8 +103,10 @@ pub async fn get(
     caller: Caller<Read>,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<LogsQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let keepalive = query.keepalive()?;
+    let framing = Framing::accepted(&headers);
     let entry = state.store().find(caller.account(), &id)?;
     let filter = StreamFilter {
         stdout: query.stdout,
@@ -117,15 +128,89 @@ pub async fn get(
         filter,
         follow: query.follow,
         keepalive,
+        framing,
         last_sent: Instant::now(),
         done: false,
     };
     let body = Body::from_stream(futures::stream::unfold(reader, Reader::next));
     let headers = [
-        (header::CONTENT_TYPE, NDJSON),
+        (header::CONTENT_TYPE, framing.media_type()),
         (header::CACHE_CONTROL, "no-store"),
     ];
     Ok((headers, body).into_response())
+}
+
+/// How a log stream's frames are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// One JSON frame per line, output base64.
+    Ndjson,
+    /// [`bus_api::frames`]: output bytes as they are.
+    Binary,
+}
+
+impl Framing {
+    /// The framing a request's `Accept` asks for: binary when it names [`LOG_FRAMES`] (with a
+    /// quality above zero), NDJSON otherwise.
+    pub fn accepted(headers: &HeaderMap) -> Framing {
+        let binary = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|range| {
+                let mut parts = range.split(';').map(str::trim);
+                let named = parts
+                    .next()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(LOG_FRAMES));
+                let refused = parts.any(|p| {
+                    p.strip_prefix("q=")
+                        .and_then(|q| q.parse::<f32>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                });
+                named && !refused
+            });
+        if binary {
+            Framing::Binary
+        } else {
+            Framing::Ndjson
+        }
+    }
+
+    /// The response's `Content-Type`.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Framing::Ndjson => NDJSON,
+            Framing::Binary => LOG_FRAMES,
+        }
+    }
+
+    /// Appends an output frame.
+    fn put_output(self, out: &mut Vec<u8>, frame: &Output) {
+        match self {
+            Framing::Ndjson => put_line(
+                out,
+                &LogFrame::output(frame.seq, frame.stream, &frame.data, frame.time),
+            ),
+            Framing::Binary => {
+                frames::put_output(out, frame.seq, frame.stream, frame.time, &frame.data)
+            }
+        }
+    }
+
+    /// Appends an exit or keepalive frame.
+    fn put_control(self, out: &mut Vec<u8>, frame: &LogFrame) {
+        match self {
+            Framing::Ndjson => put_line(out, frame),
+            Framing::Binary => frames::put_control(out, frame),
+        }
+    }
+}
+
+/// Appends `frame` as an NDJSON line.
+fn put_line(out: &mut Vec<u8>, frame: &LogFrame) {
+    serde_json::to_writer(&mut *out, frame).expect("a log frame always serializes");
+    out.push(b'\n');
 }
 
 struct Reader {
@@ -138,13 +223,14 @@ struct Reader {
     follow: bool,
     /// Silence after which a follow stream sends a keepalive frame.
     keepalive: Duration,
+    framing: Framing,
     /// When the last frame (of any kind) went out, or the stream began.
     last_sent: Instant,
     done: bool,
 }
 
 impl Reader {
-    /// The next body chunk: a batch of NDJSON lines, or `None` at the end.
+    /// The next body chunk: a batch of frames, or `None` at the end.
     async fn next(mut self) -> Option<(Result<Bytes, Infallible>, Reader)> {
         if self.done {
             return None;
@@ -166,9 +252,11 @@ impl Reader {
             self.cursor = read.last_seq;
             if !read.frames.is_empty() || read.exit.is_some() {
                 let mut out = Vec::new();
-                for frame in read.frames.iter().chain(read.exit.as_ref()) {
-                    serde_json::to_writer(&mut out, frame).expect("a log frame always serializes");
-                    out.push(b'\n');
+                for frame in &read.frames {
+                    self.framing.put_output(&mut out, frame);
+                }
+                if let Some(exit) = &read.exit {
+                    self.framing.put_control(&mut out, exit);
                 }
                 self.done = read.exit.is_some();
                 self.last_sent = Instant::now();
@@ -183,18 +271,13 @@ impl Reader {
                 _ = self.closing.changed() => return None,
                 () = tokio::time::sleep_until(self.last_sent + self.keepalive) => {
                     self.last_sent = Instant::now();
-                    return Some((Ok(keepalive_line()), self));
+                    let mut out = Vec::new();
+                    self.framing.put_control(&mut out, &LogFrame::Keepalive);
+                    return Some((Ok(Bytes::from(out)), self));
                 }
             }
         }
     }
-}
-
-/// One keepalive frame as an NDJSON line.
-fn keepalive_line() -> Bytes {
-    let mut line = serde_json::to_vec(&LogFrame::Keepalive).expect("a log frame always serializes");
-    line.push(b'\n');
-    Bytes::from(line)
 }
 
 #[cfg(test)]
@@ -290,6 +373,7 @@ mod tests {
             },
             follow,
             keepalive,
+            framing: Framing::Ndjson,
             last_sent: Instant::now(),
             done: false,
         }

@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bus_api::{LogFrame, Run, RunOptions, RunState, Stream};
+use bus_api::frames::Output;
+use bus_api::{Run, RunOptions, RunState, Stream};
 use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 use time::OffsetDateTime;

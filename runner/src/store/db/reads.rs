@@ -52,7 +52,7 @@ pub(in crate::store) fn read_frames(
     upto: u64,
     filter: StreamFilter,
     max_bytes: usize,
-) -> Result<(Vec<LogFrame>, bool), StoreError> {
+) -> Result<(Vec<Output>, bool), StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, stream, time, data FROM frames
          WHERE run = ?1 AND seq > ?2 AND seq <= ?3 AND (stream = ?4 OR stream = ?5)
@@ -81,12 +81,12 @@ pub(in crate::store) fn read_frames(
             1 => Stream::Stdout,
             _ => Stream::Stderr,
         };
-        frames.push(LogFrame::output(
-            row.get::<_, i64>(0)? as u64,
+        frames.push(Output {
+            seq: row.get::<_, i64>(0)? as u64,
             stream,
-            data,
-            from_nanos(row.get(2)?)?,
-        ));
+            data: Bytes::copy_from_slice(data),
+            time: from_nanos(row.get(2)?)?,
+        });
     }
     Ok((frames, true))
 }
