@@ -257,9 +257,21 @@ mod tests {
             finished_at: Some(time(1_800_000_000_000_000_123)),
         };
         let mut wire = Vec::new();
-        put_output(&mut wire, 1, Stream::Stdout, time(1_700_000_000_123_456_789), b"hi\n");
+        put_output(
+            &mut wire,
+            1,
+            Stream::Stdout,
+            time(1_700_000_000_123_456_789),
+            b"hi\n",
+        );
         put_control(&mut wire, &LogFrame::Keepalive);
-        put_output(&mut wire, 2, Stream::Stderr, time(1_700_000_001_000_000_000), &[0, 255, b'\n']);
+        put_output(
+            &mut wire,
+            2,
+            Stream::Stderr,
+            time(1_700_000_001_000_000_000),
+            &[0, 255, b'\n'],
+        );
         put_control(&mut wire, &exit);
         let frames = vec![
             Frame::Output(Output {
@@ -297,7 +309,11 @@ mod tests {
     fn frames_come_back_as_written_however_the_bytes_are_split() {
         let (wire, frames) = stream_of_three();
         for piece in [1, 2, 7, 22, wire.len()] {
-            assert_eq!(decode_in_pieces(&wire, piece).unwrap(), frames, "pieces of {piece}");
+            assert_eq!(
+                decode_in_pieces(&wire, piece).unwrap(),
+                frames,
+                "pieces of {piece}"
+            );
         }
     }
 
@@ -327,7 +343,7 @@ mod tests {
     #[test]
     fn a_cut_stream_is_truncated() {
         let (wire, _) = stream_of_three();
-        for cut in [1, 5, 25, wire.len() - 1] {
+        for cut in [1, 5, 24, 26, wire.len() - 1] {
             assert_eq!(
                 decode_in_pieces(&wire[..cut], 3).unwrap_err(),
                 FrameError::Truncated,
@@ -342,23 +358,30 @@ mod tests {
         put_control(&mut wire, &LogFrame::Keepalive);
         let mut decoder = FrameDecoder::new();
         decoder.push(&wire);
-        assert!(matches!(decoder.next_frame(), Some(Err(FrameError::Invalid(_)))));
+        assert!(matches!(
+            decoder.next_frame(),
+            Some(Err(FrameError::Invalid(_)))
+        ));
         assert_eq!(decoder.next_frame(), None, "nothing after an error");
 
         let mut wire = Vec::new();
         put_output(&mut wire, 1, Stream::Stdout, time(0), b"x");
         wire[9] = 3;
-        assert!(matches!(decode_in_pieces(&wire, 64), Err(FrameError::Invalid(e)) if e.contains("stream 3")));
+        assert!(
+            matches!(decode_in_pieces(&wire, 64), Err(FrameError::Invalid(e)) if e.contains("stream 3"))
+        );
 
-        let mut too_long = vec![OUTPUT];
-        too_long.extend_from_slice(&[0; 17]);
-        too_long.extend_from_slice(&(MAX_OUTPUT as u32 + 1).to_be_bytes());
+        let mut too_long = Vec::new();
+        put_output(&mut too_long, 1, Stream::Stdout, time(0), b"");
+        too_long[18..22].copy_from_slice(&(MAX_OUTPUT as u32 + 1).to_be_bytes());
         assert_eq!(decode_in_pieces(&too_long, 64), Err(FrameError::TooLong));
 
         let json = serde_json::to_vec(&LogFrame::output(1, Stream::Stdout, b"x", time(0))).unwrap();
         let mut as_json = vec![JSON];
         as_json.extend_from_slice(&(json.len() as u32).to_be_bytes());
         as_json.extend_from_slice(&json);
-        assert!(matches!(decode_in_pieces(&as_json, 64), Err(FrameError::Invalid(e)) if e.contains("sent as JSON")));
+        assert!(
+            matches!(decode_in_pieces(&as_json, 64), Err(FrameError::Invalid(e)) if e.contains("sent as JSON"))
+        );
     }
 }

@@ -7,7 +7,7 @@ use bus::proto::containers::v1::{
     StreamLogsRequest, containers_client::ContainersClient, log_event::Event,
 };
 use bus::proto::daemon::v1::{GetInfoRequest, daemon_client::DaemonClient};
-use common::{Stack, bins, stdout};
+use common::{ALL_SCOPES, Podman, Runner, Stack, bins, stdout};
 
 fn detached(stack: &Stack, script: &str) -> String {
     let out = stack.run(&["containers", "run", "-d", "--", "sh", "-c", script]);
@@ -137,4 +137,34 @@ fn followers_of_one_live_run_each_get_every_chunk_once() {
     }
     assert_eq!(sequences[0], sequences[1]);
     assert_eq!(sequences[1], sequences[2]);
+}
+
+#[test]
+fn output_bytes_cross_the_runner_in_the_binary_framing_unchanged() {
+    let stack = Stack::on(Runner::start_on(bins(), Podman::start(), None, true));
+    stack.write_token(&stack.runner.token("alice", ALL_SCOPES));
+    // Bytes that are not UTF-8, a NUL and a line of 64 KiB, on both streams.
+    let script = "printf '\\377\\000\\n'; head -c 65536 /dev/zero | tr '\\0' x; printf '\\376' >&2";
+    let out = stack.run(&["containers", "run", "--", "sh", "-c", script]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut expected = b"\xff\x00\n".to_vec();
+    expected.extend(std::iter::repeat_n(b'x', 65536));
+    assert_eq!(out.stdout.len(), expected.len());
+    assert!(out.stdout == expected, "stdout changed on the way");
+    assert_eq!(out.stderr, b"\xfe");
+
+    let log = std::fs::read_to_string(stack.runner.state_dir.path().join("runner.log")).unwrap();
+    let opened: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("log stream opened"))
+        .collect();
+    assert!(!opened.is_empty(), "{log}");
+    assert!(
+        opened.iter().all(|l| l.contains("framing=Binary")),
+        "busd asks for the binary framing: {opened:?}"
+    );
 }

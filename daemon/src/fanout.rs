@@ -31,8 +31,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bus_api::runs::LogsQuery;
 use bus_api::frames::Frame;
+use bus_api::runs::LogsQuery;
 use bus_api::{LogFrame, RunState, Stream as StdStream};
 use futures::StreamExt;
 use time::OffsetDateTime;

@@ -380,3 +380,98 @@ async fn auth_and_request_problems() {
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(reply.problem_code(), "invalid_request");
 }
+
+/// A GET of `uri` with `accept` as its `Accept`.
+async fn get_accepting(
+    app: &axum::Router,
+    uri: &str,
+    token: &str,
+    accept: &str,
+) -> (String, Vec<u8>) {
+    let req = Request::builder()
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::ACCEPT, accept)
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (content_type, body.to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binary_framing_carries_the_same_frames_as_ndjson() {
+    use bus_api::frames::{Frame, FrameDecoder, LOG_FRAMES};
+
+    let podman = Podman::start();
+    let (_dir, keys, app) = runner(&podman.url());
+    let alice = keys.mint("alice", &ALL, Duration::from_secs(300));
+    let reply = call(
+        &app,
+        Method::POST,
+        RUNS,
+        Some(&alice),
+        Some(json!({"argv": ["sh", "-c", "printf '\\377\\000x\\n'; sleep 0.2; printf 'err' >&2; exit 3"]})),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let id = reply.json()["id"].as_str().unwrap().to_owned();
+    let _cleanup = Cleanup(&podman, vec![id.clone()]);
+    let logs = format!("{RUNS}/{id}/logs?follow=true");
+
+    let (content_type, body) = get_accepting(&app, &logs, &alice, LOG_FRAMES).await;
+    assert_eq!(content_type, LOG_FRAMES);
+    let mut decoder = FrameDecoder::new();
+    decoder.push(&body);
+    let binary: Vec<Frame> = std::iter::from_fn(|| decoder.next_frame())
+        .map(Result::unwrap)
+        .collect();
+    decoder.finish().unwrap();
+
+    let (content_type, body) =
+        get_accepting(&app, &logs, &alice, "application/x-ndjson, */*;q=0.1").await;
+    assert_eq!(content_type, "application/x-ndjson");
+    let ndjson: Vec<Frame> = frames(&body)
+        .into_iter()
+        .map(|f| Frame::try_from(f).unwrap())
+        .collect();
+    assert_eq!(binary, ndjson, "the same frames either way");
+
+    let outputs: Vec<_> = binary
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Output(o) => Some((o.seq, o.stream, o.data.to_vec())),
+            Frame::Control(_) => None,
+        })
+        .collect();
+    assert_eq!(
+        outputs,
+        [
+            (1, Stream::Stdout, b"\xff\x00x\n".to_vec()),
+            (2, Stream::Stderr, b"err".to_vec())
+        ]
+    );
+    assert!(
+        matches!(
+            binary.last(),
+            Some(Frame::Control(LogFrame::Exit {
+                exit_code: Some(3),
+                last_seq: 2,
+                ..
+            }))
+        ),
+        "{binary:?}"
+    );
+
+    let refused = format!("{LOG_FRAMES};q=0, application/x-ndjson");
+    let (content_type, _) = get_accepting(&app, &logs, &alice, &refused).await;
+    assert_eq!(
+        content_type, "application/x-ndjson",
+        "q=0 refuses the binary framing"
+    );
+}

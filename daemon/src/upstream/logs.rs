@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bus_api::frames::{self, Frame, FrameError, LOG_FRAMES};
-use bus_api::{LogFrame, NDJSON, paths};
 use bus_api::runs::{KEEPALIVE_SECONDS, KEEPALIVE_SECONDS_RANGE, LogsQuery};
+use bus_api::{LogFrame, NDJSON, paths};
 use futures::{Stream, StreamExt, TryStreamExt};
 use reqwest::Method;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
@@ -315,7 +315,12 @@ mod tests {
     where
         S: Stream<Item = Result<bytes::Bytes, UpstreamError>> + Unpin,
     {
-        log_frames(bytes, LogDecoder::for_content_type(Some(NDJSON)), origin, silence)
+        log_frames(
+            bytes,
+            LogDecoder::for_content_type(Some(NDJSON)),
+            origin,
+            silence,
+        )
     }
 
     fn frames_of(chunks: Vec<&'static [u8]>) -> Vec<Result<Frame, String>> {
@@ -403,7 +408,10 @@ mod tests {
             .collect()
             .await;
         assert_eq!(got.len(), 1, "{got:?}");
-        assert!(matches!(got[0], Ok(Frame::Output(frames::Output { seq: 1, .. }))));
+        assert!(matches!(
+            got[0],
+            Ok(Frame::Output(frames::Output { seq: 1, .. }))
+        ));
         assert!(seen.get());
     }
 
@@ -527,8 +535,8 @@ mod tests {
         assert!(got[0].as_ref().unwrap_err().contains("invalid frame"));
     }
 
-    #[test]
-    fn the_binary_framing_is_read_when_the_runner_answers_with_it() {
+    #[tokio::test]
+    async fn the_binary_framing_is_read_when_the_runner_answers_with_it() {
         let at = time::OffsetDateTime::UNIX_EPOCH;
         let mut wire = Vec::new();
         frames::put_output(&mut wire, 1, bus_api::Stream::Stdout, at, b"raw\x00bytes");
@@ -550,10 +558,14 @@ mod tests {
             .chunks(5)
             .map(|c| Ok::<_, UpstreamError>(bytes::Bytes::copy_from_slice(c)))
             .collect::<Vec<_>>();
-        let got: Vec<_> = futures::executor::block_on(
-            log_frames(futures::stream::iter(chunks), decoder, "http://o".into(), unbounded())
-                .collect(),
-        );
+        let got: Vec<_> = log_frames(
+            futures::stream::iter(chunks),
+            decoder,
+            "http://o".into(),
+            unbounded(),
+        )
+        .collect()
+        .await;
         assert_eq!(got.len(), 2, "the keepalive is dropped: {got:?}");
         assert!(
             matches!(&got[0], Ok(Frame::Output(o)) if o.data == b"raw\x00bytes"[..]),

@@ -751,7 +751,6 @@ impl Store {
     }
 }
 
-
 /// Parses a retention age like `90m`, `12h` or `7d` (units s, m, h, d).
 pub fn parse_age(text: &str) -> Result<Duration, String> {
     let usage =

@@ -16,8 +16,8 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-pub use bus_api::runs::{KEEPALIVE_SECONDS, KEEPALIVE_SECONDS_RANGE, LogsQuery};
 use bus_api::frames::{self, LOG_FRAMES, Output};
+pub use bus_api::runs::{KEEPALIVE_SECONDS, KEEPALIVE_SECONDS_RANGE, LogsQuery};
 use bus_api::{LogFrame, NDJSON};
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -112,7 +112,7 @@ pub async fn get(
         stdout: query.stdout,
         stderr: query.stderr,
     };
-    tracing::debug!(run = %entry.id, follow = query.follow, after_seq = query.after_seq, "log stream opened");
+    tracing::debug!(run = %entry.id, follow = query.follow, after_seq = query.after_seq, ?framing, "log stream opened");
     // Subscribe before placing the cursor, so no frame stored meanwhile goes unnoticed.
     let rx = entry.subscribe();
     let mut cursor = query.after_seq;
