@@ -396,6 +396,11 @@ async fn get_accepting(
         .unwrap();
     let response = app.clone().oneshot(req).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::VARY],
+        "accept",
+        "the framing depends on Accept"
+    );
     let content_type = response.headers()[header::CONTENT_TYPE]
         .to_str()
         .unwrap()

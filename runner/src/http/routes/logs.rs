@@ -55,10 +55,10 @@ impl Keepalive for LogsQuery {
 /// Streams a run's output.
 ///
 /// NDJSON, one `LogFrame` per line (or, when `Accept` names `application/vnd.bus.log-frames`,
-/// the same frames in that binary framing, the output's bytes as they are): `output` frames with a dense
-/// per-run `seq` (resume after the last one seen with `after_seq`, and nothing is lost or
-/// repeated), then one `exit` frame once the run has ended. With `follow`, the stream stays
-/// open for new frames, and an idle one carries `keepalive` frames.
+/// the same frames in that binary framing, the output's bytes as they are): `output` frames
+/// with a dense per-run `seq` (resume after the last one seen with `after_seq`, and nothing is
+/// lost or repeated), then one `exit` frame once the run has ended. With `follow`, the stream
+/// stays open for new frames, and an idle one carries `keepalive` frames.
 #[utoipa::path(
     get,
     path = "/api/v1/containers/runs/{id}/logs",
@@ -136,6 +136,7 @@ pub async fn get(
     let headers = [
         (header::CONTENT_TYPE, framing.media_type()),
         (header::CACHE_CONTROL, "no-store"),
+        (header::VARY, "accept"),
     ];
     Ok((headers, body).into_response())
 }
