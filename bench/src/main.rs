@@ -18,6 +18,7 @@ mod measure;
 mod output;
 mod remote;
 mod stack;
+mod waiting;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -52,8 +53,8 @@ struct Args {
     /// Megabytes the log-throughput run prints (default 500, 64 with --quick)
     #[arg(long, value_name = "MB")]
     log_mb: Option<u64>,
-    /// Only these figures (comma-separated): reads, status, memory, run, exec, throughput,
-    /// fanout, logs, live, remote
+    /// Only these figures (comma-separated): reads, status, memory, run, waiting, exec,
+    /// throughput, fanout, logs, live, remote
     #[arg(long, value_delimiter = ',', value_name = "FIGURES")]
     only: Vec<String>,
     /// The round trip the remote figures' delay proxy adds, ms (half each way)
@@ -76,6 +77,8 @@ struct Plan {
     log_reps: usize,
     rss_runs: usize,
     rtt: Duration,
+    /// How long a waiting run's CPU is measured.
+    idle_window: Duration,
     only: Vec<String>,
 }
 
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
         log_reps: if quick { 1 } else { 3 },
         rss_runs: if quick { 3 } else { 5 },
         rtt: Duration::from_millis(args.rtt),
+        idle_window: Duration::from_secs(if quick { 5 } else { 10 }),
         only: args.only,
     };
     let bin = match args.bin_dir {
@@ -308,6 +312,10 @@ fn measure_all(stack: &Stack, plan: &Plan) -> Result<(String, Vec<Row>), Failed>
             ),
             target: format!("≤ 1.0×: {}", check(ratio <= 1.0)),
         });
+    }
+
+    if plan.wants("waiting") {
+        rows.push(waiting::waiting(stack, plan)?);
     }
 
     if plan.wants("exec") {

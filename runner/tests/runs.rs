@@ -480,3 +480,44 @@ async fn the_binary_framing_carries_the_same_frames_as_ndjson() {
         "q=0 refuses the binary framing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_longer_than_the_first_wait_step_still_ends_with_its_exit_code() {
+    // The runner asks Podman to poll less often once a run has gone on for 2 s: the first
+    // wait is given up and another one made. The exit must come through that change.
+    let podman = Podman::start();
+    let (_dir, keys, app) = runner(&podman.url());
+    let alice = keys.mint("alice", &ALL, Duration::from_secs(300));
+    let reply = call(
+        &app,
+        Method::POST,
+        RUNS,
+        Some(&alice),
+        Some(json!({"argv": ["sh", "-c", "sleep 2.5; echo done; exit 7"]})),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let id = reply.json()["id"].as_str().unwrap().to_owned();
+    let _cleanup = Cleanup(&podman, vec![id.clone()]);
+    let logs = call(
+        &app,
+        Method::GET,
+        &format!("{RUNS}/{id}/logs?follow=true"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    let got = frames(&logs.body);
+    assert_eq!(output(&got[0]), (1, Stream::Stdout, b"done\n".to_vec()));
+    assert!(
+        matches!(
+            got.last(),
+            Some(LogFrame::Exit {
+                state: RunState::Exited,
+                exit_code: Some(7),
+                ..
+            })
+        ),
+        "{got:?}"
+    );
+}

@@ -85,8 +85,8 @@ impl Podman {
     }
 
     /// Waits until the container has stopped and returns its exit code. On Podman this is
-    /// libpod's wait, polling every [`libpod::WAIT_INTERVAL`]: the Docker-compatible one
-    /// answers a short run hundreds of milliseconds late.
+    /// libpod's wait, polling less often as the run goes on ([`libpod::WAIT_STEPS`]): the
+    /// Docker-compatible one answers a short run hundreds of milliseconds late.
     async fn wait_exit(&self, id: &str) -> Result<i64, DockerError> {
         if self
             .info
