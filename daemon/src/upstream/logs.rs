@@ -119,10 +119,10 @@ impl Upstream {
     ///
     /// The runner is asked for the binary framing ([`LOG_FRAMES`]) and NDJSON is read when it
     /// answers that (as runners from before the binary framing do). Keepalive frames are
-    /// dropped. The response's headers must come within the silence
-    /// bound ([`SILENCE_INTERVALS`] keepalive intervals); then a stream that is not followed
-    /// is cut as broken (`Unreachable`) after that long without a byte, and a followed one
-    /// too once a keepalive has come on it.
+    /// dropped. The response's headers must come within the silence bound
+    /// ([`SILENCE_INTERVALS`] keepalive intervals); then a stream that is not followed is cut
+    /// as broken (`Unreachable`) after that long without a byte, and a followed one too once a
+    /// keepalive has come on it.
     pub async fn logs_with(
         &self,
         id: &str,
