@@ -286,17 +286,25 @@ impl Stack {
             .count()
     }
 
+    /// `podman --url unix://SOCKET ARGS…` against the stack's API service, in the engine's
+    /// environment.
+    pub fn podman(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("podman");
+        cmd.arg("--url")
+            .arg(format!("unix://{}", self.podman_sock.display()))
+            .args(args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
     /// The engine's container id of a run (waits until it exists).
     pub fn container_of(&self, run_id: &str) -> Result<String, Failed> {
         let deadline = Instant::now() + Duration::from_secs(20);
+        let label = format!("label=bus.run-id={run_id}");
         loop {
-            let out = Command::new("podman")
-                .arg("--url")
-                .arg(format!("unix://{}", self.podman_sock.display()))
-                .args(["ps", "-q", "--no-trunc", "--filter"])
-                .arg(format!("label=bus.run-id={run_id}"))
-                .env_clear()
-                .envs(self.env.iter().map(|(k, v)| (k, v)))
+            let out = self
+                .podman(&["ps", "-q", "--no-trunc", "--filter", &label])
                 .output()
                 .map_err(|e| Failed(format!("cannot run podman ps: {e}")))?;
             let text = String::from_utf8_lossy(&out.stdout);

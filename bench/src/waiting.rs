@@ -3,51 +3,49 @@
 //! waiting on it. Podman answers a wait by polling the container's state, so how often it is
 //! asked to poll is what shows here.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::measure::cpu_us;
 use crate::stack::Stack;
 use crate::{Failed, Plan, Row, say};
 
-/// Seconds after the start before measuring: past the runner's first, fastest polling.
+/// How long after a start measuring begins: past the runner's first, fastest polling.
 const SETTLE: Duration = Duration::from_secs(3);
+
+/// The anchors' container name.
+const ANCHOR: &str = "bus-bench-waiting";
 
 /// One row: CPU share of the Podman API service (and the runner) over `plan.idle_window`.
 pub fn waiting(stack: &Stack, plan: &Plan) -> Result<Row, Failed> {
     say("measuring what a waiting run costs the engine");
     let window = plan.idle_window;
-    let share = |pid: u32, f: &dyn Fn()| -> Result<f64, Failed> {
-        let before = cpu_us(pid)?;
-        f();
-        let used = cpu_us(pid)? - before;
-        Ok(used as f64 / window.as_micros() as f64 * 100.0)
-    };
+    let pids = [stack.podman_pid, stack.runner_pid];
 
     let run = stack
         .bus(&["containers", "run", "-d", "--", "sleep", "600"])?
         .trim()
         .to_owned();
     stack.container_of(&run)?;
-    std::thread::sleep(SETTLE);
-    let runner_before = cpu_us(stack.runner_pid)?;
-    let ours = share(stack.podman_pid, &|| std::thread::sleep(window))?;
-    let runner =
-        (cpu_us(stack.runner_pid)? - runner_before) as f64 / window.as_micros() as f64 * 100.0;
+    let [ours, runner] = shares_after_settling(pids, window)?;
     stack.bus(&["containers", "delete", &run])?;
 
-    let mut attached = podman(stack, &["run", "--rm", "--network", "none", "--name"])
-        .args(["bus-bench-waiting", "localhost/busybox", "sleep", "600"])
+    let sleeping = ["localhost/busybox", "sleep", "600"];
+    let mut client = stack
+        .podman(&["run", "--rm", "--network", "none", "--name", ANCHOR])
+        .args(sleeping)
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .map_err(|e| Failed(format!("cannot run podman: {e}")))?;
-    std::thread::sleep(SETTLE);
-    let podman_client = share(stack.podman_pid, &|| std::thread::sleep(window));
-    remove(stack, &mut attached);
-    let podman_client = podman_client?;
+    let attached = shares_after_settling(pids, window);
+    remove_anchor(stack);
+    let _ = client.wait();
+    let [attached, _] = attached?;
 
-    let alone = podman(stack, &["run", "-d", "--rm", "--network", "none", "--name"])
-        .args(["bus-bench-waiting", "localhost/busybox", "sleep", "600"])
+    let alone = stack
+        .podman(&["run", "-d", "--rm", "--network", "none", "--name", ANCHOR])
+        .args(sleeping)
         .output()
         .map_err(|e| Failed(format!("cannot run podman: {e}")))?;
     if !alone.status.success() {
@@ -56,10 +54,9 @@ pub fn waiting(stack: &Stack, plan: &Plan) -> Result<Row, Failed> {
             String::from_utf8_lossy(&alone.stderr).trim()
         )));
     }
-    std::thread::sleep(SETTLE);
-    let nobody = share(stack.podman_pid, &|| std::thread::sleep(window));
-    let _ = podman(stack, &["rm", "-f", "-t", "0", "bus-bench-waiting"]).output();
-    let nobody = nobody?;
+    let nobody = shares_after_settling(pids, window);
+    remove_anchor(stack);
+    let [nobody, _] = nobody?;
 
     Ok(Row {
         figure: format!(
@@ -72,27 +69,29 @@ pub fn waiting(stack: &Stack, plan: &Plan) -> Result<Row, Failed> {
             "{ours:.2}% of a core (`bus containers run -d -- sleep`); the runner {runner:.2}%"
         ),
         anchors: format!(
-            "`podman --url … run --rm … sleep` attached: {podman_client:.2}%<br>\
+            "`podman --url … run --rm … sleep` attached: {attached:.2}%<br>\
              the same container with nobody waiting (`run -d`): {nobody:.2}%"
         ),
         target: "no target; shows the cost of the engine's polling".to_owned(),
     })
 }
 
-/// `podman --url unix://SOCKET ARGS…` in the engine's environment.
-fn podman(stack: &Stack, args: &[&str]) -> Command {
-    let mut cmd = Command::new("podman");
-    cmd.arg("--url")
-        .arg(format!("unix://{}", stack.podman_sock.display()))
-        .args(args)
-        .env_clear()
-        .envs(stack.env.iter().map(|(k, v)| (k, v)))
-        .stderr(Stdio::null());
-    cmd
+/// After [`SETTLE`], each process's CPU over `window`, in percent of a core.
+fn shares_after_settling(pids: [u32; 2], window: Duration) -> Result<[f64; 2], Failed> {
+    std::thread::sleep(SETTLE);
+    let before = [cpu_us(pids[0])?, cpu_us(pids[1])?];
+    std::thread::sleep(window);
+    let share = |i: usize| -> Result<f64, Failed> {
+        let used = cpu_us(pids[i])? - before[i];
+        Ok(used as f64 / window.as_micros() as f64 * 100.0)
+    };
+    Ok([share(0)?, share(1)?])
 }
 
-/// Removes the attached anchor's container and reaps its client.
-fn remove(stack: &Stack, client: &mut Child) {
-    let _ = podman(stack, &["rm", "-f", "-t", "0", "bus-bench-waiting"]).output();
-    let _ = client.wait();
+/// Removes the anchors' container, if it is there.
+fn remove_anchor(stack: &Stack) {
+    let _ = stack
+        .podman(&["rm", "-f", "-t", "0", ANCHOR])
+        .stderr(Stdio::null())
+        .output();
 }
