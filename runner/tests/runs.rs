@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use bus_api::auth::Scope;
 use bus_api::{LogFrame, RunState, Stream};
-use common::{ALL, Podman, call, frames, runner, runner_with, runner_without_engine};
+use common::{ALL, Podman, call, create_run, frames, runner, runner_with, runner_without_engine};
 use http_body_util::BodyExt as _;
 use serde_json::json;
 use tower::ServiceExt as _;
@@ -416,16 +416,13 @@ async fn the_binary_framing_carries_the_same_frames_as_ndjson() {
     let podman = Podman::start();
     let (_dir, keys, app) = runner(&podman.url());
     let alice = keys.mint("alice", &ALL, Duration::from_secs(300));
-    let reply = call(
+    let run = create_run(
         &app,
-        Method::POST,
-        RUNS,
-        Some(&alice),
-        Some(json!({"argv": ["sh", "-c", "printf '\\377\\000x\\n'; sleep 0.2; printf 'err' >&2; exit 3"]})),
+        &alice,
+        json!({"argv": ["sh", "-c", "printf '\\377\\000x\\n'; sleep 0.2; printf 'err' >&2; exit 3"]}),
     )
     .await;
-    assert_eq!(reply.status, StatusCode::CREATED);
-    let id = reply.json()["id"].as_str().unwrap().to_owned();
+    let id = run["id"].as_str().unwrap().to_owned();
     let _cleanup = Cleanup(&podman, vec![id.clone()]);
     let logs = format!("{RUNS}/{id}/logs?follow=true");
 
@@ -488,16 +485,13 @@ async fn a_run_longer_than_the_first_wait_step_still_ends_with_its_exit_code() {
     let podman = Podman::start();
     let (_dir, keys, app) = runner(&podman.url());
     let alice = keys.mint("alice", &ALL, Duration::from_secs(300));
-    let reply = call(
+    let run = create_run(
         &app,
-        Method::POST,
-        RUNS,
-        Some(&alice),
-        Some(json!({"argv": ["sh", "-c", "sleep 2.5; echo done; exit 7"]})),
+        &alice,
+        json!({"argv": ["sh", "-c", "sleep 2.5; echo done; exit 7"]}),
     )
     .await;
-    assert_eq!(reply.status, StatusCode::CREATED);
-    let id = reply.json()["id"].as_str().unwrap().to_owned();
+    let id = run["id"].as_str().unwrap().to_owned();
     let _cleanup = Cleanup(&podman, vec![id.clone()]);
     let logs = call(
         &app,

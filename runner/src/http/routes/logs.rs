@@ -324,6 +324,42 @@ mod tests {
     }
 
     #[test]
+    fn the_binary_framing_is_chosen_only_when_accept_names_it() {
+        let framing = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(header::ACCEPT, value.parse().unwrap());
+            }
+            Framing::accepted(&headers)
+        };
+        assert_eq!(framing(&[]), Framing::Ndjson, "no Accept");
+        for binary in [
+            LOG_FRAMES,
+            "APPLICATION/VND.BUS.LOG-FRAMES",
+            " application/vnd.bus.log-frames ; q=1",
+            "application/x-ndjson;q=0.5, application/vnd.bus.log-frames;q=0.9",
+        ] {
+            assert_eq!(framing(&[binary]), Framing::Binary, "{binary}");
+        }
+        assert_eq!(
+            framing(&["application/x-ndjson", LOG_FRAMES]),
+            Framing::Binary,
+            "named in a second Accept header"
+        );
+        for ndjson in [
+            "*/*",
+            "application/*",
+            "application/x-ndjson",
+            "application/vnd.bus.log-frames;q=0",
+            "application/vnd.bus.log-frames; q=0.0, */*",
+            "application/vnd.bus.log-frames-v2",
+            "text/plain",
+        ] {
+            assert_eq!(framing(&[ndjson]), Framing::Ndjson, "{ndjson}");
+        }
+    }
+
+    #[test]
     fn keepalive_seconds_is_a_known_query_parameter() {
         let uri: axum::http::Uri = "/logs?follow=true&keepalive_seconds=2".parse().unwrap();
         let axum::extract::Query(q) =
