@@ -10,7 +10,7 @@
 
 use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Stdio;
@@ -99,10 +99,8 @@ async fn connect(socket: &Path) -> Result<Result<Channel, tonic::transport::Erro
 
 /// A channel to the busd serving on `socket`, starting one if none answers.
 pub async fn connect_or_start(socket: &Path) -> Result<Channel, CliError> {
-    match connect(socket).await? {
-        Ok(channel) => return Ok(channel),
-        Err(e) if !daemon_absent(&e) => return Err(CliError::connect(socket, &e)),
-        Err(_) => {}
+    if let Some(channel) = reach(socket).await? {
+        return Ok(channel);
     }
     let dir = socket
         .parent()
@@ -115,7 +113,7 @@ pub async fn connect_or_start(socket: &Path) -> Result<Channel, CliError> {
         .map_err(|e| CliError::DaemonStart(format!("cannot create {}: {e}", dir.display())))?;
     let _lock = StartLock::acquire(&socket.with_extension("lock"))?;
     // Another CLI may have started busd while this one waited for the lock.
-    if let Ok(channel) = connect(socket).await? {
+    if let Some(channel) = reach(socket).await? {
         return Ok(channel);
     }
     start(socket, dir).await?;
@@ -124,19 +122,70 @@ pub async fn connect_or_start(socket: &Path) -> Result<Channel, CliError> {
         .map_err(|e| CliError::connect(socket, &e))
 }
 
-/// Whether a connect error means "nobody is listening" (absent or stale socket).
-fn daemon_absent(error: &tonic::transport::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+/// How often, and how far apart, a connection that a busd closed at once is tried again: a
+/// busd on its way out (killed, or exiting) can still accept for a few milliseconds.
+const CLOSING_RETRIES: u32 = 10;
+const CLOSING_PAUSE: Duration = Duration::from_millis(20);
+
+/// A channel to the busd serving on `socket`, or `None` when none does: no socket, a stale
+/// one, or one whose busd kept closing connections until it stopped accepting them.
+async fn reach(socket: &Path) -> Result<Option<Channel>, CliError> {
+    // Another user's busd would accept and close at once; say why instead.
+    if let Ok(owner) = std::fs::metadata(socket).map(|m| m.uid()) {
+        if owner != rustix::process::getuid().as_raw() {
+            return Err(CliError::Connect {
+                socket: socket.display().to_string(),
+                reason: format!("the socket belongs to another user (uid {owner})"),
+            });
+        }
+    }
+    let mut retries = 0;
+    loop {
+        let error = match connect(socket).await? {
+            Ok(channel) => return Ok(Some(channel)),
+            Err(e) => e,
+        };
+        match connect_failure(&error) {
+            ConnectFailure::Absent => return Ok(None),
+            ConnectFailure::Closed if retries < CLOSING_RETRIES => {
+                retries += 1;
+                tokio::time::sleep(CLOSING_PAUSE).await;
+            }
+            _ => return Err(CliError::connect(socket, &error)),
+        }
+    }
+}
+
+/// What a failed connect says about the busd behind the socket.
+#[derive(Debug, PartialEq)]
+enum ConnectFailure {
+    /// Nobody listens: no socket, or a stale one.
+    Absent,
+    /// Something accepted and closed the connection at once: a busd on its way out (or one
+    /// refusing another user, which stays so).
+    Closed,
+    /// Anything else (permissions, say).
+    Other,
+}
+
+/// Classifies a connect error by the first I/O error in its chain.
+fn connect_failure(error: &(dyn std::error::Error + 'static)) -> ConnectFailure {
+    let mut source = Some(error);
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<io::Error>() {
-            return matches!(
-                io.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-            );
+            return match io.kind() {
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                    ConnectFailure::Absent
+                }
+                io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof => ConnectFailure::Closed,
+                _ => ConnectFailure::Other,
+            };
         }
         source = e.source();
     }
-    false
+    ConnectFailure::Other
 }
 
 async fn start(socket: &Path, dir: &Path) -> Result<(), CliError> {
@@ -227,14 +276,10 @@ fn log_path_from(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
     state.join("bus").join("busd.log")
 }
 
-/// A channel to the busd serving on `socket`, or `None` when none answers (no socket, or a
-/// stale one). Never starts busd.
+/// A channel to the busd serving on `socket`, or `None` when none answers (no socket, a
+/// stale one, or a busd on its way out). Never starts busd.
 pub async fn connect_existing(socket: &Path) -> Result<Option<Channel>, CliError> {
-    match connect(socket).await? {
-        Ok(channel) => Ok(Some(channel)),
-        Err(e) if daemon_absent(&e) => Ok(None),
-        Err(e) => Err(CliError::connect(socket, &e)),
-    }
+    reach(socket).await
 }
 
 /// Waits until the busd with `pid` has exited and, unless it was socket-activated, removed
@@ -341,6 +386,44 @@ mod tests {
             log_path_from(env(&[("HOME", "/h"), ("XDG_STATE_HOME", "rel")])),
             PathBuf::from("/h/.local/state/bus/busd.log")
         );
+    }
+
+    #[test]
+    fn a_connection_closed_at_once_is_told_from_no_busd_and_from_other_failures() {
+        let io = |kind| io::Error::new(kind, "x");
+        let cases = [
+            (io::ErrorKind::NotFound, ConnectFailure::Absent),
+            (io::ErrorKind::ConnectionRefused, ConnectFailure::Absent),
+            (io::ErrorKind::ConnectionReset, ConnectFailure::Closed),
+            (io::ErrorKind::BrokenPipe, ConnectFailure::Closed),
+            (io::ErrorKind::UnexpectedEof, ConnectFailure::Closed),
+            (io::ErrorKind::PermissionDenied, ConnectFailure::Other),
+        ];
+        for (kind, want) in cases {
+            // As tonic wraps it: the I/O error is a source, not the error itself.
+            let wrapped = Wrapped(io(kind));
+            assert_eq!(connect_failure(&wrapped), want, "{kind:?}");
+        }
+        assert_eq!(
+            connect_failure(&Wrapped(std::fmt::Error)),
+            ConnectFailure::Other
+        );
+    }
+
+    /// An error whose source is the given one.
+    #[derive(Debug)]
+    struct Wrapped<E>(E);
+
+    impl<E: std::fmt::Debug> std::fmt::Display for Wrapped<E> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("transport error")
+        }
+    }
+
+    impl<E: std::error::Error + 'static> std::error::Error for Wrapped<E> {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
     }
 
     #[test]

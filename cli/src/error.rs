@@ -156,6 +156,9 @@ impl CliError {
             CliError::Status(status) if error_reason(status) == Some(PROTOCOL_MISMATCH) => {
                 exit::UNAVAILABLE
             }
+            CliError::Status(status) if busd_lost(status) && crate::link::went_away().is_some() => {
+                exit::UNAVAILABLE
+            }
             CliError::Status(status) => exit_code_for(status.code()),
             CliError::Connect { .. }
             | CliError::Unresponsive { .. }
@@ -283,6 +286,11 @@ pub fn escape(text: &str) -> String {
 
 /// One line: busd's message, then the guidance it attached (what to do next).
 fn render_status(status: &Status) -> String {
+    if busd_lost(status) {
+        if let Some(gone) = crate::link::went_away() {
+            return gone_line(&gone, &deepest_cause(status));
+        }
+    }
     let details = status.get_error_details();
     let mut line = match status.code() {
         Code::DeadlineExceeded if status.message().is_empty() => {
@@ -316,6 +324,35 @@ fn render_status(status: &Status) -> String {
         line.push_str(&format!(" (see {})", link.url));
     }
     line
+}
+
+/// busd closed the connection under a call: whether the call reached it, and what to do.
+fn gone_line(gone: &crate::link::Gone, cause: &str) -> String {
+    let socket = gone.socket.display();
+    let log = crate::daemon::log_path();
+    if gone.answered {
+        format!(
+            "the connection to busd at {socket} broke during the call ({cause}); busd may have \
+             exited (its log: {}): check what the call did (`bus containers runs`) before \
+             running it again",
+            log.display()
+        )
+    } else {
+        format!(
+            "busd at {socket} closed the connection before answering ({cause}), so the call \
+             was not made; run it again (a new busd starts when none runs; its log: {})",
+            log.display()
+        )
+    }
+}
+
+/// The innermost error behind `status` (the I/O error of a broken connection, say).
+fn deepest_cause(status: &Status) -> String {
+    let mut cause: &dyn std::error::Error = status;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 #[cfg(test)]

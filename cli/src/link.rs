@@ -53,6 +53,8 @@ pub struct Link {
     last_read_ms: AtomicU64,
     /// busd closed the connection (or it failed): busd went away rather than went silent.
     closed: AtomicBool,
+    /// busd sent a byte on this connection (its HTTP/2 settings come before any answer).
+    answered: AtomicBool,
 }
 
 impl Link {
@@ -63,6 +65,7 @@ impl Link {
             opened: Instant::now(),
             last_read_ms: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            answered: AtomicBool::new(false),
         });
         *LINK.lock().expect("link lock") = Some(link.clone());
         link
@@ -75,6 +78,11 @@ impl Link {
 
     /// Notes that busd sent something.
     pub fn touch(&self) {
+        self.answered.store(true, Ordering::Relaxed);
+        self.stamp();
+    }
+
+    fn stamp(&self) {
         let now = self.opened.elapsed().as_millis() as u64;
         self.last_read_ms.store(now, Ordering::Relaxed);
     }
@@ -82,7 +90,7 @@ impl Link {
     /// Notes that the connection ended: busd went away.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
-        self.touch();
+        self.stamp();
     }
 }
 
@@ -93,6 +101,25 @@ pub fn unresponsive() -> Option<PathBuf> {
     let link = LINK.lock().expect("link lock").clone()?;
     let silent = !link.closed.load(Ordering::Relaxed) && link.silent_for() >= KEEPALIVE_TIMEOUT;
     silent.then(|| link.socket.clone())
+}
+
+/// A connection to busd that busd closed.
+#[derive(Debug, PartialEq)]
+pub struct Gone {
+    /// busd's socket.
+    pub socket: PathBuf,
+    /// Whether busd had sent anything first. A busd that never did had read no call: it
+    /// sends its HTTP/2 settings before it reads one.
+    pub answered: bool,
+}
+
+/// When busd closed the connection in use (it exited, or was killed): what it had sent.
+pub fn went_away() -> Option<Gone> {
+    let link = LINK.lock().expect("link lock").clone()?;
+    link.closed.load(Ordering::Relaxed).then(|| Gone {
+        socket: link.socket.clone(),
+        answered: link.answered.load(Ordering::Relaxed),
+    })
 }
 
 /// The PID in busd's instance lock file `<socket>.pid`, if it holds one.

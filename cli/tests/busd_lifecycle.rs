@@ -533,8 +533,34 @@ fn another_user_cannot_use_the_socket() {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&stack.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = as_nobody();
-    assert!(!out.status.success());
-    assert!(!stdout(&out).contains("pid:"), "{out:?}");
+    assert_eq!(
+        one_line_error(&out),
+        format!(
+            "bus: error: cannot reach busd at {}: the socket belongs to another user (uid {}); \
+             busd serves only its own user — check that --socket or BUS_SOCKET names your busd \
+             (`bus daemon status`)",
+            stack.socket.display(),
+            rustix::process::getuid().as_raw()
+        )
+    );
+    assert_eq!(out.status.code(), Some(6), "unavailable");
+    // A client that connects anyway is closed by busd's peer-uid check, unanswered.
+    let probe = "import socket, sys\n\
+                 s = socket.socket(socket.AF_UNIX)\n\
+                 s.connect(sys.argv[1])\n\
+                 try:\n    \
+                     s.sendall(b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n')\n    \
+                     print(len(s.recv(100)))\n\
+                 except (BrokenPipeError, ConnectionResetError):\n    \
+                     print(0)\n";
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(["python3", "-c", probe])
+        .arg(&stack.socket)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out).trim(), "0", "closed unanswered: {out:?}");
     assert!(
         stack
             .busd_log()
@@ -542,4 +568,44 @@ fn another_user_cannot_use_the_socket() {
     );
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     let _ = std::fs::remove_dir_all(&shared);
+}
+
+#[test]
+fn a_busd_that_closes_the_connection_unanswered_is_reported_then_replaced() {
+    let stack = Stack::start(bins());
+    let dying = common::dying_busd(&stack.socket, false);
+    let out = stack.run(&["containers", "runs"]);
+    dying.join().unwrap();
+    assert_eq!(out.status.code(), Some(6), "unavailable: {out:?}");
+    let line = one_line_error(&out);
+    assert!(
+        line.starts_with(&format!(
+            "bus: error: busd at {} closed the connection before answering (",
+            stack.socket.display()
+        )) && line.contains("so the call was not made; run it again"),
+        "{line}"
+    );
+
+    // Run again, as the line says: the socket refuses now, so a new busd starts.
+    let out = stack.run(&["containers", "runs"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    assert!(stack.busd_pid().is_some(), "a new busd serves the socket");
+}
+
+#[test]
+fn a_busd_that_breaks_the_connection_after_answering_may_have_made_the_call() {
+    let stack = Stack::start(bins());
+    let dying = common::dying_busd(&stack.socket, true);
+    let out = stack.run(&["containers", "runs"]);
+    dying.join().unwrap();
+    assert_eq!(out.status.code(), Some(6), "unavailable: {out:?}");
+    let line = one_line_error(&out);
+    assert!(
+        line.starts_with(&format!(
+            "bus: error: the connection to busd at {} broke during the call (",
+            stack.socket.display()
+        )) && line.contains("check what the call did"),
+        "{line}"
+    );
 }

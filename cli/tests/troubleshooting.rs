@@ -464,6 +464,21 @@ fn produce() -> Vec<(&'static str, String)> {
     );
     rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
 
+    // A busd that dies under a call, before and after it answered anything.
+    for (what, answer) in [
+        ("a busd that closes before answering", false),
+        ("a busd that goes away during a call", true),
+    ] {
+        let socket = work.path().join(format!("dying-{answer}.sock"));
+        let dying = common::dying_busd(&socket, answer);
+        let mut cmd = stack.bus();
+        cmd.args(["--socket"])
+            .arg(&socket)
+            .args(["containers", "runs"]);
+        lines.push((what, error_line(what, cmd)));
+        dying.join().unwrap();
+    }
+
     // The runner up, its engine (Podman's API service) not.
     stop_pid(stack.runner.engine.pid());
     let mut cmd = stack.bus();

@@ -38,3 +38,39 @@ pub fn hash_key(key: &str) -> String {
 pub fn mint(state_dir: &Path, account: &str, resources: &str, extra: &[&str]) -> String {
     bus_testkit::mint(bins(), state_dir, account, resources, extra)
 }
+
+/// A socket at `path` that stands for a busd in its last moments: it accepts one connection,
+/// sends an empty HTTP/2 SETTINGS frame first if `answer` (as busd does before it reads a
+/// call), and closes the connection 200 ms later with what the client sent unread. The
+/// socket file stays, refusing connections, as a killed busd leaves it.
+pub fn dying_busd(path: &Path, answer: bool) -> std::thread::JoinHandle<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::time::{Duration, Instant};
+    let dir = path.parent().expect("a socket in a directory");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("no client connected to the dying busd: {e}"),
+            }
+        };
+        if answer {
+            // Length 0, type SETTINGS (4), no flags, stream 0.
+            stream.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    })
+}
