@@ -108,8 +108,10 @@ enum Containers {
     /// Start a run and stream its output (or detach with -d).
     Run(Deferred<commands::run::Args>),
     /// List the account's runs, newest first.
+    #[command(visible_alias = "ls", alias = "ps")]
     Runs(Deferred<commands::runs::Args>),
     /// Delete runs.
+    #[command(visible_alias = "rm")]
     Delete(Deferred<commands::delete::Args>),
     /// Show one run.
     Get(Deferred<commands::get::Args>),

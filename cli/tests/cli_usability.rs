@@ -102,11 +102,14 @@ fn json_output_and_quiet_have_the_documented_shape() {
     assert_run_shape(&one);
     assert_eq!(one["id"], id.as_str());
 
-    // -q: ids only, for both.
-    assert_eq!(
-        stdout(&stack.run(&["containers", "runs", "-q"])),
-        format!("{id}\n")
-    );
+    // -q: ids only, for both; `ls` and `ps` are `runs`, as in docker.
+    for list in ["runs", "ls", "ps"] {
+        assert_eq!(
+            stdout(&stack.run(&["containers", list, "-q"])),
+            format!("{id}\n"),
+            "{list}"
+        );
+    }
     assert_eq!(
         stdout(&stack.run(&["containers", "get", "-q", &id])),
         format!("{id}\n")
@@ -157,6 +160,13 @@ fn json_output_and_quiet_have_the_documented_shape() {
     assert_run_shape(&json(&stack.run(&["containers", "runs"]))[0]);
     let table = stdout(&stack.run(&["containers", "runs", "-o", "table"]));
     assert!(table.starts_with("ID "), "{table}");
+
+    // `rm` is `delete`.
+    assert!(stack.run(&["containers", "rm", &id]).status.success());
+    assert_eq!(
+        json(&stack.run(&["containers", "ls", "-o", "json"])),
+        serde_json::json!([])
+    );
 }
 
 #[test]
