@@ -20,6 +20,7 @@ mod deferred;
 mod error;
 mod guard;
 mod guides;
+mod interrupts;
 mod link;
 mod output;
 mod pipe;

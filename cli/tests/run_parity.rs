@@ -9,7 +9,7 @@ use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Stack, bins, describe, expect_success, free_port, one_line_error};
+use common::{Stack, Watched, bins, describe, expect_success, free_port, one_line_error};
 use serde_json::Value;
 
 fn json(stack: &Stack, args: &[&str]) -> Value {
@@ -619,4 +619,71 @@ fn a_service_returns_once_it_serves_and_is_started_again_when_it_fails() {
         let out = stack.run(&cmd);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
     }
+}
+
+/// Sends `signal` to the process `pid`.
+fn send(pid: u32, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
+#[test]
+fn interrupting_a_followed_run_stops_it_and_a_second_interrupt_kills_it() {
+    use rustix::process::Signal;
+    let stack = Stack::start(bins());
+    let follow = |name: &str, script: &str| {
+        let mut cmd = stack.bus();
+        cmd.args([
+            "containers",
+            "run",
+            "--name",
+            name,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]);
+        let run = Watched::spawn(cmd);
+        run.reached(1);
+        run
+    };
+    let loop_ = "echo started; while :; do sleep 0.1; done";
+
+    // Ctrl-C: the run is stopped, not left running; its command ignores SIGTERM, so the
+    // second Ctrl-C kills it rather than waiting out the grace period.
+    let run = follow("interrupted", &format!("trap '' TERM; {loop_}"));
+    send(run.pid(), Signal::INT);
+    // Signals sent together may arrive as one.
+    std::thread::sleep(Duration::from_secs(1));
+    send(run.pid(), Signal::INT);
+    let (code, out, err) = run.finish(Duration::from_secs(60));
+    let id = json(&stack, &["containers", "get", "interrupted", "-o", "json"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(code, Some(130), "as a process killed by SIGINT: {err}");
+    assert_eq!(out, "started\n");
+    assert_eq!(
+        err.lines().collect::<Vec<_>>(),
+        [
+            format!(
+                "bus: stopping run {id} (SIGTERM, SIGKILL after the grace period); interrupt \
+                 again to kill it now"
+            ),
+            format!("bus: killing run {id}"),
+            format!("bus: run {id} stopped"),
+        ]
+    );
+    let record = json(&stack, &["containers", "get", &id, "-o", "json"]);
+    assert_eq!(record["state"], "stopped", "{record}");
+
+    // SIGTERM (a service manager, `kill`): stopped the same way, exit 128 + 15.
+    let run = follow("terminated", &format!("trap 'exit 0' TERM; {loop_}"));
+    send(run.pid(), Signal::TERM);
+    let (code, out, err) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(143), "{err}");
+    assert_eq!(out, "started\n");
+    assert_eq!(err.lines().count(), 2, "stopping, stopped: {err}");
+    let record = json(&stack, &["containers", "get", "terminated", "-o", "json"]);
+    assert_eq!(record["state"], "stopped", "{record}");
 }

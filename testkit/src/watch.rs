@@ -58,6 +58,11 @@ impl Watched {
         }
     }
 
+    /// The process's PID, to signal it.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits until at least `n` lines were printed to stdout, for at most a minute.
     pub fn reached(&self, n: u64) {
         let start = Instant::now();

@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 use crate::commands::logs::{print_logs, show_notice};
 use crate::context::Ctx;
 use crate::error::{CliError, busd_lost};
+use crate::interrupts::{GaveUp, Interrupts};
 use crate::output::Output;
 use crate::render;
 use crate::usage::{parse_key_value, parse_publish};
@@ -170,8 +171,14 @@ impl Args {
         if detach {
             return detached(ctx, spec).await;
         }
+        // Ctrl-C stops the run rather than leaving it running unseen (see `interrupts`).
+        let mut interrupts = Interrupts::listen()?;
         let request = ctx.long_request(RunRequest { spec: Some(spec) });
-        let mut events = ctx.containers().run(request).await?.into_inner();
+        let mut client = ctx.containers();
+        let mut events = match interrupts.during(ctx, "", client.run(request)).await {
+            Ok(events) => events?.into_inner(),
+            Err(GaveUp(code)) => return Ok(code),
+        };
         let mut run_id = String::new();
         let mut last_seq = 0;
         let mut output = if json {
@@ -180,15 +187,21 @@ impl Args {
             Output::lock()
         };
         let exited = loop {
-            let Some(event) = events.next().await else {
-                return Err(CliError::StreamCut(run_id));
+            let event = match interrupts.during(ctx, &run_id, events.next()).await {
+                Ok(Some(event)) => event,
+                Ok(None) => return Err(CliError::StreamCut(run_id)),
+                Err(GaveUp(code)) => return Ok(code),
             };
             let event = match event {
                 Ok(event) => event,
                 // busd went away after the run was accepted: follow the run's output from
                 // where it stopped, through a busd started again.
                 Err(status) if busd_lost(&status) && !run_id.is_empty() => {
-                    break resume(ctx, &run_id, last_seq, &mut output).await?;
+                    let resumed = resume(ctx, &run_id, last_seq, &mut output);
+                    match interrupts.during(ctx, &run_id, resumed).await {
+                        Ok(exited) => break exited?,
+                        Err(GaveUp(code)) => return Ok(code),
+                    }
                 }
                 Err(status) => return Err(status.into()),
             };
@@ -198,6 +211,7 @@ impl Args {
                     if !json {
                         announce(&run_id);
                     }
+                    interrupts.known(ctx, &run_id);
                 }
                 Some(Event::Output(chunk)) => {
                     output.write(&chunk)?;
@@ -208,7 +222,14 @@ impl Args {
                 None => {}
             }
         };
-        let code = exit_code(&run_id, exited.state, exited.exit_code, &exited.reason);
+        let code = match interrupts.received() {
+            // Stopped because this process was told to stop: as a process killed by it.
+            Some(signal) if exited.state == RunState::Stopped as i32 => {
+                eprintln!("bus: run {run_id} stopped");
+                128 + signal as u8
+            }
+            _ => exit_code(&run_id, exited.state, exited.exit_code, &exited.reason),
+        };
         if json {
             print_result(ctx, &run_id, &exited, &mut output).await?;
         }
