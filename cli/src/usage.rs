@@ -32,14 +32,35 @@ pub fn command_without_dashes(error: &clap::Error, args: &[OsString]) -> Option<
             .iter()
             .take_while(|a| *a != "--")
             .position(|a| a == unexpected)?;
+    let line = |words: Vec<&str>| {
+        let shown: Vec<String> = words.iter().map(|a| shell_quote(a)).collect();
+        format!("bus {}", shown.join(" "))
+    };
     let mut fixed: Vec<&str> = args[..at].iter().map(String::as_str).collect();
     fixed.push("--");
     fixed.extend(args[at..].iter().map(String::as_str));
-    let shown: Vec<String> = fixed.iter().map(|a| shell_quote(a)).collect();
-    Some(format!(
-        "unexpected argument '{unexpected}': the command goes after `--`: bus {}",
-        shown.join(" ")
-    ))
+    let mut hint = format!(
+        "unexpected argument '{unexpected}': the command goes after `--`: {}",
+        line(fixed)
+    );
+    // `docker run IMAGE CMD...` habits: the word may be the image.
+    let image_given = args[verb + 1..at]
+        .iter()
+        .any(|a| a == "--image" || a.starts_with("--image="));
+    if args[verb] == "run" && !image_given {
+        let mut as_image: Vec<&str> = args[..at].iter().map(String::as_str).collect();
+        as_image.extend(["--image", unexpected.as_str()]);
+        if at + 1 < args.len() {
+            as_image.push("--");
+            as_image.extend(args[at + 1..].iter().map(String::as_str));
+        }
+        hint.push_str(&format!(
+            " (or, if {} is the image: {})",
+            shell_quote(unexpected),
+            line(as_image)
+        ));
+    }
+    Some(hint)
 }
 
 /// `arg` as a POSIX shell word.

@@ -690,10 +690,25 @@ fn assert_cli_hint(line: &str) {
 #[test]
 fn a_command_without_dashes_gets_the_dashed_form() {
     let stack = Stack::start(bins());
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 4] = [
         (
             &["containers", "run", "sh", "-c", "echo hi"],
-            "bus containers run -- sh -c 'echo hi'",
+            "bus containers run -- sh -c 'echo hi' (or, if sh is the image: bus containers run \
+             --image sh -- -c 'echo hi')",
+        ),
+        // As `docker run IMAGE CMD` is typed.
+        (
+            &[
+                "containers",
+                "run",
+                "-e",
+                "A=1",
+                "localhost/busybox",
+                "echo",
+                "hi",
+            ],
+            "bus containers run -e A=1 -- localhost/busybox echo hi (or, if localhost/busybox is \
+             the image: bus containers run -e A=1 --image localhost/busybox -- echo hi)",
         ),
         (
             &[
@@ -721,8 +736,20 @@ fn a_command_without_dashes_gets_the_dashed_form() {
         );
         assert!(line.contains("unexpected argument '"), "{line}");
     }
-    // The dashed form it shows works.
+    // The dashed forms it shows work.
     let out = stack.run(&["containers", "run", "--", "sh", "-c", "echo hi"]);
+    assert_eq!(stdout(&out), "hi\n", "{out:?}");
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "-e",
+        "A=1",
+        "--image",
+        "localhost/busybox",
+        "--",
+        "echo",
+        "hi",
+    ]);
     assert_eq!(stdout(&out), "hi\n", "{out:?}");
     // An unknown flag is another mistake: clap's own message.
     let out = stack.run(&["containers", "run", "--bogus"]);
