@@ -687,3 +687,74 @@ fn interrupting_a_followed_run_stops_it_and_a_second_interrupt_kills_it() {
     let record = json(&stack, &["containers", "get", "terminated", "-o", "json"]);
     assert_eq!(record["state"], "stopped", "{record}");
 }
+
+#[test]
+fn rm_deletes_the_run_once_it_has_ended_and_been_printed() {
+    let stack = Stack::start(bins());
+    let names = |stack: &Stack| -> Vec<String> {
+        json(stack, &["containers", "runs", "-o", "json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let kept = stack.run(&["containers", "run", "--name", "kept", "--", "true"]);
+    expect_success(&kept);
+
+    // Followed: the output, the command's code, then no run.
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "--rm",
+        "--name",
+        "gone",
+        "--",
+        "sh",
+        "-c",
+        "echo bye; exit 4",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "bye\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    // As one JSON result.
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "--rm",
+        "-o",
+        "json",
+        "--name",
+        "gone-json",
+        "--",
+        "echo",
+        "hi",
+    ]);
+    let result: Value = serde_json::from_str(&expect_success(&out)).unwrap();
+    assert_eq!(result["stdout"], "hi\n", "{result}");
+    // Attached to stdin.
+    let mut cmd = stack.bus();
+    cmd.args([
+        "containers",
+        "run",
+        "--rm",
+        "-i",
+        "--name",
+        "gone-i",
+        "--",
+        "cat",
+    ])
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"typed\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "typed\n", "{out:?}");
+    assert!(out.status.success(), "{out:?}");
+
+    assert_eq!(names(&stack), ["kept"], "only the run without --rm is left");
+
+    // Not with -d: nothing would be there to delete it.
+    let out = stack.run(&["containers", "run", "--rm", "-d", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+}

@@ -8,8 +8,9 @@
 //! connections, printing their URLs.
 
 use bus::proto::containers::v1::{
-    CreateRunRequest, ExecStart, GetRunRequest, PortMapping, PullPolicy, RegistryLogin, Run,
-    RunExited, RunRequest, RunSpec, RunState, StorageMount, StreamLogsRequest, run_event::Event,
+    CreateRunRequest, DeleteRunRequest, ExecStart, GetRunRequest, PortMapping, PullPolicy,
+    RegistryLogin, Run, RunExited, RunRequest, RunSpec, RunState, StorageMount, StreamLogsRequest,
+    run_event::Event,
 };
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -40,6 +41,9 @@ pub struct Args {
     /// Start the run and print its id instead of following it.
     #[arg(short, long, conflicts_with_all = ["interactive", "tty"])]
     detach: bool,
+    /// Delete the run and its stored output once it has ended and bus has printed it.
+    #[arg(long, conflicts_with_all = ["detach", "service"])]
+    rm: bool,
     /// Run a long-lived service: return once its published port (-p) accepts connections and
     /// print its URL, or fail with its last output. It has no timeout of its own and is
     /// started again when it fails (at most 3 times).
@@ -129,7 +133,7 @@ impl Pull {
 impl Args {
     /// Runs the command; returns the exit code (the container's, when it exited).
     pub async fn run(self, ctx: &Ctx) -> Result<u8, CliError> {
-        let detach = self.detach;
+        let (detach, rm) = (self.detach, self.rm);
         let json = self.output == Some(render::Format::Json);
         let credentials = self
             .credentials_file
@@ -166,7 +170,7 @@ impl Args {
             return service(ctx, spec).await;
         }
         if self.interactive || self.tty {
-            return attached(ctx, spec).await;
+            return attached(ctx, spec, rm).await;
         }
         if detach {
             return detached(ctx, spec).await;
@@ -233,7 +237,23 @@ impl Args {
         if json {
             print_result(ctx, &run_id, &exited, &mut output).await?;
         }
+        if rm {
+            remove(ctx, &run_id).await;
+        }
         Ok(code)
+    }
+}
+
+/// `--rm`: deletes the ended run; a failure is told on stderr and leaves the exit code alone.
+async fn remove(ctx: &Ctx, run_id: &str) {
+    let request = ctx.request(DeleteRunRequest {
+        run_id: run_id.to_owned(),
+    });
+    if let Err(status) = ctx.containers().delete_run(request).await {
+        eprintln!(
+            "bus: could not delete run {run_id}: {}; delete it with `bus containers delete {run_id}`",
+            CliError::from(status)
+        );
     }
 }
 
@@ -435,7 +455,7 @@ async fn resume(
 }
 
 /// Creates the run and attaches this terminal (or stdin) to its command until it ends.
-async fn attached(ctx: &Ctx, spec: RunSpec) -> Result<u8, CliError> {
+async fn attached(ctx: &Ctx, spec: RunSpec, rm: bool) -> Result<u8, CliError> {
     let (tty, stdin) = (spec.tty, spec.stdin);
     let request = ctx.request(CreateRunRequest {
         spec: Some(spec),
@@ -469,12 +489,16 @@ async fn attached(ctx: &Ctx, spec: RunSpec) -> Result<u8, CliError> {
                 RunState::Queued | RunState::Starting | RunState::Running | RunState::Unspecified
             );
             if ended {
-                return Ok(exit_code(
+                let code = exit_code(
                     &run.id,
                     run.state,
                     run.exit_code.unwrap_or_default(),
                     &run.reason,
-                ));
+                );
+                if rm {
+                    remove(ctx, &run.id).await;
+                }
+                return Ok(code);
             }
             session
         }
