@@ -41,10 +41,11 @@ pub fn mint(state_dir: &Path, account: &str, resources: &str, extra: &[&str]) ->
 
 /// A socket at `path` that stands for a busd in its last moments: it accepts one connection,
 /// sends an empty HTTP/2 SETTINGS frame first if `answer` (as busd does before it reads a
-/// call), and closes the connection 200 ms later with what the client sent unread. The
-/// socket file stays, refusing connections, as a killed busd leaves it.
+/// call), reads the client's connection preface, and closes the connection 100 ms later with
+/// whatever else the client sent unread. The socket file stays, refusing connections, as a
+/// killed busd leaves it.
 pub fn dying_busd(path: &Path, answer: bool) -> std::thread::JoinHandle<()> {
-    use std::io::Write as _;
+    use std::io::{Read as _, Write as _};
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     use std::time::{Duration, Instant};
     let dir = path.parent().expect("a socket in a directory");
@@ -67,10 +68,17 @@ pub fn dying_busd(path: &Path, answer: bool) -> std::thread::JoinHandle<()> {
                 Err(e) => panic!("no client connected to the dying busd: {e}"),
             }
         };
+        stream.set_nonblocking(false).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         if answer {
             // Length 0, type SETTINGS (4), no flags, stream 0.
             stream.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
         }
-        std::thread::sleep(Duration::from_millis(200));
+        let mut preface = [0u8; 24];
+        stream.read_exact(&mut preface).unwrap();
+        assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        std::thread::sleep(Duration::from_millis(100));
     })
 }
