@@ -85,12 +85,14 @@ pub async fn grpc_get_run(
     sum_calls(tasks, window).await
 }
 
-/// A REST client trusting the bench's CA, one keep-alive connection at most.
+/// A REST client trusting the bench's CA, one keep-alive HTTP/1.1 connection at most (the
+/// plain REST client the anchors stand for, whatever ALPN the runner offers).
 pub fn rest_client(ca_pem: &[u8]) -> Result<reqwest::Client, Failed> {
     let ca = reqwest::Certificate::from_pem(ca_pem)
         .map_err(|e| Failed(format!("the CA certificate is not usable: {e}")))?;
     reqwest::Client::builder()
         .add_root_certificate(ca)
+        .http1_only()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(1)
         .build()

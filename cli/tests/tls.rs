@@ -35,6 +35,8 @@ impl TlsStack {
         let dir = tempfile::tempdir().unwrap();
         tls::certificates(dir.path()).unwrap();
         let runner = runner(&engine, &dir.path().join("state"))
+            .env("RUST_LOG", "warn,bus_runner::http=debug")
+            .log(dir.path().join("runner.log"))
             .listen("127.0.0.1:0")
             .listen("https://127.0.0.1:0")
             .tls(dir.path().join("server.pem"), dir.path().join("server.key"))
@@ -76,9 +78,28 @@ impl TlsStack {
         cmd.output().unwrap()
     }
 
+    /// The HTTP versions of the requests the runner logged for paths that `path` matches.
+    fn versions(&self, path: impl Fn(&str) -> bool) -> Vec<String> {
+        let log = std::fs::read_to_string(self.dir.path().join("runner.log")).unwrap();
+        log.lines()
+            .filter(|l| l.contains(" request "))
+            .filter(|l| field(l, "path").is_some_and(&path))
+            .filter_map(|l| field(l, "version").map(str::to_owned))
+            .collect()
+    }
+
     fn socket(&self, name: &str) -> PathBuf {
         self.dir.path().join(name).join("busd.sock")
     }
+}
+
+/// The value of `name=` in a log line.
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[at..]
+        .split_whitespace()
+        .next()
+        .map(|value| value.trim_matches('"'))
 }
 
 impl Drop for TlsStack {
@@ -155,6 +176,19 @@ fn busd_trusting_the_ca_runs_follows_and_execs_over_https() {
         String::from_utf8_lossy(&plain.stderr)
     );
     assert_eq!(stdout(&plain).lines().count(), 1, "{}", stdout(&plain));
+
+    // Over TLS, busd's unary calls share HTTP/2; its log follows keep HTTP/1.1 connections
+    // of their own, so they never wait for (or hold) a stream of a shared connection.
+    let unary = stack.versions(|p| p == format!("/api/v1/containers/runs/{id}"));
+    assert!(
+        !unary.is_empty() && unary.iter().all(|v| v == "HTTP/2.0"),
+        "{unary:?}"
+    );
+    let follows = stack.versions(|p| p.ends_with("/logs"));
+    assert!(
+        !follows.is_empty() && follows.iter().all(|v| v == "HTTP/1.1"),
+        "{follows:?}"
+    );
 }
 
 #[test]

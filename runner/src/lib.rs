@@ -166,6 +166,7 @@ pub fn app(state: AppState) -> Router {
     http::routes::router()
         .fallback(http::problem::route_not_found)
         .method_not_allowed_fallback(http::problem::method_not_allowed)
+        .layer(axum::middleware::from_fn(http::access::log_request))
         .with_state(state)
 }
 

@@ -22,10 +22,10 @@ use crate::credentials::Token;
 /// How long a TCP/TLS connect may take.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A pool of REST clients, one per origin.
+/// A pool of REST clients, two per origin (see [`Clients`]).
 #[derive(Clone)]
 pub struct Upstreams {
-    clients: Arc<Mutex<HashMap<ApiOrigin, reqwest::Client>>>,
+    clients: Arc<Mutex<HashMap<ApiOrigin, Clients>>>,
     /// The keepalive interval follow streams are asked for.
     keepalive: Duration,
     /// Extra CAs for https origins.
@@ -76,28 +76,23 @@ impl Upstreams {
         self.len() == 0
     }
 
-    /// The client for `origin`, made on first use and kept warm afterwards.
+    /// The clients for `origin`, made on first use and kept warm afterwards.
     pub fn client(&self, origin: &ApiOrigin, token: Token) -> Upstream {
         let mut clients = self.clients.lock().expect("upstream pool lock poisoned");
-        let http = clients
+        let Clients { unary, streams } = clients
             .entry(origin.clone())
-            .or_insert_with(|| {
-                self.cas
-                    .http
-                    .iter()
-                    .fold(reqwest::Client::builder(), |builder, cert| {
-                        builder.add_root_certificate(cert.clone())
-                    })
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .user_agent(concat!("busd/", env!("CARGO_PKG_VERSION")))
+            .or_insert_with(|| Clients {
+                unary: self.builder().build().expect("the TLS backend initialises"),
+                streams: self
+                    .builder()
+                    .http1_only()
                     .build()
-                    .expect("the TLS backend initialises")
+                    .expect("the TLS backend initialises"),
             })
             .clone();
         Upstream {
-            http,
+            http: streams,
+            unary,
             origin: origin.clone(),
             token,
             deadline: None,
@@ -105,12 +100,39 @@ impl Upstreams {
             websocket_tls: self.cas.websocket.clone(),
         }
     }
+
+    fn builder(&self) -> reqwest::ClientBuilder {
+        self.cas
+            .http
+            .iter()
+            .fold(reqwest::Client::builder(), |builder, cert| {
+                builder.add_root_certificate(cert.clone())
+            })
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("busd/", env!("CARGO_PKG_VERSION")))
+    }
 }
 
-/// One call context: a pooled client, an origin and a token.
+/// One origin's clients. Unary calls share HTTP/2 connections where the runner offers it
+/// (ALPN over TLS): many calls on one connection cost fewer reads, writes and wake-ups.
+/// Streams (log follows, uploads, downloads) keep HTTP/1.1 connections of their own, so
+/// however many are open, none waits for a free HTTP/2 stream and none makes a unary call
+/// wait for one.
+#[derive(Clone)]
+struct Clients {
+    unary: reqwest::Client,
+    streams: reqwest::Client,
+}
+
+/// One call context: pooled clients, an origin and a token.
 #[derive(Clone)]
 pub struct Upstream {
+    /// For streams: HTTP/1.1, a connection per stream.
     pub(super) http: reqwest::Client,
+    /// For unary calls ([`Upstream::json`]): HTTP/2 when the runner offers it.
+    unary: reqwest::Client,
     pub(super) origin: ApiOrigin,
     pub(super) token: Token,
     /// When the caller gives up: bounds unary calls (not streams, which may outlive it).
@@ -160,11 +182,13 @@ impl Upstream {
     /// response with its body unread. Not bounded by the deadline: a stream's body may
     /// outlive the call that opened it.
     pub(super) async fn send(&self, request: RequestBuilder) -> Result<Response, UpstreamError> {
-        self.send_until(request, None).await
+        self.send_on(&self.http, request, None).await
     }
 
-    pub(super) async fn send_until(
+    /// Sends `request` on `client`, retried when allowed while `deadline` leaves time.
+    async fn send_on(
         &self,
+        client: &reqwest::Client,
         request: RequestBuilder,
         deadline: Option<Instant>,
     ) -> Result<Response, UpstreamError> {
@@ -183,7 +207,7 @@ impl Upstream {
             if retryable && tries < MAX_TRIES {
                 next = current.try_clone();
             }
-            let (error, retry_after) = match self.http.execute(current).await {
+            let (error, retry_after) = match client.execute(current).await {
                 Ok(response) if response.status().is_success() => return Ok(response),
                 Ok(response) => {
                     let status = response.status();
@@ -259,7 +283,7 @@ impl Upstream {
                 Some(left) => request.timeout(left),
                 None => request,
             };
-            let response = self.send_until(request, self.deadline).await?;
+            let response = self.send_on(&self.unary, request, self.deadline).await?;
             let body = response.bytes().await.map_err(|e| self.unreachable(&e))?;
             if body.is_empty() {
                 // 204 and friends: `IgnoredAny` (and `()`-like targets) accept `null`.

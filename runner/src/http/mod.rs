@@ -1,6 +1,7 @@
 //! The HTTP layer: routes (each handler with its OpenAPI operation), the OpenAPI document's
-//! root, problem documents, the bearer-token extractor, TLS.
+//! root, problem documents, the bearer-token extractor, TLS, and a debug line per request.
 
+pub mod access;
 pub mod auth;
 pub mod openapi;
 pub mod problem;
