@@ -570,14 +570,20 @@ fn another_user_cannot_use_the_socket() {
     let _ = std::fs::remove_dir_all(&shared);
 }
 
-#[test]
-fn a_busd_that_closes_the_connection_unanswered_is_reported_then_replaced() {
-    let stack = Stack::start(bins());
-    let dying = common::dying_busd(&stack.socket, false);
+/// `bus containers runs` against a busd that closes the connection (after sending its
+/// settings if `answer`): its one error line, checked to exit 6 (unavailable).
+fn cut_call(stack: &Stack, answer: bool) -> String {
+    let dying = common::dying_busd(&stack.socket, answer);
     let out = stack.run(&["containers", "runs"]);
     dying.join().unwrap();
     assert_eq!(out.status.code(), Some(6), "unavailable: {out:?}");
-    let line = one_line_error(&out);
+    one_line_error(&out)
+}
+
+#[test]
+fn a_busd_that_closes_the_connection_unanswered_is_reported_then_replaced() {
+    let stack = Stack::start(bins());
+    let line = cut_call(&stack, false);
     assert!(
         line.starts_with(&format!(
             "bus: error: busd at {} closed the connection before answering (",
@@ -596,11 +602,7 @@ fn a_busd_that_closes_the_connection_unanswered_is_reported_then_replaced() {
 #[test]
 fn a_busd_that_breaks_the_connection_after_answering_may_have_made_the_call() {
     let stack = Stack::start(bins());
-    let dying = common::dying_busd(&stack.socket, true);
-    let out = stack.run(&["containers", "runs"]);
-    dying.join().unwrap();
-    assert_eq!(out.status.code(), Some(6), "unavailable: {out:?}");
-    let line = one_line_error(&out);
+    let line = cut_call(&stack, true);
     assert!(
         line.starts_with(&format!(
             "bus: error: the connection to busd at {} broke during the call (",
