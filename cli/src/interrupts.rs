@@ -7,6 +7,10 @@
 //!
 //! A run's command is its container's PID 1, which ignores a signal it has no handler for;
 //! forwarding Ctrl-C to it, as `docker run` does, would leave most commands running.
+//!
+//! A closed output (`bus containers run -- yes | head -1`) ends the run too, at once, as a
+//! local command writing into a closed pipe would end ([`ended_by_closed_output`]): else it
+//! would go on, its output stored by the runner, until its timeout.
 
 use std::future::Future;
 
@@ -103,6 +107,26 @@ impl Interrupts {
             }
             stop(ctx, run_id, force);
         }
+    }
+}
+
+/// The reader of the run's output went away: kills run `run_id` at once and waits for the
+/// runner to say so (within the call's deadline); a failure is told on stderr.
+pub async fn ended_by_closed_output(ctx: &Ctx, run_id: &str) {
+    if run_id.is_empty() {
+        return;
+    }
+    let request = ctx.request(StopRunRequest {
+        run_id: run_id.to_owned(),
+        grace_seconds: 0,
+        force: true,
+    });
+    if let Err(status) = ctx.containers().stop_run(request).await {
+        eprintln!(
+            "bus: could not stop run {run_id} after its output was closed: {}; stop it with \
+             `bus containers stop {run_id}`",
+            CliError::from(status)
+        );
     }
 }
 

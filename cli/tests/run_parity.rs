@@ -758,3 +758,30 @@ fn rm_deletes_the_run_once_it_has_ended_and_been_printed() {
     let out = stack.run(&["containers", "run", "--rm", "-d", "--", "true"]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
 }
+
+#[test]
+fn a_closed_output_ends_the_followed_run_as_a_closed_pipe_ends_a_command() {
+    use std::io::BufRead as _;
+    use std::os::unix::process::ExitStatusExt as _;
+    let stack = Stack::start(bins());
+    let mut child = stack
+        .bus()
+        .args(["containers", "run", "--name", "piped", "--", "sh", "-c"])
+        .arg("while :; do echo y; done")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // As `| head -1`: one line read, then the pipe closed.
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "y\n");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.signal(), Some(13), "killed by SIGPIPE: {out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    // Not left printing into the runner's store until its timeout.
+    let run = json(&stack, &["containers", "get", "piped", "-o", "json"]);
+    assert_eq!(run["state"], "stopped", "{run}");
+}

@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use crate::commands::logs::{print_logs, show_notice};
 use crate::context::Ctx;
 use crate::error::{CliError, busd_lost};
-use crate::interrupts::{GaveUp, Interrupts};
+use crate::interrupts::{GaveUp, Interrupts, ended_by_closed_output};
 use crate::output::Output;
 use crate::render;
 use crate::usage::{parse_key_value, parse_publish};
@@ -218,7 +218,12 @@ impl Args {
                     interrupts.known(ctx, &run_id);
                 }
                 Some(Event::Output(chunk)) => {
-                    output.write(&chunk)?;
+                    if let Err(e) = output.write(&chunk) {
+                        if crate::pipe::closed(&e) {
+                            ended_by_closed_output(ctx, &run_id).await;
+                        }
+                        return Err(e.into());
+                    }
                     last_seq = chunk.seq;
                 }
                 Some(Event::Notice(notice)) => show_notice(&notice),
