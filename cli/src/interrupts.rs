@@ -43,7 +43,9 @@ pub struct GaveUp(pub u8);
 impl Interrupts {
     /// Takes over SIGINT, SIGTERM and SIGHUP for this process.
     pub fn listen() -> Result<Self, CliError> {
-        let kind = |kind| signal(kind).map_err(CliError::Output);
+        let kind = |kind| {
+            signal(kind).map_err(|e| CliError::Local(format!("cannot listen for signals: {e}")))
+        };
         Ok(Interrupts {
             int: kind(SignalKind::interrupt())?,
             term: kind(SignalKind::terminate())?,
