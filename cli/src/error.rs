@@ -42,6 +42,16 @@ pub enum CliError {
         /// busd's PID, from its `<socket>.pid` lock file.
         pid: Option<u32>,
     },
+    /// busd closed the connection under the call: it exited, or was killed.
+    #[error("{}", gone_line(.socket, *.answered, .cause))]
+    BusdGone {
+        /// The socket path.
+        socket: String,
+        /// Whether busd had sent anything first (if not, it had read no call).
+        answered: bool,
+        /// The innermost error of the broken connection.
+        cause: String,
+    },
     /// The call's deadline passed before busd answered.
     #[error("{}", timed_out_line(*.limit, *.default))]
     TimedOut {
@@ -132,13 +142,19 @@ pub fn exit_code_for(code: Code) -> u8 {
 impl CliError {
     /// A connect failure, with its innermost cause.
     pub fn connect(socket: &Path, error: &tonic::transport::Error) -> Self {
-        let mut source: &dyn std::error::Error = error;
-        while let Some(next) = source.source() {
-            source = next;
-        }
         CliError::Connect {
             socket: socket.display().to_string(),
-            reason: source.to_string(),
+            reason: innermost(error),
+        }
+    }
+
+    /// Whether this failure means busd went away under the call (see [`busd_lost`]): the
+    /// streams that resume after it resume on either form.
+    pub fn busd_lost(&self) -> bool {
+        match self {
+            CliError::BusdGone { .. } => true,
+            CliError::Status(status) => busd_lost(status),
+            _ => false,
         }
     }
 
@@ -156,12 +172,10 @@ impl CliError {
             CliError::Status(status) if error_reason(status) == Some(PROTOCOL_MISMATCH) => {
                 exit::UNAVAILABLE
             }
-            CliError::Status(status) if busd_lost(status) && crate::link::went_away().is_some() => {
-                exit::UNAVAILABLE
-            }
             CliError::Status(status) => exit_code_for(status.code()),
             CliError::Connect { .. }
             | CliError::Unresponsive { .. }
+            | CliError::BusdGone { .. }
             | CliError::TimedOut { .. } => exit::UNAVAILABLE,
             CliError::Usage(_) => exit::USAGE,
             _ => exit::ERROR,
@@ -201,6 +215,13 @@ impl From<Status> for CliError {
             if transport_failure(&status) {
                 if let Some(socket) = crate::link::unresponsive() {
                     return CliError::unresponsive(&socket);
+                }
+                if let Some(gone) = crate::link::went_away() {
+                    return CliError::BusdGone {
+                        socket: gone.socket.display().to_string(),
+                        answered: gone.answered,
+                        cause: innermost(&status),
+                    };
                 }
             }
         }
@@ -286,11 +307,6 @@ pub fn escape(text: &str) -> String {
 
 /// One line: busd's message, then the guidance it attached (what to do next).
 fn render_status(status: &Status) -> String {
-    if busd_lost(status) {
-        if let Some(gone) = crate::link::went_away() {
-            return gone_line(&gone, &deepest_cause(status));
-        }
-    }
     let details = status.get_error_details();
     let mut line = match status.code() {
         Code::DeadlineExceeded if status.message().is_empty() => {
@@ -327,10 +343,9 @@ fn render_status(status: &Status) -> String {
 }
 
 /// busd closed the connection under a call: whether the call reached it, and what to do.
-fn gone_line(gone: &crate::link::Gone, cause: &str) -> String {
-    let socket = gone.socket.display();
+fn gone_line(socket: &str, answered: bool, cause: &str) -> String {
     let log = crate::daemon::log_path();
-    if gone.answered {
+    if answered {
         format!(
             "the connection to busd at {socket} broke during the call ({cause}); busd may have \
              exited (its log: {}): check what the call did (`bus containers runs`) before \
@@ -346,9 +361,9 @@ fn gone_line(gone: &crate::link::Gone, cause: &str) -> String {
     }
 }
 
-/// The innermost error behind `status` (the I/O error of a broken connection, say).
-fn deepest_cause(status: &Status) -> String {
-    let mut cause: &dyn std::error::Error = status;
+/// The innermost error behind `error` (the I/O error of a broken connection, say).
+fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
     while let Some(next) = cause.source() {
         cause = next;
     }

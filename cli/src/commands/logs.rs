@@ -8,7 +8,7 @@ use bus::proto::containers::v1::{
 };
 
 use crate::context::Ctx;
-use crate::error::{CliError, busd_lost};
+use crate::error::CliError;
 use crate::output::Output;
 use crate::resume::{BUSD_LOST_STEP, Resumes};
 
@@ -76,12 +76,12 @@ pub async fn print_logs(
         let mut progressed = false;
         let outcome = stream_once(ctx, &mut request, output, &mut resumed, &mut progressed).await;
         match outcome {
-            Err(CliError::Status(status)) if busd_lost(&status) => {
+            Err(lost) if lost.busd_lost() => {
                 if progressed {
                     resumes.progressed();
                 }
                 if !resumes.reconnect(ctx).await? {
-                    return Err(CliError::Status(status));
+                    return Err(lost);
                 }
                 resumed = true;
             }
