@@ -107,33 +107,22 @@ impl Interrupts {
                      interrupt again to kill it now"
                 );
             }
-            stop(ctx, run_id, force);
+            tokio::spawn(stop(ctx, run_id, force));
         }
     }
 }
 
 /// The reader of the run's output went away: kills run `run_id` at once and waits for the
-/// runner to say so (within the call's deadline); a failure is told on stderr.
+/// runner to say so; a failure is told on stderr.
 pub async fn ended_by_closed_output(ctx: &Ctx, run_id: &str) {
-    if run_id.is_empty() {
-        return;
-    }
-    let request = ctx.request(StopRunRequest {
-        run_id: run_id.to_owned(),
-        grace_seconds: 0,
-        force: true,
-    });
-    if let Err(status) = ctx.containers().stop_run(request).await {
-        eprintln!(
-            "bus: could not stop run {run_id} after its output was closed: {}; stop it with \
-             `bus containers stop {run_id}`",
-            CliError::from(status)
-        );
+    if !run_id.is_empty() {
+        stop(ctx, run_id, true).await;
     }
 }
 
-/// Sends a stop for `run_id` in the background; a failure is told on stderr.
-fn stop(ctx: &Ctx, run_id: &str, force: bool) {
+/// A stop of `run_id` (a kill if `force`), to await or spawn; a failure is told on stderr.
+/// Without a deadline: a graceful stop lasts the runner's grace period.
+fn stop(ctx: &Ctx, run_id: &str, force: bool) -> impl Future<Output = ()> + 'static {
     let mut client = ctx.containers();
     let request = ctx.long_request(StopRunRequest {
         run_id: run_id.to_owned(),
@@ -141,12 +130,12 @@ fn stop(ctx: &Ctx, run_id: &str, force: bool) {
         force,
     });
     let run_id = run_id.to_owned();
-    tokio::spawn(async move {
+    async move {
         if let Err(status) = client.stop_run(request).await {
             eprintln!(
                 "bus: could not stop run {run_id}: {}; stop it with `bus containers stop {run_id}`",
                 CliError::from(status)
             );
         }
-    });
+    }
 }
