@@ -16,7 +16,7 @@ use bus_runner::AppState;
 use bus_runner::auth::{self, Keys};
 use bus_runner::config::Config;
 use bus_runner::engine::Engine;
-use common::{Cleanup, Podman, Reply, call, create_run, frames};
+use common::{Cleanup, Podman, Reply, call, create_run, follow};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -173,18 +173,9 @@ async fn wait_running(app: &Router, token: &str, id: &str) {
 
 /// Follows a run's logs to its end.
 async fn wait_ended(app: &Router, token: &str, id: &str) {
-    let reply = call(
-        app,
-        Method::GET,
-        &format!("{RUNS}/{id}/logs?follow=true"),
-        Some(token),
-        None,
-    )
-    .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", text(&reply));
     assert!(
         matches!(
-            frames(&reply.body).last(),
+            follow(app, token, id).await.last(),
             Some(bus_api::LogFrame::Exit { .. })
         ),
         "the follow ends with the exit frame"

@@ -15,7 +15,7 @@ use bus_api::auth::Scope;
 use bus_api::{LogFrame, RunState, Stream};
 use bus_testkit::script::{two_streams, two_streams_output};
 use bus_testkit::{RunnerProcess, Serve};
-use common::{ALL, Cleanup, Podman, Reply, bins, call, create_run, frames, runner};
+use common::{ALL, Cleanup, Podman, Reply, bins, call, create_run, follow, frames, runner};
 use futures::StreamExt as _;
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
@@ -750,15 +750,7 @@ async fn logs_tail_and_stream_filters() {
     )
     .await;
     cleanup.1.push(format!("bus-{id}"));
-    let all = call(
-        &app,
-        Method::GET,
-        &format!("{RUNS}/{id}/logs?follow=true"),
-        Some(&alice),
-        None,
-    )
-    .await;
-    let all = frames(&all.body);
+    let all = follow(&app, &alice, &id).await;
     let outputs: Vec<(u64, Stream, Vec<u8>)> = all
         .iter()
         .filter_map(|f| match f {

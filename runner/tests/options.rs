@@ -12,7 +12,7 @@ use axum::Router;
 use axum::http::{Method, StatusCode};
 use bus_api::{LogFrame, RunState, Stream};
 use bus_runner::config::{Config, Network};
-use common::{ALL, Podman, Reply, call, create_run, frames, runner, runner_with};
+use common::{ALL, Podman, Reply, call, create_run, follow, runner, runner_with};
 use serde_json::{Value, json};
 
 const RUNS: &str = "/api/v1/containers/runs";
@@ -57,16 +57,7 @@ async fn create(app: &Router, token: &str, body: Value) -> Value {
 
 /// Follows the run's logs to the end; returns the frames and the final record.
 async fn finish(app: &Router, token: &str, id: &str) -> (Vec<LogFrame>, Value) {
-    let logs = call(
-        app,
-        Method::GET,
-        &format!("{RUNS}/{id}/logs?follow=true"),
-        Some(token),
-        None,
-    )
-    .await;
-    assert_eq!(logs.status, StatusCode::OK);
-    let got = frames(&logs.body);
+    let got = follow(app, token, id).await;
     let run = call(app, Method::GET, &format!("{RUNS}/{id}"), Some(token), None)
         .await
         .json();

@@ -8,7 +8,9 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use bus_api::auth::Scope;
 use bus_api::{LogFrame, RunState, Stream};
-use common::{ALL, Podman, call, create_run, frames, runner, runner_with, runner_without_engine};
+use common::{
+    ALL, Podman, call, create_run, follow, frames, runner, runner_with, runner_without_engine,
+};
 use http_body_util::BodyExt as _;
 use serde_json::json;
 use tower::ServiceExt as _;
@@ -493,15 +495,7 @@ async fn a_run_longer_than_the_first_wait_step_still_ends_with_its_exit_code() {
     .await;
     let id = run["id"].as_str().unwrap().to_owned();
     let _cleanup = Cleanup(&podman, vec![id.clone()]);
-    let logs = call(
-        &app,
-        Method::GET,
-        &format!("{RUNS}/{id}/logs?follow=true"),
-        Some(&alice),
-        None,
-    )
-    .await;
-    let got = frames(&logs.body);
+    let got = follow(&app, &alice, &id).await;
     assert_eq!(output(&got[0]), (1, Stream::Stdout, b"done\n".to_vec()));
     assert!(
         matches!(

@@ -148,6 +148,20 @@ impl Drop for Cleanup<'_> {
     }
 }
 
+/// Follows run `id`'s logs to their end (`logs?follow=true`, NDJSON); asserts 200 and
+/// returns the frames.
+pub async fn follow(app: &Router, token: &str, id: &str) -> Vec<bus_api::LogFrame> {
+    let path = format!("/api/v1/containers/runs/{id}/logs?follow=true");
+    let reply = call(app, Method::GET, &path, Some(token), None).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    frames(&reply.body)
+}
+
 /// Parses an NDJSON body into log frames.
 pub fn frames(body: &[u8]) -> Vec<bus_api::LogFrame> {
     body.split(|b| *b == b'\n')
