@@ -411,20 +411,26 @@ async fn get_accepting(
     (content_type, body.to_vec())
 }
 
+/// A runner on `podman` and alice's run of `sh -c script` on it: the runner's directory (to
+/// hold), the app, alice's token and the run's id.
+async fn alices_run(
+    podman: &Podman,
+    script: &str,
+) -> (tempfile::TempDir, axum::Router, String, String) {
+    let (dir, keys, app) = runner(&podman.url());
+    let alice = keys.mint("alice", &ALL, Duration::from_secs(300));
+    let run = create_run(&app, &alice, json!({"argv": ["sh", "-c", script]})).await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    (dir, app, alice, id)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_binary_framing_carries_the_same_frames_as_ndjson() {
     use bus_api::frames::{Frame, FrameDecoder, LOG_FRAMES};
 
     let podman = Podman::start();
-    let (_dir, keys, app) = runner(&podman.url());
-    let alice = keys.mint("alice", &ALL, Duration::from_secs(300));
-    let run = create_run(
-        &app,
-        &alice,
-        json!({"argv": ["sh", "-c", "printf '\\377\\000x\\n'; sleep 0.2; printf 'err' >&2; exit 3"]}),
-    )
-    .await;
-    let id = run["id"].as_str().unwrap().to_owned();
+    let script = "printf '\\377\\000x\\n'; sleep 0.2; printf 'err' >&2; exit 3";
+    let (_dir, app, alice, id) = alices_run(&podman, script).await;
     let _cleanup = Cleanup(&podman, vec![id.clone()]);
     let logs = format!("{RUNS}/{id}/logs?follow=true");
 
@@ -485,15 +491,7 @@ async fn a_run_longer_than_the_first_wait_step_still_ends_with_its_exit_code() {
     // The runner asks Podman to poll less often once a run has gone on for 2 s: the first
     // wait is given up and another one made. The exit must come through that change.
     let podman = Podman::start();
-    let (_dir, keys, app) = runner(&podman.url());
-    let alice = keys.mint("alice", &ALL, Duration::from_secs(300));
-    let run = create_run(
-        &app,
-        &alice,
-        json!({"argv": ["sh", "-c", "sleep 2.5; echo done; exit 7"]}),
-    )
-    .await;
-    let id = run["id"].as_str().unwrap().to_owned();
+    let (_dir, app, alice, id) = alices_run(&podman, "sleep 2.5; echo done; exit 7").await;
     let _cleanup = Cleanup(&podman, vec![id.clone()]);
     let got = follow(&app, &alice, &id).await;
     assert_eq!(output(&got[0]), (1, Stream::Stdout, b"done\n".to_vec()));
