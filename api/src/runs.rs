@@ -390,6 +390,11 @@ pub struct RunOptions {
     /// The container's memory limit in MiB, from the profile; absent means none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u32>,
+    /// How much output (stdout and stderr together) the runner stores for the run, in MiB,
+    /// from the profile; absent means no limit. A run whose output reaches it is killed and
+    /// ends `failed`, its output up to the limit kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_mb: Option<u32>,
     /// Whether the run is a service (restarted when it fails).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub service: bool,

@@ -1,5 +1,5 @@
-//! Run options against a real Podman engine: memory limits and OOM kills, a terminal, published
-//! ports, and each account's persistent storage.
+//! Run options against a real Podman engine: memory limits and OOM kills, output limits, a
+//! terminal, published ports, and each account's persistent storage.
 
 mod common;
 
@@ -132,6 +132,78 @@ async fn a_run_past_its_memory_limit_fails_as_oom_killed() {
         (&run["state"], &run["exit_code"]),
         (&json!("exited"), &json!(0))
     );
+}
+
+/// A command that writes without end is killed once the runner has stored the profile's
+/// `max_output_mb`, both streams counted; what it wrote up to the limit is kept to the byte,
+/// and a service that reached it is not started again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_past_its_output_limit_is_killed_keeping_its_output_up_to_the_limit() {
+    let podman = Podman::start();
+    let mut config = Config::builtin();
+    for (name, from) in [("chatty", "codex"), ("chatty-service", "service")] {
+        let mut profile = config.profiles[from].clone();
+        profile.max_output_mb = 1;
+        config.profiles.insert(name.into(), profile);
+    }
+    let (_dir, keys, app) = runner_with(&podman.url(), config);
+    let alice = keys.mint("alice", &ALL, Duration::from_secs(300));
+    let mut cleanup = Cleanup {
+        podman: &podman,
+        runs: vec![],
+        volumes: vec![],
+    };
+
+    let run = create(
+        &app,
+        &alice,
+        json!({"profile": "chatty", "argv": ["sh", "-c", "yes err >&2 & yes out"]}),
+    )
+    .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    cleanup.runs.push(id.clone());
+    assert_eq!(run["max_output_mb"], 1);
+    let (frames, run) = finish(&app, &alice, &id).await;
+    assert_eq!(
+        (&run["state"], &run["exit_code"]),
+        (&json!("failed"), &json!(137)),
+        "{run}"
+    );
+    let reason = run["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("output limit reached") && reason.contains("1 MiB"),
+        "{reason}"
+    );
+    let mut stored = [0usize; 2];
+    for frame in &frames {
+        if let LogFrame::Output { stream, .. } = frame {
+            stored[usize::from(*stream == Stream::Stderr)] +=
+                frame.output_bytes().unwrap().unwrap().len();
+        }
+    }
+    assert_eq!(stored[0] + stored[1], 1024 * 1024, "{stored:?}");
+    assert!(
+        stored[0] > 0 && stored[1] > 0,
+        "both streams count: {stored:?}"
+    );
+
+    let run = create(
+        &app,
+        &alice,
+        json!({"profile": "chatty-service", "service": true, "argv": ["yes"],
+               "ports": [{"container_port": 8080}]}),
+    )
+    .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    cleanup.runs.push(id.clone());
+    let (_, run) = finish(&app, &alice, &id).await;
+    assert_eq!(run["state"], "failed", "{run}");
+    assert_eq!(run.get("restarts"), None, "not started again: {run}");
+
+    // The built-in profiles keep a gigabyte.
+    let run = create(&app, &alice, json!({"argv": ["true"]})).await;
+    cleanup.runs.push(run["id"].as_str().unwrap().to_owned());
+    assert_eq!(run["max_output_mb"], 1024);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,6 +10,7 @@
 //! network = "none"                 # or "bridge": runs may publish ports
 //! timeout_seconds = 600
 //! memory_mb = 512                  # the container's memory limit; 0: none (default 512)
+//! max_output_mb = 1024             # output stored per run; reaching it kills the run; 0: none
 //! env = { LANG = "C.UTF-8" }
 //!
 //! [profiles.service]               # built in like this: the codex profile with
@@ -87,6 +88,11 @@ pub const DEFAULT_MEMORY_MB: u32 = 512;
 pub const MIN_MEMORY_MB: u32 = 6;
 /// The largest memory limit a profile may set, in MiB (1 TiB).
 pub const MAX_MEMORY_MB: u32 = 1024 * 1024;
+/// How much output a profile's runs may store when it names no limit, in MiB: a command that
+/// writes without end (`yes`) is killed before it fills the disk.
+pub const DEFAULT_MAX_OUTPUT_MB: u32 = 1024;
+/// The largest output limit a profile may set, in MiB (1 TiB).
+pub const MAX_MAX_OUTPUT_MB: u32 = 1024 * 1024;
 /// The plan of accounts the config does not list (built in: no limits).
 pub const LOCAL_PLAN: &str = "local";
 /// A plan's period when it names none.
@@ -189,6 +195,11 @@ pub struct Profile {
     /// none. Default [`DEFAULT_MEMORY_MB`].
     #[serde(default = "default_memory_mb")]
     pub memory_mb: u32,
+    /// How much output (stdout and stderr together) the runner stores per run, in MiB; a run
+    /// whose output reaches it is killed and ends `failed`. 0 means no limit. Default
+    /// [`DEFAULT_MAX_OUTPUT_MB`].
+    #[serde(default = "default_max_output_mb")]
+    pub max_output_mb: u32,
     /// Mount the account's storage here unless the request names its own mount.
     #[serde(default)]
     pub storage: Option<StorageMount>,
@@ -208,6 +219,10 @@ fn default_memory_mb() -> u32 {
     DEFAULT_MEMORY_MB
 }
 
+fn default_max_output_mb() -> u32 {
+    DEFAULT_MAX_OUTPUT_MB
+}
+
 impl Profile {
     /// The profile's timeout.
     pub fn timeout(&self) -> Duration {
@@ -224,6 +239,11 @@ impl Profile {
     /// The memory limit in MiB, if there is one.
     pub fn memory_limit_mb(&self) -> Option<u32> {
         (self.memory_mb > 0).then_some(self.memory_mb)
+    }
+
+    /// The limit on a run's stored output in MiB, if there is one.
+    pub fn output_limit_mb(&self) -> Option<u32> {
+        (self.max_output_mb > 0).then_some(self.max_output_mb)
     }
 }
 
@@ -340,6 +360,7 @@ impl Config {
             network: Network::None,
             timeout_seconds: 600,
             memory_mb: DEFAULT_MEMORY_MB,
+            max_output_mb: DEFAULT_MAX_OUTPUT_MB,
             storage: None,
             env: BTreeMap::new(),
             token_scopes: None,
@@ -479,6 +500,12 @@ impl Config {
                 return Err(format!(
                     "profiles.{name}.memory_mb must be 0 (no limit) or between {MIN_MEMORY_MB} \
                      and {MAX_MEMORY_MB}"
+                ));
+            }
+            if p.max_output_mb > MAX_MAX_OUTPUT_MB {
+                return Err(format!(
+                    "profiles.{name}.max_output_mb must be 0 (no limit) or at most \
+                     {MAX_MAX_OUTPUT_MB}"
                 ));
             }
             if let Some(storage) = &p.storage {
@@ -887,12 +914,13 @@ resources = "container:read"
     #[test]
     fn profile_limits_network_and_storage() {
         let c = Config::parse(
-            "[profiles.web]\nimage = \"x\"\ntimeout_seconds = 5\nnetwork = \"bridge\"\nmemory_mb = 0\nstorage = { mount_path = \"/w\", subpath = \"a/b\" }\n",
+            "[profiles.web]\nimage = \"x\"\ntimeout_seconds = 5\nnetwork = \"bridge\"\nmemory_mb = 0\nmax_output_mb = 0\nstorage = { mount_path = \"/w\", subpath = \"a/b\" }\n",
         )
         .unwrap();
         let web = c.profile("web").unwrap();
         assert_eq!(web.network, Network::Bridge);
         assert_eq!(web.memory_limit_mb(), None);
+        assert_eq!(web.output_limit_mb(), None);
         assert_eq!(
             web.storage.as_ref().unwrap().subpath.as_deref(),
             Some("a/b")
@@ -901,8 +929,10 @@ resources = "container:read"
         assert_eq!(agent.storage.as_ref().unwrap().mount_path, "/data");
         assert_eq!(agent.env["AGENT_HOME"], "/data");
         assert_eq!(agent.memory_limit_mb(), Some(512));
+        assert_eq!(agent.output_limit_mb(), Some(DEFAULT_MAX_OUTPUT_MB));
         for (extra, needle) in [
             ("memory_mb = 3", "profiles.p.memory_mb"),
+            ("max_output_mb = 1048577", "profiles.p.max_output_mb"),
             (
                 "storage = { mount_path = \"data\" }",
                 "profiles.p.storage: mount_path",

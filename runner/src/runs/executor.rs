@@ -58,6 +58,8 @@ pub const VANISHED: &str = "the container vanished while the runner was down";
 pub const NOT_STARTED: &str = "the runner stopped before the run started";
 /// How the reason of a run the kernel's OOM killer ended begins.
 pub const OOM_KILLED: &str = "out of memory (OOM-killed)";
+/// How the reason of a run killed for writing more output than its limit begins.
+pub const OUTPUT_LIMIT: &str = "output limit reached";
 
 /// Starts executing `spec` as the run `entry` on a task of its own; a storage subpath is
 /// staged below `mounts_dir` (see [`storage`]).
@@ -98,6 +100,7 @@ async fn execute(engine: &Engine, entry: &Arc<Entry>, spec: &RunSpec, mounts_dir
             && ended.failed()
             && restarts < MAX_SERVICE_RESTARTS
             && !entry.stop_requested()
+            && !entry.output_limited()
             && !entry.is_deleted();
         if !again {
             entry
@@ -232,6 +235,16 @@ async fn oom_reason(engine: &Engine, entry: &Entry, container: &str, code: i64) 
     }
 }
 
+/// Why a run whose output reached its limit ended, and what to do about it.
+fn output_limit_reason(entry: &Entry) -> String {
+    let mb = entry.snapshot().options.max_output_mb.unwrap_or_default();
+    format!(
+        "{OUTPUT_LIMIT}: the run wrote more than {mb} MiB of output and was killed; its first \
+         {mb} MiB are kept. Write bulk output to a file instead, or use a profile with a larger \
+         max_output_mb"
+    )
+}
+
 /// How a container's run ended, before it is recorded.
 struct Ended {
     state: RunState,
@@ -263,9 +276,20 @@ async fn supervise(
     let begun = Instant::now();
     let deadline = begun + remaining;
     let mut reconnects = 0;
+    let mut killed_for_output = false;
     let waited = loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let waited = tokio::time::timeout(left, engine.wait(container)).await;
+        let waited = tokio::select! {
+            waited = tokio::time::timeout(left, engine.wait(container)) => waited,
+            () = entry.until_output_limited(), if !killed_for_output => {
+                killed_for_output = true;
+                tracing::info!(run = %entry.id, "the output reached the run's limit; killing it");
+                if let Err(e) = engine.kill(container).await {
+                    tracing::warn!(run = %entry.id, error = %engine_message(&e), "kill at the output limit failed");
+                }
+                continue;
+            }
+        };
         match &waited {
             Ok(Err(e)) if engine_lost(e) && reconnects < MAX_ENGINE_RECONNECTS => {
                 reconnects += 1;
@@ -293,6 +317,11 @@ async fn supervise(
             RunState::Stopped,
             result.ok().map(exit_code),
             Some(STOPPED_ON_REQUEST.to_owned()),
+        ),
+        Ok(result) if entry.output_limited() => (
+            RunState::Failed,
+            result.ok().map(exit_code),
+            Some(output_limit_reason(entry)),
         ),
         Ok(Ok(code)) => match oom_reason(engine, entry, container, code).await {
             Some(reason) => (RunState::Failed, Some(exit_code(code)), Some(reason)),

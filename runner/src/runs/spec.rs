@@ -83,6 +83,8 @@ pub struct RunSpec {
     pub storage: Option<StorageMount>,
     /// The memory limit in MiB, if any.
     pub memory_mb: Option<u32>,
+    /// How much output the runner stores before it kills the run, in MiB, if there is a limit.
+    pub max_output_mb: Option<u32>,
 }
 
 fn invalid(msg: impl Into<String>) -> SpecError {
@@ -294,6 +296,7 @@ impl RunSpec {
             stdin: req.stdin,
             storage,
             memory_mb: profile.memory_limit_mb(),
+            max_output_mb: profile.output_limit_mb(),
         })
     }
 }

@@ -25,6 +25,8 @@ pub struct Entry {
     pub serial: u64,
     /// The run's timeout, counted from `started_at`.
     pub timeout: Duration,
+    /// How many bytes of output the run may store (its `max_output_mb`), if there is a limit.
+    output_limit: Option<u64>,
     pub(super) data: Mutex<Data>,
     pub(super) changed: watch::Sender<()>,
     pub(super) link: Arc<Link>,
@@ -44,6 +46,10 @@ pub(super) struct Data {
     pub(super) stop_requested: bool,
     /// The container's output stream ended: its command has exited.
     pub(super) output_ended: bool,
+    /// Bytes of output taken for storage (stored or on their way to the disk).
+    pub(super) output_bytes: u64,
+    /// The output reached the run's limit: what came after it was dropped.
+    pub(super) output_limited: bool,
 }
 
 impl Entry {
@@ -53,7 +59,7 @@ impl Entry {
         record: Run,
         timeout: Duration,
         container: Option<String>,
-        committed_seq: u64,
+        (committed_seq, output_bytes): (u64, u64),
         link: Arc<Link>,
     ) -> Entry {
         Entry {
@@ -62,6 +68,10 @@ impl Entry {
             owner: owner.to_owned(),
             serial,
             timeout,
+            output_limit: record
+                .options
+                .max_output_mb
+                .map(|mb| u64::from(mb) * 1024 * 1024),
             data: Mutex::new(Data {
                 record,
                 container,
@@ -71,6 +81,8 @@ impl Entry {
                 ending: false,
                 stop_requested: false,
                 output_ended: false,
+                output_bytes,
+                output_limited: false,
             }),
             changed: watch::Sender::new(()),
             link,
@@ -256,26 +268,40 @@ impl Entry {
 
     /// Waits until `done` holds for the run's data, at most `limit`.
     pub(super) async fn wait_for(&self, limit: Duration, done: impl Fn(&Data) -> bool) -> bool {
+        tokio::time::timeout(limit, self.until(done)).await.is_ok()
+    }
+
+    /// Waits until `done` holds for the run's data.
+    async fn until(&self, done: impl Fn(&Data) -> bool) {
         let mut rx = self.subscribe();
-        let reached = async {
-            loop {
-                rx.borrow_and_update();
-                if done(&self.data()) {
-                    return;
-                }
-                if rx.changed().await.is_err() {
-                    return;
-                }
+        loop {
+            rx.borrow_and_update();
+            if done(&self.data()) {
+                return;
             }
-        };
-        tokio::time::timeout(limit, reached).await.is_ok()
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Whether the output reached the run's limit (`max_output_mb`), so that what came after
+    /// it was dropped.
+    pub fn output_limited(&self) -> bool {
+        self.data().output_limited
+    }
+
+    /// Waits until the output reaches the run's limit.
+    pub async fn until_output_limited(&self) {
+        self.until(|data| data.output_limited).await
     }
 
     /// Appends output, split into frames of at most [`MAX_FRAME_BYTES`]; waits while too much
-    /// output is on its way to the disk.
+    /// output is on its way to the disk. What would take the run's output past its limit is
+    /// dropped, and the run is marked [`Entry::output_limited`].
     pub async fn push_output(self: &Arc<Self>, stream: Stream, bytes: Bytes) {
         let time = OffsetDateTime::now_utc();
-        let mut rest = bytes;
+        let mut rest = self.within_limit(bytes);
         while !rest.is_empty() {
             let piece = rest.split_to(rest.len().min(MAX_FRAME_BYTES));
             let permit = self
@@ -293,6 +319,26 @@ impl Entry {
                 permit,
             });
         }
+    }
+
+    /// What of `bytes` fits under the run's output limit, counted as taken; marks the run
+    /// limited (and wakes whoever waits for it) when some did not fit.
+    fn within_limit(&self, mut bytes: Bytes) -> Bytes {
+        let mut data = self.data();
+        let room = self
+            .output_limit
+            .map_or(u64::MAX, |limit| limit.saturating_sub(data.output_bytes));
+        let over = bytes.len() as u64 > room;
+        if over {
+            bytes.truncate(room as usize);
+        }
+        data.output_bytes += bytes.len() as u64;
+        if over && !data.output_limited {
+            data.output_limited = true;
+            drop(data);
+            self.notify();
+        }
+        bytes
     }
 
     /// Ends the run: final state, exit code and reason, `finished_at` and `wall_seconds`.

@@ -334,7 +334,7 @@ impl Store {
                 loaded.record,
                 loaded.timeout,
                 loaded.container,
-                loaded.last_seq,
+                (loaded.last_seq, loaded.output_bytes),
                 link.clone(),
             ));
             runs.next_serial = runs.next_serial.max(entry.serial + 1);
@@ -403,7 +403,7 @@ impl Store {
                 new.record,
                 new.timeout,
                 None,
-                0,
+                (0, 0),
                 self.shared.link.clone(),
             ));
             let (ack, done) = oneshot::channel();

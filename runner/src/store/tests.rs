@@ -363,6 +363,7 @@ async fn run_options_survive_a_reopen_and_a_version_1_database_opens() {
             subpath: Some("a/b".into()),
         }),
         memory_mb: Some(64),
+        max_output_mb: Some(8),
         service: true,
         restarts: 2,
     };
@@ -387,6 +388,7 @@ async fn run_options_survive_a_reopen_and_a_version_1_database_opens() {
         (run.options.tty, &run.options.storage, run.options.memory_mb),
         (true, &options.storage, Some(64))
     );
+    assert_eq!(run.options.max_output_mb, Some(8));
     assert_eq!((run.options.service, run.options.restarts), (true, 2));
     assert_eq!(
         (
@@ -880,4 +882,35 @@ async fn lists_filter_by_state_name_participant_and_role() {
     assert_eq!(page[0].id, "run_3");
     let (page, next) = s.list("a", &by(Some("ann"), None, None), next, 1);
     assert_eq!((page[0].id.as_str(), next), ("run_1", None));
+}
+
+#[tokio::test]
+async fn output_past_the_limit_is_dropped_and_what_is_stored_counts_after_a_reopen() {
+    let dir = TempDir::new().unwrap();
+    let mut new = new_run("run_chatty");
+    new.record.options.max_output_mb = Some(1);
+    let half = Bytes::from(vec![b'x'; 600 * 1024]);
+    let id = {
+        let s = Store::open(&dir.0).unwrap();
+        let e = insert_new(&s, "a", new).await;
+        e.set_state(RunState::Running);
+        e.push_output(Stream::Stdout, half.clone()).await;
+        s.flush().await;
+        assert!(!e.output_limited(), "600 KiB is within 1 MiB");
+        e.id.clone()
+    };
+    let s = Store::open(&dir.0).unwrap();
+    let e = s.get("a", &id).unwrap();
+    e.push_output(Stream::Stderr, half.clone()).await;
+    assert!(e.output_limited(), "the count went on from what was stored");
+    tokio::time::timeout(Duration::from_secs(5), e.until_output_limited())
+        .await
+        .expect("whoever waits for the limit is woken");
+    e.push_output(Stream::Stdout, half).await;
+    s.flush().await;
+    assert_eq!(
+        s.stored_bytes(&e).await.unwrap(),
+        [600 * 1024, 1024 * 1024 - 600 * 1024],
+        "exactly the limit is kept, what came after it dropped"
+    );
 }

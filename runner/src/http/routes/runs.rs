@@ -197,6 +197,7 @@ pub async fn create(
             stdin: spec.stdin,
             storage: spec.storage.clone(),
             memory_mb: spec.memory_mb,
+            max_output_mb: spec.max_output_mb,
             service: spec.service,
             restarts: 0,
         },

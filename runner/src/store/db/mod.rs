@@ -147,6 +147,8 @@ pub(super) struct Loaded {
     pub timeout: Duration,
     pub container: Option<String>,
     pub last_seq: u64,
+    /// Bytes of output stored; counted for runs that have not ended only (0 for the rest).
+    pub output_bytes: u64,
 }
 
 /// An opened database: its runs, this runner's id, and the writer ready to start.
@@ -348,6 +350,8 @@ fn load(conn: &Connection) -> Result<Vec<Loaded>, StoreError> {
          FROM runs ORDER BY serial",
     )?;
     let mut rows = stmt.query([])?;
+    let mut output_bytes =
+        conn.prepare("SELECT COALESCE(SUM(length(data)), 0) FROM frames WHERE run = ?1")?;
     let mut runs = Vec::new();
     while let Some(row) = rows.next()? {
         let argv: String = row.get(7)?;
@@ -379,13 +383,20 @@ fn load(conn: &Connection) -> Result<Vec<Loaded>, StoreError> {
                 None => RunOptions::default(),
             },
         };
+        let serial = row.get::<_, i64>(0)?;
+        let output_bytes = if record.state.is_terminal() {
+            0
+        } else {
+            output_bytes.query_row(params![serial], |r| r.get::<_, i64>(0))?
+        };
         runs.push(Loaded {
-            serial: row.get::<_, i64>(0)? as u64,
+            serial: serial as u64,
             owner: row.get(2)?,
             record,
             container: row.get(15)?,
             timeout: Duration::from_secs(row.get::<_, i64>(16)?.max(0) as u64),
             last_seq: row.get::<_, i64>(17)?.max(0) as u64,
+            output_bytes: output_bytes.max(0) as u64,
         });
     }
     Ok(runs)
