@@ -26,7 +26,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some(Event::Output(chunk)) => std::io::stdout().write_all(&chunk.data)?,
             Some(Event::Exited(exited)) => {
                 std::io::stdout().flush()?;
-                std::process::exit(exited.exit_code);
+                // No exit code: the run failed to start or was lost (`exited.reason` says).
+                std::process::exit(exited.exit_code.unwrap_or(125));
             }
             _ => {}
         }

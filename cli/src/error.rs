@@ -87,6 +87,8 @@ pub enum CliError {
         id: String,
         /// `: ` and the runner's reason, or nothing.
         reason: String,
+        /// The exit code the runner gave the command (127: not found, 126: not executable).
+        code: Option<i32>,
     },
     /// `run --service` ended, or its port did not accept connections in time.
     #[error("service {id} {why}; its last output is above (`bus containers logs {id}` shows all)")]
@@ -179,6 +181,17 @@ impl CliError {
             | CliError::TimedOut { .. } => exit::UNAVAILABLE,
             CliError::Usage(_) => exit::USAGE,
             _ => exit::ERROR,
+        }
+    }
+
+    /// The exit code of the command this error ended, for the commands that pass it on
+    /// (`run`, `exec`, `wait`): a command that could not be started has one, as in a shell.
+    pub fn command_exit_code(&self) -> Option<u8> {
+        match self {
+            CliError::RunFailedToStart {
+                code: Some(code), ..
+            } => Some((*code).clamp(0, 255) as u8),
+            _ => None,
         }
     }
 

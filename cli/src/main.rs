@@ -187,7 +187,7 @@ fn main() -> ExitCode {
             // Ids and names a user typed come back in messages: never raw to the terminal.
             eprintln!("bus: error: {}", error::escape(&e.to_string()));
             ExitCode::from(if passes_exit_code {
-                error::exit::TOOL_FAILED
+                e.command_exit_code().unwrap_or(error::exit::TOOL_FAILED)
             } else {
                 e.exit_code()
             })

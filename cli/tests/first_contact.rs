@@ -106,13 +106,26 @@ fn run_dash_d_says_when_the_run_already_ended_or_could_not_start() {
         "{note}"
     );
 
-    // A command the image does not have: the engine cannot start it.
+    // A command the image does not have: the engine cannot start it, and bus exits 127 as a
+    // shell (and `docker run -d`) would.
     let out = stack.run(&["containers", "run", "-d", "--", "no-such-command-here"]);
-    assert_eq!(out.status.code(), Some(125), "{}", stdout(&out));
+    assert_eq!(out.status.code(), Some(127), "{}", stdout(&out));
     assert_eq!(stdout(&out), "", "no id for a run that never started");
     let line = one_line_error(&out);
-    assert!(line.contains("failed to start"), "{line}");
-    assert!(line.contains("no-such-command-here"), "{line}");
+    assert!(
+        line.contains("failed to start: command not found"),
+        "{line}"
+    );
+    assert!(line.contains("\"no-such-command-here\""), "{line}");
+
+    // Followed, the same, with the run's line.
+    let out = stack.run(&["containers", "run", "--", "no-such-command-here"]);
+    assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ended failed: command not found: \"no-such-command-here\""),
+        "{}",
+        stderr(&out)
+    );
 
     // An image nobody has.
     let out = stack.run(&[

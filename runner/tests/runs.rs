@@ -507,3 +507,43 @@ async fn a_run_longer_than_the_first_wait_step_still_ends_with_its_exit_code() {
         "{got:?}"
     );
 }
+
+/// A command the image lacks, or one it cannot execute, fails the run with the exit code a
+/// shell gives it (127, 126), as `docker run` does, and a reason that names the command.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_not_found_fails_with_127_and_one_not_executable_with_126() {
+    let podman = Podman::start();
+    let (_dir, keys, app) = runner(&podman.url());
+    let alice = keys.mint("alice", &ALL, Duration::from_secs(300));
+    let mut cleanup = Cleanup(&podman, vec![]);
+    for (argv, code, begins) in [
+        (json!(["no-such-command-here"]), 127, "command not found"),
+        (json!(["/no/such/file"]), 127, "command not found"),
+        (json!(["/etc"]), 126, "command not executable"),
+    ] {
+        let run = create_run(&app, &alice, json!({"argv": argv})).await;
+        let id = run["id"].as_str().unwrap().to_owned();
+        cleanup.1.push(id.clone());
+        let got = follow(&app, &alice, &id).await;
+        let Some(LogFrame::Exit {
+            state,
+            exit_code,
+            reason,
+            ..
+        }) = got.last()
+        else {
+            panic!("no exit frame: {got:?}");
+        };
+        let reason = reason.as_deref().unwrap_or_default();
+        let command = argv[0].as_str().unwrap();
+        assert_eq!(
+            (*state, *exit_code),
+            (RunState::Failed, Some(code)),
+            "{reason}"
+        );
+        assert!(
+            reason.starts_with(begins) && reason.contains(&format!("\"{command}\"")),
+            "{reason}"
+        );
+    }
+}

@@ -106,9 +106,9 @@ async fn follow(channel: Channel, id: String, tally: Arc<Tally>) {
                 }
                 Some(log_event::Event::Exited(exit)) => {
                     exits += 1;
-                    if exit.exit_code != 0 || exit.last_seq != last {
+                    if exit.exit_code != Some(0) || exit.last_seq != last {
                         break Some(format!(
-                            "follow {id}: exit {} after seq {} (last_seq {})",
+                            "follow {id}: exit {:?} after seq {} (last_seq {})",
                             exit.exit_code, last, exit.last_seq
                         ));
                     }
@@ -150,7 +150,7 @@ async fn create_loop(channel: Channel, until: Instant, worker: usize, tally: Arc
                     Some(run_event::Event::Accepted(run)) => id = run.id,
                     Some(run_event::Event::Output(chunk)) => output.extend_from_slice(&chunk.data),
                     Some(run_event::Event::Exited(exit)) => {
-                        return Ok::<_, tonic::Status>((id, output, Some(exit.exit_code)));
+                        return Ok::<_, tonic::Status>((id, output, exit.exit_code));
                     }
                     Some(run_event::Event::Notice(_)) | None => {}
                 }

@@ -264,8 +264,8 @@ async fn remove(ctx: &Ctx, run_id: &str) {
 
 /// `-d`: starts the run and returns once it runs, as `docker run -d` does, so an exec into it
 /// works at once: its id on stdout. A run that already ended prints its id too, with a note
-/// on stderr saying how it ended; one that failed to start (its image missing, its command not
-/// found) prints the reason and exits 125.
+/// on stderr saying how it ended; one that failed to start prints the reason and exits 125, or
+/// as a shell would when its command was not found (127) or not executable (126).
 async fn detached(ctx: &Ctx, spec: RunSpec) -> Result<u8, CliError> {
     let request = ctx.request(CreateRunRequest {
         spec: Some(spec),
@@ -281,6 +281,7 @@ async fn detached(ctx: &Ctx, spec: RunSpec) -> Result<u8, CliError> {
         return Err(CliError::RunFailedToStart {
             id: id.clone(),
             reason: with_reason(&run.reason),
+            code: run.exit_code,
         });
     }
     println!("{id}");
@@ -426,7 +427,7 @@ async fn print_result(
         Err(_) => Run {
             id: run_id.to_owned(),
             state: exited.state,
-            exit_code: Some(exited.exit_code),
+            exit_code: exited.exit_code,
             reason: exited.reason.clone(),
             ..Default::default()
         },
@@ -494,12 +495,7 @@ async fn attached(ctx: &Ctx, spec: RunSpec, rm: bool) -> Result<u8, CliError> {
                 RunState::Queued | RunState::Starting | RunState::Running | RunState::Unspecified
             );
             if ended {
-                let code = exit_code(
-                    &run.id,
-                    run.state,
-                    run.exit_code.unwrap_or_default(),
-                    &run.reason,
-                );
+                let code = exit_code(&run.id, run.state, run.exit_code, &run.reason);
                 if rm {
                     remove(ctx, &run.id).await;
                 }
@@ -511,21 +507,25 @@ async fn attached(ctx: &Ctx, spec: RunSpec, rm: bool) -> Result<u8, CliError> {
     }
 }
 
-/// The process exit code for a finished run; explains on stderr when it did not just exit.
-pub fn exit_code(run_id: &str, state: i32, code: i32, reason: &str) -> u8 {
-    match RunState::try_from(state).unwrap_or(RunState::Unspecified) {
-        RunState::Exited => code.clamp(0, 255) as u8,
-        RunState::TimedOut => {
+/// The process exit code for a finished run, as `docker run`'s: the command's own exit code
+/// whenever it has one (137 for a run killed at a limit, 127 for a command not found), 124 when
+/// the run hit its timeout, 125 when it ended without one. Explains on stderr when the run did
+/// not just exit.
+pub fn exit_code(run_id: &str, state: i32, code: Option<i32>, reason: &str) -> u8 {
+    let state = RunState::try_from(state).unwrap_or(RunState::Unspecified);
+    match (state, code) {
+        (RunState::Exited, code) => code.unwrap_or_default().clamp(0, 255) as u8,
+        (RunState::TimedOut, _) => {
             eprintln!("bus: run {run_id} timed out{}", with_reason(reason));
             EXIT_TIMED_OUT
         }
-        other => {
+        (other, code) => {
             eprintln!(
                 "bus: run {run_id} ended {}{}",
                 render::state_name(other as i32),
                 with_reason(reason)
             );
-            EXIT_RUN_FAILED
+            code.map_or(EXIT_RUN_FAILED, |code| code.clamp(0, 255) as u8)
         }
     }
 }

@@ -533,7 +533,7 @@ fn notice_to_proto(notice: &Notice) -> pb::StreamNotice {
 
 fn exit_to_proto(exit: Exit) -> pb::RunExited {
     pb::RunExited {
-        exit_code: exit.exit_code.unwrap_or_default(),
+        exit_code: exit.exit_code,
         state: state_to_proto(exit.state) as i32,
         reason: exit.reason.unwrap_or_default(),
         last_seq: exit.last_seq,

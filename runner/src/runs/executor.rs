@@ -58,6 +58,10 @@ pub const VANISHED: &str = "the container vanished while the runner was down";
 pub const NOT_STARTED: &str = "the runner stopped before the run started";
 /// How the reason of a run the kernel's OOM killer ended begins.
 pub const OOM_KILLED: &str = "out of memory (OOM-killed)";
+/// How the reason of a run whose command is not in its image begins (exit code 127).
+pub const COMMAND_NOT_FOUND: &str = "command not found";
+/// How the reason of a run whose command cannot be executed begins (exit code 126).
+pub const COMMAND_NOT_EXECUTABLE: &str = "command not executable";
 /// How the reason of a run killed for writing more output than its limit begins.
 pub const OUTPUT_LIMIT: &str = "output limit reached";
 
@@ -144,13 +148,11 @@ async fn run_container(
     let attached = match engine.create(&container).await {
         Ok(attached) => attached,
         Err(e) => {
-            entry
-                .finish(
-                    RunState::Failed,
-                    None,
-                    Some(create_failure(&spec.image, &e)),
-                )
-                .await;
+            let (code, reason) = match unlaunchable(&e) {
+                Some(failure) => failure,
+                None => (None, create_failure(&spec.image, &e)),
+            };
+            entry.finish(RunState::Failed, code, Some(reason)).await;
             return None;
         }
     };
@@ -192,12 +194,15 @@ async fn run_container(
     }
     if let Err(e) = engine.start(&container).await {
         pump.abort();
-        let reason = format!(
-            "the engine could not start the container: {}",
-            engine_message(&e)
-        );
+        let (code, reason) = unlaunchable(&e).unwrap_or_else(|| {
+            let reason = format!(
+                "the engine could not start the container: {}",
+                engine_message(&e)
+            );
+            (None, reason)
+        });
         remove(engine, &container).await;
-        entry.finish(RunState::Failed, None, Some(reason)).await;
+        entry.finish(RunState::Failed, code, Some(reason)).await;
         return None;
     }
     drop(storage);
@@ -750,6 +755,36 @@ pub async fn stop(
 
 fn exit_code(code: i64) -> i32 {
     i32::try_from(code).unwrap_or(i32::MIN)
+}
+
+/// The exit code and reason of a run whose command the runtime could not execute, as a shell
+/// (and `docker run`) gives them: 127 when it is not in the image, 126 when it cannot be
+/// executed. `None` for any other failure. The OCI runtime words it
+/// `exec: "NAME": executable file not found in $PATH`, `exec: "/PATH": stat /PATH: no such
+/// file or directory` or `exec: "/PATH": permission denied`.
+fn unlaunchable(err: &EngineError) -> Option<(Option<i32>, String)> {
+    let message = engine_message(err);
+    let (_, after) = message.split_once("exec: \"")?;
+    let (command, why) = after.split_once("\": ")?;
+    if why.starts_with("executable file not found") || why.contains("no such file or directory") {
+        Some((
+            Some(127),
+            format!(
+                "{COMMAND_NOT_FOUND}: \"{command}\" is not in the image (not on its $PATH, or no \
+                 such file); check the name, or give its full path"
+            ),
+        ))
+    } else if why.contains("permission denied") {
+        Some((
+            Some(126),
+            format!(
+                "{COMMAND_NOT_EXECUTABLE}: \"{command}\" is in the image but cannot be executed \
+                 (permission denied)"
+            ),
+        ))
+    } else {
+        None
+    }
 }
 
 fn create_failure(image: &str, err: &EngineError) -> String {

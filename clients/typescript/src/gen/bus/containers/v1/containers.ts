@@ -497,8 +497,12 @@ export interface LogChunk {
 
 /** The end of a run, sent exactly once after its last output chunk. */
 export interface RunExited {
-  /** The container's exit code; meaningful when `state` is EXITED. */
-  exitCode: number;
+  /**
+   * The command's exit code, when it has one: always when `state` is EXITED; a FAILED or
+   * STOPPED run may have one too (137 when it was killed, 127 when its command was not
+   * found, 126 when it could not be executed), and `reason` says why.
+   */
+  exitCode?: number | undefined;
   state: RunState;
   reason: string;
   /** The seq of the last output chunk (0 when there was none). */
@@ -2914,12 +2918,12 @@ export const LogChunk: MessageFns<LogChunk> = {
 };
 
 function createBaseRunExited(): RunExited {
-  return { exitCode: 0, state: 0, reason: "", lastSeq: 0, finishedAt: undefined };
+  return { exitCode: undefined, state: 0, reason: "", lastSeq: 0, finishedAt: undefined };
 }
 
 export const RunExited: MessageFns<RunExited> = {
   encode(message: RunExited, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.exitCode !== 0) {
+    if (message.exitCode !== undefined) {
       writer.uint32(8).int32(message.exitCode);
     }
     if (message.state !== 0) {
@@ -3008,7 +3012,7 @@ export const RunExited: MessageFns<RunExited> = {
         ? globalThis.Number(object.exitCode)
         : isSet(object.exit_code)
         ? globalThis.Number(object.exit_code)
-        : 0,
+        : undefined,
       state: isSet(object.state) ? runStateFromJSON(object.state) : 0,
       reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
       lastSeq: isSet(object.lastSeq)
@@ -3026,7 +3030,7 @@ export const RunExited: MessageFns<RunExited> = {
 
   toJSON(message: RunExited): unknown {
     const obj: any = {};
-    if (message.exitCode !== 0) {
+    if (message.exitCode !== undefined) {
       obj.exitCode = Math.round(message.exitCode);
     }
     if (message.state !== 0) {
@@ -3049,7 +3053,7 @@ export const RunExited: MessageFns<RunExited> = {
   },
   fromPartial<I extends Exact<DeepPartial<RunExited>, I>>(object: I): RunExited {
     const message = createBaseRunExited();
-    message.exitCode = object.exitCode ?? 0;
+    message.exitCode = object.exitCode ?? undefined;
     message.state = object.state ?? 0;
     message.reason = object.reason ?? "";
     message.lastSeq = object.lastSeq ?? 0;

@@ -761,7 +761,10 @@ class RunExited(_message.Message):
     LAST_SEQ_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     exit_code: _builtins.int
-    """The container's exit code; meaningful when `state` is EXITED."""
+    """The command's exit code, when it has one: always when `state` is EXITED; a FAILED or
+    STOPPED run may have one too (137 when it was killed, 127 when its command was not
+    found, 126 when it could not be executed), and `reason` says why.
+    """
     state: Global___RunState.ValueType
     reason: _builtins.str
     last_seq: _builtins.int
@@ -771,17 +774,19 @@ class RunExited(_message.Message):
     def __init__(
         self,
         *,
-        exit_code: _builtins.int = ...,
+        exit_code: _builtins.int | None = ...,
         state: Global___RunState.ValueType = ...,
         reason: _builtins.str = ...,
         last_seq: _builtins.int = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code", "finished_at", b"finished_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit_code", b"exit_code", "finished_at", b"finished_at", "last_seq", b"last_seq", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code", "finished_at", b"finished_at", "last_seq", b"last_seq", "reason", b"reason", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
+    _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__exit_code) -> _WhichOneofReturnType__exit_code | None: ...
 
 Global___RunExited: _TypeAlias = RunExited  # noqa: Y015
 
