@@ -537,3 +537,28 @@ fn with_reason(reason: &str) -> String {
         format!(": {reason}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_that_has_an_exit_code_passes_it_on_whatever_its_state() {
+        let code = |state: RunState, code| exit_code("run_x", state as i32, code, "why");
+        assert_eq!(code(RunState::Exited, Some(3)), 3);
+        assert_eq!(code(RunState::Exited, Some(300)), 255);
+        assert_eq!(
+            code(RunState::Failed, Some(137)),
+            137,
+            "OOM or output limit"
+        );
+        assert_eq!(code(RunState::Failed, Some(127)), 127, "command not found");
+        assert_eq!(
+            code(RunState::Stopped, Some(143)),
+            143,
+            "stopped by SIGTERM"
+        );
+        assert_eq!(code(RunState::Failed, None), EXIT_RUN_FAILED);
+        assert_eq!(code(RunState::TimedOut, Some(137)), EXIT_TIMED_OUT);
+    }
+}
