@@ -58,7 +58,8 @@ struct Cli {
     /// arguments [default: $BUS_AI_TOKEN, $BUS_API_TOKEN, ~/.config/bus/auth/api-token]
     #[arg(long, global = true, value_name = "PATH")]
     token_file: Option<PathBuf>,
-    /// Give up on a call after this long, e.g. 30s or 2m
+    /// Give up on a call after this long, e.g. 30s or 2m; not a run's own time limit, which is
+    /// `run --run-timeout`, nor a followed output stream
     #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
     /// busd's socket [env: BUS_SOCKET] [default: $XDG_RUNTIME_DIR/bus/busd.sock]

@@ -260,7 +260,7 @@ fn fallback_guidance(code: ProblemCode) -> &'static str {
         }
         ProblemCode::IdempotencyKeyReused => "send a new request id for a different request",
         ProblemCode::RunNotRunning => {
-            "check the run's state with `bus containers status RUN`; exec needs a running run"
+            "check the run's state with `bus containers get RUN`; exec needs a running run"
         }
         ProblemCode::ImageNameTaken => "choose another image name (`bus images ls` shows yours)",
         ProblemCode::ImageInUse => {

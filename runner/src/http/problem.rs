@@ -375,8 +375,8 @@ impl ApiError {
                 format!("run {id} is {state}; exec needs a running run"),
             )
             .with_guidance(
-                "exec only into a run that is running: start one with `bus containers run -d -- \
-                 sleep 3600` and exec into its id",
+                "start a run that stays up (`bus containers run -d -- sleep 3600`) and exec into \
+                 its id",
             ),
             ApiError::Store(err) => p(
                 C::Internal,
