@@ -116,6 +116,7 @@ enum Containers {
     #[command(visible_alias = "rm")]
     Delete(Deferred<commands::delete::Args>),
     /// Show one run.
+    #[command(alias = "inspect")]
     Get(Deferred<commands::get::Args>),
     /// Print a run's output; -f follows it until the run ends.
     Logs(Deferred<commands::logs::Args>),
@@ -123,6 +124,8 @@ enum Containers {
     Wait(Deferred<commands::wait::Args>),
     /// Stop runs (SIGTERM, then SIGKILL after a grace period).
     Stop(Deferred<commands::stop::Args>),
+    /// Kill runs at once (SIGKILL), as `stop --force`.
+    Kill(Deferred<commands::stop::KillArgs>),
     /// Run a command in a running run: -i passes stdin, -t allocates a terminal.
     Exec(Deferred<commands::exec::Args>),
     /// Detached execs (`exec -d`): their output, exit code and state.
@@ -280,6 +283,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Containers(Deferred(Containers::Logs(Deferred(args)))) => args.run(&ctx).await,
         Command::Containers(Deferred(Containers::Wait(Deferred(args)))) => args.run(&ctx).await,
         Command::Containers(Deferred(Containers::Stop(Deferred(args)))) => args.run(&ctx).await,
+        Command::Containers(Deferred(Containers::Kill(Deferred(args)))) => args.run(&ctx).await,
         Command::Containers(Deferred(Containers::Exec(Deferred(args)))) => args.run(&ctx).await,
         Command::Containers(Deferred(Containers::Execs(Deferred(command)))) => {
             command.run(&ctx).await

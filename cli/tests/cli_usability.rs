@@ -114,6 +114,11 @@ fn json_output_and_quiet_have_the_documented_shape() {
         stdout(&stack.run(&["containers", "get", "-q", &id])),
         format!("{id}\n")
     );
+    // `inspect` is `get`, as in docker.
+    assert_eq!(
+        json(&stack.run(&["containers", "inspect", &id, "-o", "json"]))["id"],
+        id.as_str()
+    );
 
     // The table: the documented columns.
     let table = stdout(&stack.run(&["containers", "runs"]));
@@ -160,6 +165,21 @@ fn json_output_and_quiet_have_the_documented_shape() {
     assert_run_shape(&json(&stack.run(&["containers", "runs"]))[0]);
     let table = stdout(&stack.run(&["containers", "runs", "-o", "table"]));
     assert!(table.starts_with("ID "), "{table}");
+
+    // `kill` is `stop --force`, as in docker: SIGKILL at once, which even a PID 1 that
+    // ignores SIGTERM cannot outlast.
+    let out = stack.run(&["containers", "run", "-d", "--", "sleep", "600"]);
+    let sleeper = stdout(&out).trim().to_owned();
+    assert!(sleeper.starts_with("run_"), "{out:?}");
+    let out = stack.run(&["containers", "kill", &sleeper]);
+    assert_eq!(stdout(&out), format!("{sleeper}\n"), "{out:?}");
+    let killed = json(&stack.run(&["containers", "get", &sleeper, "-o", "json"]));
+    assert_eq!(
+        (&killed["state"], &killed["exit_code"]),
+        (&serde_json::json!("stopped"), &serde_json::json!(137)),
+        "{killed}"
+    );
+    assert!(stack.run(&["containers", "rm", &sleeper]).status.success());
 
     // `rm` is `delete`.
     assert!(stack.run(&["containers", "rm", &id]).status.success());

@@ -1,4 +1,5 @@
-//! `bus containers stop [--force] [--grace SECONDS] RUN...`: stop runs.
+//! `bus containers stop [--force] [--grace SECONDS] RUN...`: stop runs; `bus containers kill
+//! RUN...`: the same with `--force`.
 
 use bus::proto::containers::v1::StopRunRequest;
 
@@ -37,5 +38,26 @@ impl Args {
             println!("{run_id}");
         }
         Ok(0)
+    }
+}
+
+/// Kills runs at once (SIGKILL): `stop --force`, under the name docker gives it.
+#[derive(Debug, clap::Args)]
+pub struct KillArgs {
+    /// The runs to kill, by id or name.
+    #[arg(required = true, value_name = "RUN")]
+    run_ids: Vec<String>,
+}
+
+impl KillArgs {
+    /// Runs the command; returns the exit code. Stops at the first failure.
+    pub async fn run(self, ctx: &Ctx) -> Result<u8, CliError> {
+        Args {
+            run_ids: self.run_ids,
+            grace: None,
+            force: true,
+        }
+        .run(ctx)
+        .await
     }
 }
