@@ -53,6 +53,28 @@ fn logs_of_an_ended_run_can_be_resumed_tailed_and_filtered() {
         stdout(&stack.run(&["containers", "logs", "-f", "--since-seq", "1", &id])),
         "c\n"
     );
+
+    // --tail counts lines, as docker's does, however the writes made chunks: five lines in
+    // one write, then a line in two.
+    let lines = detached(
+        &stack,
+        "printf '1\\n2\\n3\\n4\\n5\\n'; sleep 0.2; printf 'six'; sleep 0.2; printf ' 6\\n'",
+    );
+    assert_eq!(
+        stack.run(&["containers", "wait", &lines]).status.code(),
+        Some(0)
+    );
+    for (tail, want) in [
+        ("0", ""),
+        ("1", "six 6\n"),
+        ("3", "4\n5\nsix 6\n"),
+        ("10", "1\n2\n3\n4\n5\nsix 6\n"),
+    ] {
+        let out = stack.run(&["containers", "logs", "--tail", tail, &lines]);
+        assert_eq!(stdout(&out), want, "--tail {tail}");
+        let followed = stack.run(&["containers", "logs", "-f", "--tail", tail, &lines]);
+        assert_eq!(stdout(&followed), want, "-f --tail {tail}");
+    }
 }
 
 #[test]

@@ -1,10 +1,14 @@
 //! `bus containers logs [-f] [--since-seq N] [--tail N] RUN`: a run's output, resumable.
 //!
+//! `--tail N` counts lines, as docker's and kubectl's do: the runner keeps output in chunks
+//! (whatever each write held), so the command reads the last chunks, more of them until they
+//! hold N lines, and prints from where the N-th line from the end begins.
+//!
 //! When busd goes away under the stream (it died, or was killed), the command starts it again
 //! and resumes after the last seq it printed, so no chunk is lost or printed twice.
 
 use bus::proto::containers::v1::{
-    NoticeKind, RunExited, StdStream, StreamLogsRequest, StreamNotice, log_event::Event,
+    LogChunk, NoticeKind, RunExited, StdStream, StreamLogsRequest, StreamNotice, log_event::Event,
 };
 
 use crate::context::Ctx;
@@ -24,7 +28,7 @@ pub struct Args {
     /// Only output after this seq (resume where an earlier read stopped).
     #[arg(long, value_name = "N", conflicts_with = "tail")]
     since_seq: Option<u64>,
-    /// Only the last N chunks that exist now.
+    /// Only the last N lines that exist now (0: none; with -f, only what comes next).
     #[arg(long, value_name = "N")]
     tail: Option<u32>,
     /// Only stdout.
@@ -43,16 +47,22 @@ impl Args {
             (_, true) => vec![StdStream::Stderr as i32],
             _ => Vec::new(),
         };
-        let request = StreamLogsRequest {
+        let mut request = StreamLogsRequest {
             run_id: self.run_id.clone(),
             follow: self.follow,
             after_seq: self.since_seq.unwrap_or(0),
-            tail: self.tail.unwrap_or(0),
+            tail: 0,
             streams,
             keepalive_seconds: 0,
             exit_only: false,
         };
         let mut output = Output::lock();
+        if let Some(lines) = self.tail {
+            request.after_seq = print_last_lines(ctx, &request, lines, &mut output).await?;
+            if !self.follow {
+                return Ok(0);
+            }
+        }
         match print_logs(ctx, request, &mut output, false).await? {
             Some(_) => Ok(0),
             None if self.follow => Err(CliError::StreamCut(self.run_id)),
@@ -88,6 +98,95 @@ pub async fn print_logs(
             other => return other,
         }
     }
+}
+
+/// Prints the last `lines` lines of `request`'s streams as they are now; returns the seq of
+/// the last chunk read (where a follow goes on), 0 when there is none.
+async fn print_last_lines(
+    ctx: &Ctx,
+    request: &StreamLogsRequest,
+    lines: u32,
+    output: &mut Output,
+) -> Result<u64, CliError> {
+    // A chunk holds a line or more as a rule: start with as many chunks as lines.
+    let mut chunks_wanted = lines.max(1);
+    loop {
+        let chunks = last_chunks(ctx, request, chunks_wanted).await?;
+        let all = chunks.len() < chunks_wanted as usize;
+        let start = match last_lines_start(&chunks, lines) {
+            Some(start) => start,
+            None if all || chunks_wanted == u32::MAX => (0, 0),
+            None => {
+                chunks_wanted = chunks_wanted.saturating_mul(4);
+                continue;
+            }
+        };
+        let (first, offset) = start;
+        for (i, chunk) in chunks.iter().enumerate().skip(first) {
+            if i == first && offset > 0 {
+                let rest = LogChunk {
+                    data: chunk.data[offset..].to_vec(),
+                    ..chunk.clone()
+                };
+                output.write(&rest)?;
+            } else {
+                output.write(chunk)?;
+            }
+        }
+        return Ok(chunks.last().map_or(0, |chunk| chunk.seq));
+    }
+}
+
+/// The last `count` chunks of `request`'s streams that exist now, oldest first.
+async fn last_chunks(
+    ctx: &Ctx,
+    request: &StreamLogsRequest,
+    count: u32,
+) -> Result<Vec<LogChunk>, CliError> {
+    let request = StreamLogsRequest {
+        follow: false,
+        tail: count,
+        ..request.clone()
+    };
+    let mut events = ctx
+        .containers()
+        .stream_logs(ctx.long_request(request))
+        .await?
+        .into_inner();
+    let mut chunks = Vec::new();
+    while let Some(event) = events.message().await? {
+        if let Some(Event::Output(chunk)) = event.event {
+            chunks.push(chunk);
+        }
+    }
+    Ok(chunks)
+}
+
+/// Where the last `lines` lines of `chunks` begin: the index of a chunk and the offset in it.
+/// A line ends with a newline, or is the unterminated rest at the very end (as `tail -n`
+/// counts). `None` when the chunks hold fewer lines, so the start may lie further back.
+fn last_lines_start(chunks: &[LogChunk], lines: u32) -> Option<(usize, usize)> {
+    let end = chunks.len();
+    if lines == 0 {
+        return Some((end, 0));
+    }
+    // The newline that ends the last line is not a line's start.
+    let mut skip_final_newline = true;
+    let mut newlines = 0;
+    for (i, chunk) in chunks.iter().enumerate().rev() {
+        for (at, &byte) in chunk.data.iter().enumerate().rev() {
+            if std::mem::take(&mut skip_final_newline) && byte == b'\n' {
+                continue;
+            }
+            if byte == b'\n' {
+                newlines += 1;
+                if newlines == lines {
+                    return Some((i, at + 1));
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Shows a notice of busd's on stderr: that it lost the runner and retries (one line per
@@ -140,4 +239,60 @@ async fn stream_once(
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(parts: &[&str]) -> Vec<LogChunk> {
+        parts
+            .iter()
+            .enumerate()
+            .map(|(i, part)| LogChunk {
+                seq: i as u64 + 1,
+                data: part.as_bytes().to_vec(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// The text from `start` on, as printed.
+    fn from(chunks: &[LogChunk], (first, offset): (usize, usize)) -> String {
+        let mut text = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate().skip(first) {
+            text.extend_from_slice(&chunk.data[if i == first { offset } else { 0 }..]);
+        }
+        String::from_utf8(text).unwrap()
+    }
+
+    #[test]
+    fn the_last_lines_start_wherever_the_chunks_split_them() {
+        let c = chunks(&["a\nb\n", "c", "\nd\n"]);
+        let tail = |n| last_lines_start(&c, n).map(|start| from(&c, start));
+        assert_eq!(tail(0).as_deref(), Some(""));
+        assert_eq!(tail(1).as_deref(), Some("d\n"));
+        assert_eq!(
+            tail(2).as_deref(),
+            Some("c\nd\n"),
+            "a line split over chunks"
+        );
+        assert_eq!(tail(3).as_deref(), Some("b\nc\nd\n"));
+        assert_eq!(
+            tail(4),
+            None,
+            "the first line may go on in an earlier chunk"
+        );
+
+        let unterminated = chunks(&["x\ny\nz"]);
+        let start = last_lines_start(&unterminated, 1).unwrap();
+        assert_eq!(
+            from(&unterminated, start),
+            "z",
+            "the unterminated rest is a line"
+        );
+        let start = last_lines_start(&unterminated, 2).unwrap();
+        assert_eq!(from(&unterminated, start), "y\nz");
+        assert_eq!(last_lines_start(&[], 1), None);
+    }
 }
