@@ -75,6 +75,35 @@ fn logs_of_an_ended_run_can_be_resumed_tailed_and_filtered() {
         let followed = stack.run(&["containers", "logs", "-f", "--tail", tail, &lines]);
         assert_eq!(stdout(&followed), want, "-f --tail {tail}");
     }
+
+    // -t stamps each line with the time its first byte was read, as docker's does; --since
+    // takes a duration or a time.
+    let stamped = stdout(&stack.run(&["containers", "logs", "-t", "--tail", "2", &lines]));
+    let stamped: Vec<(&str, &str)> = stamped
+        .lines()
+        .map(|line| line.split_once(' ').unwrap())
+        .collect();
+    assert_eq!(
+        stamped.iter().map(|(_, text)| *text).collect::<Vec<_>>(),
+        ["5", "six 6"]
+    );
+    for (time, _) in &stamped {
+        assert!(
+            time.len() > 20 && time.starts_with("20") && time.ends_with('Z'),
+            "{time}"
+        );
+    }
+    assert!(stamped[0].0 < stamped[1].0, "{stamped:?}");
+    let since = |when: &str| stack.run(&["containers", "logs", "--since", when, &lines]);
+    assert_eq!(stdout(&since("1h")), "1\n2\n3\n4\n5\nsix 6\n");
+    assert_eq!(stdout(&since(stamped[1].0)), "six 6\n");
+    assert_eq!(stdout(&since("2999-01-01T00:00:00Z")), "");
+    let wrong = since("yesterday");
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("neither a duration"),
+        "{wrong:?}"
+    );
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! `bus containers logs [-f] [--since-seq N] [--tail N] RUN`: a run's output, resumable.
+//! `bus containers logs [-f] [-t] [--since WHEN] [--since-seq N] [--tail N] RUN`: a run's
+//! output, resumable.
 //!
 //! `--tail N` counts lines, as docker's and kubectl's do: the runner keeps output in chunks
 //! (whatever each write held), so the command reads the last chunks, more of them until they
@@ -10,6 +11,8 @@
 use bus::proto::containers::v1::{
     LogChunk, NoticeKind, RunExited, StdStream, StreamLogsRequest, StreamNotice, log_event::Event,
 };
+
+use time::OffsetDateTime;
 
 use crate::context::Ctx;
 use crate::error::CliError;
@@ -31,6 +34,13 @@ pub struct Args {
     /// Only the last N lines that exist now (0: none; with -f, only what comes next).
     #[arg(long, value_name = "N")]
     tail: Option<u32>,
+    /// Only output written since this time: a duration before now (10m, 1h30m) or an RFC 3339
+    /// time (2026-12-01T14:00:00Z).
+    #[arg(long, value_name = "WHEN", value_parser = parse_since)]
+    since: Option<OffsetDateTime>,
+    /// Begin each line with the time it was written (RFC 3339, UTC).
+    #[arg(short, long)]
+    timestamps: bool,
     /// Only stdout.
     #[arg(long, conflicts_with = "stderr")]
     stdout: bool,
@@ -56,7 +66,7 @@ impl Args {
             keepalive_seconds: 0,
             exit_only: false,
         };
-        let mut output = Output::lock();
+        let mut output = Output::lock().since(self.since).timestamps(self.timestamps);
         if let Some(lines) = self.tail {
             request.after_seq = print_last_lines(ctx, &request, lines, &mut output).await?;
             if !self.follow {
@@ -111,8 +121,14 @@ async fn print_last_lines(
     // A chunk holds a line or more as a rule: start with as many chunks as lines.
     let mut chunks_wanted = lines.max(1);
     loop {
-        let chunks = last_chunks(ctx, request, chunks_wanted).await?;
+        let mut chunks = last_chunks(ctx, request, chunks_wanted).await?;
         let all = chunks.len() < chunks_wanted as usize;
+        let last_seq = chunks.last().map_or(0, |chunk| chunk.seq);
+        // Chunks older than --since count for nothing; once one is among them, none before it
+        // can count either.
+        let shown = chunks.len();
+        chunks.retain(|chunk| output.shows(chunk));
+        let all = all || chunks.len() < shown;
         let start = match last_lines_start(&chunks, lines) {
             Some(start) => start,
             None if all || chunks_wanted == u32::MAX => (0, 0),
@@ -133,8 +149,21 @@ async fn print_last_lines(
                 output.write(chunk)?;
             }
         }
-        return Ok(chunks.last().map_or(0, |chunk| chunk.seq));
+        return Ok(last_seq);
     }
+}
+
+/// `--since`: a duration before now, or an RFC 3339 time.
+fn parse_since(text: &str) -> Result<OffsetDateTime, String> {
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return time::Duration::try_from(ago)
+            .ok()
+            .and_then(|ago| OffsetDateTime::now_utc().checked_sub(ago))
+            .ok_or_else(|| format!("{text} reaches back too far"));
+    }
+    OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(|_| {
+        format!("{text:?} is neither a duration (10m, 1h30m) nor an RFC 3339 time (2026-12-01T14:00:00Z)")
+    })
 }
 
 /// The last `count` chunks of `request`'s streams that exist now, oldest first.
