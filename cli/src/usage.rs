@@ -76,11 +76,16 @@ fn shell_quote(arg: &str) -> String {
     }
 }
 
-/// A `KEY=VALUE` argument (`--env`), as its key and value; the value may be empty.
-pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+/// A `-e` value as docker takes it: `KEY=VALUE`, or `KEY` alone for the value `KEY` has in this
+/// process's environment, left out (`None`) when it has none. A value read from the
+/// environment never passes through the command line.
+pub fn parse_env(s: &str) -> Result<Option<(String, String)>, String> {
     match s.split_once('=') {
-        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
-        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+        Some((key, value)) if !key.is_empty() => Ok(Some((key.to_owned(), value.to_owned()))),
+        None if !s.is_empty() => Ok(std::env::var(s).ok().map(|value| (s.to_owned(), value))),
+        _ => Err(format!(
+            "expected KEY=VALUE, or KEY to pass on the value it has here, got {s:?}"
+        )),
     }
 }
 

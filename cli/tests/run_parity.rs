@@ -785,3 +785,28 @@ fn a_closed_output_ends_the_followed_run_as_a_closed_pipe_ends_a_command() {
     let run = json(&stack, &["containers", "get", "piped", "-o", "json"]);
     assert_eq!(run["state"], "stopped", "{run}");
 }
+
+/// `-e KEY` passes on the value KEY has in bus' environment, and nothing when it has none, as
+/// `docker run -e KEY` does: a secret reaches the run without being on a command line.
+#[test]
+fn env_without_a_value_passes_on_the_one_from_here() {
+    let stack = Stack::start(bins());
+    for verb in ["run", "exec"] {
+        let mut args = vec!["containers", verb];
+        let sleeper;
+        if verb == "exec" {
+            let out = stack.run(&["containers", "run", "-d", "--", "sleep", "60"]);
+            sleeper = expect_success(&out).trim().to_owned();
+            args.push(&sleeper);
+        }
+        args.extend(["-e", "FROM_HERE", "-e", "NOT_HERE", "-e", "GIVEN=1", "--"]);
+        args.extend(["sh", "-c", "echo \"$FROM_HERE ${NOT_HERE-unset} $GIVEN\""]);
+        let out = stack
+            .bus()
+            .env("FROM_HERE", "s3cret")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(expect_success(&out), "s3cret unset 1\n", "{verb}");
+    }
+}

@@ -44,9 +44,10 @@ pub struct Args {
     /// Start the command detached and print its exec id (read it with `bus containers execs`).
     #[arg(short, long, conflicts_with_all = ["interactive", "tty"])]
     detach: bool,
-    /// Set an environment variable for the command (repeatable).
-    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = crate::usage::parse_key_value)]
-    env: Vec<(String, String)>,
+    /// Set an environment variable for the command (repeatable); KEY alone passes on the
+    /// value it has here, and nothing when it has none.
+    #[arg(short, long = "env", value_name = "KEY[=VALUE]", value_parser = crate::usage::parse_env)]
+    env: Vec<Option<(String, String)>>,
     /// Working directory inside the container.
     #[arg(short = 'w', long, value_name = "DIR")]
     workdir: Option<String>,
@@ -142,7 +143,7 @@ impl Args {
         let start = ExecStart {
             run_id: self.run_id.clone(),
             argv: self.command,
-            env: self.env.into_iter().collect(),
+            env: self.env.into_iter().flatten().collect(),
             workdir: self.workdir.unwrap_or_default(),
             tty: self.tty,
             stdin: self.interactive,

@@ -22,7 +22,7 @@ use crate::error::{CliError, busd_lost};
 use crate::interrupts::{GaveUp, Interrupts, ended_by_closed_output};
 use crate::output::Output;
 use crate::render;
-use crate::usage::{parse_key_value, parse_publish};
+use crate::usage::{parse_env, parse_publish};
 
 /// Exit code when the run was killed at its timeout (as `timeout(1)`).
 const EXIT_TIMED_OUT: u8 = 124;
@@ -55,9 +55,10 @@ pub struct Args {
     /// Give the command a terminal; with a terminal on stdin it is put in raw mode.
     #[arg(short, long)]
     tty: bool,
-    /// Set an environment variable in the container (repeatable).
-    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_key_value)]
-    env: Vec<(String, String)>,
+    /// Set an environment variable in the container (repeatable); KEY alone passes on the
+    /// value it has here, and nothing when it has none.
+    #[arg(short, long = "env", value_name = "KEY[=VALUE]", value_parser = parse_env)]
+    env: Vec<Option<(String, String)>>,
     /// Working directory inside the container.
     #[arg(short = 'w', long, value_name = "DIR")]
     workdir: Option<String>,
@@ -148,7 +149,7 @@ impl Args {
             profile: self.profile.unwrap_or_default(),
             image: self.image.unwrap_or_default(),
             argv: self.command,
-            env: self.env.into_iter().collect::<HashMap<_, _>>(),
+            env: self.env.into_iter().flatten().collect::<HashMap<_, _>>(),
             workdir: self.workdir.unwrap_or_default(),
             name: self.name.unwrap_or_default(),
             labels: HashMap::new(),
