@@ -174,7 +174,10 @@ fn shutdown_lets_an_open_stream_finish_then_removes_the_socket() {
         (output, exited, shutdown)
     });
     assert_eq!(String::from_utf8_lossy(&output), "first\nsecond\n");
-    assert_eq!(exited.expect("the stream ended with its exit").exit_code, 0);
+    assert_eq!(
+        exited.expect("the stream ended with its exit").exit_code,
+        Some(0)
+    );
     assert_eq!(shutdown.pid, pid);
     assert_eq!(shutdown.open_streams, 1);
     assert_eq!(shutdown.socket, stack.socket.display().to_string());

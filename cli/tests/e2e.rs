@@ -95,7 +95,7 @@ fn run_stream_orders_output_by_seq_and_ends_with_one_exit() {
     let Some(Event::Exited(exited)) = events.last() else {
         panic!("exit is not last: {events:?}")
     };
-    assert_eq!((exited.exit_code, exited.last_seq), (3, 2));
+    assert_eq!((exited.exit_code, exited.last_seq), (Some(3), 2));
 }
 
 #[test]

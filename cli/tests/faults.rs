@@ -285,7 +285,7 @@ fn assert_complete(who: &str, followed: &Followed) -> u64 {
     assert_eq!(followed.gaps, 0, "{who}: no gap");
     assert_eq!(followed.exits.len(), 1, "{who}: the exit once");
     assert_eq!(followed.exits[0].last_seq, n, "{who}");
-    assert_eq!(followed.exits[0].exit_code, 0, "{who}");
+    assert_eq!(followed.exits[0].exit_code, Some(0), "{who}");
     n
 }
 
@@ -774,7 +774,7 @@ fn runs_go_on_and_lose_no_output_when_the_engine_restarts() {
         "every line once, including those written while the engine was away"
     );
     assert_eq!(followed.exits.len(), 1, "the exit once");
-    assert_eq!(followed.exits[0].exit_code, 7);
+    assert_eq!(followed.exits[0].exit_code, Some(7));
     assert_eq!(followed.exits[0].last_seq, followed.seqs.len() as u64);
 
     let (code, out, err) = logs.finish(Duration::from_secs(60));
