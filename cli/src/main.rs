@@ -128,20 +128,23 @@ enum Containers {
     Kill(Deferred<commands::stop::KillArgs>),
     /// Run a command in a running run: -i passes stdin, -t allocates a terminal.
     Exec(Deferred<commands::exec::Args>),
+    /// Attach this terminal (or stdin) to a run's own command until it ends.
+    Attach(Deferred<commands::attach::Args>),
     /// Detached execs (`exec -d`): their output, exit code and state.
     #[command(subcommand)]
     Execs(Deferred<commands::execs::Execs>),
 }
 
 impl Cli {
-    /// Whether the command passes on a container's exit code (`run`, `exec`, `wait`,
-    /// `execs wait`): its own failures then exit [`error::exit::TOOL_FAILED`].
+    /// Whether the command passes on a container's exit code (`run`, `exec`, `attach`,
+    /// `wait`, `execs wait`): its own failures then exit [`error::exit::TOOL_FAILED`].
     fn passes_exit_code(&self) -> bool {
         matches!(
             &self.command,
             Command::Containers(Deferred(
                 Containers::Run(_)
                     | Containers::Exec(_)
+                    | Containers::Attach(_)
                     | Containers::Wait(_)
                     | Containers::Execs(Deferred(commands::execs::Execs::Wait(_)))
             ))
@@ -285,6 +288,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Containers(Deferred(Containers::Stop(Deferred(args)))) => args.run(&ctx).await,
         Command::Containers(Deferred(Containers::Kill(Deferred(args)))) => args.run(&ctx).await,
         Command::Containers(Deferred(Containers::Exec(Deferred(args)))) => args.run(&ctx).await,
+        Command::Containers(Deferred(Containers::Attach(Deferred(args)))) => args.run(&ctx).await,
         Command::Containers(Deferred(Containers::Execs(Deferred(command)))) => {
             command.run(&ctx).await
         }

@@ -1060,9 +1060,22 @@ fn run_dash_i_passes_stdin_and_its_eof_and_exits_with_the_runs_code() {
     assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
     assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));
 
-    // -d with -i or -t is a usage error.
-    let out = stack.run(&["containers", "run", "-d", "-t", "--", "true"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // -d with -t starts the run with a terminal, for a later `attach`.
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "-d",
+        "-t",
+        "--",
+        "sh",
+        "-c",
+        "test -t 1 && echo TTY",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_owned();
+    let out = stack.run(&["containers", "attach", &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "TTY\r\n");
 }
 
 #[test]

@@ -810,3 +810,38 @@ fn env_without_a_value_passes_on_the_one_from_here() {
         assert_eq!(expect_success(&out), "s3cret unset 1\n", "{verb}");
     }
 }
+
+/// `run -d -i` then `attach`, as docker users start a run and come back to it: attach gets the
+/// run's output from its first byte, passes stdin to its command and exits with its exit
+/// code; on a run that has ended it prints the output and the code.
+#[test]
+fn attach_takes_up_a_detached_run_s_stdin_and_exits_with_its_code() {
+    let stack = Stack::start(bins());
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "-d",
+        "-i",
+        "--",
+        "sh",
+        "-c",
+        "echo ready; read x; echo \"got $x\"; exit 4",
+    ]);
+    let id = expect_success(&out).trim().to_owned();
+    let mut attach = stack.bus();
+    attach
+        .args(["containers", "attach", &id])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = attach.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ready\ngot hello\n");
+
+    // Ended: the output and the exit code, whatever stdin holds.
+    let out = stack.run(&["containers", "attach", "--no-stdin", &id]);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ready\ngot hello\n");
+}

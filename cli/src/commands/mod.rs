@@ -1,5 +1,6 @@
 //! One module per subcommand: an `Args` struct and `run()`.
 
+pub mod attach;
 pub mod auth;
 pub mod billing;
 pub mod builds;

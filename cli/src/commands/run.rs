@@ -38,8 +38,9 @@ pub struct Args {
     /// The image to run; overrides the profile's.
     #[arg(long, value_name = "REF")]
     image: Option<String>,
-    /// Start the run and print its id instead of following it.
-    #[arg(short, long, conflicts_with_all = ["interactive", "tty"])]
+    /// Start the run and print its id instead of following it; with -i (and -t) its stdin
+    /// (and terminal) wait for `bus containers attach`.
+    #[arg(short, long)]
     detach: bool,
     /// Delete the run and its stored output once it has ended and bus has printed it.
     #[arg(long, conflicts_with_all = ["detach", "service"])]
@@ -170,11 +171,11 @@ impl Args {
         if self.service {
             return service(ctx, spec).await;
         }
-        if self.interactive || self.tty {
-            return attached(ctx, spec, rm).await;
-        }
         if detach {
             return detached(ctx, spec).await;
+        }
+        if self.interactive || self.tty {
+            return attached(ctx, spec, rm).await;
         }
         // Ctrl-C stops the run rather than leaving it running unseen (see `interrupts`).
         let mut interrupts = Interrupts::listen()?;
@@ -470,8 +471,21 @@ async fn attached(ctx: &Ctx, spec: RunSpec, rm: bool) -> Result<u8, CliError> {
         wait_ready: false,
     });
     let run = ctx.containers().create_run(request).await?.into_inner();
+    attach(ctx, &run.id, tty, stdin, rm).await
+}
+
+/// Attaches this terminal (or stdin, with `stdin`) to the run's own command until it ends;
+/// its output from the first byte. The run's final record decides the exit code (124 when
+/// it timed out, as for a run that is not attached); `rm` then deletes it.
+pub async fn attach(
+    ctx: &Ctx,
+    run_id: &str,
+    tty: bool,
+    stdin: bool,
+    rm: bool,
+) -> Result<u8, CliError> {
     let start = ExecStart {
-        run_id: run.id.clone(),
+        run_id: run_id.to_owned(),
         attach: true,
         tty,
         stdin,
@@ -482,11 +496,10 @@ async fn attached(ctx: &Ctx, spec: RunSpec, rm: bool) -> Result<u8, CliError> {
         },
         ..Default::default()
     };
-    let what = format!("the session attached to run {}", run.id);
+    let what = format!("the session attached to run {run_id}");
     let session = super::exec::session(ctx, start, &what).await;
-    // How the run ended decides (a timeout is 124, as for a run that is not attached).
     let request = ctx.request(GetRunRequest {
-        run_id: run.id.clone(),
+        run_id: run_id.to_owned(),
     });
     match ctx.containers().get_run(request).await {
         Ok(run) => {

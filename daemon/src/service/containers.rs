@@ -479,6 +479,8 @@ fn run_to_proto(run: Run) -> pb::Run {
         role: run.role.unwrap_or_default(),
         service: run.options.service,
         restarts: run.options.restarts,
+        tty: run.options.tty,
+        stdin: run.options.stdin,
     }
 }
 

@@ -477,6 +477,10 @@ export interface Run {
   service: boolean;
   /** How many times the service was started again after its command failed. */
   restarts: number;
+  /** Whether the command has a terminal (its output is then all stdout). */
+  tty: boolean;
+  /** Whether the command's stdin is open for an `Exec` call with `attach`. */
+  stdin: boolean;
 }
 
 export interface Run_LabelsEntry {
@@ -2325,6 +2329,8 @@ function createBaseRun(): Run {
     role: "",
     service: false,
     restarts: 0,
+    tty: false,
+    stdin: false,
   };
 }
 
@@ -2383,6 +2389,12 @@ export const Run: MessageFns<Run> = {
     }
     if (message.restarts !== 0) {
       writer.uint32(144).uint32(message.restarts);
+    }
+    if (message.tty !== false) {
+      writer.uint32(152).bool(message.tty);
+    }
+    if (message.stdin !== false) {
+      writer.uint32(160).bool(message.stdin);
     }
     return writer;
   },
@@ -2547,6 +2559,22 @@ export const Run: MessageFns<Run> = {
             message.restarts = reader.uint32();
             continue;
           }
+          case 19: {
+            if (tag !== 152) {
+              break;
+            }
+
+            message.tty = reader.bool();
+            continue;
+          }
+          case 20: {
+            if (tag !== 160) {
+              break;
+            }
+
+            message.stdin = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2610,6 +2638,8 @@ export const Run: MessageFns<Run> = {
       role: isSet(object.role) ? globalThis.String(object.role) : "",
       service: isSet(object.service) ? globalThis.Boolean(object.service) : false,
       restarts: isSet(object.restarts) ? globalThis.Number(object.restarts) : 0,
+      tty: isSet(object.tty) ? globalThis.Boolean(object.tty) : false,
+      stdin: isSet(object.stdin) ? globalThis.Boolean(object.stdin) : false,
     };
   },
 
@@ -2675,6 +2705,12 @@ export const Run: MessageFns<Run> = {
     if (message.restarts !== 0) {
       obj.restarts = Math.round(message.restarts);
     }
+    if (message.tty !== false) {
+      obj.tty = message.tty;
+    }
+    if (message.stdin !== false) {
+      obj.stdin = message.stdin;
+    }
     return obj;
   },
 
@@ -2711,6 +2747,8 @@ export const Run: MessageFns<Run> = {
     message.role = object.role ?? "";
     message.service = object.service ?? false;
     message.restarts = object.restarts ?? 0;
+    message.tty = object.tty ?? false;
+    message.stdin = object.stdin ?? false;
     return message;
   },
 };

@@ -649,6 +649,8 @@ class Run(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     SERVICE_FIELD_NUMBER: _builtins.int
     RESTARTS_FIELD_NUMBER: _builtins.int
+    TTY_FIELD_NUMBER: _builtins.int
+    STDIN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___RunState.ValueType
     exit_code: _builtins.int
@@ -666,6 +668,10 @@ class Run(_message.Message):
     """Whether the run is a service."""
     restarts: _builtins.int
     """How many times the service was started again after its command failed."""
+    tty: _builtins.bool
+    """Whether the command has a terminal (its output is then all stdout)."""
+    stdin: _builtins.bool
+    """Whether the command's stdin is open for an `Exec` call with `attach`."""
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -705,10 +711,12 @@ class Run(_message.Message):
         role: _builtins.str = ...,
         service: _builtins.bool = ...,
         restarts: _builtins.int = ...,
+        tty: _builtins.bool = ...,
+        stdin: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "created_at", b"created_at", "exit_code", b"exit_code", "finished_at", b"finished_at", "started_at", b"started_at", "storage", b"storage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "argv", b"argv", "created_at", b"created_at", "exit_code", b"exit_code", "finished_at", b"finished_at", "id", b"id", "image", b"image", "labels", b"labels", "name", b"name", "participant", b"participant", "ports", b"ports", "profile", b"profile", "reason", b"reason", "restarts", b"restarts", "role", b"role", "service", b"service", "started_at", b"started_at", "state", b"state", "storage", b"storage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "argv", b"argv", "created_at", b"created_at", "exit_code", b"exit_code", "finished_at", b"finished_at", "id", b"id", "image", b"image", "labels", b"labels", "name", b"name", "participant", b"participant", "ports", b"ports", "profile", b"profile", "reason", b"reason", "restarts", b"restarts", "role", b"role", "service", b"service", "started_at", b"started_at", "state", b"state", "stdin", b"stdin", "storage", b"storage", "tty", b"tty"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
