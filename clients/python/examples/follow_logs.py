@@ -72,6 +72,10 @@ def main() -> int:
     except bus_client.BusError as error:
         print(f"follow_logs: {error}", file=sys.stderr)
         return 1
+    if not exited.HasField("exit_code"):
+        # The run failed to start or was lost: no exit code, a reason.
+        print(f"[ended without an exit code: {exited.reason}]", flush=True)
+        return 125
     print(f"[exit {exited.exit_code}]", flush=True)
     return exited.exit_code
 

@@ -11,4 +11,6 @@ with bus_client.connect() as channel, bus_client.errors():
             output += event.output.data
         elif event.HasField("exited"):
             sys.stdout.buffer.write(output)
-            sys.exit(event.exited.exit_code)
+            # No exit code: the run failed to start or was lost (`exited.reason` says).
+            exited = event.exited
+            sys.exit(exited.exit_code if exited.HasField("exit_code") else 125)

@@ -59,8 +59,14 @@ try {
   const exited = await follow(runId, (chunk) =>
     (chunk.stream === StdStream.STD_STREAM_STDERR ? process.stderr : process.stdout).write(chunk.data),
   );
-  process.stdout.write(`[exit ${exited.exitCode}]\n`);
-  process.exitCode = exited.exitCode;
+  if (exited.exitCode === undefined) {
+    // The run failed to start or was lost: no exit code, a reason.
+    process.stdout.write(`[ended without an exit code: ${exited.reason}]\n`);
+    process.exitCode = 125;
+  } else {
+    process.stdout.write(`[exit ${exited.exitCode}]\n`);
+    process.exitCode = exited.exitCode;
+  }
 } catch (error) {
   process.stderr.write(`follow-logs: ${BusError.from(error).message}\n`);
   process.exitCode = 1;
