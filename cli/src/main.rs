@@ -17,6 +17,7 @@ mod commands;
 mod context;
 mod daemon;
 mod deferred;
+mod env;
 mod error;
 mod guard;
 mod guides;
@@ -70,6 +71,10 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one command line, parsed once per process"
+)]
 enum Command {
     /// Runs and the runner.
     #[command(subcommand)]

@@ -76,19 +76,6 @@ fn shell_quote(arg: &str) -> String {
     }
 }
 
-/// A `-e` value as docker takes it: `KEY=VALUE`, or `KEY` alone for the value `KEY` has in this
-/// process's environment, left out (`None`) when it has none. A value read from the
-/// environment never passes through the command line.
-pub fn parse_env(s: &str) -> Result<Option<(String, String)>, String> {
-    match s.split_once('=') {
-        Some((key, value)) if !key.is_empty() => Ok(Some((key.to_owned(), value.to_owned()))),
-        None if !s.is_empty() => Ok(std::env::var(s).ok().map(|value| (s.to_owned(), value))),
-        _ => Err(format!(
-            "expected KEY=VALUE, or KEY to pass on the value it has here, got {s:?}"
-        )),
-    }
-}
-
 /// A `-p` value, `[HOST_IP:][HOST_PORT:]CONTAINER_PORT[/PROTO]` as docker takes it: host
 /// port absent or empty means one the engine picks; an IPv6 host address goes in brackets.
 pub fn parse_publish(s: &str) -> Result<PortMapping, String> {

@@ -787,10 +787,14 @@ fn a_closed_output_ends_the_followed_run_as_a_closed_pipe_ends_a_command() {
 }
 
 /// `-e KEY` passes on the value KEY has in bus' environment, and nothing when it has none, as
-/// `docker run -e KEY` does: a secret reaches the run without being on a command line.
+/// `docker run -e KEY` does: a secret reaches the run without being on a command line. An
+/// `--env-file` adds its lines, `-e` winning.
 #[test]
 fn env_without_a_value_passes_on_the_one_from_here() {
     let stack = Stack::start(bins());
+    let dir = tempfile::tempdir().unwrap();
+    let env_file = dir.path().join("env");
+    std::fs::write(&env_file, "# from a file\nFROM_FILE=f\nGIVEN=overridden\n").unwrap();
     for verb in ["run", "exec"] {
         let mut args = vec!["containers", verb];
         let sleeper;
@@ -799,15 +803,20 @@ fn env_without_a_value_passes_on_the_one_from_here() {
             sleeper = expect_success(&out).trim().to_owned();
             args.push(&sleeper);
         }
-        args.extend(["-e", "FROM_HERE", "-e", "NOT_HERE", "-e", "GIVEN=1", "--"]);
-        args.extend(["sh", "-c", "echo \"$FROM_HERE ${NOT_HERE-unset} $GIVEN\""]);
+        args.extend(["-e", "FROM_HERE", "-e", "NOT_HERE", "-e", "GIVEN=1"]);
+        args.extend(["--env-file", env_file.to_str().unwrap(), "--"]);
+        args.extend([
+            "sh",
+            "-c",
+            "echo \"$FROM_HERE ${NOT_HERE-unset} $GIVEN $FROM_FILE\"",
+        ]);
         let out = stack
             .bus()
             .env("FROM_HERE", "s3cret")
             .args(&args)
             .output()
             .unwrap();
-        assert_eq!(expect_success(&out), "s3cret unset 1\n", "{verb}");
+        assert_eq!(expect_success(&out), "s3cret unset 1 f\n", "{verb}");
     }
 }
 

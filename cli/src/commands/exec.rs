@@ -44,10 +44,8 @@ pub struct Args {
     /// Start the command detached and print its exec id (read it with `bus containers execs`).
     #[arg(short, long, conflicts_with_all = ["interactive", "tty"])]
     detach: bool,
-    /// Set an environment variable for the command (repeatable); KEY alone passes on the
-    /// value it has here, and nothing when it has none.
-    #[arg(short, long = "env", value_name = "KEY[=VALUE]", value_parser = crate::usage::parse_env)]
-    env: Vec<Option<(String, String)>>,
+    #[command(flatten)]
+    env: crate::env::EnvArgs,
     /// Working directory inside the container.
     #[arg(short = 'w', long, value_name = "DIR")]
     workdir: Option<String>,
@@ -143,7 +141,7 @@ impl Args {
         let start = ExecStart {
             run_id: self.run_id.clone(),
             argv: self.command,
-            env: self.env.into_iter().flatten().collect(),
+            env: self.env.resolve()?,
             workdir: self.workdir.unwrap_or_default(),
             tty: self.tty,
             stdin: self.interactive,

@@ -18,11 +18,12 @@ use time::OffsetDateTime;
 
 use crate::commands::logs::{print_logs, show_notice};
 use crate::context::Ctx;
+use crate::env::EnvArgs;
 use crate::error::{CliError, busd_lost};
 use crate::interrupts::{GaveUp, Interrupts, ended_by_closed_output};
 use crate::output::Output;
 use crate::render;
-use crate::usage::{parse_env, parse_publish};
+use crate::usage::parse_publish;
 
 /// Exit code when the run was killed at its timeout (as `timeout(1)`).
 const EXIT_TIMED_OUT: u8 = 124;
@@ -56,10 +57,8 @@ pub struct Args {
     /// Give the command a terminal; with a terminal on stdin it is put in raw mode.
     #[arg(short, long)]
     tty: bool,
-    /// Set an environment variable in the container (repeatable); KEY alone passes on the
-    /// value it has here, and nothing when it has none.
-    #[arg(short, long = "env", value_name = "KEY[=VALUE]", value_parser = parse_env)]
-    env: Vec<Option<(String, String)>>,
+    #[command(flatten)]
+    env: EnvArgs,
     /// Working directory inside the container.
     #[arg(short = 'w', long, value_name = "DIR")]
     workdir: Option<String>,
@@ -150,7 +149,7 @@ impl Args {
             profile: self.profile.unwrap_or_default(),
             image: self.image.unwrap_or_default(),
             argv: self.command,
-            env: self.env.into_iter().flatten().collect::<HashMap<_, _>>(),
+            env: self.env.resolve()?,
             workdir: self.workdir.unwrap_or_default(),
             name: self.name.unwrap_or_default(),
             labels: HashMap::new(),
