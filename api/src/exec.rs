@@ -78,7 +78,8 @@ pub struct ExecStatus {
     /// `exited` when `exit_code` is set; `error` when the session failed and no exit code is
     /// known.
     pub reason: String,
-    /// What went wrong, with `reason` `error`.
+    /// What went wrong, with `reason` `error`; with an exit code, why the runner ended the
+    /// command (its output reached the run's `max_output_mb`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -416,7 +417,8 @@ pub struct ExecRecord {
     pub exit_code: Option<i32>,
     /// The signal that ended it, when known.
     pub signal: Option<i32>,
-    /// Why it failed, with state `failed`.
+    /// Why it failed, with state `failed`; with state `exited`, why the runner ended it (its
+    /// output reached the run's `max_output_mb`).
     pub message: Option<String>,
     /// Output bytes captured so far (stdout and stderr together).
     pub output_bytes: u64,

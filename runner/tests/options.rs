@@ -200,6 +200,55 @@ async fn a_run_past_its_output_limit_is_killed_keeping_its_output_up_to_the_limi
     assert_eq!(run["state"], "failed", "{run}");
     assert_eq!(run.get("restarts"), None, "not started again: {run}");
 
+    // A detached exec's captured output has the run's limit too.
+    let run = create(
+        &app,
+        &alice,
+        json!({"profile": "chatty", "argv": ["sleep", "60"]}),
+    )
+    .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    cleanup.runs.push(id.clone());
+    let reply = call(
+        &app,
+        Method::POST,
+        &format!("{RUNS}/{id}/execs"),
+        Some(&alice),
+        Some(json!({"command": ["yes"]})),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.json());
+    let exec = reply.json()["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exec = loop {
+        let exec = call(
+            &app,
+            Method::GET,
+            &format!("/api/v1/containers/execs/{exec}"),
+            Some(&alice),
+            None,
+        )
+        .await
+        .json();
+        if exec["state"] != "running" {
+            break exec;
+        }
+        assert!(Instant::now() < deadline, "the exec still runs: {exec}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (&exec["state"], &exec["exit_code"], &exec["signal"]),
+        (&json!("exited"), &json!(137), &json!(9)),
+        "{exec}"
+    );
+    assert_eq!(exec["output_bytes"], 1024 * 1024, "{exec}");
+    assert!(
+        exec["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("output limit reached")),
+        "{exec}"
+    );
+
     // The built-in profiles keep a gigabyte.
     let run = create(&app, &alice, json!({"argv": ["true"]})).await;
     cleanup.runs.push(run["id"].as_str().unwrap().to_owned());

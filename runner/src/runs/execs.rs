@@ -27,10 +27,13 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::sync::watch;
 
 use crate::engine::{Chunk, Engine, Output, engine_message};
+use crate::runs::executor::OUTPUT_LIMIT;
 use crate::store::Store;
 
 /// How long the engine may take to report an exit code after the output ended.
 const EXIT_CODE_LIMIT: Duration = Duration::from_secs(30);
+/// SIGKILL's number, sent to an exec whose output reached the run's limit.
+const SIGKILL: i32 = 9;
 /// Bytes of a record's header in an output file: stream, then length.
 const RECORD_HEADER: usize = 5;
 /// The reason of an exec the runner stopped following.
@@ -199,8 +202,9 @@ impl Detached {
             Some(ExecStatus {
                 exit_code: Some(code),
                 signal,
+                message,
                 ..
-            }) => (ExecState::Exited, Some(code), signal, None),
+            }) => (ExecState::Exited, Some(code), signal, message),
             Some(status) => (ExecState::Failed, None, None, status.message),
         };
         ExecRecord {
@@ -355,7 +359,9 @@ impl Execs {
     }
 
     /// Records a started exec and copies its output to its file on a task of its own, until
-    /// the output ends and the status is stored.
+    /// the output ends and the status is stored. With `max_output_mb` (the run's), output past
+    /// it is dropped and the command killed.
+    #[allow(clippy::too_many_arguments, reason = "one exec's parts, passed once")]
     pub async fn start(
         &self,
         engine: Arc<Engine>,
@@ -364,6 +370,7 @@ impl Execs {
         command: Vec<String>,
         engine_exec: String,
         output: Output,
+        max_output_mb: Option<u32>,
     ) -> Result<Arc<Detached>, String> {
         let saved = Saved {
             id: new_exec_id(),
@@ -389,9 +396,9 @@ impl Execs {
             engine,
             self.dir.clone(),
             exec.clone(),
-            engine_exec,
-            output,
+            (engine_exec, output),
             file,
+            max_output_mb,
         ));
         Ok(exec)
     }
@@ -414,15 +421,18 @@ impl Execs {
     }
 }
 
-/// Copies a detached exec's output into its file, then stores its status.
+/// Copies a detached exec's output into its file, then stores its status. Output past
+/// `max_output_mb` is dropped and the command killed (SIGKILL), as a run's is.
 async fn capture(
     engine: Arc<Engine>,
     dir: PathBuf,
     exec: Arc<Detached>,
-    engine_exec: String,
-    mut output: Output,
+    (engine_exec, mut output): (String, Output),
     mut file: tokio::fs::File,
+    max_output_mb: Option<u32>,
 ) {
+    let limit = max_output_mb.map(|mb| u64::from(mb) * 1024 * 1024);
+    let mut limited = false;
     let mut failure = None;
     while let Some(item) = output.next().await {
         let (stream, data) = match item {
@@ -435,6 +445,24 @@ async fn capture(
                 ));
                 break;
             }
+        };
+        if data.is_empty() || limited {
+            continue;
+        }
+        let taken = exec.progress.borrow().output_bytes;
+        let room = limit.map_or(u64::MAX, |limit| limit.saturating_sub(taken));
+        let data = if data.len() as u64 > room {
+            limited = true;
+            tracing::info!(
+                exec = exec.id(),
+                "the exec's output reached the run's limit; killing it"
+            );
+            if let Err(e) = signal_exec(&engine, &engine_exec, SIGKILL).await {
+                tracing::warn!(exec = exec.id(), error = %e, "kill at the output limit failed; its further output is dropped");
+            }
+            data.slice(..room as usize)
+        } else {
+            data
         };
         if data.is_empty() {
             continue;
@@ -464,6 +492,15 @@ async fn capture(
     let _ = file.flush().await;
     let status = match failure {
         Some(message) => ExecStatus::error(message),
+        None if limited => {
+            let mut status = exit_status(&engine, &engine_exec, Some(SIGKILL)).await;
+            let mb = max_output_mb.unwrap_or_default();
+            status.message.get_or_insert(format!(
+                "{OUTPUT_LIMIT}: the exec wrote more than {mb} MiB of output and was killed; its \
+                 first {mb} MiB are kept"
+            ));
+            status
+        }
         None => exit_status(&engine, &engine_exec, None).await,
     };
     let finished_at = OffsetDateTime::now_utc();

@@ -315,6 +315,7 @@ pub async fn create_detached(
             spec.argv,
             engine_exec,
             streams.output,
+            entry.snapshot().options.max_output_mb,
         )
         .await
         .map_err(ApiError::ExecOutput)?;
