@@ -54,8 +54,14 @@ fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, CliError> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let parsed = parse_env(line).map_err(|e| {
-            CliError::Usage(format!("--env-file {} line {}: {e}", path.display(), n + 1))
+        // The line is not echoed: a file read by mistake may hold a secret.
+        let parsed = parse_env(line).map_err(|_| {
+            CliError::Usage(format!(
+                "--env-file {} line {}: expected KEY=VALUE, or KEY to pass on the value it has \
+                 here",
+                path.display(),
+                n + 1
+            ))
         })?;
         env.extend(parsed);
     }
@@ -86,7 +92,7 @@ mod tests {
         assert_eq!(env["D"], "from-e");
         assert!(!env.contains_key("BUS_ENV_TEST_UNSET"));
 
-        std::fs::write(&file, "OK=1\n=bad\n").unwrap();
+        std::fs::write(&file, "OK=1\n=s3cret\n").unwrap();
         let wrong = EnvArgs {
             env: vec![],
             env_file: vec![file],
@@ -95,7 +101,9 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            wrong.contains("line 2") && wrong.contains("expected KEY=VALUE"),
+            wrong.contains("line 2")
+                && wrong.contains("expected KEY=VALUE")
+                && !wrong.contains("s3cret"),
             "{wrong}"
         );
         let missing = EnvArgs {
