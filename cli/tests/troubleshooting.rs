@@ -153,12 +153,14 @@ fn error_line(what: &str, mut cmd: Command) -> String {
     stderr.trim_end().to_owned()
 }
 
-/// The runner's config: a full account, one whose plan allows one run at a time, and one
-/// whose billing is not set up.
+/// The runner's config: a profile that keeps 1 MiB of a run's output, a full account, one
+/// whose plan allows one run at a time, and one whose billing is not set up.
 fn config(key: &str) -> String {
     let scopes = "[\"container:read\", \"container:run\", \"container:delete\", \"billing:read\"]";
     format!(
-        "[plans.one]\nmax_concurrent_runs = 1\n\n\
+        "[profiles.tiny]\nimage = \"localhost/busybox:latest\"\ntimeout_seconds = 60\n\
+         max_output_mb = 1\n\n\
+         [plans.one]\nmax_concurrent_runs = 1\n\n\
          [[accounts]]\nid = \"dev\"\napi_key_sha256 = \"{}\"\nplan = \"local\"\nresources = {scopes}\n\n\
          [[accounts]]\nid = \"small\"\napi_key_sha256 = \"{}\"\nplan = \"one\"\nresources = {scopes}\n\n\
          [[accounts]]\nid = \"unpaid\"\napi_key_sha256 = \"{}\"\nplan = \"local\"\n\
@@ -323,6 +325,14 @@ fn produce() -> Vec<(&'static str, String)> {
     bus(
         "a command the image does not have",
         &["containers", "run", "--", "no-such-command"],
+        &[],
+    );
+    let out = stack.run(&["containers", "run", "-d", "--profile", "tiny", "--", "yes"]);
+    let chatty = stdout(&out).trim().to_owned();
+    assert!(chatty.starts_with("run_"), "{out:?}");
+    bus(
+        "a run that writes past its output limit",
+        &["containers", "wait", &chatty],
         &[],
     );
     let images = token("images", &runner.token("dev", "image:read image:write"));
