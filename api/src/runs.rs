@@ -97,6 +97,9 @@ pub struct CreateRun {
     /// [`MAX_SERVICE_RESTARTS`] times. Combine with `wait=ready`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub service: bool,
+    /// Delete the run and its stored output once it has ended (docker's `--rm`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_remove: bool,
 }
 
 /// When a run pulls its image before it starts.
@@ -226,6 +229,8 @@ struct CreateRunBody {
     credentials: Option<crate::images::RegistryCredentials>,
     #[serde(default)]
     service: bool,
+    #[serde(default)]
+    auto_remove: bool,
     /// Ignored: the owner is the token's account.
     #[serde(default, rename = "owner")]
     _owner: Option<serde::de::IgnoredAny>,
@@ -254,6 +259,7 @@ impl From<CreateRunBody> for CreateRun {
             pull: body.pull,
             credentials: body.credentials,
             service: body.service,
+            auto_remove: body.auto_remove,
         }
     }
 }
@@ -401,6 +407,9 @@ pub struct RunOptions {
     /// How many times the service was started again after its command failed.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub restarts: u32,
+    /// Whether the run is deleted, with its stored output, once it has ended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_remove: bool,
 }
 
 fn is_zero(n: &u32) -> bool {

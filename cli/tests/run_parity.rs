@@ -689,7 +689,7 @@ fn interrupting_a_followed_run_stops_it_and_a_second_interrupt_kills_it() {
 }
 
 #[test]
-fn rm_deletes_the_run_once_it_has_ended_and_been_printed() {
+fn rm_deletes_the_run_once_it_has_ended_and_been_printed_or_with_d_once_it_ends() {
     let stack = Stack::start(bins());
     let names = |stack: &Stack| -> Vec<String> {
         json(stack, &["containers", "runs", "-o", "json"])
@@ -754,9 +754,31 @@ fn rm_deletes_the_run_once_it_has_ended_and_been_printed() {
 
     assert_eq!(names(&stack), ["kept"], "only the run without --rm is left");
 
-    // Not with -d: nothing would be there to delete it.
-    let out = stack.run(&["containers", "run", "--rm", "-d", "--", "true"]);
-    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    // With -d the runner deletes it once it ends, as docker's daemon does; until then it is
+    // there to exec into.
+    let out = stack.run(&[
+        "containers",
+        "run",
+        "--rm",
+        "-d",
+        "--name",
+        "gone-d",
+        "--",
+        "sleep",
+        "1",
+    ]);
+    let id = expect_success(&out).trim().to_owned();
+    let out = stack.run(&["containers", "exec", &id, "--", "echo", "still here"]);
+    assert_eq!(expect_success(&out), "still here\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stack.run(&["containers", "get", &id]).status.code() != Some(5) {
+        assert!(
+            Instant::now() < deadline,
+            "run {id} was not deleted once it ended"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(names(&stack), ["kept"], "only the run without --rm is left");
 }
 
 #[test]

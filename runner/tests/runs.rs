@@ -547,3 +547,46 @@ async fn a_command_not_found_fails_with_127_and_one_not_executable_with_126() {
         );
     }
 }
+
+/// `auto_remove` (docker's `--rm`): the run is there while it runs and deleted, with its
+/// output, once it has ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_with_auto_remove_is_deleted_once_it_has_ended() {
+    let podman = Podman::start();
+    let (_dir, keys, app) = runner(&podman.url());
+    let alice = keys.mint("alice", &ALL, Duration::from_secs(300));
+    let run = create_run(
+        &app,
+        &alice,
+        json!({"argv": ["sh", "-c", "echo bye"], "auto_remove": true}),
+    )
+    .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    let _cleanup = Cleanup(&podman, vec![id.clone()]);
+    assert_eq!(run["auto_remove"], true);
+    let got = follow(&app, &alice, &id).await;
+    assert!(
+        matches!(got.last(), Some(LogFrame::Exit { .. })),
+        "a follower still sees the end: {got:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = call(
+            &app,
+            Method::GET,
+            &format!("{RUNS}/{id}"),
+            Some(&alice),
+            None,
+        )
+        .await;
+        if reply.status == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not deleted: {:?}",
+            reply.json()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

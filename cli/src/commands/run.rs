@@ -43,8 +43,9 @@ pub struct Args {
     /// (and terminal) wait for `bus containers attach`.
     #[arg(short, long)]
     detach: bool,
-    /// Delete the run and its stored output once it has ended and bus has printed it.
-    #[arg(long, conflicts_with_all = ["detach", "service"])]
+    /// Delete the run and its stored output once it has ended and bus has printed it; with
+    /// -d, the runner deletes it when it ends.
+    #[arg(long, conflicts_with = "service")]
     rm: bool,
     /// Run a long-lived service: return once its published port (-p) accepts connections and
     /// print its URL, or fail with its last output. It has no timeout of its own and is
@@ -166,6 +167,8 @@ impl Args {
             pull: self.pull.policy() as i32,
             credentials,
             service: self.service,
+            // Followed, bus deletes the run itself once it has printed all of it.
+            auto_remove: rm && detach,
         };
         if self.service {
             return service(ctx, spec).await;
@@ -268,6 +271,7 @@ async fn remove(ctx: &Ctx, run_id: &str) {
 /// on stderr saying how it ended; one that failed to start prints the reason and exits 125, or
 /// as a shell would when its command was not found (127) or not executable (126).
 async fn detached(ctx: &Ctx, spec: RunSpec) -> Result<u8, CliError> {
+    let auto_remove = spec.auto_remove;
     let request = ctx.request(CreateRunRequest {
         spec: Some(spec),
         wait_running: true,
@@ -286,11 +290,16 @@ async fn detached(ctx: &Ctx, spec: RunSpec) -> Result<u8, CliError> {
         });
     }
     println!("{id}");
+    // With --rm an ended run is gone, and its output with it.
+    let read_it = if auto_remove {
+        " (and was deleted: --rm)".to_owned()
+    } else {
+        format!("; `bus containers logs {id}` prints its output")
+    };
     match state {
         RunState::Running => {}
         RunState::Exited => eprintln!(
-            "bus: note: run {id} already exited with code {}; `bus containers logs {id}` \
-             prints its output",
+            "bus: note: run {id} already exited with code {}{read_it}",
             run.exit_code.unwrap_or_default()
         ),
         RunState::Queued | RunState::Starting | RunState::Unspecified => eprintln!(
@@ -298,8 +307,7 @@ async fn detached(ctx: &Ctx, spec: RunSpec) -> Result<u8, CliError> {
             render::state_name(run.state)
         ),
         RunState::Failed | RunState::Stopped | RunState::TimedOut => eprintln!(
-            "bus: note: run {id} already ended {}{}; `bus containers logs {id}` prints its \
-             output",
+            "bus: note: run {id} already ended {}{}{read_it}",
             render::state_name(run.state),
             with_reason(&run.reason)
         ),

@@ -386,6 +386,7 @@ fn create_run(spec: Option<pb::RunSpec>) -> Result<CreateRun, Error> {
             password: c.password,
         }),
         service: spec.service,
+        auto_remove: spec.auto_remove,
     })
 }
 

@@ -66,17 +66,29 @@ pub const COMMAND_NOT_EXECUTABLE: &str = "command not executable";
 pub const OUTPUT_LIMIT: &str = "output limit reached";
 
 /// Starts executing `spec` as the run `entry` on a task of its own; a storage subpath is
-/// staged below `mounts_dir` (see [`storage`]).
+/// staged below `mounts_dir` (see [`storage`]). A run with `auto_remove` is deleted from
+/// `store` once it has ended.
 pub fn spawn(
     engine: Arc<Engine>,
     entry: Arc<Entry>,
     spec: RunSpec,
     mounts_dir: PathBuf,
+    store: Store,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         execute(&engine, &entry, &spec, &mounts_dir).await;
         log_end(&entry);
+        remove_if_asked(&store, &entry);
     })
+}
+
+/// Deletes an ended run that asked for it (`auto_remove`, docker's `--rm`), as `DELETE` would;
+/// its detached execs' files go at the runner's next start, as those of runs retention
+/// deleted do.
+fn remove_if_asked(store: &Store, entry: &Entry) {
+    if entry.snapshot().options.auto_remove && store.remove(&entry.owner, &entry.id).is_some() {
+        tracing::info!(run = %entry.id, "run deleted once ended, as it asked");
+    }
 }
 
 fn log_end(entry: &Entry) {
@@ -598,7 +610,8 @@ pub async fn readopt(engine: &Arc<Engine>, store: &Store) -> Result<Readopted, E
                     }
                 };
                 let exited = status != ContainerStatus::Running;
-                adopt(engine.clone(), entry, container, stored, exited);
+                let store = store.clone();
+                adopt(engine.clone(), (store, entry), container, stored, exited);
                 if exited {
                     done.ended += 1;
                 } else {
@@ -679,7 +692,7 @@ pub fn spawn_readopt(engine: Arc<Engine>, store: Store) -> JoinHandle<Readopted>
 /// code recorded.
 fn adopt(
     engine: Arc<Engine>,
-    entry: Arc<Entry>,
+    (store, entry): (Store, Arc<Entry>),
     container: String,
     stored: Option<[u64; 2]>,
     exited: bool,
@@ -718,6 +731,7 @@ fn adopt(
             .finish(ended.state, ended.exit_code, ended.reason)
             .await;
         log_end(&entry);
+        remove_if_asked(&store, &entry);
     });
 }
 

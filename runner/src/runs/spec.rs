@@ -67,6 +67,8 @@ pub struct RunSpec {
     /// Whether the run is a service: started again when its command fails, with no timeout
     /// of its own.
     pub service: bool,
+    /// Whether the run is deleted, with its stored output, once it has ended.
+    pub auto_remove: bool,
     /// The caller's labels.
     pub labels: BTreeMap<String, String>,
     /// When to kill the run.
@@ -288,6 +290,7 @@ impl RunSpec {
             participant: req.participant,
             role: req.role,
             service: req.service,
+            auto_remove: req.auto_remove,
             labels: req.labels,
             timeout,
             network: profile.network,

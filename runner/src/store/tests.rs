@@ -366,6 +366,7 @@ async fn run_options_survive_a_reopen_and_a_version_1_database_opens() {
         max_output_mb: Some(8),
         service: true,
         restarts: 2,
+        auto_remove: true,
     };
     {
         let s = Store::open(&dir.0).unwrap();
@@ -389,6 +390,7 @@ async fn run_options_survive_a_reopen_and_a_version_1_database_opens() {
         (true, &options.storage, Some(64))
     );
     assert_eq!(run.options.max_output_mb, Some(8));
+    assert!(run.options.auto_remove);
     assert_eq!((run.options.service, run.options.restarts), (true, 2));
     assert_eq!(
         (

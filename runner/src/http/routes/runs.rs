@@ -200,6 +200,7 @@ pub async fn create(
             max_output_mb: spec.max_output_mb,
             service: spec.service,
             restarts: 0,
+            auto_remove: spec.auto_remove,
         },
     };
     // A service runs until stopped, or until the plan's run-seconds are used up; the spec
@@ -233,7 +234,13 @@ pub async fn create(
         &mut spec,
     );
     let mounts_dir = crate::runs::storage::mounts_dir(state.store());
-    executor::spawn(state.engine().clone(), entry.clone(), spec, mounts_dir);
+    executor::spawn(
+        state.engine().clone(),
+        entry.clone(),
+        spec,
+        mounts_dir,
+        state.store().clone(),
+    );
     drop(admission);
     let run = match start_wait {
         Some(wait) => answer_waited(&entry, wait).await,

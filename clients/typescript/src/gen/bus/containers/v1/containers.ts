@@ -349,6 +349,11 @@ export interface RunSpec {
    * run-seconds bound it), and is started again when its command fails (at most 3 times).
    */
   service: boolean;
+  /**
+   * Delete the run and its stored output once it has ended (docker's `--rm`), as a
+   * `DeleteRun` would; for a run nobody follows to its end.
+   */
+  autoRemove: boolean;
 }
 
 export interface RunSpec_EnvEntry {
@@ -808,6 +813,7 @@ function createBaseRunSpec(): RunSpec {
     pull: 0,
     credentials: undefined,
     service: false,
+    autoRemove: false,
   };
 }
 
@@ -863,6 +869,9 @@ export const RunSpec: MessageFns<RunSpec> = {
     }
     if (message.service !== false) {
       writer.uint32(136).bool(message.service);
+    }
+    if (message.autoRemove !== false) {
+      writer.uint32(144).bool(message.autoRemove);
     }
     return writer;
   },
@@ -1022,6 +1031,14 @@ export const RunSpec: MessageFns<RunSpec> = {
             message.service = reader.bool();
             continue;
           }
+          case 18: {
+            if (tag !== 144) {
+              break;
+            }
+
+            message.autoRemove = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1085,6 +1102,11 @@ export const RunSpec: MessageFns<RunSpec> = {
       pull: isSet(object.pull) ? pullPolicyFromJSON(object.pull) : 0,
       credentials: isSet(object.credentials) ? RegistryLogin.fromJSON(object.credentials) : undefined,
       service: isSet(object.service) ? globalThis.Boolean(object.service) : false,
+      autoRemove: isSet(object.autoRemove)
+        ? globalThis.Boolean(object.autoRemove)
+        : isSet(object.auto_remove)
+        ? globalThis.Boolean(object.auto_remove)
+        : false,
     };
   },
 
@@ -1153,6 +1175,9 @@ export const RunSpec: MessageFns<RunSpec> = {
     if (message.service !== false) {
       obj.service = message.service;
     }
+    if (message.autoRemove !== false) {
+      obj.autoRemove = message.autoRemove;
+    }
     return obj;
   },
 
@@ -1198,6 +1223,7 @@ export const RunSpec: MessageFns<RunSpec> = {
       ? RegistryLogin.fromPartial(object.credentials)
       : undefined;
     message.service = object.service ?? false;
+    message.autoRemove = object.autoRemove ?? false;
     return message;
   },
 };

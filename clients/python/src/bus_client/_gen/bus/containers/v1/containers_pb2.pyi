@@ -272,6 +272,7 @@ class RunSpec(_message.Message):
     PULL_FIELD_NUMBER: _builtins.int
     CREDENTIALS_FIELD_NUMBER: _builtins.int
     SERVICE_FIELD_NUMBER: _builtins.int
+    AUTO_REMOVE_FIELD_NUMBER: _builtins.int
     profile: _builtins.str
     image: _builtins.str
     workdir: _builtins.str
@@ -291,6 +292,10 @@ class RunSpec(_message.Message):
     service: _builtins.bool
     """A long-running service: it publishes a TCP port, has no timeout of its own (the plan's
     run-seconds bound it), and is started again when its command fails (at most 3 times).
+    """
+    auto_remove: _builtins.bool
+    """Delete the run and its stored output once it has ended (docker's `--rm`), as a
+    `DeleteRun` would; for a run nobody follows to its end.
     """
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -336,10 +341,11 @@ class RunSpec(_message.Message):
         pull: Global___PullPolicy.ValueType = ...,
         credentials: Global___RegistryLogin | None = ...,
         service: _builtins.bool = ...,
+        auto_remove: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials", "storage", b"storage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "credentials", b"credentials", "env", b"env", "image", b"image", "labels", b"labels", "name", b"name", "participant", b"participant", "ports", b"ports", "profile", b"profile", "pull", b"pull", "role", b"role", "service", b"service", "stdin", b"stdin", "storage", b"storage", "timeout_seconds", b"timeout_seconds", "tty", b"tty", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "auto_remove", b"auto_remove", "credentials", b"credentials", "env", b"env", "image", b"image", "labels", b"labels", "name", b"name", "participant", b"participant", "ports", b"ports", "profile", b"profile", "pull", b"pull", "role", b"role", "service", b"service", "stdin", b"stdin", "storage", b"storage", "timeout_seconds", b"timeout_seconds", "tty", b"tty", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
