@@ -802,3 +802,34 @@ async fn logs_tail_and_stream_filters() {
     .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
 }
+
+/// A run with `auto_remove` that a restarted runner re-adopted is still deleted once it ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_re_adopted_run_with_auto_remove_is_deleted_once_it_ends() {
+    let podman = Podman::start();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let log = dir.path().join("runner.log");
+    let mut first = serve(&podman, &state, &log);
+    let token = mint(&state, "alice");
+    let client = Client::new(first.origin(), &token);
+    let id = client
+        .create(json!({"argv": ["sh", "-c", "echo up; sleep 2"], "auto_remove": true}))
+        .await;
+    let _cleanup = Cleanup(&podman, vec![format!("bus-{id}")]);
+    client.wait_state(&id, "running", |s| s == "running").await;
+    first.kill();
+
+    let second = serve(&podman, &state, &log);
+    let client = Client::new(second.origin(), &token);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, run) = client.run(&id).await;
+        if status == 404 {
+            break;
+        }
+        assert_eq!(status, 200, "{run}");
+        assert!(Instant::now() < deadline, "never deleted: {run}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
