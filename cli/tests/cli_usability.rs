@@ -102,7 +102,8 @@ fn json_output_and_quiet_have_the_documented_shape() {
     assert_run_shape(&one);
     assert_eq!(one["id"], id.as_str());
 
-    // -q: ids only, for both; `ls` and `ps` are `runs`, as in docker.
+    // -q: ids only, for both; `ls` and `ps` are `runs`, as in docker, and `-a` (every run)
+    // is what they list anyway.
     for list in ["runs", "ls", "ps"] {
         assert_eq!(
             stdout(&stack.run(&["containers", list, "-q"])),
@@ -110,6 +111,10 @@ fn json_output_and_quiet_have_the_documented_shape() {
             "{list}"
         );
     }
+    assert_eq!(
+        stdout(&stack.run(&["containers", "ps", "-a", "-q"])),
+        format!("{id}\n")
+    );
     assert_eq!(
         stdout(&stack.run(&["containers", "get", "-q", &id])),
         format!("{id}\n")

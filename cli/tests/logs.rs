@@ -70,7 +70,7 @@ fn logs_of_an_ended_run_can_be_resumed_tailed_and_filtered() {
         ("3", "4\n5\nsix 6\n"),
         ("10", "1\n2\n3\n4\n5\nsix 6\n"),
     ] {
-        let out = stack.run(&["containers", "logs", "--tail", tail, &lines]);
+        let out = stack.run(&["containers", "logs", "-n", tail, &lines]);
         assert_eq!(stdout(&out), want, "--tail {tail}");
         let followed = stack.run(&["containers", "logs", "-f", "--tail", tail, &lines]);
         assert_eq!(stdout(&followed), want, "-f --tail {tail}");

@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long, value_name = "N", conflicts_with = "tail")]
     since_seq: Option<u64>,
     /// Only the last N lines that exist now (0: none; with -f, only what comes next).
-    #[arg(long, value_name = "N")]
+    #[arg(short = 'n', long, value_name = "N")]
     tail: Option<u32>,
     /// Only output written since this time: a duration before now (10m, 1h30m) or an RFC 3339
     /// time (2026-12-01T14:00:00Z).

@@ -48,6 +48,10 @@ struct Filter {
     /// At most this many runs, newest first
     #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     limit: Option<u32>,
+    /// Runs in every state, which is what is listed anyway (docker's `ps -a`; `--state
+    /// running` lists what `docker ps` does)
+    #[arg(short, long, conflicts_with = "state")]
+    all: bool,
 }
 
 /// A run state as `--state` takes it.
