@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -30,6 +30,26 @@ fn serve(podman: &Podman, state: &Path, log: &Path) -> RunnerProcess {
         .unwrap()
         .log(log)
         .spawn()
+}
+
+/// A runner on a fresh state dir, for a test that kills it and serves that dir again: the
+/// engine, the temporary dir (state and log live in it), the state dir, the log, the running
+/// process and alice's token.
+fn first_runner() -> (
+    Podman,
+    tempfile::TempDir,
+    PathBuf,
+    PathBuf,
+    RunnerProcess,
+    String,
+) {
+    let podman = Podman::start();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let log = dir.path().join("runner.log");
+    let first = serve(&podman, &state, &log);
+    let token = mint(&state, "alice");
+    (podman, dir, state, log, first, token)
 }
 
 /// A token for `account` with every container scope, from `bus-runner token`.
@@ -136,12 +156,7 @@ fn line_numbers(text: &str) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_survives_a_runner_killed_with_sigkill() {
-    let podman = Podman::start();
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let log = dir.path().join("runner.log");
-    let mut first = serve(&podman, &state, &log);
-    let token = mint(&state, "alice");
+    let (podman, _dir, state, log, mut first, token) = first_runner();
     let client = Client::new(first.origin(), &token);
 
     const LINES: u32 = 300;
@@ -255,12 +270,7 @@ async fn a_run_survives_a_runner_killed_with_sigkill() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_container_removed_while_the_runner_was_down_fails_the_run() {
-    let podman = Podman::start();
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let log = dir.path().join("runner.log");
-    let mut first = serve(&podman, &state, &log);
-    let token = mint(&state, "alice");
+    let (podman, _dir, state, log, mut first, token) = first_runner();
     let client = Client::new(first.origin(), &token);
     let id = client.create(json!({"argv": ["sleep", "60"]})).await;
     let name = format!("bus-{id}");
@@ -432,12 +442,7 @@ async fn recovers_output_written_while_down(
     down: Duration,
     exit_meanwhile: bool,
 ) {
-    let podman = Podman::start();
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let log = dir.path().join("runner.log");
-    let mut first = serve(&podman, &state, &log);
-    let token = mint(&state, "alice");
+    let (podman, _dir, state, log, mut first, token) = first_runner();
     let client = Client::new(first.origin(), &token);
     let id = client
         .create(json!({"argv": ["sh", "-c", two_streams(lines, pause)]}))
@@ -806,12 +811,7 @@ async fn logs_tail_and_stream_filters() {
 /// A run with `auto_remove` that a restarted runner re-adopted is still deleted once it ends.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_re_adopted_run_with_auto_remove_is_deleted_once_it_ends() {
-    let podman = Podman::start();
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let log = dir.path().join("runner.log");
-    let mut first = serve(&podman, &state, &log);
-    let token = mint(&state, "alice");
+    let (podman, _dir, state, log, mut first, token) = first_runner();
     let client = Client::new(first.origin(), &token);
     let id = client
         .create(json!({"argv": ["sh", "-c", "echo up; sleep 2"], "auto_remove": true}))
