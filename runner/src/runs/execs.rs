@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 use crate::engine::{Chunk, Engine, Output, engine_message};
 use crate::runs::executor::OUTPUT_LIMIT;
-use crate::store::Store;
+use crate::store::{Store, output_limit_bytes, within_output_limit};
 
 /// How long the engine may take to report an exit code after the output ended.
 const EXIT_CODE_LIMIT: Duration = Duration::from_secs(30);
@@ -431,7 +431,7 @@ async fn capture(
     mut file: tokio::fs::File,
     max_output_mb: Option<u32>,
 ) {
-    let limit = max_output_mb.map(|mb| u64::from(mb) * 1024 * 1024);
+    let limit = output_limit_bytes(max_output_mb);
     let mut limited = false;
     let mut failure = None;
     while let Some(item) = output.next().await {
@@ -450,8 +450,8 @@ async fn capture(
             continue;
         }
         let taken = exec.progress.borrow().output_bytes;
-        let room = limit.map_or(u64::MAX, |limit| limit.saturating_sub(taken));
-        let data = if data.len() as u64 > room {
+        let (data, over) = within_output_limit(limit, taken, data);
+        if over {
             limited = true;
             tracing::info!(
                 exec = exec.id(),
@@ -460,10 +460,7 @@ async fn capture(
             if let Err(e) = signal_exec(&engine, &engine_exec, SIGKILL).await {
                 tracing::warn!(exec = exec.id(), error = %e, "kill at the output limit failed; its further output is dropped");
             }
-            data.slice(..room as usize)
-        } else {
-            data
-        };
+        }
         if data.is_empty() {
             continue;
         }

@@ -68,10 +68,7 @@ impl Entry {
             owner: owner.to_owned(),
             serial,
             timeout,
-            output_limit: record
-                .options
-                .max_output_mb
-                .map(|mb| u64::from(mb) * 1024 * 1024),
+            output_limit: super::output_limit_bytes(record.options.max_output_mb),
             data: Mutex::new(Data {
                 record,
                 container,
@@ -323,15 +320,9 @@ impl Entry {
 
     /// What of `bytes` fits under the run's output limit, counted as taken; marks the run
     /// limited (and wakes whoever waits for it) when some did not fit.
-    fn within_limit(&self, mut bytes: Bytes) -> Bytes {
+    fn within_limit(&self, bytes: Bytes) -> Bytes {
         let mut data = self.data();
-        let room = self
-            .output_limit
-            .map_or(u64::MAX, |limit| limit.saturating_sub(data.output_bytes));
-        let over = bytes.len() as u64 > room;
-        if over {
-            bytes.truncate(room as usize);
-        }
+        let (bytes, over) = super::within_output_limit(self.output_limit, data.output_bytes, bytes);
         data.output_bytes += bytes.len() as u64;
         if over && !data.output_limited {
             data.output_limited = true;

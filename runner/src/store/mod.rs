@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use bus_api::frames::Output;
 use bus_api::{LogFrame, Run, RunState};
+use bytes::Bytes;
 use time::OffsetDateTime;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -51,6 +52,22 @@ pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 pub const USAGE_WINDOW: Duration = crate::config::MAX_PERIOD;
 /// Output bytes read from containers but not yet committed, at most (all runs together).
 const OUTPUT_BUDGET: usize = 16 * 1024 * 1024;
+
+/// A run's output limit (`max_output_mb`) in bytes; `None` for no limit.
+pub fn output_limit_bytes(max_output_mb: Option<u32>) -> Option<u64> {
+    max_output_mb.map(|mb| u64::from(mb) * 1024 * 1024)
+}
+
+/// What of `bytes` fits under `limit` when `taken` bytes are held already, and whether some
+/// did not fit (the run's, or a detached exec's, output reached its limit).
+pub fn within_output_limit(limit: Option<u64>, taken: u64, mut bytes: Bytes) -> (Bytes, bool) {
+    let room = limit.map_or(u64::MAX, |limit| limit.saturating_sub(taken));
+    let over = bytes.len() as u64 > room;
+    if over {
+        bytes.truncate(room as usize);
+    }
+    (bytes, over)
+}
 
 /// Makes a new run id: `run_` and 32 hex digits (128 random bits).
 pub fn new_run_id() -> String {
