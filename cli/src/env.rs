@@ -46,8 +46,12 @@ pub fn parse_env(s: &str) -> Result<Option<(String, String)>, String> {
 /// The variables of an `--env-file`: each line as `-e` takes it (the value as written, quotes
 /// and all, as docker reads it), `#` comments and blank lines skipped.
 fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, CliError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CliError::Usage(format!("cannot read --env-file {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CliError::Usage(format!(
+            "cannot read --env-file {}: {e}; give the path of a readable file",
+            path.display()
+        ))
+    })?;
     let mut env = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim_start();
@@ -112,6 +116,9 @@ mod tests {
         }
         .resolve()
         .unwrap_err();
-        assert!(matches!(missing, CliError::Usage(_)), "{missing}");
+        assert!(
+            matches!(&missing, CliError::Usage(line) if line.contains("give the path")),
+            "{missing}"
+        );
     }
 }
