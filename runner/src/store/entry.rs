@@ -7,7 +7,7 @@ use std::time::Duration;
 use bus_api::{LogFrame, Run, RunState, Stream};
 use bytes::Bytes;
 use time::OffsetDateTime;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
 use super::db::Cmd;
 use super::{Link, MAX_FRAME_BYTES, wall_seconds};
@@ -29,6 +29,9 @@ pub struct Entry {
     output_limit: Option<u64>,
     pub(super) data: Mutex<Data>,
     pub(super) changed: watch::Sender<()>,
+    /// Told once when the output reaches the limit: whoever waits for that (the executor)
+    /// is not woken by every stored frame, as `changed` wakes followers.
+    limit_reached: Notify,
     pub(super) link: Arc<Link>,
 }
 
@@ -82,6 +85,7 @@ impl Entry {
                 output_limited: false,
             }),
             changed: watch::Sender::new(()),
+            limit_reached: Notify::new(),
             link,
         }
     }
@@ -290,7 +294,10 @@ impl Entry {
 
     /// Waits until the output reaches the run's limit.
     pub async fn until_output_limited(&self) {
-        self.until(|data| data.output_limited).await
+        // `notify_one` keeps a permit when nobody waits yet, so the limit is never missed.
+        if !self.output_limited() {
+            self.limit_reached.notified().await;
+        }
     }
 
     /// Appends output, split into frames of at most [`MAX_FRAME_BYTES`]; waits while too much
@@ -327,6 +334,7 @@ impl Entry {
         if over && !data.output_limited {
             data.output_limited = true;
             drop(data);
+            self.limit_reached.notify_one();
             self.notify();
         }
         bytes
