@@ -2,9 +2,10 @@
 //!
 //! glibc's malloc keeps what each thread's arena once held: after a thousand streams close, a
 //! server stays at that high-water mark although the memory is free, and only what sits at the
-//! top of an arena is ever returned by itself. busd and bus-runner call [`trim_periodically`]
-//! once at start; every [`TRIM_EVERY`] it hands the free pages of every arena back to the
-//! system (`malloc_trim`), which takes well under a millisecond for heaps of their size.
+//! top of an arena is ever returned by itself. bus-runner calls [`trim_periodically`] once at
+//! start (busd allocates with mimalloc, which gives freed pages back by itself); every
+//! [`TRIM_EVERY`] it hands the free pages of every arena back to the system (`malloc_trim`),
+//! which takes well under a millisecond for heaps of its size.
 //! Without glibc (musl, other systems) [`trim`] does nothing.
 
 use std::time::Duration;
