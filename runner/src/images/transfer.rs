@@ -14,7 +14,7 @@ use super::progress::{Progress, progress};
 use super::refs::{self, ImageRef, Name};
 use super::stored::{self, StoragePathError};
 use super::{ImageError, Images, Source, archive};
-use crate::engine::{EngineError, RegistryAuth, VolumeError, engine_message};
+use crate::engine::{Engine, EngineError, RegistryAuth, VolumeError, engine_message};
 
 impl Images {
     /// Pulls `request.reference` for the caller. Refusals the engine gives at once (a bad
@@ -202,33 +202,29 @@ impl Images {
             }
         }
         let _claim = self.claim(owner, &names, Source::Load)?;
-        let mut stream = self.engine()?.load(&spooled.path);
-        let mut loaded = Vec::new();
-        while let Some(item) = stream.next().await {
-            let info = item.map_err(|e| match e {
-                EngineError::Status {
-                    status: 400..=500,
-                    message,
-                } => ImageError::Invalid(format!(
-                    "the engine cannot load the archive: {}",
-                    message.lines().next().unwrap_or_default().trim()
-                )),
-                EngineError::Stream(error) => {
-                    ImageError::Invalid(format!("the engine cannot load the archive: {error}"))
-                }
-                other => ImageError::Engine(other),
-            })?;
-            for text in [info.stream, info.status].into_iter().flatten() {
-                for line in text.lines() {
-                    if let Some(rest) = line.trim().strip_prefix("Loaded image") {
-                        let rest = rest.trim_start_matches(['s', ':', ' ']);
-                        loaded.extend(rest.split(',').map(|s| s.trim().to_owned()));
-                    }
-                }
-            }
-        }
-        let db = self.db()?;
         let engine = self.engine()?;
+        let loaded = match engine_load(engine, &spooled.path).await {
+            // Loading the same archive again is harmless, and the race is brief.
+            Err(e) if is_parent_race(&e) => {
+                tracing::warn!(owner, error = %e, "an image went during the load; loading again");
+                engine_load(engine, &spooled.path).await
+            }
+            other => other,
+        }
+        .map_err(|e| match e {
+            EngineError::Status {
+                status: 400..=500,
+                message,
+            } => ImageError::Invalid(format!(
+                "the engine cannot load the archive: {}",
+                message.lines().next().unwrap_or_default().trim()
+            )),
+            EngineError::Stream(error) => {
+                ImageError::Invalid(format!("the engine cannot load the archive: {error}"))
+            }
+            other => ImageError::Engine(other),
+        })?;
+        let db = self.db()?;
         let mut ids = Vec::new();
         for text in loaded.iter().filter(|t| !t.is_empty()) {
             let Some(inspect) = engine.inspect_image(text).await? else {
@@ -383,4 +379,57 @@ fn registry_auth(request: &RegistryRequest, name: &Name) -> Option<RegistryAuth>
         password: c.password.clone(),
         server: name.domain().to_owned(),
     })
+}
+
+/// Has `engine` load the archive at `path`; the names it reports loaded.
+async fn engine_load(engine: &Engine, path: &Path) -> Result<Vec<String>, EngineError> {
+    let mut stream = engine.load(path);
+    let mut loaded = Vec::new();
+    while let Some(item) = stream.next().await {
+        let info = item?;
+        for text in [info.stream, info.status].into_iter().flatten() {
+            for line in text.lines() {
+                if let Some(rest) = line.trim().strip_prefix("Loaded image") {
+                    let rest = rest.trim_start_matches(['s', ':', ' ']);
+                    loaded.extend(rest.split(',').map(|s| s.trim().to_owned()));
+                }
+            }
+        }
+    }
+    Ok(loaded)
+}
+
+/// Whether a load failed because an image the engine walked during it was removed meanwhile
+/// by another client: Podman 4 reads every stored image's parent during a load, and answers
+/// HTTP 500 "retrieving parent of image …: image not known" for one removed under it.
+fn is_parent_race(error: &EngineError) -> bool {
+    matches!(error, EngineError::Status { status: 500, message }
+        if message.contains("retrieving parent of image") && message.contains("image not known"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: u16, message: &str) -> EngineError {
+        EngineError::Status {
+            status,
+            message: message.to_owned(),
+        }
+    }
+
+    #[test]
+    fn only_a_parent_lost_during_the_load_is_loaded_again() {
+        // What Podman 4.3 answered when another client removed an image during a load.
+        let race = "retrieving parent of image \"a199\": you may need to remove the image to \
+                    resolve the error: image not known";
+        assert!(is_parent_race(&status(500, race)));
+        assert!(!is_parent_race(&status(400, race)));
+        assert!(!is_parent_race(&status(
+            500,
+            "payload does not match any of the supported image formats"
+        )));
+        assert!(!is_parent_race(&status(500, "image not known")));
+        assert!(!is_parent_race(&EngineError::Stream(race.to_owned())));
+    }
 }
