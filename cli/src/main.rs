@@ -174,7 +174,9 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            if let Some(line) = usage::command_without_dashes(&e, &args) {
+            let hint = usage::command_without_dashes(&e, &args)
+                .or_else(|| usage::docker_only_flag(&e, &args));
+            if let Some(line) = hint {
                 eprintln!("bus: error: {line}");
                 return ExitCode::from(2);
             }

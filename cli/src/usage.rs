@@ -63,6 +63,80 @@ pub fn command_without_dashes(error: &clap::Error, args: &[OsString]) -> Option<
     Some(hint)
 }
 
+/// Flags of `docker run` and `docker exec` that bus has no flag for, each with where that
+/// setting lives in bus.
+const DOCKER_ONLY: &[(&[&str], &str)] = &[
+    (
+        &["-v", "--volume", "--mount"],
+        "a run cannot mount host paths; --mount-path DIR mounts the account's persistent \
+         storage there (--mount-subpath SUB a directory of it)",
+    ),
+    (
+        &[
+            "-m",
+            "--memory",
+            "--memory-swap",
+            "--cpus",
+            "--cpu-shares",
+            "--pids-limit",
+        ],
+        "a run's limits come from its profile: choose one with --profile NAME (`bus containers \
+         status` lists them)",
+    ),
+    (
+        &["--network", "--net"],
+        "a run's network comes from its profile: choose one with --profile NAME (`bus \
+         containers status` lists them), or publish a port with -p, which picks one with a \
+         bridge network",
+    ),
+    (
+        &["-u", "--user"],
+        "commands run as the image's user (its USER); use an image that sets the user you want",
+    ),
+    (
+        &["--entrypoint"],
+        "the command after `--` replaces the image's CMD and keeps its ENTRYPOINT; use an image \
+         whose ENTRYPOINT is the one you want",
+    ),
+    (
+        &["--restart"],
+        "--service starts a long-lived run that fails again (at most 3 times)",
+    ),
+    (
+        &["--privileged", "--cap-add", "--device", "--security-opt"],
+        "runs are unprivileged, and no flag changes that",
+    ),
+];
+
+/// For a `docker run`/`docker exec` flag given to `containers run` or `containers exec` that
+/// bus does not take (clap sees an unexpected argument): one line saying where that setting
+/// lives in bus, instead of clap's tip to put the flag after `--`, which would make it part of
+/// the command.
+pub fn docker_only_flag(error: &clap::Error, args: &[OsString]) -> Option<String> {
+    if error.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(unexpected)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let flag = unexpected
+        .split_once('=')
+        .map_or(unexpected.as_str(), |(f, _)| f);
+    // clap takes every word after `--` as the command's, so the flag came before it.
+    let run_or_exec = args.windows(2).any(|w| {
+        w[0].to_str() == Some("containers") && matches!(w[1].to_str(), Some("run" | "exec"))
+    });
+    if !run_or_exec {
+        return None;
+    }
+    let (_, why) = DOCKER_ONLY
+        .iter()
+        .find(|(flags, _)| flags.contains(&flag))?;
+    Some(format!(
+        "unexpected argument '{flag}', a docker flag: {why}"
+    ))
+}
+
 /// `arg` as a POSIX shell word.
 fn shell_quote(arg: &str) -> String {
     let plain = !arg.is_empty()

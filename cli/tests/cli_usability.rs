@@ -783,6 +783,49 @@ fn a_command_without_dashes_gets_the_dashed_form() {
 }
 
 #[test]
+fn a_docker_flag_bus_does_not_take_says_where_its_setting_lives() {
+    let stack = Stack::start(bins());
+    let cases: [(&[&str], &str); 7] = [
+        (&["run", "-v", "/tmp:/data"], "--mount-path DIR"),
+        (&["run", "--memory=256m"], "--profile NAME"),
+        (&["run", "--cpus", "1"], "--profile NAME"),
+        (&["run", "--network", "none"], "--profile NAME"),
+        (&["run", "--entrypoint", "sh"], "keeps its ENTRYPOINT"),
+        (&["run", "--restart", "always", "-d"], "--service"),
+        (&["exec", "-u", "root", "run_0123"], "the image's user"),
+    ];
+    for (args, hint) in cases {
+        let mut full = vec!["containers"];
+        full.extend_from_slice(args);
+        full.extend(["--", "pwd"]);
+        let out = stack.run(&full);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let line = one_line_error(&out);
+        let flag = args[1].split('=').next().unwrap();
+        assert!(
+            line.starts_with(&format!(
+                "bus: error: unexpected argument '{flag}', a docker flag: "
+            )),
+            "{line}"
+        );
+        assert!(line.contains(hint), "{args:?}: {line}");
+        assert_cli_hint(&line);
+    }
+    // Where the hints point: the profiles `--profile` takes are listed, and one of them runs.
+    let status = stdout(&stack.run(&["containers", "status"]));
+    let profiles = status
+        .lines()
+        .find_map(|l| l.strip_prefix("profiles:"))
+        .unwrap_or_else(|| panic!("no profiles line: {status}"));
+    let first = profiles.split(',').next().unwrap().trim();
+    let out = stack.run(&["containers", "run", "--profile", first, "--", "echo", "ok"]);
+    assert_eq!(stdout(&out), "ok\n", "{out:?}");
+    // After `--` the same words are the command's.
+    let out = stack.run(&["containers", "run", "--", "echo", "-v", "--memory"]);
+    assert_eq!(stdout(&out), "-v --memory\n", "{out:?}");
+}
+
+#[test]
 fn hints_name_cli_commands_not_rest_calls() {
     // No token, or a token file that does not exist: `bus local up` / `bus auth token`.
     let bare = Stack::without_token(bins());

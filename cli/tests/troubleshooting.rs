@@ -266,6 +266,11 @@ fn produce() -> Vec<(&'static str, String)> {
         &["containers", "run", "sh", "-c", "echo hi"],
         &[],
     );
+    bus(
+        "a docker flag",
+        &["containers", "run", "--memory", "256m", "--", "true"],
+        &[],
+    );
     let unknown = "run_00000000000000000000000000000000";
     bus("no such run", &["containers", "get", unknown], &[]);
     bus(
