@@ -876,3 +876,34 @@ fn attach_takes_up_a_detached_run_s_stdin_and_exits_with_its_code() {
     assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ready\ngot hello\n");
 }
+
+#[test]
+fn stop_and_rm_take_docker_s_flags() {
+    let stack = Stack::start(bins());
+    // SIGTERM ends this command with 42; only SIGKILL ends it with 137.
+    let script = "trap 'exit 42' TERM; while :; do sleep 0.1; done";
+    let start = || {
+        let out = stack.run(&["containers", "run", "-d", "--", "sh", "-c", script]);
+        expect_success(&out).trim().to_owned()
+    };
+    let ended = |id: &str| {
+        let run = json(&stack, &["containers", "get", id, "-o", "json"]);
+        (run["state"].clone(), run["exit_code"].clone())
+    };
+    // `stop -t N` (`--time N`) is `--grace N`.
+    let id = start();
+    expect_success(&stack.run(&["containers", "stop", "--time", "5", &id]));
+    assert_eq!(ended(&id), ("stopped".into(), 42.into()));
+    // `-t 0` gives no grace: SIGKILL at once, not the runner's default grace.
+    let id = start();
+    expect_success(&stack.run(&["containers", "stop", "-t", "0", &id]));
+    assert_eq!(ended(&id), ("stopped".into(), 137.into()));
+    // `rm -f` deletes a run that is still running.
+    let id = start();
+    assert_eq!(
+        expect_success(&stack.run(&["containers", "rm", "-f", &id])).trim(),
+        id
+    );
+    let line = one_line_error(&stack.run(&["containers", "get", &id]));
+    assert!(line.contains(&format!("no run {id}")), "{line}");
+}

@@ -11,6 +11,10 @@ pub struct Args {
     /// The runs to delete, by id or name.
     #[arg(required = true, value_name = "RUN")]
     run_ids: Vec<String>,
+    /// Taken as docker's `rm -f` takes it: a run still running is killed and deleted, with
+    /// this flag or without it.
+    #[arg(short, long)]
+    force: bool,
 }
 
 impl Args {
