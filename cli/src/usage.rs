@@ -63,6 +63,46 @@ pub fn command_without_dashes(error: &clap::Error, args: &[OsString]) -> Option<
     Some(hint)
 }
 
+/// For a `containers` command given at the top, as docker takes `docker ps` and `docker run`
+/// (clap sees an unknown subcommand): one line showing the command line with `containers` in
+/// place, e.g. `bus containers ps`. `is_containers_command` tells the names (and aliases)
+/// `containers` takes.
+pub fn containers_command_at_top(
+    error: &clap::Error,
+    args: &[OsString],
+    is_containers_command: impl Fn(&str) -> bool,
+) -> Option<String> {
+    if error.kind() != ErrorKind::InvalidSubcommand {
+        return None;
+    }
+    let Some(ContextValue::String(word)) = error.get(ContextKind::InvalidSubcommand) else {
+        return None;
+    };
+    // At the top, not within another group (`bus images ps`): clap's usage line names the
+    // command it was parsing.
+    let at_top = match error.get(ContextKind::Usage) {
+        Some(ContextValue::StyledStr(usage)) => {
+            usage.to_string().contains("bus [OPTIONS] <COMMAND>")
+        }
+        _ => false,
+    };
+    if !at_top || !is_containers_command(word) {
+        return None;
+    }
+    let at = args
+        .iter()
+        .position(|a| a.to_str() == Some(word.as_str()))?;
+    let mut fixed: Vec<String> = args
+        .iter()
+        .map(|a| shell_quote(&a.to_string_lossy()))
+        .collect();
+    fixed.insert(at, "containers".to_owned());
+    Some(format!(
+        "unrecognized subcommand '{word}': it is a containers command: bus {}",
+        fixed.join(" ")
+    ))
+}
+
 /// Flags of `docker run` and `docker exec` that bus has no flag for, each with where that
 /// setting lives in bus.
 const DOCKER_ONLY: &[(&[&str], &str)] = &[

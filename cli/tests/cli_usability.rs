@@ -783,7 +783,7 @@ fn a_command_without_dashes_gets_the_dashed_form() {
 }
 
 #[test]
-fn a_docker_flag_bus_does_not_take_says_where_its_setting_lives() {
+fn docker_s_habits_get_one_line_saying_what_bus_takes() {
     let stack = Stack::start(bins());
     let cases: [(&[&str], &str); 7] = [
         (&["run", "-v", "/tmp:/data"], "--mount-path DIR"),
@@ -823,6 +823,39 @@ fn a_docker_flag_bus_does_not_take_says_where_its_setting_lives() {
     // After `--` the same words are the command's.
     let out = stack.run(&["containers", "run", "--", "echo", "-v", "--memory"]);
     assert_eq!(stdout(&out), "-v --memory\n", "{out:?}");
+
+    // docker's top-level `ps`, `run`, `rm`: the line with `containers` in place, which works.
+    let cases: [(&[&str], &str); 3] = [
+        (&["ps", "-q"], "bus containers ps -q"),
+        (
+            &["--timeout", "30s", "run", "--", "echo", "hi there"],
+            "bus --timeout 30s containers run -- echo 'hi there'",
+        ),
+        (&["rm", "run_0123"], "bus containers rm run_0123"),
+    ];
+    for (args, fixed) in cases {
+        let out = stack.run(args);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let line = one_line_error(&out);
+        assert!(
+            line.ends_with(&format!("it is a containers command: {fixed}")),
+            "{line}"
+        );
+    }
+    let out = stack.run(&[
+        "--timeout",
+        "30s",
+        "containers",
+        "run",
+        "--",
+        "echo",
+        "hi there",
+    ]);
+    assert_eq!(stdout(&out), "hi there\n", "{out:?}");
+    // Within another group the word is not a containers command there: clap's message.
+    let out = stack.run(&["images", "ps"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("containers command"));
 }
 
 #[test]

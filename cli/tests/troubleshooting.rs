@@ -266,6 +266,7 @@ fn produce() -> Vec<(&'static str, String)> {
         &["containers", "run", "sh", "-c", "echo hi"],
         &[],
     );
+    bus("a containers command at the top", &["ps"], &[]);
     bus(
         "a docker flag",
         &["containers", "run", "--memory", "256m", "--", "true"],
