@@ -420,7 +420,8 @@ mod tests {
 
     #[test]
     fn only_a_parent_lost_during_the_load_is_loaded_again() {
-        // What Podman 4.3 answered when another client removed an image during a load.
+        // The shape of Podman 4.3.1's answer when another client removed an image during a
+        // load (libimage's message; the id shortened).
         let race = "retrieving parent of image \"a199\": you may need to remove the image to \
                     resolve the error: image not known";
         assert!(is_parent_race(&status(500, race)));
