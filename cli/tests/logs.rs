@@ -69,6 +69,8 @@ fn logs_of_an_ended_run_can_be_resumed_tailed_and_filtered() {
         ("1", "six 6\n"),
         ("3", "4\n5\nsix 6\n"),
         ("10", "1\n2\n3\n4\n5\nsix 6\n"),
+        // docker's `--tail all`: every line.
+        ("all", "1\n2\n3\n4\n5\nsix 6\n"),
     ] {
         let out = stack.run(&["containers", "logs", "-n", tail, &lines]);
         assert_eq!(stdout(&out), want, "--tail {tail}");

@@ -31,9 +31,10 @@ pub struct Args {
     /// Only output after this seq (resume where an earlier read stopped).
     #[arg(long, value_name = "N", conflicts_with = "tail")]
     since_seq: Option<u64>,
-    /// Only the last N lines that exist now (0: none; with -f, only what comes next).
-    #[arg(short = 'n', long, value_name = "N")]
-    tail: Option<u32>,
+    /// Only the last N lines that exist now (0: none; with -f, only what comes next; `all`,
+    /// as docker takes it: every line).
+    #[arg(short = 'n', long, value_name = "N", value_parser = parse_tail)]
+    tail: Option<Tail>,
     /// Only output written since this time: a duration before now (10m, 1h30m) or an RFC 3339
     /// time (2026-12-01T14:00:00Z).
     #[arg(long, value_name = "WHEN", value_parser = parse_since)]
@@ -67,7 +68,7 @@ impl Args {
             exit_only: false,
         };
         let mut output = Output::lock().since(self.since).timestamps(self.timestamps);
-        if let Some(lines) = self.tail {
+        if let Some(Tail::Last(lines)) = self.tail {
             request.after_seq = print_last_lines(ctx, &request, lines, &mut output).await?;
             if !self.follow {
                 return Ok(0);
@@ -154,6 +155,25 @@ async fn print_last_lines(
 }
 
 /// `--since`: a duration before now, or an RFC 3339 time.
+/// How much of the output `--tail` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tail {
+    /// Every line, as without `--tail`.
+    All,
+    /// The last this many lines.
+    Last(u32),
+}
+
+/// A `--tail` value: a number of lines, or `all`.
+fn parse_tail(text: &str) -> Result<Tail, String> {
+    if text == "all" {
+        return Ok(Tail::All);
+    }
+    text.parse()
+        .map(Tail::Last)
+        .map_err(|_| format!("{text:?} is neither a number of lines nor `all`"))
+}
+
 fn parse_since(text: &str) -> Result<OffsetDateTime, String> {
     if let Ok(ago) = humantime::parse_duration(text) {
         return time::Duration::try_from(ago)
@@ -273,6 +293,20 @@ async fn stream_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tail_takes_a_number_of_lines_or_all() {
+        assert_eq!(parse_tail("3"), Ok(Tail::Last(3)));
+        assert_eq!(parse_tail("0"), Ok(Tail::Last(0)));
+        assert_eq!(parse_tail("all"), Ok(Tail::All));
+        for bad in ["-1", "ALL", "", "3 lines"] {
+            let err = parse_tail(bad).unwrap_err();
+            assert!(
+                err.contains(&format!("{bad:?}")) && !err.contains('\n'),
+                "{err}"
+            );
+        }
+    }
 
     fn chunks(parts: &[&str]) -> Vec<LogChunk> {
         parts
