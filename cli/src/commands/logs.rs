@@ -154,7 +154,6 @@ async fn print_last_lines(
     }
 }
 
-/// `--since`: a duration before now, or an RFC 3339 time.
 /// How much of the output `--tail` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tail {
@@ -174,6 +173,7 @@ fn parse_tail(text: &str) -> Result<Tail, String> {
         .map_err(|_| format!("{text:?} is neither a number of lines nor `all`"))
 }
 
+/// `--since`: a duration before now, or an RFC 3339 time.
 fn parse_since(text: &str) -> Result<OffsetDateTime, String> {
     if let Ok(ago) = humantime::parse_duration(text) {
         return time::Duration::try_from(ago)
