@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 use crate::engine::{Chunk, Engine, Output, engine_message};
 use crate::runs::executor::OUTPUT_LIMIT;
-use crate::store::{Store, output_limit_bytes, within_output_limit};
+use crate::store::{Entry, Store, output_limit_bytes, within_output_limit};
 
 /// How long the engine may take to report an exit code after the output ended.
 const EXIT_CODE_LIMIT: Duration = Duration::from_secs(30);
@@ -358,24 +358,21 @@ impl Execs {
         store.get(owner, &exec.saved.run_id).map(|_| exec)
     }
 
-    /// Records a started exec and copies its output to its file on a task of its own, until
-    /// the output ends and the status is stored. With `max_output_mb` (the run's), output past
-    /// it is dropped and the command killed.
-    #[allow(clippy::too_many_arguments, reason = "one exec's parts, passed once")]
+    /// Records an exec started in `run` and copies its output to its file on a task of its
+    /// own, until the output ends and the status is stored. Output past the run's
+    /// `max_output_mb` is dropped and the command killed.
     pub async fn start(
         &self,
         engine: Arc<Engine>,
-        owner: &str,
-        run_id: &str,
+        run: &Entry,
         command: Vec<String>,
         engine_exec: String,
         output: Output,
-        max_output_mb: Option<u32>,
     ) -> Result<Arc<Detached>, String> {
         let saved = Saved {
             id: new_exec_id(),
-            owner: owner.to_owned(),
-            run_id: run_id.to_owned(),
+            owner: run.owner.clone(),
+            run_id: run.id.clone(),
             command,
             created_at: OffsetDateTime::now_utc(),
             status: None,
@@ -396,9 +393,10 @@ impl Execs {
             engine,
             self.dir.clone(),
             exec.clone(),
-            (engine_exec, output),
+            engine_exec,
+            output,
             file,
-            max_output_mb,
+            run.snapshot().options.max_output_mb,
         ));
         Ok(exec)
     }
@@ -427,7 +425,8 @@ async fn capture(
     engine: Arc<Engine>,
     dir: PathBuf,
     exec: Arc<Detached>,
-    (engine_exec, mut output): (String, Output),
+    engine_exec: String,
+    mut output: Output,
     mut file: tokio::fs::File,
     max_output_mb: Option<u32>,
 ) {

@@ -610,8 +610,14 @@ pub async fn readopt(engine: &Arc<Engine>, store: &Store) -> Result<Readopted, E
                     }
                 };
                 let exited = status != ContainerStatus::Running;
-                let store = store.clone();
-                adopt(engine.clone(), (store, entry), container, stored, exited);
+                adopt(
+                    engine.clone(),
+                    store.clone(),
+                    entry,
+                    container,
+                    stored,
+                    exited,
+                );
                 if exited {
                     done.ended += 1;
                 } else {
@@ -689,10 +695,11 @@ pub fn spawn_readopt(engine: Arc<Engine>, store: Store) -> JoinHandle<Readopted>
 /// counts from `started_at`. With `stored` (the bytes of each stream the store holds), its
 /// output is read from the engine's log, skipping those bytes; without, it is attached to from
 /// now on. An `exited` container is not timed out: its log is read to the end and its exit
-/// code recorded.
+/// code recorded. A run with `auto_remove` is then deleted from `store`, as [`spawn`]'s is.
 fn adopt(
     engine: Arc<Engine>,
-    (store, entry): (Store, Arc<Entry>),
+    store: Store,
+    entry: Arc<Entry>,
     container: String,
     stored: Option<[u64; 2]>,
     exited: bool,

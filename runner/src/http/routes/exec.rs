@@ -310,12 +310,10 @@ pub async fn create_detached(
         .execs()
         .start(
             engine.clone(),
-            caller.account(),
-            &id,
+            &entry,
             spec.argv,
             engine_exec,
             streams.output,
-            entry.snapshot().options.max_output_mb,
         )
         .await
         .map_err(ApiError::ExecOutput)?;
