@@ -174,17 +174,13 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let hint = usage::command_without_dashes(&e, &args)
-                .or_else(|| usage::docker_only_flag(&e, &args))
-                .or_else(|| {
-                    usage::containers_command_at_top(&e, &args, |word| {
-                        // Built only on this error path; finds aliases (`ps`, `rm`) too.
-                        let containers = <Containers as clap::Subcommand>::augment_subcommands(
-                            clap::Command::new("containers"),
-                        );
-                        containers.find_subcommand(word).is_some()
-                    })
-                });
+            let hint = usage::hint(&e, &args, |word| {
+                // Built only on this error path; finds aliases (`ps`, `rm`) too.
+                let containers = <Containers as clap::Subcommand>::augment_subcommands(
+                    clap::Command::new("containers"),
+                );
+                containers.find_subcommand(word).is_some()
+            });
             if let Some(line) = hint {
                 eprintln!("bus: error: {line}");
                 return ExitCode::from(2);

@@ -5,43 +5,71 @@ use std::ffi::OsString;
 use bus::proto::containers::v1::PortMapping;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 
-/// For a command given to `containers run` or `containers exec` without `--` before it (clap
-/// sees its first word as an unexpected argument): one line showing the command line with the
-/// `--` in place, e.g. `bus containers run -- sh -c 'echo hi'`.
-pub fn command_without_dashes(error: &clap::Error, args: &[OsString]) -> Option<String> {
-    if error.kind() != ErrorKind::UnknownArgument {
-        return None;
-    }
-    let Some(ContextValue::String(unexpected)) = error.get(ContextKind::InvalidArg) else {
-        return None;
-    };
-    if unexpected.starts_with('-') {
-        return None;
-    }
+/// One line for a usage mistake clap's own message would not fix, or `None` to leave it
+/// to clap. `is_containers_command` tells the names (and aliases) `containers` takes.
+pub fn hint(
+    error: &clap::Error,
+    args: &[OsString],
+    is_containers_command: impl Fn(&str) -> bool,
+) -> Option<String> {
     let args: Vec<String> = args
         .iter()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    let verb = args
-        .windows(2)
-        .position(|w| w[0] == "containers" && (w[1] == "run" || w[1] == "exec"))?
-        + 1;
+    match error.kind() {
+        ErrorKind::UnknownArgument => {
+            let unexpected = context(error, ContextKind::InvalidArg)?;
+            // `containers run` or `containers exec`, where the word came before the command.
+            let verb = args
+                .windows(2)
+                .position(|w| w[0] == "containers" && (w[1] == "run" || w[1] == "exec"))?
+                + 1;
+            if unexpected.starts_with('-') {
+                docker_only_flag(unexpected)
+            } else {
+                command_without_dashes(&args, verb, unexpected)
+            }
+        }
+        ErrorKind::InvalidSubcommand => containers_command_at_top(
+            error,
+            &args,
+            context(error, ContextKind::InvalidSubcommand)?,
+            is_containers_command,
+        ),
+        _ => None,
+    }
+}
+
+/// The text clap's error holds for `kind`.
+fn context(error: &clap::Error, kind: ContextKind) -> Option<&str> {
+    match error.get(kind) {
+        Some(ContextValue::String(text)) => Some(text),
+        _ => None,
+    }
+}
+
+/// `bus` and `words` as a shell command line.
+fn command_line<S: AsRef<str>>(words: &[S]) -> String {
+    let shown: Vec<String> = words.iter().map(|a| shell_quote(a.as_ref())).collect();
+    format!("bus {}", shown.join(" "))
+}
+
+/// For a command given to `containers run` or `containers exec` (`args[verb]`) without `--`
+/// before it (clap sees its first word as an unexpected argument): one line showing the
+/// command line with the `--` in place, e.g. `bus containers run -- sh -c 'echo hi'`.
+fn command_without_dashes(args: &[String], verb: usize, unexpected: &str) -> Option<String> {
     let at = verb
         + 1
         + args[verb + 1..]
             .iter()
             .take_while(|a| *a != "--")
             .position(|a| a == unexpected)?;
-    let line = |words: Vec<&str>| {
-        let shown: Vec<String> = words.iter().map(|a| shell_quote(a)).collect();
-        format!("bus {}", shown.join(" "))
-    };
     let mut fixed: Vec<&str> = args[..at].iter().map(String::as_str).collect();
     fixed.push("--");
     fixed.extend(args[at..].iter().map(String::as_str));
     let mut hint = format!(
         "unexpected argument '{unexpected}': the command goes after `--`: {}",
-        line(fixed)
+        command_line(&fixed)
     );
     // `docker run IMAGE CMD...` habits: the word may be the image.
     let image_given = args[verb + 1..at]
@@ -49,7 +77,7 @@ pub fn command_without_dashes(error: &clap::Error, args: &[OsString]) -> Option<
         .any(|a| a == "--image" || a.starts_with("--image="));
     if args[verb] == "run" && !image_given {
         let mut as_image: Vec<&str> = args[..at].iter().map(String::as_str).collect();
-        as_image.extend(["--image", unexpected.as_str()]);
+        as_image.extend(["--image", unexpected]);
         if at + 1 < args.len() {
             as_image.push("--");
             as_image.extend(args[at + 1..].iter().map(String::as_str));
@@ -57,7 +85,7 @@ pub fn command_without_dashes(error: &clap::Error, args: &[OsString]) -> Option<
         hint.push_str(&format!(
             " (or, if {} is the image: {})",
             shell_quote(unexpected),
-            line(as_image)
+            command_line(&as_image)
         ));
     }
     Some(hint)
@@ -65,19 +93,13 @@ pub fn command_without_dashes(error: &clap::Error, args: &[OsString]) -> Option<
 
 /// For a `containers` command given at the top, as docker takes `docker ps` and `docker run`
 /// (clap sees an unknown subcommand): one line showing the command line with `containers` in
-/// place, e.g. `bus containers ps`. `is_containers_command` tells the names (and aliases)
-/// `containers` takes.
-pub fn containers_command_at_top(
+/// place, e.g. `bus containers ps`.
+fn containers_command_at_top(
     error: &clap::Error,
-    args: &[OsString],
+    args: &[String],
+    word: &str,
     is_containers_command: impl Fn(&str) -> bool,
 ) -> Option<String> {
-    if error.kind() != ErrorKind::InvalidSubcommand {
-        return None;
-    }
-    let Some(ContextValue::String(word)) = error.get(ContextKind::InvalidSubcommand) else {
-        return None;
-    };
     // At the top, not within another group (`bus images ps`): clap's usage line names the
     // command it was parsing.
     let at_top = match error.get(ContextKind::Usage) {
@@ -89,17 +111,12 @@ pub fn containers_command_at_top(
     if !at_top || !is_containers_command(word) {
         return None;
     }
-    let at = args
-        .iter()
-        .position(|a| a.to_str() == Some(word.as_str()))?;
-    let mut fixed: Vec<String> = args
-        .iter()
-        .map(|a| shell_quote(&a.to_string_lossy()))
-        .collect();
-    fixed.insert(at, "containers".to_owned());
+    let at = args.iter().position(|a| a == word)?;
+    let mut fixed: Vec<&str> = args.iter().map(String::as_str).collect();
+    fixed.insert(at, "containers");
     Some(format!(
-        "unrecognized subcommand '{word}': it is a containers command: bus {}",
-        fixed.join(" ")
+        "unrecognized subcommand '{word}': it is a containers command: {}",
+        command_line(&fixed)
     ))
 }
 
@@ -148,27 +165,11 @@ const DOCKER_ONLY: &[(&[&str], &str)] = &[
     ),
 ];
 
-/// For a `docker run`/`docker exec` flag given to `containers run` or `containers exec` that
-/// bus does not take (clap sees an unexpected argument): one line saying where that setting
-/// lives in bus, instead of clap's tip to put the flag after `--`, which would make it part of
-/// the command.
-pub fn docker_only_flag(error: &clap::Error, args: &[OsString]) -> Option<String> {
-    if error.kind() != ErrorKind::UnknownArgument {
-        return None;
-    }
-    let Some(ContextValue::String(unexpected)) = error.get(ContextKind::InvalidArg) else {
-        return None;
-    };
-    let flag = unexpected
-        .split_once('=')
-        .map_or(unexpected.as_str(), |(f, _)| f);
-    // clap takes every word after `--` as the command's, so the flag came before it.
-    let run_or_exec = args.windows(2).any(|w| {
-        w[0].to_str() == Some("containers") && matches!(w[1].to_str(), Some("run" | "exec"))
-    });
-    if !run_or_exec {
-        return None;
-    }
+/// For a `docker run`/`docker exec` flag (`unexpected`, maybe with `=VALUE`) that bus does
+/// not take: one line saying where that setting lives in bus, instead of clap's tip to put
+/// the flag after `--`, which would make it part of the command.
+fn docker_only_flag(unexpected: &str) -> Option<String> {
+    let flag = unexpected.split_once('=').map_or(unexpected, |(f, _)| f);
     let (_, why) = DOCKER_ONLY
         .iter()
         .find(|(flags, _)| flags.contains(&flag))?;

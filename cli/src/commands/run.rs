@@ -1,7 +1,8 @@
 //! `bus containers run [--profile P] [--image I] [-d] [-i] [-t] [--rm] -- CMD...`: start a run
 //! and stream its output, exiting with the command's exit code; or, with `-d`, print its id and
-//! return (with `-i`/`-t`, leaving its stdin and terminal to `containers attach`). When busd goes away after the run was accepted, the output is followed on from the
-//! last seq printed through a busd started again (as `logs -f` does). With `-i` (stdin) or `-t`
+//! return (with `-i`/`-t`, leaving its stdin and terminal to `containers attach`). When busd
+//! goes away after the run was accepted, the output is followed on from the last seq printed
+//! through a busd started again (as `logs -f` does). With `-i` (stdin) or `-t`
 //! (a terminal) the session is attached to the run's command as `exec -i -t` is to its command
 //! (raw mode, resizes, signals), through `Exec` with `attach`; the run's final record decides
 //! the exit code. With `--service` it returns once the run's published ports accept
