@@ -16,7 +16,7 @@ use bus_runner::AppState;
 use bus_runner::auth::{self, Keys};
 use bus_runner::config::Config;
 use bus_runner::engine::Engine;
-use common::{Cleanup, Podman, Reply, call, create_run, follow};
+use common::{Cleanup, Podman, Reply, call, create_run, follow, get_run};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -158,7 +158,7 @@ async fn create(app: &Router, token: &str, body: Value) -> String {
 async fn wait_running(app: &Router, token: &str, id: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let reply = call(app, Method::GET, &format!("{RUNS}/{id}"), Some(token), None).await;
+        let reply = get_run(app, token, id).await;
         if reply.json()["state"] == "running" {
             return;
         }
@@ -776,17 +776,10 @@ async fn identity_comes_from_the_token_not_the_body() {
     .await;
     let _cleanup = Cleanup(&podman, vec![format!("bus-{id}")]);
     wait_ended(&app, &alice, &id).await;
-    let reply = call(
-        &app,
-        Method::GET,
-        &format!("{RUNS}/{id}"),
-        Some(&alice),
-        None,
-    )
-    .await;
+    let reply = get_run(&app, &alice, &id).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.json().get("owner").is_none());
-    let reply = call(&app, Method::GET, &format!("{RUNS}/{id}"), Some(&bob), None).await;
+    let reply = get_run(&app, &bob, &id).await;
     assert_problem(&reply, StatusCode::NOT_FOUND, "not_found", "bob");
     let page = call(&app, Method::GET, RUNS, Some(&bob), None).await.json();
     assert_eq!(page["runs"], json!([]));
@@ -1069,14 +1062,7 @@ async fn grants_narrow_images_and_logs() {
                 .contains("logs = true")
         );
     }
-    let reply = call(
-        &app,
-        Method::GET,
-        &format!("{RUNS}/{id}"),
-        Some(&narrow),
-        None,
-    )
-    .await;
+    let reply = get_run(&app, &narrow, &id).await;
     assert_eq!(reply.status, StatusCode::OK);
 
     // Without a grant (a token minted locally for the same account) nothing is narrowed.

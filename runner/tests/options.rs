@@ -12,7 +12,7 @@ use axum::Router;
 use axum::http::{Method, StatusCode};
 use bus_api::{LogFrame, RunState, Stream};
 use bus_runner::config::{Config, Network};
-use common::{ALL, Podman, Reply, call, create_run, follow, runner, runner_with};
+use common::{ALL, Podman, Reply, call, create_run, follow, get_run, runner, runner_with};
 use serde_json::{Value, json};
 
 const RUNS: &str = "/api/v1/containers/runs";
@@ -58,9 +58,7 @@ async fn create(app: &Router, token: &str, body: Value) -> Value {
 /// Follows the run's logs to the end; returns the frames and the final record.
 async fn finish(app: &Router, token: &str, id: &str) -> (Vec<LogFrame>, Value) {
     let got = follow(app, token, id).await;
-    let run = call(app, Method::GET, &format!("{RUNS}/{id}"), Some(token), None)
-        .await
-        .json();
+    let run = get_run(app, token, id).await.json();
     (got, run)
 }
 
@@ -362,15 +360,7 @@ async fn ports_are_published_on_loopback_only_where_the_profile_allows_a_network
     // Once running, the record shows the host port the engine picked; it serves there.
     let deadline = Instant::now() + Duration::from_secs(30);
     let host_port = loop {
-        let run = call(
-            &app,
-            Method::GET,
-            &format!("{RUNS}/{id}"),
-            Some(&alice),
-            None,
-        )
-        .await
-        .json();
+        let run = get_run(&app, &alice, &id).await.json();
         if let Some(port) = run["ports"][0]["host_port"].as_u64() {
             assert_eq!(run["state"], "running", "{run}");
             break port as u16;

@@ -9,7 +9,8 @@ use axum::http::{Method, Request, StatusCode, header};
 use bus_api::auth::Scope;
 use bus_api::{LogFrame, RunState, Stream};
 use common::{
-    ALL, Podman, call, create_run, follow, frames, runner, runner_with, runner_without_engine,
+    ALL, Podman, call, create_run, follow, frames, get_run, runner, runner_with,
+    runner_without_engine,
 };
 use http_body_util::BodyExt as _;
 use serde_json::json;
@@ -112,14 +113,7 @@ async fn run_streams_output_then_exit_and_stays_private() {
     assert_eq!(output(&got[0]).0, 2);
     assert!(matches!(got[1], LogFrame::Exit { .. }));
 
-    let reply = call(
-        &app,
-        Method::GET,
-        &format!("{RUNS}/{id}"),
-        Some(&alice),
-        None,
-    )
-    .await;
+    let reply = get_run(&app, &alice, &id).await;
     let run = reply.json();
     assert_eq!(run["state"], "exited");
     assert_eq!(run["exit_code"], 3);
@@ -173,14 +167,7 @@ async fn run_streams_output_then_exit_and_stays_private() {
     )
     .await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
-    let reply = call(
-        &app,
-        Method::GET,
-        &format!("{RUNS}/{id}"),
-        Some(&alice),
-        None,
-    )
-    .await;
+    let reply = get_run(&app, &alice, &id).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     let reply = call(
         &app,
@@ -571,14 +558,7 @@ async fn a_run_with_auto_remove_is_deleted_once_it_has_ended() {
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let reply = call(
-            &app,
-            Method::GET,
-            &format!("{RUNS}/{id}"),
-            Some(&alice),
-            None,
-        )
-        .await;
+        let reply = get_run(&app, &alice, &id).await;
         if reply.status == StatusCode::NOT_FOUND {
             break;
         }

@@ -117,6 +117,12 @@ pub async fn call(
     }
 }
 
+/// `GET /api/v1/containers/runs/{id}` with `token`.
+pub async fn get_run(app: &Router, token: &str, id: &str) -> Reply {
+    let uri = format!("/api/v1/containers/runs/{id}");
+    call(app, Method::GET, &uri, Some(token), None).await
+}
+
 /// `POST /api/v1/containers/runs` with `body`; asserts 201 and returns the run's record.
 pub async fn create_run(app: &Router, token: &str, body: serde_json::Value) -> serde_json::Value {
     let reply = call(
