@@ -875,6 +875,28 @@ fn attach_takes_up_a_detached_run_s_stdin_and_exits_with_its_code() {
     let out = stack.run(&["containers", "attach", "--no-stdin", &id]);
     assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ready\ngot hello\n");
+
+    // As `| head -1` on a run that has ended: the closed pipe ends bus by SIGPIPE, not with
+    // the run's exit code (0) as if everything had been printed.
+    use std::io::BufRead as _;
+    use std::os::unix::process::ExitStatusExt as _;
+    let out = stack.run(&["containers", "run", "-d", "--", "seq", "1", "200000"]);
+    let many = expect_success(&out).trim().to_owned();
+    expect_success(&stack.run(&["containers", "wait", &many]));
+    let mut child = stack
+        .bus()
+        .args(["containers", "attach", &many])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "1\n");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.signal(), Some(13), "killed by SIGPIPE: {out:?}");
 }
 
 #[test]

@@ -506,6 +506,11 @@ pub async fn attach(
     };
     let what = format!("the session attached to run {run_id}");
     let session = super::exec::session(ctx, start, &what).await;
+    // A reader that went away ends bus as it would any command writing into its pipe, and
+    // the output was not all printed, so `rm` keeps the run.
+    if matches!(&session, Err(CliError::Output(e)) if crate::pipe::closed(e)) {
+        return session;
+    }
     let request = ctx.request(GetRunRequest {
         run_id: run_id.to_owned(),
     });
