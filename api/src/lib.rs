@@ -32,8 +32,8 @@ pub mod status;
 pub use billing::{BillingState, BillingStatus};
 pub use problem::{Problem, ProblemCode};
 pub use runs::{
-    CreateRun, LogFrame, Port, Protocol, Run, RunOptions, RunPage, RunState, StopRun, StorageMount,
-    Stream,
+    CreateRun, LogFrame, Port, Protocol, Run, RunEvent, RunOptions, RunPage, RunState, StopRun,
+    StorageMount, Stream, WatchedRun,
 };
 pub use status::RunnerStatus;
 

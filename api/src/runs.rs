@@ -571,6 +571,91 @@ pub struct ListRunsQuery {
     /// Only runs in this role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Answer with an NDJSON stream of [`RunEvent`]s instead of a page: every run of the
+    /// caller's, then each change as it happens. Takes no other parameter.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub watch: bool,
+}
+
+impl ListRunsQuery {
+    /// The query of a watch: `watch=true` and nothing else.
+    pub fn watch() -> Self {
+        ListRunsQuery {
+            watch: true,
+            ..ListRunsQuery::default()
+        }
+    }
+}
+
+/// The response header on calls about runs that carries the caller's account's revision
+/// after the call: every change to the account's runs is numbered, and a watch that has
+/// reported this revision (in [`RunEvent`]s) has reported every change the call made or saw.
+pub const REVISION_HEADER: &str = "bus-revision";
+
+/// How often a watch of runs reports [`RunEvent::Alive`] when nothing changes, in seconds.
+pub const WATCH_ALIVE_SECONDS: u64 = 2;
+
+/// A run as a watch reports it, with its place in the newest-first order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WatchedRun {
+    /// Creation order: a newer run has a larger one.
+    pub serial: u64,
+    /// The run's record now.
+    pub run: Run,
+}
+
+/// One line of `GET /api/v1/containers/runs?watch=true`.
+///
+/// The first line is `listed`; after it, each change to the caller's runs in the order the
+/// runner numbered them. Each line carries the revision it brings the reader up to: once a
+/// reader has applied a line, it has seen every change up to that revision. The stream ends
+/// when the token expires (or, for a run token, when its run ends); a reader that wants
+/// more watches again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum RunEvent {
+    /// Every run of the caller's, newest first.
+    Listed {
+        /// The account's revision the list is current to.
+        revision: u64,
+        /// The runs.
+        runs: Vec<WatchedRun>,
+    },
+    /// A run was created or changed: its record now (which may include later changes).
+    Changed {
+        /// The revision of the change.
+        revision: u64,
+        /// The run.
+        #[serde(flatten)]
+        run: WatchedRun,
+    },
+    /// A run was deleted.
+    Deleted {
+        /// The revision of the deletion.
+        revision: u64,
+        /// The deleted run's id.
+        id: String,
+    },
+    /// Nothing has changed: sent every [`WATCH_ALIVE_SECONDS`] so that a reader can tell a
+    /// quiet stream from a broken one.
+    Alive {
+        /// The revision of the last line before it.
+        revision: u64,
+    },
+}
+
+impl RunEvent {
+    /// The revision a reader is up to once it has applied this line.
+    pub fn revision(&self) -> u64 {
+        match self {
+            RunEvent::Listed { revision, .. }
+            | RunEvent::Changed { revision, .. }
+            | RunEvent::Deleted { revision, .. }
+            | RunEvent::Alive { revision } => *revision,
+        }
+    }
 }
 
 /// The query of `GET /api/v1/containers/runs/{id}/attach`: the caller's terminal size.
@@ -680,6 +765,30 @@ impl LogFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_events_are_tagged_lines() {
+        let alive: RunEvent = serde_json::from_str(r#"{"type":"alive","revision":7}"#).unwrap();
+        assert_eq!(alive, RunEvent::Alive { revision: 7 });
+        let deleted = RunEvent::Deleted {
+            revision: 9,
+            id: "run_x".into(),
+        };
+        let text = serde_json::to_string(&deleted).unwrap();
+        assert_eq!(text, r#"{"type":"deleted","revision":9,"id":"run_x"}"#);
+        assert_eq!(serde_json::from_str::<RunEvent>(&text).unwrap(), deleted);
+        assert_eq!(deleted.revision(), 9);
+    }
+
+    #[test]
+    fn a_watch_query_is_watch_alone() {
+        let query: ListRunsQuery = serde_urlencoded::from_str("watch=true").unwrap();
+        assert_eq!(query, ListRunsQuery::watch());
+        assert_eq!(
+            serde_urlencoded::to_string(ListRunsQuery::watch()).unwrap(),
+            "watch=true"
+        );
+    }
 
     #[test]
     fn create_run_refuses_unknown_fields() {
