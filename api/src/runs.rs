@@ -601,31 +601,29 @@ pub const WATCH_ALIVE_SECONDS: u64 = 2;
 pub struct WatchedRun {
     /// Creation order: a newer run has a larger one.
     pub serial: u64,
+    /// The `page_token` that lists the runs after this one (older ones), as a page ending
+    /// with this run would give it as `next_page_token`.
+    pub page_token: String,
     /// The run's record now.
     pub run: Run,
 }
 
 /// One line of `GET /api/v1/containers/runs?watch=true`.
 ///
-/// The first line is `listed`; after it, each change to the caller's runs in the order the
-/// runner numbered them. Each line carries the revision it brings the reader up to: once a
-/// reader has applied a line, it has seen every change up to that revision. The stream ends
-/// when the token expires (or, for a run token, when its run ends); a reader that wants
-/// more watches again.
+/// The stream opens with one `changed` line per run of the caller's, newest first, each with
+/// the revision the listing is current to, then one `listed` line with that revision; after
+/// it, each change to the caller's runs in the order the runner numbered them. Each line
+/// carries the revision it brings the reader up to: once a reader has applied a line, it has
+/// seen every change up to that revision. The stream ends when the token expires (or, for a
+/// run token, when its run ends); a reader that wants more watches again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RunEvent {
-    /// Every run of the caller's, newest first.
-    Listed {
-        /// The account's revision the list is current to.
-        revision: u64,
-        /// The runs.
-        runs: Vec<WatchedRun>,
-    },
-    /// A run was created or changed: its record now (which may include later changes).
+    /// A run was created or changed (or, before `listed`, exists): its record now, which may
+    /// include later changes.
     Changed {
-        /// The revision of the change.
+        /// The revision of the change (before `listed`: the listing's).
         revision: u64,
         /// The run.
         #[serde(flatten)]
@@ -637,6 +635,12 @@ pub enum RunEvent {
         revision: u64,
         /// The deleted run's id.
         id: String,
+    },
+    /// Every run that existed when the watch began has been sent (once, after those runs'
+    /// `changed` lines).
+    Listed {
+        /// The account's revision the listing is current to.
+        revision: u64,
     },
     /// Nothing has changed: sent every [`WATCH_ALIVE_SECONDS`] so that a reader can tell a
     /// quiet stream from a broken one.
@@ -650,7 +654,7 @@ impl RunEvent {
     /// The revision a reader is up to once it has applied this line.
     pub fn revision(&self) -> u64 {
         match self {
-            RunEvent::Listed { revision, .. }
+            RunEvent::Listed { revision }
             | RunEvent::Changed { revision, .. }
             | RunEvent::Deleted { revision, .. }
             | RunEvent::Alive { revision } => *revision,
