@@ -616,6 +616,8 @@ pub struct WatchedRun {
 /// carries the revision it brings the reader up to: once a reader has applied a line, it has
 /// seen every change up to that revision. The stream ends when the token expires (or, for a
 /// run token, when its run ends); a reader that wants more watches again.
+// One line at a time is decoded and applied: the small variants' unused room costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

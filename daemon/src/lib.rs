@@ -10,6 +10,8 @@
 //! - [`credentials`]: reading the token safely; never logs or echoes it.
 //! - [`upstream`]: the REST client, the only module that speaks HTTP.
 //! - [`fanout`]: one upstream log stream per run, shared by all its local followers.
+//! - [`listing`]: each token's runs kept current by a watch, so `ListRuns` needs no round
+//!   trip.
 //! - [`service`]: the gRPC services, the only module that sees proto types.
 //! - [`status`]: the one place errors become gRPC statuses with rich details.
 //! - [`socket`]: binding the socket with the right modes; same-uid peers only; the instance
@@ -27,6 +29,7 @@ pub mod credentials;
 pub mod deadline;
 pub mod fanout;
 pub mod lifecycle;
+pub mod listing;
 pub mod protocol;
 pub mod service;
 pub mod socket;

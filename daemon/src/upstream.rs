@@ -35,7 +35,7 @@ pub mod runs;
 pub(crate) mod tests;
 pub mod tls;
 
-pub use client::{Upstream, Upstreams};
+pub use client::{Revisions, Upstream, Upstreams};
 pub use error::UpstreamError;
 pub use logs::{
     DEFAULT_KEEPALIVE, KEEPALIVE_ENV, KeepalivesSeen, SILENCE_INTERVALS, keepalive_from_env,
@@ -44,5 +44,5 @@ pub use origin::{ApiOrigin, ApiUrlError};
 pub use retry::{
     IDEMPOTENCY_KEY, MAX_TRIES, backoff, parse_retry_after, retry_policy, retryable_status,
 };
-pub use runs::CreateOptions;
+pub use runs::{CreateOptions, RunWatch, WATCH_SILENCE};
 pub use tls::{CaFileError, TrustedCas};

@@ -277,11 +277,25 @@ impl Runner {
 
     /// A raw HTTP/1.1 GET against the runner; returns the status code and body.
     pub fn get(&self, path: &str, token: &str) -> (u16, String) {
+        self.request("GET", path, token, None)
+    }
+
+    /// A raw HTTP/1.1 request against the runner, as a client other than busd would send it,
+    /// with a JSON `body` if given; returns the status code and body.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<&str>,
+    ) -> (u16, String) {
         let addr = self.origin.trim_start_matches("http://");
         let mut stream = TcpStream::connect(addr).unwrap();
+        let body = body.unwrap_or_default();
         write!(
             stream,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
         )
         .unwrap();
         let mut response = String::new();

@@ -269,6 +269,8 @@ struct InfoJson<'a> {
     token_error: Option<&'a str>,
     open_streams: u32,
     upstream_clients: u32,
+    run_list_watches: u32,
+    run_lists_answered: u64,
     socket_activated: bool,
     features: &'a [String],
 }
@@ -299,6 +301,8 @@ pub fn show_info(info: &DaemonInfo, format: Format) -> Result<(), CliError> {
         token_error: some(&info.token_error),
         open_streams: info.open_streams,
         upstream_clients: info.upstream_clients,
+        run_list_watches: info.run_list_watches,
+        run_lists_answered: info.run_lists_answered,
         socket_activated: info.socket_activated,
         features: &info.features,
     })?;
@@ -352,6 +356,10 @@ pub fn print_info(info: &DaemonInfo) {
     }
     println!("streams:   {}", info.open_streams);
     println!("pool:      {} upstream client(s)", info.upstream_clients);
+    println!(
+        "lists:     {} watched, {} answered from them",
+        info.run_list_watches, info.run_lists_answered
+    );
     if info.socket_activated {
         println!("socket:    activated by systemd");
     }

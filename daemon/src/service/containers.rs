@@ -188,7 +188,10 @@ impl Containers for ContainersService {
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
         let upstream = self.state.upstream(request.metadata())?;
         let query = list_query(request.into_inner())?;
-        let page = upstream.list_runs(&query).await.map_err(Error::from)?;
+        let page = match self.state.listings.answer(&upstream, &query).await {
+            Some(page) => page,
+            None => upstream.list_runs(&query).await.map_err(Error::from)?,
+        };
         Ok(Response::new(pb::ListRunsResponse {
             runs: page.runs.into_iter().map(run_to_proto).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -335,6 +338,7 @@ fn list_query(request: pb::ListRunsRequest) -> Result<ListRunsQuery, Error> {
         name: non_empty(request.name),
         participant: non_empty(request.participant),
         role: non_empty(request.role),
+        watch: false,
     })
 }
 

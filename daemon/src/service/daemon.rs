@@ -103,6 +103,8 @@ impl Daemon for DaemonService {
             open_streams: lifecycle.open_streams() as u32,
             fanout_groups: self.state.fanout.groups() as u32,
             upstream_log_streams: self.state.fanout.upstream_streams(),
+            run_list_watches: self.state.listings.current() as u32,
+            run_lists_answered: self.state.listings.answered(),
             features: FEATURES.iter().map(|f| (*f).to_owned()).collect(),
             token_error,
             socket_activated: lifecycle.options().socket_activated,

@@ -16,6 +16,7 @@ use crate::config::{ApiOrigin, Config};
 use crate::credentials::{self, Token, TokenCache, TokenSource};
 use crate::fanout::Fanout;
 use crate::lifecycle::Lifecycle;
+use crate::listing::Listings;
 use crate::status::Error;
 use crate::upstream::{Upstream, Upstreams};
 
@@ -32,6 +33,7 @@ pub struct DaemonState {
     upstreams: Upstreams,
     tokens: TokenCache,
     fanout: Arc<Fanout>,
+    listings: Arc<Listings>,
     started: Instant,
     lifecycle: Arc<Lifecycle>,
 }
@@ -42,6 +44,7 @@ impl DaemonState {
         DaemonState {
             upstreams: Upstreams::default().with_cas(config.trusted_cas.clone()),
             fanout: Arc::new(Fanout::new(config.resume_for)),
+            listings: Arc::default(),
             config,
             tokens: TokenCache::default(),
             started: Instant::now(),

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bus_api::Problem;
+use bus_api::runs::REVISION_HEADER;
 use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 
@@ -26,6 +27,8 @@ pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct Upstreams {
     clients: Arc<Mutex<HashMap<ApiOrigin, Clients>>>,
+    /// The revisions the runners' answers reported.
+    revisions: Revisions,
     /// The keepalive interval follow streams are asked for.
     keepalive: Duration,
     /// Extra CAs for https origins.
@@ -47,6 +50,7 @@ impl Upstreams {
     pub fn with_keepalive(keepalive: Duration) -> Self {
         Upstreams {
             clients: Arc::default(),
+            revisions: Revisions::default(),
             keepalive,
             cas: TrustedCas::default(),
         }
@@ -95,6 +99,7 @@ impl Upstreams {
             unary,
             origin: origin.clone(),
             token,
+            revisions: self.revisions.clone(),
             deadline: None,
             keepalive: self.keepalive,
             websocket_tls: self.cas.websocket.clone(),
@@ -135,6 +140,8 @@ pub struct Upstream {
     unary: reqwest::Client,
     pub(super) origin: ApiOrigin,
     pub(super) token: Token,
+    /// Where answers' revisions are noted (shared by the pool).
+    revisions: Revisions,
     /// When the caller gives up: bounds unary calls (not streams, which may outlive it).
     pub(super) deadline: Option<Instant>,
     /// The keepalive interval follow streams are asked for.
@@ -160,6 +167,18 @@ impl Upstream {
     /// only once the runner has accepted the token (see [`Upstream::authorize_logs`]).
     pub fn token_subject(&self) -> Option<&str> {
         self.token.claims().map(|claims| claims.sub.as_str())
+    }
+
+    /// This context's token.
+    pub fn token(&self) -> &Token {
+        &self.token
+    }
+
+    /// The highest revision of this context's account (its token's subject) that an answer
+    /// from this context's origin has reported; 0 when none has.
+    pub fn account_revision(&self) -> u64 {
+        self.token_subject()
+            .map_or(0, |account| self.revisions.get(&self.origin, account))
     }
 
     /// A hash of this context's token, to tell tokens apart without keeping one in clear.
@@ -284,6 +303,7 @@ impl Upstream {
                 None => request,
             };
             let response = self.send_on(&self.unary, request, self.deadline).await?;
+            self.note_revision(&response);
             let body = response.bytes().await.map_err(|e| self.unreachable(&e))?;
             if body.is_empty() {
                 // 204 and friends: `IgnoredAny` (and `()`-like targets) accept `null`.
@@ -301,9 +321,21 @@ impl Upstream {
         }
     }
 
+    /// Notes the account revision a successful answer reports ([`REVISION_HEADER`]).
+    fn note_revision(&self, response: &Response) {
+        let revision = response
+            .headers()
+            .get(REVISION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        if let (Some(revision), Some(account)) = (revision, self.token_subject()) {
+            self.revisions.note(&self.origin, account, revision);
+        }
+    }
+
     /// Time left before the deadline, less a small margin so busd's own DEADLINE_EXCEEDED
     /// (with its details) reaches the caller before the caller's timer fires.
-    pub(super) fn time_left(&self) -> Option<Duration> {
+    pub fn time_left(&self) -> Option<Duration> {
         let left = self.deadline?.saturating_duration_since(Instant::now());
         Some(left.saturating_sub((left / 10).min(Duration::from_millis(100))))
     }
@@ -334,5 +366,36 @@ impl Upstream {
             origin: self.origin.to_string(),
             reason,
         }
+    }
+}
+
+/// The highest account revision ([`REVISION_HEADER`]) each origin's answers reported, per
+/// account (a token's subject, decoded but not verified: only answers the runner gave to the
+/// token are noted, so a forged subject notes nothing).
+#[derive(Clone, Default)]
+pub struct Revisions(Arc<Mutex<HashMap<ApiOrigin, HashMap<String, u64>>>>);
+
+impl Revisions {
+    fn note(&self, origin: &ApiOrigin, account: &str, revision: u64) {
+        let mut origins = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let accounts = match origins.get_mut(origin) {
+            Some(accounts) => accounts,
+            None => origins.entry(origin.clone()).or_default(),
+        };
+        match accounts.get_mut(account) {
+            Some(highest) => *highest = (*highest).max(revision),
+            None => {
+                accounts.insert(account.to_owned(), revision);
+            }
+        }
+    }
+
+    fn get(&self, origin: &ApiOrigin, account: &str) -> u64 {
+        let origins = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        origins
+            .get(origin)
+            .and_then(|accounts| accounts.get(account))
+            .copied()
+            .unwrap_or(0)
     }
 }

@@ -3,12 +3,21 @@
 
 use bus_api::auth::{TokenRequest, TokenResponse};
 use bus_api::paths;
-use bus_api::runs::{CreateRunQuery, ListRunsQuery, MAX_WAIT_MS, StopRun, WaitFor};
-use bus_api::{BillingStatus, CreateRun, Run, RunPage, RunnerStatus};
+use std::time::Duration;
+
+use bus_api::runs::{
+    CreateRunQuery, ListRunsQuery, MAX_WAIT_MS, StopRun, WATCH_ALIVE_SECONDS, WaitFor,
+};
+use bus_api::{BillingStatus, CreateRun, Run, RunEvent, RunPage, RunnerStatus};
 use reqwest::Method;
 
+use super::ndjson::FrameDecoder;
 use super::retry::{IDEMPOTENCY_KEY, new_idempotency_key};
 use super::{Upstream, UpstreamError};
+
+/// How long a watch of runs may go without a byte before it is cut as broken: three of the
+/// runner's alive intervals.
+pub const WATCH_SILENCE: Duration = Duration::from_secs(3 * WATCH_ALIVE_SECONDS);
 
 /// How a create is to be answered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -88,6 +97,32 @@ impl Upstream {
             .await
     }
 
+    /// `GET /api/v1/containers/runs?watch=true`: the caller's runs, then each change to them,
+    /// on a connection of its own and with no deadline.
+    pub async fn watch_runs(&self) -> Result<RunWatch, UpstreamError> {
+        let request = self
+            .request(Method::GET, paths::RUNS)
+            .query(&ListRunsQuery::watch());
+        let response = tokio::time::timeout(WATCH_SILENCE, self.send(request))
+            .await
+            .map_err(|_| self.silent())??;
+        Ok(RunWatch {
+            response,
+            decoder: FrameDecoder::new(),
+            upstream: self.clone(),
+        })
+    }
+
+    fn silent(&self) -> UpstreamError {
+        UpstreamError::Unreachable {
+            origin: self.origin.to_string(),
+            reason: format!(
+                "the watch of runs sent nothing for {} s; the connection is presumed broken",
+                WATCH_SILENCE.as_secs()
+            ),
+        }
+    }
+
     /// `DELETE /api/v1/containers/runs/{id}`.
     pub async fn delete_run(&self, id: &str) -> Result<(), UpstreamError> {
         self.json::<serde::de::IgnoredAny>(self.request(Method::DELETE, &paths::run(id)))
@@ -108,5 +143,36 @@ impl Upstream {
         };
         self.json(self.request(Method::POST, &paths::run_stop(id)).json(&body))
             .await
+    }
+}
+
+/// An open watch of the caller's runs ([`Upstream::watch_runs`]).
+pub struct RunWatch {
+    response: reqwest::Response,
+    decoder: FrameDecoder<RunEvent>,
+    upstream: Upstream,
+}
+
+impl RunWatch {
+    /// The next line; `None` once the runner has ended the stream. A stream silent for
+    /// [`WATCH_SILENCE`] fails as unreachable; after an error, nothing more comes.
+    pub async fn next(&mut self) -> Option<Result<RunEvent, UpstreamError>> {
+        loop {
+            if let Some(line) = self.decoder.next_frame() {
+                return Some(line.map_err(|e| self.upstream.protocol(e.to_string())));
+            }
+            match tokio::time::timeout(WATCH_SILENCE, self.response.chunk()).await {
+                Err(_) => return Some(Err(self.upstream.silent())),
+                Ok(Ok(Some(chunk))) => self.decoder.push(&chunk),
+                Ok(Ok(None)) => {
+                    return self
+                        .decoder
+                        .finish()
+                        .err()
+                        .map(|e| Err(self.upstream.protocol(e.to_string())));
+                }
+                Ok(Err(e)) => return Some(Err(self.upstream.unreachable(&e))),
+            }
+        }
     }
 }

@@ -74,6 +74,13 @@ export interface DaemonInfo {
   fanoutGroups: number;
   /** Upstream log streams opened since busd started (resumes after a break not counted). */
   upstreamLogStreams: number;
+  /**
+   * Lists of runs kept current by a watch of the runner (one per upstream origin and token),
+   * from which ListRuns is answered without a round trip.
+   */
+  runListWatches: number;
+  /** ListRuns calls answered from such a list since busd started. */
+  runListsAnswered: number;
 }
 
 export interface ReloadCredentialsRequest {
@@ -196,6 +203,8 @@ function createBaseDaemonInfo(): DaemonInfo {
     socketActivated: false,
     fanoutGroups: 0,
     upstreamLogStreams: 0,
+    runListWatches: 0,
+    runListsAnswered: 0,
   };
 }
 
@@ -248,6 +257,12 @@ export const DaemonInfo: MessageFns<DaemonInfo> = {
     }
     if (message.upstreamLogStreams !== 0) {
       writer.uint32(128).uint64(message.upstreamLogStreams);
+    }
+    if (message.runListWatches !== 0) {
+      writer.uint32(136).uint32(message.runListWatches);
+    }
+    if (message.runListsAnswered !== 0) {
+      writer.uint32(144).uint64(message.runListsAnswered);
     }
     return writer;
   },
@@ -393,6 +408,22 @@ export const DaemonInfo: MessageFns<DaemonInfo> = {
             message.upstreamLogStreams = longToNumber(reader.uint64());
             continue;
           }
+          case 17: {
+            if (tag !== 136) {
+              break;
+            }
+
+            message.runListWatches = reader.uint32();
+            continue;
+          }
+          case 18: {
+            if (tag !== 144) {
+              break;
+            }
+
+            message.runListsAnswered = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -465,6 +496,16 @@ export const DaemonInfo: MessageFns<DaemonInfo> = {
         : isSet(object.upstream_log_streams)
         ? globalThis.Number(object.upstream_log_streams)
         : 0,
+      runListWatches: isSet(object.runListWatches)
+        ? globalThis.Number(object.runListWatches)
+        : isSet(object.run_list_watches)
+        ? globalThis.Number(object.run_list_watches)
+        : 0,
+      runListsAnswered: isSet(object.runListsAnswered)
+        ? globalThis.Number(object.runListsAnswered)
+        : isSet(object.run_lists_answered)
+        ? globalThis.Number(object.run_lists_answered)
+        : 0,
     };
   },
 
@@ -518,6 +559,12 @@ export const DaemonInfo: MessageFns<DaemonInfo> = {
     if (message.upstreamLogStreams !== 0) {
       obj.upstreamLogStreams = Math.round(message.upstreamLogStreams);
     }
+    if (message.runListWatches !== 0) {
+      obj.runListWatches = Math.round(message.runListWatches);
+    }
+    if (message.runListsAnswered !== 0) {
+      obj.runListsAnswered = Math.round(message.runListsAnswered);
+    }
     return obj;
   },
 
@@ -542,6 +589,8 @@ export const DaemonInfo: MessageFns<DaemonInfo> = {
     message.socketActivated = object.socketActivated ?? false;
     message.fanoutGroups = object.fanoutGroups ?? 0;
     message.upstreamLogStreams = object.upstreamLogStreams ?? 0;
+    message.runListWatches = object.runListWatches ?? 0;
+    message.runListsAnswered = object.runListsAnswered ?? 0;
     return message;
   },
 };

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*bus_client/_gen/bus/daemon/v1/daemon.proto\x12\rbus.daemon.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x10\n\x0eGetInfoRequest\"\x81\x03\n\nDaemonInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\r\x12\x17\n\x0fupstream_origin\x18\x03 \x01(\t\x12\x10\n\x08identity\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12\x34\n\x10token_expires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0ctoken_source\x18\x07 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x08 \x01(\x04\x12\x0b\n\x03pid\x18\t \x01(\r\x12\x18\n\x10upstream_clients\x18\n \x01(\r\x12\x14\n\x0copen_streams\x18\x0b \x01(\r\x12\x10\n\x08\x66\x65\x61tures\x18\x0c \x03(\t\x12\x13\n\x0btoken_error\x18\r \x01(\t\x12\x18\n\x10socket_activated\x18\x0e \x01(\x08\x12\x15\n\rfanout_groups\x18\x0f \x01(\r\x12\x1c\n\x14upstream_log_streams\x18\x10 \x01(\x04\"\x1a\n\x18ReloadCredentialsRequest\"\x89\x01\n\x19ReloadCredentialsResponse\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12\x34\n\x10token_expires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0ctoken_source\x18\x04 \x01(\t\"<\n\x12\x43reateTokenRequest\x12\x11\n\tresources\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x04\"c\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05scope\x18\x03 \x01(\t\"(\n\x0fShutdownRequest\x12\x15\n\rdrain_seconds\x18\x01 \x01(\r\"E\n\x10ShutdownResponse\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x14\n\x0copen_streams\x18\x02 \x01(\r\x12\x0e\n\x06socket\x18\x03 \x01(\t2\xd8\x02\n\x06\x44\x61\x65mon\x12\x43\n\x07GetInfo\x12\x1d.bus.daemon.v1.GetInfoRequest\x1a\x19.bus.daemon.v1.DaemonInfo\x12\x66\n\x11ReloadCredentials\x12\'.bus.daemon.v1.ReloadCredentialsRequest\x1a(.bus.daemon.v1.ReloadCredentialsResponse\x12T\n\x0b\x43reateToken\x12!.bus.daemon.v1.CreateTokenRequest\x1a\".bus.daemon.v1.CreateTokenResponse\x12K\n\x08Shutdown\x12\x1e.bus.daemon.v1.ShutdownRequest\x1a\x1f.bus.daemon.v1.ShutdownResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*bus_client/_gen/bus/daemon/v1/daemon.proto\x12\rbus.daemon.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x10\n\x0eGetInfoRequest\"\xb7\x03\n\nDaemonInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\r\x12\x17\n\x0fupstream_origin\x18\x03 \x01(\t\x12\x10\n\x08identity\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12\x34\n\x10token_expires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0ctoken_source\x18\x07 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x08 \x01(\x04\x12\x0b\n\x03pid\x18\t \x01(\r\x12\x18\n\x10upstream_clients\x18\n \x01(\r\x12\x14\n\x0copen_streams\x18\x0b \x01(\r\x12\x10\n\x08\x66\x65\x61tures\x18\x0c \x03(\t\x12\x13\n\x0btoken_error\x18\r \x01(\t\x12\x18\n\x10socket_activated\x18\x0e \x01(\x08\x12\x15\n\rfanout_groups\x18\x0f \x01(\r\x12\x1c\n\x14upstream_log_streams\x18\x10 \x01(\x04\x12\x18\n\x10run_list_watches\x18\x11 \x01(\r\x12\x1a\n\x12run_lists_answered\x18\x12 \x01(\x04\"\x1a\n\x18ReloadCredentialsRequest\"\x89\x01\n\x19ReloadCredentialsResponse\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12\x34\n\x10token_expires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0ctoken_source\x18\x04 \x01(\t\"<\n\x12\x43reateTokenRequest\x12\x11\n\tresources\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x04\"c\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05scope\x18\x03 \x01(\t\"(\n\x0fShutdownRequest\x12\x15\n\rdrain_seconds\x18\x01 \x01(\r\"E\n\x10ShutdownResponse\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x14\n\x0copen_streams\x18\x02 \x01(\r\x12\x0e\n\x06socket\x18\x03 \x01(\t2\xd8\x02\n\x06\x44\x61\x65mon\x12\x43\n\x07GetInfo\x12\x1d.bus.daemon.v1.GetInfoRequest\x1a\x19.bus.daemon.v1.DaemonInfo\x12\x66\n\x11ReloadCredentials\x12\'.bus.daemon.v1.ReloadCredentialsRequest\x1a(.bus.daemon.v1.ReloadCredentialsResponse\x12T\n\x0b\x43reateToken\x12!.bus.daemon.v1.CreateTokenRequest\x1a\".bus.daemon.v1.CreateTokenResponse\x12K\n\x08Shutdown\x12\x1e.bus.daemon.v1.ShutdownRequest\x1a\x1f.bus.daemon.v1.ShutdownResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,19 +35,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETINFOREQUEST']._serialized_start=94
   _globals['_GETINFOREQUEST']._serialized_end=110
   _globals['_DAEMONINFO']._serialized_start=113
-  _globals['_DAEMONINFO']._serialized_end=498
-  _globals['_RELOADCREDENTIALSREQUEST']._serialized_start=500
-  _globals['_RELOADCREDENTIALSREQUEST']._serialized_end=526
-  _globals['_RELOADCREDENTIALSRESPONSE']._serialized_start=529
-  _globals['_RELOADCREDENTIALSRESPONSE']._serialized_end=666
-  _globals['_CREATETOKENREQUEST']._serialized_start=668
-  _globals['_CREATETOKENREQUEST']._serialized_end=728
-  _globals['_CREATETOKENRESPONSE']._serialized_start=730
-  _globals['_CREATETOKENRESPONSE']._serialized_end=829
-  _globals['_SHUTDOWNREQUEST']._serialized_start=831
-  _globals['_SHUTDOWNREQUEST']._serialized_end=871
-  _globals['_SHUTDOWNRESPONSE']._serialized_start=873
-  _globals['_SHUTDOWNRESPONSE']._serialized_end=942
-  _globals['_DAEMON']._serialized_start=945
-  _globals['_DAEMON']._serialized_end=1289
+  _globals['_DAEMONINFO']._serialized_end=552
+  _globals['_RELOADCREDENTIALSREQUEST']._serialized_start=554
+  _globals['_RELOADCREDENTIALSREQUEST']._serialized_end=580
+  _globals['_RELOADCREDENTIALSRESPONSE']._serialized_start=583
+  _globals['_RELOADCREDENTIALSRESPONSE']._serialized_end=720
+  _globals['_CREATETOKENREQUEST']._serialized_start=722
+  _globals['_CREATETOKENREQUEST']._serialized_end=782
+  _globals['_CREATETOKENRESPONSE']._serialized_start=784
+  _globals['_CREATETOKENRESPONSE']._serialized_end=883
+  _globals['_SHUTDOWNREQUEST']._serialized_start=885
+  _globals['_SHUTDOWNREQUEST']._serialized_end=925
+  _globals['_SHUTDOWNRESPONSE']._serialized_start=927
+  _globals['_SHUTDOWNRESPONSE']._serialized_end=996
+  _globals['_DAEMON']._serialized_start=999
+  _globals['_DAEMON']._serialized_end=1343
 # @@protoc_insertion_point(module_scope)

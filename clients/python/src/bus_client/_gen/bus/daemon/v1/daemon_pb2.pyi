@@ -54,6 +54,8 @@ class DaemonInfo(_message.Message):
     SOCKET_ACTIVATED_FIELD_NUMBER: _builtins.int
     FANOUT_GROUPS_FIELD_NUMBER: _builtins.int
     UPSTREAM_LOG_STREAMS_FIELD_NUMBER: _builtins.int
+    RUN_LIST_WATCHES_FIELD_NUMBER: _builtins.int
+    RUN_LISTS_ANSWERED_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """busd's package version."""
     protocol: _builtins.int
@@ -85,6 +87,12 @@ class DaemonInfo(_message.Message):
     """Runs being followed now: each has ONE upstream log stream, whatever its local followers."""
     upstream_log_streams: _builtins.int
     """Upstream log streams opened since busd started (resumes after a break not counted)."""
+    run_list_watches: _builtins.int
+    """Lists of runs kept current by a watch of the runner (one per upstream origin and token),
+    from which ListRuns is answered without a round trip.
+    """
+    run_lists_answered: _builtins.int
+    """ListRuns calls answered from such a list since busd started."""
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Scopes the token claims."""
@@ -118,10 +126,12 @@ class DaemonInfo(_message.Message):
         socket_activated: _builtins.bool = ...,
         fanout_groups: _builtins.int = ...,
         upstream_log_streams: _builtins.int = ...,
+        run_list_watches: _builtins.int = ...,
+        run_lists_answered: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["token_expires_at", b"token_expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fanout_groups", b"fanout_groups", "features", b"features", "identity", b"identity", "open_streams", b"open_streams", "pid", b"pid", "protocol", b"protocol", "scopes", b"scopes", "socket_activated", b"socket_activated", "token_error", b"token_error", "token_expires_at", b"token_expires_at", "token_source", b"token_source", "upstream_clients", b"upstream_clients", "upstream_log_streams", b"upstream_log_streams", "upstream_origin", b"upstream_origin", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fanout_groups", b"fanout_groups", "features", b"features", "identity", b"identity", "open_streams", b"open_streams", "pid", b"pid", "protocol", b"protocol", "run_list_watches", b"run_list_watches", "run_lists_answered", b"run_lists_answered", "scopes", b"scopes", "socket_activated", b"socket_activated", "token_error", b"token_error", "token_expires_at", b"token_expires_at", "token_source", b"token_source", "upstream_clients", b"upstream_clients", "upstream_log_streams", b"upstream_log_streams", "upstream_origin", b"upstream_origin", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
