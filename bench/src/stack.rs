@@ -227,6 +227,16 @@ impl Stack {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// How many `ListRuns` calls busd has answered from its watched lists (`bus daemon info`).
+    pub fn lists_answered(&self) -> Result<u64, Failed> {
+        let info = self.bus(&["daemon", "info", "-o", "json"])?;
+        let info: serde_json::Value = serde_json::from_str(&info)
+            .map_err(|e| Failed(format!("`bus daemon info -o json` printed no JSON: {e}")))?;
+        info["run_lists_answered"]
+            .as_u64()
+            .ok_or_else(|| Failed(format!("`bus daemon info` shows no run_lists_answered: {info}")))
+    }
+
     /// `bus ARGS` as a measurable command.
     pub fn bus_cmd(&self, label: &str, args: &[&str]) -> Cmd {
         let mut argv = vec![self.bin.join("bus").into_os_string()];
