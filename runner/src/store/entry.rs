@@ -141,6 +141,12 @@ impl Entry {
         });
     }
 
+    /// Numbers a change to the record and announces it to watches (called with the data lock
+    /// held, after the change, so a watch that reads the record sees it).
+    pub(super) fn publish(&self) -> u64 {
+        self.link.changes.publish(&self.owner, &self.id)
+    }
+
     /// Moves a live run to `state`; no-op once the run is ending.
     pub fn set_state(&self, state: RunState) {
         {
@@ -153,6 +159,7 @@ impl Entry {
                 data.record.started_at = Some(OffsetDateTime::now_utc());
             }
             self.save(&data);
+            self.publish();
         }
         self.notify();
     }
@@ -165,6 +172,7 @@ impl Entry {
             return false;
         }
         data.container = Some(container.to_owned());
+        // Not part of the record: watches have nothing new to see.
         self.save(&data);
         true
     }
@@ -181,6 +189,7 @@ impl Entry {
             data.record.options.restarts = restarts;
             data.output_ended = false;
             self.save(&data);
+            self.publish();
         }
         self.notify();
     }
@@ -196,6 +205,7 @@ impl Entry {
             }
             data.record.options.ports = ports;
             self.save(&data);
+            self.publish();
         }
         self.notify();
     }

@@ -14,10 +14,15 @@
 //!
 //! Lookups are per owner, so another account's run is indistinguishable from a missing one.
 //!
+//! Every change to an account's runs (creation, a record change, the terminal record,
+//! deletion) is numbered in the account's revisions and broadcast ([`Changes`]), after it is
+//! visible to readers, for watches of the account's runs.
+//!
 //! Billing's run-seconds come from the usage ledger ([`Store::run_seconds`]): a row per run
 //! that started, written in the same transaction as the run's start and its end, and kept when
 //! the run is deleted (by request or retention) until no plan period can contain it.
 
+mod changes;
 mod db;
 mod entry;
 
@@ -34,6 +39,7 @@ use time::OffsetDateTime;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+pub use changes::{CHANGES_CAPACITY, Change, Changes};
 use db::Cmd;
 pub use db::StoreError;
 pub use entry::Entry;
@@ -103,12 +109,14 @@ struct Shared {
     _temp: Option<TempDir>,
 }
 
-/// What an entry needs to persist itself: the writer's queue and the output budget.
+/// What an entry needs to persist itself and announce its changes: the writer's queue, the
+/// output budget and the revision hub.
 #[derive(Debug)]
 struct Link {
     tx: mpsc::UnboundedSender<Cmd>,
     budget: Arc<Semaphore>,
     runner_id: String,
+    changes: Changes,
 }
 
 impl Link {
@@ -340,6 +348,7 @@ impl Store {
             tx,
             budget: Arc::new(Semaphore::new(OUTPUT_BUDGET)),
             runner_id: opened.runner_id.clone(),
+            changes: Changes::new(),
         });
         let mut runs = Runs::default();
         let mut orphans = Vec::new();
@@ -440,6 +449,7 @@ impl Store {
             db::InsertOutcome::Created => {
                 runs.by_id.insert(entry.id.clone(), entry.clone());
                 runs.by_serial.insert(entry.serial, entry.clone());
+                self.shared.link.changes.publish(owner, &entry.id);
                 Ok(Inserted::Created(entry))
             }
             db::InsertOutcome::Replayed(replay) => Ok(Inserted::Replayed(replay)),
@@ -526,6 +536,7 @@ impl Store {
             let entry = runs.by_id.get(id).filter(|e| e.owner == owner).cloned()?;
             runs.by_id.remove(id);
             runs.by_serial.remove(&entry.serial);
+            self.shared.link.changes.publish(owner, id);
             // Queued under the index lock, so nothing about this run can follow it.
             self.shared.link.send(Cmd::Delete {
                 serial: entry.serial,
@@ -584,6 +595,22 @@ impl Store {
         }
         let more = iter.next().is_some();
         (page, if more { last } else { None })
+    }
+
+    /// Every run of `owner`'s with its serial, newest first.
+    pub fn all_of(&self, owner: &str) -> Vec<(u64, Run)> {
+        let runs = self.lock();
+        runs.by_serial
+            .iter()
+            .rev()
+            .filter(|(_, e)| e.owner == owner)
+            .map(|(serial, e)| (*serial, e.snapshot()))
+            .collect()
+    }
+
+    /// The revisions of each account's runs, and the broadcast of their changes.
+    pub fn changes(&self) -> &Changes {
+        &self.shared.link.changes
     }
 
     /// Output frames of `entry` with `seq > after_seq` of the streams in `filter`, about

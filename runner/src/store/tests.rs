@@ -916,3 +916,115 @@ async fn output_past_the_limit_is_dropped_and_what_is_stored_counts_after_a_reop
         "exactly the limit is kept, what came after it dropped"
     );
 }
+
+/// Alice's changes received so far: (run id, revision, state of the run when received).
+fn received(
+    s: &Store,
+    rx: &mut tokio::sync::broadcast::Receiver<Change>,
+) -> Vec<(String, u64, Option<RunState>)> {
+    std::iter::from_fn(|| rx.try_recv().ok())
+        .filter(|c| c.owner == "alice")
+        .map(|c| {
+            let state = s.get(&c.owner, &c.id).map(|e| e.state());
+            (c.id, c.revision, state)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_change_to_an_accounts_runs_takes_its_next_revision() {
+    let s = Store::temporary().unwrap();
+    let (mut rx, start) = s.changes().subscribe("alice");
+    assert_eq!(s.changes().current("alice"), start);
+    let one = |n: u64, state: Option<RunState>| vec![("run_1".to_owned(), start + n, state)];
+    // Each change is announced once it is visible: the record read on receipt shows it.
+    let e = insert(&s, "alice", "run_1").await;
+    assert_eq!(received(&s, &mut rx), one(1, Some(RunState::Queued)));
+    insert(&s, "bob", "run_2").await;
+    assert_eq!(
+        s.changes().current("bob"),
+        start + 1,
+        "bob's count is his own"
+    );
+    e.set_state(RunState::Starting);
+    assert_eq!(received(&s, &mut rx), one(2, Some(RunState::Starting)));
+    assert!(e.set_container("c1"));
+    e.set_state(RunState::Running);
+    assert_eq!(
+        received(&s, &mut rx),
+        one(3, Some(RunState::Running)),
+        "the container id is not part of the record"
+    );
+    let ports = vec![bus_api::Port {
+        container_port: 80,
+        host_port: Some(8080),
+        protocol: Default::default(),
+        host_ip: "127.0.0.1".into(),
+    }];
+    e.set_ports(ports.clone());
+    assert_eq!(received(&s, &mut rx), one(4, Some(RunState::Running)));
+    e.set_ports(ports);
+    e.restarting(1);
+    assert_eq!(
+        received(&s, &mut rx),
+        one(5, Some(RunState::Starting)),
+        "the same ports again are no change"
+    );
+    e.finish(RunState::Exited, Some(0), None).await;
+    assert_eq!(received(&s, &mut rx), one(6, Some(RunState::Exited)));
+    s.remove("alice", "run_1").unwrap();
+    assert_eq!(received(&s, &mut rx), one(7, None));
+    assert!(s.remove("alice", "run_1").is_none());
+    assert_eq!(s.changes().current("alice"), start + 7);
+    assert_eq!(s.changes().current("bob"), start + 1);
+}
+
+#[tokio::test]
+async fn the_end_of_a_deleted_run_is_not_announced_again() {
+    let s = Store::temporary().unwrap();
+    let (mut rx, start) = s.changes().subscribe("alice");
+    let e = insert(&s, "alice", "run_1").await;
+    s.remove("alice", "run_1").unwrap();
+    e.finish(RunState::Failed, None, Some("deleted".into()))
+        .await;
+    let got: Vec<u64> = received(&s, &mut rx).into_iter().map(|c| c.1).collect();
+    assert_eq!(got, [start + 1, start + 2]);
+}
+
+#[tokio::test]
+async fn revisions_after_a_reopen_are_larger_than_before_it() {
+    let dir = TempDir::new().unwrap();
+    let before = {
+        let s = Store::open(&dir.0).unwrap();
+        let e = insert(&s, "alice", "run_1").await;
+        e.set_state(RunState::Running);
+        s.flush().await;
+        s.changes().current("alice")
+    };
+    let s = Store::open(&dir.0).unwrap();
+    assert!(s.changes().current("alice") > before);
+    let e = s.get("alice", "run_1").unwrap();
+    e.finish(RunState::Exited, Some(0), None).await;
+    assert!(s.changes().current("alice") > before + 1);
+}
+
+#[tokio::test]
+async fn all_of_an_owners_runs_come_newest_first_with_their_serials() {
+    let s = Store::temporary().unwrap();
+    let a = insert(&s, "alice", "run_a").await;
+    insert(&s, "bob", "run_b").await;
+    let c = insert(&s, "alice", "run_c").await;
+    let got: Vec<(u64, String)> = s
+        .all_of("alice")
+        .into_iter()
+        .map(|(serial, run)| (serial, run.id))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (c.serial, "run_c".to_owned()),
+            (a.serial, "run_a".to_owned())
+        ]
+    );
+    assert!(s.all_of("carol").is_empty());
+}

@@ -380,6 +380,10 @@ impl Writer {
                         if let Some(run) = self.runs.get(&entry.serial) {
                             data.committed_seq = run.last_seq;
                         }
+                        // A deleted run's watches were told of its deletion already.
+                        if !data.deleted {
+                            entry.publish();
+                        }
                     }
                     entry.notify();
                     let _ = ack.send(());
