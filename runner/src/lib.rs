@@ -9,9 +9,10 @@
 //! module imports one that imports it back.
 //!
 //! **HTTP** ([`http`]): [`serve`] / [`app`] and [`AppState`] here; the routes, one module per
-//! resource (`http::routes`: status, auth, billing, runs, logs, stop, exec, attach, images,
-//! builds, idempotency, input); the bearer-token extractor with the scope each route needs
-//! ([`http::auth`]); the one mapping from every error to an `application/problem+json`
+//! resource (`http::routes`: status, auth, billing, runs, watch, logs, stop, exec, attach,
+//! images, builds, idempotency, input); the bearer-token extractor with the scope each route
+//! needs ([`http::auth`]) and the `bus-revision` header it feeds ([`http::revision`]); the one
+//! mapping from every error to an `application/problem+json`
 //! document ([`http::problem`]); HTTPS listeners ([`http::tls`]); the OpenAPI 3.1 document
 //! ([`openapi`], served at `/api/v1/openapi.json` and checked in as `api/openapi.json`).
 //!
@@ -26,7 +27,8 @@
 //! - [`auth`]: the Ed25519 signing key, minting and verifying JWTs, scope names;
 //!   [`config`]: run profiles, plans, accounts and their API keys, `[images]`, from TOML.
 //! - [`store`]: run records and output frames in SQLite (`runs.db` in the state dir), with
-//!   idempotency keys, retention and the usage ledger billing counts from.
+//!   idempotency keys, retention, the usage ledger billing counts from, and each account's
+//!   revisions of its runs, broadcast to watches.
 //!
 //! **Engine** ([`engine`]): the `Backend` trait the domain calls through the `Engine` handle
 //! (containers, execs, volumes, images) with the engine's own types; the Podman backend
@@ -161,11 +163,15 @@ impl AppState {
 }
 
 /// The HTTP application: every route below `/api/v1`, with problem documents for unknown
-/// routes and methods.
+/// routes and methods, and the `bus-revision` header on answers to verified callers.
 pub fn app(state: AppState) -> Router {
     http::routes::router()
         .fallback(http::problem::route_not_found)
         .method_not_allowed_fallback(http::problem::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            http::revision::revision_header,
+        ))
         .layer(axum::middleware::from_fn(http::access::log_request))
         .with_state(state)
 }

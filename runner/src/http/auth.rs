@@ -10,6 +10,7 @@ use bus_api::auth::{Claims, Scope};
 use crate::AppState;
 use crate::auth::Keys;
 use crate::http::problem::ApiError;
+use crate::http::revision::AccountSlot;
 
 /// The routes that stream a run's output, which a grant with `logs: false` refuses (as
 /// routes/mod.rs spells them): its logs, and an attach to its command (which replays them).
@@ -77,7 +78,8 @@ impl Needs for ImageBuild {
 /// As an extractor it rejects with `token_missing`, `token_invalid`, `token_expired` or
 /// `scope_missing` before any other extractor (such as the body) runs; on [`OUTPUT_ROUTES`] it
 /// also rejects with `logs_disabled` when the token's grant switches logs off (whether or not
-/// the run exists, so the answer says nothing about other accounts' runs).
+/// the run exists, so the answer says nothing about other accounts' runs). It notes the
+/// account in the request's [`AccountSlot`], for the `bus-revision` header.
 #[derive(Debug)]
 pub struct Caller<S> {
     /// The token's verified claims; `claims.sub` owns what the request creates.
@@ -163,6 +165,9 @@ impl<S: Needs> FromRequestParts<AppState> for Caller<S> {
             .is_some_and(|p| OUTPUT_ROUTES.contains(&p.as_str()));
         if on_logs && claims.grant.as_ref().is_some_and(|g| !g.allows_logs()) {
             return Err(ApiError::LogsDisabled);
+        }
+        if let Some(slot) = parts.extensions.get::<AccountSlot>() {
+            slot.fill(&claims.sub);
         }
         Ok(Caller {
             claims,

@@ -4,7 +4,9 @@
 //! deletion) takes the next number of that account's counter and is sent as a [`Change`],
 //! both under one mutex, so changes go out in revision order. Counters live in memory only;
 //! they start at a base taken when the store opens (the Unix time in microseconds), so
-//! revisions after a restart are larger than any before it.
+//! revisions after a restart are larger than any before it (unless an account made more
+//! than a million changes a second on average). The hub keeps one counter per account that
+//! has had a change since the store opened.
 //!
 //! Lock order: [`Changes::publish`] is called while an entry's data lock or the store's runs
 //! lock is held, so the hub's mutex is a leaf: nothing else is locked while it is held.
