@@ -15,6 +15,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use bus_api::exec::{ExecStatus, SignalFrame, TerminalSize};
 use bus_api::problem::PROBLEM_JSON;
+use bus_api::runs::REVISION_HEADER;
 use bus_api::{Problem, ProblemCode};
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::response::{Response, ResponseBuilder};
@@ -231,7 +232,8 @@ pub fn render(mut api: utoipa::openapi::OpenApi) -> String {
 
 /// What the derives cannot say: parameters are never `null` (only absent); an optional
 /// request body (`Option<T>` on the handler) is `required: false` but never `null`;
-/// `CreateRun` refuses unknown fields except the ignored `owner` and `account_id`.
+/// `CreateRun` refuses unknown fields except the ignored `owner` and `account_id`; every
+/// success of an operation that takes a bearer token carries the `bus-revision` header.
 fn tidy(doc: &mut serde_json::Value) {
     use serde_json::{Value, json};
     if let Some(paths) = doc["paths"].as_object_mut() {
@@ -241,6 +243,7 @@ fn tidy(doc: &mut serde_json::Value) {
                 .into_iter()
                 .flat_map(|i| i.values_mut())
             {
+                add_revision_header(op);
                 let params = op.get_mut("parameters").and_then(Value::as_array_mut);
                 for param in params.into_iter().flatten() {
                     let Some(schema) = param.get_mut("schema") else {
@@ -266,6 +269,30 @@ fn tidy(doc: &mut serde_json::Value) {
             "deprecated": true,
             "description": "Ignored: a run always belongs to the token's account."
         });
+    }
+}
+
+/// Adds [`REVISION_HEADER`] to the successes of `op` when it takes a bearer token (the
+/// `Caller` extractor notes the account those answers report the revision of).
+fn add_revision_header(op: &mut serde_json::Value) {
+    use serde_json::{Value, json};
+    let bearer = op["security"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|r| r.get("bearer").is_some()));
+    if !bearer {
+        return;
+    }
+    let responses = op.get_mut("responses").and_then(Value::as_object_mut);
+    for (status, response) in responses.into_iter().flatten() {
+        if status.starts_with('2') && response.get("$ref").is_none() {
+            response["headers"][REVISION_HEADER] = json!({
+                "description": "The caller's account's revision of its runs after the call: \
+                    a watch (`GET /api/v1/containers/runs?watch=true`) that has sent a line \
+                    with this revision or a later one has reported every change the call \
+                    made or saw.",
+                "schema": {"type": "integer", "format": "int64", "minimum": 0}
+            });
+        }
     }
 }
 

@@ -30,6 +30,7 @@ pub mod proxy;
 pub mod runs;
 pub mod status;
 pub mod stop;
+pub mod watch;
 
 /// Every route below `/api/v1`, each with its operation in the document [`crate::http::openapi`]
 /// roots.
@@ -157,6 +158,23 @@ mod tests {
                     "{method} {path}"
                 );
             }
+        }
+        let list = &paths["/api/v1/containers/runs"]["get"]["responses"]["200"];
+        assert_eq!(
+            list["content"]["application/x-ndjson"]["schema"]["$ref"],
+            "#/components/schemas/RunEvent"
+        );
+        for (path, method, status) in [
+            ("/api/v1/containers/runs", "get", "200"),
+            ("/api/v1/containers/runs", "post", "201"),
+            ("/api/v1/containers/runs/{id}", "delete", "204"),
+            ("/api/v1/containers/runs/{id}/stop", "post", "200"),
+        ] {
+            let headers = &paths[path][method]["responses"][status]["headers"];
+            assert!(
+                headers[bus_api::runs::REVISION_HEADER].is_object(),
+                "{method} {path}: {headers}"
+            );
         }
         let unauthorized = &doc["components"]["responses"]["Unauthorized"];
         assert_eq!(

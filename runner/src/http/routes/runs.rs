@@ -1,4 +1,5 @@
-//! `POST/GET /api/v1/containers/runs` and `GET/DELETE /api/v1/containers/runs/{id}`.
+//! `POST/GET /api/v1/containers/runs` (with `watch`, see [`watch`]) and
+//! `GET/DELETE /api/v1/containers/runs/{id}`.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -8,7 +9,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bus_api::auth::Scope;
 pub use bus_api::runs::MAX_WAIT_MS;
-use bus_api::runs::{CreateRunQuery, DEFAULT_PAGE_SIZE, ListRunsQuery, MAX_PAGE_SIZE, WaitFor};
+use bus_api::runs::{
+    CreateRunQuery, DEFAULT_PAGE_SIZE, ListRunsQuery, MAX_PAGE_SIZE, RunEvent, WaitFor,
+};
 use bus_api::{CreateRun, Run, RunOptions, RunPage, RunState};
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -21,7 +24,7 @@ use crate::http::openapi::{
     PaymentRequired, TooManyRequests, Unprocessable,
 };
 use crate::http::problem::{ApiError, ApiJson, ApiQuery};
-use crate::http::routes::idempotency;
+use crate::http::routes::{idempotency, watch};
 use crate::images::Images;
 use crate::runs::spec::RunSpec;
 use crate::runs::{agent, executor};
@@ -363,7 +366,14 @@ pub fn decode_page_token(token: &str) -> Result<u64, ApiError> {
 
 /// Lists the caller's runs.
 ///
-/// Newest first, a page at a time.
+/// Newest first, a page at a time. With `watch=true` (and no other parameter), an NDJSON
+/// stream of `RunEvent` lines instead: one `changed` line per run, newest first, then a
+/// `listed` line, then each change to the caller's runs as the runner numbers them (the run
+/// as it is then, or `deleted`), and `alive` every 2 seconds when nothing changes. Each line
+/// carries the account's revision it brings the reader up to, comparable with the
+/// `bus-revision` header of every other call. The stream ends when the token expires, when
+/// the watch falls too far behind, when the runner stops, or, for a run token, once its run
+/// has ended; the reader watches again.
 #[utoipa::path(
     get,
     path = "/api/v1/containers/runs",
@@ -371,6 +381,9 @@ pub fn decode_page_token(token: &str) -> Result<u64, ApiError> {
     operation_id = "listRuns",
     security(("bearer" = ["container:read"])),
     params(
+        ("watch" = Option<bool>, Query,
+            description = "Answer with an NDJSON stream of `RunEvent` lines: the runs, then \
+                each change to them. Takes no other parameter."),
         ("page_size" = Option<u32>, Query, minimum = 0,
             description = "Runs per page: 0 or absent means 50; more than 200 means 200."),
         ("page_token" = Option<String>, Query,
@@ -382,7 +395,12 @@ pub fn decode_page_token(token: &str) -> Result<u64, ApiError> {
         ("role" = Option<String>, Query, description = "Only runs in this role."),
     ),
     responses(
-        (status = 200, description = "A page of runs.", body = RunPage),
+        (status = 200, description = "A page of runs; with `watch`, NDJSON: one `RunEvent` \
+            per line.",
+            content(
+                (RunPage = "application/json"),
+                (RunEvent = "application/x-ndjson"),
+            )),
         (status = 400, response = BadRequest),
         (status = 403, response = Forbidden),
     )
@@ -391,7 +409,15 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller<auth::Read>,
     ApiQuery(query): ApiQuery<ListRunsQuery>,
-) -> Result<Json<RunPage>, ApiError> {
+) -> Result<Response, ApiError> {
+    if query.watch {
+        if query != ListRunsQuery::watch() {
+            return Err(ApiError::InvalidRequest(
+                "watch takes no other parameter".to_owned(),
+            ));
+        }
+        return Ok(watch::respond(state, caller.claims));
+    }
     let size = match query.page_size {
         None | Some(0) => DEFAULT_PAGE_SIZE,
         Some(n) => n.min(MAX_PAGE_SIZE),
@@ -417,7 +443,8 @@ pub async fn list(
     Ok(Json(RunPage {
         runs,
         next_page_token: next.map(encode_page_token),
-    }))
+    })
+    .into_response())
 }
 
 /// `running,queued` as states; an unknown name is refused with the ones there are.
