@@ -232,9 +232,11 @@ impl Stack {
         let info = self.bus(&["daemon", "info", "-o", "json"])?;
         let info: serde_json::Value = serde_json::from_str(&info)
             .map_err(|e| Failed(format!("`bus daemon info -o json` printed no JSON: {e}")))?;
-        info["run_lists_answered"]
-            .as_u64()
-            .ok_or_else(|| Failed(format!("`bus daemon info` shows no run_lists_answered: {info}")))
+        info["run_lists_answered"].as_u64().ok_or_else(|| {
+            Failed(format!(
+                "`bus daemon info` shows no run_lists_answered: {info}"
+            ))
+        })
     }
 
     /// `bus ARGS` as a measurable command.
