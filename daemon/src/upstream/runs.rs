@@ -1,10 +1,10 @@
 //! The runs' REST calls (create, get, list, delete, stop), the runner's status, billing and
-//! the token exchange.
+//! the token exchange, and the watch of runs.
+
+use std::time::Duration;
 
 use bus_api::auth::{TokenRequest, TokenResponse};
 use bus_api::paths;
-use std::time::Duration;
-
 use bus_api::runs::{
     CreateRunQuery, ListRunsQuery, MAX_WAIT_MS, StopRun, WATCH_ALIVE_SECONDS, WaitFor,
 };
