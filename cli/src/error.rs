@@ -254,6 +254,53 @@ fn error_reason(status: &Status) -> Option<&'static str> {
 /// The `ErrorInfo` reason of a request body the runner found too large.
 const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
 
+/// The `ErrorInfo` reason of a request the runner refused as malformed or out of bounds.
+const INVALID_REQUEST: &str = "INVALID_REQUEST";
+
+/// The CLI's options for the request fields a runner names in an [`INVALID_REQUEST`]
+/// message. The runner speaks REST (`timeout_seconds`); the user typed `--run-timeout`.
+/// Names that are also plain words count only where they open the message as its subject
+/// (`name must …`, `role is …`).
+const FIELD_OPTIONS: [(&str, &str, bool); 9] = [
+    ("timeout_seconds", "--run-timeout", false),
+    ("grace_seconds", "--grace", false),
+    ("mount_path", "--mount-path", false),
+    ("subpath", "--mount-subpath", false),
+    ("workdir", "--workdir", false),
+    ("name", "--name", true),
+    ("participant", "--participant", true),
+    ("role", "--role", true),
+    ("image", "--image", true),
+];
+
+/// `message` with each request field it names (as a whole word) replaced by the CLI option
+/// that sets it.
+fn with_options(message: &str) -> String {
+    let mut out = message.to_owned();
+    for (field, option, opening_only) in FIELD_OPTIONS {
+        let mut at = 0;
+        while let Some(found) = out[at..].find(field).map(|i| at + i) {
+            let end = found + field.len();
+            let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+            let whole = !word(out[..found].chars().next_back()) && !word(out[end..].chars().next());
+            let subject = found == 0
+                && [" must ", " is "]
+                    .iter()
+                    .any(|verb| out[end..].starts_with(verb));
+            if whole && (!opening_only || subject) {
+                out.replace_range(found..end, option);
+                at = found + option.len();
+            } else {
+                at = end;
+            }
+            if opening_only {
+                break;
+            }
+        }
+    }
+    out
+}
+
 /// The codes tonic gives a call whose connection failed under it.
 fn transport_failure(status: &Status) -> bool {
     matches!(
@@ -326,6 +373,12 @@ fn render_status(status: &Status) -> String {
             "the call timed out; raise --timeout or check the runner".to_owned()
         }
         _ if status.message().is_empty() => format!("busd answered {:?}", status.code()),
+        _ if details
+            .error_info()
+            .is_some_and(|info| info.reason == INVALID_REQUEST) =>
+        {
+            with_options(status.message())
+        }
         _ => status.message().to_owned(),
     };
     if error_reason(status) == Some(PAYLOAD_TOO_LARGE) {
@@ -386,6 +439,36 @@ fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_fields_read_as_the_options_that_set_them() {
+        assert_eq!(
+            with_options("timeout_seconds is 999999; at most 86400 (one day) is allowed"),
+            "--run-timeout is 999999; at most 86400 (one day) is allowed"
+        );
+        assert_eq!(
+            with_options("a service has no timeout of its own; leave timeout_seconds out"),
+            "a service has no timeout of its own; leave --run-timeout out"
+        );
+        assert_eq!(
+            with_options("name must be 1 to 128 characters long"),
+            "--name must be 1 to 128 characters long"
+        );
+        // A plain word inside the text, and a field inside a longer word, stay.
+        assert_eq!(
+            with_options("the image name must not be empty"),
+            "the image name must not be empty"
+        );
+        assert_eq!(with_options("my_workdir_x is bad"), "my_workdir_x is bad");
+        assert_eq!(
+            with_options("name an image reference, e.g. busybox"),
+            "name an image reference, e.g. busybox"
+        );
+        assert_eq!(
+            with_options("subpath must not contain \"..\" components"),
+            "--mount-subpath must not contain \"..\" components"
+        );
+    }
 
     #[test]
     fn each_class_of_failure_has_its_code() {

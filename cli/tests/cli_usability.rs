@@ -958,3 +958,51 @@ fn hints_name_cli_commands_not_rest_calls() {
     assert!(line.contains("`bus billing`"), "{line}");
     assert_cli_hint(&line);
 }
+
+#[test]
+fn a_refused_value_is_named_by_the_option_that_set_it() {
+    let stack = Stack::start(bins());
+    let run = |args: &[&str]| {
+        let mut all = vec!["containers", "run"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--", "true"]);
+        stack.run(&all)
+    };
+    let id = stdout(&stack.run(&["containers", "run", "-d", "--", "sleep", "30"]))
+        .trim()
+        .to_owned();
+    let cases = [
+        (
+            run(&["-w", "relative"]),
+            "--workdir must be an absolute path",
+        ),
+        (run(&["--run-timeout", "999999"]), "--run-timeout is 999999"),
+        (
+            run(&["--mount-path", "data"]),
+            "--mount-path must be an absolute path",
+        ),
+        (
+            run(&["--mount-path", "/data", "--mount-subpath", "../x"]),
+            "--mount-subpath must not contain",
+        ),
+        (
+            stack.run(&["containers", "stop", "--grace", "99999", &id]),
+            "--grace must be at most 3600",
+        ),
+    ];
+    for (out, expected) in cases {
+        assert!(!out.status.success());
+        let line = one_line_error(&out);
+        assert!(line.contains(expected), "{line}");
+        for field in [
+            "error: workdir",
+            "timeout_seconds",
+            "mount_path",
+            "error: subpath",
+            "grace_seconds",
+        ] {
+            assert!(!line.contains(field), "{field} in: {line}");
+        }
+    }
+    stack.run(&["containers", "rm", "-f", &id]);
+}
