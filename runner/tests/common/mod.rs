@@ -125,6 +125,12 @@ pub async fn get_run(app: &Router, token: &str, id: &str) -> Reply {
 
 /// `POST /api/v1/containers/runs` with `body`; asserts 201 and returns the run's record.
 pub async fn create_run(app: &Router, token: &str, body: serde_json::Value) -> serde_json::Value {
+    create_run_reply(app, token, body).await.json()
+}
+
+/// `POST /api/v1/containers/runs` with `body`; asserts 201 and returns the whole reply
+/// (headers included).
+pub async fn create_run_reply(app: &Router, token: &str, body: serde_json::Value) -> Reply {
     let reply = call(
         app,
         Method::POST,
@@ -139,7 +145,7 @@ pub async fn create_run(app: &Router, token: &str, body: serde_json::Value) -> s
         "{}",
         String::from_utf8_lossy(&reply.body)
     );
-    reply.json()
+    reply
 }
 
 /// Removes containers (by name) when dropped, in case a failure (or the in-process app going
