@@ -12,7 +12,9 @@ use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use bus_api::auth::Scope;
 use bus_api::runs::{REVISION_HEADER, RunEvent, WATCH_ALIVE_SECONDS};
 use bus_api::{Run, RunState};
-use common::{ALL, Cleanup, Podman, Reply, call, create_run_reply, runner, runner_without_engine};
+use common::{
+    ALL, Cleanup, Podman, Reply, call, create_run_reply, get_run, runner, runner_without_engine,
+};
 use http_body_util::BodyExt as _;
 use serde_json::json;
 use tokio::time::Instant;
@@ -165,6 +167,20 @@ async fn create(app: &Router, token: &str, argv: &[&str]) -> (String, Reply) {
     (id, reply)
 }
 
+/// Deletes run `id`; asserts 204 and returns the reply.
+async fn delete(app: &Router, token: &str, id: &str) -> Reply {
+    let reply = call(
+        app,
+        Method::DELETE,
+        &format!("{RUNS}/{id}"),
+        Some(token),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    reply
+}
+
 /// Stops run `id` at once; asserts 200 and returns the reply.
 async fn force_stop(app: &Router, token: &str, id: &str) -> Reply {
     let stop = format!("{RUNS}/{id}/stop");
@@ -261,15 +277,7 @@ async fn a_watch_lists_the_runs_then_reports_each_change_by_the_calls_revision()
     assert_eq!(view.state(&newer), Some(RunState::Stopped));
 
     // A delete arrives as deleted.
-    let reply = call(
-        &app,
-        Method::DELETE,
-        &format!("{RUNS}/{older}"),
-        Some(&alice),
-        None,
-    )
-    .await;
-    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    let reply = delete(&app, &alice, &older).await;
     let at = revision(&reply);
     view.until(&mut lines, "the delete's revision", |v| v.revision >= at)
         .await;
@@ -319,49 +327,19 @@ async fn the_revision_header_moves_with_the_callers_own_changes_only() {
     let (bobs, reply) = create(&app, &bob, &["true"]).await;
     cleanup.1.push(container(&bobs));
     assert!(revision(&reply) > 0);
-    let reply = call(
-        &app,
-        Method::DELETE,
-        &format!("{RUNS}/{bobs}"),
-        Some(&bob),
-        None,
-    )
-    .await;
-    assert_eq!(reply.status, StatusCode::NO_CONTENT);
-    let reply = call(
-        &app,
-        Method::GET,
-        &format!("{RUNS}/{id}"),
-        Some(&alice),
-        None,
-    )
-    .await;
+    delete(&app, &bob, &bobs).await;
+    let reply = get_run(&app, &alice, &id).await;
     assert_eq!(
         revision(&reply),
         stopped,
         "bob's calls leave alice's revision"
     );
 
-    let reply = call(
-        &app,
-        Method::DELETE,
-        &format!("{RUNS}/{id}"),
-        Some(&alice),
-        None,
-    )
-    .await;
-    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    let reply = delete(&app, &alice, &id).await;
     assert!(revision(&reply) > stopped);
 
     // Only successes of verified callers carry it.
-    let reply = call(
-        &app,
-        Method::GET,
-        &format!("{RUNS}/{id}"),
-        Some(&alice),
-        None,
-    )
-    .await;
+    let reply = get_run(&app, &alice, &id).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert!(reply.headers.get(REVISION_HEADER).is_none());
     let reply = call(&app, Method::GET, RUNS, None, None).await;
@@ -393,14 +371,7 @@ async fn a_run_tokens_watch_ends_with_its_run() {
         );
     }
     assert!(view.listed.is_some());
-    let reply = call(
-        &app,
-        Method::GET,
-        &format!("{RUNS}/{id}"),
-        Some(&alice),
-        None,
-    )
-    .await;
+    let reply = get_run(&app, &alice, &id).await;
     assert_eq!(reply.json()["state"], "exited", "it ended when the run did");
     let (status, _, _) = open(&app, &run_token, WATCH).await;
     assert_eq!(
