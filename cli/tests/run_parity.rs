@@ -781,26 +781,31 @@ fn rm_deletes_the_run_once_it_has_ended_and_been_printed_or_with_d_once_it_ends(
     assert_eq!(names(&stack), ["kept"], "only the run without --rm is left");
 }
 
-#[test]
-fn a_closed_output_ends_the_followed_run_as_a_closed_pipe_ends_a_command() {
+/// Runs `command` as `| head -1` would: reads one line of its output, then closes the pipe;
+/// returns the line and how the command ended.
+fn first_line_then_closed(command: &mut std::process::Command) -> (String, std::process::Output) {
     use std::io::BufRead as _;
-    use std::os::unix::process::ExitStatusExt as _;
-    let stack = Stack::start(bins());
-    let mut child = stack
-        .bus()
-        .args(["containers", "run", "--name", "piped", "--", "sh", "-c"])
-        .arg("while :; do echo y; done")
+    let mut child = command
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // As `| head -1`: one line read, then the pipe closed.
     let mut first = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut first)
         .unwrap();
+    (first, child.wait_with_output().unwrap())
+}
+
+#[test]
+fn a_closed_output_ends_the_followed_run_as_a_closed_pipe_ends_a_command() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let stack = Stack::start(bins());
+    let mut run = stack.bus();
+    run.args(["containers", "run", "--name", "piped", "--", "sh", "-c"])
+        .arg("while :; do echo y; done");
+    let (first, out) = first_line_then_closed(&mut run);
     assert_eq!(first, "y\n");
-    let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.signal(), Some(13), "killed by SIGPIPE: {out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
     // Not left printing into the runner's store until its timeout.
@@ -878,24 +883,14 @@ fn attach_takes_up_a_detached_run_s_stdin_and_exits_with_its_code() {
 
     // As `| head -1` on a run that has ended: the closed pipe ends bus by SIGPIPE, not with
     // the run's exit code (0) as if everything had been printed.
-    use std::io::BufRead as _;
     use std::os::unix::process::ExitStatusExt as _;
     let out = stack.run(&["containers", "run", "-d", "--", "seq", "1", "200000"]);
     let many = expect_success(&out).trim().to_owned();
     expect_success(&stack.run(&["containers", "wait", &many]));
-    let mut child = stack
-        .bus()
-        .args(["containers", "attach", &many])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    let mut attach = stack.bus();
+    attach.args(["containers", "attach", &many]);
+    let (first, out) = first_line_then_closed(&mut attach);
     assert_eq!(first, "1\n");
-    let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.signal(), Some(13), "killed by SIGPIPE: {out:?}");
 }
 
