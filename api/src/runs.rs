@@ -578,12 +578,70 @@ pub struct ListRunsQuery {
 }
 
 impl ListRunsQuery {
+    /// Runs per page: [`DEFAULT_PAGE_SIZE`] for none or 0, at most [`MAX_PAGE_SIZE`].
+    pub fn page_size_or_default(&self) -> u32 {
+        match self.page_size {
+            None | Some(0) => DEFAULT_PAGE_SIZE,
+            Some(n) => n.min(MAX_PAGE_SIZE),
+        }
+    }
+
     /// The query of a watch: `watch=true` and nothing else.
     pub fn watch() -> Self {
         ListRunsQuery {
             watch: true,
             ..ListRunsQuery::default()
         }
+    }
+}
+
+/// Which runs a list query asks for: the runner lists with it, and busd answers from its
+/// watched lists with the same.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    /// Only runs in one of these states; empty means any.
+    pub states: Vec<RunState>,
+    /// Only runs with this name.
+    pub name: Option<String>,
+    /// Only runs for this participant.
+    pub participant: Option<String>,
+    /// Only runs in this role.
+    pub role: Option<String>,
+}
+
+impl RunFilter {
+    /// The filter of `query` (its `state` is comma-separated names, e.g. `running, queued`);
+    /// an unknown state is refused with a message that lists the states there are.
+    pub fn of(query: &ListRunsQuery) -> Result<RunFilter, String> {
+        let states = match query.state.as_deref() {
+            None | Some("") => Vec::new(),
+            Some(states) => states
+                .split(',')
+                .map(|name| {
+                    RunState::from_name(name.trim()).ok_or_else(|| {
+                        format!(
+                            "state \"{}\" is not a run state; use {}",
+                            name.escape_debug(),
+                            RunState::ALL.map(RunState::as_str).join(", ")
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(RunFilter {
+            states,
+            name: query.name.clone(),
+            participant: query.participant.clone(),
+            role: query.role.clone(),
+        })
+    }
+
+    /// Whether `run` is one the filter asks for.
+    pub fn matches(&self, run: &Run) -> bool {
+        (self.states.is_empty() || self.states.contains(&run.state))
+            && (self.name.is_none() || run.name == self.name)
+            && (self.participant.is_none() || run.participant == self.participant)
+            && (self.role.is_none() || run.role == self.role)
     }
 }
 
@@ -784,6 +842,41 @@ mod tests {
         assert_eq!(text, r#"{"type":"deleted","revision":9,"id":"run_x"}"#);
         assert_eq!(serde_json::from_str::<RunEvent>(&text).unwrap(), deleted);
         assert_eq!(deleted.revision(), 9);
+    }
+
+    #[test]
+    fn list_states_are_names_and_an_unknown_one_lists_the_valid_ones() {
+        let query = |state: &str| ListRunsQuery {
+            state: Some(state.into()),
+            ..ListRunsQuery::default()
+        };
+        assert_eq!(
+            RunFilter::of(&query("running, timed_out")).unwrap().states,
+            [RunState::Running, RunState::TimedOut]
+        );
+        assert!(RunFilter::of(&query("")).unwrap().states.is_empty());
+        for bad in ["sleeping", "running,", "RUNNING"] {
+            let message = RunFilter::of(&query(bad)).unwrap_err();
+            assert!(
+                message.contains("use queued, starting, running, exited"),
+                "{bad}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn page_sizes_default_and_are_capped() {
+        let size = |page_size| {
+            ListRunsQuery {
+                page_size,
+                ..ListRunsQuery::default()
+            }
+            .page_size_or_default()
+        };
+        assert_eq!(
+            [size(None), size(Some(0)), size(Some(7)), size(Some(9999))],
+            [DEFAULT_PAGE_SIZE, DEFAULT_PAGE_SIZE, 7, MAX_PAGE_SIZE]
+        );
     }
 
     #[test]

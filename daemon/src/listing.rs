@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bus_api::runs::{DEFAULT_PAGE_SIZE, ListRunsQuery, MAX_PAGE_SIZE};
-use bus_api::{Run, RunEvent, RunPage, RunState, WatchedRun};
+use bus_api::runs::{ListRunsQuery, RunFilter};
+use bus_api::{RunEvent, RunPage, WatchedRun};
 use tokio::sync::watch;
 
 use crate::config::ApiOrigin;
@@ -241,11 +241,11 @@ impl Watched {
     /// The page `query` asks for, as the runner would answer it; `None` for what only the
     /// runner can answer (a page token of a run no longer listed, an unknown state).
     fn page(&self, query: &ListRunsQuery) -> Option<RunPage> {
-        let filter = Filter::of(query)?;
-        let size = match query.page_size {
-            None | Some(0) => DEFAULT_PAGE_SIZE,
-            Some(n) => n.min(MAX_PAGE_SIZE),
-        } as usize;
+        if query.watch {
+            return None;
+        }
+        let filter = RunFilter::of(query).ok()?;
+        let size = query.page_size_or_default() as usize;
         let list = self.list();
         if !list.listed {
             return None;
@@ -306,38 +306,10 @@ impl List {
     }
 }
 
-/// A list query's filter, as the runner applies it.
-struct Filter<'q> {
-    states: Vec<RunState>,
-    query: &'q ListRunsQuery,
-}
-
-impl<'q> Filter<'q> {
-    /// `None` for a query the runner refuses (an unknown state; a watch).
-    fn of(query: &'q ListRunsQuery) -> Option<Filter<'q>> {
-        if query.watch {
-            return None;
-        }
-        let states = match query.state.as_deref() {
-            None | Some("") => Vec::new(),
-            Some(states) => states
-                .split(',')
-                .map(|name| RunState::from_name(name.trim()))
-                .collect::<Option<_>>()?,
-        };
-        Some(Filter { states, query })
-    }
-
-    fn matches(&self, run: &Run) -> bool {
-        (self.states.is_empty() || self.states.contains(&run.state))
-            && (self.query.name.is_none() || run.name == self.query.name)
-            && (self.query.participant.is_none() || run.participant == self.query.participant)
-            && (self.query.role.is_none() || run.role == self.query.role)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use bus_api::{Run, RunState};
+
     use super::*;
 
     fn run(serial: u64, state: &str, name: Option<&str>) -> WatchedRun {

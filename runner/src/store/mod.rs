@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bus_api::frames::Output;
-use bus_api::{LogFrame, Run, RunState};
+use bus_api::{LogFrame, Run};
 use bytes::Bytes;
 use time::OffsetDateTime;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -153,17 +153,7 @@ pub enum FindError {
 }
 
 /// Which of an owner's runs [`Store::list`] returns.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RunFilter {
-    /// Only runs in one of these states; empty means any.
-    pub states: Vec<RunState>,
-    /// Only runs with this name.
-    pub name: Option<String>,
-    /// Only runs for this participant.
-    pub participant: Option<String>,
-    /// Only runs in this role.
-    pub role: Option<String>,
-}
+pub use bus_api::runs::RunFilter;
 
 impl Runs {
     /// `owner`'s run named `name` that has not ended, if there is one (there is at most one).
@@ -171,15 +161,6 @@ impl Runs {
         self.by_serial.values().rev().find(|e| {
             e.owner == owner && e.name.as_deref() == Some(name) && !e.state().is_terminal()
         })
-    }
-}
-
-impl RunFilter {
-    fn matches(&self, run: &Run) -> bool {
-        (self.states.is_empty() || self.states.contains(&run.state))
-            && (self.name.is_none() || run.name == self.name)
-            && (self.participant.is_none() || run.participant == self.participant)
-            && (self.role.is_none() || run.role == self.role)
     }
 }
 

@@ -9,9 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bus_api::auth::Scope;
 pub use bus_api::runs::MAX_WAIT_MS;
-use bus_api::runs::{
-    CreateRunQuery, DEFAULT_PAGE_SIZE, ListRunsQuery, MAX_PAGE_SIZE, RunEvent, WaitFor,
-};
+use bus_api::runs::{CreateRunQuery, ListRunsQuery, RunEvent, WaitFor};
 use bus_api::{CreateRun, Run, RunOptions, RunPage, RunState};
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -418,25 +416,14 @@ pub async fn list(
         }
         return Ok(watch::respond(state, caller.claims));
     }
-    let size = match query.page_size {
-        None | Some(0) => DEFAULT_PAGE_SIZE,
-        Some(n) => n.min(MAX_PAGE_SIZE),
-    };
+    let size = query.page_size_or_default();
     let before = query
         .page_token
         .as_deref()
         .filter(|t| !t.is_empty())
         .map(decode_page_token)
         .transpose()?;
-    let filter = RunFilter {
-        states: match query.state.as_deref() {
-            None | Some("") => Vec::new(),
-            Some(states) => parse_states(states)?,
-        },
-        name: query.name,
-        participant: query.participant,
-        role: query.role,
-    };
+    let filter = RunFilter::of(&query).map_err(ApiError::InvalidRequest)?;
     let (runs, next) = state
         .store()
         .list(caller.account(), &filter, before, size as usize);
@@ -445,21 +432,6 @@ pub async fn list(
         next_page_token: next.map(encode_page_token),
     })
     .into_response())
-}
-
-/// `running,queued` as states; an unknown name is refused with the ones there are.
-fn parse_states(text: &str) -> Result<Vec<RunState>, ApiError> {
-    text.split(',')
-        .map(|name| {
-            RunState::from_name(name.trim()).ok_or_else(|| {
-                ApiError::InvalidRequest(format!(
-                    "state \"{}\" is not a run state; use {}",
-                    name.escape_debug(),
-                    RunState::ALL.map(RunState::as_str).join(", ")
-                ))
-            })
-        })
-        .collect()
 }
 
 /// Gets one run.
@@ -565,25 +537,6 @@ mod tests {
         ] {
             let err = bad.start_wait().unwrap_err();
             assert_eq!(err.problem().status, 400, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn list_states_are_names_and_an_unknown_one_lists_the_valid_ones() {
-        assert_eq!(
-            parse_states("running, timed_out").unwrap(),
-            [RunState::Running, RunState::TimedOut]
-        );
-        for bad in ["sleeping", "running,", "RUNNING"] {
-            let problem = parse_states(bad).unwrap_err().problem();
-            assert_eq!(problem.status, 400, "{bad}");
-            assert!(
-                problem
-                    .detail
-                    .contains("use queued, starting, running, exited"),
-                "{}",
-                problem.detail
-            );
         }
     }
 
